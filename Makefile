@@ -1,0 +1,23 @@
+# Two commands for a fresh machine with Python and make: `make demo` and `make test`.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# Extra pip arguments, e.g. PIP_EXTRA="torch==2.14.1 torchvision==0.29.1" to pin a local build.
+PIP_EXTRA ?=
+
+.PHONY: install demo test clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	@test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q -e '.[test]' $(PIP_EXTRA)
+	@touch $@
+
+demo: install
+	$(PY) -m benchmark.run table=III
+
+test: install
+	$(PY) -m pytest -q
+
+clean:
+	rm -rf runs .pytest_cache

@@ -1,0 +1,1 @@
+"""SVD fine-tuning with the LSA objective and every ablation axis of the paper."""

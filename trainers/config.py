@@ -1,0 +1,13 @@
+"""Composing the Hydra config tree in `configs/` (compose API: no working-dir changes, no output dirs)."""
+from __future__ import annotations
+
+from hydra import compose, initialize_config_module
+from hydra.core.global_hydra import GlobalHydra
+from omegaconf import DictConfig
+
+
+def load_config(overrides: list[str] | None = None, config_name: str = "train") -> DictConfig:
+    """`overrides` as on the command line: ['model=tiny', 'loss.variant=box', ...]."""
+    GlobalHydra.instance().clear()
+    with initialize_config_module(config_module="configs", version_base="1.3"):
+        return compose(config_name=config_name, overrides=list(overrides or []))

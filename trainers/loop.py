@@ -1,0 +1,299 @@
+"""The training loop (accelerate): LSA objective, schedules, checkpoints, resume, export."""
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import os
+import shutil
+import time
+from pathlib import Path
+
+import torch
+from omegaconf import OmegaConf
+from tqdm.auto import tqdm
+
+from trainers import edm
+from trainers.adapters import apply_adapter, merged_unet
+from trainers.conditioning import SVDConditioner
+from trainers.losses import (DiffusionLoss, DinoFeatures, SemanticAlignmentLoss, decode_with_grad,
+                             objective_weights, select_frames)
+from trainers.models import count_params, load_dino, load_svd
+
+STATE_FILE = "trainer_state.json"
+
+
+class EpochSampler(torch.utils.data.Sampler):
+    """A fresh permutation per epoch from (seed, epoch): the order is known again after a resume.
+
+    The method is deliberately not called `set_epoch`: accelerate's prepared loaders call
+    `set_epoch(<times iterated>)`, which differs between an uninterrupted and a resumed run.
+    """
+
+    def __init__(self, n: int, seed: int):
+        self.n, self.seed, self.epoch = n, seed, 1
+
+    def use_epoch(self, epoch: int):
+        self.epoch = epoch
+
+    def __len__(self):
+        return self.n
+
+    def __iter__(self):
+        g = torch.Generator().manual_seed(self.seed * 1000 + self.epoch)
+        return iter(torch.randperm(self.n, generator=g).tolist())
+
+
+def step_generator(seed: int, micro_step: int, rank: int = 0) -> torch.Generator:
+    """All randomness of one micro-step (sigma, noise, dropout, augmentation) from one seed, so a
+    resumed run draws exactly what an uninterrupted run draws."""
+    return torch.Generator().manual_seed((seed * 1_000_003 + micro_step) * 64 + rank)
+
+
+def checkpoints(run_dir: Path) -> list[Path]:
+    folder = Path(run_dir) / "checkpoints"
+    if not folder.is_dir():
+        return []
+    return sorted((p for p in folder.iterdir() if p.name.startswith("step-") and (p / STATE_FILE).exists()),
+                  key=lambda p: int(p.name.split("-")[1]))
+
+
+def newest_checkpoint(run_dir: Path) -> Path | None:
+    found = checkpoints(run_dir)
+    return found[-1] if found else None
+
+
+class Trainer:
+    def __init__(self, cfg):
+        from accelerate import Accelerator
+        from accelerate.utils import set_seed
+
+        self.cfg = cfg
+        t = cfg.train
+        self.run_dir = Path(t.out_dir)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        trackers = "tensorboard" if importlib.util.find_spec("tensorboard") else None
+        self.acc = Accelerator(mixed_precision=t.mixed_precision, gradient_accumulation_steps=t.grad_accum,
+                               cpu=(t.device == "cpu"), log_with=trackers, project_dir=str(self.run_dir))
+        set_seed(t.seed)
+        self.weight_dtype = {"no": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[t.mixed_precision]
+
+        parts = load_svd(cfg.model)
+        self.parts = parts
+        for m in (parts.vae, parts.image_encoder):
+            _freeze(m, self.acc.device, self.weight_dtype)
+        self.uses_feat = cfg.schedule.feat_from_epoch is not None and cfg.schedule.feat_from_epoch <= t.epochs
+        self.dino = None
+        if self.uses_feat:
+            self.dino = _freeze(load_dino(cfg.model), self.acc.device, self.weight_dtype)
+            self.feat_loss = SemanticAlignmentLoss(
+                DinoFeatures(self.dino, _size(cfg.loss.dino_size), cfg.loss.dino_mean, cfg.loss.dino_std),
+                cfg.loss.variant, cfg.loss.alpha)
+        self.conditioner = SVDConditioner(parts.vae, parts.image_encoder, parts.feature_extractor,
+                                          **OmegaConf.to_container(cfg.cond))
+        sigmas = edm.scheduler_sigmas(parts.scheduler) if cfg.edm.sigma_dist == "uniform_index" else None
+        self.diff_loss = DiffusionLoss(edm.SigmaSampler(cfg.edm.sigma_dist, cfg.edm.p_mean, cfg.edm.p_std, sigmas))
+
+        unet = parts.unet
+        if t.grad_checkpointing:
+            unet.enable_gradient_checkpointing()
+        unet = apply_adapter(unet, cfg.adapter)
+        unet.train()
+        params = [p for p in unet.parameters() if p.requires_grad]
+        self.n_trainable = sum(p.numel() for p in params)
+        optimizer = torch.optim.AdamW(params, lr=t.lr, weight_decay=t.weight_decay, betas=tuple(t.adam_betas),
+                                      **({"fused": True} if t.adam_fused else {}))
+        from diffusers.optimization import get_scheduler
+        lr_scheduler = get_scheduler("constant", optimizer=optimizer)
+
+        from data.registry import build_dataset
+        from data.torch_dataset import ClipTorchDataset, collate_clips
+        self.dataset = ClipTorchDataset(build_dataset(cfg.data, "train"))
+        if len(self.dataset) == 0:
+            raise ValueError(f"data={cfg.data.name}: the training split is empty (check data.root and the split)")
+        self.sampler = EpochSampler(len(self.dataset), t.seed)
+        loader = torch.utils.data.DataLoader(self.dataset, batch_size=t.batch_size, sampler=self.sampler,
+                                             collate_fn=collate_clips, num_workers=t.num_workers, drop_last=True)
+        if len(loader) == 0:
+            raise ValueError(f"train.batch_size={t.batch_size} is larger than the training split ({len(self.dataset)} clips)")
+        self.unet, self.optimizer, self.loader, self.lr_scheduler = self.acc.prepare(unet, optimizer, loader, lr_scheduler)
+        self.state = dict(global_step=0, micro_step=0, epoch=1, batch_in_epoch=0)
+        self.log_path = self.run_dir / "log.jsonl"
+
+    # ---------------------------------------------------------------- checkpoints
+    def save_checkpoint(self):
+        """Weights, optimizer, scheduler and RNG states (accelerate) + loop position, atomically."""
+        self.acc.wait_for_everyone()
+        if not self.acc.is_main_process:
+            return
+        folder = self.run_dir / "checkpoints"
+        final = folder / f"step-{self.state['global_step']:08d}"
+        tmp = folder / f".tmp-{final.name}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        self.acc.save_state(str(tmp))
+        (tmp / STATE_FILE).write_text(json.dumps(self.state, indent=1))
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        for old in checkpoints(self.run_dir)[:-max(1, int(self.cfg.train.keep_checkpoints))]:
+            shutil.rmtree(old, ignore_errors=True)
+
+    def load_checkpoint(self, folder: Path):
+        self.acc.load_state(str(folder))
+        self.state = json.loads((Path(folder) / STATE_FILE).read_text())
+        self.acc.print(f"resumed from {folder} (step {self.state['global_step']}, epoch {self.state['epoch']})")
+
+    def maybe_resume(self):
+        t = self.cfg.train
+        own = newest_checkpoint(self.run_dir)
+        if t.resume not in ("auto", "never", None):
+            self.load_checkpoint(Path(t.resume))
+        elif t.resume == "auto" and own is not None:
+            self.load_checkpoint(own)
+        elif t.init_from:
+            src = Path(t.init_from)   # a checkpoint folder, or a run folder (its newest checkpoint)
+            if not (src / STATE_FILE).exists():
+                src = newest_checkpoint(src)
+            if src is None:
+                raise FileNotFoundError(f"train.init_from={t.init_from}: no checkpoint ({STATE_FILE}) found there")
+            self.load_checkpoint(src)
+        self._truncate_log()
+
+    def _truncate_log(self):
+        """Drop log lines past the resumed step (written after the last checkpoint of a killed run)."""
+        if not self.log_path.exists():
+            return
+        keep = [ln for ln in self.log_path.read_text().splitlines()
+                if ln.strip() and json.loads(ln)["step"] <= self.state["global_step"]]
+        self.log_path.write_text("".join(ln + "\n" for ln in keep))
+
+    # ---------------------------------------------------------------- one step
+    def compute_loss(self, batch, generator):
+        cfg, acc = self.cfg, self.acc
+        frames = batch["frames"].to(acc.device)                       # [B,T,3,H,W] in [-1,1]
+        B, T = frames.shape[:2]
+        with torch.no_grad():
+            lat = self.parts.vae.encode(frames.flatten(0, 1).to(self.weight_dtype)).latent_dist
+            z0 = (lat.sample(generator=generator) * self.parts.latent_scale).float().view(B, T, *lat.mean.shape[1:])
+        embeds, cond, time_ids = self.conditioner(frames.to(self.weight_dtype), generator, train=True)
+        w_diff, w_feat = objective_weights(self.state["epoch"], cfg.schedule.feat_from_epoch,
+                                           cfg.loss.diff_weight, cfg.loss.lambda_feat)
+        with acc.autocast():
+            loss_diff, z0_hat, sigma = self.diff_loss(self.unet, z0, cond, embeds, time_ids, generator)
+            terms = {"loss_diff": loss_diff}
+            if w_feat > 0:
+                idx = select_frames(T, cfg.loss.decode_frames)
+                x_hat = decode_with_grad(self.parts.vae, z0_hat[:, idx], self.parts.latent_scale,
+                                         int(cfg.loss.decode_chunk), bool(cfg.loss.decode_checkpoint))
+                boxes = [[b[j] for j in idx] for b in batch["boxes"]]
+                terms["loss_feat"] = self.feat_loss(x_hat, frames[:, idx], boxes)
+        loss = w_diff * terms["loss_diff"] + (w_feat * terms["loss_feat"] if w_feat > 0 else 0.0)
+        terms["loss"] = loss
+        for name, value in terms.items():
+            if not torch.isfinite(value):
+                raise FloatingPointError(
+                    f"non-finite {name} = {value.item()} at step {self.state['global_step'] + 1} "
+                    f"(epoch {self.state['epoch']}, sigma {sigma.tolist()}) in {self.run_dir}; the run stops here, "
+                    f"its last checkpoint is {newest_checkpoint(self.run_dir)}. Try mixed_precision=no or a lower train.lr.")
+        return loss, {k: float(v.detach()) for k, v in terms.items()} | {"sigma": float(sigma.mean())}
+
+    # ---------------------------------------------------------------- the loop
+    def train(self) -> Path:
+        cfg, t, acc = self.cfg, self.cfg.train, self.acc
+        self.maybe_resume()
+        if acc.is_main_process:
+            (self.run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+        if acc.log_with:
+            acc.init_trackers("lsa", config={"variant": cfg.loss.variant, "schedule": cfg.schedule.name})
+        max_steps = t.max_steps if t.max_steps is not None else math.inf
+        steps_per_epoch = len(self.loader) // t.grad_accum
+        total = min(max_steps, steps_per_epoch * t.epochs)
+        bar = tqdm(total=total, initial=self.state["global_step"], desc=f"train {self.run_dir.name}",
+                   disable=not acc.is_main_process, dynamic_ncols=True)
+        start = time.time()
+        while self.state["epoch"] <= t.epochs and self.state["global_step"] < max_steps:
+            epoch = self.state["epoch"]
+            self.sampler.use_epoch(epoch)
+            from accelerate import skip_first_batches
+            loader = skip_first_batches(self.loader, self.state["batch_in_epoch"]) \
+                if self.state["batch_in_epoch"] else self.loader
+            for batch in loader:
+                g = step_generator(t.seed, self.state["micro_step"], acc.process_index)
+                with acc.accumulate(self.unet):
+                    loss, terms = self.compute_loss(batch, g)
+                    acc.backward(loss)
+                    if acc.sync_gradients and t.max_grad_norm:
+                        acc.clip_grad_norm_(self.unet.parameters(), t.max_grad_norm)
+                    self.optimizer.step()
+                    self.lr_scheduler.step()
+                    self.optimizer.zero_grad(set_to_none=True)
+                self.state["micro_step"] += 1
+                self.state["batch_in_epoch"] += 1
+                if not acc.sync_gradients:
+                    continue
+                self.state["global_step"] += 1
+                self._log(terms, epoch, start)
+                bar.update(1)
+                bar.set_postfix(epoch=epoch, **{k: f"{v:.4g}" for k, v in terms.items() if k.startswith("loss")})
+                if self.state["global_step"] % t.checkpoint_every == 0:
+                    self.save_checkpoint()
+                if self.state["global_step"] >= max_steps:
+                    break
+            else:
+                self.state.update(epoch=epoch + 1, batch_in_epoch=0)
+                self.save_checkpoint()
+                continue
+            self.save_checkpoint()   # stopped by max_steps
+        bar.close()
+        acc.end_training()
+        finished = self.state["epoch"] > t.epochs or self.state["global_step"] >= max_steps
+        if finished and acc.is_main_process:
+            _, n_params = self.export(self.run_dir / "unet")
+            summary = dict(self.state, trainable_params=self.n_trainable, unet_params=n_params,
+                           checkpoint=str(newest_checkpoint(self.run_dir)), unet=str(self.run_dir / "unet"))
+            _atomic_write_json(self.run_dir / "summary.json", summary)
+        return self.run_dir
+
+    def _log(self, terms, epoch, start):
+        if not self.acc.is_main_process:
+            return
+        rec = dict(step=self.state["global_step"], epoch=epoch, lr=self.lr_scheduler.get_last_lr()[0],
+                   time=round(time.time() - start, 3), **terms)
+        with open(self.log_path, "a") as f:
+            f.write(json.dumps(rec) + "\n")
+        if self.acc.log_with:
+            self.acc.log({k: v for k, v in rec.items() if k != "step"}, step=rec["step"])
+
+    def export(self, out: Path) -> tuple[Path, int]:
+        """The trained U-Net (LoRA merged) as a diffusers folder, written atomically; (folder, #params)."""
+        import copy
+        unet = copy.deepcopy(self.acc.unwrap_model(self.unet)).float()
+        unet = merged_unet(unet)
+        out = Path(out)
+        tmp = out.parent / f".tmp-{out.name}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        unet.save_pretrained(tmp)
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+        return out, count_params(unet)
+
+
+def _freeze(module, device, dtype):
+    """Frozen parts run in the mixed-precision dtype (kept as loaded when training in float32)."""
+    module.requires_grad_(False).eval().to(device)
+    return module.to(dtype=dtype) if dtype != torch.float32 else module
+
+
+def _size(v):
+    return v if v in ("auto", None) else list(v)
+
+
+def _atomic_write_json(path: Path, obj) -> None:
+    tmp = Path(str(path) + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=1))
+    os.replace(tmp, path)
+
+
+def train(cfg) -> Path:
+    return Trainer(cfg).train()

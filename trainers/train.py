@@ -1,0 +1,24 @@
+"""python -m trainers.train model=tiny data=synthetic loss.variant=hybrid schedule=staged adapter=unet ..."""
+from __future__ import annotations
+
+import sys
+
+from trainers.config import load_config
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if any(a in ("-h", "--help") for a in argv):
+        print(__doc__)
+        print("groups: model=tiny|svd|svd-xt  data=synthetic|kitti|nuscenes|folder  schedule=staged|joint|diffusion"
+              "  adapter=unet|lora\nkeys: see configs/train.yaml (e.g. train.max_steps=10 loss.alpha=10)")
+        return 0
+    from trainers.loop import train
+    cfg = load_config(argv)
+    run_dir = train(cfg)
+    print(f"run folder: {run_dir.resolve()}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
