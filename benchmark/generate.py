@@ -42,7 +42,7 @@ def load_pipeline(model_cfg, unet_dir: str | Path | None = None, device: str = "
 
 def generate_videos(pipe, first_frames: Sequence[np.ndarray], names: Sequence[str], gen_cfg,
                     out_dir: str | Path) -> dict:
-    """first_frames: uint8 [H,W,3] per clip. Writes out_dir/frames/<name>/ (+ out_dir/mp4/<name>.mp4).
+    """first_frames: uint8 [H,W,3] per clip. Writes out_dir/frames/<name>/ (+ out_dir/videos/<name>.mp4).
 
     Returns timing: seconds spent generating (resumed clips excluded) and the number generated now.
     """
@@ -70,7 +70,7 @@ def generate_videos(pipe, first_frames: Sequence[np.ndarray], names: Sequence[st
         made += 1
         frames = (np.clip(np.asarray(video), 0, 1) * 255).round().astype(np.uint8)
         if gen_cfg.get("save_mp4", True):
-            write_video(out_dir / "mp4" / f"{name}.mp4", frames, fps=float(gen_cfg.fps))
+            write_video(out_dir / "videos" / f"{name}.mp4", frames, fps=float(gen_cfg.fps))
         write_frames(folder, frames)        # last: a clip counts as done only once its frames exist
     return dict(seconds=seconds, generated=made, total=len(names),
                 seconds_per_video=seconds / made if made else None)

@@ -19,7 +19,7 @@ def test_generate_is_seeded_per_clip_and_resumes(tiny_cache, tmp_path):
     assert t["generated"] == 2 and t["seconds"] > 0
     v0 = read_video(tmp_path / "a" / "frames" / "c0")
     assert v0.shape == (4, 64, 96, 3) and v0.dtype == np.uint8
-    assert read_video(tmp_path / "a" / "mp4" / "c0.mp4").shape == (4, 64, 96, 3)
+    assert read_video(tmp_path / "a" / "videos" / "c0.mp4").shape == (4, 64, 96, 3)
     # same seeds -> same videos in another folder; a finished clip is not generated again
     import shutil
     shutil.rmtree(tmp_path / "a" / "frames" / "c1")

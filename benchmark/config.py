@@ -1,0 +1,153 @@
+"""Composing the benchmark's configs with Hydra's compose API, and checking paths before any work.
+
+A row's config = `configs/train.yaml` + the profile `configs/benchmark/<profile>.yaml` (which also
+selects `configs/metrics/<...>.yaml`) + the command line's overrides + the row's overrides.
+"""
+from __future__ import annotations
+
+import importlib
+import os
+import re
+import warnings
+from pathlib import Path
+from typing import Iterable, Sequence
+
+from benchmark.stages import get_key, split_override
+
+class ConfigError(ValueError):
+    """A user-facing configuration problem (unknown profile, bad override, composition failure)."""
+
+
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+def config_root(config_dir: str | Path | None = None, config_module: str = "configs") -> Path:
+    if config_dir is not None:
+        return Path(config_dir).resolve()
+    return Path(importlib.import_module(config_module).__file__).resolve().parent
+
+
+def list_profiles(config_dir: str | Path | None = None) -> list[str]:
+    """Profiles = configs/benchmark/*.yaml, except the `_`-prefixed shared pieces."""
+    folder = config_root(config_dir) / "benchmark"
+    return sorted(p.stem for p in folder.glob("*.yaml") if not p.stem.startswith("_"))
+
+
+class HydraResolver:
+    """Resolves row overrides into plain-dict configs through Hydra's compose API."""
+
+    def __init__(self, profile: str = "smoke", overrides: Sequence[str] = (), config_dir: str | Path | None = None,
+                 config_module: str = "configs", config_name: str = "train"):
+        self.config_dir = config_dir
+        self.config_module = config_module
+        self.config_name = config_name
+        root = config_root(config_dir, config_module)
+        if not (root / f"{config_name}.yaml").exists():
+            raise FileNotFoundError(f"{root / (config_name + '.yaml')} not found: the benchmark composes the "
+                                    f"trainer's config tree (configs/{config_name}.yaml, trainer issue 2)")
+        profiles = list_profiles(root)
+        if profile not in profiles:
+            raise ConfigError(f"unknown profile {profile!r}; valid profiles: {', '.join(profiles)} "
+                             f"(configs/benchmark/*.yaml)")
+        self.profile = profile
+        self.user_overrides = list(overrides)
+        for ov in self.user_overrides:
+            try:
+                split_override(ov)        # fail early on a malformed key=value
+            except ValueError as e:
+                raise ConfigError(str(e)) from e
+        self.base = self.resolve([])
+
+    def resolve(self, overrides: list[str]) -> dict:
+        from hydra import compose, initialize_config_dir, initialize_config_module
+        from hydra.core.global_hydra import GlobalHydra
+        from omegaconf import OmegaConf
+
+        row_keys = {split_override(o)[0] for o in overrides}
+        # The row's own keys win (a table defines its rows); Hydra rejects two values for one group.
+        user = [o for o in self.user_overrides if split_override(o)[0] not in row_keys]
+        ignored = [o for o in self.user_overrides if o not in user]
+        if ignored:
+            warnings.warn(f"command-line overrides {ignored} are ignored for a row that sets these keys itself",
+                          stacklevel=2)
+        GlobalHydra.instance().clear()
+        init = (initialize_config_dir(str(Path(self.config_dir).resolve()), version_base="1.3")
+                if self.config_dir is not None else
+                initialize_config_module(self.config_module, version_base="1.3"))
+        from hydra.errors import HydraException
+        from omegaconf.errors import OmegaConfBaseException
+        all_overrides = [f"+benchmark={self.profile}"] + user + list(overrides)
+        try:
+            with init:
+                cfg = compose(config_name=self.config_name, overrides=all_overrides)
+            return OmegaConf.to_container(cfg, resolve=True)
+        except (HydraException, OmegaConfBaseException) as e:
+            raise ConfigError(f"composing {self.config_name}.yaml with {all_overrides} failed: {e}") from e
+
+
+# ------------------------------------------------------------------------------------ path checks
+def missing_paths(cfgs: Iterable[tuple[str, dict]]) -> list[str]:
+    """Every path named by `benchmark.check_paths` in the given (row name, config) pairs that is not
+    there, as one readable line each. check_paths has three lists:
+      local         keys whose value must exist on disk (weights files, dataset folders)
+      hub_or_local  keys that may also be Hugging Face hub ids ("org/name"): fine when cached, or when
+                    the Hub is reachable (they download on first use); missing when HF_HUB_OFFLINE=1
+                    and not cached
+      allow         values that need no file (e.g. tiny, null)
+    """
+    problems: dict[tuple[str, str, str, str], list[str]] = {}
+    for row, cfg in cfgs:
+        spec = get_key(cfg, "benchmark.check_paths", {}) or {}
+        if not isinstance(spec, dict):
+            raise ConfigError("benchmark.check_paths must be a mapping with lists local, hub_or_local, allow")
+        allow = set(spec.get("allow") or [])
+        dataset = str(get_key(cfg, "data.name", ""))
+        for kind in ("local", "hub_or_local"):
+            for key in spec.get(kind) or []:
+                ds = dataset if key.startswith("data.") else ""
+                try:
+                    value = get_key(cfg, key)
+                except KeyError:
+                    problems.setdefault((kind, key, "<absent>", ds), []).append(row)
+                    continue
+                if value in allow or (value is not None and _present(str(value), hub=(kind == "hub_or_local"))):
+                    continue
+                problems.setdefault((kind, key, "<null>" if value is None else str(value), ds), []).append(row)
+    lines = []
+    for (kind, key, value, ds), rows in problems.items():
+        name = f"{key} (data={ds})" if ds else key
+        if value == "<absent>":
+            why = "is not a key of the composed config (fix benchmark.check_paths or the config)"
+        elif value == "<null>" and key == "data.root":
+            why = (f"is not set: benchmark.data_roots.{ds}=/path/to/{ds} (or the environment variable the "
+                   f"profile names), or data.root=/path when every row uses this dataset")
+        elif value == "<null>":
+            why = f"is not set (null): give it on the command line, {key}=/path"
+        elif kind == "hub_or_local" and _looks_like_hub_id(value):
+            why = (f"= {value}: not a local path, and as a hub id not in the local Hugging Face cache "
+                   f"(HF_HUB_OFFLINE is set): `huggingface-cli download {value}`, or set {key} to a local folder")
+        elif key.startswith("data."):
+            why = f"= {value}: dataset folder not found (docs/data.md says how to get it)"
+        else:
+            why = f"= {value}: file not found (docs/metrics.md and docs/benchmark.md say where to get it)"
+        lines.append(f"{name} {why}  [rows: {', '.join(sorted(set(rows)))}]")
+    return lines
+
+
+def _looks_like_hub_id(value: str) -> bool:
+    return bool(_HUB_ID.match(value)) and not value.startswith((".", "/", "~"))
+
+
+def _present(value: str, hub: bool) -> bool:
+    if Path(value).expanduser().exists():
+        return True
+    if hub and _looks_like_hub_id(value):
+        if not os.environ.get("HF_HUB_OFFLINE") and not os.environ.get("TRANSFORMERS_OFFLINE"):
+            return True               # reachable Hub: from_pretrained downloads it on first use
+        try:
+            from huggingface_hub import snapshot_download
+            snapshot_download(value, local_files_only=True)
+            return True
+        except Exception:             # LocalEntryNotFoundError and friends: not cached
+            return False
+    return False

@@ -1,0 +1,171 @@
+"""What runs a stage: the `StageRunner` protocol, and `FakeRunner` for tests of the machinery.
+
+The runner loop (`benchmark.runner.run_table`) calls one method per stage kind with the stage's full
+resolved config (`stage.run_cfg`, a plain dict) and the stage folder `out_dir` (runs/<hash>/) to
+write into. It may be a folder left by an interrupted attempt (resume from what is there, e.g. the
+trainer's own checkpoints). Paths in the returned dict must lie inside `out_dir`; the store keeps
+them relative. The loop writes `result.json` and `DONE` after the method returns; an exception
+leaves the stage pending.
+
+The real implementation is `benchmark.runner_impl.TrainerRunner` (wired to trainers/ and metrics/).
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+
+
+@runtime_checkable
+class StageRunner(Protocol):
+    def run_testset(self, stage, cfg: dict, out_dir: Path) -> dict:
+        """Write the first `data.test.num_clips` clips of the test split of `cfg['data']`:
+        frames/<clip>/000000.png... (lossless, what metrics read), first_frames/<clip>.png,
+        boxes/<clip>.json, optionally videos/<clip>.mp4. Return at least
+        {"frames": <dir>, "clips": [names], "num_videos": N, "num_frames": T, "height": H, "width": W}."""
+
+    def run_train(self, stage, cfg: dict, init_from: Path | None, out_dir: Path) -> dict:
+        """Train exactly epoch `stage.params['epoch']` (cfg['train']['epochs'] is already that epoch;
+        the objective `stage.params['objective']` is 'diffusion' or 'lsa', implied by cfg['schedule'])
+        starting from the finished train stage folder `init_from` (None = the base model). Return
+        {"log": <the JSONL loss log>, ...}; generation later loads the fine-tuned weights from `out_dir`."""
+
+    def run_generate(self, stage, cfg: dict, checkpoint: Path | None, out_dir: Path, *, test_clips: Path) -> dict:
+        """Generate one video per test clip of the testset folder `test_clips` from its first frame
+        with the fine-tuned weights in the train stage folder `checkpoint` (None = the base model),
+        settings cfg['benchmark']['generate']. Write frames/<clip>/ (same names as the test set) and
+        videos/<clip>.mp4. Return {"frames": <dir>, "num_videos": N, "num_frames": T,
+        "seconds": wall time of generating them, "num_params": parameters of the inference pipeline}."""
+
+    def run_evaluate(self, stage, cfg: dict, videos_dir: Path, out_dir: Path, *, real_dir: Path) -> dict:
+        """Score the generated frame folders `videos_dir` against the real ones `real_dir` (paired by
+        name) with cfg['metrics'] (its det.detector already set for this stage's detector). Return
+        what metrics.evaluate.evaluate returns: {"fvd": {"value"}, "fid": {"value"}, "det": {"mAP",
+        "mIoU" (percent), "per_frame": {"mAP": [...], "mIoU": [...]}}, "n_videos", ...}; the table
+        columns read dotted paths of it (ablations/table_*.yaml `key`). The loop saves it as
+        metrics.json. Optionally write detections/<clip>.json for the frame-grid figure."""
+
+
+class FakeRunner:
+    """Writes tiny files instead of training / generating / scoring, and counts calls.
+
+    `fail_at=k` raises at the start of the k-th stage it is asked to run (1-based), as a crash
+    mid-table. Environment hooks for subprocess tests: LSA_FAKE_RUNNER_SLEEP (seconds per stage),
+    LSA_FAKE_RUNNER_LOG (a file that gets one "start/end <kind> <hash>" line per event).
+    The numbers it returns are placeholders: everything rendered from them says FAKE.
+    """
+
+    is_fake = True
+
+    def __init__(self, fail_at: int | None = None, sleep: float | None = None, log: str | Path | None = None,
+                 frame_hw: tuple[int, int] = (16, 24), num_frames: int = 3):
+        self.fail_at = fail_at
+        self.sleep = float(os.environ.get("LSA_FAKE_RUNNER_SLEEP", 0.0)) if sleep is None else sleep
+        log = log if log is not None else os.environ.get("LSA_FAKE_RUNNER_LOG")
+        self.log = Path(log) if log else None
+        self.frame_hw, self.num_frames = frame_hw, num_frames
+        self.calls: Counter = Counter()     # kind -> number of calls
+        self.history: list[tuple[str, str]] = []   # (kind, hash) in call order
+
+    # ------------------------------------------------------------------ bookkeeping
+    def _enter(self, stage):
+        self.calls[stage.kind] += 1
+        self.history.append((stage.kind, stage.hash))
+        self._log("start", stage)
+        if self.fail_at is not None and len(self.history) == self.fail_at:
+            raise RuntimeError(f"FakeRunner: simulated crash at stage {self.fail_at} ({stage.kind} {stage.hash})")
+        if self.sleep:
+            time.sleep(self.sleep)
+
+    def _log(self, event, stage):
+        if self.log:
+            with open(self.log, "a") as f:
+                f.write(f"{event} {stage.kind} {stage.hash}\n")
+
+    def _rng(self, stage) -> np.random.Generator:
+        return np.random.default_rng(int(stage.hash, 16) % (2**32))
+
+    # ------------------------------------------------------------------ stages
+    def run_testset(self, stage, cfg, out_dir):
+        self._enter(stage)
+        n = int(cfg["data"]["test"]["num_clips"])
+        rng = self._rng(stage)
+        h, w = self.frame_hw
+        clips = [f"clip_{k:04d}" for k in range(n)]
+        for name in clips:
+            frames = rng.integers(0, 255, (self.num_frames, h, w, 3), dtype=np.uint8)
+            _write_frames(out_dir / "frames" / name, frames)
+            boxes = [{"boxes": [[2.0, 2.0, 10.0, 9.0]], "labels": [2], "track_ids": [0]}] * self.num_frames
+            (out_dir / "boxes").mkdir(parents=True, exist_ok=True)
+            (out_dir / "boxes" / f"{name}.json").write_text(json.dumps({"frames": boxes}))
+        self._log("end", stage)
+        return {"frames": out_dir / "frames", "boxes": out_dir / "boxes", "clips": clips, "num_videos": n,
+                "num_frames": self.num_frames, "height": h, "width": w}
+
+    def run_train(self, stage, cfg, init_from, out_dir):
+        self._enter(stage)
+        chain = []
+        start = 0
+        if init_from is not None:
+            prev = json.loads((Path(init_from) / "weights.json").read_text())
+            chain, start = prev["chain"], prev["steps"]
+        rng = self._rng(stage)
+        steps = 3
+        with open(out_dir / "log.jsonl", "w") as f:
+            for s in range(start + 1, start + steps + 1):
+                diff = float(rng.uniform(0.1, 1.0))
+                feat = float(rng.uniform(0.0, 0.01)) if stage.params["objective"] == "lsa" else 0.0
+                f.write(json.dumps({"step": s, "epoch": stage.params["epoch"], "loss": diff + feat,
+                                    "loss_diff": diff, "loss_feat": feat}) + "\n")
+        (out_dir / "weights.json").write_text(json.dumps({"chain": chain + [stage.hash], "steps": start + steps}))
+        self._log("end", stage)
+        return {"log": out_dir / "log.jsonl", "checkpoint": out_dir / "weights.json"}
+
+    def run_generate(self, stage, cfg, checkpoint, out_dir, *, test_clips):
+        self._enter(stage)
+        t0 = time.perf_counter()
+        real = Path(test_clips) / "frames"
+        rng = self._rng(stage)
+        names = sorted(p.name for p in real.iterdir() if p.is_dir())
+        for name in names:
+            src = _read_frames(real / name)
+            noisy = np.clip(src.astype(int) + rng.integers(-30, 30, src.shape), 0, 255).astype(np.uint8)
+            _write_frames(out_dir / "frames" / name, noisy)
+        self._log("end", stage)
+        return {"frames": out_dir / "frames", "num_videos": len(names), "num_frames": self.num_frames,
+                "seconds": time.perf_counter() - t0, "num_params": 1234567,
+                "checkpoint_used": None if checkpoint is None else Path(checkpoint).name}
+
+    def run_evaluate(self, stage, cfg, videos_dir, out_dir, *, real_dir):
+        self._enter(stage)
+        rng = self._rng(stage)
+        n = len([p for p in Path(videos_dir).iterdir() if p.is_dir()])
+        per_map = sorted(rng.uniform(5, 50, self.num_frames).tolist(), reverse=True)
+        per_miou = sorted(rng.uniform(50, 90, self.num_frames).tolist(), reverse=True)
+        # the shape metrics.evaluate.evaluate returns (metrics/evaluate.py), with placeholder values
+        metrics = {"n_videos": n, "num_frames": self.num_frames, "fake": True,
+                   "fvd": {"value": float(rng.uniform(100, 900)), "n_real": n, "n_gen": n},
+                   "fid": {"value": float(rng.uniform(10, 60)), "n_real": n, "n_gen": n},
+                   "det": {"mAP": float(np.mean(per_map)), "mIoU": float(np.mean(per_miou)), "units": "percent",
+                           "n_videos": n, "detector": cfg["metrics"]["det"]["detector"]["name"],
+                           "per_frame": {"mAP": per_map, "mIoU": per_miou}}}
+        (out_dir / "metrics.json").write_text(json.dumps(metrics))
+        self._log("end", stage)
+        return metrics
+
+
+def _write_frames(folder: Path, frames: np.ndarray) -> None:
+    from PIL import Image
+    folder.mkdir(parents=True, exist_ok=True)
+    for j, fr in enumerate(frames):
+        Image.fromarray(fr).save(folder / f"{j:06d}.png")
+
+
+def _read_frames(folder: Path) -> np.ndarray:
+    from PIL import Image
+    return np.stack([np.asarray(Image.open(p).convert("RGB")) for p in sorted(folder.glob("*.png"))])

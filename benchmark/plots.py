@@ -1,0 +1,161 @@
+"""Figures of a table (matplotlib, Agg): loss curves, per-frame detection curves, real vs generated frames.
+
+Inputs are files other parts write:
+- the trainer's JSONL loss log, one JSON object a line with keys step, epoch, loss, loss_diff,
+  loss_feat (trainers/loop.py);
+- metrics.json's "det" -> "per_frame": {"mAP": [...], "mIoU": [...]} (percent, one value per frame
+  index; metrics/detection.py);
+- frame folders <dir>/<clip>/000000.png ... and the test set's boxes/<clip>.json
+  ({"frames": [{"boxes": [[x1,y1,x2,y2], ...], ...}, ...]}); an evaluate stage may add
+  detections/<clip>.json in the same format (with "scores") to draw the detector's boxes.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import numpy as np
+
+
+def _plt():
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def _save(fig, out_png: Path) -> Path:
+    out_png = Path(out_png)
+    out_png.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_png.with_name(f".{out_png.stem}.tmp.png")
+    fig.savefig(tmp, dpi=120, bbox_inches="tight")
+    _plt().close(fig)
+    tmp.replace(out_png)
+    return out_png
+
+
+def read_loss_log(path: str | Path) -> list[dict]:
+    """The records of a JSONL loss log; a malformed line fails naming the file and line."""
+    path = Path(path)
+    out = []
+    for n, line in enumerate(path.read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}:{n}: not a JSON object ({e})") from e
+        if "step" not in rec:
+            raise ValueError(f"{path}:{n}: record without 'step'")
+        out.append(rec)
+    return out
+
+
+def concat_logs(paths: Sequence[str | Path]) -> list[dict]:
+    """The logs of a row's epoch stages, epoch 1 first, as one curve (steps made increasing when a
+    stage restarts its count)."""
+    out: list[dict] = []
+    for p in paths:
+        recs = read_loss_log(p)
+        offset = out[-1]["step"] if recs and out and recs[0]["step"] <= out[-1]["step"] else 0
+        out += [{**r, "step": r["step"] + offset} for r in recs]
+    return out
+
+
+def plot_loss_curves(curves: Mapping[str, Sequence[str | Path]], out_png: str | Path, title: str = "") -> Path | None:
+    """One panel per loss term (loss, loss_diff, loss_feat), one line per row."""
+    data = {row: concat_logs(paths) for row, paths in curves.items() if paths}
+    data = {k: v for k, v in data.items() if v}
+    if not data:
+        return None
+    plt = _plt()
+    terms = [t for t in ("loss", "loss_diff", "loss_feat") if any(t in r for recs in data.values() for r in recs)]
+    fig, axes = plt.subplots(1, len(terms), figsize=(4.2 * len(terms), 3.2), squeeze=False)
+    for ax, term in zip(axes[0], terms):
+        for row, recs in data.items():
+            pts = [(r["step"], r[term]) for r in recs if r.get(term) is not None]
+            if pts:
+                ax.plot(*zip(*pts), label=row, linewidth=1)
+        ax.set_title(term)
+        ax.set_xlabel("optimizer step")
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=7)
+    fig.suptitle(title, fontsize=9, y=1.02)
+    return _save(fig, out_png)
+
+
+def plot_per_frame(per_frame: Mapping[str, Mapping[str, Sequence[float]]], out_png: str | Path,
+                   metrics: Sequence[str] = ("mAP", "mIoU"), scale: float = 1.0, title: str = "") -> Path | None:
+    """mAP / mIoU by frame index (how consistency decays over the clip), one line per row."""
+    data = {row: pf for row, pf in per_frame.items() if pf and any(pf.get(m) for m in metrics)}
+    if not data:
+        return None
+    plt = _plt()
+    fig, axes = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics), 3.2), squeeze=False)
+    for ax, m in zip(axes[0], metrics):
+        for row, pf in data.items():
+            ys = [np.nan if v is None else v * scale for v in pf.get(m) or []]
+            if ys:
+                ax.plot(range(1, len(ys) + 1), ys, marker="o", markersize=2, linewidth=1, label=row)
+        ax.set_title(f"{m} per frame index")
+        ax.set_xlabel("frame index")
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=7)
+    fig.suptitle(title, fontsize=9, y=1.02)
+    return _save(fig, out_png)
+
+
+def _frames(folder: Path) -> list[Path]:
+    return sorted(p for p in Path(folder).iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg"))
+
+
+def _boxes(path: Path | None, j: int) -> list:
+    if path is None or not path.exists():
+        return []
+    frames = json.loads(path.read_text()).get("frames", [])
+    return frames[j].get("boxes", []) if j < len(frames) else []
+
+
+def plot_frame_grid(real_dir: str | Path, gen_dirs: Mapping[str, str | Path], clips: Sequence[str],
+                    out_png: str | Path, n_frames: int = 3, boxes_dir: str | Path | None = None,
+                    detections_dirs: Mapping[str, str | Path] | None = None, title: str = "") -> Path | None:
+    """Rows: for each clip, the real frames then each generated version; columns: evenly spaced
+    frames. Real frames get the dataset's boxes (green), generated ones the detector's (red) when
+    an evaluate stage wrote detections/<clip>.json."""
+    from PIL import Image
+    real_dir = Path(real_dir)
+    clips = [c for c in clips if (real_dir / c).is_dir()]
+    if not clips:
+        return None
+    plt = _plt()
+    sources = [("real", real_dir)] + [(k, Path(v)) for k, v in gen_dirs.items()]
+    nrows = len(clips) * len(sources)
+    fig, axes = plt.subplots(nrows, n_frames, figsize=(2.2 * n_frames, 1.5 * nrows), squeeze=False)
+    for ci, clip in enumerate(clips):
+        for si, (name, folder) in enumerate(sources):
+            files = _frames(folder / clip) if (folder / clip).is_dir() else []
+            idx = np.linspace(0, len(files) - 1, n_frames).round().astype(int) if files else []
+            for k in range(n_frames):
+                ax = axes[ci * len(sources) + si][k]
+                ax.axis("off")
+                if k == 0:
+                    ax.text(-0.05, 0.5, f"{clip}\n{name}", transform=ax.transAxes, ha="right", va="center", fontsize=6)
+                if not len(idx):
+                    continue
+                j = int(idx[k])
+                ax.imshow(np.asarray(Image.open(files[j]).convert("RGB")))
+                ax.set_title(f"frame {j}", fontsize=6)
+                if name == "real":
+                    box_file = Path(boxes_dir) / f"{clip}.json" if boxes_dir else None
+                    color = "lime"
+                else:
+                    d = (detections_dirs or {}).get(name)
+                    box_file = Path(d) / f"{clip}.json" if d else None
+                    color = "red"
+                for x1, y1, x2, y2 in (b[:4] for b in _boxes(box_file, j)):
+                    ax.add_patch(plt.Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, color=color, linewidth=0.8))
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.35 / (1.5 * nrows)))   # room for the two-line title only
+    return _save(fig, out_png)
+

@@ -1,0 +1,110 @@
+"""python -m benchmark.run table=III [profile=smoke|paper] [data=...] [launcher=local|slurm] [--dry-run] [key=value ...]
+
+Regenerates one paper table (or several: table=III,IV,V) end to end: expands it into stages
+(test set, train epoch 1, epoch 2, generate, evaluate per detector), runs those not already in the
+store, and writes results/<profile>/table_<N>.md, .tex, .json and figures.
+
+Options (everything else is a Hydra override of the composed config, e.g. data=kitti,
+benchmark.num_test_clips=4, train.lr=2e-5):
+  table=I|II|III|IV|V[,..]  which table(s) (required)
+  profile=smoke|paper      configs/benchmark/<profile>.yaml (default smoke)
+  launcher=local|slurm     where stages run (slurm: issue 6, not yet implemented)
+  rows=a,b                 only these rows of the table
+  store=runs               the stage store (runs/<hash>/)
+  results=results          where tables and figures go (results/<profile>/)
+  runner=module:Class      the StageRunner (default benchmark.runner_impl:TrainerRunner)
+  config_dir=PATH          compose from this config folder instead of the `configs` package
+  --dry-run                print the stage graph (cached / pending) and stop
+  --list                   list tables, their rows and the profiles
+"""
+from __future__ import annotations
+
+import importlib
+import sys
+
+from ablations.registry import SpecError, list_tables, load_table
+from benchmark.config import ConfigError
+
+OPTIONS = {"table": None, "profile": "smoke", "launcher": "local", "rows": None, "store": "runs",
+           "results": "results", "runner": "benchmark.runner_impl:TrainerRunner", "config_dir": None}
+FLAGS = {"--dry-run", "--list", "-h", "--help"}
+
+
+class UsageError(Exception):
+    pass
+
+
+def parse_args(argv: list[str]) -> tuple[dict, set[str], list[str]]:
+    opts, flags, overrides = dict(OPTIONS), set(), []
+    for a in argv:
+        if a.startswith("-"):
+            if a not in FLAGS:
+                raise UsageError(f"unknown flag {a}; flags: {', '.join(sorted(FLAGS))}")
+            flags.add(a)
+        elif "=" not in a:
+            raise UsageError(f"argument {a!r} is not key=value (e.g. table=III)")
+        else:
+            k, v = a.split("=", 1)
+            if k in OPTIONS:
+                opts[k] = v
+            else:
+                overrides.append(a)
+    return opts, flags, overrides
+
+
+def load_runner(spec: str):
+    if ":" not in spec:
+        raise UsageError(f"runner={spec!r}: expected module:Class")
+    mod, cls = spec.split(":", 1)
+    try:
+        return getattr(importlib.import_module(mod), cls)()
+    except (ImportError, AttributeError) as e:
+        raise UsageError(f"runner={spec}: cannot load it ({e})") from e
+
+
+def _list(config_dir) -> str:
+    from benchmark.config import list_profiles
+    lines = []
+    for t in list_tables():
+        spec = load_table(t)
+        rows = [r.name + ("" if r.available else " (not yet available)") for r in spec.rows]
+        lines.append(f"table {t}: {spec.title}\n  rows: {', '.join(rows)}")
+    lines.append(f"profiles: {', '.join(list_profiles(config_dir))}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    try:
+        opts, flags, overrides = parse_args(argv)
+        if flags & {"-h", "--help"}:
+            print(__doc__)
+            return 0
+        if "--list" in flags:
+            print(_list(opts["config_dir"]))
+            return 0
+        if not opts["table"]:
+            raise UsageError(f"say which table: table=<name>; valid tables: {', '.join(list_tables())}")
+        tables = [load_table(t) for t in opts["table"].split(",")]   # unknown names fail here
+        rows = opts["rows"].split(",") if opts["rows"] else None
+        if rows:
+            for t in tables:
+                t.select(rows)
+        from benchmark.config import HydraResolver
+        from benchmark.runner import run_table
+        resolver = HydraResolver(opts["profile"], overrides, config_dir=opts["config_dir"])
+        runner = None if "--dry-run" in flags else load_runner(opts["runner"])
+        for spec in tables:
+            run_table(spec, resolver, runner, opts["launcher"], store=opts["store"], results=opts["results"],
+                      rows=rows, dry_run="--dry-run" in flags)
+    except (UsageError, SpecError, ConfigError, KeyError, FileNotFoundError) as e:
+        print(f"error: {e.args[0] if e.args else e}", file=sys.stderr)
+        return 2
+    except NotImplementedError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 3
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

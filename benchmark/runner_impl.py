@@ -1,0 +1,95 @@
+"""The real stage runner: the one place where the benchmark calls trainers/ and metrics/.
+
+The contract of each method is in `benchmark.executors.StageRunner`. Each stage runs in this
+process; heavy objects are dropped when a stage ends so the next one starts with free memory.
+"""
+from __future__ import annotations
+
+import gc
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+from omegaconf import OmegaConf
+from PIL import Image
+
+from benchmark.testset import write_testset
+
+_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def _device(name: str | None) -> str:
+    if name in (None, "auto"):
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return str(name)
+
+
+def _release():
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+class TrainerRunner:
+    is_fake = False
+
+    def run_testset(self, stage, cfg: dict, out_dir: Path) -> dict:
+        return write_testset(cfg, out_dir)
+
+    def run_train(self, stage, cfg: dict, init_from: Path | None, out_dir: Path) -> dict:
+        """One epoch of one row: `cfg['train']['epochs']` is this stage's epoch, `init_from` the
+        previous epoch's stage folder (the trainer takes its newest checkpoint); an interrupted
+        attempt resumes from out_dir's own checkpoints."""
+        from trainers.loop import train
+        c = OmegaConf.create(cfg)
+        c.train.out_dir = str(out_dir)
+        c.train.init_from = str(init_from) if init_from else None
+        c.train.resume = "auto"
+        try:
+            train(c)
+        finally:
+            _release()
+        summary = json.loads((Path(out_dir) / "summary.json").read_text())
+        return {"log": Path(out_dir) / "log.jsonl", "unet": Path(out_dir) / "unet",
+                "steps": summary["global_step"], "trainable_params": summary["trainable_params"]}
+
+    def run_generate(self, stage, cfg: dict, checkpoint: Path | None, out_dir: Path, *, test_clips: Path) -> dict:
+        """The test videos of a trained row (its last epoch's exported U-Net) or of the base model."""
+        from benchmark.generate import generate_videos, load_pipeline
+        c = OmegaConf.create(cfg)
+        gen = c.benchmark.generate
+        device = _device(gen.get("device"))
+        dtype = _DTYPES[gen.get("dtype", "fp32") if device != "cpu" else "fp32"]
+        unet_dir = Path(checkpoint) / "unet" if checkpoint else None
+        if unet_dir is not None and not unet_dir.is_dir():
+            raise FileNotFoundError(f"{unet_dir}: the train stage has no exported U-Net")
+        firsts_dir = Path(test_clips) / "first_frames"
+        names = sorted(p.stem for p in firsts_dir.glob("*.png"))
+        if not names:
+            raise FileNotFoundError(f"{firsts_dir}: no first frames (the testset stage is incomplete)")
+        firsts = [np.asarray(Image.open(firsts_dir / f"{n}.png").convert("RGB")) for n in names]
+        pipe = load_pipeline(c.model, unet_dir, device=device, dtype=dtype)
+        num_params = sum(p.numel() for m in (pipe.unet, pipe.vae, pipe.image_encoder) for p in m.parameters())
+        try:
+            timing = generate_videos(pipe, firsts, names, gen, out_dir)
+        finally:
+            del pipe
+            _release()
+        return {"frames": Path(out_dir) / "frames", "num_videos": len(names), "num_frames": int(gen.num_frames),
+                "seconds": timing["seconds"], "seconds_per_video": timing["seconds_per_video"],
+                "generated_now": timing["generated"], "num_params": num_params, "device": device}
+
+    def run_evaluate(self, stage, cfg: dict, videos_dir: Path, out_dir: Path, *, real_dir: Path) -> dict:
+        """metrics.evaluate on the real test clips vs the generated videos, paired by clip name."""
+        from metrics.evaluate import evaluate
+        names = sorted(p.name for p in Path(real_dir).iterdir() if p.is_dir())
+        missing = [n for n in names if not (Path(videos_dir) / n).is_dir()]
+        if missing:
+            raise FileNotFoundError(f"{videos_dir}: no generated video for {missing[:5]}"
+                                    f"{' ...' if len(missing) > 5 else ''}")
+        try:
+            return evaluate([Path(real_dir) / n for n in names], [Path(videos_dir) / n for n in names],
+                            cfg, names=names)
+        finally:
+            _release()

@@ -1,0 +1,350 @@
+"""Expanding a table spec into a graph of content-hashed stages (DESIGN.md, "The flow of one table").
+
+Stage kinds, in dependency order:
+  testset   the real test clips of a dataset (frames, first frames, boxes), shared by every row on it
+  train     ONE epoch of one row, initialised from the previous epoch's stage (or the base model)
+  generate  the test videos of a trained row (or of the untrained base model: the "SVD" row)
+  evaluate  the metrics of one generated set with one detector (Table V: two detectors, one generation)
+  render    the table (always re-rendered; its output lives in results/, not in the store)
+
+A stage's identity is the sha256 of the canonical JSON of exactly the config that influences it.
+A train epoch that uses the diffusion loss only leaves the feature-loss keys (variant, alpha,
+lambda, ...) out of its hash, so every staged row and "SVD fine-tuned" share one epoch-1 stage.
+The key lists live in config (configs/benchmark/_stage_hash.yaml), not here.
+"""
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Protocol, Sequence
+
+from ablations.registry import Row, TableSpec
+
+# Bump when the meaning of a stage changes (what a stage computes from the same config): every hash
+# changes with it, so no old output is reused for the new meaning.
+STAGE_SCHEMA = 1
+HASH_LEN = 12
+KINDS = ("testset", "train", "generate", "evaluate", "render")
+
+
+# ------------------------------------------------------------------------------------ hashing
+def canonical(obj: Any) -> Any:
+    """A JSON-ready, order-independent copy: dict keys sorted (by json), tuples as lists, paths as
+    strings, integral floats as ints (YAML `100` and `100.0` mean the same lambda)."""
+    if isinstance(obj, dict):
+        return {str(k): canonical(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [canonical(v) for v in obj]
+    if isinstance(obj, Path):
+        return str(obj)
+    if isinstance(obj, bool) or obj is None or isinstance(obj, (int, str)):
+        return obj
+    if isinstance(obj, float):
+        if not math.isfinite(obj):
+            return repr(obj)
+        return int(obj) if obj.is_integer() else obj
+    raise TypeError(f"cannot hash a config value of type {type(obj).__name__}: {obj!r}")
+
+
+def canonical_json(obj: Any) -> str:
+    return json.dumps(canonical(obj), sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+
+
+def stage_hash(kind: str, config: dict) -> str:
+    payload = canonical_json({"schema": STAGE_SCHEMA, "kind": kind, "config": config})
+    return hashlib.sha256(payload.encode()).hexdigest()[:HASH_LEN]
+
+
+def drop_keys(cfg: dict, dotted: Sequence[str]) -> dict:
+    """A deep copy of `cfg` without the dotted keys (absent keys are ignored)."""
+    out = copy.deepcopy(cfg)
+    for key in dotted:
+        node, parts = out, key.split(".")
+        for p in parts[:-1]:
+            node = node.get(p) if isinstance(node, dict) else None
+            if node is None:
+                break
+        if isinstance(node, dict):
+            node.pop(parts[-1], None)
+    return out
+
+
+def get_key(cfg: dict, dotted: str, default: Any = KeyError) -> Any:
+    node = cfg
+    for p in dotted.split("."):
+        if not isinstance(node, dict) or p not in node:
+            if default is KeyError:
+                raise KeyError(dotted)
+            return default
+        node = node[p]
+    return node
+
+
+def set_key(cfg: dict, dotted: str, value: Any) -> None:
+    node = cfg
+    parts = dotted.split(".")
+    for p in parts[:-1]:
+        node = node.setdefault(p, {})
+    node[parts[-1]] = value
+
+
+# ------------------------------------------------------------------------------------ config resolution
+class Resolver(Protocol):
+    """Turns override strings (`group=option`, `a.b=value`, as on the command line) into a resolved
+    plain-dict config. `base` is the config with the profile and the user's overrides only."""
+
+    base: dict
+    user_overrides: list[str]
+
+    def resolve(self, overrides: list[str]) -> dict: ...
+
+
+class DictResolver:
+    """A resolver over a plain dict, for tests and programmatic use: `group=option` picks a dict
+    from `groups[group][option]`; any other `a.b=v` sets a key (v parsed as YAML)."""
+
+    def __init__(self, base: dict, groups: dict[str, dict[str, dict]] | None = None,
+                 user_overrides: Sequence[str] = ()):
+        self.groups = groups or {}
+        self.user_overrides = list(user_overrides)
+        self._raw = copy.deepcopy(base)
+        self.base = self.resolve([])
+
+    def resolve(self, overrides: list[str]) -> dict:
+        import yaml
+        cfg = copy.deepcopy(self._raw)
+        for ov in list(self.user_overrides) + list(overrides):
+            key, value = split_override(ov)
+            if key in self.groups:
+                if value not in self.groups[key]:
+                    raise ValueError(f"{key}={value}: unknown option; valid: {sorted(self.groups[key])}")
+                cfg[key] = copy.deepcopy(self.groups[key][value])
+            else:
+                set_key(cfg, key, yaml.safe_load(value))
+        return cfg
+
+
+def split_override(ov: str) -> tuple[str, str]:
+    if "=" not in ov:
+        raise ValueError(f"override {ov!r} is not of the form key=value")
+    key, value = ov.split("=", 1)
+    return key.lstrip("+~"), value
+
+
+def format_override(key: str, value: Any) -> str:
+    """A spec value as a Hydra override string (lists/dicts as YAML flow, strings quoted if needed)."""
+    if isinstance(value, str):
+        safe = all(ch.isalnum() or ch in "_-./:" for ch in value)
+        return f"{key}={value}" if safe and value else f"{key}='{value}'"
+    return f"{key}={json.dumps(value)}"
+
+
+def row_overrides(spec: TableSpec, row: Row, base: dict, user_overrides: Sequence[str]) -> list[str]:
+    """Hydra overrides of one row: table defaults < row's own < (for `data` only) the command line.
+
+    The row's keys win over the command line (a table defines its rows: `adapter=lora` on the
+    command line must not turn Table IV's U-Net rows into LoRA rows); `data=...` on the command line
+    replaces every row's dataset (that is what `benchmark.run table=III data=kitti` asks). Without
+    it, the profile's `benchmark.data_stand_in` maps the paper's datasets (smoke: synthetic clips)
+    and `benchmark.data_roots[<dataset>]` gives the row's data.root.
+    """
+    merged = {**spec.overrides, **row.overrides}
+    user = dict(split_override(o) for o in user_overrides)
+    if "data" in user:
+        merged.pop("data", None)
+        dataset = user["data"]
+    elif "data" in merged:
+        stand_in = get_key(base, "benchmark.data_stand_in", {}) or {}
+        dataset = merged["data"] = stand_in.get(merged["data"], merged["data"])
+    else:
+        dataset = None
+    # Per-dataset roots: a table may mix datasets, so one data.root cannot serve every row
+    root = (get_key(base, "benchmark.data_roots", {}) or {}).get(dataset) if dataset else None
+    if root is not None and "data.root" not in user and "data.root" not in merged:
+        merged["data.root"] = str(root)
+    return [format_override(k, v) for k, v in merged.items()]
+
+
+# ------------------------------------------------------------------------------------ the graph
+@dataclass
+class Stage:
+    kind: str
+    hash: str
+    config: dict                  # what identifies the stage (hashed; saved as config.yaml)
+    run_cfg: dict                 # the full resolved config the runner executes (first row using it)
+    deps: tuple[str, ...] = ()
+    params: dict = field(default_factory=dict)   # epoch / objective / detector / ...
+    rows: list[str] = field(default_factory=list)
+
+    def folder(self, root: str | Path = "runs") -> Path:
+        """runs/<hash>/: where the stage writes its outputs."""
+        return Path(root) / self.hash
+
+    def describe(self) -> str:
+        p = self.params
+        if self.kind == "testset":
+            return f"{p['data']}, {p['num_clips']} clips"
+        if self.kind == "train":
+            s = f"epoch {p['epoch']} {p['objective']}"
+            if p["objective"] == "lsa":
+                s += f" variant={p.get('variant')}"
+            return s + f" adapter={p.get('adapter')}"
+        if self.kind == "generate":
+            return "base model (no fine-tuning)" if p.get("checkpoint") is None else f"from train {p['checkpoint']}"
+        if self.kind == "evaluate":
+            return f"detector={p['detector']}"
+        return p.get("outputs", "")
+
+
+@dataclass
+class RowPlan:
+    row: Row
+    cfg: dict | None = None                         # resolved config (None when unavailable)
+    testset: str | None = None
+    train: list[str] = field(default_factory=list)  # the epoch chain, epoch 1 first
+    generate: str | None = None
+    evaluate: dict[str, str] = field(default_factory=dict)   # detector -> stage hash
+    unavailable: str | None = None
+
+
+@dataclass
+class StageGraph:
+    table: TableSpec
+    stages: dict[str, Stage]      # insertion order is a topological order
+    rows: list[RowPlan]
+    render: Stage
+    profile: str
+
+    def order(self) -> list[Stage]:
+        return list(self.stages.values())
+
+    def pending(self, is_done: Callable[[str], bool]) -> list[Stage]:
+        return [s for s in self.order() if not is_done(s.hash)]
+
+    def format(self, is_done: Callable[[str], bool], store_root: str | Path = "runs") -> str:
+        """The dry-run view: every stage, cached or pending, with its dependencies and rows."""
+        stages = self.order()
+        n_done = sum(is_done(s.hash) for s in stages)
+        lines = [f"Table {self.table.name} (profile {self.profile}): {len(stages)} stages in {store_root}/, "
+                 f"{n_done} cached, {len(stages) - n_done} pending; render always runs"]
+        lines.append(f"  {'status':<8} {'kind':<9} {'hash':<{HASH_LEN}}  {'what':<40} {'deps':<27} rows")
+        for s in stages + [self.render]:
+            status = "always" if s.kind == "render" else ("cached" if is_done(s.hash) else "pending")
+            deps = ",".join(d[:6] for d in s.deps) if s.kind != "render" else f"{len(s.deps)} stages"
+            rows = ", ".join(s.rows) if s.kind != "render" else ""
+            lines.append(f"  {status:<8} {s.kind:<9} {s.hash:<{HASH_LEN}}  {s.describe():<40} {deps or '-':<27} {rows}")
+        missing = [p for p in self.rows if p.unavailable]
+        if missing:
+            lines.append("rows without stages (rendered as 'not yet available'):")
+            lines += [f"  {p.row.name}: {p.unavailable}" for p in missing]
+        return "\n".join(lines)
+
+
+def epoch_objectives(cfg: dict, row: Row) -> list[str]:
+    """'diffusion' or 'lsa' for each epoch 1..train.epochs, from schedule.feat_from_epoch (the same
+    rule as trainers.losses.objective_weights)."""
+    epochs = int(get_key(cfg, "train.epochs"))
+    if epochs < 1:
+        raise ValueError(f"row {row.name}: train.epochs={epochs}; a trained row needs at least one epoch")
+    feat_from = get_key(cfg, "schedule.feat_from_epoch", None)
+    objs = ["lsa" if feat_from is not None and e >= int(feat_from) else "diffusion" for e in range(1, epochs + 1)]
+    if row.baseline == "svd_finetuned" and "lsa" in objs:
+        raise ValueError(f"row {row.name} is 'SVD fine-tuned' (diffusion loss only) but its schedule "
+                         f"{get_key(cfg, 'schedule.name', '?')} turns the feature loss on from epoch {feat_from}")
+    return objs
+
+
+def expand(spec: TableSpec, resolver: Resolver) -> StageGraph:
+    """The stage graph of a table: rows -> resolved configs -> shared, hashed stages."""
+    stages: dict[str, Stage] = {}
+    plans: list[RowPlan] = []
+
+    def add(kind, config, run_cfg, deps, params, row_name) -> str:
+        h = stage_hash(kind, config)
+        if h not in stages:
+            stages[h] = Stage(kind, h, canonical(config), run_cfg, tuple(deps), params, [])
+        if row_name not in stages[h].rows:
+            stages[h].rows.append(row_name)
+        return h
+
+    base = resolver.base
+    for row in spec.rows:
+        plan = RowPlan(row)
+        plans.append(plan)
+        if not row.available:
+            plan.unavailable = row.unavailable_reason
+            continue
+        cfg = resolver.resolve(row_overrides(spec, row, base, resolver.user_overrides))
+        plan.cfg = cfg
+        bench = _bench(cfg, row)
+        policy = bench.get("stage_hash") or {}
+        always = list(policy.get("ignore_always") or [])
+
+        # the real test clips
+        ts_cfg = drop_keys(cfg, always + list(policy.get("ignore_testset") or []))
+        n_clips = int(bench["num_test_clips"])
+        plan.testset = add("testset", {"data": ts_cfg.get("data"), "num_clips": n_clips}, cfg, [],
+                           {"data": get_key(cfg, "data.name", "?"), "num_clips": n_clips}, row.name)
+
+        # training: one stage per epoch, chained
+        parent = None
+        if row.baseline != "svd":
+            for epoch, objective in enumerate(epoch_objectives(cfg, row), start=1):
+                ignore = always + list(policy.get("ignore_train") or [])
+                if objective == "diffusion":
+                    ignore += list(policy.get("ignore_diffusion_only") or [])
+                run_cfg = copy.deepcopy(cfg)
+                set_key(run_cfg, "train.epochs", epoch)       # the trainer's "last epoch to train"
+                params = {"epoch": epoch, "objective": objective, "adapter": get_key(cfg, "adapter.name", None),
+                          "variant": get_key(cfg, "loss.variant", None) if objective == "lsa" else None}
+                parent = add("train", {"init_from": parent, "epoch": epoch, "objective": objective,
+                                       "cfg": drop_keys(cfg, ignore)},
+                             run_cfg, [parent] if parent else [], params, row.name)
+                plan.train.append(parent)
+
+        # generation from the last epoch (or the base model)
+        model = drop_keys(cfg, always + list(policy.get("ignore_diffusion_only") or [])).get("model")
+        gen_cfg = {"checkpoint": parent, "testset": plan.testset, "model": model, "generate": bench["generate"]}
+        plan.generate = add("generate", gen_cfg, cfg, [d for d in (parent, plan.testset) if d],
+                            {"checkpoint": parent}, row.name)
+
+        # one evaluation per detector the row's columns need: the `metrics` node (what
+        # metrics.evaluate reads) with metrics.det.detector set from benchmark.eval.detectors[name]
+        detectors = get_key(bench, "eval.detectors", {}) or {}
+        if "metrics" not in cfg:
+            raise KeyError(f"row {row.name}: the resolved config has no `metrics` node; the benchmark "
+                           f"profile selects one (defaults: /metrics: smoke|paper)")
+        for det in spec.detectors_for(row):
+            if det not in detectors:
+                raise KeyError(f"table {spec.name} row {row.name} needs detector {det!r}, but the profile "
+                               f"has no benchmark.eval.detectors.{det}; defined: {sorted(detectors)}")
+            run_cfg = copy.deepcopy(cfg)
+            node = run_cfg["metrics"].setdefault("det", {}).setdefault("detector", {})
+            node.update(copy.deepcopy(detectors[det]))
+            metrics = drop_keys(run_cfg, list(policy.get("ignore_evaluate") or []))["metrics"]
+            ev = {"generate": plan.generate, "testset": plan.testset, "detector": det, "metrics": metrics}
+            plan.evaluate[det] = add("evaluate", ev, run_cfg, [plan.generate, plan.testset],
+                                     {"detector": det}, row.name)
+
+    profile = str(get_key(base, "benchmark.profile", "custom"))
+    render_cfg = {"table": spec.name, "profile": profile,
+                  "rows": {p.row.name: {"generate": p.generate, "evaluate": p.evaluate} for p in plans}}
+    deps = [h for p in plans for h in ([p.generate] if p.generate else []) + list(p.evaluate.values())]
+    render = Stage("render", stage_hash("render", render_cfg), canonical(render_cfg), base, tuple(deps),
+                   {"outputs": f"results/{profile}/table_{spec.name}.md/.tex/.json"}, [])
+    return StageGraph(spec, stages, plans, render, profile)
+
+
+def _bench(cfg: dict, row: Row) -> dict:
+    bench = cfg.get("benchmark")
+    if not isinstance(bench, dict):
+        raise KeyError(f"row {row.name}: the resolved config has no `benchmark` node; compose it with a "
+                       f"profile (+benchmark=smoke|paper, configs/benchmark/)")
+    for k in ("num_test_clips", "generate"):
+        if k not in bench:
+            raise KeyError(f"row {row.name}: benchmark.{k} is missing from the profile")
+    return bench

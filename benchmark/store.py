@@ -1,0 +1,169 @@
+"""The results store: one folder per stage, `runs/<hash>/`, finished when its `DONE` marker exists.
+
+A stage writes its outputs straight into its folder (so a trainer killed mid-stage resumes from its
+own checkpoints there on the next run); the store then writes, each atomically, `config.yaml` (the
+config that identifies the stage), `run_config.yaml` (the full config the runner executed),
+`stage.json`, `result.json`, and last `DONE`. Readers trust a folder only when `DONE` exists, so a
+killed stage is never mistaken for a finished one.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+import yaml
+
+DONE = "DONE"
+RESULT = "result.json"
+CONFIG = "config.yaml"
+RUN_CONFIG = "run_config.yaml"
+STAGE = "stage.json"
+
+
+# ------------------------------------------------------------------------------ atomic writes
+def atomic_write_text(path: str | Path, text: str) -> Path:
+    """Write `text` to a temp file beside `path`, fsync, then os.replace: all or nothing."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def atomic_write_json(path: str | Path, obj: Any) -> Path:
+    return atomic_write_text(path, json.dumps(obj, indent=1, sort_keys=True, default=str) + "\n")
+
+
+def atomic_write_yaml(path: str | Path, obj: Any) -> Path:
+    return atomic_write_text(path, yaml.safe_dump(obj, sort_keys=True, default_flow_style=False))
+
+
+@contextmanager
+def atomic_dir(target: str | Path) -> Iterator[Path]:
+    """`with atomic_dir(out / "videos") as tmp: ...write into tmp...` -> renamed to `target` on success.
+
+    On an exception the temp folder is removed and `target` is left as it was.
+    """
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if target.exists():
+        # os.replace cannot replace a non-empty folder: move the old one aside first, then drop it
+        old = target.parent / f".{target.name}.old-{os.getpid()}-{time.monotonic_ns()}"
+        os.replace(target, old)
+        os.replace(tmp, target)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, target)
+
+
+# ------------------------------------------------------------------------------ the store
+class Store:
+    """`runs/` (or any root): stage folders by hash."""
+
+    def __init__(self, root: str | Path = "runs"):
+        self.root = Path(root)
+
+    def dir(self, stage_hash: str) -> Path:
+        return self.root / stage_hash
+
+    def is_done(self, stage_hash: str) -> bool:
+        return (self.dir(stage_hash) / DONE).is_file()
+
+    def begin(self, stage) -> Path:
+        """Create (or reuse, after an interrupted attempt) the stage folder; record the attempt."""
+        d = self.dir(stage.hash)
+        resumed = d.exists()
+        d.mkdir(parents=True, exist_ok=True)
+        atomic_write_yaml(d / CONFIG, stage.config)
+        atomic_write_yaml(d / RUN_CONFIG, stage.run_cfg)
+        info = self._stage_info(d)
+        info.update(kind=stage.kind, hash=stage.hash, deps=list(stage.deps), params=stage.params,
+                    rows=list(stage.rows))
+        info.setdefault("attempts", []).append({"started": _now(), "resumed": resumed})
+        atomic_write_json(d / STAGE, info)
+        return d
+
+    def commit(self, stage, result: dict | None) -> Path:
+        """Write result.json, then DONE (last). Paths in `result` are stored relative to the folder."""
+        d = self.dir(stage.hash)
+        result = _relative_paths(dict(result or {}), d)
+        atomic_write_json(d / RESULT, result)
+        info = self._stage_info(d)
+        if info.get("attempts"):
+            info["attempts"][-1]["finished"] = _now()
+        atomic_write_json(d / STAGE, info)
+        atomic_write_text(d / DONE, _now() + "\n")
+        return d
+
+    def result(self, stage_hash: str) -> dict | None:
+        """The stage's result.json (paths made absolute again), or None when not done."""
+        if not self.is_done(stage_hash):
+            return None
+        d = self.dir(stage_hash)
+        path = d / RESULT
+        try:
+            res = json.loads(path.read_text())
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}: not valid JSON ({e}); delete {d} to recompute the stage") from e
+        return _absolute_paths(res, d)
+
+    def config(self, stage_hash: str) -> dict:
+        return yaml.safe_load((self.dir(stage_hash) / CONFIG).read_text())
+
+    @staticmethod
+    def _stage_info(d: Path) -> dict:
+        p = d / STAGE
+        return json.loads(p.read_text()) if p.exists() else {}
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S%z")
+
+
+# A result value is a path when its key ends with one of these; stored relative to the stage folder
+# (so the store can be moved or mounted elsewhere) and returned absolute.
+_PATH_SUFFIXES = ("_dir", "_path", "_file")
+_PATH_KEYS = {"checkpoint", "unet", "log", "videos", "frames", "real", "boxes", "metrics_file"}
+
+
+def _is_path_key(k: str) -> bool:
+    return k in _PATH_KEYS or k.endswith(_PATH_SUFFIXES)
+
+
+def _relative_paths(res: dict, d: Path) -> dict:
+    out = {}
+    for k, v in res.items():
+        if isinstance(v, Path) or (_is_path_key(k) and isinstance(v, str)):
+            p = Path(v)   # a real path (absolute, or relative to the working directory)
+            try:
+                p = p.resolve().relative_to(d.resolve())
+            except ValueError:
+                raise ValueError(f"stage {d.name}: result[{k!r}] = {v} lies outside the stage folder {d}; "
+                                 f"a stage must keep its outputs inside its own folder") from None
+            v = str(p)
+        out[k] = v
+    return out
+
+
+def _absolute_paths(res: dict, d: Path) -> dict:
+    return {k: (str(d / v) if _is_path_key(k) and isinstance(v, str) else v) for k, v in res.items()}

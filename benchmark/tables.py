@@ -1,0 +1,222 @@
+"""Rendering a table: our numbers beside the paper's, as markdown, LaTeX and JSON (one function).
+
+`make_table(spec, cells, ...)` builds all three from the spec and a {row: {column id: value}} dict;
+`render_table(...)` writes them atomically as results/<profile>/table_<N>.{md,tex,json}.
+
+Marks, per column and within each `rank_within` group of rows, following the column's direction:
+best in bold (markdown **x**, LaTeX \\textbf{x}), second best underlined (<u>x</u>, \\underline{x}).
+Ties share the mark. The second best is marked only when at least three rows have a value (with two,
+"second" would just be "worst"). Our numbers and the paper's are ranked separately.
+Missing cells: "n/a" (not computed or metric absent); rows whose method is not implemented yet:
+"not yet available" (never dropped, never filled in).
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Mapping, Sequence
+
+from ablations.registry import Column, TableSpec
+from benchmark.store import atomic_write_json, atomic_write_text
+
+NA = "n/a"
+NOT_YET = "not yet available"
+BEST, SECOND = "best", "second"
+MIN_ROWS_FOR_SECOND = 3
+
+
+# ------------------------------------------------------------------------------------ ranking
+def rank_marks(values: Sequence[float | None], direction: str) -> list[str | None]:
+    """'best' / 'second' / None for each value (None values get None)."""
+    present = sorted({v for v in values if _ok(v)}, reverse=(direction == "up"))
+    n_present = sum(_ok(v) for v in values)
+    best = present[0] if present else None
+    second = present[1] if len(present) > 1 and n_present >= MIN_ROWS_FOR_SECOND else None
+    out = []
+    for v in values:
+        out.append(BEST if _ok(v) and v == best else SECOND if _ok(v) and v == second else None)
+    return out
+
+
+def _ok(v) -> bool:
+    return v is not None and isinstance(v, (int, float)) and math.isfinite(v)
+
+
+def _groups(spec: TableSpec) -> list[list[int]]:
+    """Row indices split by the `rank_within` label columns (order kept)."""
+    groups: dict[tuple, list[int]] = {}
+    for i, r in enumerate(spec.rows):
+        groups.setdefault(tuple(r.labels.get(k) for k in spec.rank_within), []).append(i)
+    return list(groups.values())
+
+
+def _displayed(col: Column, v: float | None) -> float | None:
+    """The value as printed (rounded by the column's format), so marks agree with what one reads:
+    two cells that both print 0.01 tie."""
+    if not _ok(v):
+        return None
+    try:
+        return float(col.format.format(v))
+    except ValueError:
+        return v
+
+
+def _marks(spec: TableSpec, col: Column, values: Sequence[float | None]) -> list[str | None]:
+    values = [_displayed(col, v) for v in values]
+    out: list[str | None] = [None] * len(values)
+    for idx in _groups(spec):
+        for i, m in zip(idx, rank_marks([values[i] for i in idx], col.direction)):
+            out[i] = m
+    return out
+
+
+# ------------------------------------------------------------------------------------ building
+def make_table(spec: TableSpec, cells: Mapping[str, Mapping[str, float | None]], *, caption: str,
+               unavailable: Mapping[str, str] | None = None, profile: str = "", fake: bool = False,
+               extra: Mapping[str, dict] | None = None) -> dict:
+    """{'md': str, 'tex': str, 'json': dict} for the table. `cells[row][column id]` is our value
+    (already scaled to the paper's units) or None; rows in `unavailable` render "not yet available"."""
+    unavailable = dict(unavailable or {})
+    rows = spec.rows
+    ours = {c.id: [None if r.name in unavailable else (cells.get(r.name) or {}).get(c.id) for r in rows]
+            for c in spec.columns}
+    paper = {c.id: [r.paper[c.id].value for r in rows] for c in spec.columns}
+    ours_marks = {c.id: _marks(spec, c, ours[c.id]) for c in spec.columns}
+    paper_marks = {c.id: _marks(spec, c, paper[c.id]) for c in spec.columns}
+
+    json_rows = []
+    for i, r in enumerate(rows):
+        row_cells = {}
+        for c in spec.columns:
+            v = ours[c.id][i]
+            row_cells[c.id] = {
+                "ours": v if _ok(v) else None,
+                "ours_text": NOT_YET if r.name in unavailable else (c.format.format(v) if _ok(v) else NA),
+                "ours_mark": ours_marks[c.id][i],
+                "paper": paper[c.id][i], "paper_text": r.paper[c.id].text, "paper_mark": paper_marks[c.id][i]}
+        json_rows.append({"name": r.name, "labels": r.labels, "baseline": r.baseline, "ctrlv": r.ctrlv,
+                          "available": r.name not in unavailable, "reason": unavailable.get(r.name),
+                          "cells": row_cells, **({"extra": extra[r.name]} if extra and r.name in extra else {})})
+    doc = {"table": spec.name, "title": spec.title, "profile": profile, "fake": fake, "caption": caption,
+           "label_columns": list(spec.label_columns), "rank_within": list(spec.rank_within),
+           "columns": [{"id": c.id, "name": c.name, "key": c.key, "direction": c.direction, "group": c.group,
+                        "detector": c.detector, "source": c.source, "scale": c.scale} for c in spec.columns],
+           "rows": json_rows}
+    return {"md": _markdown(spec, doc), "tex": _latex(spec, doc), "json": doc}
+
+
+def render_table(spec: TableSpec, cells, *, caption: str, out_dir: str | Path, unavailable=None,
+                 profile: str = "", fake: bool = False, extra=None) -> dict[str, Path]:
+    """Write table_<N>.md, .tex and .json under out_dir (each atomically); returns their paths."""
+    t = make_table(spec, cells, caption=caption, unavailable=unavailable, profile=profile, fake=fake, extra=extra)
+    out = Path(out_dir)
+    stem = f"table_{spec.name}"
+    return {"md": atomic_write_text(out / f"{stem}.md", t["md"]),
+            "tex": atomic_write_text(out / f"{stem}.tex", t["tex"]),
+            "json": atomic_write_json(out / f"{stem}.json", t["json"])}
+
+
+def caption_text(spec: TableSpec, *, description: str, sizes: Sequence[tuple[str, int, int]],
+                 fake: bool = False) -> str:
+    """'Table III (smoke). <title> N = 2 test videos x 8 frames (synthetic). <profile text>'."""
+    if sizes:
+        n = "; ".join(f"{nv} test videos x {nf} frames" + (f" ({d})" if len(sizes) > 1 or d else "")
+                      for d, nv, nf in sizes)
+    else:
+        n = "0 (no test videos generated yet)"
+    rank = f" within each {' / '.join(spec.rank_within)}" if spec.rank_within else ""
+    s = (f"Table {spec.name}. {spec.title} Ours beside the paper's numbers; per column{rank}, best in bold, "
+         f"second best underlined (three or more rows). N = {n}. {description.rstrip('.')}.")
+    if fake:
+        s += (" FAKE RUNNER (benchmark.executors.FakeRunner): every 'ours' number is a placeholder, "
+              "not a measurement.")
+    return s
+
+
+# ------------------------------------------------------------------------------------ markdown
+def _md_mark(text: str, mark: str | None) -> str:
+    return f"**{text}**" if mark == BEST else f"<u>{text}</u>" if mark == SECOND else text
+
+
+def _header(c: Column) -> str:
+    det = f"{c.group} " if c.group else ""
+    return f"{det}{c.name} {c.arrow}"
+
+
+def _markdown(spec: TableSpec, doc: dict) -> str:
+    heads = list(spec.label_columns)
+    for c in spec.columns:
+        heads += [f"{_header(c)} (ours)", f"{_header(c)} (paper)"]
+    lines = [f"**{doc['caption']}**", "", "| " + " | ".join(_md_escape(h) for h in heads) + " |",
+             "|" + "|".join([":--"] * len(spec.label_columns) + ["--:"] * (2 * len(spec.columns))) + "|"]
+    for r in doc["rows"]:
+        vals = [_md_escape(r["labels"].get(k, "")) for k in spec.label_columns]
+        for c in spec.columns:
+            cell = r["cells"][c.id]
+            vals.append(_md_mark(cell["ours_text"], cell["ours_mark"]))
+            vals.append(_md_mark(_md_escape(cell["paper_text"]), cell["paper_mark"]))
+        lines.append("| " + " | ".join(vals) + " |")
+    notes = [f"- {r['name']}: {r['reason']}" for r in doc["rows"] if not r["available"]]
+    if notes:
+        lines += ["", *notes]
+    return "\n".join(lines) + "\n"
+
+
+def _md_escape(s: str) -> str:
+    return str(s).replace("|", "\\|")
+
+
+# ------------------------------------------------------------------------------------ LaTeX
+_TEX_ESCAPES = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
+                "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}
+
+
+def tex_escape(s: str) -> str:
+    return "".join(_TEX_ESCAPES.get(ch, ch) for ch in str(s))
+
+
+def _tex_mark(text: str, mark: str | None) -> str:
+    return rf"\textbf{{{text}}}" if mark == BEST else rf"\underline{{{text}}}" if mark == SECOND else text
+
+
+def _latex(spec: TableSpec, doc: dict) -> str:
+    nl = len(spec.label_columns)
+    arrow = {"up": r"$\uparrow$", "down": r"$\downarrow$"}
+    lines = [r"% generated by benchmark.tables (LSA-Bench); needs \usepackage{booktabs}",
+             r"\begin{table*}[t]", r"\centering", rf"\caption{{{tex_escape(doc['caption'])}}}",
+             rf"\label{{tab:lsa-bench-{spec.name}}}",
+             r"\begin{tabular}{" + "l" * nl + "rr" * len(spec.columns) + "}", r"\toprule"]
+    if any(c.group for c in spec.columns):          # spanning group headers (Table I, Table V)
+        cells, rules, col = [""] * nl, [], nl + 1
+        i = 0
+        while i < len(spec.columns):
+            g, j = spec.columns[i].group, i
+            while j < len(spec.columns) and spec.columns[j].group == g:
+                j += 1
+            width = 2 * (j - i)
+            cells.append(rf"\multicolumn{{{width}}}{{c}}{{{tex_escape(g or '')}}}")
+            if g:
+                rules.append(rf"\cmidrule(lr){{{col}-{col + width - 1}}}")
+            col += width
+            i = j
+        lines += [" & ".join(cells) + r" \\", " ".join(rules)]
+    head = [tex_escape(k) for k in spec.label_columns]
+    head += [rf"\multicolumn{{2}}{{c}}{{{tex_escape(c.name)} {arrow[c.direction]}}}" for c in spec.columns]
+    sub = [""] * nl + ["ours", "paper"] * len(spec.columns)
+    lines += [" & ".join(head) + r" \\", " & ".join(sub) + r" \\", r"\midrule"]
+    prev_group = None
+    for r in doc["rows"]:
+        group = r["labels"].get(spec.label_columns[0]) if spec.label_columns else None
+        if prev_group is not None and group != prev_group and spec.rank_within:
+            lines.append(r"\midrule")
+        prev_group = group
+        vals = [tex_escape(r["labels"].get(k, "")) for k in spec.label_columns]
+        for c in spec.columns:
+            cell = r["cells"][c.id]
+            ours = cell["ours_text"]
+            ours = r"\textit{not yet available}" if ours == NOT_YET else tex_escape(ours)
+            vals.append(_tex_mark(ours, cell["ours_mark"]))
+            vals.append(_tex_mark(tex_escape(cell["paper_text"]), cell["paper_mark"]))
+        lines.append(" & ".join(vals) + r" \\")
+    lines += [r"\bottomrule", r"\end{tabular}", r"\end{table*}"]
+    return "\n".join(lines) + "\n"

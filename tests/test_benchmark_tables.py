@@ -1,0 +1,199 @@
+"""Rendering tables (bold / underline per direction, missing cells, md + LaTeX + JSON) and figures."""
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ablations.registry import load_table, parse_spec
+from benchmark import plots
+from benchmark.tables import NOT_YET, caption_text, make_table, rank_marks, render_table
+
+SPEC = """
+table: X
+title: A test table.
+label_columns: [Model]
+detector: dn_detr
+columns:
+  - {id: fvd, name: FVD, key: fvd.value, direction: down, format: "{:.2f}"}
+  - {id: map, name: mAP, key: det.mAP, direction: up, format: "{:.2f}"}
+rows:
+  - {name: a, labels: {Model: A}, paper: {fvd: "300.00", map: "10.5"}}
+  - {name: b, labels: {Model: B}, paper: {fvd: "200.00", map: "30.0"}}
+  - {name: c, labels: {Model: C}, paper: {fvd: "100.00", map: "20.0"}}
+  - {name: d, labels: {Model: "D & 50% #1"}, baseline: ctrlv, ctrlv: {variant: 1-to-0, backbone: svd},
+     paper: {fvd: "50.00", map: "90.0"}}
+"""
+
+
+@pytest.fixture
+def spec(tmp_path):
+    p = tmp_path / "table_X.yaml"
+    p.write_text(SPEC)
+    return parse_spec(p)
+
+
+def cells(doc, row):
+    return next(r for r in doc["rows"] if r["name"] == row)["cells"]
+
+
+def test_rank_marks_follow_the_direction():
+    assert rank_marks([3.0, 1.0, 2.0], "up") == ["best", None, "second"]
+    assert rank_marks([3.0, 1.0, 2.0], "down") == [None, "best", "second"]
+    assert rank_marks([1.0, 1.0, 2.0, None], "down") == ["best", "best", "second", None]   # ties share
+    assert rank_marks([1.0, 2.0], "up") == [None, "best"]          # two values: no "second"
+    assert rank_marks([None, float("nan")], "up") == [None, None]
+
+
+def test_markdown_latex_json_marks_and_missing_cells(spec):
+    ours = {"a": {"fvd": 250.0, "map": 12.0}, "b": {"fvd": 150.0, "map": None}, "c": {"fvd": 350.0, "map": 40.0}}
+    t = make_table(spec, ours, caption="cap", unavailable={"d": "not yet available: needs the Ctrl-V baseline"})
+    md, tex, doc = t["md"], t["tex"], t["json"]
+    # ours, FVD (down): b best, a second; mAP (up): only two values -> best only
+    assert cells(doc, "b")["fvd"]["ours_mark"] == "best" and cells(doc, "a")["fvd"]["ours_mark"] == "second"
+    assert cells(doc, "c")["map"]["ours_mark"] == "best" and cells(doc, "a")["map"]["ours_mark"] is None
+    assert "| B | **150.00** |" in md and "| A | <u>250.00</u> |" in md
+    assert r"\textbf{150.00}" in tex and r"\underline{250.00}" in tex
+    # paper numbers ranked on their own, shown as printed
+    assert cells(doc, "d")["fvd"]["paper_mark"] == "best" and cells(doc, "c")["fvd"]["paper_mark"] == "second"
+    assert cells(doc, "d")["map"]["paper_text"] == "90.0" and "**90.0**" in md
+    # missing value -> n/a; unavailable row -> "not yet available", never dropped, paper still shown
+    assert cells(doc, "b")["map"]["ours_text"] == "n/a" and cells(doc, "b")["map"]["ours"] is None
+    d = next(r for r in doc["rows"] if r["name"] == "d")
+    assert not d["available"] and all(c["ours_text"] == NOT_YET and c["ours"] is None for c in d["cells"].values())
+    assert md.count(NOT_YET) >= 2 and r"\textit{not yet available}" in tex
+    # LaTeX escaping of labels
+    assert r"D \& 50\% \#1" in tex and r"\begin{tabular}{lrrrr}" in tex
+    assert len(doc["rows"]) == 4 and json.loads(json.dumps(doc)) == doc
+
+
+def test_marks_use_the_printed_values(spec):
+    ours = {"a": {"fvd": 1.004, "map": 1}, "b": {"fvd": 1.001, "map": 2}, "c": {"fvd": 9.0, "map": 3}}
+    doc = make_table(spec, ours, caption="c")["json"]
+    assert cells(doc, "a")["fvd"]["ours_mark"] == cells(doc, "b")["fvd"]["ours_mark"] == "best"   # both "1.00"
+
+
+def test_rank_within_groups_and_paper_texts_of_table_I():
+    spec = load_table("I")
+    doc = make_table(spec, {}, caption="c", unavailable={r.name: "x" for r in spec.rows if not r.available})["json"]
+    # best FVD per dataset, as in the paper: LSA on both nuScenes and KITTI
+    assert cells(doc, "nuscenes_lsa")["fvd"]["paper_mark"] == "best"
+    assert cells(doc, "kitti_lsa")["fvd"]["paper_mark"] == "best"
+    assert cells(doc, "nuscenes_svd_finetuned")["fvd"]["paper_mark"] == "second"
+    assert cells(doc, "kitti_ctrlv_1to0")["fvd"]["paper_mark"] == "second"
+    assert cells(doc, "nuscenes_lsa")["miou"]["paper_text"] == "80.6"
+    assert cells(doc, "nuscenes_ctrlv_1to0")["params_m"]["paper_text"] == "5189 (+130%)"
+    assert all(c["ours_text"] == "n/a" for c in cells(doc, "nuscenes_lsa").values())
+    tex = make_table(spec, {}, caption="c")["tex"]
+    assert r"\multicolumn{4}{c}{Visual quality}" in tex and r"\cmidrule(lr){3-6}" in tex
+    assert tex.count(r"\midrule") == 2          # header rule + the nuScenes/KITTI split
+
+
+def test_caption_states_n_frames_and_profile():
+    spec = load_table("III")
+    cap = caption_text(spec, description="smoke: tiny random models, synthetic clips; checks the machinery, "
+                                         "not the science", sizes=[("synthetic", 2, 8)])
+    assert "N = 2 test videos x 8 frames" in cap and cap.endswith("checks the machinery, not the science.")
+    fake = caption_text(spec, description="d", sizes=[], fake=True)
+    assert "FAKE RUNNER" in fake and "N = 0 (no test videos" in fake
+
+
+def test_render_table_writes_md_tex_json(spec, tmp_path):
+    out = render_table(spec, {"a": {"fvd": 1.0, "map": 2.0}}, caption="cap", out_dir=tmp_path / "res",
+                       unavailable={"d": "x"}, profile="smoke")
+    assert sorted(p.name for p in (tmp_path / "res").iterdir()) == ["table_X.json", "table_X.md", "table_X.tex"]
+    assert json.loads(out["json"].read_text())["profile"] == "smoke"
+    assert out["md"].read_text().startswith("**cap**")
+
+
+# ------------------------------------------------------------------------------------ figures
+def _png_ok(path: Path):
+    from PIL import Image
+    assert path.exists() and Image.open(path).size[0] > 100
+
+
+def test_loss_curves_from_jsonl_logs(tmp_path):
+    e1, e2 = tmp_path / "e1.jsonl", tmp_path / "e2.jsonl"
+    e1.write_text("".join(json.dumps({"step": s, "epoch": 1, "loss": 1.0 / s, "loss_diff": 1.0 / s,
+                                      "loss_feat": 0.0}) + "\n" for s in (1, 2, 3)))
+    e2.write_text("".join(json.dumps({"step": s, "epoch": 2, "loss": 0.5, "loss_diff": 0.4,
+                                      "loss_feat": 0.1}) + "\n" for s in (1, 2)) + "\n")
+    recs = plots.concat_logs([e1, e2])
+    assert [r["step"] for r in recs] == [1, 2, 3, 4, 5]           # a restarted count continues
+    _png_ok(plots.plot_loss_curves({"hybrid": [e1, e2]}, tmp_path / "loss.png"))
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"step": 1, "loss": 1}\n{oops\n')
+    with pytest.raises(ValueError, match=re.escape(f"{bad}:2")):
+        plots.read_loss_log(bad)
+    assert plots.plot_loss_curves({}, tmp_path / "none.png") is None
+
+
+def test_per_frame_and_frame_grid(tmp_path):
+    from PIL import Image
+    _png_ok(plots.plot_per_frame({"a": {"mAP": [30, 20, 10], "mIoU": [80, 70, 60]},
+                                  "b": {"mAP": [20, 20, None], "mIoU": [50, 50, 50]}}, tmp_path / "pf.png"))
+    rng = np.random.default_rng(0)
+    for root in ("real", "gen"):
+        for clip in ("clip_0000", "clip_0001"):
+            (tmp_path / root / clip).mkdir(parents=True)
+            for j in range(4):
+                Image.fromarray(rng.integers(0, 255, (20, 30, 3), dtype=np.uint8)).save(
+                    tmp_path / root / clip / f"{j:06d}.png")
+    (tmp_path / "boxes").mkdir()
+    (tmp_path / "boxes" / "clip_0000.json").write_text(json.dumps({"frames": [{"boxes": [[2, 2, 9, 9]]}] * 4}))
+    _png_ok(plots.plot_frame_grid(tmp_path / "real", {"lsa": tmp_path / "gen"}, ["clip_0000", "clip_0001"],
+                                  tmp_path / "grid.png", n_frames=3, boxes_dir=tmp_path / "boxes"))
+
+
+# ------------------------------------------------------------------------------------ end to end
+def test_smoke_table_end_to_end_with_the_fake_runner(tmp_path):
+    """The whole path of `benchmark.run table=III` (compose, expand, run, render, figures) on FakeRunner."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from benchmark.config import HydraResolver
+    from benchmark.executors import FakeRunner
+    from benchmark.runner import run_table
+    run = run_table("III", HydraResolver("smoke"), FakeRunner(), store=tmp_path / "runs",
+                    results=tmp_path / "results", echo=lambda s: None)
+    out = tmp_path / "results" / "smoke-fake"
+    assert set(run.outputs) == {"md", "tex", "json", "loss_curves", "per_frame", "frames"}
+    doc = json.loads((out / "table_III.json").read_text())
+    assert [r["name"] for r in doc["rows"]] == ["svd_finetuned", "global", "box", "hybrid"]
+    assert all(isinstance(c["ours"], float) for r in doc["rows"] for c in r["cells"].values())
+    assert doc["fake"] and "FAKE RUNNER" in doc["caption"] and "checks the machinery" in doc["caption"]
+    assert "N = 2 test videos x 3 frames" in doc["caption"]
+    md = (out / "table_III.md").read_text()
+    assert md.count("**") >= 4 * 2 and "<u>" in md
+
+
+def test_table_I_measures_efficiency_and_keeps_ctrlv_rows(tmp_path):
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from benchmark.config import HydraResolver
+    from benchmark.executors import FakeRunner
+    from benchmark.runner import run_table
+    run_table("I", HydraResolver("smoke"), FakeRunner(), store=tmp_path / "runs", results=tmp_path / "res",
+              echo=lambda s: None, figures=False)
+    doc = json.loads((tmp_path / "res" / "smoke-fake" / "table_I.json").read_text())
+    rows = {r["name"]: r for r in doc["rows"]}
+    assert len(rows) == 8 and not rows["kitti_ctrlv_1to0"]["available"]
+    assert rows["kitti_ctrlv_1to0"]["cells"]["fvd"]["ours_text"] == NOT_YET
+    lsa = rows["nuscenes_lsa"]["cells"]
+    assert lsa["params_m"]["ours"] == pytest.approx(1.234567)       # FakeRunner's num_params / 1e6
+    assert 0 < lsa["time_h"]["ours"] < 1                              # measured seconds -> h per 200 videos
+
+
+def test_smoke_table_end_to_end_with_the_real_runner(tmp_path, tiny_cache):
+    """The real thing (trainer, SVD pipeline, metrics) on a very small setting."""
+    from benchmark.runner_impl import TrainerRunner
+    from benchmark.config import HydraResolver
+    from benchmark.runner import run_table
+    resolver = HydraResolver("smoke", ["benchmark.num_test_clips=2", "benchmark.generate.num_inference_steps=1",
+                                       "data.train.num_clips=1", "data.clip_len=4"])
+    run = run_table("III", resolver, TrainerRunner(), store=tmp_path / "runs", results=tmp_path / "res",
+                    rows=["svd_finetuned", "hybrid"], echo=lambda s: None)
+    doc = json.loads(run.outputs["json"].read_text())
+    assert not doc["fake"]
+    assert all(r["cells"]["map"]["ours"] is not None for r in doc["rows"])
