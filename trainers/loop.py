@@ -64,6 +64,8 @@ def newest_checkpoint(run_dir: Path) -> Path | None:
 
 
 class Trainer:
+    export_name = "unet"   # folder (under the run) the trained module is exported to; summary keys follow it
+
     def __init__(self, cfg):
         from accelerate import Accelerator
         from accelerate.utils import set_seed
@@ -73,12 +75,17 @@ class Trainer:
         self.run_dir = Path(t.out_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         trackers = "tensorboard" if importlib.util.find_spec("tensorboard") else None
+        # accelerate keeps its mixed-precision state in a process-wide singleton: a second Trainer in
+        # the same process (benchmark stages, tests) must be free to choose its own precision.
+        # The distributed (PartialState) part is kept, so `accelerate launch` runs are unaffected.
+        from accelerate.state import AcceleratorState
+        AcceleratorState._reset_state()
         self.acc = Accelerator(mixed_precision=t.mixed_precision, gradient_accumulation_steps=t.grad_accum,
                                cpu=(t.device == "cpu"), log_with=trackers, project_dir=str(self.run_dir))
         set_seed(t.seed)
         self.weight_dtype = {"no": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[t.mixed_precision]
 
-        parts = load_svd(cfg.model)
+        parts = self.load_parts()
         self.parts = parts
         for m in (parts.vae, parts.image_encoder):
             _freeze(m, self.acc.device, self.weight_dtype)
@@ -94,11 +101,7 @@ class Trainer:
         sigmas = edm.scheduler_sigmas(parts.scheduler) if cfg.edm.sigma_dist == "uniform_index" else None
         self.diff_loss = DiffusionLoss(edm.SigmaSampler(cfg.edm.sigma_dist, cfg.edm.p_mean, cfg.edm.p_std, sigmas))
 
-        unet = parts.unet
-        if t.grad_checkpointing:
-            unet.enable_gradient_checkpointing()
-        unet = apply_adapter(unet, cfg.adapter)
-        unet.train()
+        unet = self.build_model(parts)
         params = [p for p in unet.parameters() if p.requires_grad]
         self.n_trainable = sum(p.numel() for p in params)
         optimizer = torch.optim.AdamW(params, lr=t.lr, weight_decay=t.weight_decay, betas=tuple(t.adam_betas),
@@ -119,6 +122,20 @@ class Trainer:
         self.unet, self.optimizer, self.loader, self.lr_scheduler = self.acc.prepare(unet, optimizer, loader, lr_scheduler)
         self.state = dict(global_step=0, micro_step=0, epoch=1, batch_in_epoch=0)
         self.log_path = self.run_dir / "log.jsonl"
+
+    # ---------------------------------------------------------------- what trains (hooks for subclasses)
+    def load_parts(self):
+        """The SVD parts (subclasses may swap in another U-Net folder, e.g. the Ctrl-V stages)."""
+        return load_svd(self.cfg.model)
+
+    def build_model(self, parts) -> torch.nn.Module:
+        """The module that trains (optimizer, checkpoints, export): here the SVD U-Net with its adapter."""
+        unet = parts.unet
+        if self.cfg.train.grad_checkpointing:
+            unet.enable_gradient_checkpointing()
+        unet = apply_adapter(unet, self.cfg.adapter)
+        unet.train()
+        return unet
 
     # ---------------------------------------------------------------- checkpoints
     def save_checkpoint(self):
@@ -189,13 +206,16 @@ class Trainer:
                 terms["loss_feat"] = self.feat_loss(x_hat, frames[:, idx], boxes)
         loss = w_diff * terms["loss_diff"] + (w_feat * terms["loss_feat"] if w_feat > 0 else 0.0)
         terms["loss"] = loss
+        self.check_finite(terms, sigma)
+        return loss, {k: float(v.detach()) for k, v in terms.items()} | {"sigma": float(sigma.mean())}
+
+    def check_finite(self, terms: dict, sigma: torch.Tensor) -> None:
         for name, value in terms.items():
             if not torch.isfinite(value):
                 raise FloatingPointError(
                     f"non-finite {name} = {value.item()} at step {self.state['global_step'] + 1} "
                     f"(epoch {self.state['epoch']}, sigma {sigma.tolist()}) in {self.run_dir}; the run stops here, "
                     f"its last checkpoint is {newest_checkpoint(self.run_dir)}. Try mixed_precision=no or a lower train.lr.")
-        return loss, {k: float(v.detach()) for k, v in terms.items()} | {"sigma": float(sigma.mean())}
 
     # ---------------------------------------------------------------- the loop
     def train(self) -> Path:
@@ -248,9 +268,9 @@ class Trainer:
         acc.end_training()
         finished = self.state["epoch"] > t.epochs or self.state["global_step"] >= max_steps
         if finished and acc.is_main_process:
-            _, n_params = self.export(self.run_dir / "unet")
-            summary = dict(self.state, trainable_params=self.n_trainable, unet_params=n_params,
-                           checkpoint=str(newest_checkpoint(self.run_dir)), unet=str(self.run_dir / "unet"))
+            out, n_params = self.export(self.run_dir / self.export_name)
+            summary = dict(self.state, trainable_params=self.n_trainable, checkpoint=str(newest_checkpoint(self.run_dir)),
+                           **{f"{self.export_name}_params": n_params, self.export_name: str(out)})
             _atomic_write_json(self.run_dir / "summary.json", summary)
         return self.run_dir
 
