@@ -1,0 +1,303 @@
+"""Detection metrics of generated videos: mAP and mIoU against a reference (REFERENCE.md section 4).
+
+The same detector runs on the real and the generated frame j of a video. The reference is its
+detections on the real frame with score >= `ref_conf` (Ctrl-V's pseudo ground truth), or the
+dataset's boxes; predictions are its detections on the generated frame, with their scores. Both
+sides keep only the protocol's classes and boxes passing the size rule.
+
+Protocols (config `det.protocols`):
+- `lsa` (the paper): class-aware; vehicle classes; width and height >= 76 px; COCO
+  mAP@[.50:.95] through torchmetrics' MeanAveragePrecision (pycocotools backend).
+- `ctrlv` (Ctrl-V's tools/run_tracking_metrics.py): class-agnostic; first 16 frames; width and
+  height >= 8% of the frame; detector at conf 0.10 / NMS IoU 0.35; precision and recall counted
+  over a confidence sweep 0..1 (step 0.01) for each IoU threshold .50:.95, and Ctrl-V's own rule
+  for the area under that curve. It exists so our numbers can be set beside Ctrl-V's.
+mIoU (ours, both protocols): per frame, Hungarian matching (scipy) of reference and prediction
+boxes on 1 - IoU, within a class when class-aware; an unmatched reference box scores 0; the mean
+runs over all reference boxes. Everything is also computed per frame index (how consistency
+decays along the video). mAP and mIoU are reported in percent, like the paper's tables.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from scipy.optimize import linear_sum_assignment
+from torchvision.ops import box_iou
+
+from metrics.detectors.base import Detections
+
+PROTOCOL_KEYS = ("classes", "class_aware", "ref_conf", "min_box_px", "min_box_frac", "max_frames",
+                 "pred_conf", "miou_pred_conf", "ap")
+COCO_IOU_THRESHOLDS = np.linspace(0.5, 0.95, 10)
+CTRLV_CONF_GRID = np.linspace(0.0, 1.0, 101)        # np.arange(0, 1.01, 0.01) in Ctrl-V
+
+
+@dataclass(frozen=True)
+class DetProtocol:
+    name: str
+    classes: tuple | None
+    class_aware: bool
+    ref_conf: float
+    min_box_px: tuple | None
+    min_box_frac: tuple | None
+    max_frames: int | None
+    pred_conf: float
+    miou_pred_conf: float
+    ap: str
+
+    @classmethod
+    def from_cfg(cls, det_cfg) -> "DetProtocol":
+        name = det_cfg["protocol"]
+        protocols = det_cfg["protocols"]
+        if name not in protocols:
+            raise ValueError(f"det.protocol={name!r} is unknown; valid: {sorted(protocols)}")
+        p = protocols[name]
+        missing = [k for k in PROTOCOL_KEYS if k not in p]
+        if missing:
+            raise ValueError(f"det.protocols.{name} lacks the keys {missing}")
+        if p["ap"] not in ("coco", "ctrlv"):
+            raise ValueError(f"det.protocols.{name}.ap={p['ap']!r}: valid are 'coco', 'ctrlv'")
+        tup = lambda v: None if v is None else tuple(v)  # noqa: E731
+        return cls(name=name, classes=tup(p["classes"]), class_aware=bool(p["class_aware"]),
+                   ref_conf=float(p["ref_conf"]), min_box_px=tup(p["min_box_px"]),
+                   min_box_frac=tup(p["min_box_frac"]), max_frames=p["max_frames"],
+                   pred_conf=float(p["pred_conf"]), miou_pred_conf=float(p["miou_pred_conf"]), ap=p["ap"])
+
+    def select(self, d: Detections, frame_hw: tuple[int, int], min_conf: float = 0.0) -> Detections:
+        """Keep the protocol's classes, boxes passing the size rule and scores >= min_conf;
+        class-agnostic protocols relabel everything to 0."""
+        keep = d.scores >= min_conf
+        if self.classes is not None:
+            keep &= np.isin(d.labels, self.classes)
+        if self.min_box_px is not None:
+            keep &= (d.widths >= self.min_box_px[0]) & (d.heights >= self.min_box_px[1])
+        if self.min_box_frac is not None:
+            h, w = frame_hw
+            keep &= (d.widths / w >= self.min_box_frac[0]) & (d.heights / h >= self.min_box_frac[1])
+        out = d.select(keep)
+        if not self.class_aware:
+            out = Detections(out.boxes, out.scores, np.zeros(len(out), np.int64))
+        return out
+
+
+def _iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    if len(a) == 0 or len(b) == 0:
+        return np.zeros((len(a), len(b)))
+    return box_iou(torch.from_numpy(a).double(), torch.from_numpy(b).double()).numpy()
+
+
+# ---------------------------------------------------------------- mIoU
+
+def matched_ious(ref: Detections, pred: Detections, class_aware: bool = True) -> np.ndarray:
+    """IoU of each reference box with its Hungarian partner (0 when unmatched), per class."""
+    out = np.zeros(len(ref))
+    groups = np.unique(ref.labels) if class_aware else [None]
+    for c in groups:
+        r_idx = np.flatnonzero(ref.labels == c) if class_aware else np.arange(len(ref))
+        p_idx = np.flatnonzero(pred.labels == c) if class_aware else np.arange(len(pred))
+        if len(r_idx) == 0 or len(p_idx) == 0:
+            continue
+        iou = _iou(ref.boxes[r_idx], pred.boxes[p_idx])
+        rows, cols = linear_sum_assignment(1.0 - iou)
+        out[r_idx[rows]] = iou[rows, cols]
+    return out
+
+
+def miou(refs: Sequence[Detections], preds: Sequence[Detections], class_aware: bool = True) -> float | None:
+    """Mean over all reference boxes of their matched IoU, in [0, 1]; None without reference boxes."""
+    ious = [matched_ious(r, p, class_aware) for r, p in zip(refs, preds)]
+    ious = np.concatenate(ious) if ious else np.zeros(0)
+    return float(ious.mean()) if len(ious) else None
+
+
+# ---------------------------------------------------------------- COCO mAP
+
+def _as_tm(d: Detections, with_scores: bool) -> dict:
+    out = dict(boxes=torch.from_numpy(d.boxes).float(), labels=torch.from_numpy(d.labels).long())
+    if with_scores:
+        out["scores"] = torch.from_numpy(d.scores).float()
+    return out
+
+
+def coco_map(refs: Sequence[Detections], preds: Sequence[Detections]) -> dict:
+    """COCO mAP@[.50:.95], mAP@.50 and @.75 in [0,1] (torchmetrics, pycocotools backend); one image per
+    frame. None where pycocotools has nothing to average (no reference box at all)."""
+    from torchmetrics.detection import MeanAveragePrecision
+
+    metric = MeanAveragePrecision(box_format="xyxy", iou_type="bbox", backend="pycocotools")
+    metric.warn_on_many_detections = False     # COCO keeps the 100 best per image: the standard rule
+    metric.update([_as_tm(p, True) for p in preds], [_as_tm(r, False) for r in refs])
+    res = metric.compute()
+    value = lambda k: None if float(res[k]) < 0 else float(res[k])  # noqa: E731  (-1 = undefined)
+    return {"map": value("map"), "map_50": value("map_50"), "map_75": value("map_75")}
+
+
+# ---------------------------------------------------------------- Ctrl-V's confidence sweep
+
+def _count_matches(iou: np.ndarray, thr: float) -> int:
+    """Matches as the ultralytics ConfusionMatrix of Ctrl-V's time (8.0-8.2) made them: pairs with
+    IoU > thr, best IoU first, each prediction then each reference used once. Re-written here
+    because that class has since changed its matching (confidence-greedy) and its API."""
+    r, p = np.nonzero(iou > thr)
+    if len(r) == 0:
+        return 0
+    order = np.argsort(-iou[r, p], kind="stable")
+    r, p = r[order], p[order]
+    _, first = np.unique(p, return_index=True)       # each prediction keeps its best reference
+    # each reference then keeps its best remaining prediction: one match per distinct reference
+    return len(np.unique(r[first]))
+
+
+def ctrlv_frame_counts(iou: np.ndarray, n_kept: int, thr: float) -> tuple[int, int, int]:
+    """(TP, FP, FN) of one frame with its `n_kept` best-scored predictions, as that ConfusionMatrix
+    counts them. Its quirk is kept: when a frame has references and predictions but no match,
+    its predictions are not counted as false positives."""
+    n_ref = iou.shape[0]
+    tp = _count_matches(iou[:, :n_kept], thr) if n_ref and n_kept else 0
+    if n_ref == 0:
+        fp = n_kept
+    else:
+        fp = n_kept - tp if tp > 0 else 0
+    return tp, fp, n_ref - tp
+
+
+def ctrlv_ap(refs: Sequence[Detections], preds: Sequence[Detections],
+             iou_thresholds=COCO_IOU_THRESHOLDS, conf_grid=CTRLV_CONF_GRID) -> dict:
+    """Ctrl-V's mAP: for each IoU threshold, TP/FP/FN summed over frames with predictions of score
+    > c for each c of the grid (class-agnostic), then the area under (recall, precision)."""
+    n_ref = sum(len(r) for r in refs)
+    if n_ref == 0:
+        return {"map": None, "ap_per_iou": [None] * len(iou_thresholds)}
+    frames = []                                     # per frame: IoU matrix (predictions by score) and
+    for ref, pred in zip(refs, preds):              # how many predictions each grid threshold keeps
+        order = np.argsort(-pred.scores, kind="stable")
+        k = (pred.scores[order][None, :] > conf_grid[:, None]).sum(axis=1)
+        uk, inv = np.unique(k, return_inverse=True)
+        frames.append((_iou(ref.boxes, pred.boxes[order]), uk, inv))
+    aps = []
+    for thr in iou_thresholds:
+        tp, fp = np.zeros(len(conf_grid)), np.zeros(len(conf_grid))
+        for iou, uk, inv in frames:
+            counts = np.array([ctrlv_frame_counts(iou, int(ki), thr)[:2] for ki in uk]).reshape(-1, 2)
+            tp += counts[inv, 0]
+            fp += counts[inv, 1]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            precision = tp / (tp + fp)
+        recall = tp / n_ref                         # TP + FN = all reference boxes
+        valid = ~np.isnan(precision)                # Ctrl-V skips thresholds where precision is NaN
+        aps.append(_ctrlv_area(recall[valid], precision[valid]))
+    return {"map": float(np.mean(aps)), "ap_per_iou": aps}
+
+
+def _ctrlv_area(recall: np.ndarray, precision: np.ndarray) -> float:
+    """Ctrl-V's get_ap_from_rp, kept as it is (quirks included) so the numbers compare: walk the
+    pairs from high to low recall, add a rectangle each time the precision rises above its running
+    maximum, then add the last pair's precision x recall. Without any pair (no counted prediction
+    at any threshold, where Ctrl-V's script would stop with an IndexError) the AP is 0."""
+    if len(recall) == 0:
+        return 0.0
+    order = np.argsort(-recall, kind="stable")      # Python's sort(reverse=True) is stable too
+    r, p = recall[order], precision[order]
+    last_r, max_p, area = r[0], p[0], 0.0
+    for ri, pi in zip(r, p):
+        if pi > max_p:
+            area += (last_r - ri) * max_p
+            max_p, last_r = pi, ri
+    return float(area + p[-1] * r[-1])
+
+
+# ---------------------------------------------------------------- accumulation over videos
+
+class DetectionAccumulator:
+    """Collects per-frame references and predictions of every video, then computes the totals and
+    the per-frame-index curves."""
+
+    def __init__(self, protocol: DetProtocol):
+        self.protocol = protocol
+        self.refs: list[list[Detections]] = []      # [frame index][video]
+        self.preds: list[list[Detections]] = []
+        self.num_videos = 0
+
+    def add_video(self, ref_frames: Sequence[Detections], pred_frames: Sequence[Detections],
+                  frame_hw: tuple[int, int], ref_from_dataset: bool = False) -> None:
+        if len(ref_frames) != len(pred_frames):
+            raise ValueError(f"{len(ref_frames)} reference frames vs {len(pred_frames)} generated frames")
+        p = self.protocol
+        n = len(ref_frames) if p.max_frames is None else min(p.max_frames, len(ref_frames))
+        for j in range(n):
+            if j == len(self.refs):
+                self.refs.append([])
+                self.preds.append([])
+            ref_conf = 0.0 if ref_from_dataset else p.ref_conf
+            self.refs[j].append(p.select(ref_frames[j], frame_hw, ref_conf))
+            self.preds[j].append(p.select(pred_frames[j], frame_hw, p.pred_conf))
+        self.num_videos += 1
+
+    def _scores(self, refs, preds) -> dict:
+        p = self.protocol
+        if p.ap == "coco":
+            ap = coco_map(refs, preds)
+        else:
+            ap = ctrlv_ap(refs, preds)
+            ap = {"map": ap["map"], "ap_per_iou": ap["ap_per_iou"]}
+        miou_preds = [d.select(d.scores >= p.miou_pred_conf) for d in preds]
+        m = miou(refs, miou_preds, p.class_aware)
+        pct = lambda v: None if v is None else 100.0 * v  # noqa: E731
+        out = {"mAP": pct(ap["map"]), "mIoU": pct(m),
+               "n_ref_boxes": int(sum(len(r) for r in refs)), "n_pred_boxes": int(sum(len(d) for d in preds))}
+        if "map_50" in ap:
+            out.update(mAP_50=pct(ap["map_50"]), mAP_75=pct(ap["map_75"]))
+        if "ap_per_iou" in ap:
+            out["AP_per_iou"] = [pct(v) for v in ap["ap_per_iou"]]
+        return out
+
+    def compute(self) -> dict:
+        if not self.refs:
+            raise ValueError("no video was added to the detection metrics")
+        all_refs = [d for frame in self.refs for d in frame]
+        all_preds = [d for frame in self.preds for d in frame]
+        result = {"protocol": self.protocol.name, "units": "percent", "n_videos": self.num_videos,
+                  "n_frames": len(all_refs), **self._scores(all_refs, all_preds)}
+        per_frame = [self._scores(r, p) for r, p in zip(self.refs, self.preds)]
+        result["per_frame"] = {k: [f[k] for f in per_frame] for k in ("mAP", "mIoU", "n_ref_boxes")}
+        return result
+
+
+def plot_per_frame(det_result: dict, path: str | Path, title: str = "") -> Path:
+    """mAP and mIoU against the frame index (PNG, written atomically)."""
+    from matplotlib.figure import Figure          # no pyplot: leaves the caller's backend alone
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    per = det_result["per_frame"]
+    idx = np.arange(len(per["mAP"]))
+    fig = Figure(figsize=(9, 3.2))
+    axes = fig.subplots(1, 2)
+    for ax, key in zip(axes, ("mAP", "mIoU")):
+        y = np.array([np.nan if v is None else v for v in per[key]], dtype=float)
+        ax.plot(idx, y, marker="o", ms=3)
+        total = det_result.get(key)
+        if total is not None:
+            ax.axhline(total, ls="--", c="grey", lw=1, label=f"all frames {total:.2f}")
+            ax.legend(loc="best", fontsize=8)
+        ax.set_xlabel("frame index")
+        ax.set_ylabel(f"{key} (%)")
+        ax.grid(alpha=0.3)
+    fig.suptitle(title or f"detection consistency per frame ({det_result['protocol']} protocol, "
+                          f"N={det_result['n_videos']})", fontsize=10)
+    fig.tight_layout()
+    fd, tmp = tempfile.mkstemp(suffix=path.suffix or ".png", dir=path.parent)
+    os.close(fd)
+    try:
+        fig.savefig(tmp, dpi=120)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
