@@ -19,7 +19,7 @@ SPEC_DIR = Path(__file__).resolve().parent
 BASELINES = ("none", "svd", "svd_finetuned", "ctrlv")
 # Baselines whose stages the benchmark can build today. Ctrl-V (issue 8) adds "ctrlv" here once its
 # stages exist; until then its rows are kept in the table and rendered "not yet available".
-IMPLEMENTED_BASELINES = frozenset({"none", "svd", "svd_finetuned"})
+IMPLEMENTED_BASELINES = frozenset({"none", "svd", "svd_finetuned", "ctrlv"})
 CTRLV_VARIANTS = ("1-to-0", "1-to-1", "3-to-1")
 CTRLV_BACKBONES = ("svd", "svd_finetuned", "lsa")
 DIRECTIONS = ("up", "down")

@@ -42,6 +42,17 @@ class StageRunner(Protocol):
         videos/<clip>.mp4. Return {"frames": <dir>, "num_videos": N, "num_frames": T,
         "seconds": wall time of generating them, "num_params": parameters of the inference pipeline}."""
 
+    def run_ctrlv_train(self, stage, cfg: dict, backbone: Path | None, out_dir: Path) -> dict:
+        """Train one Ctrl-V stage (cfg['ctrlv']['stage']: 'bbox' -> out_dir/unet, 'box2video' ->
+        out_dir/controlnet) for cfg['train']['epochs'] epochs; Box2Video steers the U-Net exported by the
+        train stage folder `backbone` (None = the base model). Return {"log": <the JSONL loss log>, ...}."""
+
+    def run_generate_ctrlv(self, stage, cfg: dict, bbox_run: Path, box2video_run: Path, out_dir: Path, *,
+                           test_clips: Path) -> dict:
+        """As run_generate, with Ctrl-V's two-stage pipeline (BBox generator run folder `bbox_run`,
+        Box2Video run folder `box2video_run`) fed each test clip's first frame and the boxes its
+        variant is given; the same return keys ("seconds", "num_params" of the two-stage pipeline)."""
+
     def run_evaluate(self, stage, cfg: dict, videos_dir: Path, out_dir: Path, *, real_dir: Path) -> dict:
         """Score the generated frame folders `videos_dir` against the real ones `real_dir` (paired by
         name) with cfg['metrics'] (its det.detector already set for this stage's detector). Return
@@ -140,6 +151,23 @@ class FakeRunner:
         return {"frames": out_dir / "frames", "num_videos": len(names), "num_frames": self.num_frames,
                 "seconds": time.perf_counter() - t0, "num_params": 1234567,
                 "checkpoint_used": None if checkpoint is None else Path(checkpoint).name}
+
+    def run_ctrlv_train(self, stage, cfg, backbone, out_dir):
+        self._enter(stage)
+        rng = self._rng(stage)
+        with open(out_dir / "log.jsonl", "w") as f:
+            for s in range(1, 4):
+                loss = float(rng.uniform(0.1, 1.0))
+                f.write(json.dumps({"step": s, "epoch": 1, "loss": loss, "loss_diff": loss}) + "\n")
+        (out_dir / "weights.json").write_text(json.dumps({"stage": cfg["ctrlv"]["stage"],
+                                                          "backbone": None if backbone is None else Path(backbone).name}))
+        self._log("end", stage)
+        return {"log": out_dir / "log.jsonl", "checkpoint": out_dir / "weights.json"}
+
+    def run_generate_ctrlv(self, stage, cfg, bbox_run, box2video_run, out_dir, *, test_clips):
+        res = self.run_generate(stage, cfg, box2video_run, out_dir, test_clips=test_clips)
+        res["num_params"] = 2 * res["num_params"]      # two pipelines, as Ctrl-V's count
+        return res
 
     def run_evaluate(self, stage, cfg, videos_dir, out_dir, *, real_dir):
         self._enter(stage)

@@ -17,6 +17,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from data.video_io import write_frames, write_video
+from trainers.timing import generation_timing
 
 
 def load_pipeline(model_cfg, unet_dir: str | Path | None = None, device: str = "cpu",
@@ -48,7 +49,7 @@ def generate_videos(pipe, first_frames: Sequence[np.ndarray], names: Sequence[st
     """
     out_dir = Path(out_dir)
     device = pipe.device
-    seconds, made = 0.0, 0
+    times: list[float] = []   # per generated video
     for k, (frame0, name) in enumerate(tqdm(list(zip(first_frames, names)), desc="generate", unit="video")):
         folder = out_dir / "frames" / name
         if folder.is_dir():
@@ -66,11 +67,10 @@ def generate_videos(pipe, first_frames: Sequence[np.ndarray], names: Sequence[st
                      decode_chunk_size=int(gen_cfg.decode_chunk_size), generator=g, output_type="np").frames[0]
         if device.type == "cuda":
             torch.cuda.synchronize()
-        seconds += time.perf_counter() - t0
-        made += 1
+        times.append(time.perf_counter() - t0)
         frames = (np.clip(np.asarray(video), 0, 1) * 255).round().astype(np.uint8)
         if gen_cfg.get("save_mp4", True):
             write_video(out_dir / "videos" / f"{name}.mp4", frames, fps=float(gen_cfg.fps))
         write_frames(folder, frames)        # last: a clip counts as done only once its frames exist
-    return dict(seconds=seconds, generated=made, total=len(names),
-                seconds_per_video=seconds / made if made else None)
+    return generation_timing(times, len(names))
+

@@ -1,4 +1,4 @@
-"""python -m benchmark.run table=III [profile=smoke|paper] [data=...] [launcher=local|slurm] [--dry-run] [key=value ...]
+"""python -m benchmark.run table=III [profile=smoke|paper] [data=...] [launcher=local|slurm|debug] [--dry-run] [key=value ...]
 
 Regenerates one paper table (or several: table=III,IV,V) end to end: expands it into stages
 (test set, train epoch 1, epoch 2, generate, evaluate per detector), runs those not already in the
@@ -8,13 +8,17 @@ Options (everything else is a Hydra override of the composed config, e.g. data=k
 benchmark.num_test_clips=4, train.lr=2e-5):
   table=I|II|III|IV|V[,..]  which table(s) (required)
   profile=smoke|paper      configs/benchmark/<profile>.yaml (default smoke)
-  launcher=local|slurm     where stages run (slurm: issue 6, not yet implemented)
+  launcher=local|slurm|debug  where stages run: here one by one (local), as SLURM job arrays (slurm),
+                           or through the SLURM code path in this process (debug; docs/slurm.md)
+  cluster=default          configs/slurm/<cluster>.yaml: partition, account, GPUs, time per stage kind
+                           (launcher=slurm); change keys with slurm.<key>=<value>, e.g. slurm.job.partition=gpu
   rows=a,b                 only these rows of the table
   store=runs               the stage store (runs/<hash>/)
   results=results          where tables and figures go (results/<profile>/)
   runner=module:Class      the StageRunner (default benchmark.runner_impl:TrainerRunner)
   config_dir=PATH          compose from this config folder instead of the `configs` package
-  --dry-run                print the stage graph (cached / pending) and stop
+  --dry-run                print the stage graph (cached / pending; with launcher=slurm the job arrays) and stop
+  --no-wait                launcher=slurm: submit and return; a render job writes the table when all jobs ended
   --list                   list tables, their rows and the profiles
 """
 from __future__ import annotations
@@ -24,10 +28,16 @@ import sys
 
 from ablations.registry import SpecError, list_tables, load_table
 from benchmark.config import ConfigError
+from benchmark.runner import StagesFailed
+from slurm.config import ClusterConfigError
+from slurm.launch import SubmissionError
+from slurm.records import QueueUnavailable
 
 OPTIONS = {"table": None, "profile": "smoke", "launcher": "local", "rows": None, "store": "runs",
-           "results": "results", "runner": "benchmark.runner_impl:TrainerRunner", "config_dir": None}
-FLAGS = {"--dry-run", "--list", "-h", "--help"}
+           "results": "results", "runner": "benchmark.runner_impl:TrainerRunner", "config_dir": None,
+           "cluster": "default"}
+FLAGS = {"--dry-run", "--list", "--no-wait", "-h", "--help"}
+CLUSTER_PREFIX = "slurm."       # key=value with this prefix: a cluster setting, not a Hydra override
 
 
 class UsageError(Exception):
@@ -91,15 +101,31 @@ def main(argv: list[str] | None = None) -> int:
             for t in tables:
                 t.select(rows)
         from benchmark.config import HydraResolver
-        from benchmark.runner import run_table
+        from benchmark.runner import LAUNCHERS, run_table
+        if opts["launcher"] not in LAUNCHERS:
+            raise UsageError(f"launcher={opts['launcher']} is unknown; valid: {', '.join(LAUNCHERS)}")
+        cluster_overrides = [o for o in overrides if o.startswith(CLUSTER_PREFIX)]
+        overrides = [o for o in overrides if not o.startswith(CLUSTER_PREFIX)]
+        cluster = None
+        if opts["launcher"] != "local":
+            from slurm.config import load_cluster
+            cluster = load_cluster(opts["cluster"], cluster_overrides, config_dir=opts["config_dir"])
+        elif cluster_overrides or "--no-wait" in flags:
+            raise UsageError(f"{' '.join(cluster_overrides + sorted(flags & {'--no-wait'}))}: only with launcher=slurm")
         resolver = HydraResolver(opts["profile"], overrides, config_dir=opts["config_dir"])
         runner = None if "--dry-run" in flags else load_runner(opts["runner"])
         for spec in tables:
             run_table(spec, resolver, runner, opts["launcher"], store=opts["store"], results=opts["results"],
-                      rows=rows, dry_run="--dry-run" in flags)
+                      rows=rows, dry_run="--dry-run" in flags, cluster=cluster, wait="--no-wait" not in flags)
     except (UsageError, SpecError, ConfigError, KeyError, FileNotFoundError) as e:
         print(f"error: {e.args[0] if e.args else e}", file=sys.stderr)
         return 2
+    except (ClusterConfigError, QueueUnavailable, SubmissionError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except StagesFailed as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     except NotImplementedError as e:
         print(f"error: {e}", file=sys.stderr)
         return 3

@@ -50,9 +50,11 @@ class TrainerRunner:
             train(c)
         finally:
             _release()
-        summary = json.loads((Path(out_dir) / "summary.json").read_text())
+        # only the main process writes summary.json (several processes under `accelerate launch`)
+        path = Path(out_dir) / "summary.json"
+        summary = json.loads(path.read_text()) if path.exists() else {}
         return {"log": Path(out_dir) / "log.jsonl", "unet": Path(out_dir) / "unet",
-                "steps": summary["global_step"], "trainable_params": summary["trainable_params"]}
+                "steps": summary.get("global_step"), "trainable_params": summary.get("trainable_params")}
 
     def run_generate(self, stage, cfg: dict, checkpoint: Path | None, out_dir: Path, *, test_clips: Path) -> dict:
         """The test videos of a trained row (its last epoch's exported U-Net) or of the base model."""
@@ -79,6 +81,44 @@ class TrainerRunner:
         return {"frames": Path(out_dir) / "frames", "num_videos": len(names), "num_frames": int(gen.num_frames),
                 "seconds": timing["seconds"], "seconds_per_video": timing["seconds_per_video"],
                 "generated_now": timing["generated"], "num_params": num_params, "device": device}
+
+    def run_ctrlv_train(self, stage, cfg: dict, backbone: Path | None, out_dir: Path) -> dict:
+        """One Ctrl-V stage (trainers/ctrlv) for all its epochs; Box2Video steers `backbone`/unet."""
+        from trainers.ctrlv.train import train_stage
+        c = OmegaConf.create(cfg)
+        c.train.out_dir = str(out_dir)
+        c.train.init_from = None
+        c.train.resume = "auto"
+        if c.ctrlv.stage == "box2video":
+            c.ctrlv.backbone = str(Path(backbone) / "unet") if backbone else None
+        try:
+            train_stage(c)
+        finally:
+            _release()
+        export = "unet" if c.ctrlv.stage == "bbox" else "controlnet"
+        return {"log": Path(out_dir) / "log.jsonl", export: Path(out_dir) / export}
+
+    def run_generate_ctrlv(self, stage, cfg: dict, bbox_run: Path, box2video_run: Path, out_dir: Path, *,
+                           test_clips: Path) -> dict:
+        """Ctrl-V's two-stage pipeline on each test clip's first frame and given boxes."""
+        from trainers.ctrlv.pipeline import CtrlVInputs, CtrlVPipeline, generate_ctrlv_videos
+        c = OmegaConf.create(cfg)
+        gen = c.benchmark.generate
+        device = _device(gen.get("device"))
+        dtype = _DTYPES[gen.get("dtype", "fp32") if device != "cpu" else "fp32"]
+        names = sorted(p.stem for p in (Path(test_clips) / "first_frames").glob("*.png"))
+        if not names:
+            raise FileNotFoundError(f"{test_clips}/first_frames: no first frames (the testset stage is incomplete)")
+        inputs = [CtrlVInputs.from_testset(test_clips, n) for n in names]
+        pipe = CtrlVPipeline.from_runs(c, bbox_run, box2video_run, device=device, dtype=dtype)
+        try:
+            r = generate_ctrlv_videos(pipe, inputs, names, gen, out_dir)
+        finally:
+            del pipe
+            _release()
+        return {"frames": Path(out_dir) / "frames", "num_videos": len(names), "num_frames": int(gen.num_frames),
+                "seconds": r["seconds"], "seconds_per_video": r.get("seconds_per_video"),
+                "num_params": r["num_params"], "num_params_unique": r.get("num_params_unique"), "device": device}
 
     def run_evaluate(self, stage, cfg: dict, videos_dir: Path, out_dir: Path, *, real_dir: Path) -> dict:
         """metrics.evaluate on the real test clips vs the generated videos, paired by clip name."""

@@ -28,7 +28,20 @@ from ablations.registry import Row, TableSpec
 # changes with it, so no old output is reused for the new meaning.
 STAGE_SCHEMA = 1
 HASH_LEN = 12
-KINDS = ("testset", "train", "generate", "evaluate", "render")
+KINDS = ("testset", "train", "ctrlv_bbox", "ctrlv_box2video", "generate", "evaluate", "render")
+
+# The video backbone a Ctrl-V row's Box2Video steers (Table II): the overrides of the rows
+# "SVD fine-tuned" and "SVD + LSA" of Table I, so the backbone's train stages are those rows' own
+# stages (shared by hash); "svd" is the base model (no train stage).
+CTRLV_BACKBONE_OVERRIDES = {
+    "svd": None,
+    "svd_finetuned": ["schedule=diffusion", "adapter=unet"],
+    "lsa": ["schedule=staged", "adapter=unet", "loss.variant=hybrid"],
+}
+# Ctrl-V config keys that do not influence a stage (each Ctrl-V stage reads only its own part).
+_CTRLV_NOT_BBOX = ["ctrlv.stage", "ctrlv.backbone", "ctrlv.controlnet", "ctrlv.inference"]
+_CTRLV_NOT_BOX2VIDEO = ["ctrlv.stage", "ctrlv.backbone", "ctrlv.variant", "ctrlv.variants", "ctrlv.bbox_init_unet",
+                        "ctrlv.inference", "ctrlv.readback"]
 
 
 # ------------------------------------------------------------------------------------ hashing
@@ -174,7 +187,7 @@ def row_overrides(spec: TableSpec, row: Row, base: dict, user_overrides: Sequenc
 class Stage:
     kind: str
     hash: str
-    config: dict                  # what identifies the stage (hashed; saved as config.yaml)
+    config: dict                  # what identifies the stage (hashed; saved as stage_config.yaml)
     run_cfg: dict                 # the full resolved config the runner executes (first row using it)
     deps: tuple[str, ...] = ()
     params: dict = field(default_factory=dict)   # epoch / objective / detector / ...
@@ -194,7 +207,13 @@ class Stage:
                 s += f" variant={p.get('variant')}"
             return s + f" adapter={p.get('adapter')}"
         if self.kind == "generate":
+            if p.get("ctrlv"):
+                return f"Ctrl-V {p['ctrlv']['variant']} backbone={p['ctrlv']['backbone']}"
             return "base model (no fine-tuning)" if p.get("checkpoint") is None else f"from train {p['checkpoint']}"
+        if self.kind == "ctrlv_bbox":
+            return f"Ctrl-V BBox generator {p['variant']}, {p['epochs']} epochs"
+        if self.kind == "ctrlv_box2video":
+            return f"Ctrl-V Box2Video on {p['backbone']}, {p['epochs']} epochs"
         if self.kind == "evaluate":
             return f"detector={p['detector']}"
         return p.get("outputs", "")
@@ -231,12 +250,12 @@ class StageGraph:
         n_done = sum(is_done(s.hash) for s in stages)
         lines = [f"Table {self.table.name} (profile {self.profile}): {len(stages)} stages in {store_root}/, "
                  f"{n_done} cached, {len(stages) - n_done} pending; render always runs"]
-        lines.append(f"  {'status':<8} {'kind':<9} {'hash':<{HASH_LEN}}  {'what':<40} {'deps':<27} rows")
+        lines.append(f"  {'status':<8} {'kind':<15} {'hash':<{HASH_LEN}}  {'what':<40} {'deps':<27} rows")
         for s in stages + [self.render]:
             status = "always" if s.kind == "render" else ("cached" if is_done(s.hash) else "pending")
             deps = ",".join(d[:6] for d in s.deps) if s.kind != "render" else f"{len(s.deps)} stages"
             rows = ", ".join(s.rows) if s.kind != "render" else ""
-            lines.append(f"  {status:<8} {s.kind:<9} {s.hash:<{HASH_LEN}}  {s.describe():<40} {deps or '-':<27} {rows}")
+            lines.append(f"  {status:<8} {s.kind:<15} {s.hash:<{HASH_LEN}}  {s.describe():<40} {deps or '-':<27} {rows}")
         missing = [p for p in self.rows if p.unavailable]
         if missing:
             lines.append("rows without stages (rendered as 'not yet available'):")
@@ -244,18 +263,54 @@ class StageGraph:
         return "\n".join(lines)
 
 
-def epoch_objectives(cfg: dict, row: Row) -> list[str]:
+def epoch_objectives(cfg: dict, row: Row, baseline: str | None = None) -> list[str]:
     """'diffusion' or 'lsa' for each epoch 1..train.epochs, from schedule.feat_from_epoch (the same
     rule as trainers.losses.objective_weights)."""
+    baseline = row.baseline if baseline is None else baseline
     epochs = int(get_key(cfg, "train.epochs"))
     if epochs < 1:
         raise ValueError(f"row {row.name}: train.epochs={epochs}; a trained row needs at least one epoch")
     feat_from = get_key(cfg, "schedule.feat_from_epoch", None)
     objs = ["lsa" if feat_from is not None and e >= int(feat_from) else "diffusion" for e in range(1, epochs + 1)]
-    if row.baseline == "svd_finetuned" and "lsa" in objs:
+    if baseline == "svd_finetuned" and "lsa" in objs:
         raise ValueError(f"row {row.name} is 'SVD fine-tuned' (diffusion loss only) but its schedule "
                          f"{get_key(cfg, 'schedule.name', '?')} turns the feature loss on from epoch {feat_from}")
     return objs
+
+
+def _ctrlv_stages(spec, row, resolver, cfg, bench, policy, testset, train_chain, add, model):
+    """Ctrl-V (Tables I, II): the backbone's own train stages, the BBox generator, Box2Video on that
+    backbone, and a generate stage that runs the two-stage pipeline. Returns (train chain, generate).
+
+    Both Ctrl-V stages train `train.epochs` epochs in one stage each, with the LSA rows' model, data
+    and loop (trainers/ctrlv), so "same backbone, data and number of epochs" holds by construction.
+    """
+    variant, backbone = row.ctrlv["variant"], row.ctrlv["backbone"]
+    always = list(policy.get("ignore_always") or [])
+    not_train = always + list(policy.get("ignore_train") or []) + list(policy.get("ignore_diffusion_only") or [])
+    base_over = row_overrides(spec, row, resolver.base, resolver.user_overrides)
+    chain = []
+    if CTRLV_BACKBONE_OVERRIDES[backbone] is not None:
+        chain = train_chain(resolver.resolve(base_over + CTRLV_BACKBONE_OVERRIDES[backbone]), backbone)
+    cv = resolver.resolve(base_over + ["+ctrlv=base", f"ctrlv.variant={variant}"])
+    epochs = int(get_key(cv, "train.epochs"))
+
+    bbox_cfg = copy.deepcopy(cv)
+    set_key(bbox_cfg, "ctrlv.stage", "bbox")
+    bbox = add("ctrlv_bbox", {"epochs": epochs, "cfg": drop_keys(cv, not_train + _CTRLV_NOT_BBOX)}, bbox_cfg, [],
+               {"variant": variant, "epochs": epochs}, row.name)
+    b2v_cfg = copy.deepcopy(cv)
+    set_key(b2v_cfg, "ctrlv.stage", "box2video")
+    b2v = add("ctrlv_box2video", {"epochs": epochs, "backbone": chain[-1] if chain else None,
+                                  "cfg": drop_keys(cv, not_train + _CTRLV_NOT_BOX2VIDEO)},
+              b2v_cfg, chain[-1:], {"backbone": backbone, "epochs": epochs}, row.name)
+    gen_cfg = {"ctrlv_bbox": bbox, "ctrlv_box2video": b2v, "testset": testset, "model": model,
+               "ctrlv": {k: get_key(cv, f"ctrlv.{k}") for k in ("variant", "variants", "inference", "readback",
+                                                                  "render", "controlnet")},
+               "generate": bench["generate"]}
+    gen = add("generate", gen_cfg, cv, [bbox, b2v, testset],
+              {"ctrlv": {"variant": variant, "backbone": backbone, "bbox": bbox, "box2video": b2v}}, row.name)
+    return chain, gen
 
 
 def expand(spec: TableSpec, resolver: Resolver) -> StageGraph:
@@ -290,27 +345,34 @@ def expand(spec: TableSpec, resolver: Resolver) -> StageGraph:
         plan.testset = add("testset", {"data": ts_cfg.get("data"), "num_clips": n_clips}, cfg, [],
                            {"data": get_key(cfg, "data.name", "?"), "num_clips": n_clips}, row.name)
 
-        # training: one stage per epoch, chained
-        parent = None
-        if row.baseline != "svd":
-            for epoch, objective in enumerate(epoch_objectives(cfg, row), start=1):
+        def train_chain(tcfg: dict, baseline: str) -> list[str]:
+            """One train stage per epoch, chained (epoch e starts from epoch e-1's stage)."""
+            chain, parent = [], None
+            for epoch, objective in enumerate(epoch_objectives(tcfg, row, baseline), start=1):
                 ignore = always + list(policy.get("ignore_train") or [])
                 if objective == "diffusion":
                     ignore += list(policy.get("ignore_diffusion_only") or [])
-                run_cfg = copy.deepcopy(cfg)
+                run_cfg = copy.deepcopy(tcfg)
                 set_key(run_cfg, "train.epochs", epoch)       # the trainer's "last epoch to train"
-                params = {"epoch": epoch, "objective": objective, "adapter": get_key(cfg, "adapter.name", None),
-                          "variant": get_key(cfg, "loss.variant", None) if objective == "lsa" else None}
+                params = {"epoch": epoch, "objective": objective, "adapter": get_key(tcfg, "adapter.name", None),
+                          "variant": get_key(tcfg, "loss.variant", None) if objective == "lsa" else None}
                 parent = add("train", {"init_from": parent, "epoch": epoch, "objective": objective,
-                                       "cfg": drop_keys(cfg, ignore)},
+                                       "cfg": drop_keys(tcfg, ignore)},
                              run_cfg, [parent] if parent else [], params, row.name)
-                plan.train.append(parent)
+                chain.append(parent)
+            return chain
 
-        # generation from the last epoch (or the base model)
         model = drop_keys(cfg, always + list(policy.get("ignore_diffusion_only") or [])).get("model")
-        gen_cfg = {"checkpoint": parent, "testset": plan.testset, "model": model, "generate": bench["generate"]}
-        plan.generate = add("generate", gen_cfg, cfg, [d for d in (parent, plan.testset) if d],
-                            {"checkpoint": parent}, row.name)
+        if row.baseline == "ctrlv":
+            plan.train, plan.generate = _ctrlv_stages(spec, row, resolver, cfg, bench, policy, plan.testset,
+                                                      train_chain, add, model)
+        else:
+            # training: one stage per epoch, chained; generation from the last epoch (or the base model)
+            plan.train = train_chain(cfg, row.baseline) if row.baseline != "svd" else []
+            parent = plan.train[-1] if plan.train else None
+            gen_cfg = {"checkpoint": parent, "testset": plan.testset, "model": model, "generate": bench["generate"]}
+            plan.generate = add("generate", gen_cfg, cfg, [d for d in (parent, plan.testset) if d],
+                                {"checkpoint": parent}, row.name)
 
         # one evaluation per detector the row's columns need: the `metrics` node (what
         # metrics.evaluate reads) with metrics.det.detector set from benchmark.eval.detectors[name]

@@ -1,7 +1,7 @@
 """The results store: one folder per stage, `runs/<hash>/`, finished when its `DONE` marker exists.
 
 A stage writes its outputs straight into its folder (so a trainer killed mid-stage resumes from its
-own checkpoints there on the next run); the store then writes, each atomically, `config.yaml` (the
+own checkpoints there on the next run); the store then writes, each atomically, `stage_config.yaml` (the
 config that identifies the stage), `run_config.yaml` (the full config the runner executed),
 `stage.json`, `result.json`, and last `DONE`. Readers trust a folder only when `DONE` exists, so a
 killed stage is never mistaken for a finished one.
@@ -21,7 +21,7 @@ import yaml
 
 DONE = "DONE"
 RESULT = "result.json"
-CONFIG = "config.yaml"
+CONFIG = "stage_config.yaml"   # not config.yaml: a train stage folder is also the trainer's run folder
 RUN_CONFIG = "run_config.yaml"
 STAGE = "stage.json"
 

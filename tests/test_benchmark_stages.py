@@ -43,16 +43,36 @@ def test_every_table_loads_and_unknown_names_list_valid_ones():
     assert load_table(3).name == load_table("table_III").name == "III"
 
 
-def test_ctrlv_rows_are_kept_and_marked_unavailable():
+def test_ctrlv_rows_are_specified():
     t1, t2 = load_table("I"), load_table("II")
     ctrlv1 = [r for r in t1.rows if r.baseline == "ctrlv"]
     assert [r.name for r in ctrlv1] == ["nuscenes_ctrlv_1to0", "kitti_ctrlv_1to0"]
     assert all(r.ctrlv["variant"] == "1-to-0" for r in ctrlv1)
-    assert len(t2.rows) == 8 and not any(r.available for r in t2.rows)
+    assert len(t2.rows) == 8 and all(r.available for r in t2.rows)
     assert {r.ctrlv["backbone"] for r in t2.rows} == {"svd_finetuned", "lsa"}
-    assert "Ctrl-V baseline" in t2.rows[0].unavailable_reason
     # Table I's efficiency columns are measured by the generate stage, not copied
     assert [c.id for c in t1.columns if c.source == "generate"] == ["time_h", "params_m"]
+
+
+def test_ctrlv_stages_share_the_backbone_rows_training(smoke):
+    """Table II: Box2Video trains on the exact train stages of "SVD fine-tuned" / "SVD + LSA"; the BBox
+    generator depends on the variant only, Box2Video on the backbone only."""
+    g2, g1 = expand(load_table("II"), smoke), expand(load_table("I"), smoke)
+    p1 = {p.row.name: p for p in g1.rows}
+    p2 = {p.row.name: p for p in g2.rows}
+    assert p2["nuscenes_1to1_svd_finetuned"].train == p1["nuscenes_svd_finetuned"].train
+    assert p2["nuscenes_1to1_lsa"].train == p1["nuscenes_lsa"].train
+    gens = {n: g2.stages[p.generate] for n, p in p2.items()}
+    bbox = {n: s.params["ctrlv"]["bbox"] for n, s in gens.items()}
+    b2v = {n: s.params["ctrlv"]["box2video"] for n, s in gens.items()}
+    assert bbox["nuscenes_1to1_svd_finetuned"] == bbox["nuscenes_1to1_lsa"] != bbox["nuscenes_3to1_lsa"]
+    assert b2v["nuscenes_1to1_lsa"] == b2v["nuscenes_3to1_lsa"] != b2v["nuscenes_1to1_svd_finetuned"]
+    lsa_b2v = g2.stages[b2v["nuscenes_1to1_lsa"]]
+    assert lsa_b2v.kind == "ctrlv_box2video" and lsa_b2v.deps == (p1["nuscenes_lsa"].train[-1],)
+    assert g2.stages[bbox["nuscenes_1to1_lsa"]].run_cfg["ctrlv"]["variant"] == "1-to-1"
+    # Table I's 1-to-0 uses the "SVD fine-tuned" backbone
+    gen10 = g1.stages[p1["nuscenes_ctrlv_1to0"].generate]
+    assert gen10.params["ctrlv"]["backbone"] == "svd_finetuned"
 
 
 def _table_block(text: str, name: str) -> str:
@@ -153,15 +173,15 @@ def test_table_V_evaluates_one_generation_with_two_detectors(smoke):
         assert set(p.evaluate) == {"dn_detr", "yolo"}
         ev = [g.stages[h] for h in p.evaluate.values()]
         assert {s.deps[0] for s in ev} == {p.generate}
-        assert {s.run_cfg["metrics"]["det"]["detector"]["name"] for s in ev} == {"yolo11"}
+        assert {s.run_cfg["metrics"]["det"]["detector"]["name"] for s in ev} == {"dn_detr", "yolo11"}
 
 
-def test_table_I_svd_row_generates_from_the_base_model_and_ctrlv_has_no_stages(smoke):
+def test_table_I_svd_row_generates_from_the_base_model(smoke):
     g = expand(load_table("I"), smoke)
     plans = {p.row.name: p for p in g.rows}
     svd = plans["nuscenes_svd"]
     assert svd.train == [] and g.stages[svd.generate].params["checkpoint"] is None
-    assert plans["nuscenes_ctrlv_1to0"].unavailable and plans["nuscenes_ctrlv_1to0"].generate is None
+    assert not plans["nuscenes_ctrlv_1to0"].unavailable and plans["nuscenes_ctrlv_1to0"].generate
     ft = plans["nuscenes_svd_finetuned"]
     assert [g.stages[h].params["objective"] for h in ft.train] == ["diffusion", "diffusion"]
 
@@ -288,8 +308,10 @@ def test_dry_run_marks_cached_and_pending_without_running(smoke, tmp_path):
     assert re.search(r"always\s+render", text)
 
 
-def test_slurm_launcher_is_not_yet_implemented(smoke, tmp_path):
-    with pytest.raises(NotImplementedError, match="SLURM issue 6"):
+def test_slurm_launcher_needs_a_cluster(smoke, tmp_path, monkeypatch):
+    from slurm.records import QueueUnavailable
+    monkeypatch.setenv("PATH", str(tmp_path))            # no squeue / sbatch
+    with pytest.raises(QueueUnavailable, match="no SLURM cluster answers here"):
         run_table("III", smoke, FakeRunner(), launcher="slurm", store=tmp_path)
 
 
@@ -309,7 +331,7 @@ def test_paper_profile_names_every_missing_path_before_any_work(tmp_path, monkey
     assert runner.history == [] and not (tmp_path / "runs").exists()
 
 
-def test_cli_errors_and_dry_run(capsys, tmp_path):
+def test_cli_errors_and_dry_run(capsys, tmp_path, monkeypatch):
     from benchmark.run import main
     assert main(["table=VII"]) == 2
     assert "valid tables: I, II, III, IV, V" in capsys.readouterr().err
@@ -317,10 +339,13 @@ def test_cli_errors_and_dry_run(capsys, tmp_path):
     assert "valid rows:" in capsys.readouterr().err
     assert main(["table=III", "profile=laptop"]) == 2
     assert "valid profiles: paper, smoke" in capsys.readouterr().err
-    assert main(["table=III", "launcher=slurm", f"store={tmp_path}"]) == 3
-    assert "SLURM issue 6" in capsys.readouterr().err
     assert main(["table=V", "--dry-run", f"store={tmp_path}"]) == 0
     assert "10 pending" in capsys.readouterr().out
+    assert main(["table=III", "launcher=slurm", "--dry-run", f"store={tmp_path}"]) == 0
+    assert "job arrays (5)" in capsys.readouterr().out
+    monkeypatch.setenv("PATH", str(tmp_path))
+    assert main(["table=III", "launcher=slurm", f"store={tmp_path}"]) == 2
+    assert "no SLURM cluster answers here" in capsys.readouterr().err
 
 
 def _done(store: Path) -> set[str]:

@@ -238,7 +238,7 @@ def generate_ctrlv_videos(pipe: CtrlVPipeline, inputs: Sequence[CtrlVInputs], na
     from data.video_io import write_frames, write_video
 
     out_dir = Path(out_dir)
-    seconds, made = 0.0, 0
+    times: list[float] = []   # per generated video
     cuda = pipe.device.type == "cuda"
     for k, (clip_in, name) in enumerate(tqdm(list(zip(inputs, names)), desc="generate ctrl-v", unit="video")):
         folder = out_dir / "frames" / name
@@ -250,8 +250,7 @@ def generate_ctrlv_videos(pipe: CtrlVPipeline, inputs: Sequence[CtrlVInputs], na
         out = pipe(clip_in, gen_cfg, int(gen_cfg.seed) + k)
         if cuda:
             torch.cuda.synchronize()
-        seconds += time.perf_counter() - t0
-        made += 1
+        times.append(time.perf_counter() - t0)
         if pipe.ctrlv.inference.save_box_frames:
             write_frames(out_dir / "box_frames" / name, out.box_frames)
             _write_json(out_dir / "boxes" / f"{name}.json", {"frames": [
@@ -259,5 +258,5 @@ def generate_ctrlv_videos(pipe: CtrlVPipeline, inputs: Sequence[CtrlVInputs], na
         if gen_cfg.get("save_mp4", True):
             write_video(out_dir / "mp4" / f"{name}.mp4", out.video, fps=float(gen_cfg.fps))
         write_frames(folder, out.video)        # last: a clip counts as done only once its frames exist
-    return dict(seconds=seconds, generated=made, total=len(names),
-                seconds_per_video=seconds / made if made else None, **pipe.num_params())
+    from trainers.timing import generation_timing   # the same timing rule as the SVD rows (Table I)
+    return dict(generation_timing(times, len(names)), **pipe.num_params())

@@ -1,0 +1,143 @@
+"""python -m benchmark.status table=III [profile=...] [rows=...] [store=runs] [key=value ...] [--logs]
+
+Where each stage of a table stands: done / running (job id) / queued (job id, SLURM's reason) /
+failed (job id, state, log path) / pending (never submitted, or an interrupted local attempt).
+Give it the same table, profile, rows and overrides as the `benchmark.run` it looks at: they decide
+the stage hashes. Reads the store and asks squeue / sacct about recorded jobs; changes nothing.
+A failed stage is submitted again by the next `benchmark.run`; it is never counted done.
+
+  --logs   print the last lines of each failed stage's log
+"""
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from ablations.registry import SpecError, list_tables, load_table
+from benchmark.config import ConfigError
+from benchmark.run import UsageError, parse_args
+from benchmark.stages import HASH_LEN, StageGraph
+from benchmark.store import STAGE, Store
+from slurm.records import QueueUnavailable, last_submission, query_jobs, tail
+
+FLAGS = {"--logs", "-h", "--help"}
+
+
+@dataclass
+class StageStatus:
+    hash: str
+    kind: str
+    what: str
+    status: str              # done | running | queued | failed | pending | unknown
+    job_id: str | None = None
+    detail: str = ""
+    log: str | None = None
+
+
+def stage_statuses(graph: StageGraph, store: Store) -> list[StageStatus]:
+    subs = {s.hash: last_submission(store.dir(s.hash)) for s in graph.order()}
+    slurm_ids = [sub["job_id"] for h, sub in subs.items()
+                 if sub and sub.get("executor") == "slurm" and not store.is_done(h)]
+    try:
+        states, queue_error = query_jobs(slurm_ids), None
+    except QueueUnavailable as e:
+        states, queue_error = {}, str(e)
+    out = []
+    for s in graph.order():
+        sub = subs[s.hash] or {}
+        st = StageStatus(s.hash, s.kind, s.describe(), "pending", sub.get("job_id"), log=sub.get("stderr"))
+        if store.is_done(s.hash):
+            st.status = "done"
+        elif sub.get("executor") == "slurm":
+            _classify_slurm(st, states.get(sub["job_id"]), queue_error)
+        elif sub:
+            st.status, st.detail = "failed", f"its {sub.get('executor')} run ended without a result"
+        else:
+            started = _last_attempt(store, s.hash)
+            if started:
+                st.detail = f"a local attempt started {started} did not finish (still running, or killed)"
+        out.append(st)
+    _explain_dependencies(out, graph)
+    return out
+
+
+def _classify_slurm(st: StageStatus, job, queue_error: str | None) -> None:
+    if job is None:
+        st.status, st.detail = "unknown", f"cannot read the queue: {queue_error}"
+    elif job.running:
+        st.status, st.detail = "running", job.state
+    elif job.live:
+        st.status, st.detail = "queued", f"{job.state} ({job.reason})" if job.reason else job.state
+    else:
+        st.status = "failed"
+        st.detail = {"COMPLETED": "the job ended without the stage's result",
+                     "ENDED": "left the queue (no accounting record)"}.get(job.state, job.state)
+
+
+def _explain_dependencies(statuses: list[StageStatus], graph: StageGraph) -> None:
+    """A stage cancelled because an input failed says which one."""
+    by_hash = {s.hash: s for s in statuses}
+    for st in statuses:
+        if st.status == "failed" and st.detail.startswith("CANCELLED"):
+            bad = [d for d in graph.stages[st.hash].deps if by_hash[d].status == "failed"]
+            if bad:
+                st.detail += f": its input {', '.join(bad)} failed"
+
+
+def _last_attempt(store: Store, stage_hash: str) -> str | None:
+    p = store.dir(stage_hash) / STAGE
+    if not p.exists():
+        return None
+    attempts = json.loads(p.read_text()).get("attempts") or []
+    return attempts[-1].get("started") if attempts else None
+
+
+def format_statuses(graph: StageGraph, statuses: list[StageStatus], store: Store, logs: bool = False) -> str:
+    counts = {k: sum(s.status == k for s in statuses) for k in ("done", "running", "queued", "failed", "pending", "unknown")}
+    lines = [f"Table {graph.table.name} (profile {graph.profile}), store {store.root}/: {len(statuses)} stages: "
+             + ", ".join(f"{n} {k}" for k, n in counts.items() if n)]
+    lines.append(f"  {'status':<8} {'kind':<9} {'hash':<{HASH_LEN}}  {'what':<42} {'job':<10} detail")
+    for s in statuses:
+        detail = s.detail
+        if s.status == "failed" and s.log:
+            detail = f"{detail}; log {s.log}" if detail else f"log {s.log}"
+        lines.append(f"  {s.status:<8} {s.kind:<9} {s.hash:<{HASH_LEN}}  {s.what:<42} {s.job_id or '-':<10} {detail}")
+        if logs and s.status == "failed" and s.log:
+            lines += ["      | " + ln for ln in (tail(s.log) or "(log is empty or absent)").splitlines()]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    try:
+        flags = {a for a in argv if a.startswith("-")}
+        bad = flags - FLAGS
+        if bad:
+            raise UsageError(f"unknown flag(s) {sorted(bad)}; flags: {', '.join(sorted(FLAGS))}")
+        if flags & {"-h", "--help"}:
+            print(__doc__)
+            return 0
+        opts, _, overrides = parse_args([a for a in argv if not a.startswith("-")])
+        overrides = [o for o in overrides if not o.startswith("slurm.")]   # cluster settings change no hash
+        if not opts["table"]:
+            raise UsageError(f"say which table: table=<name>; valid tables: {', '.join(list_tables())}")
+        from benchmark.config import HydraResolver
+        from benchmark.stages import expand
+        resolver = HydraResolver(opts["profile"], overrides, config_dir=opts["config_dir"])
+        store = Store(opts["store"])
+        rows = opts["rows"].split(",") if opts["rows"] else None
+        for name in opts["table"].split(","):
+            graph = expand(load_table(name).select(rows), resolver)
+            print(format_statuses(graph, stage_statuses(graph, store), store, logs="--logs" in flags))
+            out = Path(opts["results"]) / graph.profile / f"table_{graph.table.name}.md"
+            print(f"  table: {out}" + ("" if out.exists() else " (not written yet)"))
+    except (UsageError, SpecError, ConfigError, KeyError, FileNotFoundError) as e:
+        print(f"error: {e.args[0] if e.args else e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,148 @@
+"""Cluster settings: configs/slurm/<name>.yaml, with per-stage-kind overrides.
+
+A file may start from another one (`inherit: default`); the command line changes any key with a
+`slurm.` prefix (`slurm.job.partition=gpu`, `slurm.kinds.train.time_min=2880`). What one stage kind
+gets is `job` overlaid with `kinds.<kind>`. Unknown keys are errors naming the file or the override,
+so a typo never silently falls back to a default.
+"""
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+from typing import Sequence
+
+import yaml
+
+TOP_KEYS = {"inherit", "folder", "chdir", "python", "array_parallelism", "poll_s", "max_num_timeout",
+            "per_task_dependencies", "kill_on_invalid_dep", "job", "kinds", "accelerate"}
+JOB_KEYS = {"partition", "account", "qos", "constraint", "exclude", "time_min", "cpus_per_task", "gpus_per_task",
+            "mem_gb", "signal_delay_s", "setup", "additional"}
+ACCELERATE_KEYS = {"main_process_port", "extra_args"}
+PREFIX = "slurm."
+
+
+class ClusterConfigError(ValueError):
+    """A bad cluster config file or `slurm.` override (names the file or the override)."""
+
+
+def config_folder(config_dir: str | Path | None = None) -> Path:
+    root = Path(config_dir) if config_dir is not None else Path(importlib.import_module("configs").__file__).parent
+    return root.resolve() / "slurm"
+
+
+def list_clusters(config_dir: str | Path | None = None) -> list[str]:
+    return sorted(p.stem for p in config_folder(config_dir).glob("*.yaml"))
+
+
+def load_cluster(name: str = "default", overrides: Sequence[str] = (), config_dir: str | Path | None = None) -> dict:
+    """The cluster settings `name` (configs/slurm/<name>.yaml) with `slurm.key=value` overrides."""
+    folder = config_folder(config_dir)
+    cfg = _load_chain(folder, name, seen=())
+    for ov in overrides:
+        key, sep, value = ov.partition("=")
+        if not sep or not key.startswith(PREFIX):
+            raise ClusterConfigError(f"override {ov!r}: cluster settings are given as slurm.<key>=<value>")
+        try:
+            parsed = yaml.safe_load(value) if value != "" else None
+        except yaml.YAMLError as e:
+            raise ClusterConfigError(f"override {ov!r}: the value is not valid YAML ({e})") from e
+        _set(cfg, key[len(PREFIX):].split("."), parsed)
+    _validate(cfg, where=f"{folder / (name + '.yaml')} with overrides {list(overrides)}" if overrides
+              else str(folder / f"{name}.yaml"))
+    cfg["name"] = name
+    return cfg
+
+
+def kind_settings(cluster: dict, kind: str) -> dict:
+    """What a job of this stage kind asks for: `job` overlaid with `kinds.<kind>`."""
+    out = dict(cluster.get("job") or {})
+    out.update((cluster.get("kinds") or {}).get(kind) or {})
+    return out
+
+
+def executor_parameters(settings: dict, *, name: str, array_parallelism: int, chdir: str | Path,
+                        pythonpath: str | Path, kill_on_invalid_dep: bool) -> dict:
+    """submitit AutoExecutor.update_parameters(...) for one array of one stage kind.
+
+    One task per job on one node: the GPUs of that task are asked for per node (--gpus-per-node),
+    which is what `accelerate launch` with one process per GPU needs.
+    """
+    additional = {"chdir": str(chdir)}
+    if kill_on_invalid_dep:
+        additional["kill-on-invalid-dep"] = "yes"
+    additional.update(settings.get("additional") or {})
+    # The job's python must import the project wherever it starts; its torch uses the CPUs it was given.
+    setup = [f"export PYTHONPATH={_sh_quote(str(pythonpath))}${{PYTHONPATH:+:$PYTHONPATH}}",
+             "export OMP_NUM_THREADS=${SLURM_CPUS_PER_TASK:-1}"] + list(settings.get("setup") or [])
+    params = {"name": name, "timeout_min": int(settings["time_min"]), "nodes": 1, "tasks_per_node": 1,
+              "cpus_per_task": int(settings["cpus_per_task"]), "mem_gb": settings["mem_gb"],
+              "slurm_signal_delay_s": int(settings["signal_delay_s"]), "slurm_setup": setup,
+              "slurm_array_parallelism": int(array_parallelism), "slurm_additional_parameters": additional}
+    gpus = int(settings.get("gpus_per_task") or 0)
+    if gpus:
+        params["gpus_per_node"] = gpus
+    for key in ("partition", "account", "qos", "constraint", "exclude"):
+        if settings.get(key) is not None:
+            params[f"slurm_{key}"] = settings[key]
+    return params
+
+
+# ------------------------------------------------------------------------------------ helpers
+def _load_chain(folder: Path, name: str, seen: tuple[str, ...]) -> dict:
+    path = folder / f"{name}.yaml"
+    if not path.is_file():
+        raise ClusterConfigError(f"cluster={name}: {path} not found; clusters: {', '.join(list_clusters(folder.parent))}")
+    if name in seen:
+        raise ClusterConfigError(f"{path}: `inherit` loops ({' -> '.join(seen + (name,))})")
+    try:
+        own = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ClusterConfigError(f"{path}: not valid YAML ({e})") from e
+    if not isinstance(own, dict):
+        raise ClusterConfigError(f"{path}: expected a mapping of settings")
+    _validate(own, where=str(path), partial=True)
+    parent = own.get("inherit")
+    base = _load_chain(folder, parent, seen + (name,)) if parent else {}
+    return _merge(base, own)
+
+
+def _merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) and k != "additional" else v
+    return out
+
+
+def _set(cfg: dict, parts: list[str], value) -> None:
+    node = cfg
+    for p in parts[:-1]:
+        node = node.setdefault(p, {})
+        if not isinstance(node, dict):
+            raise ClusterConfigError(f"slurm.{'.'.join(parts)}: {p} is not a mapping")
+    node[parts[-1]] = value
+
+
+def _validate(cfg: dict, where: str, partial: bool = False) -> None:
+    unknown = set(cfg) - TOP_KEYS - {"name"}
+    if unknown:
+        raise ClusterConfigError(f"{where}: unknown key(s) {sorted(unknown)}; valid: {sorted(TOP_KEYS)}")
+    blocks = [("job", cfg.get("job") or {})] + [(f"kinds.{k}", v or {}) for k, v in (cfg.get("kinds") or {}).items()]
+    for label, block in blocks:
+        if not isinstance(block, dict):
+            raise ClusterConfigError(f"{where}: {label} must be a mapping")
+        bad = set(block) - JOB_KEYS
+        if bad:
+            raise ClusterConfigError(f"{where}: unknown key(s) {sorted(bad)} in {label}; valid: {sorted(JOB_KEYS)}")
+    bad = set(cfg.get("accelerate") or {}) - ACCELERATE_KEYS
+    if bad:
+        raise ClusterConfigError(f"{where}: unknown key(s) {sorted(bad)} in accelerate; valid: {sorted(ACCELERATE_KEYS)}")
+    if partial:
+        return
+    missing = [k for k in ("time_min", "cpus_per_task", "mem_gb", "signal_delay_s") if k not in (cfg.get("job") or {})]
+    if missing:
+        raise ClusterConfigError(f"{where}: job.{', job.'.join(missing)} missing (inherit: default gives them)")
+
+
+def _sh_quote(s: str) -> str:
+    import shlex
+    return shlex.quote(s)
