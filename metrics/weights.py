@@ -49,6 +49,14 @@ def _get(cfg, dotted: str):
     return node
 
 
+def _is_converted_folder(key: str, cfg, value) -> bool:
+    """DN-DETR also loads a folder written by `python -m metrics.detectors.convert_dn_detr`."""
+    if key != "det.detector.weights" or cfg["det"]["detector"]["name"] != "dn_detr":
+        return False
+    folder = Path(str(value)).expanduser()
+    return folder.is_dir() and (folder / "config.json").is_file()
+
+
 def resolve_weights(cfg, metrics) -> dict[str, str]:
     """{config key: local path} for the metrics asked for. Raises one error naming every key that
     is unset or points to a missing file, with how to get each file, before any work starts."""
@@ -64,6 +72,8 @@ def resolve_weights(cfg, metrics) -> dict[str, str]:
             resolved[key] = str(ensure_smoke_weights(cfg["cache_dir"])[_TINY_KIND[key]])
         elif value is None:
             problems.append(f"{key} is not set: give the path to {HOW_TO_GET[key]}")
+        elif _is_converted_folder(key, cfg, value):
+            resolved[key] = str(Path(str(value)).expanduser())   # a DN-DETR checkpoint already converted
         elif not Path(str(value)).expanduser().is_file():
             problems.append(f"{key}={value!r}: no such file; it should be {HOW_TO_GET[key]}")
         else:

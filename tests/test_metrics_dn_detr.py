@@ -714,3 +714,15 @@ def test_native_detrex_backend_matches_the_converted_model(tmp_path, frames):
     ours = build_detector({**common, "backend": "transformers"}).detect(frames[:1])[0]
     np.testing.assert_allclose(ours.scores, native.scores, rtol=1e-3, atol=1e-4)
     np.testing.assert_allclose(ours.boxes, native.boxes, rtol=1e-3, atol=1e-2)
+
+
+def test_metric_weights_accept_a_converted_folder(tiny_folder, tmp_path):
+    """metrics.weights takes a converted DN-DETR folder as det.detector.weights (not only a .pth)."""
+    from omegaconf import OmegaConf
+    from metrics.weights import resolve_weights
+    cfg = OmegaConf.create({"cache_dir": str(tmp_path), "det": {"detector": {"name": "dn_detr",
+                                                                             "weights": str(tiny_folder)}}})
+    assert resolve_weights(cfg, ["det"]) == {"det.detector.weights": str(tiny_folder)}
+    cfg.det.detector.weights = str(tmp_path)          # a folder that is no converted model
+    with pytest.raises(FileNotFoundError, match="det.detector.weights"):
+        resolve_weights(cfg, ["det"])
