@@ -110,16 +110,24 @@ def _frames(folder: Path) -> list[Path]:
     return sorted(p for p in Path(folder).iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg"))
 
 
-def _boxes(path: Path | None, j: int) -> list:
+def _boxes(path: Path | None, j: int, min_score: float = 0.0, max_boxes: int | None = None) -> list:
+    """Boxes of frame j; of detections (with scores), the `max_boxes` best with score >= `min_score`."""
     if path is None or not path.exists():
         return []
     frames = json.loads(path.read_text()).get("frames", [])
-    return frames[j].get("boxes", []) if j < len(frames) else []
+    if j >= len(frames):
+        return []
+    boxes, scores = frames[j].get("boxes", []), frames[j].get("scores")
+    if scores is None:
+        return boxes
+    kept = sorted(((s, b) for b, s in zip(boxes, scores) if s >= min_score), key=lambda sb: -sb[0])
+    return [b for _, b in kept[:max_boxes]]
 
 
 def plot_frame_grid(real_dir: str | Path, gen_dirs: Mapping[str, str | Path], clips: Sequence[str],
                     out_png: str | Path, n_frames: int = 3, boxes_dir: str | Path | None = None,
-                    detections_dirs: Mapping[str, str | Path] | None = None, title: str = "") -> Path | None:
+                    detections_dirs: Mapping[str, str | Path] | None = None, title: str = "",
+                    min_score: float = 0.5, max_boxes: int | None = 10) -> Path | None:
     """Rows: for each clip, the real frames then each generated version; columns: evenly spaced
     frames. Real frames get the dataset's boxes (green), generated ones the detector's (red) when
     an evaluate stage wrote detections/<clip>.json."""
@@ -153,7 +161,7 @@ def plot_frame_grid(real_dir: str | Path, gen_dirs: Mapping[str, str | Path], cl
                     d = (detections_dirs or {}).get(name)
                     box_file = Path(d) / f"{clip}.json" if d else None
                     color = "red"
-                for x1, y1, x2, y2 in (b[:4] for b in _boxes(box_file, j)):
+                for x1, y1, x2, y2 in (b[:4] for b in _boxes(box_file, j, min_score, max_boxes)):
                     ax.add_patch(plt.Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, color=color, linewidth=0.8))
     fig.suptitle(title, fontsize=9)
     fig.tight_layout(rect=(0, 0, 1, 1 - 0.35 / (1.5 * nrows)))   # room for the two-line title only

@@ -393,6 +393,8 @@ def _figures(graph: StageGraph, store: Store, out_dir: Path, extra: dict, note: 
         made = plots.plot_frame_grid(ts["frames"], gens, list(ts.get("clips", []))[: int(fig_cfg.get("grid_clips", 2))],
                                      out_dir / f"{stem}_frames.png", n_frames=int(fig_cfg.get("grid_frames", 3)),
                                      boxes_dir=ts.get("boxes"), detections_dirs=dets,
+                                     min_score=float(fig_cfg.get("det_min_score", 0.5)),
+                                     max_boxes=int(fig_cfg.get("det_max_boxes", 10)),
                                      title=f"Table {spec.name}: real (dataset boxes) vs generated (detections){note}")
         if made:
             out["frames"] = made

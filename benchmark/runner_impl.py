@@ -130,6 +130,6 @@ class TrainerRunner:
                                     f"{' ...' if len(missing) > 5 else ''}")
         try:
             return evaluate([Path(real_dir) / n for n in names], [Path(videos_dir) / n for n in names],
-                            cfg, names=names)
+                            cfg, names=names, detections_dir=Path(out_dir) / "detections")
         finally:
             _release()

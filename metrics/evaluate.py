@@ -116,7 +116,19 @@ def _scale_boxes(boxes, src_hw, dst_hw):
     return [np.asarray(b, np.float32).reshape(-1, 4) * np.array([sx, sy, sx, sy], np.float32) for b in boxes]
 
 
-def _detect_pair(acc, detector, cfg, real, gen, boxes, labels):
+def _write_detections(path: Path, dets, src_hw, det_hw) -> None:
+    """The generated frames' detections, boxes in pixels of the video as stored (for figures)."""
+    sy, sx = src_hw[0] / det_hw[0], src_hw[1] / det_hw[1]
+    frames = [{"boxes": (np.asarray(d.boxes, np.float32).reshape(-1, 4) * [sx, sy, sx, sy]).round(2).tolist(),
+               "scores": np.asarray(d.scores, np.float32).round(4).tolist(),
+               "labels": np.asarray(d.labels).astype(int).tolist()} for d in dets]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps({"frames": frames}))
+    os.replace(tmp, path)
+
+
+def _detect_pair(acc, detector, cfg, real, gen, boxes, labels, save_to: Path | None = None):
     from metrics.detection import Detections
     from metrics.frames import resize_frames
 
@@ -132,15 +144,19 @@ def _detect_pair(acc, detector, cfg, real, gen, boxes, labels):
         both = detector.detect(np.concatenate([real_d, gen_d]))    # one batched pass over 2T frames
         refs, preds = both[:len(real_d)], both[len(real_d):]
     acc.add_video(refs, preds, hw, ref_from_dataset=cfg.det.reference == "dataset")
+    if save_to is not None:
+        _write_detections(save_to, preds, src_hw, hw)
 
 
 # ---------------------------------------------------------------- the entry point
 
 def evaluate(real_videos: Sequence, gen_videos: Sequence, cfg, names: Sequence[str] | None = None,
-             detector=None, progress: bool = True) -> dict:
+             detector=None, progress: bool = True, detections_dir: str | Path | None = None) -> dict:
     """Score `gen_videos[i]` against `real_videos[i]` for every i with the metrics in `cfg.metrics`.
 
-    `detector` overrides the configured one (tests pass a FakeDetector). Returns a JSON-ready dict:
+    `detector` overrides the configured one (tests pass a FakeDetector). With `detections_dir`, the
+    detections on each generated video are also written to <detections_dir>/<name>.json (frames ->
+    boxes/scores/labels in the video's pixels), for figures. Returns a JSON-ready dict:
     per metric its value, N, protocol and weights, plus timings (frames/s) and the resolved config.
     """
     from metrics.weights import resolve_weights
@@ -180,7 +196,8 @@ def evaluate(real_videos: Sequence, gen_videos: Sequence, cfg, names: Sequence[s
             for m in metrics:
                 t0 = time.perf_counter()
                 if m == "det":
-                    _detect_pair(*built["det"], cfg, real, gen, boxes, labels)
+                    _detect_pair(*built["det"], cfg, real, gen, boxes, labels,
+                                 save_to=Path(detections_dir) / f"{name}.json" if detections_dir else None)
                 else:
                     built[m].update(real, real=True)
                     built[m].update(gen, real=False)

@@ -363,3 +363,20 @@ def test_yolo_refuses_bare_names_and_bad_files(tmp_path):
     bad.write_bytes(b"\x00not a checkpoint")
     with pytest.raises(ValueError, match="not an ultralytics YOLO detection checkpoint"):
         build_detector({"name": "yolo11", "weights": str(bad)})
+
+
+def test_detections_on_generated_frames_are_saved_in_video_pixels(tmp_path):
+    """evaluate(detections_dir=...) writes <name>.json per generated video, boxes scaled back from the
+    detector's frame size to the video's (the benchmark's frame grid draws them)."""
+    import json
+    from metrics.evaluate import evaluate, load_config
+
+    T = 2
+    fake = FakeDetector(lambda f: D([[20, 20, 80, 60]], scores=[0.9]))   # in 128x192 detector pixels
+    cfg = load_config("default", ["metrics=[det]", "det.frame_size=[128,192]", "det.protocols.lsa.min_box_px=[8,8]"])
+    evaluate([_coded_frames(0, T)] * 2, [_coded_frames(1, T)] * 2, cfg, names=["a", "b"], detector=fake,
+             progress=False, detections_dir=tmp_path / "det")
+    saved = json.loads((tmp_path / "det" / "a.json").read_text())["frames"]
+    assert len(saved) == T and (tmp_path / "det" / "b.json").exists()
+    assert saved[0]["boxes"] == [[10.0, 10.0, 40.0, 30.0]]      # the 64x96 video's pixels
+    assert saved[0]["scores"] == [pytest.approx(0.9)] and saved[0]["labels"] == [CAR]
