@@ -319,7 +319,9 @@ def load_config(profile: str = "default", overrides: Sequence[str] = ()) -> Dict
 
     path = Path(profile)
     group = "default" if path.suffix in (".yaml", ".yml") else profile
-    hydra_overrides = [f"+metrics={group}"] + [f"metrics.{o}" for o in overrides]
+    # `+key=v` / `++key=v` (a key the YAML lacks, e.g. a DN-DETR-only detector setting) keep their prefix
+    hydra_overrides = [f"+metrics={group}"] + [
+        f"{o[:len(o) - len(o.lstrip('+'))]}metrics.{o.lstrip('+')}" for o in overrides]
     if GlobalHydra.instance().is_initialized():      # inside a caller's Hydra context: use its search path
         cfg = compose(overrides=hydra_overrides).metrics
     else:
@@ -328,7 +330,9 @@ def load_config(profile: str = "default", overrides: Sequence[str] = ()) -> Dict
     if path.suffix in (".yaml", ".yml"):
         if not path.is_file():
             raise FileNotFoundError(f"--config {path}: no such file")
-        cfg = OmegaConf.merge(cfg, OmegaConf.load(path), OmegaConf.from_dotlist(list(overrides)))
+        OmegaConf.set_struct(cfg, False)             # a user YAML may add backend-specific keys
+        cfg = OmegaConf.merge(cfg, OmegaConf.load(path),
+                              OmegaConf.from_dotlist([o.lstrip("+") for o in overrides]))
     return cfg
 
 

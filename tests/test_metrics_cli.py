@@ -173,3 +173,13 @@ def test_real_dashcam_footage(tmp_path, cache, capsys):
     res = json.loads(out.read_text())
     assert res["video_size"] == [540, 960] and res["n_videos"] == 2 and np.isfinite(res["fvd"]["value"])
     assert res["det"]["n_frames"] == 8
+
+
+def test_config_accepts_backend_specific_keys(tmp_path):
+    """`+key=value` adds a key the metrics YAML lacks (e.g. a DN-DETR-only setting); a user YAML may too."""
+    cfg = load_config("smoke", ["+det.detector.short_edge_length=640", "det.detector.name=dn_detr"])
+    assert cfg.det.detector.short_edge_length == 640 and cfg.det.detector.name == "dn_detr"
+    user = tmp_path / "mine.yaml"
+    user.write_text("det:\n  detector:\n    name: dn_detr\n    backend: transformers\n")
+    cfg = load_config(str(user), ["++det.detector.max_det=50"])      # ++: add or override
+    assert cfg.det.detector.backend == "transformers" and cfg.det.detector.max_det == 50
