@@ -39,7 +39,15 @@ def time_generation(overrides: list[str], n_videos: int) -> dict:
     import tempfile
     cfg = load_config(["model=tiny", *overrides])
     device = "cuda" if torch.cuda.is_available() and cfg.train.device != "cpu" else "cpu"
-    pipe = load_pipeline(cfg.model, device=device, dtype=torch.float16 if device == "cuda" else torch.float32)
+    dtype = torch.float16 if device == "cuda" else torch.float32
+    if cfg.model.svd == "full-random":
+        # random weights generate noise, but in exactly the time the trained SVD takes
+        from diffusers import StableVideoDiffusionPipeline
+        from trainers.models import build_full_random_svd
+        pipe = StableVideoDiffusionPipeline(**build_full_random_svd(num_frames=cfg.data.clip_len)).to(device, dtype)
+        pipe.set_progress_bar_config(disable=True)
+    else:
+        pipe = load_pipeline(cfg.model, device=device, dtype=dtype)
     gen = OmegaConf.create(dict(height=cfg.data.height, width=cfg.data.width, num_frames=cfg.data.clip_len,
                                 num_inference_steps=int(os.environ.get("LSA_PERF_GEN_STEPS", 50)), fps=cfg.cond.fps,
                                 motion_bucket_id=cfg.cond.motion_bucket_id, noise_aug_strength=cfg.cond.noise_aug,
