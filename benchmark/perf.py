@@ -22,6 +22,7 @@ from pathlib import Path
 
 import torch
 
+from data.atomic import atomic_write_json, atomic_write_text
 from trainers.bench_step import bench
 
 
@@ -107,10 +108,8 @@ def main(argv=None) -> int:
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     stem = out / device_slug(res["device"])
-    for path, text in ((stem.with_suffix(".json"), json.dumps(res, indent=1)), (stem.with_suffix(".md"), markdown(res))):
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(text)
-        os.replace(tmp, path)
+    atomic_write_json(stem.with_suffix(".json"), res)
+    atomic_write_text(stem.with_suffix(".md"), markdown(res))
     print(markdown(res))
     print(f"wrote {stem}.json and {stem}.md")
     return 0

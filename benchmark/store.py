@@ -19,6 +19,8 @@ from typing import Any, Iterator
 
 import yaml
 
+from data.atomic import atomic_write_json, atomic_write_text  # noqa: F401  (re-exported)
+
 DONE = "DONE"
 RESULT = "result.json"
 CONFIG = "stage_config.yaml"   # not config.yaml: a train stage folder is also the trainer's run folder
@@ -27,27 +29,6 @@ STAGE = "stage.json"
 
 
 # ------------------------------------------------------------------------------ atomic writes
-def atomic_write_text(path: str | Path, text: str) -> Path:
-    """Write `text` to a temp file beside `path`, fsync, then os.replace: all or nothing."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
-
-
-def atomic_write_json(path: str | Path, obj: Any) -> Path:
-    return atomic_write_text(path, json.dumps(obj, indent=1, sort_keys=True, default=str) + "\n")
-
-
 def atomic_write_yaml(path: str | Path, obj: Any) -> Path:
     return atomic_write_text(path, yaml.safe_dump(obj, sort_keys=True, default_flow_style=False))
 

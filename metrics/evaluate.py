@@ -14,9 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import sys
-import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -122,10 +120,8 @@ def _write_detections(path: Path, dets, src_hw, det_hw) -> None:
     frames = [{"boxes": (np.asarray(d.boxes, np.float32).reshape(-1, 4) * [sx, sy, sx, sy]).round(2).tolist(),
                "scores": np.asarray(d.scores, np.float32).round(4).tolist(),
                "labels": np.asarray(d.labels).astype(int).tolist()} for d in dets]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps({"frames": frames}))
-    os.replace(tmp, path)
+    from data.atomic import atomic_write_json
+    atomic_write_json(path, {"frames": frames}, indent=None)
 
 
 def _detect_pair(acc, detector, cfg, real, gen, boxes, labels, save_to: Path | None = None):
@@ -265,17 +261,8 @@ def _json_safe(obj):
 
 def write_json(result: dict, path: str | Path) -> Path:
     """Atomic: a reader never sees a half-written file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(suffix=".json", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(_json_safe(result), f, indent=2, allow_nan=False)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
+    from data.atomic import atomic_write_text
+    return atomic_write_text(path, json.dumps(_json_safe(result), indent=2, allow_nan=False))
 
 
 # ---------------------------------------------------------------- CLI

@@ -12,11 +12,12 @@ import json
 import os
 import shutil
 import subprocess
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
+
+from data.atomic import atomic_write_text
 
 RECORD = "slurm.json"
 # squeue states of a job that still holds or waits for resources (anything else has left the queue)
@@ -38,7 +39,7 @@ def add_submission(folder: str | Path, submission: dict) -> dict:
     """Append one submission to `<folder>/slurm.json` (temp file + os.replace)."""
     record = read_record(folder)
     record.setdefault("submissions", []).append({"submitted": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **submission})
-    _atomic_write(Path(folder) / RECORD, json.dumps(record, indent=1, sort_keys=True) + "\n")
+    atomic_write_text(Path(folder) / RECORD, json.dumps(record, indent=1, sort_keys=True) + "\n")
     return record
 
 
@@ -47,16 +48,6 @@ def last_submission(folder: str | Path) -> dict | None:
     return subs[-1] if subs else None
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 # ------------------------------------------------------------------------------------ job states

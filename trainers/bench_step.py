@@ -12,7 +12,6 @@ memory: CUDA max allocated on a GPU, peak RSS of the process on the CPU (reset b
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
@@ -107,11 +106,8 @@ def main(argv=None) -> int:
     print(f"LSA step:       {l['median_s'] * 1e3:.1f} ms median, peak {l['peak_mem_gib']:.2f} GiB")
     print(f"LSA / diffusion: {r['lsa_over_diffusion']:.2f}x")
     if args.out:
-        out = Path(args.out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_suffix(".tmp")
-        tmp.write_text(json.dumps(r, indent=1))
-        os.replace(tmp, out)
+        from data.atomic import atomic_write_json
+        out = atomic_write_json(args.out, r)
         print(f"wrote {out}")
     return 0
 

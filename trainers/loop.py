@@ -13,6 +13,7 @@ import torch
 from omegaconf import OmegaConf
 from tqdm.auto import tqdm
 
+from data.atomic import atomic_write_json
 from trainers import edm
 from trainers.adapters import apply_adapter, merged_unet
 from trainers.conditioning import SVDConditioner
@@ -271,7 +272,7 @@ class Trainer:
             out, n_params = self.export(self.run_dir / self.export_name)
             summary = dict(self.state, trainable_params=self.n_trainable, checkpoint=str(newest_checkpoint(self.run_dir)),
                            **{f"{self.export_name}_params": n_params, self.export_name: str(out)})
-            _atomic_write_json(self.run_dir / "summary.json", summary)
+            atomic_write_json(self.run_dir / "summary.json", summary)
         return self.run_dir
 
     def _log(self, terms, epoch, start):
@@ -309,10 +310,6 @@ def _size(v):
     return v if v in ("auto", None) else list(v)
 
 
-def _atomic_write_json(path: Path, obj) -> None:
-    tmp = Path(str(path) + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=1))
-    os.replace(tmp, path)
 
 
 def train(cfg) -> Path:

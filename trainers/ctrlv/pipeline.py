@@ -11,8 +11,6 @@ boxes (that would use the test boxes the 1-to-0 variant is not given).
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +18,7 @@ from typing import Sequence
 
 import numpy as np
 import torch
+from data.atomic import atomic_write_json
 from PIL import Image
 from tqdm.auto import tqdm
 
@@ -221,12 +220,6 @@ class CtrlVPipeline:
         return CtrlVOutput(video=video, box_frames=box_frames, tracks=out_tracks)
 
 
-def _write_json(path: Path, obj) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
-        json.dump(obj, f)
-    os.replace(tmp, path)
 
 
 def generate_ctrlv_videos(pipe: CtrlVPipeline, inputs: Sequence[CtrlVInputs], names: Sequence[str], gen_cfg,
@@ -253,7 +246,7 @@ def generate_ctrlv_videos(pipe: CtrlVPipeline, inputs: Sequence[CtrlVInputs], na
         times.append(time.perf_counter() - t0)
         if pipe.ctrlv.inference.save_box_frames:
             write_frames(out_dir / "box_frames" / name, out.box_frames)
-            _write_json(out_dir / "boxes" / f"{name}.json", {"frames": [
+            atomic_write_json(out_dir / "boxes" / f"{name}.json", {"frames": [
                 {k2: np.asarray(v).tolist() for k2, v in t.items()} for t in out.tracks]})
         if gen_cfg.get("save_mp4", True):
             write_video(out_dir / "mp4" / f"{name}.mp4", out.video, fps=float(gen_cfg.fps))

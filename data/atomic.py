@@ -1,0 +1,34 @@
+"""Atomic file writes, used by every layer: a reader sees the old file or the new one, never half.
+
+Lives in `data/`, the package every other one may import (DESIGN.md's dependency direction).
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+
+def atomic_write_text(path: str | Path, text: str) -> Path:
+    """Write `text` to a temp file beside `path`, fsync, then os.replace: all or nothing."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def atomic_write_json(path: str | Path, obj: Any, **dumps_kw) -> Path:
+    """JSON (indent 1, sorted keys unless `dumps_kw` says otherwise) written atomically."""
+    kw = dict(indent=1, sort_keys=True, default=str) | dumps_kw
+    return atomic_write_text(path, json.dumps(obj, **kw) + "\n")
