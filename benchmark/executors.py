@@ -66,7 +66,7 @@ class FakeRunner:
     """Writes tiny files instead of training / generating / scoring, and counts calls.
 
     `fail_at=k` raises at the start of the k-th stage it is asked to run (1-based), as a crash
-    mid-table. Environment hooks for subprocess tests: LSA_FAKE_RUNNER_SLEEP (seconds per stage),
+    mid-table; `fail_row=name` fails that row's epoch-2 training every time (a broken row). Environment hooks for subprocess tests: LSA_FAKE_RUNNER_SLEEP (seconds per stage),
     LSA_FAKE_RUNNER_LOG (a file that gets one "start/end <kind> <hash>" line per event).
     The numbers it returns are placeholders: everything rendered from them says FAKE.
     """
@@ -74,8 +74,8 @@ class FakeRunner:
     is_fake = True
 
     def __init__(self, fail_at: int | None = None, sleep: float | None = None, log: str | Path | None = None,
-                 frame_hw: tuple[int, int] = (16, 24), num_frames: int = 3):
-        self.fail_at = fail_at
+                 frame_hw: tuple[int, int] = (16, 24), num_frames: int = 3, fail_row: str | None = None):
+        self.fail_at, self.fail_row = fail_at, fail_row
         self.sleep = float(os.environ.get("LSA_FAKE_RUNNER_SLEEP", 0.0)) if sleep is None else sleep
         log = log if log is not None else os.environ.get("LSA_FAKE_RUNNER_LOG")
         self.log = Path(log) if log else None
@@ -119,6 +119,8 @@ class FakeRunner:
                 "num_frames": self.num_frames, "height": h, "width": w}
 
     def run_train(self, stage, cfg, init_from, out_dir):
+        if self.fail_row in stage.rows and stage.params["epoch"] == 2:
+            raise RuntimeError(f"planned failure of {self.fail_row}")
         self._enter(stage)
         chain = []
         start = 0

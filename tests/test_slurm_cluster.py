@@ -82,25 +82,12 @@ def test_fake_table_on_slurm_gives_the_local_numbers(cluster, smoke, tmp_path):
     assert "8 stages: 8 done" in text and ids[run.graph.rows[1].evaluate["dn_detr"]] in text
 
 
-class FailOneRow(FakeRunner):
-    """Fails the epoch-2 training of one row, in every job (pickled by value into the jobs)."""
-
-    def __init__(self, row: str):
-        super().__init__()
-        self.row = row
-
-    def run_train(self, stage, cfg, init_from, out_dir):
-        if self.row in stage.rows and stage.params["epoch"] == 2:
-            raise RuntimeError(f"planned failure of {self.row}")
-        return super().run_train(stage, cfg, init_from, out_dir)
-
-
 def test_a_failed_job_cancels_only_its_row_is_reported_and_resubmitted(cluster, smoke, tmp_path):
     import cloudpickle
     cloudpickle.register_pickle_by_value(sys.modules[__name__])   # the jobs cannot import this test module
     store, results = Store(tmp_path / "runs"), tmp_path / "res"
     with pytest.raises(StagesFailed) as e:
-        run_table("III", smoke, FailOneRow("hybrid"), "slurm", store=store, results=results, rows=ROWS,
+        run_table("III", smoke, FakeRunner(fail_row="hybrid"), "slurm", store=store, results=results, rows=ROWS,
                   cluster=cluster, echo=quiet, figures=False)
     g = expand(load_table("III").select(ROWS), smoke)
     hybrid = next(p for p in g.rows if p.row.name == "hybrid")

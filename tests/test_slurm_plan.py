@@ -188,24 +188,11 @@ def test_debug_launcher_gives_the_local_numbers(smoke, tmp_path):
     assert sub["executor"] == "debug" and sub["array"] == "generate" and sub["stderr"].endswith("_log.err")
 
 
-class FailOneRow(FakeRunner):
-    """Fails the epoch-2 training of one row (every process, every time)."""
-
-    def __init__(self, row: str):
-        super().__init__()
-        self.row = row
-
-    def run_train(self, stage, cfg, init_from, out_dir):
-        if self.row in stage.rows and stage.params["epoch"] == 2:
-            raise RuntimeError(f"planned failure of {self.row}")
-        return super().run_train(stage, cfg, init_from, out_dir)
-
-
 def test_debug_launcher_a_failed_stage_stops_only_its_own_row(smoke, tmp_path, capsys):
     store, results = tmp_path / "runs", tmp_path / "res"
     cluster = load_cluster("local")
     with pytest.raises(StagesFailed) as e:
-        run_table("III", smoke, FailOneRow("box"), "debug", store=store, results=results, cluster=cluster,
+        run_table("III", smoke, FakeRunner(fail_row="box"), "debug", store=store, results=results, cluster=cluster,
                   echo=lambda s: None, figures=False)
     msg = str(e.value)
     assert "3 stage(s)" in msg and "planned failure of box" in msg and "its input train" in msg
