@@ -7,8 +7,9 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 
 def atomic_write_text(path: str | Path, text: str) -> Path:
@@ -32,3 +33,22 @@ def atomic_write_json(path: str | Path, obj: Any, **dumps_kw) -> Path:
     """JSON (indent 1, sorted keys unless `dumps_kw` says otherwise) written atomically."""
     kw = dict(indent=1, sort_keys=True, default=str) | dumps_kw
     return atomic_write_text(path, json.dumps(obj, **kw) + "\n")
+
+
+@contextmanager
+def atomic_path(path: str | Path, mode: int | None = 0o644) -> Iterator[Path]:
+    """`with atomic_path(out) as tmp: save(tmp)`: a temp file beside `path`, renamed onto it on
+    success (permissions `mode`, since mkstemp makes 0600 and caches may be shared), removed on error.
+    For writers that want a file name (torch.save, torch.jit.save, ffmpeg, ultralytics)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        if mode is not None:
+            os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)

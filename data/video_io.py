@@ -8,6 +8,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from data.atomic import atomic_path
+
 FRAME_SUFFIXES = (".png", ".jpg", ".jpeg")
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm")
 
@@ -62,18 +64,12 @@ def write_video(path: str | Path, frames: np.ndarray, fps: float = 7.0) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     frames = np.asarray(frames, dtype=np.uint8)
-    fd, tmp = tempfile.mkstemp(suffix=path.suffix, dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         # macro_block_size=1 keeps odd sizes (e.g. 320x512 is fine, tiny smoke sizes too)
-        with imageio.get_writer(tmp, fps=fps, codec="libx264", quality=8, macro_block_size=1,
+        with imageio.get_writer(str(tmp), fps=fps, codec="libx264", quality=8, macro_block_size=1,
                                 ffmpeg_log_level="error", pixelformat="yuv420p") as w:
             for frame in frames:
                 w.append_data(frame)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     return path
 
 

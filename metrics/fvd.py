@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import os
-import tempfile
 import warnings
 from pathlib import Path
 
@@ -25,6 +23,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from data.atomic import atomic_path
 from metrics.frames import resize_frames
 from metrics.frechet import FrechetResult, frechet_distance
 
@@ -210,14 +209,6 @@ def make_tiny_i3d(path: str | Path, seed: int = 0, feature_dim: int = 400) -> Pa
         torch.manual_seed(seed)
         with _quiet_jit():
             net = torch.jit.script(_TinyI3D(feature_dim).eval())
-    fd, tmp = tempfile.mkstemp(suffix=".pt", dir=path.parent)
-    os.close(fd)
-    try:
-        with _quiet_jit():
-            torch.jit.save(net, tmp)
-        os.chmod(tmp, 0o644)                     # mkstemp makes 0600; the cache may be shared
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with atomic_path(path) as tmp, _quiet_jit():
+        torch.jit.save(net, str(tmp))
     return path

@@ -39,6 +39,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from metrics.detectors import register_detector  # noqa: E402
+from data.atomic import atomic_path  # noqa: E402
 from metrics.detectors.base import Detections, check_frames  # noqa: E402
 
 COCO_NUM_CLASSES = 80
@@ -152,13 +153,6 @@ def make_tiny_yolo(path: str | Path, seed: int = 0, confident_class: int = 2, lo
                 branch[-1].bias.fill_(-6.0)
                 branch[-1].bias[confident_class] = logit
                 branch[-1].weight.mul_(score_spread)    # input-dependent part of the logit
-    fd, tmp = tempfile.mkstemp(suffix=".pt", dir=path.parent)
-    os.close(fd)
-    try:
-        model.save(tmp)
-        os.chmod(tmp, 0o644)                     # mkstemp makes 0600; the cache may be shared
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with atomic_path(path) as tmp:
+        model.save(str(tmp))
     return path
