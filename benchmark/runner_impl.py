@@ -31,6 +31,26 @@ def _release():
         torch.cuda.empty_cache()
 
 
+def _generation_setup(cfg: dict, test_clips: Path):
+    """(config, benchmark.generate node, device, dtype, clip names of the testset stage)."""
+    c = OmegaConf.create(cfg)
+    gen = c.benchmark.generate
+    device = _device(gen.get("device"))
+    dtype = _DTYPES[gen.get("dtype", "fp32") if device != "cpu" else "fp32"]
+    firsts_dir = Path(test_clips) / "first_frames"
+    names = sorted(p.stem for p in firsts_dir.glob("*.png"))
+    if not names:
+        raise FileNotFoundError(f"{firsts_dir}: no first frames (the testset stage is incomplete)")
+    return c, gen, device, dtype, names
+
+
+def _generation_result(out_dir: Path, names, gen, timing: dict, device: str, **params) -> dict:
+    """What a generate stage returns, for the SVD pipeline and Ctrl-V alike (Table I reads it)."""
+    return {"frames": Path(out_dir) / "frames", "num_videos": len(names), "num_frames": int(gen.num_frames),
+            "seconds": timing["seconds"], "seconds_per_video": timing["seconds_per_video"],
+            "generated_now": timing["generated"], "device": device, **params}
+
+
 class TrainerRunner:
     is_fake = False
 
@@ -59,17 +79,11 @@ class TrainerRunner:
     def run_generate(self, stage, cfg: dict, checkpoint: Path | None, out_dir: Path, *, test_clips: Path) -> dict:
         """The test videos of a trained row (its last epoch's exported U-Net) or of the base model."""
         from benchmark.generate import generate_videos, load_pipeline
-        c = OmegaConf.create(cfg)
-        gen = c.benchmark.generate
-        device = _device(gen.get("device"))
-        dtype = _DTYPES[gen.get("dtype", "fp32") if device != "cpu" else "fp32"]
+        c, gen, device, dtype, names = _generation_setup(cfg, test_clips)
         unet_dir = Path(checkpoint) / "unet" if checkpoint else None
         if unet_dir is not None and not unet_dir.is_dir():
             raise FileNotFoundError(f"{unet_dir}: the train stage has no exported U-Net")
         firsts_dir = Path(test_clips) / "first_frames"
-        names = sorted(p.stem for p in firsts_dir.glob("*.png"))
-        if not names:
-            raise FileNotFoundError(f"{firsts_dir}: no first frames (the testset stage is incomplete)")
         firsts = [np.asarray(Image.open(firsts_dir / f"{n}.png").convert("RGB")) for n in names]
         pipe = load_pipeline(c.model, unet_dir, device=device, dtype=dtype)
         num_params = sum(p.numel() for m in (pipe.unet, pipe.vae, pipe.image_encoder) for p in m.parameters())
@@ -78,9 +92,7 @@ class TrainerRunner:
         finally:
             del pipe
             _release()
-        return {"frames": Path(out_dir) / "frames", "num_videos": len(names), "num_frames": int(gen.num_frames),
-                "seconds": timing["seconds"], "seconds_per_video": timing["seconds_per_video"],
-                "generated_now": timing["generated"], "num_params": num_params, "device": device}
+        return _generation_result(out_dir, names, gen, timing, device, num_params=num_params)
 
     def run_ctrlv_train(self, stage, cfg: dict, backbone: Path | None, out_dir: Path) -> dict:
         """One Ctrl-V stage (trainers/ctrlv) for all its epochs; Box2Video steers `backbone`/unet."""
@@ -102,13 +114,7 @@ class TrainerRunner:
                            test_clips: Path) -> dict:
         """Ctrl-V's two-stage pipeline on each test clip's first frame and given boxes."""
         from trainers.ctrlv.pipeline import CtrlVInputs, CtrlVPipeline, generate_ctrlv_videos
-        c = OmegaConf.create(cfg)
-        gen = c.benchmark.generate
-        device = _device(gen.get("device"))
-        dtype = _DTYPES[gen.get("dtype", "fp32") if device != "cpu" else "fp32"]
-        names = sorted(p.stem for p in (Path(test_clips) / "first_frames").glob("*.png"))
-        if not names:
-            raise FileNotFoundError(f"{test_clips}/first_frames: no first frames (the testset stage is incomplete)")
+        c, gen, device, dtype, names = _generation_setup(cfg, test_clips)
         inputs = [CtrlVInputs.from_testset(test_clips, n) for n in names]
         pipe = CtrlVPipeline.from_runs(c, bbox_run, box2video_run, device=device, dtype=dtype)
         try:
@@ -116,9 +122,8 @@ class TrainerRunner:
         finally:
             del pipe
             _release()
-        return {"frames": Path(out_dir) / "frames", "num_videos": len(names), "num_frames": int(gen.num_frames),
-                "seconds": r["seconds"], "seconds_per_video": r.get("seconds_per_video"),
-                "num_params": r["num_params"], "num_params_unique": r.get("num_params_unique"), "device": device}
+        return _generation_result(out_dir, names, gen, r, device, num_params=r["num_params"],
+                                  num_params_unique=r.get("num_params_unique"))
 
     def run_evaluate(self, stage, cfg: dict, videos_dir: Path, out_dir: Path, *, real_dir: Path) -> dict:
         """metrics.evaluate on the real test clips vs the generated videos, paired by clip name."""

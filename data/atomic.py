@@ -1,4 +1,5 @@
-"""Atomic file writes, used by every layer: a reader sees the old file or the new one, never half.
+"""Small file I/O shared by every layer: atomic writes (a reader sees the old file or the new one,
+never half) and reading versioned JSON files with errors that name the file and line.
 
 Lives in `data/`, the package every other one may import (DESIGN.md's dependency direction).
 """
@@ -52,3 +53,16 @@ def atomic_path(path: str | Path, mode: int | None = 0o644) -> Iterator[Path]:
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def read_versioned_json(path: str | Path, version: int, what: str) -> dict:
+    """A JSON object whose "version" must equal `version`; errors name the file (and the line)."""
+    path = Path(path)
+    try:
+        doc = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}:{e.lineno}: not valid JSON ({e.msg})") from e
+    if not isinstance(doc, dict) or doc.get("version") != version:
+        got = doc.get("version") if isinstance(doc, dict) else type(doc).__name__
+        raise ValueError(f"{path}: {what} version {got!r}, expected {{\"version\": {version}, ...}}")
+    return doc

@@ -8,13 +8,13 @@ fill them with pseudo-labels).
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Iterator
 
 import numpy as np
 from PIL import Image
 
+from data.atomic import read_versioned_json
 from data.base import ClipDataset, require_root
 from data.coco import coco_id
 from data.sampling import ClipRef
@@ -77,13 +77,7 @@ def read_boxes_json(path: Path, num_frames: int, video_hw: tuple[int, int], keep
     Entries whose class is not in `keep_classes` (the dynamic set) are dropped; frames at or
     beyond `num_frames` (e.g. cut off by data.max_frames) are ignored.
     """
-    try:
-        doc = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path}:{e.lineno}: not valid JSON ({e.msg})") from e
-    if not isinstance(doc, dict) or doc.get("version") != BOXES_JSON_VERSION:
-        got = doc.get("version") if isinstance(doc, dict) else type(doc).__name__
-        raise ValueError(f"{path}: boxes file version {got!r}, expected {{\"version\": {BOXES_JSON_VERSION}, ...}}")
+    doc = read_versioned_json(path, BOXES_JSON_VERSION, "boxes file")
     hw = doc.get("image_size", list(video_hw))
     if not (isinstance(hw, list) and len(hw) == 2 and all(isinstance(v, int) and v > 0 for v in hw)):
         raise ValueError(f"{path}: image_size must be [height, width] in pixels, got {hw!r}")

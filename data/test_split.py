@@ -13,12 +13,12 @@ File format (version 1):
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Mapping, Sequence
 
 import numpy as np
 
+from data.atomic import read_versioned_json
 from data.cache import atomic_write_json, config_hash
 from data.sampling import ClipRef, clip_span, disjoint_refs
 
@@ -57,14 +57,7 @@ def read_test_clips(path: str | Path, dataset: str | None = None, params: Mappin
                     sequences: Mapping[str, Sequence[int]] | None = None) -> list[ClipRef]:
     """Read and check a test_clips.json; every problem names the file (and the clip index)."""
     path = Path(path)
-    try:
-        doc = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path}:{e.lineno}: not valid JSON ({e.msg})") from e
-    if not isinstance(doc, dict) or doc.get("version") != TEST_CLIPS_VERSION:
-        got = doc.get("version") if isinstance(doc, dict) else type(doc).__name__
-        raise ValueError(f"{path}: test clip list version {got!r}, this code reads version "
-                         f"{TEST_CLIPS_VERSION}")
+    doc = read_versioned_json(path, TEST_CLIPS_VERSION, "test clip list")
     if dataset is not None and doc.get("dataset") != dataset:
         raise ValueError(f"{path}: lists clips of dataset {doc.get('dataset')!r}, not {dataset!r} "
                          "(set data.test.clips_file to another file)")
