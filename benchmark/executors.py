@@ -61,6 +61,16 @@ class StageRunner(Protocol):
         columns read dotted paths of it (ablations/table_*.yaml `key`). The loop saves it as
         metrics.json. Optionally write detections/<clip>.json for the frame-grid figure."""
 
+    # Optional: splitting generate / evaluate stages into shards (benchmark.shards > 1, benchmark/shards.py).
+    # run_generate / run_generate_ctrlv / run_evaluate then also get `shard=Shard(index, count, folder)`:
+    # do only that shard's clips (benchmark.shards.shard_names; generation with each clip's own seed of
+    # the unsharded run), keep per-shard files in `shard.folder`, and return the shard's record (JSON,
+    # paths inside out_dir). Once every shard has its record, the loop calls
+    #     merge_generate(stage, cfg, out_dir, parts, *, test_clips) -> the generate result
+    #     merge_evaluate(stage, cfg, out_dir, parts, *, videos_dir, real_dir) -> the metrics dict
+    # with the records in shard order; they must return what the unsharded stage returns. A runner
+    # without merge_<kind> cannot be split (a clear error names benchmark.shards).
+
 
 class FakeRunner:
     """Writes tiny files instead of training / generating / scoring, and counts calls.
@@ -139,13 +149,19 @@ class FakeRunner:
         self._log("end", stage)
         return {"log": out_dir / "log.jsonl", "checkpoint": out_dir / "weights.json"}
 
-    def run_generate(self, stage, cfg, checkpoint, out_dir, *, test_clips):
+    def run_generate(self, stage, cfg, checkpoint, out_dir, *, test_clips, shard=None):
+        from benchmark.shards import shard_names
         self._enter(stage)
         t0 = time.perf_counter()
         real = Path(test_clips) / "frames"
-        rng = self._rng(stage)
         names = sorted(p.name for p in real.iterdir() if p.is_dir())
-        for name in names:
+        start = 0
+        if shard is not None:
+            names, start = shard_names(names, shard.index, shard.count)
+        for k, name in enumerate(names, start=start):
+            if (out_dir / "frames" / name).is_dir():
+                continue                      # resumed: this clip is done
+            rng = np.random.default_rng([int(stage.hash, 16) % (2**32), k])    # per clip, as real seeds
             src = _read_frames(real / name)
             noisy = np.clip(src.astype(int) + rng.integers(-30, 30, src.shape), 0, 255).astype(np.uint8)
             _write_frames(out_dir / "frames" / name, noisy)
@@ -153,6 +169,10 @@ class FakeRunner:
         return {"frames": out_dir / "frames", "num_videos": len(names), "num_frames": self.num_frames,
                 "seconds": time.perf_counter() - t0, "num_params": 1234567,
                 "checkpoint_used": None if checkpoint is None else Path(checkpoint).name}
+
+    def merge_generate(self, stage, cfg, out_dir, parts, *, test_clips):
+        return {**parts[0], "num_videos": sum(p["num_videos"] for p in parts),
+                "seconds": sum(p["seconds"] for p in parts), "frames": out_dir / "frames"}
 
     def run_ctrlv_train(self, stage, cfg, backbone, out_dir):
         self._enter(stage)
@@ -166,15 +186,29 @@ class FakeRunner:
         self._log("end", stage)
         return {"log": out_dir / "log.jsonl", "checkpoint": out_dir / "weights.json"}
 
-    def run_generate_ctrlv(self, stage, cfg, bbox_run, box2video_run, out_dir, *, test_clips):
-        res = self.run_generate(stage, cfg, box2video_run, out_dir, test_clips=test_clips)
+    def run_generate_ctrlv(self, stage, cfg, bbox_run, box2video_run, out_dir, *, test_clips, shard=None):
+        res = self.run_generate(stage, cfg, box2video_run, out_dir, test_clips=test_clips, shard=shard)
         res["num_params"] = 2 * res["num_params"]      # two pipelines, as Ctrl-V's count
         return res
 
-    def run_evaluate(self, stage, cfg, videos_dir, out_dir, *, real_dir):
+    def run_evaluate(self, stage, cfg, videos_dir, out_dir, *, real_dir, shard=None):
+        from benchmark.shards import shard_names
         self._enter(stage)
+        names = sorted(p.name for p in Path(videos_dir).iterdir() if p.is_dir())
+        if shard is not None:
+            names, _ = shard_names(names, shard.index, shard.count)
+            self._log("end", stage)
+            return {"num_videos": len(names), "names": names}
+        metrics = self._metrics(stage, cfg, len(names))
+        (out_dir / "metrics.json").write_text(json.dumps(metrics))
+        self._log("end", stage)
+        return metrics
+
+    def merge_evaluate(self, stage, cfg, out_dir, parts, *, videos_dir, real_dir):
+        return self._metrics(stage, cfg, sum(p["num_videos"] for p in parts))
+
+    def _metrics(self, stage, cfg, n: int) -> dict:
         rng = self._rng(stage)
-        n = len([p for p in Path(videos_dir).iterdir() if p.is_dir()])
         per_map = sorted(rng.uniform(5, 50, self.num_frames).tolist(), reverse=True)
         per_miou = sorted(rng.uniform(50, 90, self.num_frames).tolist(), reverse=True)
         # the shape metrics.evaluate.evaluate returns (metrics/evaluate.py), with placeholder values
@@ -184,8 +218,6 @@ class FakeRunner:
                    "det": {"mAP": float(np.mean(per_map)), "mIoU": float(np.mean(per_miou)), "units": "percent",
                            "n_videos": n, "detector": cfg["metrics"]["det"]["detector"]["name"],
                            "per_frame": {"mAP": per_map, "mIoU": per_miou}}}
-        (out_dir / "metrics.json").write_text(json.dumps(metrics))
-        self._log("end", stage)
         return metrics
 
 

@@ -45,6 +45,9 @@ def generate_videos(pipe, first_frames: Sequence[np.ndarray], names: Sequence[st
                     out_dir: str | Path) -> dict:
     """first_frames: uint8 [H,W,3] per clip. Writes out_dir/frames/<name>/ (+ out_dir/videos/<name>.mp4).
 
+    The k-th clip given is seeded with gen_cfg.seed + k: a shard of the test set (benchmark/shards.py)
+    passes its block of clips with the seed moved by the block's start, so each clip keeps its seed.
+
     Returns timing: seconds spent generating (resumed clips excluded) and the number generated now.
     """
     out_dir = Path(out_dir)

@@ -9,6 +9,10 @@ Launchers: `local` runs the pending stages here, one after the other; `slurm` su
 arrays (slurm/launch.py; each job runs `run_stage`: one stage by hash, loaded from its folder,
 through the same `_execute` as the local loop) and by default waits and renders; `debug` is the
 same submission path with submitit's in-process DebugExecutor (tests, debugging).
+
+Shards (`benchmark.shards: N`, benchmark/shards.py): a generate or evaluate stage is split into N
+shards of test clips, run locally one after the other (or one worker per GPU) or as N array tasks
+plus a merge task on SLURM; the merge gives the result of the unsharded stage.
 """
 from __future__ import annotations
 
@@ -25,8 +29,10 @@ import yaml
 from tqdm.auto import tqdm
 
 from ablations.registry import TableSpec, load_table
-from benchmark.config import missing_paths
+from benchmark import shards as shards_mod
+from benchmark.config import ConfigError, missing_paths
 from benchmark.executors import StageRunner
+from benchmark.shards import Shard, stage_shards
 from benchmark.stages import KINDS, DictResolver, Stage, StageGraph, expand, get_key
 from benchmark.stages import stage_hash as stage_hash_of
 from benchmark.store import CONFIG, RUN_CONFIG, STAGE, Store, atomic_write_json, atomic_write_yaml
@@ -35,6 +41,8 @@ LAUNCHERS = ("local", "slurm", "debug")
 # Stage kinds whose runner method is an accelerate training loop: with gpus_per_task > 1 in the
 # cluster config, that method runs under `accelerate launch` with one process per GPU.
 ACCELERATE_METHODS = {"train": "run_train", "ctrlv_bbox": "run_ctrlv_train", "ctrlv_box2video": "run_ctrlv_train"}
+# The SLURM task that merges the shards of a split stage (configs/slurm kinds.merge: a CPU, no GPU).
+MERGE_KIND = "merge"
 # Where metrics.evaluate puts the per-frame-index detection scores: {"mAP": [...], "mIoU": [...]} in percent
 PER_FRAME_KEY = "det.per_frame"
 
@@ -71,6 +79,10 @@ def run_table(table: str | TableSpec, cfg, runner: StageRunner, launcher: str = 
     graph = expand(spec, resolver)
 
     problems = missing_paths((p.row.name, p.cfg) for p in graph.rows if p.cfg is not None)
+    sharded = [s for s in graph.order() if stage_shards(s) > 1]     # checks benchmark.shards of every stage
+    if runner is not None and not dry_run:
+        for s in sharded:
+            _check_can_shard(runner, s, stage_shards(s))
     if dry_run:
         echo(graph.format(store.is_done, store.root))
         if launcher != "local":
@@ -119,44 +131,123 @@ def run_table(table: str | TableSpec, cfg, runner: StageRunner, launcher: str = 
 
 
 # ------------------------------------------------------------------------------------ one stage
-def _execute(stage: Stage, graph: StageGraph, store: Store, runner: StageRunner, echo) -> None:
+def _execute(stage: Stage, graph: StageGraph, store: Store, runner: StageRunner, echo, *,
+             merge_only: bool = False) -> None:
+    """Run a stage and commit it. A stage split into shards (benchmark.shards > 1, benchmark/shards.py)
+    runs its unfinished shards (here, or one worker per GPU), then merges them; `merge_only` (the
+    SLURM merge task, whose shards ran as array tasks) refuses to run a missing shard itself."""
     for d in stage.deps:
         if not store.is_done(d):
             raise RuntimeError(f"stage {stage.kind} {stage.hash} depends on {d}, which is not done")
+    n = stage_shards(stage)
+    if n > 1:
+        _check_can_shard(runner, stage, n)
     out = store.begin(stage)
-    cfg = stage.run_cfg
     try:
-        if stage.kind == "testset":
-            res = runner.run_testset(stage, cfg, out)
-        elif stage.kind == "train":
-            init_from = store.dir(stage.deps[0]) if stage.deps else None
-            res = runner.run_train(stage, cfg, init_from, out)
-        elif stage.kind in ("ctrlv_bbox", "ctrlv_box2video"):
-            backbone = store.dir(stage.deps[0]) if stage.deps else None   # Box2Video: the backbone's last epoch
-            res = runner.run_ctrlv_train(stage, cfg, backbone, out)
-        elif stage.kind == "generate" and stage.params.get("ctrlv"):
-            cv = stage.params["ctrlv"]
-            res = runner.run_generate_ctrlv(stage, cfg, store.dir(cv["bbox"]), store.dir(cv["box2video"]), out,
-                                            test_clips=store.dir(_dep_of(stage, graph, "testset")))
-        elif stage.kind == "generate":
-            ckpt = stage.params.get("checkpoint")
-            res = runner.run_generate(stage, cfg, store.dir(ckpt) if ckpt else None, out,
-                                      test_clips=store.dir(_dep_of(stage, graph, "testset")))
-        elif stage.kind == "evaluate":
-            gen = store.result(_dep_of(stage, graph, "generate"))
-            real = store.result(_dep_of(stage, graph, "testset"))
-            metrics = runner.run_evaluate(stage, cfg, Path(gen["frames"]), out, real_dir=Path(real["frames"]))
-            if not isinstance(metrics, dict):
-                raise TypeError(f"run_evaluate returned {type(metrics).__name__}, expected the metrics dict")
-            atomic_write_json(out / "metrics.json", metrics)
-            res = {"metrics": metrics, "metrics_file": out / "metrics.json"}
+        if n == 1:
+            res = _run(stage, graph, store, runner, out)
         else:
-            raise ValueError(f"unknown stage kind {stage.kind!r}")
+            todo = [i for i in range(n) if not store.shard_done(stage.hash, i, n)]
+            if todo and merge_only:
+                raise RuntimeError(f"stage {stage.kind} {stage.hash}: shard(s) {todo} of {n} have no record "
+                                   f"({store.dir(stage.hash) / 'shards'}); their array tasks did not finish")
+            if todo:
+                _run_shards(stage, graph, store, runner, todo, n, echo)
+            res = _merge(stage, graph, store, runner, out, [store.shard_result(stage.hash, i, n) for i in range(n)])
     except BaseException:
         echo(f"stage {stage.kind} {stage.hash} failed (rows: {', '.join(stage.rows)}); its folder {out} is kept "
              f"and the next run retries it")
         raise
     store.commit(stage, res)
+
+
+def _run(stage: Stage, graph: StageGraph, store: Store, runner: StageRunner, out: Path, shard: Shard | None = None):
+    """The runner's method for the stage's kind; with `shard`, only that shard's part (its record)."""
+    cfg = stage.run_cfg
+    kw = {} if shard is None else {"shard": shard}
+    if stage.kind == "testset":
+        return runner.run_testset(stage, cfg, out)
+    if stage.kind == "train":
+        init_from = store.dir(stage.deps[0]) if stage.deps else None
+        return runner.run_train(stage, cfg, init_from, out)
+    if stage.kind in ("ctrlv_bbox", "ctrlv_box2video"):
+        backbone = store.dir(stage.deps[0]) if stage.deps else None   # Box2Video: the backbone's last epoch
+        return runner.run_ctrlv_train(stage, cfg, backbone, out)
+    if stage.kind == "generate" and stage.params.get("ctrlv"):
+        cv = stage.params["ctrlv"]
+        return runner.run_generate_ctrlv(stage, cfg, store.dir(cv["bbox"]), store.dir(cv["box2video"]), out,
+                                         test_clips=store.dir(_dep_of(stage, graph, "testset")), **kw)
+    if stage.kind == "generate":
+        ckpt = stage.params.get("checkpoint")
+        return runner.run_generate(stage, cfg, store.dir(ckpt) if ckpt else None, out,
+                                   test_clips=store.dir(_dep_of(stage, graph, "testset")), **kw)
+    if stage.kind == "evaluate":
+        videos_dir, real_dir = _evaluate_inputs(stage, graph, store)
+        metrics = runner.run_evaluate(stage, cfg, videos_dir, out, real_dir=real_dir, **kw)
+        if shard is not None:
+            return metrics                  # the shard's record, not metrics yet
+        return _evaluate_result(metrics, out)
+    raise ValueError(f"unknown stage kind {stage.kind!r}")
+
+
+def _evaluate_inputs(stage: Stage, graph: StageGraph, store: Store) -> tuple[Path, Path]:
+    gen = store.result(_dep_of(stage, graph, "generate"))
+    real = store.result(_dep_of(stage, graph, "testset"))
+    return Path(gen["frames"]), Path(real["frames"])
+
+
+def _evaluate_result(metrics, out: Path) -> dict:
+    if not isinstance(metrics, dict):
+        raise TypeError(f"run_evaluate returned {type(metrics).__name__}, expected the metrics dict")
+    atomic_write_json(out / "metrics.json", metrics)
+    return {"metrics": metrics, "metrics_file": out / "metrics.json"}
+
+
+def _check_can_shard(runner, stage: Stage, n: int) -> None:
+    method = f"merge_{stage.kind}"
+    if not callable(getattr(runner, method, None)):
+        raise ConfigError(f"benchmark.shards={n}: the stage runner {type(runner).__name__} cannot split {stage.kind} "
+                          f"stages (it has no {method} method); set benchmark.shards=1")
+
+
+def run_shard(store: Store, stage: Stage, graph, runner: StageRunner, index: int, count: int) -> dict:
+    """Shard `index` of `count` of the stage: its part of the work, then its record (skipped when
+    the record exists). Touches nothing but its clips' outputs and its own shard folder, so shards
+    may run at the same time."""
+    if store.shard_done(stage.hash, index, count):
+        return store.shard_result(stage.hash, index, count)
+    folder = store.shard_dir(stage.hash, index, count)
+    folder.mkdir(parents=True, exist_ok=True)
+    res = _run(stage, graph, store, runner, store.dir(stage.hash), Shard(index, count, folder))
+    store.commit_shard(stage.hash, index, count, res)
+    return res
+
+
+def _run_shards(stage: Stage, graph: StageGraph, store: Store, runner: StageRunner, todo: list[int], n: int,
+                echo) -> None:
+    """The unfinished shards: one worker process per GPU when there are several, else here in turn."""
+    devices = shards_mod.local_devices()
+    if devices is None:
+        for i in todo:
+            echo(f"{stage.kind} {stage.hash}: shard {i + 1} of {n}")
+            run_shard(store, stage, graph, runner, i, n)
+        return
+    prepare_stage(store, stage)       # what a worker loads the stage from (run_stage by hash)
+    root = str(store.root.resolve())
+    shards_mod.run_workers([(f"{stage.kind} {stage.hash} shard {i + 1}/{n}", run_stage, (root, stage.hash, runner,
+                                                                                        1, None, i),
+                             store.shard_dir(stage.hash, i, n)) for i in todo], devices, echo)
+
+
+def _merge(stage: Stage, graph: StageGraph, store: Store, runner: StageRunner, out: Path, parts: list[dict]) -> dict:
+    """The stage's result from its shards' records (the runner's merge_<kind>), as the unsharded
+    stage returns it."""
+    cfg = stage.run_cfg
+    if stage.kind == "generate":
+        return runner.merge_generate(stage, cfg, out, parts, test_clips=store.dir(_dep_of(stage, graph, "testset")))
+    videos_dir, real_dir = _evaluate_inputs(stage, graph, store)
+    return _evaluate_result(runner.merge_evaluate(stage, cfg, out, parts, videos_dir=videos_dir, real_dir=real_dir),
+                            out)
 
 
 # ------------------------------------------------------------------------------------ on a cluster
@@ -178,16 +269,54 @@ def _launch(graph: StageGraph, store: Store, runner, launcher: str, cluster: dic
     def processes(kind: str) -> int:   # one process per GPU for the kinds that train with accelerate
         return max(1, int(kind_settings(cluster, kind).get("gpus_per_task") or 0)) if kind in ACCELERATE_METHODS else 1
 
-    works = [Work(s.hash, s.kind, run_stage, (str(root), s.hash, runner, processes(s.kind), accel),
-                  s.deps, store.dir(s.hash), label=f"{s.kind} {s.hash} [{s.describe()}]")
-             for s in graph.pending(store.is_done)]
+    works = stage_works(graph, store, runner, processes, accel)
     render_work = Work(f"render-{graph.render.hash}", "render", _render_job,
                        (graph, str(root), str(Path(out_dir).resolve()), fake, figures), label=f"render table {graph.table.name}")
     folder = Path(cluster.get("folder") or root / ".slurm")
-    return launch(works, is_done=store.is_done, cluster=cluster, executor=launcher, folder=folder,
+    return launch(works, is_done=lambda k: _work_done(store, k), cluster=cluster, executor=launcher, folder=folder,
                   chdir=cluster.get("chdir") or os.getcwd(), pythonpath=Path(__file__).resolve().parents[1],
-                  wait=wait, kind_order=KINDS, after=render_work, echo=echo,
-                  prepare=lambda h: prepare_stage(store, graph.stages[h]))
+                  wait=wait, kind_order=KINDS + (MERGE_KIND,), after=render_work, echo=echo,
+                  prepare=lambda k: prepare_stage(store, graph.stages[_split_key(k)[0]]))
+
+
+def stage_works(graph: StageGraph, store: Store, runner, processes=lambda kind: 1, accel: dict | None = None):
+    """The pending stages as works (one SLURM task each). A stage split into N shards becomes N works
+    `<hash>:<i>/<N>` of its own kind and one work `<hash>` of kind `merge` waiting for them, so whatever
+    needs the stage waits for its merge (the plan leaves out shards already recorded: `_work_done`)."""
+    from slurm.launch import Work
+    root = str(store.root.resolve())
+    works = []
+    for s in graph.pending(store.is_done):
+        n = stage_shards(s)
+        label = f"{s.kind} {s.hash} [{s.describe()}]"
+        if n == 1:
+            works.append(Work(s.hash, s.kind, run_stage, (root, s.hash, runner, processes(s.kind), accel or {}),
+                              s.deps, store.dir(s.hash), label=label))
+            continue
+        keys = [shard_key(s.hash, i, n) for i in range(n)]
+        works += [Work(keys[i], s.kind, run_stage, (root, s.hash, runner, 1, None, i), s.deps,
+                       store.shard_dir(s.hash, i, n), label=f"{label} shard {i + 1}/{n}") for i in range(n)]
+        works.append(Work(s.hash, MERGE_KIND, run_stage, (root, s.hash, runner, 1, None, None, True),
+                          tuple(keys), store.dir(s.hash), label=f"{label} merge of {n} shards"))
+    return works
+
+
+def shard_key(stage_hash: str, index: int, count: int) -> str:
+    return f"{stage_hash}:{index}/{count}"
+
+
+def _split_key(key: str) -> tuple[str, tuple[int, int] | None]:
+    """work key -> (stage hash, (shard, count) or None)."""
+    if ":" not in key:
+        return key, None
+    h, rest = key.split(":", 1)
+    i, n = rest.split("/")
+    return h, (int(i), int(n))
+
+
+def _work_done(store: Store, key: str) -> bool:
+    h, shard = _split_key(key)
+    return store.is_done(h) or (shard is not None and store.shard_done(h, *shard))
 
 
 def prepare_stage(store: Store, stage: Stage) -> Path:
@@ -225,12 +354,13 @@ def load_stage(store: Store, stage_hash: str) -> Stage:
 
 
 def run_stage(store_root: str, stage_hash: str, runner: StageRunner, processes: int = 1,
-              accelerate: dict | None = None) -> str:
+              accelerate: dict | None = None, shard: int | None = None, merge_only: bool = False) -> str:
     """What one SLURM job runs: the stage `stage_hash` of the store, exactly as the local loop runs it.
 
     The job may be a requeued one (timeout, preemption): the stage resumes from what its folder holds.
     A training kind (ACCELERATE_METHODS) with `processes` > 1 runs under `accelerate launch`, one
-    process per GPU.
+    process per GPU. A stage split into shards (benchmark.shards > 1): `shard=i` runs shard i only (an
+    array task, or a local GPU worker); `merge_only` merges the finished shards (the merge task).
     """
     store = Store(store_root)
     if store.is_done(stage_hash):
@@ -239,10 +369,22 @@ def run_stage(store_root: str, stage_hash: str, runner: StageRunner, processes: 
     stage = load_stage(store, stage_hash)
     # _execute only needs the kind of each input (they are done, so their stage.json exists)
     kinds = {d: SimpleNamespace(kind=json.loads((store.dir(d) / STAGE).read_text())["kind"]) for d in stage.deps}
+    graph = SimpleNamespace(stages=kinds)
+    if shard is not None:
+        n = stage_shards(stage)
+        if not 0 <= shard < n:
+            raise ValueError(f"stage {stage_hash} runs as {n} shard(s) (benchmark.shards in its run_config.yaml); "
+                             f"there is no shard {shard}")
+        for d in stage.deps:
+            if not store.is_done(d):
+                raise RuntimeError(f"stage {stage.kind} {stage.hash} depends on {d}, which is not done")
+        print(f"running {stage.kind} {stage.hash} [{stage.describe()}] shard {shard + 1} of {n}", flush=True)
+        run_shard(store, stage, graph, runner, shard, n)
+        return f"{stage_hash}:{shard}/{n}"
     if stage.kind in ACCELERATE_METHODS and processes > 1:
         runner = _MultiProcess(runner, ACCELERATE_METHODS[stage.kind], processes, accelerate or {})
     print(f"running {stage.kind} {stage.hash} [{stage.describe()}] rows {', '.join(stage.rows)}", flush=True)
-    _execute(stage, SimpleNamespace(stages=kinds), store, runner, lambda m: print(m, flush=True))
+    _execute(stage, graph, store, runner, lambda m: print(m, flush=True), merge_only=merge_only)
     return stage_hash
 
 
@@ -279,7 +421,9 @@ def _format_arrays(graph: StageGraph, store: Store) -> str:
     """The dry-run view of launcher=slurm: which stages form which array, and what each waits for
     (jobs already queued are not looked up in a dry run)."""
     from slurm.plan import Item, plan_arrays
-    arrays = plan_arrays([Item(s.hash, s.kind, s.deps) for s in graph.order()], store.is_done, {}, KINDS)
+    works = stage_works(graph, store, None)
+    arrays = plan_arrays([Item(w.key, w.kind, tuple(w.deps)) for w in works], lambda k: _work_done(store, k), {},
+                         KINDS + (MERGE_KIND,))
     lines = [f"job arrays ({len(arrays)}), each task waiting (afterok) for exactly the stages it needs:"]
     for a in arrays:
         lines.append(f"  {a.name:<16} {len(a.keys)} task(s)")

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import gc
 import json
+import pickle
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +15,9 @@ import torch
 from omegaconf import OmegaConf
 from PIL import Image
 
+from benchmark.shards import Shard, shard_names
 from benchmark.testset import write_testset
+from data.atomic import atomic_path
 
 _DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -51,6 +54,37 @@ def _generation_result(out_dir: Path, names, gen, timing: dict, device: str, **p
             "generated_now": timing["generated"], "device": device, **params}
 
 
+def _shard_of(names: list[str], gen, shard: Shard | None):
+    """(the clip names this call generates, the generate settings for them). A shard's block starts at
+    clip `start` of the full list: its seed moves by `start`, so its clip k gets seed + start + k, the
+    seed of that clip in an unsharded run (generate_videos seeds the k-th clip it is given with seed + k)."""
+    if shard is None:
+        return names, gen
+    block, start = shard_names(names, shard.index, shard.count)
+    gen = OmegaConf.create(OmegaConf.to_container(gen, resolve=True))
+    gen.seed = int(gen.seed) + start
+    return block, gen
+
+
+def _shard_record(res: dict, timing: dict) -> dict:
+    """A generate shard's record: its result plus the per-video times the merge needs."""
+    return {**res, "times": list(timing["times"])}
+
+
+def _merge_generation(out_dir: Path, cfg: dict, test_clips: Path, parts: list[dict]) -> dict:
+    """The generate stage's result from its shards' records: every clip must be there; the timing is
+    that of all generated videos together (generation_timing over every shard's per-video times)."""
+    from trainers.timing import generation_timing
+    _, gen, _, _, names = _generation_setup(cfg, test_clips)
+    missing = [n for n in names if not (Path(out_dir) / "frames" / n).is_dir()]
+    if missing:
+        raise FileNotFoundError(f"{Path(out_dir) / 'frames'}: the shards left no video for {missing[:5]}"
+                                f"{' ...' if len(missing) > 5 else ''}")
+    timing = generation_timing([t for p in parts for t in p["times"]], len(names))
+    counts = {k: parts[0][k] for k in ("num_params", "num_params_unique") if k in parts[0]}
+    return _generation_result(out_dir, names, gen, timing, parts[0]["device"], **counts, shards=len(parts))
+
+
 class TrainerRunner:
     is_fake = False
 
@@ -76,10 +110,13 @@ class TrainerRunner:
         return {"log": Path(out_dir) / "log.jsonl", "unet": Path(out_dir) / "unet",
                 "steps": summary.get("global_step"), "trainable_params": summary.get("trainable_params")}
 
-    def run_generate(self, stage, cfg: dict, checkpoint: Path | None, out_dir: Path, *, test_clips: Path) -> dict:
-        """The test videos of a trained row (its last epoch's exported U-Net) or of the base model."""
+    def run_generate(self, stage, cfg: dict, checkpoint: Path | None, out_dir: Path, *, test_clips: Path,
+                     shard: Shard | None = None) -> dict:
+        """The test videos of a trained row (its last epoch's exported U-Net) or of the base model;
+        with `shard`, only that shard's clips (same seeds), returning the shard's record."""
         from benchmark.generate import generate_videos, load_pipeline
         c, gen, device, dtype, names = _generation_setup(cfg, test_clips)
+        names, gen = _shard_of(names, gen, shard)
         unet_dir = Path(checkpoint) / "unet" if checkpoint else None
         if unet_dir is not None and not unet_dir.is_dir():
             raise FileNotFoundError(f"{unet_dir}: the train stage has no exported U-Net")
@@ -92,7 +129,12 @@ class TrainerRunner:
         finally:
             del pipe
             _release()
-        return _generation_result(out_dir, names, gen, timing, device, num_params=num_params)
+        res = _generation_result(out_dir, names, gen, timing, device, num_params=num_params)
+        return res if shard is None else _shard_record(res, timing)
+
+    def merge_generate(self, stage, cfg: dict, out_dir: Path, parts: list[dict], *, test_clips: Path) -> dict:
+        """The stage's result once every shard generated its clips (benchmark/shards.py)."""
+        return _merge_generation(out_dir, cfg, test_clips, parts)     # SVD and Ctrl-V alike
 
     def run_ctrlv_train(self, stage, cfg: dict, backbone: Path | None, out_dir: Path) -> dict:
         """One Ctrl-V stage (trainers/ctrlv) for all its epochs; Box2Video steers `backbone`/unet."""
@@ -111,10 +153,12 @@ class TrainerRunner:
         return {"log": Path(out_dir) / "log.jsonl", export: Path(out_dir) / export}
 
     def run_generate_ctrlv(self, stage, cfg: dict, bbox_run: Path, box2video_run: Path, out_dir: Path, *,
-                           test_clips: Path) -> dict:
-        """Ctrl-V's two-stage pipeline on each test clip's first frame and given boxes."""
+                           test_clips: Path, shard: Shard | None = None) -> dict:
+        """Ctrl-V's two-stage pipeline on each test clip's first frame and given boxes (with `shard`,
+        that shard's clips, as run_generate)."""
         from trainers.ctrlv.pipeline import CtrlVInputs, CtrlVPipeline, generate_ctrlv_videos
         c, gen, device, dtype, names = _generation_setup(cfg, test_clips)
+        names, gen = _shard_of(names, gen, shard)
         inputs = [CtrlVInputs.from_testset(test_clips, n) for n in names]
         pipe = CtrlVPipeline.from_runs(c, bbox_run, box2video_run, device=device, dtype=dtype)
         try:
@@ -122,19 +166,57 @@ class TrainerRunner:
         finally:
             del pipe
             _release()
-        return _generation_result(out_dir, names, gen, r, device, num_params=r["num_params"],
-                                  num_params_unique=r.get("num_params_unique"))
+        res = _generation_result(out_dir, names, gen, r, device, num_params=r["num_params"],
+                                 num_params_unique=r.get("num_params_unique"))
+        return res if shard is None else _shard_record(res, r)
 
-    def run_evaluate(self, stage, cfg: dict, videos_dir: Path, out_dir: Path, *, real_dir: Path) -> dict:
-        """metrics.evaluate on the real test clips vs the generated videos, paired by clip name."""
-        from metrics.evaluate import evaluate
+    def run_evaluate(self, stage, cfg: dict, videos_dir: Path, out_dir: Path, *, real_dir: Path,
+                     shard: Shard | None = None) -> dict:
+        """metrics.evaluate on the real test clips vs the generated videos, paired by clip name. With
+        `shard`: the features and detections of that shard's clips (metrics.evaluate.extract_features)
+        in <shard folder>/features.pkl, for merge_evaluate."""
+        from metrics.evaluate import evaluate, extract_features
         names = sorted(p.name for p in Path(real_dir).iterdir() if p.is_dir())
+        if shard is not None:
+            # blocks of whole I3D batches: FVD's batches are then those of the unsharded run
+            align = _get(cfg, "metrics.fvd.batch_size", 1) if "fvd" in _get(cfg, "metrics.metrics", []) else 1
+            names, _ = shard_names(names, shard.index, shard.count, align=int(align))
         missing = [n for n in names if not (Path(videos_dir) / n).is_dir()]
         if missing:
             raise FileNotFoundError(f"{videos_dir}: no generated video for {missing[:5]}"
                                     f"{' ...' if len(missing) > 5 else ''}")
+        real, fake = [Path(real_dir) / n for n in names], [Path(videos_dir) / n for n in names]
         try:
-            return evaluate([Path(real_dir) / n for n in names], [Path(videos_dir) / n for n in names],
-                            cfg, names=names, detections_dir=Path(out_dir) / "detections")
+            if shard is None:
+                return evaluate(real, fake, cfg, names=names, detections_dir=Path(out_dir) / "detections")
+            part = extract_features(real, fake, cfg, names=names, detections_dir=Path(out_dir) / "detections")
         finally:
             _release()
+        path = Path(shard.folder) / "features.pkl"
+        with atomic_path(path) as tmp:
+            tmp.write_bytes(pickle.dumps(part, protocol=pickle.HIGHEST_PROTOCOL))
+        return {"features_file": path, "num_videos": len(names), "names": names}
+
+    def merge_evaluate(self, stage, cfg: dict, out_dir: Path, parts: list[dict], *, videos_dir: Path,
+                       real_dir: Path) -> dict:
+        """metrics.evaluate's result from the shards' features, in clip order (= the unsharded result)."""
+        from metrics.evaluate import merge_features
+        names = sorted(p.name for p in Path(real_dir).iterdir() if p.is_dir())
+        got = [n for p in parts for n in p["names"]]
+        if got != names:
+            raise ValueError(f"{out_dir}: the shards scored {len(got)} videos, not the {len(names)} test clips in "
+                             f"order; delete {Path(out_dir) / 'shards'} to redo them")
+        features = []
+        for p in parts:
+            with open(p["features_file"], "rb") as f:
+                features.append(pickle.load(f))
+        return merge_features(features, cfg)
+
+
+def _get(cfg: dict, dotted: str, default):
+    node = cfg
+    for k in dotted.split("."):
+        if not isinstance(node, dict) or k not in node:
+            return default
+        node = node[k]
+    return node

@@ -4,7 +4,8 @@ A stage writes its outputs straight into its folder (so a trainer killed mid-sta
 own checkpoints there on the next run); the store then writes, each atomically, `stage_config.yaml` (the
 config that identifies the stage), `run_config.yaml` (the full config the runner executed),
 `stage.json`, `result.json`, and last `DONE`. Readers trust a folder only when `DONE` exists, so a
-killed stage is never mistaken for a finished one.
+killed stage is never mistaken for a finished one. A stage split into shards (benchmark/shards.py)
+also has `shards/<i>-of-<n>/result.json`, each shard's record, written last by that shard.
 """
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ RESULT = "result.json"
 CONFIG = "stage_config.yaml"   # not config.yaml: a train stage folder is also the trainer's run folder
 RUN_CONFIG = "run_config.yaml"
 STAGE = "stage.json"
+SHARDS = "shards"              # runs/<hash>/shards/<i>-of-<n>/ (benchmark/shards.py)
 
 
 # ------------------------------------------------------------------------------ atomic writes
@@ -110,6 +112,31 @@ class Store:
 
     def config(self, stage_hash: str) -> dict:
         return yaml.safe_load((self.dir(stage_hash) / CONFIG).read_text())
+
+    # -------------------------------------------------------------- shards (benchmark/shards.py)
+    def shard_dir(self, stage_hash: str, index: int, count: int) -> Path:
+        """runs/<hash>/shards/<i>-of-<n>/: shard i of n's record and its own files."""
+        return self.dir(stage_hash) / SHARDS / f"{index}-of-{count}"
+
+    def shard_done(self, stage_hash: str, index: int, count: int) -> bool:
+        return (self.shard_dir(stage_hash, index, count) / RESULT).is_file()
+
+    def commit_shard(self, stage_hash: str, index: int, count: int, result: dict | None) -> Path:
+        """The shard's record, written last: paths stored relative to the STAGE folder."""
+        path = self.shard_dir(stage_hash, index, count) / RESULT
+        atomic_write_json(path, _relative_paths(dict(result or {}), self.dir(stage_hash)))
+        return path
+
+    def shard_result(self, stage_hash: str, index: int, count: int) -> dict | None:
+        """The record of a finished shard (paths absolute again), or None."""
+        path = self.shard_dir(stage_hash, index, count) / RESULT
+        if not path.is_file():
+            return None
+        try:
+            res = json.loads(path.read_text())
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}: not valid JSON ({e}); delete {path.parent} to redo the shard") from e
+        return _absolute_paths(res, self.dir(stage_hash))
 
     @staticmethod
     def _stage_info(d: Path) -> dict:

@@ -124,7 +124,8 @@ def _write_detections(path: Path, dets, src_hw, det_hw) -> None:
     atomic_write_json(path, {"frames": frames}, indent=None)
 
 
-def _detect_pair(acc, detector, cfg, real, gen, boxes, labels, save_to: Path | None = None):
+def _detect_pair(detector, cfg, real, gen, boxes, labels, save_to: Path | None = None):
+    """-> (references, predictions, frame size) of one video pair, for DetectionAccumulator.add_video."""
     from metrics.detection import Detections
     from metrics.frames import resize_frames
 
@@ -139,12 +140,33 @@ def _detect_pair(acc, detector, cfg, real, gen, boxes, labels, save_to: Path | N
     else:
         both = detector.detect(np.concatenate([real_d, gen_d]))    # one batched pass over 2T frames
         refs, preds = both[:len(real_d)], both[len(real_d):]
-    acc.add_video(refs, preds, hw, ref_from_dataset=cfg.det.reference == "dataset")
     if save_to is not None:
         _write_detections(save_to, preds, src_hw, hw)
+    return list(refs), list(preds), tuple(int(v) for v in hw)
 
 
 # ---------------------------------------------------------------- the entry point
+
+def _check_inputs(cfg: DictConfig, real_videos: Sequence, gen_videos: Sequence) -> list[str]:
+    """The metrics to compute; config and input errors before any weights are made or loaded."""
+    metrics = list(cfg.metrics)
+    unknown = [m for m in metrics if m not in METRICS]
+    if unknown or not metrics:
+        raise ValueError(f"metrics={metrics}: each must be one of {METRICS}")
+    if len(real_videos) != len(gen_videos):
+        raise ValueError(f"{len(real_videos)} real videos but {len(gen_videos)} generated videos")
+    if "det" in metrics:
+        from metrics.detection import DetProtocol
+        DetProtocol.from_cfg(cfg.det)
+        if cfg.det.reference not in ("detector", "dataset"):
+            raise ValueError(f"det.reference={cfg.det.reference!r}: valid are 'detector', 'dataset'")
+    return metrics
+
+
+def _check_count(metrics, n: int) -> None:
+    if n < 2 and set(metrics) & {"fvd", "fid"}:
+        raise ValueError(f"FVD and FID need at least 2 videos per side (a covariance), got {n}")
+
 
 def evaluate(real_videos: Sequence, gen_videos: Sequence, cfg, names: Sequence[str] | None = None,
              detector=None, progress: bool = True, detections_dir: str | Path | None = None) -> dict:
@@ -154,23 +176,30 @@ def evaluate(real_videos: Sequence, gen_videos: Sequence, cfg, names: Sequence[s
     detections on each generated video are also written to <detections_dir>/<name>.json (frames ->
     boxes/scores/labels in the video's pixels), for figures. Returns a JSON-ready dict:
     per metric its value, N, protocol and weights, plus timings (frames/s) and the resolved config.
+
+    The same as `merge_features([extract_features(...)], cfg)`; split the videos into several
+    `extract_features` calls (shards, e.g. one per GPU) and merge them for the very same numbers.
+    """
+    cfg = _metrics_node(cfg)
+    _check_count(_check_inputs(cfg, real_videos, gen_videos), len(real_videos))
+    part = extract_features(real_videos, gen_videos, cfg, names=names, detector=detector, progress=progress,
+                            detections_dir=detections_dir)
+    return merge_features([part], cfg)
+
+
+def extract_features(real_videos: Sequence, gen_videos: Sequence, cfg, names: Sequence[str] | None = None,
+                     detector=None, progress: bool = True, detections_dir: str | Path | None = None) -> dict:
+    """The per-video part of `evaluate`: I3D and Inception features and detections of these video
+    pairs (any number, even 0 or 1), as a picklable dict for `merge_features`.
+
+    FVD runs I3D on batches of `fvd.batch_size` videos: for results bit-identical to one `evaluate`
+    call, every part but the last must hold a multiple of fvd.batch_size videos, in order
+    (benchmark/shards.py aligns its shards so). FID features and detections are per video.
     """
     from metrics.weights import resolve_weights
 
     cfg = _metrics_node(cfg)
-    metrics = list(cfg.metrics)
-    unknown = [m for m in metrics if m not in METRICS]
-    if unknown or not metrics:
-        raise ValueError(f"metrics={metrics}: each must be one of {METRICS}")
-    if len(real_videos) != len(gen_videos):
-        raise ValueError(f"{len(real_videos)} real videos but {len(gen_videos)} generated videos")
-    if len(real_videos) < 2 and set(metrics) & {"fvd", "fid"}:
-        raise ValueError(f"FVD and FID need at least 2 videos per side (a covariance), got {len(real_videos)}")
-    if "det" in metrics:
-        from metrics.detection import DetProtocol
-        DetProtocol.from_cfg(cfg.det)               # config errors before any weights are made or loaded
-        if cfg.det.reference not in ("detector", "dataset"):
-            raise ValueError(f"det.reference={cfg.det.reference!r}: valid are 'detector', 'dataset'")
+    metrics = _check_inputs(cfg, real_videos, gen_videos)
     names = list(names) if names is not None else [_video_name(v, i) for i, v in enumerate(real_videos)]
     weights = resolve_weights(cfg, metrics if detector is None else [m for m in metrics if m != "det"])
     device = _device(cfg.device)
@@ -178,7 +207,7 @@ def evaluate(real_videos: Sequence, gen_videos: Sequence, cfg, names: Sequence[s
 
     seconds = {m: 0.0 for m in metrics}
     num_frames, video_hw = None, None
-    caught = []
+    detections = []                          # per video: (references, predictions, frame size)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         for real_item, gen_item, name in tqdm(list(zip(real_videos, gen_videos, names)), desc="scoring videos",
@@ -192,29 +221,95 @@ def evaluate(real_videos: Sequence, gen_videos: Sequence, cfg, names: Sequence[s
             for m in metrics:
                 t0 = time.perf_counter()
                 if m == "det":
-                    _detect_pair(*built["det"], cfg, real, gen, boxes, labels,
-                                 save_to=Path(detections_dir) / f"{name}.json" if detections_dir else None)
+                    detections.append(_detect_pair(built["det"][1], cfg, real, gen, boxes, labels,
+                                                   save_to=Path(detections_dir) / f"{name}.json" if detections_dir
+                                                   else None))
                 else:
                     built[m].update(real, real=True)
                     built[m].update(gen, real=False)
                 seconds[m] += time.perf_counter() - t0
-        results = _compute(built, metrics, seconds)
-    seen = set()
-    for w in caught:                    # recorded for the result, and still shown to the user
-        if str(w.message) not in seen:
-            seen.add(str(w.message))
-            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
-    n = len(real_videos)
-    out = {"profile": cfg.get("name"), "n_videos": n, "num_frames": num_frames,
-           "video_size": list(map(int, video_hw)) if video_hw else None, "device": device, **results,
+        if "fvd" in built:                   # the last, partial I3D batch of each side
+            t0 = time.perf_counter()
+            built["fvd"]._flush(True)
+            built["fvd"]._flush(False)
+            seconds["fvd"] += time.perf_counter() - t0
+    _reemit(caught)
+    part = {"names": names, "metrics": metrics, "n_videos": len(names), "num_frames": num_frames,
+            "video_size": list(map(int, video_hw)) if video_hw else None, "device": device, "seconds": seconds,
+            "warnings": sorted({str(w.message) for w in caught}), "weights": weights, "features": {}, "info": {}}
+    for m in ("fvd", "fid"):
+        if m in built:
+            part["features"][m] = {"real": list(built[m].features[True]), "gen": list(built[m].features[False])}
+    if "fvd" in built:
+        part["info"]["fvd"] = {"protocol": built["fvd"].protocol}
+    if "fid" in built:
+        b = built["fid"]
+        size = "x".join(map(str, b.frame_size)) if b.frame_size else "as read"
+        part["info"]["fid"] = {"protocol": (
+            f"Inception 2015-12-05 pool3 ({b.extractor.feature_dim}-d, torchmetrics), frames {size} "
+            f"({b.resize_method}), then 299x299 {'antialiased' if b.extractor.net.use_antialias else 'TF1 bilinear'}")}
+    if "det" in built:
+        det = built["det"][1]
+        part["info"]["det"] = {"detector": getattr(det, "name", type(det).__name__)}
+        part["detections"] = detections
+    return part
+
+
+def merge_features(parts: Sequence[dict], cfg) -> dict:
+    """`evaluate`'s result from the parts of `extract_features`, in video order (the parts' order):
+    features concatenated, then the Frechet distances and the detection accumulator, as one call
+    computes them. Timings add up the parts' seconds."""
+    from metrics.detection import DetectionAccumulator, DetProtocol
+    from metrics.frechet import frechet_distance
+
+    cfg = _metrics_node(cfg)
+    if not parts:
+        raise ValueError("merge_features: no parts")
+    metrics = list(parts[0]["metrics"])
+    if any(list(p["metrics"]) != metrics for p in parts):
+        raise ValueError(f"merge_features: the parts computed different metrics {[p['metrics'] for p in parts]}")
+    n = sum(int(p["n_videos"]) for p in parts)
+    if n == 0:
+        raise ValueError("no video to score (every part is empty)")
+    _check_count(metrics, n)
+    shapes = {(p["num_frames"], tuple(p["video_size"])) for p in parts if p["n_videos"]}
+    if len(shapes) > 1:
+        raise ValueError(f"merge_features: the parts' videos differ in length or size {sorted(shapes)}; all videos "
+                         f"must have the same length (per-frame curves, FVD)")
+    first = next(p for p in parts if p["n_videos"])
+    num_frames, video_size = first["num_frames"], first["video_size"]
+    info = parts[0]["info"]
+    seconds = {m: sum(float(p["seconds"][m]) for p in parts) for m in metrics}
+    results = {}
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for m in metrics:
+            t0 = time.perf_counter()
+            if m == "det":
+                acc = DetectionAccumulator(DetProtocol.from_cfg(cfg.det))
+                for p in parts:
+                    for refs, preds, hw in p["detections"]:
+                        acc.add_video(refs, preds, hw, ref_from_dataset=cfg.det.reference == "dataset")
+                results["det"] = acc.compute()
+            else:
+                real, gen = (np.concatenate([a for p in parts for a in p["features"][m][side]])
+                             for side in ("real", "gen"))
+                r = frechet_distance(real, gen)
+                results[m] = {"value": r.value, "n_real": r.n_real, "n_gen": r.n_gen, "dim": r.dim,
+                              "protocol": info[m]["protocol"]}
+            seconds[m] += time.perf_counter() - t0
+    _reemit(caught)
+    weights = parts[0]["weights"]
+    out = {"profile": cfg.get("name"), "n_videos": n, "num_frames": num_frames, "video_size": video_size,
+           "device": parts[0]["device"], **results,
            "timing": {m: {"seconds": round(seconds[m], 3),
                           "frames_per_s": round(2 * n * num_frames / seconds[m], 2) if seconds[m] > 0 else None}
                       for m in metrics},
-           "warnings": sorted({str(w.message) for w in caught}),
+           "warnings": sorted(set().union(*(p["warnings"] for p in parts), (str(w.message) for w in caught))),
            "config": OmegaConf.to_container(cfg, resolve=True)}
     if "det" in metrics:
         det = out["det"]
-        det["detector"] = getattr(built["det"][1], "name", type(built["det"][1]).__name__)
+        det["detector"] = info["det"]["detector"]
         det["weights"] = weights.get("det.detector.weights")
         det["reference"] = cfg.det.reference
         det["settings"] = OmegaConf.to_container(cfg.det.protocols[det["protocol"]], resolve=True)
@@ -224,25 +319,13 @@ def evaluate(real_videos: Sequence, gen_videos: Sequence, cfg, names: Sequence[s
     return out
 
 
-def _compute(built, metrics, seconds) -> dict:
-    out = {}
-    for m in metrics:
-        t0 = time.perf_counter()
-        if m == "det":
-            out["det"] = built["det"][0].compute()
-        else:
-            r = built[m].compute()
-            out[m] = {"value": r.value, "n_real": r.n_real, "n_gen": r.n_gen, "dim": r.dim}
-            if m == "fvd":
-                out[m]["protocol"] = built[m].protocol
-            else:
-                ext = built[m].extractor
-                size = "x".join(map(str, built[m].frame_size)) if built[m].frame_size else "as read"
-                out[m]["protocol"] = (f"Inception 2015-12-05 pool3 ({ext.feature_dim}-d, torchmetrics), frames {size} "
-                                      f"({built[m].resize_method}), then 299x299 "
-                                      f"{'antialiased' if ext.net.use_antialias else 'TF1 bilinear'}")
-        seconds[m] += time.perf_counter() - t0
-    return out
+def _reemit(caught) -> None:
+    """Warnings recorded for the result are still shown to the user, once each."""
+    seen = set()
+    for w in caught:
+        if str(w.message) not in seen:
+            seen.add(str(w.message))
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
 
 
 # ---------------------------------------------------------------- writing results

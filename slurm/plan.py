@@ -3,9 +3,11 @@
 Pure functions over plain data, so the plan is unit-tested without a cluster.
 
 One array per (kind, level): `level` is how many pending items of the same kind an item waits for
-in a chain (train epoch 2 after epoch 1), because a task of an array cannot reliably wait for another
+in a chain (train epoch 2 after epoch 1; also through items of other kinds: the merge of an evaluate
+stage's shards after the merge of its generate stage's shards), because a task of an array cannot reliably wait for another
 task of the same array (SLURM rejects it as a circular dependency while the array is one record).
-So a table gives: testset | train level 0 (epoch 1) | train level 1 (epoch 2) | generate | evaluate.
+So a table gives: testset | train level 0 (epoch 1) | train level 1 (epoch 2) | generate | evaluate
+(with benchmark.shards > 1: generate shards | merge | evaluate shards | merge-2).
 Arrays come out in an order where every array follows the arrays its tasks wait for.
 
 Each task waits for exactly the items it needs (`Task.needs`); those are either in an earlier array
@@ -54,15 +56,24 @@ def plan_arrays(items: Iterable[Item], is_done, running: Mapping[str, str] | Non
     items = {it.key: it for it in items}
     todo = [it for it in items.values() if not is_done(it.key) and it.key not in running]
     todo_keys = {it.key for it in todo}
-    level: dict[str, int] = {}
+    below: dict[tuple[str, str], int] = {}
+    visiting: set[str] = set()
+
+    def count_below(key: str, kind: str) -> int:
+        # the most pending items of `kind` on one chain of pending items below `key` (itself excluded)
+        if (key, kind) not in below:
+            if key in visiting:
+                raise ValueError(f"the work waits for itself in a cycle through {key}")
+            visiting.add(key)
+            deps = [d for d in items[key].deps if d in todo_keys]
+            below[(key, kind)] = max((count_below(d, kind) + (items[d].kind == kind) for d in deps), default=0)
+            visiting.discard(key)
+        return below[(key, kind)]
 
     def level_of(key: str) -> int:
-        # longest chain of pending same-kind items below `key`
-        if key not in level:
-            it = items[key]
-            same = [d for d in it.deps if d in todo_keys and items[d].kind == it.kind]
-            level[key] = 1 + max(map(level_of, same)) if same else 0
-        return level[key]
+        # counted through items of other kinds too: a merge task of an evaluate stage waits (through the
+        # evaluate shards) for the merge task of its generate stage, so they cannot share an array
+        return count_below(key, items[key].kind)
 
     arrays: dict[tuple[str, int], ArrayPlan] = {}
     for it in todo:

@@ -65,6 +65,25 @@ def quiet(_msg: str) -> None:
 
 
 # ------------------------------------------------------------------------------------ fake stages
+def test_sharded_stages_on_slurm_give_the_local_numbers(cluster, smoke, tmp_path):
+    """benchmark.shards=2: each generate / evaluate stage is 2 array tasks plus a merge task that
+    waits for exactly them; the table equals the unsharded local one."""
+    local = run_table("III", smoke, FakeRunner(), store=tmp_path / "a", results=tmp_path / "ra", rows=["hybrid"],
+                      echo=quiet, figures=False)
+    sharded = HydraResolver("smoke", ["benchmark.shards=2"])
+    run = run_table("III", sharded, FakeRunner(), "slurm", store=tmp_path / "b", results=tmp_path / "rb",
+                    rows=["hybrid"], cluster=cluster, echo=quiet, figures=False)
+    assert table_cells(run.outputs["json"]) == table_cells(local.outputs["json"])
+    assert [a.name for a in run.launch.arrays] == ["testset", "train", "train-2", "generate", "merge", "evaluate",
+                                                   "merge-2"]
+    store = Store(tmp_path / "b")
+    gen = run.graph.rows[0].generate
+    merge = read_record(store.dir(gen))["submissions"][-1]
+    shard_jobs = [read_record(store.shard_dir(gen, i, 2))["submissions"][-1]["job_id"] for i in range(2)]
+    assert merge["kind"] == "merge" and sorted(merge["depends_on"]) == sorted(shard_jobs)
+    assert all(store.shard_done(gen, i, 2) for i in range(2)) and store.is_done(gen)
+
+
 def test_fake_table_on_slurm_gives_the_local_numbers(cluster, smoke, tmp_path):
     local = run_table("III", smoke, FakeRunner(), store=tmp_path / "a", results=tmp_path / "ra", rows=ROWS,
                       echo=quiet, figures=False)

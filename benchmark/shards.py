@@ -1,0 +1,158 @@
+"""Splitting a generate or evaluate stage into N shards of test clips that run in parallel.
+
+`benchmark.shards: N` (default 1; not hashed: where and how a stage runs never changes what it
+computes) splits every generate and evaluate stage of a run into N shards. Shard i of N takes a
+contiguous block of the sorted clip names (`shard_names`) and writes its part into the stage folder:
+
+  generate  frames/<clip>/ of its clips, each with the seed of its index in the FULL list (seed + k),
+            so the frames are bit-identical to an unsharded run;
+  evaluate  the per-video I3D / Inception features and detections of its clips (metrics.evaluate.
+            extract_features), in blocks aligned to metrics.fvd.batch_size so I3D sees the very
+            batches of an unsharded run;
+
+and then its record `runs/<hash>/shards/<i>-of-<N>/result.json` (last, atomically: the shard is
+done exactly when it exists). A merge step (the runner's merge_generate / merge_evaluate) turns the
+N records into the stage's result, exactly as the unsharded stage computes it; only then are the
+stage's result.json and DONE written. A shard killed midway reruns alone (generation keeps the clips
+it finished); finished shards are never rerun.
+
+Where shards run: launcher=local with two or more CUDA GPUs runs one worker process per GPU
+(`python -m benchmark.shards <payload>`, pinned with CUDA_VISIBLE_DEVICES); with one GPU or none they
+run one after the other in this process. launcher=slurm submits each shard as an array task and the
+merge as a task of kind `merge` that waits (afterok) for them (slurm/launch.py, docs/slurm.md).
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Callable, NamedTuple, Sequence
+
+SHARDED_KINDS = ("generate", "evaluate")
+KEY = "benchmark.shards"
+SHARDS_DIR = "shards"
+PAYLOAD = "call.pkl"
+LOG = "worker.log"
+
+
+class Shard(NamedTuple):
+    """What a runner method gets as `shard=`: shard `index` of `count`, and its own folder (inside the
+    stage folder) for files only this shard writes."""
+    index: int
+    count: int
+    folder: Path
+
+
+def shard_count(cfg: dict) -> int:
+    """`benchmark.shards` of a resolved config (absent: 1), checked."""
+    from benchmark.config import ConfigError
+    value = (cfg.get("benchmark") or {}).get("shards", 1) if isinstance(cfg, dict) else 1
+    if value is None:
+        return 1
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(f"{KEY}={value!r}: expected a whole number >= 1 (how many parallel shards of test "
+                          f"clips each generate / evaluate stage is split into; 1 = not split)")
+    return value
+
+
+def stage_shards(stage) -> int:
+    """How many shards this stage runs as (1 for the kinds that are never split)."""
+    return shard_count(stage.run_cfg) if stage.kind in SHARDED_KINDS else 1
+
+
+def shard_bounds(total: int, index: int, count: int, align: int = 1) -> tuple[int, int]:
+    """[start, stop) of shard `index` of `count` over `total` items: contiguous blocks whose starts
+    are multiples of `align` (as even as that allows; a shard may be empty when count is large)."""
+    if not 0 <= index < count:
+        raise ValueError(f"shard {index} of {count} does not exist")
+    align = max(1, int(align))
+    units = -(-total // align)                      # blocks of `align` items, the last one partial
+    lo, hi = index * units // count, (index + 1) * units // count
+    return min(total, lo * align), min(total, hi * align)
+
+
+def shard_names(names: Sequence[str], index: int, count: int, align: int = 1) -> tuple[list[str], int]:
+    """(the names of shard `index` of `count`, the index of its first name in `names`)."""
+    start, stop = shard_bounds(len(names), index, count, align)
+    return list(names[start:stop]), start
+
+
+# ------------------------------------------------------------------------------------ local workers
+def local_devices() -> list[str] | None:
+    """The GPUs shard workers are pinned to (one process per GPU), or None when there are fewer than
+    two: then the shards run one after the other in this process."""
+    import torch
+    if not torch.cuda.is_available() or torch.cuda.device_count() < 2:
+        return None
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    ids = [s.strip() for s in visible.split(",") if s.strip()] if visible else []
+    return (ids or [str(i) for i in range(torch.cuda.device_count())])[: torch.cuda.device_count()]
+
+
+def run_workers(calls: Sequence[tuple[str, Callable, tuple, Path]], devices: Sequence[str | None],
+                echo: Callable[[str], None] = print) -> None:
+    """Run each (label, fn, args, folder) as `fn(*args)` in its own process, at most len(devices) at
+    once, each pinned to a free device (CUDA_VISIBLE_DEVICES; None = not pinned). Every call runs to
+    its end even when another fails; then failures raise, naming each worker's log
+    (<folder>/worker.log)."""
+    import cloudpickle
+    root = Path(__file__).resolve().parents[1]
+    queue, running, failed = list(calls), {}, []
+    free = list(devices)
+    try:
+        while queue or running:
+            while queue and free:
+                label, fn, args, folder = queue.pop(0)
+                device = free.pop(0)
+                folder.mkdir(parents=True, exist_ok=True)
+                from data.atomic import atomic_path
+                with atomic_path(folder / PAYLOAD) as tmp:
+                    tmp.write_bytes(cloudpickle.dumps((fn, tuple(args))))
+                env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(root)] + [p for p in [os.environ.get(
+                    "PYTHONPATH")] if p]))
+                if device is not None:
+                    env["CUDA_VISIBLE_DEVICES"] = str(device)
+                with open(folder / LOG, "w") as log:     # the child keeps its own handle
+                    proc = subprocess.Popen([sys.executable, "-m", "benchmark.shards", str(folder / PAYLOAD)],
+                                            env=env, stdout=log, stderr=subprocess.STDOUT, cwd=os.getcwd())
+                echo(f"{label}: worker pid {proc.pid}" + (f" on GPU {device}" if device is not None else ""))
+                running[proc] = (label, device, folder)
+            time.sleep(0.2)
+            for proc in [p for p in running if p.poll() is not None]:
+                label, device, folder = running.pop(proc)
+                free.append(device)
+                if proc.returncode != 0:
+                    failed.append((label, proc.returncode, folder / LOG))
+                    echo(f"{label}: worker exited with code {proc.returncode}; log {folder / LOG}")
+    except BaseException:
+        for proc in running:          # interrupted: stop only the workers this call started
+            proc.terminate()
+        for proc in running:
+            proc.wait()
+        raise
+    if failed:
+        lines = []
+        for label, rc, log in failed:
+            tail = log.read_text(errors="replace").strip().splitlines()[-3:] if log.exists() else []
+            lines.append(f"{label}: exit code {rc}, log {log}" + "".join(f"\n    {t}" for t in tail))
+        raise RuntimeError(f"{len(failed)} shard worker(s) failed; the others' work is kept and the next run "
+                           f"redoes only these:\n  " + "\n  ".join(lines))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """`python -m benchmark.shards <payload>`: one local shard worker (the pickled call of run_workers)."""
+    import cloudpickle
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if len(argv) != 1:
+        print("usage: python -m benchmark.shards <payload.pkl> (started by benchmark.runner)", file=sys.stderr)
+        return 2
+    with open(argv[0], "rb") as f:
+        fn, args = cloudpickle.load(f)
+    fn(*args)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
