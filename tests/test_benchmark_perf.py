@@ -1,20 +1,88 @@
 """The performance harness runs on the CPU with the tiny model (a smoke test, not a timed assertion)."""
 import json
 
+import pytest
+
 from benchmark.perf import main
 
+SWITCHES = {"loss.decode_checkpoint", "loss.decode_chunk", "train.grad_checkpointing", "loss.dino_attention",
+            "loss.real_feature_cache", "train.compile"}
 
-def test_perf_harness_writes_json_and_markdown(tiny_cache, tmp_path, monkeypatch):
-    monkeypatch.setenv("LSA_PERF_GEN_STEPS", "1")
-    rc = main(["--steps", "1", "--gen-videos", "1", "--out-dir", str(tmp_path / "perf"),
-               "data.clip_len=4", f"train.out_dir={tmp_path / 'run'}"])
-    assert rc == 0
-    js = list((tmp_path / "perf").glob("*.json"))
-    md = list((tmp_path / "perf").glob("*.md"))
+
+@pytest.fixture(scope="module")
+def perf_dir(tiny_cache, tmp_path_factory, monkeypatch_module):
+    """Two calls merged into one result file: the steps with the switch sweep, then generation and
+    evaluation (as benchmark/perf_gpu.sh runs them, one process each)."""
+    out = tmp_path_factory.mktemp("perf")
+    monkeypatch_module.setenv("LSA_PERF_GEN_STEPS", "1")
+    common = ["--out-dir", str(out / "perf"), "--merge", "data.clip_len=4", f"train.out_dir={out / 'run'}"]
+    assert main(["--only", "steps", "--steps", "1", "--sweep", "--sweep-steps", "1", *common]) == 0
+    assert main(["--only", "generation,evaluation", "--gen-videos", "1", "--eval-videos", "2", *common]) == 0
+    return out / "perf"
+
+
+@pytest.fixture(scope="module")
+def monkeypatch_module():
+    mp = pytest.MonkeyPatch()
+    yield mp
+    mp.undo()
+
+
+def test_perf_harness_writes_json_and_markdown(perf_dir):
+    js = list(perf_dir.glob("*.json"))
+    md = list(perf_dir.glob("*.md"))
     assert len(js) == 1 and len(md) == 1 and js[0].stem.startswith("cpu")
     res = json.loads(js[0].read_text())
     assert set(res["steps"]) == {"unet", "lora"}
     for r in res["steps"].values():
         assert r["diffusion"]["clips_per_s"] > 0 and r["lsa"]["peak_mem_gib"] > 0 and r["lsa_over_diffusion"] > 0
     assert res["generation"]["generated"] == 1 and res["generation"]["hours_per_200_videos"] > 0
-    assert "LSA / diffusion" in md[0].read_text() and res["device"] in md[0].read_text()
+    text = md[0].read_text()
+    assert "LSA / diffusion" in text and res["device"] in text
+    assert "## One switch at a time" in text and "## Generation" in text and "## Evaluation" in text
+    assert res["versions"]["transformers"] in text
+
+
+def test_sweep_flips_every_switch_on_the_full_unet_only(perf_dir):
+    res = json.loads(next(perf_dir.glob("*.json")).read_text())
+    sweep = res["steps"]["unet"]["sweep"]
+    assert "sweep" not in res["steps"]["lora"]
+    assert {row["switch"] for row in sweep} == SWITCHES          # train.adam_fused is timed on CUDA only
+    for row in sweep:
+        assert row["median_s"] > 0 and row["peak_mem_gib"] > 0, row
+    # the configured setting is restored after each flip: the baseline's setting is recorded unchanged
+    s = res["steps"]["unet"]["setting"]
+    assert (s["decode_checkpoint"], s["grad_checkpointing"], s["dino_attention"], s["real_feature_cache"]) == \
+        (False, False, "sdpa", False)
+
+
+def test_evaluation_times_both_detector_passes(perf_dir):
+    res = json.loads(next(perf_dir.glob("*.json")).read_text())
+    e = res["evaluation"]
+    assert e["n_videos"] == 2 and e["weights"] == "tiny" and e["frames"] == [4, 64, 96]
+    assert set(e["passes"]) == {"fvd+fid+yolo11", "dn_detr"}
+    yolo, dn = e["passes"]["fvd+fid+yolo11"], e["passes"]["dn_detr"]
+    assert set(yolo["networks_s"]) == {"fvd", "fid", "det"} and set(dn["networks_s"]) == {"det"}
+    assert yolo["frechet_s"] > 0 and "frechet_s" not in dn and "dn_detr" in dn["detector"].lower()
+    for p in e["passes"].values():
+        assert all(s > 0 for s in p["networks_s"].values()) and p["hours_per_200_videos"] > 0
+        assert p["det_metric"]["seconds"] > 0 and p["det_metric"]["n_frames"] == 2 * 4
+        assert p["detections_of_these_weights"]["preds_per_frame"] >= 0
+    assert e["hours_per_200_videos"] == pytest.approx(sum(p["hours_per_200_videos"] for p in e["passes"].values()))
+
+
+def test_synthetic_detections_look_like_a_trained_detectors():
+    from benchmark.perf import synthetic_detections
+    videos = synthetic_detections(2, 3, 320, 512, classes=[2, 7], refs_per_frame=5, preds_per_frame=300)
+    assert len(videos) == 2 and all(len(refs) == len(preds) == 3 for refs, preds in videos)
+    refs, preds = videos[0]
+    assert all(len(d.boxes) == 5 and (d.scores >= 0.6).all() for d in refs)
+    assert all(len(d.boxes) == 300 and set(d.labels) <= {2, 7} for d in preds)
+    b = preds[0].boxes
+    assert (b[:, 2] > b[:, 0]).all() and (b[:, 3] > b[:, 1]).all()
+
+
+def test_unknown_phase_is_refused(capsys):
+    with pytest.raises(SystemExit):
+        main(["--only", "steps,train"])
+    assert "unknown phase(s) ['train']" in capsys.readouterr().err

@@ -75,3 +75,11 @@ def test_non_integer_patch_size_matches_scaled_boxes():
 def test_unknown_variant():
     with pytest.raises(ValueError, match="loss.variant"):
         patch_mask([np.zeros((0, 4))], (2, 2), (10, 10), "boxes", 10)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (accelerate's loader puts boxes there)")
+def test_boxes_on_the_gpu_give_the_cpu_mask():
+    boxes = [torch.tensor([[10.0, 5.0, 40.0, 30.0]])] * 2
+    want = patch_mask(boxes, (4, 6), (64, 96), "hybrid", 10.0)
+    got = patch_mask([b.cuda() for b in boxes], (4, 6), (64, 96), "hybrid", 10.0)
+    assert torch.equal(got, want)

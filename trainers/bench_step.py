@@ -34,6 +34,11 @@ def _reset_peak(device):
             pass
 
 
+def _peak_reserved_bytes(device) -> int | None:
+    """What the CUDA caching allocator held at most (allocated + fragmentation): what must fit on the card."""
+    return int(torch.cuda.max_memory_reserved()) if device.type == "cuda" else None
+
+
 def _peak_bytes(device) -> int:
     if device.type == "cuda":
         return int(torch.cuda.max_memory_allocated())
@@ -68,16 +73,29 @@ def time_steps(trainer, batch, steps: int, warmup: int = 1) -> tuple[list[float]
     return times, _peak_bytes(device)
 
 
-def bench(overrides: list[str], steps: int = 5) -> dict:
+def _measure(trainer, batch, steps: int, warmup: int = 1) -> dict:
+    times, peak = time_steps(trainer, batch, steps, warmup)
+    reserved = _peak_reserved_bytes(trainer.acc.device)
+    return dict(median_s=statistics.median(times), times_s=times, peak_mem_gib=peak / 2 ** 30,
+                peak_reserved_gib=reserved / 2 ** 30 if reserved is not None else None)
+
+
+def bench(overrides: list[str], steps: int = 5, sweep: bool = False, sweep_steps: int = 3) -> dict:
     from trainers.loop import Trainer
+    resident = torch.cuda.memory_allocated() / 2 ** 30 if torch.cuda.is_available() else None
+    t0 = time.perf_counter()
     cfg = load_config(["model=tiny", "schedule=joint", "train.out_dir=runs/bench_step", *overrides])
     trainer = Trainer(cfg)
+    build_s = time.perf_counter() - t0
     batch = next(iter(trainer.loader))
     result = {}
     for name, feat_from in (("diffusion", None), ("lsa", 1)):
         cfg.schedule.feat_from_epoch = feat_from
-        times, peak = time_steps(trainer, batch, steps)
-        result[name] = dict(median_s=statistics.median(times), times_s=times, peak_mem_gib=peak / 2 ** 30)
+        result[name] = _measure(trainer, batch, steps)
+    if sweep:
+        result["sweep"] = sweep_switches(trainer, batch, sweep_steps)
+    result["build_s"] = build_s
+    result["resident_before_gib"] = resident      # GPU memory still held from earlier work (should be ~0)
     device = trainer.acc.device
     frames = batch["frames"]
     result["lsa_over_diffusion"] = result["lsa"]["median_s"] / result["diffusion"]["median_s"]
@@ -85,13 +103,133 @@ def bench(overrides: list[str], steps: int = 5) -> dict:
         model=cfg.model.name, frames=list(frames.shape[1:]), batch=frames.shape[0], adapter=cfg.adapter.name,
         mixed_precision=cfg.train.mixed_precision, grad_checkpointing=cfg.train.grad_checkpointing,
         decode_chunk=cfg.loss.decode_chunk, decode_checkpoint=cfg.loss.decode_checkpoint,
-        decode_frames=cfg.loss.decode_frames, steps=steps, overrides=overrides)
+        decode_frames=cfg.loss.decode_frames, dino_attention=cfg.loss.get("dino_attention", "sdpa"),
+        real_feature_cache=bool(cfg.loss.get("real_feature_cache", False)), adam_fused=bool(cfg.train.adam_fused),
+        compile=list(cfg.train.get("compile") or []), steps=steps, overrides=overrides)
     result["device"] = (torch.cuda.get_device_name(device) if device.type == "cuda"
                         else f"CPU {platform.processor() or platform.machine()} x{os.cpu_count()} threads={torch.get_num_threads()}")
     result["memory_kind"] = "CUDA max allocated" if device.type == "cuda" else "process peak RSS"
     import diffusers
     result["versions"] = dict(torch=torch.__version__, diffusers=diffusers.__version__)
     return result
+
+
+# ------------------------------------------------------------------ one switch at a time
+
+def _unet_module(trainer):
+    """The diffusers U-Net inside the (accelerate / peft) wrappers: it holds the checkpointing switch."""
+    from diffusers import UNetSpatioTemporalConditionModel
+    return next(m for m in trainer.unet.modules() if isinstance(m, UNetSpatioTemporalConditionModel))
+
+
+def _set_grad_checkpointing(trainer, on: bool):
+    unet = _unet_module(trainer)
+    unet.enable_gradient_checkpointing() if on else unet.disable_gradient_checkpointing()
+
+
+def _variants(trainer):
+    """(name, setting, apply(), undo()) for each switch of docs/perf.md, flipped from the configured
+    setting of the LSA step. Each runs on the same trainer, model and batch as the baseline."""
+    from trainers.loop import set_attention
+    cfg, loss = trainer.cfg, trainer.cfg.loss
+    T = trainer.cfg.data.clip_len
+
+    def set_key(node, key, value):
+        old = node[key]
+        return (lambda: node.__setitem__(key, value)), (lambda: node.__setitem__(key, old))
+
+    ckpt = bool(loss.decode_checkpoint)
+    yield ("loss.decode_checkpoint", not ckpt, *set_key(loss, "decode_checkpoint", not ckpt))
+    chunk = T if int(loss.decode_chunk) != T else 8
+    yield ("loss.decode_chunk", chunk, *set_key(loss, "decode_chunk", chunk))
+    gc_on = bool(cfg.train.grad_checkpointing)
+    yield ("train.grad_checkpointing", not gc_on,
+           lambda: _set_grad_checkpointing(trainer, not gc_on), lambda: _set_grad_checkpointing(trainer, gc_on))
+    attn = loss.get("dino_attention", "sdpa")
+    other = "eager" if attn == "sdpa" else "sdpa"
+    yield ("loss.dino_attention", other, lambda: set_attention(trainer.dino, other),
+           lambda: set_attention(trainer.dino, attn))
+    fl = trainer.feat_loss
+    if not fl.cache_real:
+        def cache_on():
+            fl.cache_real = True
+            fl.cache.clear()
+
+        def cache_off():
+            fl.cache_real = False
+            fl.cache.clear()
+        yield ("loss.real_feature_cache", True, cache_on, cache_off)     # the warm-up step fills it
+    if "dino" not in (cfg.train.get("compile") or []):
+        yield ("train.compile", ["dino"], lambda: trainer.dino.compile(), lambda: None)   # stays compiled
+
+
+def time_optimizer(trainer, fused: bool, steps: int = 3) -> dict:
+    """AdamW.step alone, fused or foreach, on the trainer's trainable parameters with their gradients."""
+    params = [p for p in trainer.unet.parameters() if p.requires_grad]
+    for p in params:
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+    t = trainer.cfg.train
+    kw = {"fused": True} if fused else {"foreach": True}
+    opt = torch.optim.AdamW(params, lr=t.lr, weight_decay=t.weight_decay, betas=tuple(t.adam_betas), **kw)
+    device, times = trainer.acc.device, []
+    saved = [p.detach().clone() for p in params] if device.type != "cuda" else None
+    try:
+        for k in range(steps + 1):
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            opt.step()
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            if k:
+                times.append(time.perf_counter() - t0)
+    finally:
+        del opt
+        for p in params:
+            p.grad = None
+        if saved is not None:
+            with torch.no_grad():
+                for p, v in zip(params, saved):
+                    p.copy_(v)
+    return dict(median_s=statistics.median(times), times_s=times)
+
+
+def sweep_switches(trainer, batch, steps: int) -> list[dict]:
+    """The LSA step with each switch flipped in turn (then restored). A setting that runs out of
+    GPU memory is recorded as such, not fatal."""
+    trainer.cfg.schedule.feat_from_epoch = 1
+    out = []
+    for name, value, apply, undo in _variants(trainer):
+        row = dict(switch=name, value=value)
+        t0 = time.perf_counter()
+        apply()
+        try:
+            row.update(_measure(trainer, batch, steps))
+            row["first_step_s"] = time.perf_counter() - t0 - sum(row["times_s"])   # incl. compilation
+        except torch.cuda.OutOfMemoryError as e:
+            row.update(error=f"out of memory: {str(e).splitlines()[0]}")
+            trainer.optimizer.zero_grad(set_to_none=True)
+        except KeyboardInterrupt:      # a time limit (timeout --signal=INT): keep the rows measured so far
+            out.append(dict(row, error="interrupted (time limit)"))
+            return out
+        finally:
+            undo()
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+        out.append(row)
+        print(f"  sweep {name}={value}: " + (f"{row['median_s'] * 1e3:.1f} ms, peak {row['peak_mem_gib']:.2f} GiB"
+                                            if "median_s" in row else row["error"]), flush=True)
+    if trainer.acc.device.type == "cuda":          # the fused kernel is CUDA-only
+        fused = bool(trainer.cfg.train.adam_fused)
+        for f in (fused, not fused):
+            try:
+                out.append(dict(switch="train.adam_fused", value=f, optimizer_step=True, **time_optimizer(trainer, f)))
+            except torch.cuda.OutOfMemoryError as e:
+                out.append(dict(switch="train.adam_fused", value=f, optimizer_step=True,
+                                error=f"out of memory: {str(e).splitlines()[0]}"))
+            torch.cuda.empty_cache()
+    return out
 
 
 def main(argv=None) -> int:

@@ -94,15 +94,17 @@ class Trainer:
         self.dino = None
         if self.uses_feat:
             self.dino = _freeze(load_dino(cfg.model), self.acc.device, self.weight_dtype)
+            set_attention(self.dino, cfg.loss.get("dino_attention", "sdpa"))
             self.feat_loss = SemanticAlignmentLoss(
                 DinoFeatures(self.dino, _size(cfg.loss.dino_size), cfg.loss.dino_mean, cfg.loss.dino_std),
-                cfg.loss.variant, cfg.loss.alpha)
+                cfg.loss.variant, cfg.loss.alpha, cache_real=bool(cfg.loss.get("real_feature_cache", False)))
         self.conditioner = SVDConditioner(parts.vae, parts.image_encoder, parts.feature_extractor,
                                           **OmegaConf.to_container(cfg.cond))
         sigmas = edm.scheduler_sigmas(parts.scheduler) if cfg.edm.sigma_dist == "uniform_index" else None
         self.diff_loss = DiffusionLoss(edm.SigmaSampler(cfg.edm.sigma_dist, cfg.edm.p_mean, cfg.edm.p_std, sigmas))
 
         unet = self.build_model(parts)
+        compile_parts(cfg.train.get("compile") or [], unet=unet, vae_decoder=parts.vae.decoder, dino=self.dino)
         params = [p for p in unet.parameters() if p.requires_grad]
         self.n_trainable = sum(p.numel() for p in params)
         optimizer = torch.optim.AdamW(params, lr=t.lr, weight_decay=t.weight_decay, betas=tuple(t.adam_betas),
@@ -204,7 +206,8 @@ class Trainer:
                 x_hat = decode_with_grad(self.parts.vae, z0_hat[:, idx], self.parts.latent_scale,
                                          int(cfg.loss.decode_chunk), bool(cfg.loss.decode_checkpoint))
                 boxes = [[b[j] for j in idx] for b in batch["boxes"]]
-                terms["loss_feat"] = self.feat_loss(x_hat, frames[:, idx], boxes)
+                keys = [(int(i), tuple(idx)) for i in batch["index"]]       # clip of the dataset, frames
+                terms["loss_feat"] = self.feat_loss(x_hat, frames[:, idx], boxes, keys)
         loss = w_diff * terms["loss_diff"] + (w_feat * terms["loss_feat"] if w_feat > 0 else 0.0)
         terms["loss"] = loss
         self.check_finite(terms, sigma)
@@ -298,6 +301,32 @@ class Trainer:
             shutil.rmtree(out)
         os.replace(tmp, out)
         return out, count_params(unet)
+
+
+COMPILABLE = ("unet", "vae_decoder", "dino")
+
+
+def compile_parts(names, **modules) -> None:
+    """torch.compile the named parts in place (`nn.Module.compile`: state-dict keys, checkpoints and
+    exports are unchanged). `train.compile` lists them; the first steps pay the compilation."""
+    names = list(names)
+    bad = [n for n in names if n not in COMPILABLE]
+    if bad:
+        raise ValueError(f"train.compile={names}: unknown part(s) {bad}; valid are {list(COMPILABLE)}")
+    for n in names:
+        if modules.get(n) is None:
+            raise ValueError(f"train.compile lists {n!r} but this run has no {n} (no LSA loss in its schedule?)")
+        modules[n].compile()
+
+
+def set_attention(model, implementation: str) -> None:
+    """DINOv2's attention kernel (loss.dino_attention): sdpa (PyTorch's fused SDPA) or eager."""
+    if implementation not in ("sdpa", "eager"):
+        raise ValueError(f"loss.dino_attention={implementation!r}: valid are 'sdpa', 'eager'")
+    if hasattr(model, "set_attn_implementation"):           # transformers >= 4.56
+        model.set_attn_implementation(implementation)
+    else:
+        model.config._attn_implementation = implementation
 
 
 def _freeze(module, device, dtype):

@@ -84,12 +84,31 @@ def build_tiny_svd(seed: int = 0, num_frames: int = 8):
                 feature_extractor=feature_extractor, scheduler=scheduler)
 
 
-def build_full_random_svd(seed: int = 0, num_frames: int = 25):
+def build_device(name: str | None) -> str:
+    """Where full-size random models are initialised: `auto` = the GPU when there is one (the
+    2.3 B parameters of SVD + CLIP + DINOv2 take seconds there and about a minute on a CPU)."""
+    if name in (None, "auto"):
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return str(name)
+
+
+def build_full_random_svd(seed: int = 0, num_frames: int = 25, device: str | None = "cpu"):
     """SVD img2vid at full size with random weights (published configs): true time and memory, no weights."""
-    from diffusers import AutoencoderKLTemporalDecoder, EulerDiscreteScheduler, UNetSpatioTemporalConditionModel
-    from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModelWithProjection
+    from diffusers import EulerDiscreteScheduler
+    from transformers import CLIPImageProcessor
 
     torch.manual_seed(seed)
+    with torch.device(build_device(device)):
+        unet, vae, image_encoder = _full_random_svd_modules(num_frames)
+    return dict(unet=unet, vae=vae, image_encoder=image_encoder,
+                feature_extractor=CLIPImageProcessor(crop_size=224, size={"shortest_edge": 224}),
+                scheduler=EulerDiscreteScheduler.from_config(SVD_SCHEDULER_CONFIG))
+
+
+def _full_random_svd_modules(num_frames: int):
+    from diffusers import AutoencoderKLTemporalDecoder, UNetSpatioTemporalConditionModel
+    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
+
     unet = UNetSpatioTemporalConditionModel(num_frames=num_frames)   # the class defaults are SVD's config
     vae = AutoencoderKLTemporalDecoder(block_out_channels=(128, 256, 512, 512),
                                        down_block_types=("DownEncoderBlock2D",) * 4, layers_per_block=2,
@@ -97,17 +116,16 @@ def build_full_random_svd(seed: int = 0, num_frames: int = 25):
     image_encoder = CLIPVisionModelWithProjection(CLIPVisionConfig(    # OpenCLIP ViT-H/14
         hidden_size=1280, intermediate_size=5120, num_hidden_layers=32, num_attention_heads=16,
         image_size=224, patch_size=14, projection_dim=1024, hidden_act="gelu"))
-    return dict(unet=unet, vae=vae, image_encoder=image_encoder,
-                feature_extractor=CLIPImageProcessor(crop_size=224, size={"shortest_edge": 224}),
-                scheduler=EulerDiscreteScheduler.from_config(SVD_SCHEDULER_CONFIG))
+    return unet, vae, image_encoder
 
 
-def build_full_random_dino(seed: int = 0):
+def build_full_random_dino(seed: int = 0, device: str | None = "cpu"):
     """DINOv2 ViT-B/14 (facebook/dinov2-base config) with random weights."""
     from transformers import Dinov2Config, Dinov2Model
     torch.manual_seed(seed)
-    return Dinov2Model(Dinov2Config(hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
-                                    intermediate_size=3072, patch_size=14, image_size=518))
+    with torch.device(build_device(device)):
+        return Dinov2Model(Dinov2Config(hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
+                                        intermediate_size=3072, patch_size=14, image_size=518))
 
 
 def build_tiny_dino(seed: int = 0):
@@ -154,7 +172,8 @@ def load_svd(model_cfg, unet_path: str | None = None) -> SVDParts:
     from transformers import CLIPImageProcessor, CLIPVisionModelWithProjection
 
     if model_cfg.svd == "full-random":
-        parts = build_full_random_svd(model_cfg.get("tiny_seed", 0), model_cfg.get("num_frames", 25))
+        parts = build_full_random_svd(model_cfg.get("tiny_seed", 0), model_cfg.get("num_frames", 25),
+                                      model_cfg.get("build_device", "cpu"))
         return SVDParts(**parts, source="full-random")
     source = resolve_svd_source(model_cfg)
     kw = dict(revision=model_cfg.get("revision"), variant=model_cfg.get("variant"))
@@ -177,7 +196,7 @@ def load_svd(model_cfg, unet_path: str | None = None) -> SVDParts:
 def load_dino(model_cfg):
     from transformers import AutoModel
     if model_cfg.dino == "full-random":
-        return build_full_random_dino(model_cfg.get("tiny_seed", 0))
+        return build_full_random_dino(model_cfg.get("tiny_seed", 0), model_cfg.get("build_device", "cpu"))
     source = resolve_dino_source(model_cfg)
     try:
         return AutoModel.from_pretrained(source, revision=model_cfg.get("revision"))

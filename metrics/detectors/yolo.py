@@ -121,8 +121,11 @@ def build_yolo(cfg) -> YOLODetector:
 
 
 def make_tiny_yolo(path: str | Path, seed: int = 0, confident_class: int = 2, logit: float = 0.0,
-                   score_spread: float = 0.05, calib_size: int = 128) -> Path:
+                   score_spread: float = 0.05, calib_size: int = 128, model_yaml: str = "yolo11n.yaml") -> Path:
     """Save an untrained YOLO11n (built from ultralytics' yolo11n.yaml, offline) as a .pt file.
+
+    `model_yaml` builds another size the same way (yolo11x.yaml: the full-size detector whose
+    time and memory the performance harness measures).
 
     Straight from its initialisation the net's activations vanish: every frame gets the same
     boxes with scores near 0, and nothing would pass a 0.6 reference threshold. Two fixes make it
@@ -137,7 +140,7 @@ def make_tiny_yolo(path: str | Path, seed: int = 0, confident_class: int = 2, lo
     path.parent.mkdir(parents=True, exist_ok=True)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = YOLO("yolo11n.yaml", task="detect")
+        model = YOLO(model_yaml, task="detect")
         net = model.model
         for bn in (m for m in net.modules() if isinstance(m, torch.nn.BatchNorm2d)):
             bn.reset_running_stats()
