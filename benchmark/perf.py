@@ -275,7 +275,11 @@ def time_evaluation(overrides: list[str], n_videos: int, weights: str = "tiny") 
 # ------------------------------------------------------------------------------ the harness
 
 def run(overrides: list[str], steps: int, adapters: list[str], gen_videos: int, sweep: bool = False,
-        eval_videos: int = 0, eval_weights: str = "tiny", phases=PHASES, sweep_steps: int = 3) -> dict:
+        eval_videos: int = 0, eval_weights: str = "tiny", phases=PHASES, sweep_steps: int = 3,
+        label: str | None = None) -> dict:
+    """`label` names the rows of this call's steps (`<adapter> (<label>)`), so a second setting of the
+    same adapter, e.g. with extra switches, sits beside the first in one result file."""
+    label_suffix = f" ({label})" if label else ""
     results = {"device": device_name(), "versions": _versions(), "overrides": overrides,
                "memory_kind": "CUDA max allocated" if torch.cuda.is_available() else "process peak RSS"}
     if "steps" in phases:
@@ -286,7 +290,7 @@ def run(overrides: list[str], steps: int, adapters: list[str], gen_videos: int, 
             batch = r["setting"]["batch"]
             for kind in ("diffusion", "lsa"):
                 r[kind]["clips_per_s"] = batch / r[kind]["median_s"]
-            results["steps"][adapter] = r
+            results["steps"][f"{adapter}{label_suffix}"] = r
             _release()
             print(f"steps, {adapter}: diffusion {r['diffusion']['median_s']:.3f} s, LSA {r['lsa']['median_s']:.3f} s "
                   f"({r['lsa_over_diffusion']:.2f}x), LSA peak {r['lsa']['peak_mem_gib']:.2f} GiB", flush=True)
@@ -320,6 +324,11 @@ def markdown(res: dict) -> str:
                 lines.append(f"| {adapter} | {kind} | {r[kind]['median_s']:.3f} | {r[kind]['clips_per_s']:.2f} | "
                              f"{_gib(r[kind]['peak_mem_gib'])} | {_gib(r[kind].get('peak_reserved_gib'))} | {ratio} |")
         lines += ["", f"setting: `{json.dumps({k: x for k, x in first['setting'].items() if k != 'overrides'})}`"]
+        base = set(first["setting"]["overrides"])
+        for key, r in res["steps"].items():
+            extra = [o for o in r["setting"]["overrides"] if o not in base and not o.startswith("adapter=")]
+            if extra:
+                lines.append(f"`{key}` adds: `{' '.join(extra)}`")
         sweep = first.get("sweep")
         if sweep:
             base = first["lsa"]["median_s"]
@@ -375,6 +384,7 @@ def main(argv=None) -> int:
     ap.add_argument("--eval-videos", type=int, default=0, help="also time evaluating this many video pairs")
     ap.add_argument("--eval-weights", default="tiny", choices=["tiny", "full-random"])
     ap.add_argument("--only", default=",".join(PHASES), help=f"phases to run, of {','.join(PHASES)}")
+    ap.add_argument("--label", default=None, help="name this call's step rows '<adapter> (<label>)'")
     ap.add_argument("--merge", action="store_true", help="keep the other phases of an existing result file")
     ap.add_argument("--out-dir", default="results/perf")
     args, overrides = ap.parse_known_args(argv)
@@ -384,7 +394,7 @@ def main(argv=None) -> int:
     out = Path(args.out_dir)
     stem = out / device_slug(device_name())
     res = run(overrides, args.steps, args.adapters.split(","), args.gen_videos, args.sweep,
-              args.eval_videos, args.eval_weights, phases, args.sweep_steps)
+              args.eval_videos, args.eval_weights, phases, args.sweep_steps, args.label)
     if args.merge and stem.with_suffix(".json").is_file():
         old = json.loads(stem.with_suffix(".json").read_text())
         steps = old.get("steps", {}) | res.get("steps", {})     # adapters timed in separate calls

@@ -6,7 +6,7 @@ import pytest
 from benchmark.perf import main
 
 SWITCHES = {"loss.decode_checkpoint", "loss.decode_chunk", "train.grad_checkpointing", "loss.dino_attention",
-            "loss.real_feature_cache", "train.compile"}
+            "loss.real_feature_cache", "loss.decode_channels_last", "train.cudnn_benchmark", "train.compile"}
 
 
 @pytest.fixture(scope="module")
@@ -48,12 +48,13 @@ def test_sweep_flips_every_switch_on_the_full_unet_only(perf_dir):
     sweep = res["steps"]["unet"]["sweep"]
     assert "sweep" not in res["steps"]["lora"]
     assert {row["switch"] for row in sweep} == SWITCHES          # train.adam_fused is timed on CUDA only
+    assert [row["value"] for row in sweep if row["switch"] == "train.compile"] == [["dino"], ["dino", "vae_decoder"]]
     for row in sweep:
         assert row["median_s"] > 0 and row["peak_mem_gib"] > 0, row
     # the configured setting is restored after each flip: the baseline's setting is recorded unchanged
     s = res["steps"]["unet"]["setting"]
-    assert (s["decode_checkpoint"], s["grad_checkpointing"], s["dino_attention"], s["real_feature_cache"]) == \
-        (False, False, "sdpa", False)
+    assert (s["decode_checkpoint"], s["grad_checkpointing"], s["dino_attention"], s["real_feature_cache"],
+            s["decode_channels_last"]) == (False, False, "sdpa", False, False)
 
 
 def test_evaluation_times_both_detector_passes(perf_dir):

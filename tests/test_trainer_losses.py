@@ -66,6 +66,25 @@ def test_decode_chunked_and_checkpointed_agree():
     assert grads[0].abs().sum() > 0
 
 
+def test_channels_last_decoder_gives_the_same_frames_and_gradients():
+    from trainers.losses import set_channels_last
+    vae = build_tiny_svd()["vae"].requires_grad_(False)
+    z = torch.randn(1, 3, 4, 8, 12, requires_grad=True)
+    outs, grads = [], []
+    for on in (False, True, False):
+        n = set_channels_last(vae.decoder, on)
+        conv = vae.decoder.conv_in.weight
+        assert n > 3 and conv.is_contiguous(memory_format=torch.channels_last) == on
+        z.grad = None
+        x = decode_with_grad(vae, z, 0.18215, chunk=3, channels_last=on)
+        x.square().mean().backward()
+        outs.append(x.detach())
+        grads.append(z.grad.clone())
+    torch.testing.assert_close(outs[1], outs[0], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(grads[1], grads[0], atol=1e-5, rtol=1e-5)
+    assert torch.equal(outs[2], outs[0])            # switching back restores the NCHW computation
+
+
 def test_diffusion_loss_matches_formula():
     parts = build_tiny_svd()
     unet = parts["unet"]

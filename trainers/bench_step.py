@@ -104,6 +104,8 @@ def bench(overrides: list[str], steps: int = 5, sweep: bool = False, sweep_steps
         mixed_precision=cfg.train.mixed_precision, grad_checkpointing=cfg.train.grad_checkpointing,
         decode_chunk=cfg.loss.decode_chunk, decode_checkpoint=cfg.loss.decode_checkpoint,
         decode_frames=cfg.loss.decode_frames, dino_attention=cfg.loss.get("dino_attention", "sdpa"),
+        decode_channels_last=bool(cfg.loss.get("decode_channels_last", False)),
+        cudnn_benchmark=bool(cfg.train.get("cudnn_benchmark", False)),
         real_feature_cache=bool(cfg.loss.get("real_feature_cache", False)), adam_fused=bool(cfg.train.adam_fused),
         compile=list(cfg.train.get("compile") or []), steps=steps, overrides=overrides)
     result["device"] = (torch.cuda.get_device_name(device) if device.type == "cuda"
@@ -159,8 +161,23 @@ def _variants(trainer):
             fl.cache_real = False
             fl.cache.clear()
         yield ("loss.real_feature_cache", True, cache_on, cache_off)     # the warm-up step fills it
-    if "dino" not in (cfg.train.get("compile") or []):
-        yield ("train.compile", ["dino"], lambda: trainer.dino.compile(), lambda: None)   # stays compiled
+    bench_on = bool(cfg.train.get("cudnn_benchmark", False))
+
+    def cudnn(on):
+        return lambda: setattr(torch.backends.cudnn, "benchmark", on)
+    yield ("train.cudnn_benchmark", not bench_on, cudnn(not bench_on), cudnn(bench_on))
+    from trainers.losses import set_channels_last
+    decoder = trainer.parts.vae.decoder
+    cl = bool(loss.get("decode_channels_last", False))
+    apply_cl, undo_cl = set_key(loss, "decode_channels_last", not cl)
+    yield ("loss.decode_channels_last", not cl, lambda: (apply_cl(), set_channels_last(decoder, not cl)),
+           lambda: (undo_cl(), set_channels_last(decoder, cl)))
+    # compilation last: a compiled part stays compiled, so each row adds one part to the previous
+    compiled = list(cfg.train.get("compile") or [])
+    for part, module in (("dino", trainer.dino), ("vae_decoder", decoder)):
+        if part not in compiled:
+            compiled = compiled + [part]
+            yield ("train.compile", list(compiled), module.compile, lambda: None)
 
 
 def time_optimizer(trainer, fused: bool, steps: int = 3) -> dict:

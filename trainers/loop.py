@@ -17,7 +17,7 @@ from data.atomic import atomic_write_json
 from trainers import edm
 from trainers.adapters import apply_adapter, merged_unet
 from trainers.conditioning import SVDConditioner
-from trainers.losses import (DiffusionLoss, DinoFeatures, SemanticAlignmentLoss, decode_with_grad,
+from trainers.losses import (DiffusionLoss, DinoFeatures, SemanticAlignmentLoss, decode_with_grad, set_channels_last,
                              objective_weights, select_frames)
 from trainers.models import count_params, load_dino, load_svd
 
@@ -84,6 +84,7 @@ class Trainer:
         self.acc = Accelerator(mixed_precision=t.mixed_precision, gradient_accumulation_steps=t.grad_accum,
                                cpu=(t.device == "cpu"), log_with=trackers, project_dir=str(self.run_dir))
         set_seed(t.seed)
+        torch.backends.cudnn.benchmark = bool(t.get("cudnn_benchmark", False))
         self.weight_dtype = {"no": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[t.mixed_precision]
 
         parts = self.load_parts()
@@ -95,6 +96,8 @@ class Trainer:
         if self.uses_feat:
             self.dino = _freeze(load_dino(cfg.model), self.acc.device, self.weight_dtype)
             set_attention(self.dino, cfg.loss.get("dino_attention", "sdpa"))
+            if cfg.loss.get("decode_channels_last", False):
+                set_channels_last(parts.vae.decoder)
             self.feat_loss = SemanticAlignmentLoss(
                 DinoFeatures(self.dino, _size(cfg.loss.dino_size), cfg.loss.dino_mean, cfg.loss.dino_std),
                 cfg.loss.variant, cfg.loss.alpha, cache_real=bool(cfg.loss.get("real_feature_cache", False)))
@@ -204,7 +207,8 @@ class Trainer:
             if w_feat > 0:
                 idx = select_frames(T, cfg.loss.decode_frames)
                 x_hat = decode_with_grad(self.parts.vae, z0_hat[:, idx], self.parts.latent_scale,
-                                         int(cfg.loss.decode_chunk), bool(cfg.loss.decode_checkpoint))
+                                         int(cfg.loss.decode_chunk), bool(cfg.loss.decode_checkpoint),
+                                         bool(cfg.loss.get("decode_channels_last", False)))
                 boxes = [[b[j] for j in idx] for b in batch["boxes"]]
                 keys = [(int(i), tuple(idx)) for i in batch["index"]]       # clip of the dataset, frames
                 terms["loss_feat"] = self.feat_loss(x_hat, frames[:, idx], boxes, keys)

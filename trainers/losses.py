@@ -101,18 +101,34 @@ class DinoFeatures:
         return tokens.float(), (h // self.patch, w // self.patch)
 
 
+def set_channels_last(module: torch.nn.Module, on: bool = True) -> int:
+    """Store the 2-D convolution weights of `module` channels-last (NHWC), the layout cuDNN's bf16
+    kernels run in, so they are not transposed at every call (`on=False` restores NCHW). Conv3d
+    weights (the temporal decoder's time convolutions) stay as they are: channels_last is a 4-D
+    format. Returns how many weights were set."""
+    layout = torch.channels_last if on else torch.contiguous_format
+    n = 0
+    for m in module.modules():
+        if isinstance(m, torch.nn.Conv2d):
+            m.weight.data = m.weight.data.contiguous(memory_format=layout)
+            n += 1
+    return n
+
+
 def decode_with_grad(vae, z0_hat: torch.Tensor, latent_scale: float, chunk: int = 8,
-                     use_checkpoint: bool = False) -> torch.Tensor:
+                     use_checkpoint: bool = False, channels_last: bool = False) -> torch.Tensor:
     """Decode z0_hat [B,T,4,h,w] with the frozen temporal decoder, keeping the graph: [B,T,3,H,W].
 
     Frames are decoded `chunk` at a time (as the SVD pipeline does at inference); with
-    `use_checkpoint` each chunk's activations are recomputed in the backward pass.
+    `use_checkpoint` each chunk's activations are recomputed in the backward pass; with
+    `channels_last` the latents enter the decoder in NHWC (use with `set_channels_last(vae.decoder)`).
     """
     B, T = z0_hat.shape[:2]
     dtype = vae.dtype
+    layout = torch.channels_last if channels_last else torch.contiguous_format
 
     def run(z, n):
-        return vae.decode(z.to(dtype), num_frames=n).sample
+        return vae.decode(z.to(dtype).contiguous(memory_format=layout), num_frames=n).sample
 
     outs = []
     for b in range(B):
