@@ -6,13 +6,16 @@
 #
 #   bash benchmark/perf_gpu.sh                 # writes results/perf/<device>.json/.md and logs
 #   OUT_DIR=/somewhere PERF_MODEL="model=tiny data.clip_len=4" EVAL_WEIGHTS=tiny bash benchmark/perf_gpu.sh
+#   PHASES="steps-tuned evaluation" bash benchmark/perf_gpu.sh   # some phases (all take ~10 min on an H200)
 set -u -f   # -f: no globbing, overrides such as train.compile=[dino] pass as written
 OUT_DIR=${OUT_DIR:-results/perf}
 PY=${PYTHON:-python3}
 PERF_MODEL=${PERF_MODEL:-"model=full-random data.height=320 data.width=512 data.clip_len=25"}
 SWITCHES=${SWITCHES:-"train.mixed_precision=bf16 train.grad_checkpointing=true loss.decode_checkpoint=true loss.decode_chunk=5 train.adam_fused=true"}
 COMMON="$PERF_MODEL $SWITCHES train.out_dir=${TMPDIR:-/tmp}/lsa-perf-run"
+PHASES=${PHASES:-"steps-unet steps-lora steps-tuned generation evaluation"}   # a subset fits a shorter lease
 mkdir -p "$OUT_DIR"
+want() { case " $PHASES " in *" $1 "*) return 0 ;; *) return 1 ;; esac; }
 export PYTHONUNBUFFERED=1 TQDM_MININTERVAL=10
 
 phase() {   # phase NAME SECONDS ARGS...
@@ -28,12 +31,12 @@ phase() {   # phase NAME SECONDS ARGS...
 
 command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv \
     | tee "$OUT_DIR/nvidia-smi.txt"
-phase steps-unet "${T_UNET:-300}" --only steps --adapters unet --steps "${STEPS:-5}" --sweep --sweep-steps "${SWEEP_STEPS:-3}"
-phase steps-lora "${T_LORA:-75}" --only steps --adapters lora --steps "${STEPS:-5}"
+want steps-unet && phase steps-unet "${T_UNET:-300}" --only steps --adapters unet --steps "${STEPS:-5}" --sweep --sweep-steps "${SWEEP_STEPS:-3}"
+want steps-lora && phase steps-lora "${T_LORA:-75}" --only steps --adapters lora --steps "${STEPS:-5}"
 # the speed switches together on top of the setting above (compilation in the warm-up step); TUNED= skips it
 TUNED=${TUNED-"train.cudnn_benchmark=true loss.decode_channels_last=true train.compile=[dino,vae_decoder]"}
-[ -n "$TUNED" ] && phase steps-tuned "${T_TUNED:-200}" --only steps --adapters unet --label tuned --steps "${STEPS:-5}" $TUNED
-[ "${GEN_VIDEOS:-2}" -gt 0 ] && phase generation "${T_GEN:-100}" --only generation --gen-videos "${GEN_VIDEOS:-2}"
-[ "${EVAL_VIDEOS:-20}" -gt 0 ] && phase evaluation "${T_EVAL:-150}" --only evaluation --eval-videos "${EVAL_VIDEOS:-20}" \
+[ -n "$TUNED" ] && want steps-tuned && phase steps-tuned "${T_TUNED:-200}" --only steps --adapters unet --label tuned --steps "${STEPS:-5}" $TUNED
+[ "${GEN_VIDEOS:-2}" -gt 0 ] && want generation && phase generation "${T_GEN:-100}" --only generation --gen-videos "${GEN_VIDEOS:-2}"
+[ "${EVAL_VIDEOS:-20}" -gt 0 ] && want evaluation && phase evaluation "${T_EVAL:-150}" --only evaluation --eval-videos "${EVAL_VIDEOS:-20}" \
     --eval-weights "${EVAL_WEIGHTS:-full-random}"
 ls -l "$OUT_DIR"
