@@ -142,6 +142,15 @@ def _execute(stage: Stage, graph: StageGraph, store: Store, runner: StageRunner,
     n = stage_shards(stage)
     if n > 1:
         _check_can_shard(runner, stage, n)
+    with store.lock(stage.hash, echo):
+        if store.is_done(stage.hash):           # another process ran it while this one waited
+            echo(f"stage {stage.kind} {stage.hash} was done by another process")
+            return
+        _execute_locked(stage, graph, store, runner, echo, n, merge_only)
+
+
+def _execute_locked(stage: Stage, graph: StageGraph, store: Store, runner: StageRunner, echo, n: int,
+                    merge_only: bool) -> None:
     out = store.begin(stage)
     try:
         if n == 1:

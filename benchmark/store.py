@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import tempfile
 import time
 from contextlib import contextmanager
@@ -65,6 +66,31 @@ class Store:
 
     def __init__(self, root: str | Path = "runs"):
         self.root = Path(root)
+
+    @contextmanager
+    def lock(self, stage_hash: str, echo=print):
+        """Hold the stage exclusively while it runs, so two `benchmark.run` of tables that share a
+        stage (or a stage requeued while a copy still runs) never write one folder at once: the
+        second waits, then finds the stage done. An OS lock (flock) on `.locks/<hash>`: it is freed
+        when its process ends, however it ends, so it never goes stale."""
+        import fcntl
+        path = self.root / ".locks" / stage_hash
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "a+") as f:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                f.seek(0)
+                echo(f"stage {stage_hash} is being run by {f.read().strip() or 'another process'}; waiting for it")
+                fcntl.flock(f, fcntl.LOCK_EX)
+            f.seek(0)
+            f.truncate()
+            f.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
+            f.flush()
+            try:
+                yield
+            finally:
+                fcntl.flock(f, fcntl.LOCK_UN)
 
     def dir(self, stage_hash: str) -> Path:
         return self.root / stage_hash

@@ -376,3 +376,25 @@ def test_resume_after_the_process_is_killed(tmp_path):
     assert not started_again & done_at_kill, "stages finished before the kill were recomputed"
     assert len(_done(store)) == 10 and len(started_again) == 10 - len(done_at_kill)
     assert (results / "smoke-fake" / "table_V.md").exists()
+
+
+def test_two_runs_sharing_stages_run_each_stage_once(tmp_path):
+    """Tables III and IV at once on one store: they share stages (the test set, the diffusion-only
+    first epoch); each stage runs in exactly one process, the other waits for it and reuses it."""
+    store, results = tmp_path / "runs", tmp_path / "results"
+    procs = []
+    for table in ("III", "IV"):
+        env = {**os.environ, "HF_HUB_OFFLINE": "1", "LSA_FAKE_RUNNER_SLEEP": "0.3",
+               "LSA_FAKE_RUNNER_LOG": str(tmp_path / f"{table}.log")}
+        cmd = [sys.executable, "-m", "benchmark.run", f"table={table}", f"store={store}", f"results={results}",
+               "runner=benchmark.executors:FakeRunner"]
+        procs.append(subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                      text=True))
+    outs = [p.communicate(timeout=300)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs
+    started = [{ln.split()[2] for ln in (tmp_path / f"{t}.log").read_text().splitlines() if ln.startswith("start")}
+               for t in ("III", "IV")]
+    assert not started[0] & started[1], "a shared stage ran in both processes"
+    assert started[0] | started[1] == _done(store)
+    assert any("was done by another process" in o or "waiting for it" in o for o in outs), outs
+    assert (results / "smoke-fake" / "table_III.md").exists() and (results / "smoke-fake" / "table_IV.md").exists()
