@@ -86,9 +86,14 @@ class HydraResolver:
 
 
 # ------------------------------------------------------------------------------------ path checks
-def missing_paths(cfgs: Iterable[tuple[str, dict]]) -> list[str]:
-    """Every path named by `benchmark.check_paths` in the given (row name, config) pairs that is not
-    there, as one readable line each. check_paths has three lists:
+DETECTOR_KEYS = "benchmark.eval.detectors."
+
+
+def missing_paths(cfgs: Iterable[tuple]) -> list[str]:
+    """Every path named by `benchmark.check_paths` in the given (row name, config[, detectors]) items
+    that is not there, as one readable line each. With `detectors` (the names the row's evaluations
+    use), the weights of the other `benchmark.eval.detectors` are not asked for: a DN-DETR-only table
+    needs no YOLO file. check_paths has three lists:
       local         keys whose value must exist on disk (weights files, dataset folders)
       hub_or_local  keys that may also be Hugging Face hub ids ("org/name"): fine when cached, or when
                     the Hub is reachable (they download on first use); missing when HF_HUB_OFFLINE=1
@@ -96,7 +101,8 @@ def missing_paths(cfgs: Iterable[tuple[str, dict]]) -> list[str]:
       allow         values that need no file (e.g. tiny, null)
     """
     problems: dict[tuple[str, str, str, str], list[str]] = {}
-    for row, cfg in cfgs:
+    for row, cfg, *used in cfgs:
+        used = set(used[0]) if used else None
         spec = get_key(cfg, "benchmark.check_paths", {}) or {}
         if not isinstance(spec, dict):
             raise ConfigError("benchmark.check_paths must be a mapping with lists local, hub_or_local, allow")
@@ -104,6 +110,9 @@ def missing_paths(cfgs: Iterable[tuple[str, dict]]) -> list[str]:
         dataset = str(get_key(cfg, "data.name", ""))
         for kind in ("local", "hub_or_local"):
             for key in spec.get(kind) or []:
+                detector = key[len(DETECTOR_KEYS):].split(".")[0] if key.startswith(DETECTOR_KEYS) else None
+                if used is not None and detector is not None and detector not in used:
+                    continue
                 ds = dataset if key.startswith("data.") else ""
                 try:
                     value = get_key(cfg, key)

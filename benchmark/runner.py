@@ -78,7 +78,8 @@ def run_table(table: str | TableSpec, cfg, runner: StageRunner, launcher: str = 
     store = store if isinstance(store, Store) else Store(store)
     graph = expand(spec, resolver)
 
-    problems = missing_paths((p.row.name, p.cfg) for p in graph.rows if p.cfg is not None)
+    problems = missing_paths((p.row.name, p.cfg, spec.detectors_for(p.row))
+                             for p in graph.rows if p.cfg is not None)
     sharded = [s for s in graph.order() if stage_shards(s) > 1]     # checks benchmark.shards of every stage
     if runner is not None and not dry_run:
         for s in sharded:

@@ -326,9 +326,13 @@ def test_paper_profile_names_every_missing_path_before_any_work(tmp_path, monkey
     msg = str(e.value)
     for key in ("data.root (data=nuscenes) is not set", f"data.root (data=kitti) = {tmp_path / 'no-kitti'}",
                 "metrics.fvd.weights", "metrics.fid.weights", "detectors.dn_detr.weights",
-                "detectors.yolo.weights", f"model.svd = {tmp_path / 'no-svd'}", "model.dino = facebook/dinov2-base"):
+                f"model.svd = {tmp_path / 'no-svd'}", "model.dino = facebook/dinov2-base"):
         assert key in msg, f"{key!r} not named in:\n{msg}"
+    assert "detectors.yolo" not in msg            # Table I scores with DN-DETR only
     assert runner.history == [] and not (tmp_path / "runs").exists()
+    with pytest.raises(FileNotFoundError) as e:    # Table V scores with both detectors
+        run_table("V", HydraResolver("paper", []), runner, store=tmp_path / "runs")
+    assert "detectors.yolo.weights" in str(e.value) and "detectors.dn_detr.weights" in str(e.value)
 
 
 def test_cli_errors_and_dry_run(capsys, tmp_path, monkeypatch):
