@@ -58,9 +58,19 @@ def stage_statuses(graph: StageGraph, store: Store) -> list[StageStatus]:
             started = _last_attempt(store, s.hash)
             if started:
                 st.detail = f"a local attempt started {started} did not finish (still running, or killed)"
+        _add_shard_progress(st, s, store)
         out.append(st)
     _explain_dependencies(out, graph)
     return out
+
+
+def _add_shard_progress(st: StageStatus, stage, store: Store) -> None:
+    """A stage split into shards (benchmark.shards) that is not done says how many have their record."""
+    from benchmark.shards import stage_shards
+    n = stage_shards(stage)
+    if n > 1 and st.status != "done":
+        k = sum(store.shard_done(stage.hash, i, n) for i in range(n))
+        st.detail = "; ".join(x for x in (st.detail, f"{k} of {n} shards done") if x)
 
 
 def _classify_slurm(st: StageStatus, job, queue_error: str | None) -> None:

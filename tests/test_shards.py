@@ -82,6 +82,9 @@ def test_sharded_table_equals_unsharded_and_a_failed_shard_resumes_alone(smoke, 
     g = expand(load_table("III"), smoke2)
     ev = g.rows[0].evaluate["dn_detr"]
     assert store.shard_done(ev, 0, 2) and not store.shard_done(ev, 1, 2) and not store.is_done(ev)
+    from benchmark.status import stage_statuses
+    st = {x.hash: x for x in stage_statuses(g, store)}[ev]
+    assert st.status == "pending" and st.detail.endswith("1 of 2 shards done"), st
     again = FakeRunner()
     two = run_table("III", smoke2, again, store=store, results=tmp_path / "rb", **quiet)
     assert cells(two.outputs["json"]) == cells(one.outputs["json"])
