@@ -24,7 +24,6 @@ import argparse
 import gc
 import json
 import os
-import platform
 import re
 import tempfile
 import time
@@ -34,29 +33,14 @@ import numpy as np
 import torch
 
 from data.atomic import atomic_write_json, atomic_write_text
-from trainers.bench_step import bench
+from trainers.bench_step import bench, device_name, memory_kind, versions
 
 PHASES = ("steps", "generation", "evaluation")
 TEST_VIDEOS = 200        # the paper's test set size that generation and evaluation times are scaled to
 
 
-def device_name() -> str:
-    if torch.cuda.is_available():
-        return torch.cuda.get_device_name(0)
-    return f"CPU {platform.processor() or platform.machine()} x{os.cpu_count()} threads={torch.get_num_threads()}"
-
-
 def device_slug(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9]+", "-", name).strip("-").lower()[:60] or "device"
-
-
-def _versions() -> dict:
-    import diffusers
-    import transformers
-    v = dict(torch=torch.__version__, diffusers=diffusers.__version__, transformers=transformers.__version__)
-    if torch.cuda.is_available():
-        v["cuda"] = torch.version.cuda
-    return v
 
 
 def _release():
@@ -280,8 +264,9 @@ def run(overrides: list[str], steps: int, adapters: list[str], gen_videos: int, 
     """`label` names the rows of this call's steps (`<adapter> (<label>)`), so a second setting of the
     same adapter, e.g. with extra switches, sits beside the first in one result file."""
     label_suffix = f" ({label})" if label else ""
-    results = {"device": device_name(), "versions": _versions(), "overrides": overrides,
-               "memory_kind": "CUDA max allocated" if torch.cuda.is_available() else "process peak RSS"}
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    results = {"device": device_name(device), "versions": versions(), "overrides": overrides,
+               "memory_kind": memory_kind(device)}
     if "steps" in phases:
         results["steps"] = {}
         for adapter in adapters:

@@ -34,6 +34,27 @@ def _reset_peak(device):
             pass
 
 
+def device_name(device: torch.device | None = None) -> str:
+    """The GPU's name, or the CPU with its threads (`device` None: the GPU when there is one)."""
+    device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"CPU {platform.processor() or platform.machine()} x{os.cpu_count()} threads={torch.get_num_threads()}"
+
+
+def memory_kind(device: torch.device) -> str:
+    return "CUDA max allocated" if device.type == "cuda" else "process peak RSS"
+
+
+def versions() -> dict:
+    import diffusers
+    import transformers
+    v = dict(torch=torch.__version__, diffusers=diffusers.__version__, transformers=transformers.__version__)
+    if torch.cuda.is_available():
+        v["cuda"] = torch.version.cuda
+    return v
+
+
 def _peak_reserved_bytes(device) -> int | None:
     """What the CUDA caching allocator held at most (allocated + fragmentation): what must fit on the card."""
     return int(torch.cuda.max_memory_reserved()) if device.type == "cuda" else None
@@ -103,16 +124,14 @@ def bench(overrides: list[str], steps: int = 5, sweep: bool = False, sweep_steps
         model=cfg.model.name, frames=list(frames.shape[1:]), batch=frames.shape[0], adapter=cfg.adapter.name,
         mixed_precision=cfg.train.mixed_precision, grad_checkpointing=cfg.train.grad_checkpointing,
         decode_chunk=cfg.loss.decode_chunk, decode_checkpoint=cfg.loss.decode_checkpoint,
-        decode_frames=cfg.loss.decode_frames, dino_attention=cfg.loss.get("dino_attention", "sdpa"),
-        decode_channels_last=bool(cfg.loss.get("decode_channels_last", False)),
-        cudnn_benchmark=bool(cfg.train.get("cudnn_benchmark", False)),
-        real_feature_cache=bool(cfg.loss.get("real_feature_cache", False)), adam_fused=bool(cfg.train.adam_fused),
-        compile=list(cfg.train.get("compile") or []), steps=steps, overrides=overrides)
-    result["device"] = (torch.cuda.get_device_name(device) if device.type == "cuda"
-                        else f"CPU {platform.processor() or platform.machine()} x{os.cpu_count()} threads={torch.get_num_threads()}")
-    result["memory_kind"] = "CUDA max allocated" if device.type == "cuda" else "process peak RSS"
-    import diffusers
-    result["versions"] = dict(torch=torch.__version__, diffusers=diffusers.__version__)
+        decode_frames=cfg.loss.decode_frames, dino_attention=cfg.loss.dino_attention,
+        decode_channels_last=cfg.loss.decode_channels_last,
+        cudnn_benchmark=cfg.train.cudnn_benchmark,
+        real_feature_cache=cfg.loss.real_feature_cache, adam_fused=cfg.train.adam_fused,
+        compile=list(cfg.train.compile), steps=steps, overrides=overrides)
+    result["device"] = device_name(device)
+    result["memory_kind"] = memory_kind(device)
+    result["versions"] = versions()
     return result
 
 
@@ -147,7 +166,7 @@ def _variants(trainer):
     gc_on = bool(cfg.train.grad_checkpointing)
     yield ("train.grad_checkpointing", not gc_on,
            lambda: _set_grad_checkpointing(trainer, not gc_on), lambda: _set_grad_checkpointing(trainer, gc_on))
-    attn = loss.get("dino_attention", "sdpa")
+    attn = loss.dino_attention
     other = "eager" if attn == "sdpa" else "sdpa"
     yield ("loss.dino_attention", other, lambda: set_attention(trainer.dino, other),
            lambda: set_attention(trainer.dino, attn))
@@ -161,19 +180,19 @@ def _variants(trainer):
             fl.cache_real = False
             fl.cache.clear()
         yield ("loss.real_feature_cache", True, cache_on, cache_off)     # the warm-up step fills it
-    bench_on = bool(cfg.train.get("cudnn_benchmark", False))
+    bench_on = bool(cfg.train.cudnn_benchmark)
 
     def cudnn(on):
         return lambda: setattr(torch.backends.cudnn, "benchmark", on)
     yield ("train.cudnn_benchmark", not bench_on, cudnn(not bench_on), cudnn(bench_on))
     from trainers.losses import set_channels_last
     decoder = trainer.parts.vae.decoder
-    cl = bool(loss.get("decode_channels_last", False))
+    cl = bool(loss.decode_channels_last)
     apply_cl, undo_cl = set_key(loss, "decode_channels_last", not cl)
     yield ("loss.decode_channels_last", not cl, lambda: (apply_cl(), set_channels_last(decoder, not cl)),
            lambda: (undo_cl(), set_channels_last(decoder, cl)))
     # compilation last: a compiled part stays compiled, so each row adds one part to the previous
-    compiled = list(cfg.train.get("compile") or [])
+    compiled = list(cfg.train.compile)
     for part, module in (("dino", trainer.dino), ("vae_decoder", decoder)):
         if part not in compiled:
             compiled = compiled + [part]
@@ -181,7 +200,8 @@ def _variants(trainer):
 
 
 def time_optimizer(trainer, fused: bool, steps: int = 3) -> dict:
-    """AdamW.step alone, fused or foreach, on the trainer's trainable parameters with their gradients."""
+    """AdamW.step alone, fused or foreach, on the trainer's trainable parameters with their gradients
+    (CUDA: the fused kernel exists there only). The steps change the weights: call it last."""
     params = [p for p in trainer.unet.parameters() if p.requires_grad]
     for p in params:
         if p.grad is None:
@@ -189,26 +209,19 @@ def time_optimizer(trainer, fused: bool, steps: int = 3) -> dict:
     t = trainer.cfg.train
     kw = {"fused": True} if fused else {"foreach": True}
     opt = torch.optim.AdamW(params, lr=t.lr, weight_decay=t.weight_decay, betas=tuple(t.adam_betas), **kw)
-    device, times = trainer.acc.device, []
-    saved = [p.detach().clone() for p in params] if device.type != "cuda" else None
+    times = []
     try:
         for k in range(steps + 1):
-            if device.type == "cuda":
-                torch.cuda.synchronize()
+            torch.cuda.synchronize()
             t0 = time.perf_counter()
             opt.step()
-            if device.type == "cuda":
-                torch.cuda.synchronize()
+            torch.cuda.synchronize()
             if k:
                 times.append(time.perf_counter() - t0)
     finally:
         del opt
         for p in params:
             p.grad = None
-        if saved is not None:
-            with torch.no_grad():
-                for p, v in zip(params, saved):
-                    p.copy_(v)
     return dict(median_s=statistics.median(times), times_s=times)
 
 

@@ -84,7 +84,7 @@ class Trainer:
         self.acc = Accelerator(mixed_precision=t.mixed_precision, gradient_accumulation_steps=t.grad_accum,
                                cpu=(t.device == "cpu"), log_with=trackers, project_dir=str(self.run_dir))
         set_seed(t.seed)
-        torch.backends.cudnn.benchmark = bool(t.get("cudnn_benchmark", False))
+        torch.backends.cudnn.benchmark = bool(t.cudnn_benchmark)
         self.weight_dtype = {"no": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[t.mixed_precision]
 
         parts = self.load_parts()
@@ -95,19 +95,19 @@ class Trainer:
         self.dino = None
         if self.uses_feat:
             self.dino = _freeze(load_dino(cfg.model), self.acc.device, self.weight_dtype)
-            set_attention(self.dino, cfg.loss.get("dino_attention", "sdpa"))
-            if cfg.loss.get("decode_channels_last", False):
+            set_attention(self.dino, cfg.loss.dino_attention)
+            if cfg.loss.decode_channels_last:
                 set_channels_last(parts.vae.decoder)
             self.feat_loss = SemanticAlignmentLoss(
                 DinoFeatures(self.dino, _size(cfg.loss.dino_size), cfg.loss.dino_mean, cfg.loss.dino_std),
-                cfg.loss.variant, cfg.loss.alpha, cache_real=bool(cfg.loss.get("real_feature_cache", False)))
+                cfg.loss.variant, cfg.loss.alpha, cache_real=bool(cfg.loss.real_feature_cache))
         self.conditioner = SVDConditioner(parts.vae, parts.image_encoder, parts.feature_extractor,
                                           **OmegaConf.to_container(cfg.cond))
         sigmas = edm.scheduler_sigmas(parts.scheduler) if cfg.edm.sigma_dist == "uniform_index" else None
         self.diff_loss = DiffusionLoss(edm.SigmaSampler(cfg.edm.sigma_dist, cfg.edm.p_mean, cfg.edm.p_std, sigmas))
 
         unet = self.build_model(parts)
-        compile_parts(cfg.train.get("compile") or [], unet=unet, vae_decoder=parts.vae.decoder, dino=self.dino)
+        compile_parts(cfg.train.compile, unet=unet, vae_decoder=parts.vae.decoder, dino=self.dino)
         params = [p for p in unet.parameters() if p.requires_grad]
         self.n_trainable = sum(p.numel() for p in params)
         optimizer = torch.optim.AdamW(params, lr=t.lr, weight_decay=t.weight_decay, betas=tuple(t.adam_betas),
@@ -208,7 +208,7 @@ class Trainer:
                 idx = select_frames(T, cfg.loss.decode_frames)
                 x_hat = decode_with_grad(self.parts.vae, z0_hat[:, idx], self.parts.latent_scale,
                                          int(cfg.loss.decode_chunk), bool(cfg.loss.decode_checkpoint),
-                                         bool(cfg.loss.get("decode_channels_last", False)))
+                                         bool(cfg.loss.decode_channels_last))
                 boxes = [[b[j] for j in idx] for b in batch["boxes"]]
                 keys = [(int(i), tuple(idx)) for i in batch["index"]]       # clip of the dataset, frames
                 terms["loss_feat"] = self.feat_loss(x_hat, frames[:, idx], boxes, keys)

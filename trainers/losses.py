@@ -93,12 +93,13 @@ class DinoFeatures:
         return h // self.patch, w // self.patch
 
     def __call__(self, x: torch.Tensor):
-        h, w = self.input_size(*x.shape[-2:])
+        H, W = x.shape[-2:]
+        h, w = self.input_size(H, W)
         x = F.interpolate(x.float(), size=(h, w), mode="bilinear", align_corners=False)
         x = ((x + 1) / 2 - self.mean.to(x)) / self.std.to(x)
         dtype = next(self.encoder.parameters()).dtype
         tokens = self.encoder(pixel_values=x.to(dtype)).last_hidden_state[:, self.n_skip:]
-        return tokens.float(), (h // self.patch, w // self.patch)
+        return tokens.float(), self.grid(H, W)
 
 
 def set_channels_last(module: torch.nn.Module, on: bool = True) -> int:
