@@ -137,9 +137,7 @@ def _execute(stage: Stage, graph: StageGraph, store: Store, runner: StageRunner,
     """Run a stage and commit it. A stage split into shards (benchmark.shards > 1, benchmark/shards.py)
     runs its unfinished shards (here, or one worker per GPU), then merges them; `merge_only` (the
     SLURM merge task, whose shards ran as array tasks) refuses to run a missing shard itself."""
-    for d in stage.deps:
-        if not store.is_done(d):
-            raise RuntimeError(f"stage {stage.kind} {stage.hash} depends on {d}, which is not done")
+    _check_inputs_done(stage, store)
     n = stage_shards(stage)
     if n > 1:
         _check_can_shard(runner, stage, n)
@@ -148,6 +146,12 @@ def _execute(stage: Stage, graph: StageGraph, store: Store, runner: StageRunner,
             echo(f"stage {stage.kind} {stage.hash} was done by another process")
             return
         _execute_locked(stage, graph, store, runner, echo, n, merge_only)
+
+
+def _check_inputs_done(stage: Stage, store: Store) -> None:
+    for d in stage.deps:
+        if not store.is_done(d):
+            raise RuntimeError(f"stage {stage.kind} {stage.hash} depends on {d}, which is not done")
 
 
 def _execute_locked(stage: Stage, graph: StageGraph, store: Store, runner: StageRunner, echo, n: int,
@@ -385,9 +389,7 @@ def run_stage(store_root: str, stage_hash: str, runner: StageRunner, processes: 
         if not 0 <= shard < n:
             raise ValueError(f"stage {stage_hash} runs as {n} shard(s) (benchmark.shards in its run_config.yaml); "
                              f"there is no shard {shard}")
-        for d in stage.deps:
-            if not store.is_done(d):
-                raise RuntimeError(f"stage {stage.kind} {stage.hash} depends on {d}, which is not done")
+        _check_inputs_done(stage, store)
         print(f"running {stage.kind} {stage.hash} [{stage.describe()}] shard {shard + 1} of {n}", flush=True)
         run_shard(store, stage, graph, runner, shard, n)
         return f"{stage_hash}:{shard}/{n}"

@@ -16,6 +16,7 @@ from omegaconf import OmegaConf
 from PIL import Image
 
 from benchmark.shards import Shard, shard_names
+from benchmark.stages import get_key
 from benchmark.testset import write_testset
 from data.atomic import atomic_path
 
@@ -179,7 +180,7 @@ class TrainerRunner:
         names = sorted(p.name for p in Path(real_dir).iterdir() if p.is_dir())
         if shard is not None:
             # blocks of whole I3D batches: FVD's batches are then those of the unsharded run
-            align = _get(cfg, "metrics.fvd.batch_size", 1) if "fvd" in _get(cfg, "metrics.metrics", []) else 1
+            align = get_key(cfg, "metrics.fvd.batch_size", 1) if "fvd" in get_key(cfg, "metrics.metrics", []) else 1
             names, _ = shard_names(names, shard.index, shard.count, align=int(align))
         missing = [n for n in names if not (Path(videos_dir) / n).is_dir()]
         if missing:
@@ -212,11 +213,3 @@ class TrainerRunner:
                 features.append(pickle.load(f))
         return merge_features(features, cfg)
 
-
-def _get(cfg: dict, dotted: str, default):
-    node = cfg
-    for k in dotted.split("."):
-        if not isinstance(node, dict) or k not in node:
-            return default
-        node = node[k]
-    return node

@@ -134,9 +134,9 @@ def run_workers(calls: Sequence[tuple[str, Callable, tuple, Path]], devices: Seq
         raise
     if failed:
         lines = []
+        from slurm.records import tail
         for label, rc, log in failed:
-            tail = log.read_text(errors="replace").strip().splitlines()[-3:] if log.exists() else []
-            lines.append(f"{label}: exit code {rc}, log {log}" + "".join(f"\n    {t}" for t in tail))
+            lines.append(f"{label}: exit code {rc}, log {log}" + "".join(f"\n    {t}" for t in tail(log, 3).splitlines()))
         raise RuntimeError(f"{len(failed)} shard worker(s) failed; the others' work is kept and the next run "
                            f"redoes only these:\n  " + "\n  ".join(lines))
 
