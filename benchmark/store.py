@@ -11,17 +11,15 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import socket
-import tempfile
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import yaml
 
-from data.atomic import atomic_write_json, atomic_write_text  # noqa: F401  (re-exported)
+from data.atomic import atomic_dir, atomic_write_json, atomic_write_text  # noqa: F401  (re-exported)
 
 DONE = "DONE"
 RESULT = "result.json"
@@ -35,29 +33,6 @@ SHARDS = "shards"              # runs/<hash>/shards/<i>-of-<n>/ (benchmark/shard
 def atomic_write_yaml(path: str | Path, obj: Any) -> Path:
     return atomic_write_text(path, yaml.safe_dump(obj, sort_keys=True, default_flow_style=False))
 
-
-@contextmanager
-def atomic_dir(target: str | Path) -> Iterator[Path]:
-    """`with atomic_dir(out / "videos") as tmp: ...write into tmp...` -> renamed to `target` on success.
-
-    On an exception the temp folder is removed and `target` is left as it was.
-    """
-    target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    try:
-        yield tmp
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    if target.exists():
-        # os.replace cannot replace a non-empty folder: move the old one aside first, then drop it
-        old = target.parent / f".{target.name}.old-{os.getpid()}-{time.monotonic_ns()}"
-        os.replace(target, old)
-        os.replace(tmp, target)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, target)
 
 
 # ------------------------------------------------------------------------------ the store

@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Callable, Iterable, Mapping
 
 import numpy as np
+
+from data.atomic import atomic_path, atomic_write_json
 
 CACHE_FORMAT = 1   # bump when the on-disk layout changes
 
@@ -29,40 +29,16 @@ def config_hash(obj) -> str:
     return hashlib.sha256(blob).hexdigest()
 
 
-def _atomic(path: Path, write: Callable[[Path], None]) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
-
-
-def atomic_write_text(path: Path, text: str) -> Path:
-    return _atomic(path, lambda p: p.write_text(text))
-
-
-def atomic_write_json(path: Path, obj) -> Path:
-    return atomic_write_text(path, json.dumps(obj, indent=1, sort_keys=False) + "\n")
-
-
 def atomic_save_npy(path: Path, arr: np.ndarray) -> Path:
-    def write(p: Path):
-        with open(p, "wb") as f:
-            np.save(f, arr, allow_pickle=False)
-    return _atomic(path, write)
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        np.save(f, arr, allow_pickle=False)
+    return Path(path)
 
 
 def atomic_save_npz(path: Path, **arrays) -> Path:
-    def write(p: Path):
-        with open(p, "wb") as f:
-            np.savez(f, **arrays)
-    return _atomic(path, write)
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        np.savez(f, **arrays)
+    return Path(path)
 
 
 class FrameCache:
@@ -104,7 +80,7 @@ class FrameCache:
         if not self._key_written:
             # says what the hash stands for, so a user can tell cache folders apart
             if not (self.dir / "key.json").exists():
-                atomic_write_json(self.dir / "key.json", self.key)
+                atomic_write_json(self.dir / "key.json", self.key, sort_keys=False)
             self._key_written = True
         atomic_save_npy(self.path(scene, frame_id), np.ascontiguousarray(frame, dtype=np.uint8))
 

@@ -6,15 +6,14 @@ Config: configs/inspect.yaml (the `data` group plus `inspect.*`).
 """
 from __future__ import annotations
 
-import os
 import sys
-import tempfile
 from collections import Counter
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
+from data.atomic import atomic_path
 from data.coco import coco_name
 
 
@@ -105,16 +104,11 @@ def draw_grid(ds, clip_indices: Sequence[int], frames_per_clip: int, out: str | 
             ax.axis("off")
     fig.tight_layout()
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.stem}.", suffix=".png")
-    os.close(fd)
     try:
-        fig.savefig(tmp, dpi=110)
-        os.replace(tmp, out)
+        with atomic_path(out) as tmp:
+            fig.savefig(tmp, dpi=110, format="png")
     finally:
         plt.close(fig)
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     return out
 
 

@@ -18,8 +18,8 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from data.atomic import read_versioned_json
-from data.cache import atomic_write_json, config_hash
+from data.atomic import atomic_write_json, read_versioned_json
+from data.cache import config_hash
 from data.sampling import ClipRef, clip_span, disjoint_refs
 
 TEST_CLIPS_VERSION = 1
@@ -50,7 +50,7 @@ def write_test_clips(path: str | Path, dataset: str, params: Mapping, clips: Seq
         "clips": [{"dataset": dataset, "scene": c.scene, "first_frame": c.first_frame,
                    "frame_ids": list(c.frame_ids)} for c in clips],
     }
-    return atomic_write_json(Path(path), doc)
+    return atomic_write_json(Path(path), doc, sort_keys=False)
 
 
 def read_test_clips(path: str | Path, dataset: str | None = None, params: Mapping | None = None,

@@ -1,14 +1,12 @@
 """Reading and writing videos as uint8 [T,H,W,3] RGB arrays: mp4 files or folders of frames."""
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-from data.atomic import atomic_path
+from data.atomic import atomic_dir, atomic_path
 
 FRAME_SUFFIXES = (".png", ".jpg", ".jpeg")
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm")
@@ -76,12 +74,7 @@ def write_video(path: str | Path, frames: np.ndarray, fps: float = 7.0) -> Path:
 def write_frames(folder: str | Path, frames: np.ndarray) -> Path:
     """Write frames as 000000.png, 000001.png, ... into `folder`, atomically (temp folder + rename)."""
     folder = Path(folder)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}."))
-    for j, frame in enumerate(np.asarray(frames, dtype=np.uint8)):
-        Image.fromarray(frame).save(tmp / f"{j:06d}.png")
-    if folder.exists():
-        import shutil
-        shutil.rmtree(folder)
-    os.replace(tmp, folder)
+    with atomic_dir(folder) as tmp:
+        for j, frame in enumerate(np.asarray(frames, dtype=np.uint8)):
+            Image.fromarray(frame).save(tmp / f"{j:06d}.png")
     return folder

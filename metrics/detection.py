@@ -19,8 +19,6 @@ decays along the video). mAP and mIoU are reported in percent, like the paper's 
 """
 from __future__ import annotations
 
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -30,6 +28,7 @@ import torch
 from scipy.optimize import linear_sum_assignment
 from torchvision.ops import box_iou
 
+from data.atomic import atomic_path
 from metrics.detectors.base import Detections
 
 PROTOCOL_KEYS = ("classes", "class_aware", "ref_conf", "min_box_px", "min_box_frac", "max_frames",
@@ -292,12 +291,6 @@ def plot_per_frame(det_result: dict, path: str | Path, title: str = "") -> Path:
     fig.suptitle(title or f"detection consistency per frame ({det_result['protocol']} protocol, "
                           f"N={det_result['n_videos']})", fontsize=10)
     fig.tight_layout()
-    fd, tmp = tempfile.mkstemp(suffix=path.suffix or ".png", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=120)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     return path

@@ -8,7 +8,6 @@ The distance is metrics.frechet (float64, symmetric form), not torchmetrics' eig
 """
 from __future__ import annotations
 
-import os
 import tempfile
 import warnings
 from pathlib import Path
@@ -16,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from data.atomic import atomic_path
 from metrics.frames import resize_frames
 from metrics.frechet import FrechetResult, frechet_distance
 
@@ -106,7 +106,6 @@ def make_random_inception_weights(path: str | Path, seed: int = 0, calib_images:
             with torch.no_grad():
                 net(calib)
             net.eval()
-        tmp = Path(tmpdir) / "weights.pt"
+    with atomic_path(path) as tmp:
         torch.save(net.state_dict(), tmp)
-        os.replace(tmp, path)
     return path

@@ -19,9 +19,10 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any, Callable, Sequence
+
+from data.atomic import atomic_path
 
 PAYLOAD = ".multigpu_call.pkl"
 RESULT = ".multigpu_result.pkl"
@@ -83,14 +84,8 @@ def run_in_processes(fn: Callable, args: Sequence, num_processes: int, work_dir:
 
 
 def _atomic_bytes(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

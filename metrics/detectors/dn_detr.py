@@ -20,8 +20,6 @@ import hashlib
 import importlib.resources
 import logging
 import os
-import shutil
-import tempfile
 import threading
 from contextlib import contextmanager
 from pathlib import Path
@@ -31,6 +29,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from data.atomic import atomic_dir
 from metrics.detectors import register_detector
 from metrics.detectors.base import Detections, check_frames
 
@@ -370,24 +369,11 @@ def tiny_config(num_queries: int = 20):
 def save_pretrained_atomic(model, path: Path, extra_files: Mapping[str, str] | None = None) -> Path:
     """save_pretrained (plus `extra_files` {name: text}) into a temporary sibling folder, then move
     it into place, so a reader never sees a half-written folder."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}-", dir=path.parent))
-    try:
+    with atomic_dir(path) as tmp:
         model.save_pretrained(tmp)
         for name, text in (extra_files or {}).items():
             (tmp / name).write_text(text)
-        if path.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{path.name}-old-", dir=path.parent))
-            os.replace(path, old / path.name)
-            os.replace(tmp, path)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-    return path
+    return Path(path)
 
 
 def make_tiny_dn_detr(path: str | Path, seed: int = 0, confident_class: int = 2, logit: float = 0.4,
