@@ -472,6 +472,14 @@ def test_converter_explicit_ignores_and_shared_copies(reference, tmp_path):
         convert_state_dict(state, num_heads=HEADS)
 
 
+def _with_detrex_eps(model, reference, images):
+    """(the converted model's outputs under detrex's inverse-sigmoid eps, the reference's logits and boxes)."""
+    want_logits, want_boxes = reference(images)
+    with torch.no_grad(), inverse_sigmoid_eps(1e-3):
+        got = model(pixel_values=images)
+    return got, want_logits, want_boxes
+
+
 def test_converted_model_matches_the_detrex_like_forward(reference, converted):
     from transformers import DabDetrForObjectDetection
 
@@ -480,9 +488,7 @@ def test_converted_model_matches_the_detrex_like_forward(reference, converted):
     model = DabDetrForObjectDetection.from_pretrained(str(folder)).eval()
     torch.manual_seed(1)
     images = torch.randn(2, 3, 96, 128)
-    want_logits, want_boxes = reference(images)
-    with torch.no_grad(), inverse_sigmoid_eps(1e-3):
-        got = model(pixel_values=images)
+    got, want_logits, want_boxes = _with_detrex_eps(model, reference, images)
     torch.testing.assert_close(got.logits, want_logits, rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(got.pred_boxes, want_boxes, rtol=1e-4, atol=1e-5)
     # transformers' own eps (1e-5) gives different boxes for the anchors pinned near 0
@@ -506,9 +512,7 @@ def test_full_size_r50_checkpoint_converts_and_matches():
     model.load_state_dict(state, strict=True)
     torch.manual_seed(2)
     images = torch.randn(1, 3, 128, 192)
-    want_logits, want_boxes = reference(images)
-    with torch.no_grad(), inverse_sigmoid_eps(1e-3):
-        got = model(pixel_values=images)
+    got, want_logits, want_boxes = _with_detrex_eps(model, reference, images)
     torch.testing.assert_close(got.logits, want_logits, rtol=1e-3, atol=1e-3)
     torch.testing.assert_close(got.pred_boxes, want_boxes, rtol=1e-3, atol=1e-4)
 
