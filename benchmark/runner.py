@@ -35,7 +35,7 @@ from benchmark.executors import StageRunner
 from benchmark.shards import Shard, stage_shards
 from benchmark.stages import KINDS, DictResolver, Stage, StageGraph, expand, get_key
 from benchmark.stages import stage_hash as stage_hash_of
-from benchmark.store import CONFIG, RUN_CONFIG, STAGE, Store, atomic_write_json, atomic_write_yaml
+from benchmark.store import RUN_CONFIG, STAGE, Store, atomic_write_json
 
 LAUNCHERS = ("local", "slurm", "debug")
 # Stage kinds whose runner method is an accelerate training loop: with gpus_per_task > 1 in the
@@ -334,21 +334,8 @@ def _work_done(store: Store, key: str) -> bool:
 
 
 def prepare_stage(store: Store, stage: Stage) -> Path:
-    """What a job needs to run the stage by hash: run_config.yaml, stage_config.yaml, and stage.json with
-    kind, deps, params, rows and the hashed config (attempts are added by the job's store.begin).
-
-    The identity is read back from stage.json, not config.yaml: a training stage's folder is the
-    trainer's run folder, and the trainer writes its own config.yaml there.
-    """
-    d = store.dir(stage.hash)
-    d.mkdir(parents=True, exist_ok=True)
-    atomic_write_yaml(d / CONFIG, stage.config)
-    atomic_write_yaml(d / RUN_CONFIG, stage.run_cfg)
-    info = json.loads((d / STAGE).read_text()) if (d / STAGE).exists() else {}
-    info.update(kind=stage.kind, hash=stage.hash, deps=list(stage.deps), params=stage.params, rows=list(stage.rows),
-                config=stage.config)
-    atomic_write_json(d / STAGE, info)
-    return d
+    """What a job needs to run the stage by hash (Store.prepare; attempts are added by the job's store.begin)."""
+    return store.prepare(stage)
 
 
 def load_stage(store: Store, stage_hash: str) -> Stage:
@@ -382,7 +369,7 @@ def run_stage(store_root: str, stage_hash: str, runner: StageRunner, processes: 
         return stage_hash
     stage = load_stage(store, stage_hash)
     # _execute only needs the kind of each input (they are done, so their stage.json exists)
-    kinds = {d: SimpleNamespace(kind=json.loads((store.dir(d) / STAGE).read_text())["kind"]) for d in stage.deps}
+    kinds = {d: SimpleNamespace(kind=store.stage_info(d)["kind"]) for d in stage.deps}
     graph = SimpleNamespace(stages=kinds)
     if shard is not None:
         n = stage_shards(stage)

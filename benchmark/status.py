@@ -10,7 +10,6 @@ A failed stage is submitted again by the next `benchmark.run`; it is never count
 """
 from __future__ import annotations
 
-import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +18,7 @@ from ablations.registry import SpecError, list_tables, load_table
 from benchmark.config import ConfigError
 from benchmark.run import UsageError, parse_args
 from benchmark.stages import HASH_LEN, StageGraph
-from benchmark.store import STAGE, Store
+from benchmark.store import Store
 from slurm.records import QueueUnavailable, last_submission, query_jobs, tail
 
 FLAGS = {"--logs", "-h", "--help"}
@@ -97,10 +96,7 @@ def _explain_dependencies(statuses: list[StageStatus], graph: StageGraph) -> Non
 
 
 def _last_attempt(store: Store, stage_hash: str) -> str | None:
-    p = store.dir(stage_hash) / STAGE
-    if not p.exists():
-        return None
-    attempts = json.loads(p.read_text()).get("attempts") or []
+    attempts = store.stage_info(stage_hash).get("attempts") or []
     return attempts[-1].get("started") if attempts else None
 
 

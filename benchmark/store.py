@@ -73,17 +73,29 @@ class Store:
     def is_done(self, stage_hash: str) -> bool:
         return (self.dir(stage_hash) / DONE).is_file()
 
+    def prepare(self, stage) -> Path:
+        """What a job needs to run the stage by hash: run_config.yaml, stage_config.yaml, and stage.json
+        with kind, deps, params, rows and the hashed config (benchmark.runner.load_stage reads it back).
+
+        The identity is read back from stage.json, not config.yaml: a training stage's folder is the
+        trainer's run folder, and the trainer writes its own config.yaml there."""
+        return self._record(stage)
+
     def begin(self, stage) -> Path:
         """Create (or reuse, after an interrupted attempt) the stage folder; record the attempt."""
+        resumed = self.dir(stage.hash).exists()
+        return self._record(stage, attempt={"started": _now(), "resumed": resumed})
+
+    def _record(self, stage, attempt: dict | None = None) -> Path:
         d = self.dir(stage.hash)
-        resumed = d.exists()
         d.mkdir(parents=True, exist_ok=True)
         atomic_write_yaml(d / CONFIG, stage.config)
         atomic_write_yaml(d / RUN_CONFIG, stage.run_cfg)
-        info = self._stage_info(d)
+        info = self.stage_info(stage.hash)
         info.update(kind=stage.kind, hash=stage.hash, deps=list(stage.deps), params=stage.params,
-                    rows=list(stage.rows))
-        info.setdefault("attempts", []).append({"started": _now(), "resumed": resumed})
+                    rows=list(stage.rows), config=stage.config)
+        if attempt is not None:
+            info.setdefault("attempts", []).append(attempt)
         atomic_write_json(d / STAGE, info)
         return d
 
@@ -92,7 +104,7 @@ class Store:
         d = self.dir(stage.hash)
         result = _relative_paths(dict(result or {}), d)
         atomic_write_json(d / RESULT, result)
-        info = self._stage_info(d)
+        info = self.stage_info(stage.hash)
         if info.get("attempts"):
             info["attempts"][-1]["finished"] = _now()
         atomic_write_json(d / STAGE, info)
@@ -139,9 +151,9 @@ class Store:
             raise ValueError(f"{path}: not valid JSON ({e}); delete {path.parent} to redo the shard") from e
         return _absolute_paths(res, self.dir(stage_hash))
 
-    @staticmethod
-    def _stage_info(d: Path) -> dict:
-        p = d / STAGE
+    def stage_info(self, stage_hash: str) -> dict:
+        """The stage's stage.json ({} before its folder is prepared)."""
+        p = self.dir(stage_hash) / STAGE
         return json.loads(p.read_text()) if p.exists() else {}
 
 
