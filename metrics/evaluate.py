@@ -230,8 +230,7 @@ def extract_features(real_videos: Sequence, gen_videos: Sequence, cfg, names: Se
                 seconds[m] += time.perf_counter() - t0
         if "fvd" in built:                   # the last, partial I3D batch of each side
             t0 = time.perf_counter()
-            built["fvd"]._flush(True)
-            built["fvd"]._flush(False)
+            built["fvd"].flush()
             seconds["fvd"] += time.perf_counter() - t0
     _reemit(caught)
     part = {"names": names, "metrics": metrics, "n_videos": len(names), "num_frames": num_frames,

@@ -156,9 +156,13 @@ class FVDMetric:
             self.features[real].append(self.extractor(torch.stack(self.pending[real])))
             self.pending[real] = []
 
-    def compute(self) -> FrechetResult:
+    def flush(self) -> None:
+        """Run the I3D on the last, partial batch of each side (compute() does it; so does a shard)."""
         self._flush(True)
         self._flush(False)
+
+    def compute(self) -> FrechetResult:
+        self.flush()
         real, gen = (np.concatenate(self.features[k]) for k in (True, False))
         return frechet_distance(real, gen)
 
