@@ -21,7 +21,6 @@ earlier call wrote to the same file (run the phases as separate processes with `
 from __future__ import annotations
 
 import argparse
-import gc
 import json
 import os
 import re
@@ -32,6 +31,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from benchmark.runner_impl import release_memory
 from data.atomic import atomic_write_json, atomic_write_text
 from trainers.bench_step import bench, device_name, memory_kind, versions
 
@@ -41,12 +41,6 @@ TEST_VIDEOS = 200        # the paper's test set size that generation and evaluat
 
 def device_slug(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9]+", "-", name).strip("-").lower()[:60] or "device"
-
-
-def _release():
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
 
 
 def _train_cfg(overrides: list[str]):
@@ -92,7 +86,7 @@ def time_generation(overrides: list[str], n_videos: int) -> dict:
         t["peak_mem_gib"] = torch.cuda.max_memory_allocated() / 2 ** 30
     t["hours_per_200_videos"] = t["seconds_per_video"] * TEST_VIDEOS / 3600 if t["seconds_per_video"] else None
     del pipe
-    _release()
+    release_memory()
     return t
 
 
@@ -251,7 +245,7 @@ def time_evaluation(overrides: list[str], n_videos: int, weights: str = "tiny") 
             p["hours_per_200_videos"] = (per_video * TEST_VIDEOS / n_videos + p["setup_s"] + p.get("frechet_s", 0)) / 3600
             out["passes"][name] = p
             del part
-            _release()
+            release_memory()
     out["hours_per_200_videos"] = sum(p["hours_per_200_videos"] for p in out["passes"].values())
     return out
 
@@ -276,7 +270,7 @@ def run(overrides: list[str], steps: int, adapters: list[str], gen_videos: int, 
             for kind in ("diffusion", "lsa"):
                 r[kind]["clips_per_s"] = batch / r[kind]["median_s"]
             results["steps"][f"{adapter}{label_suffix}"] = r
-            _release()
+            release_memory()
             print(f"steps, {adapter}: diffusion {r['diffusion']['median_s']:.3f} s, LSA {r['lsa']['median_s']:.3f} s "
                   f"({r['lsa_over_diffusion']:.2f}x), LSA peak {r['lsa']['peak_mem_gib']:.2f} GiB", flush=True)
     if "generation" in phases and gen_videos:

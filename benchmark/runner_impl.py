@@ -29,7 +29,8 @@ def _device(name: str | None) -> str:
     return str(name)
 
 
-def _release():
+def release_memory():
+    """Free what a finished stage left: Python garbage and the CUDA cache."""
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
@@ -104,7 +105,7 @@ class TrainerRunner:
         try:
             train(c)
         finally:
-            _release()
+            release_memory()
         # only the main process writes summary.json (several processes under `accelerate launch`)
         path = Path(out_dir) / "summary.json"
         summary = json.loads(path.read_text()) if path.exists() else {}
@@ -129,7 +130,7 @@ class TrainerRunner:
             timing = generate_videos(pipe, firsts, names, gen, out_dir)
         finally:
             del pipe
-            _release()
+            release_memory()
         res = _generation_result(out_dir, names, gen, timing, device, num_params=num_params)
         return res if shard is None else _shard_record(res, timing)
 
@@ -149,7 +150,7 @@ class TrainerRunner:
         try:
             train_stage(c)
         finally:
-            _release()
+            release_memory()
         export = "unet" if c.ctrlv.stage == "bbox" else "controlnet"
         return {"log": Path(out_dir) / "log.jsonl", export: Path(out_dir) / export}
 
@@ -166,7 +167,7 @@ class TrainerRunner:
             r = generate_ctrlv_videos(pipe, inputs, names, gen, out_dir)
         finally:
             del pipe
-            _release()
+            release_memory()
         res = _generation_result(out_dir, names, gen, r, device, num_params=r["num_params"],
                                  num_params_unique=r.get("num_params_unique"))
         return res if shard is None else _shard_record(res, r)
@@ -192,7 +193,7 @@ class TrainerRunner:
                 return evaluate(real, fake, cfg, names=names, detections_dir=Path(out_dir) / "detections")
             part = extract_features(real, fake, cfg, names=names, detections_dir=Path(out_dir) / "detections")
         finally:
-            _release()
+            release_memory()
         path = Path(shard.folder) / "features.pkl"
         with atomic_path(path) as tmp:
             tmp.write_bytes(pickle.dumps(part, protocol=pickle.HIGHEST_PROTOCOL))
