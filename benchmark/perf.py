@@ -254,7 +254,7 @@ def time_evaluation(overrides: list[str], n_videos: int, weights: str = "tiny") 
 
 def run(overrides: list[str], steps: int, adapters: list[str], gen_videos: int, sweep: bool = False,
         eval_videos: int = 0, eval_weights: str = "tiny", phases=PHASES, sweep_steps: int = 3,
-        label: str | None = None) -> dict:
+        label: str | None = None, sweep_only: list[str] | None = None) -> dict:
     """`label` names the rows of this call's steps (`<adapter> (<label>)`), so a second setting of the
     same adapter, e.g. with extra switches, sits beside the first in one result file."""
     label_suffix = f" ({label})" if label else ""
@@ -265,7 +265,7 @@ def run(overrides: list[str], steps: int, adapters: list[str], gen_videos: int, 
         results["steps"] = {}
         for adapter in adapters:
             r = bench([f"adapter={adapter}", *overrides], steps, sweep=sweep and adapter == adapters[0],
-                      sweep_steps=sweep_steps)
+                      sweep_steps=sweep_steps, sweep_only=sweep_only)
             batch = r["setting"]["batch"]
             for kind in ("diffusion", "lsa"):
                 r[kind]["clips_per_s"] = batch / r[kind]["median_s"]
@@ -308,24 +308,25 @@ def markdown(res: dict) -> str:
             extra = [o for o in r["setting"]["overrides"] if o not in base and not o.startswith("adapter=")]
             if extra:
                 lines.append(f"`{key}` adds: `{' '.join(extra)}`")
-        sweep = first.get("sweep")
-        if sweep:
-            base = first["lsa"]["median_s"]
-            lines += ["", f"## One switch at a time (LSA step, adapter {first['setting']['adapter']}, "
-                          "everything else as above)", "",
-                      f"baseline LSA step: {base:.3f} s, peak {_gib(first['lsa']['peak_mem_gib'])} GiB", "",
-                      "| switch | set to | median (s) | vs baseline | peak allocated (GiB) | note |",
-                      "|---|---|--:|--:|--:|---|"]
-            for row in sweep:
+        for key, r in res["steps"].items():
+            if not r.get("sweep"):
+                continue
+            base = r["lsa"]["median_s"]
+            lines += ["", f"## One switch at a time from `{key}` (LSA step, everything else as in that row)", "",
+                      f"baseline LSA step: {base:.3f} s, peak {_gib(r['lsa']['peak_mem_gib'])} GiB", "",
+                      "| switch | set to | median (s) | vs baseline | / diffusion step | peak allocated (GiB) | note |",
+                      "|---|---|--:|--:|--:|--:|---|"]
+            for row in r["sweep"]:
                 if "error" in row:
-                    lines.append(f"| `{row['switch']}` | {row['value']} | - | - | - | {row['error'][:80]} |")
+                    lines.append(f"| `{row['switch']}` | {row['value']} | - | - | - | - | {row['error'][:80]} |")
                 elif row.get("optimizer_step"):
-                    lines.append(f"| `{row['switch']}` | {row['value']} | {row['median_s']:.4f} | | | AdamW.step alone |")
+                    lines.append(f"| `{row['switch']}` | {row['value']} | {row['median_s']:.4f} | | | | AdamW.step alone |")
                 else:
-                    note = (f"first step {row['first_step_s']:.1f} s (compilation)"
-                            if row["switch"] == "train.compile" else "")
+                    note = (f"first step {row['first_step_s']:.1f} s (compilation)" if row["switch"] == "train.compile"
+                            else "approximation" if str(row["value"]).startswith("every_k") else "")
                     lines.append(f"| `{row['switch']}` | {row['value']} | {row['median_s']:.3f} | "
-                                 f"{row['median_s'] / base:.2f}x | {_gib(row['peak_mem_gib'])} | {note} |")
+                                 f"{row['median_s'] / base:.2f}x | {row['median_s'] / r['diffusion']['median_s']:.2f}x | "
+                                 f"{_gib(row['peak_mem_gib'])} | {note} |")
     if "generation" in res:
         g = res["generation"]
         lines += ["", "## Generation", "",
@@ -359,6 +360,8 @@ def main(argv=None) -> int:
     ap.add_argument("--adapters", default="unet,lora")
     ap.add_argument("--sweep", action="store_true", help="re-time the LSA step with each switch flipped")
     ap.add_argument("--sweep-steps", type=int, default=3, help="timed steps per flipped switch")
+    ap.add_argument("--sweep-only", default=None,
+                    help="comma list of the switches to flip, e.g. loss.decode_frames,train.compile (default: all)")
     ap.add_argument("--gen-videos", type=int, default=0, help="also time generating this many videos")
     ap.add_argument("--eval-videos", type=int, default=0, help="also time evaluating this many video pairs")
     ap.add_argument("--eval-weights", default="tiny", choices=["tiny", "full-random"])
@@ -373,7 +376,8 @@ def main(argv=None) -> int:
     out = Path(args.out_dir)
     stem = out / device_slug(device_name())
     res = run(overrides, args.steps, args.adapters.split(","), args.gen_videos, args.sweep,
-              args.eval_videos, args.eval_weights, phases, args.sweep_steps, args.label)
+              args.eval_videos, args.eval_weights, phases, args.sweep_steps, args.label,
+              args.sweep_only.split(",") if args.sweep_only else None)
     if args.merge and stem.with_suffix(".json").is_file():
         old = json.loads(stem.with_suffix(".json").read_text())
         steps = old.get("steps", {}) | res.get("steps", {})     # adapters timed in separate calls

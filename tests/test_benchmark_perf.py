@@ -6,17 +6,21 @@ import pytest
 from benchmark.perf import main
 
 SWITCHES = {"loss.decode_checkpoint", "loss.decode_chunk", "train.grad_checkpointing", "loss.dino_attention",
-            "loss.real_feature_cache", "loss.decode_channels_last", "train.cudnn_benchmark", "train.compile"}
+            "loss.real_feature_cache", "loss.decode_channels_last", "train.cudnn_benchmark", "loss.decode_frames",
+            "train.compile"}
 
 
 @pytest.fixture(scope="module")
 def perf_dir(tiny_cache, tmp_path_factory, monkeypatch_module):
-    """Two calls merged into one result file: the steps with the switch sweep, then generation and
-    evaluation (as benchmark/perf_gpu.sh runs them, one process each)."""
+    """Three calls merged into one result file: the steps with the switch sweep, a labelled second
+    setting with a partial sweep, then generation and evaluation (as benchmark/perf_gpu.sh runs them,
+    one process each)."""
     out = tmp_path_factory.mktemp("perf")
     monkeypatch_module.setenv("LSA_PERF_GEN_STEPS", "1")
     common = ["--out-dir", str(out / "perf"), "--merge", "data.clip_len=4", f"train.out_dir={out / 'run'}"]
     assert main(["--only", "steps", "--steps", "1", "--sweep", "--sweep-steps", "1", *common]) == 0
+    assert main(["--only", "steps", "--adapters", "unet", "--label", "tuned", "--steps", "1", "--sweep",
+                 "--sweep-steps", "1", "--sweep-only", "loss.decode_frames", "loss.decode_channels_last=true", *common]) == 0
     assert main(["--only", "generation,evaluation", "--gen-videos", "1", "--eval-videos", "2", *common]) == 0
     return out / "perf"
 
@@ -33,7 +37,7 @@ def test_perf_harness_writes_json_and_markdown(perf_dir):
     md = list(perf_dir.glob("*.md"))
     assert len(js) == 1 and len(md) == 1 and js[0].stem.startswith("cpu")
     res = json.loads(js[0].read_text())
-    assert set(res["steps"]) == {"unet", "lora"}
+    assert set(res["steps"]) == {"unet", "lora", "unet (tuned)"}
     for r in res["steps"].values():
         assert r["diffusion"]["clips_per_s"] > 0 and r["lsa"]["peak_mem_gib"] > 0 and r["lsa_over_diffusion"] > 0
     assert res["generation"]["generated"] == 1 and res["generation"]["hours_per_200_videos"] > 0
@@ -48,13 +52,31 @@ def test_sweep_flips_every_switch_on_the_full_unet_only(perf_dir):
     sweep = res["steps"]["unet"]["sweep"]
     assert "sweep" not in res["steps"]["lora"]
     assert {row["switch"] for row in sweep} == SWITCHES          # train.adam_fused is timed on CUDA only
-    assert [row["value"] for row in sweep if row["switch"] == "train.compile"] == [["dino"], ["dino", "vae_decoder"]]
+    assert [row["value"] for row in sweep if row["switch"] == "train.compile"] == [["vae_decoder"], ["vae_decoder", "dino"]]
+    assert [row["value"] for row in sweep if row["switch"] == "loss.decode_frames"] == ["every_k:2", "every_k:5"]
     for row in sweep:
         assert row["median_s"] > 0 and row["peak_mem_gib"] > 0, row
     # the configured setting is restored after each flip: the baseline's setting is recorded unchanged
     s = res["steps"]["unet"]["setting"]
     assert (s["decode_checkpoint"], s["grad_checkpointing"], s["dino_attention"], s["real_feature_cache"],
             s["decode_channels_last"]) == (False, False, "sdpa", False, False)
+
+
+def test_a_labelled_setting_keeps_its_own_partial_sweep(perf_dir):
+    res = json.loads(next(perf_dir.glob("*.json")).read_text())
+    tuned = res["steps"]["unet (tuned)"]
+    assert tuned["setting"]["decode_channels_last"] is True and tuned["setting"]["decode_frames"] == "all"
+    assert [(r["switch"], r["value"]) for r in tuned["sweep"]] == [("loss.decode_frames", "every_k:2"),
+                                                                  ("loss.decode_frames", "every_k:5")]
+    text = next(perf_dir.glob("*.md")).read_text()
+    assert "## One switch at a time from `unet`" in text and "## One switch at a time from `unet (tuned)`" in text
+    assert "`unet (tuned)` adds: `loss.decode_channels_last=true`" in text
+
+
+def test_sweep_only_names_unknown_switches(tmp_path):
+    with pytest.raises(ValueError, match="unknown switch.*loss.nope"):
+        main(["--only", "steps", "--adapters", "unet", "--sweep", "--sweep-only", "loss.nope",
+              "--out-dir", str(tmp_path), f"train.out_dir={tmp_path / 'run'}"])
 
 
 def test_evaluation_times_both_detector_passes(perf_dir):

@@ -51,6 +51,8 @@ def test_resume_gives_identical_weights(resumed_runs):
     log_b = [json.loads(x) for x in (two / "log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in log_a] == [1, 2, 3, 4, 5, 6] == [r["step"] for r in log_b]
     assert [r["loss"] for r in log_a] == [r["loss"] for r in log_b]
+    assert [r["clips"] for r in log_a] == [r["clips"] for r in log_b]      # the same clips, in the same order
+    assert sorted(c for r in log_a[:4] for c in r["clips"]) == [0, 1, 2, 3]     # epoch 1: every clip once
     assert all(r["loss_feat"] > 0 for r in log_a)          # joint: the feature loss is on from step 1
     assert [r["epoch"] for r in log_a] == [1, 1, 1, 1, 2, 2]
 

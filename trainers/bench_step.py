@@ -101,8 +101,16 @@ def _measure(trainer, batch, steps: int, warmup: int = 1) -> dict:
                 peak_reserved_gib=reserved / 2 ** 30 if reserved is not None else None)
 
 
-def bench(overrides: list[str], steps: int = 5, sweep: bool = False, sweep_steps: int = 3) -> dict:
+SWITCHES = ("loss.decode_checkpoint", "loss.decode_chunk", "train.grad_checkpointing", "loss.dino_attention",
+            "loss.real_feature_cache", "train.cudnn_benchmark", "loss.decode_channels_last", "loss.decode_frames",
+            "train.compile", "train.adam_fused")      # what the sweep can flip (`sweep_only` picks some)
+
+
+def bench(overrides: list[str], steps: int = 5, sweep: bool = False, sweep_steps: int = 3,
+          sweep_only: list[str] | None = None) -> dict:
     from trainers.loop import Trainer
+    if sweep_only is not None and (bad := [k for k in sweep_only if k not in SWITCHES]):
+        raise ValueError(f"--sweep-only: unknown switch(es) {bad}; valid are {', '.join(SWITCHES)}")
     resident = torch.cuda.memory_allocated() / 2 ** 30 if torch.cuda.is_available() else None
     t0 = time.perf_counter()
     cfg = load_config(["model=tiny", "schedule=joint", "train.out_dir=runs/bench_step", *overrides])
@@ -114,7 +122,7 @@ def bench(overrides: list[str], steps: int = 5, sweep: bool = False, sweep_steps
         cfg.schedule.feat_from_epoch = feat_from
         result[name] = _measure(trainer, batch, steps)
     if sweep:
-        result["sweep"] = sweep_switches(trainer, batch, sweep_steps)
+        result["sweep"] = sweep_switches(trainer, batch, sweep_steps, sweep_only)
     result["build_s"] = build_s
     result["resident_before_gib"] = resident      # GPU memory still held from earlier work (should be ~0)
     device = trainer.acc.device
@@ -191,9 +199,16 @@ def _variants(trainer):
     apply_cl, undo_cl = set_key(loss, "decode_channels_last", not cl)
     yield ("loss.decode_channels_last", not cl, lambda: (apply_cl(), set_channels_last(decoder, not cl)),
            lambda: (undo_cl(), set_channels_last(decoder, cl)))
+    # the one approximation: decode (and compare) only every k-th frame; recorded as such in the row
+    if loss.decode_frames in (None, "all"):
+        for k in (2, 5):
+            yield ("loss.decode_frames", f"every_k:{k}", *set_key(loss, "decode_frames", f"every_k:{k}"))
+    else:
+        yield ("loss.decode_frames", "all", *set_key(loss, "decode_frames", "all"))
     # compilation last: a compiled part stays compiled, so each row adds one part to the previous
+    # (the decoder first: it dominates the added time)
     compiled = list(cfg.train.compile)
-    for part, module in (("dino", trainer.dino), ("vae_decoder", decoder)):
+    for part, module in (("vae_decoder", decoder), ("dino", trainer.dino)):
         if part not in compiled:
             compiled = compiled + [part]
             yield ("train.compile", list(compiled), module.compile, lambda: None)
@@ -225,12 +240,14 @@ def time_optimizer(trainer, fused: bool, steps: int = 3) -> dict:
     return dict(median_s=statistics.median(times), times_s=times)
 
 
-def sweep_switches(trainer, batch, steps: int) -> list[dict]:
+def sweep_switches(trainer, batch, steps: int, only: list[str] | None = None) -> list[dict]:
     """The LSA step with each switch flipped in turn (then restored). A setting that runs out of
-    GPU memory is recorded as such, not fatal."""
+    GPU memory is recorded as such, not fatal. `only`: the switch names to flip (default: all)."""
     trainer.cfg.schedule.feat_from_epoch = 1
     out = []
     for name, value, apply, undo in _variants(trainer):
+        if only is not None and name not in only:
+            continue
         row = dict(switch=name, value=value)
         t0 = time.perf_counter()
         apply()
@@ -250,7 +267,7 @@ def sweep_switches(trainer, batch, steps: int) -> list[dict]:
         out.append(row)
         print(f"  sweep {name}={value}: " + (f"{row['median_s'] * 1e3:.1f} ms, peak {row['peak_mem_gib']:.2f} GiB"
                                             if "median_s" in row else row["error"]), flush=True)
-    if trainer.acc.device.type == "cuda":          # the fused kernel is CUDA-only
+    if trainer.acc.device.type == "cuda" and (only is None or "train.adam_fused" in only):   # CUDA-only kernel
         fused = bool(trainer.cfg.train.adam_fused)
         for f in (fused, not fused):
             try:

@@ -81,20 +81,31 @@ class Trainer:
         # The distributed (PartialState) part is kept, so `accelerate launch` runs are unaffected.
         from accelerate.state import AcceleratorState
         AcceleratorState._reset_state()
+        # device=auto on a machine without CUDA is the CPU: say so to accelerate, which otherwise runs
+        # N independent copies (each its own "main process") under a distributed launcher
+        on_cpu = t.device == "cpu" or (t.device == "auto" and not torch.cuda.is_available())
         self.acc = Accelerator(mixed_precision=t.mixed_precision, gradient_accumulation_steps=t.grad_accum,
-                               cpu=(t.device == "cpu"), log_with=trackers, project_dir=str(self.run_dir))
+                               cpu=on_cpu, log_with=trackers, project_dir=str(self.run_dir))
         set_seed(t.seed)
         torch.backends.cudnn.benchmark = bool(t.cudnn_benchmark)
         self.weight_dtype = {"no": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[t.mixed_precision]
 
-        parts = self.load_parts()
+        # caches (tiny models, decoded frames) are filled by the main process before the others read
+        # them: built concurrently, a folder could be published by a process that did not write all of
+        # it (transformers' save_pretrained writes weights on rank 0 only)
+        with self.acc.main_process_first():
+            parts = self.load_parts()
+            uses_feat = cfg.schedule.feat_from_epoch is not None and cfg.schedule.feat_from_epoch <= t.epochs
+            dino = load_dino(cfg.model) if uses_feat else None
+            from data.registry import build_dataset
+            from data.torch_dataset import ClipTorchDataset, collate_clips
+            self.dataset = ClipTorchDataset(build_dataset(cfg.data, "train"))
         self.parts = parts
         for m in (parts.vae, parts.image_encoder):
             _freeze(m, self.acc.device, self.weight_dtype)
-        self.uses_feat = cfg.schedule.feat_from_epoch is not None and cfg.schedule.feat_from_epoch <= t.epochs
         self.dino = None
-        if self.uses_feat:
-            self.dino = _freeze(load_dino(cfg.model), self.acc.device, self.weight_dtype)
+        if dino is not None:
+            self.dino = _freeze(dino, self.acc.device, self.weight_dtype)
             set_attention(self.dino, cfg.loss.dino_attention)
             if cfg.loss.decode_channels_last:
                 set_channels_last(parts.vae.decoder)
@@ -115,9 +126,6 @@ class Trainer:
         from diffusers.optimization import get_scheduler
         lr_scheduler = get_scheduler("constant", optimizer=optimizer)
 
-        from data.registry import build_dataset
-        from data.torch_dataset import ClipTorchDataset, collate_clips
-        self.dataset = ClipTorchDataset(build_dataset(cfg.data, "train"))
         if len(self.dataset) == 0:
             raise ValueError(f"data={cfg.data.name}: the training split is empty (check data.root and the split)")
         self.sampler = EpochSampler(len(self.dataset), t.seed)
@@ -145,21 +153,26 @@ class Trainer:
 
     # ---------------------------------------------------------------- checkpoints
     def save_checkpoint(self):
-        """Weights, optimizer, scheduler and RNG states (accelerate) + loop position, atomically."""
-        self.acc.wait_for_everyone()
-        if not self.acc.is_main_process:
-            return
+        """Weights, optimizer, scheduler and RNG states (accelerate) + loop position, atomically.
+        Every process takes part (each writes its own RNG state); the main one publishes the folder."""
+        acc = self.acc
         folder = self.run_dir / "checkpoints"
         final = folder / f"step-{self.state['global_step']:08d}"
         tmp = folder / f".tmp-{final.name}"
-        shutil.rmtree(tmp, ignore_errors=True)
-        self.acc.save_state(str(tmp))
-        (tmp / STATE_FILE).write_text(json.dumps(self.state, indent=1))
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-        for old in checkpoints(self.run_dir)[:-max(1, int(self.cfg.train.keep_checkpoints))]:
-            shutil.rmtree(old, ignore_errors=True)
+        acc.wait_for_everyone()
+        if acc.is_main_process:
+            shutil.rmtree(tmp, ignore_errors=True)
+        acc.wait_for_everyone()
+        acc.save_state(str(tmp))
+        acc.wait_for_everyone()
+        if acc.is_main_process:
+            (tmp / STATE_FILE).write_text(json.dumps(self.state, indent=1))
+            if final.exists():
+                shutil.rmtree(final)
+            os.replace(tmp, final)
+            for old in checkpoints(self.run_dir)[:-max(1, int(self.cfg.train.keep_checkpoints))]:
+                shutil.rmtree(old, ignore_errors=True)
+        acc.wait_for_everyone()
 
     def load_checkpoint(self, folder: Path):
         self.acc.load_state(str(folder))
@@ -245,7 +258,9 @@ class Trainer:
             from accelerate import skip_first_batches
             loader = skip_first_batches(self.loader, self.state["batch_in_epoch"]) \
                 if self.state["batch_in_epoch"] else self.loader
+            clips = []                     # dataset indices of this optimizer step (this process)
             for batch in loader:
+                clips += batch["index"].tolist()
                 g = step_generator(t.seed, self.state["micro_step"], acc.process_index)
                 with acc.accumulate(self.unet):
                     loss, terms = self.compute_loss(batch, g)
@@ -260,7 +275,8 @@ class Trainer:
                 if not acc.sync_gradients:
                     continue
                 self.state["global_step"] += 1
-                self._log(terms, epoch, start)
+                self._log(terms, clips, epoch, start)
+                clips = []
                 bar.update(1)
                 bar.set_postfix(epoch=epoch, **{k: f"{v:.4g}" for k, v in terms.items() if k.startswith("loss")})
                 if self.state["global_step"] % t.checkpoint_every == 0:
@@ -282,15 +298,23 @@ class Trainer:
             atomic_write_json(self.run_dir / "summary.json", summary)
         return self.run_dir
 
-    def _log(self, terms, epoch, start):
-        if not self.acc.is_main_process:
+    def _log(self, terms, clips, epoch, start):
+        """One line per optimizer step: the loss terms averaged over the processes, and the clips
+        every process trained on (in process order)."""
+        acc = self.acc
+        if acc.num_processes > 1:      # collectives: every process calls them
+            names = list(terms)
+            mean = acc.reduce(torch.tensor([terms[k] for k in names], device=acc.device), reduction="mean")
+            terms = dict(zip(names, mean.tolist()))
+            clips = acc.gather(torch.tensor(clips, device=acc.device)).tolist()
+        if not acc.is_main_process:
             return
         rec = dict(step=self.state["global_step"], epoch=epoch, lr=self.lr_scheduler.get_last_lr()[0],
-                   time=round(time.time() - start, 3), **terms)
+                   time=round(time.time() - start, 3), clips=clips, **terms)
         with open(self.log_path, "a") as f:
             f.write(json.dumps(rec) + "\n")
         if self.acc.log_with:
-            self.acc.log({k: v for k, v in rec.items() if k != "step"}, step=rec["step"])
+            self.acc.log({k: v for k, v in rec.items() if k not in ("step", "clips")}, step=rec["step"])
 
     def export(self, out: Path) -> tuple[Path, int]:
         """The trained U-Net (LoRA merged) as a diffusers folder, written atomically; (folder, #params)."""
@@ -310,17 +334,19 @@ class Trainer:
 COMPILABLE = ("unet", "vae_decoder", "dino")
 
 
-def compile_parts(names, **modules) -> None:
+def compile_parts(names, **modules) -> list[str]:
     """torch.compile the named parts in place (`nn.Module.compile`: state-dict keys, checkpoints and
-    exports are unchanged). `train.compile` lists them; the first steps pay the compilation."""
+    exports are unchanged). `train.compile` lists them; the first steps pay the compilation. A part
+    this run does not have (DINOv2 in a diffusion-only or Ctrl-V stage) is left out, so one profile
+    serves every stage. Returns the parts compiled."""
     names = list(names)
     bad = [n for n in names if n not in COMPILABLE]
     if bad:
         raise ValueError(f"train.compile={names}: unknown part(s) {bad}; valid are {list(COMPILABLE)}")
-    for n in names:
-        if modules.get(n) is None:
-            raise ValueError(f"train.compile lists {n!r} but this run has no {n} (no LSA loss in its schedule?)")
+    done = [n for n in names if modules.get(n) is not None]
+    for n in done:
         modules[n].compile()
+    return done
 
 
 def set_attention(model, implementation: str) -> None:

@@ -16,7 +16,9 @@ def main(argv: list[str] | None = None) -> int:
     from trainers.loop import train
     cfg = load_config(argv)
     run_dir = train(cfg)
-    print(f"run folder: {run_dir.resolve()}")
+    from accelerate import PartialState
+    if PartialState().is_main_process:          # once, also under `accelerate launch` with N processes
+        print(f"run folder: {run_dir.resolve()}")
     return 0
 
 
