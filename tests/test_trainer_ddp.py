@@ -82,3 +82,17 @@ def test_a_resumed_two_process_run_equals_an_uninterrupted_one(ddp_runs):
     a = load_file(str(one / "unet" / "diffusion_pytorch_model.safetensors"))
     b = load_file(str(two / "unet" / "diffusion_pytorch_model.safetensors"))
     assert all(torch.equal(a[k], b[k]) for k in a), "the resumed DDP run diverged from the uninterrupted one"
+
+
+def test_a_non_finite_loss_on_one_process_stops_every_process(tmp_path):
+    """Process 1 alone sees NaN: both stop with a clear error instead of process 0 waiting in the
+    gradient all-reduce until the communication times out."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+           "--num_machines", "1", "--num_cpu_threads_per_process", "1", "--main_process_port", str(_free_port()),
+           str(ROOT / "tests" / "_ddp_check_finite.py"), str(tmp_path)]
+    res = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    said = {r: (tmp_path / f"rank{r}.txt").read_text() for r in (0, 1)}
+    assert said[1].startswith("non-finite loss_diff = nan (process 1 of 2) at step 5 (epoch 1")
+    assert said[0].startswith("non-finite loss on process(es) [1] at step 5")

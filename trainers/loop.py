@@ -231,12 +231,23 @@ class Trainer:
         return loss, {k: float(v.detach()) for k, v in terms.items()} | {"sigma": float(sigma.mean())}
 
     def check_finite(self, terms: dict, sigma: torch.Tensor) -> None:
-        for name, value in terms.items():
-            if not torch.isfinite(value):
-                raise FloatingPointError(
-                    f"non-finite {name} = {value.item()} at step {self.state['global_step'] + 1} "
-                    f"(epoch {self.state['epoch']}, sigma {sigma.tolist()}) in {self.run_dir}; the run stops here, "
-                    f"its last checkpoint is {newest_checkpoint(self.run_dir)}. Try mixed_precision=no or a lower train.lr.")
+        """Stop on a non-finite loss term. With several processes all of them stop at the same step,
+        also those whose own terms are finite: they would otherwise wait in the gradient all-reduce
+        for the stopped one until the communication times out."""
+        acc = self.acc
+        bad = next(((name, value) for name, value in terms.items() if not torch.isfinite(value)), None)
+        ranks = [acc.process_index] if bad else []
+        if acc.num_processes > 1:
+            ranks = [i for i, f in enumerate(acc.gather(torch.tensor([bad is not None], device=acc.device)).tolist()) if f]
+        if not ranks:
+            return
+        where = (f"at step {self.state['global_step'] + 1} (epoch {self.state['epoch']}, sigma {sigma.tolist()}) "
+                 f"in {self.run_dir}; the run stops here, its last checkpoint is {newest_checkpoint(self.run_dir)}. "
+                 "Try mixed_precision=no or a lower train.lr.")
+        what = f"non-finite {bad[0]} = {bad[1].item()}" if bad else f"non-finite loss on process(es) {ranks}"
+        if bad and acc.num_processes > 1:
+            what += f" (process {acc.process_index} of {acc.num_processes})"
+        raise FloatingPointError(f"{what} {where}")
 
     # ---------------------------------------------------------------- the loop
     def train(self) -> Path:
