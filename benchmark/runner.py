@@ -379,7 +379,7 @@ def run_stage(store_root: str, stage_hash: str, runner: StageRunner, processes: 
         _check_inputs_done(stage, store)
         print(f"running {stage.kind} {stage.hash} [{stage.describe()}] shard {shard + 1} of {n}", flush=True)
         run_shard(store, stage, graph, runner, shard, n)
-        return f"{stage_hash}:{shard}/{n}"
+        return shard_key(stage_hash, shard, n)
     if stage.kind in ACCELERATE_METHODS and processes > 1:
         runner = _MultiProcess(runner, ACCELERATE_METHODS[stage.kind], processes, accelerate or {})
     print(f"running {stage.kind} {stage.hash} [{stage.describe()}] rows {', '.join(stage.rows)}", flush=True)

@@ -18,15 +18,10 @@ from PIL import Image
 from benchmark.shards import Shard, shard_names
 from benchmark.stages import get_key
 from benchmark.testset import write_testset
-from data.atomic import atomic_path
+from data.atomic import atomic_write_bytes
+from data.device import resolve_device
 
 _DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-
-
-def _device(name: str | None) -> str:
-    if name in (None, "auto"):
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return str(name)
 
 
 def release_memory():
@@ -40,7 +35,7 @@ def _generation_setup(cfg: dict, test_clips: Path):
     """(config, benchmark.generate node, device, dtype, clip names of the testset stage)."""
     c = OmegaConf.create(cfg)
     gen = c.benchmark.generate
-    device = _device(gen.get("device"))
+    device = resolve_device(gen.get("device"))
     dtype = _DTYPES[gen.get("dtype", "fp32") if device != "cpu" else "fp32"]
     firsts_dir = Path(test_clips) / "first_frames"
     names = sorted(p.stem for p in firsts_dir.glob("*.png"))
@@ -195,8 +190,7 @@ class TrainerRunner:
         finally:
             release_memory()
         path = Path(shard.folder) / "features.pkl"
-        with atomic_path(path) as tmp:
-            tmp.write_bytes(pickle.dumps(part, protocol=pickle.HIGHEST_PROTOCOL))
+        atomic_write_bytes(path, pickle.dumps(part, protocol=pickle.HIGHEST_PROTOCOL))
         return {"features_file": path, "num_videos": len(names), "names": names}
 
     def merge_evaluate(self, stage, cfg: dict, out_dir: Path, parts: list[dict], *, videos_dir: Path,

@@ -30,6 +30,8 @@ import time
 from pathlib import Path
 from typing import Callable, NamedTuple, Sequence
 
+from data.atomic import atomic_write_bytes
+
 SHARDED_KINDS = ("generate", "evaluate")
 KEY = "benchmark.shards"
 SHARDS_DIR = "shards"
@@ -107,9 +109,7 @@ def run_workers(calls: Sequence[tuple[str, Callable, tuple, Path]], devices: Seq
                 label, fn, args, folder = queue.pop(0)
                 device = free.pop(0)
                 folder.mkdir(parents=True, exist_ok=True)
-                from data.atomic import atomic_path
-                with atomic_path(folder / PAYLOAD) as tmp:
-                    tmp.write_bytes(cloudpickle.dumps((fn, tuple(args))))
+                atomic_write_bytes(folder / PAYLOAD, cloudpickle.dumps((fn, tuple(args))))
                 env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(root)] + [p for p in [os.environ.get(
                     "PYTHONPATH")] if p]))
                 if device is not None:

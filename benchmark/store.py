@@ -116,12 +116,7 @@ class Store:
         if not self.is_done(stage_hash):
             return None
         d = self.dir(stage_hash)
-        path = d / RESULT
-        try:
-            res = json.loads(path.read_text())
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path}: not valid JSON ({e}); delete {d} to recompute the stage") from e
-        return _absolute_paths(res, d)
+        return _read_record(d / RESULT, d, f"delete {d} to recompute the stage")
 
     def config(self, stage_hash: str) -> dict:
         return yaml.safe_load((self.dir(stage_hash) / CONFIG).read_text())
@@ -145,16 +140,22 @@ class Store:
         path = self.shard_dir(stage_hash, index, count) / RESULT
         if not path.is_file():
             return None
-        try:
-            res = json.loads(path.read_text())
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path}: not valid JSON ({e}); delete {path.parent} to redo the shard") from e
-        return _absolute_paths(res, self.dir(stage_hash))
+        return _read_record(path, self.dir(stage_hash), f"delete {path.parent} to redo the shard")
 
     def stage_info(self, stage_hash: str) -> dict:
         """The stage's stage.json ({} before its folder is prepared)."""
         p = self.dir(stage_hash) / STAGE
         return json.loads(p.read_text()) if p.exists() else {}
+
+
+def _read_record(path: Path, base: Path, remedy: str) -> dict:
+    """A result.json (a stage's or a shard's) with its paths made absolute against `base` again;
+    invalid JSON fails naming the file and the `remedy`."""
+    try:
+        res = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: not valid JSON ({e}); {remedy}") from e
+    return _absolute_paths(res, base)
 
 
 def _now() -> str:

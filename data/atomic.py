@@ -32,6 +32,13 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
     return path
 
 
+def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
+    """`data` written to a temp file beside `path`, then renamed onto it (pickled payloads, features)."""
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+    return Path(path)
+
+
 def atomic_write_json(path: str | Path, obj: Any, **dumps_kw) -> Path:
     """JSON (indent 1, sorted keys unless `dumps_kw` says otherwise) written atomically."""
     kw = dict(indent=1, sort_keys=True, default=str) | dumps_kw

@@ -21,9 +21,10 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
-import torch
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
+
+from data.device import resolve_device
 
 METRICS = ("fvd", "fid", "det")
 
@@ -74,12 +75,6 @@ def _check_pair(real: np.ndarray, gen: np.ndarray, name: str, expected_t: int | 
                          f"must have the same length (per-frame curves, FVD)")
 
 
-def _device(name: str) -> str:
-    if name in (None, "auto"):
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return str(name)
-
-
 # ---------------------------------------------------------------- building the metrics
 
 def _build(cfg: DictConfig, metrics, weights: dict, device: str, detector):
@@ -96,7 +91,7 @@ def _build(cfg: DictConfig, metrics, weights: dict, device: str, detector):
                                  resolution=cfg.fvd.resolution, center_interp=cfg.fvd.center_interp,
                                  num_frames=cfg.fvd.num_frames, batch_size=cfg.fvd.batch_size)
     if "det" in metrics:
-        from metrics.detection import DetectionAccumulator, DetProtocol
+        from metrics.detection import DetProtocol
         protocol = DetProtocol.from_cfg(cfg.det)
         if detector is None:
             from metrics.detectors import build_detector
@@ -105,7 +100,7 @@ def _build(cfg: DictConfig, metrics, weights: dict, device: str, detector):
             det_cfg.update(weights=weights["det.detector.weights"], classes=list(protocol.classes or []) or None,
                            device=device, cache_dir=cfg.cache_dir)
             detector = build_detector(det_cfg)
-        built["det"] = (DetectionAccumulator(protocol), detector)
+        built["det"] = detector
     return built
 
 
@@ -202,7 +197,7 @@ def extract_features(real_videos: Sequence, gen_videos: Sequence, cfg, names: Se
     metrics = _check_inputs(cfg, real_videos, gen_videos)
     names = list(names) if names is not None else [_video_name(v, i) for i, v in enumerate(real_videos)]
     weights = resolve_weights(cfg, metrics if detector is None else [m for m in metrics if m != "det"])
-    device = _device(cfg.device)
+    device = resolve_device(cfg.device)
     built = _build(cfg, metrics, weights, device, detector)
 
     seconds = {m: 0.0 for m in metrics}
@@ -221,7 +216,7 @@ def extract_features(real_videos: Sequence, gen_videos: Sequence, cfg, names: Se
             for m in metrics:
                 t0 = time.perf_counter()
                 if m == "det":
-                    detections.append(_detect_pair(built["det"][1], cfg, real, gen, boxes, labels,
+                    detections.append(_detect_pair(built["det"], cfg, real, gen, boxes, labels,
                                                    save_to=Path(detections_dir) / f"{name}.json" if detections_dir
                                                    else None))
                 else:
@@ -248,7 +243,7 @@ def extract_features(real_videos: Sequence, gen_videos: Sequence, cfg, names: Se
             f"Inception 2015-12-05 pool3 ({b.extractor.feature_dim}-d, torchmetrics), frames {size} "
             f"({b.resize_method}), then 299x299 {'antialiased' if b.extractor.net.use_antialias else 'TF1 bilinear'}")}
     if "det" in built:
-        det = built["det"][1]
+        det = built["det"]
         part["info"]["det"] = {"detector": getattr(det, "name", type(det).__name__)}
         part["detections"] = detections
     return part

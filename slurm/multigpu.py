@@ -22,7 +22,7 @@ import sys
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from data.atomic import atomic_path
+from data.atomic import atomic_write_bytes
 
 PAYLOAD = ".multigpu_call.pkl"
 RESULT = ".multigpu_result.pkl"
@@ -66,7 +66,7 @@ def run_in_processes(fn: Callable, args: Sequence, num_processes: int, work_dir:
     work_dir.mkdir(parents=True, exist_ok=True)
     payload, result = work_dir / PAYLOAD, work_dir / RESULT
     result.unlink(missing_ok=True)          # a result left by an earlier attempt must not count
-    _atomic_bytes(payload, cloudpickle.dumps((fn, tuple(args))))
+    atomic_write_bytes(payload, cloudpickle.dumps((fn, tuple(args))))
     cmd = accelerate_command(num_processes, payload, port=port if port is not None else main_process_port(),
                              python=python, extra_args=extra_args)
     echo("running " + " ".join(cmd))
@@ -83,11 +83,6 @@ def run_in_processes(fn: Callable, args: Sequence, num_processes: int, work_dir:
     return out
 
 
-def _atomic_bytes(path: Path, data: bytes) -> None:
-    with atomic_path(path) as tmp:
-        tmp.write_bytes(data)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """One rank: make the pickled call; rank 0 saves the return value beside the payload."""
     import cloudpickle
@@ -100,7 +95,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         fn, args = cloudpickle.load(f)
     out = fn(*args)
     if int(os.environ.get("RANK", "0")) == 0:
-        _atomic_bytes(payload.parent / RESULT, cloudpickle.dumps(out))
+        atomic_write_bytes(payload.parent / RESULT, cloudpickle.dumps(out))
     return 0
 
 

@@ -14,6 +14,7 @@ from omegaconf import OmegaConf
 from tqdm.auto import tqdm
 
 from data.atomic import atomic_write_json
+from data.device import resolve_device
 from trainers import edm
 from trainers.adapters import apply_adapter, merged_unet
 from trainers.conditioning import SVDConditioner
@@ -83,7 +84,7 @@ class Trainer:
         AcceleratorState._reset_state()
         # device=auto on a machine without CUDA is the CPU: say so to accelerate, which otherwise runs
         # N independent copies (each its own "main process") under a distributed launcher
-        on_cpu = t.device == "cpu" or (t.device == "auto" and not torch.cuda.is_available())
+        on_cpu = resolve_device(t.device) == "cpu"
         self.acc = Accelerator(mixed_precision=t.mixed_precision, gradient_accumulation_steps=t.grad_accum,
                                cpu=on_cpu, log_with=trackers, project_dir=str(self.run_dir))
         set_seed(t.seed)
@@ -378,8 +379,6 @@ def _freeze(module, device, dtype):
 
 def _size(v):
     return v if v in ("auto", None) else list(v)
-
-
 
 
 def train(cfg) -> Path:

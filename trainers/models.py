@@ -14,6 +14,8 @@ from pathlib import Path
 
 import torch
 
+from data.device import resolve_device
+
 # Scheduler settings of the public SVD img2vid release (scheduler/scheduler_config.json).
 SVD_SCHEDULER_CONFIG = dict(
     beta_end=0.012, beta_schedule="scaled_linear", beta_start=0.00085, interpolation_type="linear",
@@ -84,21 +86,15 @@ def build_tiny_svd(seed: int = 0, num_frames: int = 8):
                 feature_extractor=feature_extractor, scheduler=scheduler)
 
 
-def build_device(name: str | None) -> str:
-    """Where full-size random models are initialised: `auto` = the GPU when there is one (the
-    2.3 B parameters of SVD + CLIP + DINOv2 take seconds there and about a minute on a CPU)."""
-    if name in (None, "auto"):
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return str(name)
-
-
 def build_full_random_svd(seed: int = 0, num_frames: int = 25, device: str | None = "cpu"):
     """SVD img2vid at full size with random weights (published configs): true time and memory, no weights."""
     from diffusers import EulerDiscreteScheduler
     from transformers import CLIPImageProcessor
 
     torch.manual_seed(seed)
-    with torch.device(build_device(device)):
+    # model.build_device=auto: the GPU when there is one (the 2.3 B parameters of SVD + CLIP + DINOv2
+    # are initialised in seconds there, in about a minute on a CPU)
+    with torch.device(resolve_device(device)):
         unet, vae, image_encoder = _full_random_svd_modules(num_frames)
     return dict(unet=unet, vae=vae, image_encoder=image_encoder,
                 feature_extractor=CLIPImageProcessor(crop_size=224, size={"shortest_edge": 224}),
@@ -123,7 +119,7 @@ def build_full_random_dino(seed: int = 0, device: str | None = "cpu"):
     """DINOv2 ViT-B/14 (facebook/dinov2-base config) with random weights."""
     from transformers import Dinov2Config, Dinov2Model
     torch.manual_seed(seed)
-    with torch.device(build_device(device)):
+    with torch.device(resolve_device(device)):
         return Dinov2Model(Dinov2Config(hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
                                         intermediate_size=3072, patch_size=14, image_size=518))
 

@@ -18,10 +18,10 @@ from typing import Sequence
 
 import numpy as np
 import torch
-from data.atomic import atomic_write_json
 from PIL import Image
 from tqdm.auto import tqdm
 
+from data.atomic import atomic_write_json
 from trainers.ctrlv.bbox_generator import FrameConditioning
 from trainers.ctrlv.box2video import ControlledUNet, SpatioTemporalControlNet
 from trainers.ctrlv.common import conditioning_frames
@@ -218,8 +218,6 @@ class CtrlVPipeline:
                             self.ctrlv.controlnet.conditioning_scale, self.ctrlv.inference.uncond_control):
             video = _uint8(self._svd_call(self.video_pipe, image, gen_cfg, self.ctrlv.inference.box2video, seed))
         return CtrlVOutput(video=video, box_frames=box_frames, tracks=out_tracks)
-
-
 
 
 def generate_ctrlv_videos(pipe: CtrlVPipeline, inputs: Sequence[CtrlVInputs], names: Sequence[str], gen_cfg,
