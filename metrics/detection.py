@@ -7,7 +7,8 @@ sides keep only the protocol's classes and boxes passing the size rule.
 
 Protocols (config `det.protocols`):
 - `lsa` (the paper): class-aware; vehicle classes; width and height >= 76 px; COCO
-  mAP@[.50:.95] through torchmetrics' MeanAveragePrecision (pycocotools backend).
+  mAP@[.50:.95] computed by pycocotools' COCOeval (its float64 thresholds), one image per frame,
+  images numbered video by video.
 - `ctrlv` (Ctrl-V's tools/run_tracking_metrics.py): class-agnostic; first 16 frames; width and
   height >= 8% of the frame; detector at conf 0.10 / NMS IoU 0.35; precision and recall counted
   over a confidence sweep 0..1 (step 0.01) for each IoU threshold .50:.95, and Ctrl-V's own rule
@@ -33,7 +34,8 @@ from metrics.detectors.base import Detections
 
 PROTOCOL_KEYS = ("classes", "class_aware", "ref_conf", "min_box_px", "min_box_frac", "max_frames",
                  "pred_conf", "miou_pred_conf", "ap")
-COCO_IOU_THRESHOLDS = np.linspace(0.5, 0.95, 10)
+# COCO's IoU thresholds .50:.05:.95, built in float64 exactly as pycocotools' Params builds them
+COCO_IOU_THRESHOLDS = np.linspace(0.5, 0.95, int(np.round((0.95 - 0.5) / 0.05)) + 1, endpoint=True)
 CTRLV_CONF_GRID = np.linspace(0.0, 1.0, 101)        # np.arange(0, 1.01, 0.01) in Ctrl-V
 
 
@@ -117,24 +119,57 @@ def miou(refs: Sequence[Detections], preds: Sequence[Detections], class_aware: b
 
 # ---------------------------------------------------------------- COCO mAP
 
-def _as_tm(d: Detections, with_scores: bool) -> dict:
-    out = dict(boxes=torch.from_numpy(d.boxes).float(), labels=torch.from_numpy(d.labels).long())
-    if with_scores:
-        out["scores"] = torch.from_numpy(d.scores).float()
-    return out
-
-
 def coco_map(refs: Sequence[Detections], preds: Sequence[Detections]) -> dict:
-    """COCO mAP@[.50:.95], mAP@.50 and @.75 in [0,1] (torchmetrics, pycocotools backend); one image per
-    frame. None where pycocotools has nothing to average (no reference box at all)."""
-    from torchmetrics.detection import MeanAveragePrecision
+    """COCO mAP@[.50:.95], mAP@.50 and @.75 in [0,1], computed by pycocotools' COCOeval itself (its own
+    float64 IoU and recall thresholds, iscrowd 0, 100 detections per image); one image per frame,
+    image ids in the order given (callers pass frames video by video: that order breaks score ties
+    exactly as a COCO json written video by video would). None where pycocotools has nothing to
+    average (no reference box at all).
 
-    metric = MeanAveragePrecision(box_format="xyxy", iou_type="bbox", backend="pycocotools")
-    metric.warn_on_many_detections = False     # COCO keeps the 100 best per image: the standard rule
-    metric.update([_as_tm(p, True) for p in preds], [_as_tm(r, False) for r in refs])
-    res = metric.compute()
-    value = lambda k: None if float(res[k]) < 0 else float(res[k])  # noqa: E731  (-1 = undefined)
-    return {"map": value("map"), "map_50": value("map_50"), "map_75": value("map_75")}
+    pycocotools directly, not torchmetrics' MeanAveragePrecision: torchmetrics builds the IoU and
+    recall thresholds with float32 `torch.linspace` (0.6 becomes 0.60000002, so a pair whose IoU is
+    exactly on a threshold is not matched) and hands pycocotools float32 boxes."""
+    import contextlib
+    import io
+
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    if len(refs) != len(preds):
+        raise ValueError(f"coco_map: {len(refs)} reference frames vs {len(preds)} prediction frames")
+    images = [{"id": i} for i in range(len(refs))]
+    labels = sorted({int(c) for d in (*refs, *preds) for c in d.labels})
+    categories = [{"id": c} for c in labels]
+    gt_anns = [dict(_coco_box(b), id=k, image_id=i, category_id=int(c), iscrowd=0)
+               for k, (i, b, c, _) in enumerate(_boxes(refs), start=1)]
+    dt_anns = [dict(_coco_box(b), id=k, image_id=i, category_id=int(c), iscrowd=0, score=float(s))
+               for k, (i, b, c, s) in enumerate(_boxes(preds), start=1)]
+    if not gt_anns:
+        return {"map": None, "map_50": None, "map_75": None}
+    gt, dt = COCO(), COCO()
+    gt.dataset = {"images": images, "annotations": gt_anns, "categories": categories}
+    dt.dataset = {"images": images, "annotations": dt_anns, "categories": categories}   # as COCO.loadRes builds it
+    with contextlib.redirect_stdout(io.StringIO()):     # pycocotools prints its progress and summary
+        gt.createIndex()
+        dt.createIndex()
+        ev = COCOeval(gt, dt, "bbox")
+        ev.evaluate()
+        ev.accumulate()
+        ev.summarize()
+    value = lambda v: None if v < 0 else float(v)  # noqa: E731   (-1 = undefined)
+    return {"map": value(ev.stats[0]), "map_50": value(ev.stats[1]), "map_75": value(ev.stats[2])}
+
+
+def _boxes(frames: Sequence[Detections]):
+    """(frame index, xyxy box, label, score) of every box, frame by frame."""
+    for i, d in enumerate(frames):
+        yield from ((i, b, c, s) for b, c, s in zip(np.asarray(d.boxes, np.float64), d.labels, d.scores))
+
+
+def _coco_box(b: np.ndarray) -> dict:
+    """COCO's [x, y, w, h] and area of one xyxy box, in float64 (as a COCO json written from it)."""
+    w, h = float(b[2] - b[0]), float(b[3] - b[1])
+    return {"bbox": [float(b[0]), float(b[1]), w, h], "area": w * h}
 
 
 # ---------------------------------------------------------------- Ctrl-V's confidence sweep
@@ -215,13 +250,17 @@ def _ctrlv_area(recall: np.ndarray, precision: np.ndarray) -> float:
 
 class DetectionAccumulator:
     """Collects per-frame references and predictions of every video, then computes the totals and
-    the per-frame-index curves."""
+    the per-frame-index curves. Frames are scored video by video (video 0's frames, then video 1's):
+    the image order of a COCO json written per video, which is what breaks pycocotools' score ties."""
 
     def __init__(self, protocol: DetProtocol):
         self.protocol = protocol
-        self.refs: list[list[Detections]] = []      # [frame index][video]
+        self.refs: list[list[Detections]] = []      # [video][frame index]
         self.preds: list[list[Detections]] = []
-        self.num_videos = 0
+
+    @property
+    def num_videos(self) -> int:
+        return len(self.refs)
 
     def add_video(self, ref_frames: Sequence[Detections], pred_frames: Sequence[Detections],
                   frame_hw: tuple[int, int], ref_from_dataset: bool = False) -> None:
@@ -229,14 +268,9 @@ class DetectionAccumulator:
             raise ValueError(f"{len(ref_frames)} reference frames vs {len(pred_frames)} generated frames")
         p = self.protocol
         n = len(ref_frames) if p.max_frames is None else min(p.max_frames, len(ref_frames))
-        for j in range(n):
-            if j == len(self.refs):
-                self.refs.append([])
-                self.preds.append([])
-            ref_conf = 0.0 if ref_from_dataset else p.ref_conf
-            self.refs[j].append(p.select(ref_frames[j], frame_hw, ref_conf))
-            self.preds[j].append(p.select(pred_frames[j], frame_hw, p.pred_conf))
-        self.num_videos += 1
+        ref_conf = 0.0 if ref_from_dataset else p.ref_conf
+        self.refs.append([p.select(ref_frames[j], frame_hw, ref_conf) for j in range(n)])
+        self.preds.append([p.select(pred_frames[j], frame_hw, p.pred_conf) for j in range(n)])
 
     def _scores(self, refs, preds) -> dict:
         p = self.protocol
@@ -259,11 +293,13 @@ class DetectionAccumulator:
     def compute(self) -> dict:
         if not self.refs:
             raise ValueError("no video was added to the detection metrics")
-        all_refs = [d for frame in self.refs for d in frame]
-        all_preds = [d for frame in self.preds for d in frame]
+        all_refs = [d for video in self.refs for d in video]
+        all_preds = [d for video in self.preds for d in video]
         result = {"protocol": self.protocol.name, "units": "percent", "n_videos": self.num_videos,
                   "n_frames": len(all_refs), **self._scores(all_refs, all_preds)}
-        per_frame = [self._scores(r, p) for r, p in zip(self.refs, self.preds)]
+        num_frames = max(len(video) for video in self.refs)
+        per_frame = [self._scores([v[j] for v in self.refs if j < len(v)], [v[j] for v in self.preds if j < len(v)])
+                     for j in range(num_frames)]
         result["per_frame"] = {k: [f[k] for f in per_frame] for k in ("mAP", "mIoU", "n_ref_boxes")}
         return result
 
