@@ -6,7 +6,9 @@
 Marks, per column and within each `rank_within` group of rows, following the column's direction:
 best in bold (markdown **x**, LaTeX \\textbf{x}), second best underlined (<u>x</u>, \\underline{x}).
 Ties share the mark. The second best is marked only when at least three rows have a value (with two,
-"second" would just be "worst"). Our numbers and the paper's are ranked separately.
+"second" would just be "worst"). A column (or group) whose values all tie, or that has a single value,
+is not marked at all: bolding 0.00 in every row as "best" would claim a ranking there is not. Our
+numbers and the paper's are ranked separately.
 Missing cells: "n/a" (not computed or metric absent); rows whose method is not implemented yet:
 "not yet available" (never dropped, never filled in).
 """
@@ -27,10 +29,13 @@ MIN_ROWS_FOR_SECOND = 3
 
 # ------------------------------------------------------------------------------------ ranking
 def rank_marks(values: Sequence[float | None], direction: str) -> list[str | None]:
-    """'best' / 'second' / None for each value (None values get None)."""
+    """'best' / 'second' / None for each value (None values get None); nothing is marked unless at
+    least two distinct values are present."""
     present = sorted({v for v in values if _ok(v)}, reverse=(direction == "up"))
     n_present = sum(_ok(v) for v in values)
-    best = present[0] if present else None
+    if len(present) < 2:
+        return [None] * len(values)
+    best = present[0]
     second = present[1] if len(present) > 1 and n_present >= MIN_ROWS_FOR_SECOND else None
     out = []
     for v in values:
@@ -126,7 +131,7 @@ def caption_text(spec: TableSpec, *, description: str, sizes: Sequence[tuple[str
         n = "0 (no test videos generated yet)"
     rank = f" within each {' / '.join(spec.rank_within)}" if spec.rank_within else ""
     s = (f"Table {spec.name}. {spec.title} Ours beside the paper's numbers; per column{rank}, best in bold, "
-         f"second best underlined (three or more rows). N = {n}. {description.rstrip('.')}.")
+         f"second best underlined (three or more rows; a column whose values all tie is not marked). N = {n}. {description.rstrip('.')}.")
     if fake:
         s += (" FAKE RUNNER (benchmark.executors.FakeRunner): every 'ours' number is a placeholder, "
               "not a measurement.")

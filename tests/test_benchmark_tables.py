@@ -49,6 +49,17 @@ def test_rank_marks_follow_the_direction():
     assert rank_marks([None, float("nan")], "up") == [None, None]
 
 
+def test_a_column_whose_values_all_tie_is_not_marked(spec):
+    assert rank_marks([0.0, 0.0, 0.0], "up") == [None, None, None]
+    assert rank_marks([5.0, None, 5.0], "down") == [None, None, None]
+    assert rank_marks([7.0, None], "up") == [None, None]               # a single value ranks nothing
+    ours = {"a": {"fvd": 1.0, "map": 0.0}, "b": {"fvd": 2.0, "map": 0.0}, "c": {"fvd": 3.0, "map": 0.001}}
+    t = make_table(spec, ours, caption="c")
+    assert all(cells(t["json"], r)["map"]["ours_mark"] is None for r in "abc")     # all print 0.00
+    assert "**0.00**" not in t["md"] and r"\textbf{0.00}" not in t["tex"]
+    assert cells(t["json"], "a")["fvd"]["ours_mark"] == "best"
+
+
 def test_markdown_latex_json_marks_and_missing_cells(spec):
     ours = {"a": {"fvd": 250.0, "map": 12.0}, "b": {"fvd": 150.0, "map": None}, "c": {"fvd": 350.0, "map": 40.0}}
     t = make_table(spec, ours, caption="cap", unavailable={"d": "not yet available: needs the Ctrl-V baseline"})
