@@ -468,6 +468,20 @@ def collect(graph: StageGraph, store: Store) -> tuple[dict, dict, list[tuple[str
     return cells, extra, list(dict.fromkeys(sizes.values()))
 
 
+def protocol_notes(graph: StageGraph, store: Store) -> list[str]:
+    """Caption sentences naming the metric protocols the table's numbers were made with."""
+    if not any(c.key.startswith("fid.") for c in graph.table.columns):
+        return []
+    fid = set()
+    for plan in graph.rows:
+        for h in plan.evaluate.values():
+            res = store.result(h) if not plan.unavailable else None
+            value = get_key((res or {}).get("metrics", {}), "fid.preprocessing", None)
+            if value:
+                fid.add(str(value))
+    return [f"FID preprocessing: {', '.join(sorted(fid))} (metrics.fid.protocol)"] if fid else []
+
+
 def _efficiency(c, gen: dict | None) -> float | None:
     """Table I's measured columns, from the generate stage: hours for `per_videos` videos; params in M."""
     if not gen:
@@ -491,7 +505,7 @@ def render(graph: StageGraph, store: Store, out_dir: Path, *, fake: bool = False
     spec = graph.table
     cells, extra, sizes = collect(graph, store)
     description = str(get_key(graph.render.run_cfg, "benchmark.description", graph.profile))
-    caption = caption_text(spec, description=description, sizes=sizes, fake=fake)
+    caption = caption_text(spec, description=description, sizes=sizes, fake=fake, notes=protocol_notes(graph, store))
     unavailable = {p.row.name: p.unavailable for p in graph.rows if p.unavailable}
     outputs = render_table(spec, cells, caption=caption, out_dir=out_dir, unavailable=unavailable,
                            profile=graph.profile, fake=fake, extra=extra)

@@ -122,7 +122,7 @@ def render_table(spec: TableSpec, cells, *, caption: str, out_dir: str | Path, u
 
 
 def caption_text(spec: TableSpec, *, description: str, sizes: Sequence[tuple[str, int, int]],
-                 fake: bool = False) -> str:
+                 fake: bool = False, notes: Sequence[str] = ()) -> str:
     """'Table III (smoke). <title> N = 2 test videos x 8 frames (synthetic). <profile text>'."""
     if sizes:
         n = "; ".join(f"{nv} test videos x {nf} frames" + (f" ({d})" if len(sizes) > 1 or d else "")
@@ -131,7 +131,8 @@ def caption_text(spec: TableSpec, *, description: str, sizes: Sequence[tuple[str
         n = "0 (no test videos generated yet)"
     rank = f" within each {' / '.join(spec.rank_within)}" if spec.rank_within else ""
     s = (f"Table {spec.name}. {spec.title} Ours beside the paper's numbers; per column{rank}, best in bold, "
-         f"second best underlined (three or more rows; a column whose values all tie is not marked). N = {n}. {description.rstrip('.')}.")
+         f"second best underlined (three or more rows; a column whose values all tie is not marked). N = {n}. "
+         + "".join(f"{note.rstrip('.')}. " for note in notes) + f"{description.rstrip('.')}.")
     if fake:
         s += (" FAKE RUNNER (benchmark.executors.FakeRunner): every 'ours' number is a placeholder, "
               "not a measurement.")

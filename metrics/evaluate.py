@@ -82,7 +82,8 @@ def _build(cfg: DictConfig, metrics, weights: dict, device: str, detector):
     if "fid" in metrics:
         from metrics.fid import FIDMetric, InceptionFeatures
         ext = InceptionFeatures(weights["fid.weights"], device=device, batch_size=cfg.fid.batch_size,
-                                feature_dim=cfg.fid.feature_dim, antialias=cfg.fid.antialias)
+                                feature_dim=cfg.fid.feature_dim, antialias=cfg.fid.antialias,
+                                protocol=cfg.fid.get("protocol", "torchmetrics"))
         built["fid"] = FIDMetric(ext, cfg.frame_size, cfg.resize_method)
     if "fvd" in metrics:
         from metrics.fvd import FVDMetric, I3DFeatures
@@ -237,11 +238,16 @@ def extract_features(real_videos: Sequence, gen_videos: Sequence, cfg, names: Se
     if "fvd" in built:
         part["info"]["fvd"] = {"protocol": built["fvd"].protocol}
     if "fid" in built:
+        from metrics.fid import FID_PROTOCOLS
         b = built["fid"]
         size = "x".join(map(str, b.frame_size)) if b.frame_size else "as read"
+        if b.extractor.protocol == "torchmetrics":
+            to_299 = f"torchmetrics, 299x299 {'antialiased' if b.extractor.net.use_antialias else 'TF1 bilinear'}"
+        else:
+            to_299 = FID_PROTOCOLS[b.extractor.protocol]
         part["info"]["fid"] = {"protocol": (
-            f"Inception 2015-12-05 pool3 ({b.extractor.feature_dim}-d, torchmetrics), frames {size} "
-            f"({b.resize_method}), then 299x299 {'antialiased' if b.extractor.net.use_antialias else 'TF1 bilinear'}")}
+            f"Inception 2015-12-05 pool3 ({b.extractor.feature_dim}-d), frames {size} ({b.resize_method}), "
+            f"then {to_299}"), "preprocessing": b.extractor.protocol}
     if "det" in built:
         det = built["det"]
         part["info"]["det"] = {"detector": getattr(det, "name", type(det).__name__)}
@@ -289,8 +295,7 @@ def merge_features(parts: Sequence[dict], cfg) -> dict:
                 real, gen = (np.concatenate([a for p in parts for a in p["features"][m][side]])
                              for side in ("real", "gen"))
                 r = frechet_distance(real, gen)
-                results[m] = {"value": r.value, "n_real": r.n_real, "n_gen": r.n_gen, "dim": r.dim,
-                              "protocol": info[m]["protocol"]}
+                results[m] = {"value": r.value, "n_real": r.n_real, "n_gen": r.n_gen, "dim": r.dim, **info[m]}
             seconds[m] += time.perf_counter() - t0
     _reemit(caught)
     weights = parts[0]["weights"]

@@ -1,9 +1,16 @@
 """FID: the TF Inception 2015-12-05 pool3 features (2048-d) through torchmetrics / torch-fidelity.
 
-Frames are first resized to 256x410 (paper, Ctrl-V; `frame_size` in config), then handed as
-uint8 to torchmetrics' `NoTrainInceptionV3`, which resizes to 299x299 itself. antialias=False
-selects torch-fidelity's TF1-style bilinear resize, the one the standard FID numbers use;
-torchmetrics' own default (antialias=True) does not reproduce them (REFERENCE.md section 4).
+Frames are first resized to 256x410 (paper, Ctrl-V; `frame_size` in config). Then one of three
+preprocessing protocols (`fid.protocol`) brings them to the network's 299x299 input; the network
+and its weights are the same for all three (the libraries give identical features on identical
+299x299 input), so only the resize and the scaling differ:
+- `torchmetrics` (default): uint8 frames to torchmetrics' `NoTrainInceptionV3`, which resizes
+  itself. antialias=False selects torch-fidelity's TF1-style bilinear resize, the one the standard
+  FID numbers use; torchmetrics' own default (antialias=True) does not reproduce them. (x-128)/128.
+- `pytorch_fid`: pytorch-fid's path: frames / 255, torch bilinear resize (align_corners=False),
+  then 2x - 1.
+- `clean_fid`: clean-fid's "clean" mode: each channel resized in float by PIL's bicubic filter,
+  clipped to 0..255, then (x-128)/128.
 The distance is metrics.frechet (float64, symmetric form), not torchmetrics' eigvals(S1 S2).
 """
 from __future__ import annotations
@@ -20,15 +27,31 @@ from metrics.frames import resize_frames
 from metrics.frechet import FrechetResult, frechet_distance
 
 INCEPTION_FEATURE_NAME = "inception-v3-compat"   # torch-fidelity's name for the TF-ported network
+FID_PROTOCOLS = {
+    "torchmetrics": "torchmetrics / torch-fidelity preprocessing (TF1 bilinear resize to 299, (x-128)/128)",
+    "pytorch_fid": "pytorch-fid preprocessing (x/255, torch bilinear resize to 299, 2x-1)",
+    "clean_fid": "clean-fid preprocessing (PIL bicubic float resize to 299, (x-128)/128)",
+}
+# torch-fidelity's pool3 path after its input scaling (FeatureExtractorInceptionV3.forward), run
+# here for the protocols that scale the input themselves: the library has no entry point that takes
+# an already resized and scaled float input.
+_POOL3_LAYERS = ("Conv2d_1a_3x3", "Conv2d_2a_3x3", "Conv2d_2b_3x3", "MaxPool_1", "Conv2d_3b_1x1", "Conv2d_4a_3x3",
+                 "MaxPool_2", "Mixed_5b", "Mixed_5c", "Mixed_5d", "Mixed_6a", "Mixed_6b", "Mixed_6c", "Mixed_6d",
+                 "Mixed_6e", "Mixed_7a", "Mixed_7b", "Mixed_7c", "AvgPool")
 
 
 class InceptionFeatures:
     """uint8 frames [N,H,W,3] -> float32 features [N, feature_dim], batched, on `device`."""
 
     def __init__(self, weights: str | Path, device: str = "cpu", batch_size: int = 32,
-                 feature_dim: int = 2048, antialias: bool = False):
+                 feature_dim: int = 2048, antialias: bool = False, protocol: str = "torchmetrics"):
         from torchmetrics.image.fid import NoTrainInceptionV3
 
+        if protocol not in FID_PROTOCOLS:
+            raise ValueError(f"fid.protocol={protocol!r}: valid are {sorted(FID_PROTOCOLS)}")
+        if protocol != "torchmetrics" and int(feature_dim) != 2048:
+            raise ValueError(f"fid.protocol={protocol!r} gives the 2048-d pool3 features only (fid.feature_dim=2048)")
+        self.protocol = protocol
         path = Path(str(weights)).expanduser()
         if not path.is_file():
             raise FileNotFoundError(f"fid.weights={str(weights)!r}: no such file (see docs/metrics.md)")
@@ -51,10 +74,37 @@ class InceptionFeatures:
     def __call__(self, frames: np.ndarray) -> np.ndarray:
         feats = []
         for start in range(0, len(frames), self.batch_size):
-            x = torch.from_numpy(np.ascontiguousarray(frames[start:start + self.batch_size]))
-            x = x.permute(0, 3, 1, 2).to(self.device)                     # uint8 [B,3,H,W]
-            feats.append(self.net(x).float().cpu().numpy())
+            batch = np.ascontiguousarray(frames[start:start + self.batch_size])
+            if self.protocol == "torchmetrics":
+                x = torch.from_numpy(batch).permute(0, 3, 1, 2).to(self.device)      # uint8 [B,3,H,W]
+                feats.append(self.net(x).float().cpu().numpy())
+            else:
+                feats.append(self.pool3(preprocess(batch, self.protocol).to(self.device)).float().cpu().numpy())
         return np.concatenate(feats) if feats else np.zeros((0, self.feature_dim), np.float32)
+
+    def pool3(self, x: torch.Tensor) -> torch.Tensor:
+        """Pool3 features [B, 2048] of input already resized to 299x299 and scaled to about [-1, 1]."""
+        for name in _POOL3_LAYERS:
+            x = getattr(self.net, name)(x)
+        return torch.flatten(x, 1)
+
+
+def preprocess(frames: np.ndarray, protocol: str) -> torch.Tensor:
+    """uint8 frames [B,H,W,3] -> the network input [B,3,299,299] of `pytorch_fid` or `clean_fid`."""
+    if protocol == "pytorch_fid":
+        x = torch.from_numpy(frames).permute(0, 3, 1, 2).float() / 255.0          # torchvision's ToTensor
+        x = torch.nn.functional.interpolate(x, size=(299, 299), mode="bilinear", align_corners=False)
+        return 2 * x - 1
+    if protocol == "clean_fid":
+        from PIL import Image
+
+        def channel(c: np.ndarray) -> np.ndarray:
+            img = Image.fromarray(c.astype(np.float32), mode="F").resize((299, 299), resample=Image.BICUBIC)
+            return np.asarray(img).clip(0, 255)
+
+        x = np.stack([np.stack([channel(f[..., k]) for k in range(3)]) for f in frames]).astype(np.float32)
+        return (torch.from_numpy(x) - 128) / 128
+    raise ValueError(f"fid.protocol={protocol!r}: valid are {sorted(FID_PROTOCOLS)}")
 
 
 class FIDMetric:

@@ -208,4 +208,26 @@ def test_smoke_table_end_to_end_with_the_real_runner(tmp_path, tiny_cache):
                     rows=["svd_finetuned", "hybrid"], echo=lambda s: None)
     doc = json.loads(run.outputs["json"].read_text())
     assert not doc["fake"]
-    assert all(r["cells"]["map"]["ours"] is not None for r in doc["rows"])
+    for column in ("map", "miou"):
+        values = [r["cells"][column]["ours"] for r in doc["rows"]]
+        assert all(v is not None and 0 <= v <= 100 for v in values), (column, values)
+        assert any(v > 0 for v in values), f"{column} is 0 in every row: the smoke detector finds nothing"
+    per_frame = doc["rows"][0]["extra"]["per_frame"]["dn_detr"]
+    assert len(per_frame["mIoU"]) == 4 and per_frame["n_ref_boxes"][0] > 0
+    for name in ("md", "tex", "json"):
+        assert run.outputs[name].stat().st_size > 200
+
+
+SMOKE_RESULTS = Path(__file__).resolve().parents[1] / "results" / "smoke"
+
+
+@pytest.mark.parametrize("table", ["I", "II", "III", "IV", "V"])
+def test_committed_smoke_tables_have_moving_detection_columns(table):
+    """The smoke detectors must let mAP and mIoU move: a committed smoke table whose mAP or mIoU
+    column is 0 in every row was made by a detector that finds nothing."""
+    doc = json.loads((SMOKE_RESULTS / f"table_{table}.json").read_text())
+    for col in doc["columns"]:
+        if col["key"] not in ("det.mAP", "det.mIoU"):
+            continue
+        values = [r["cells"][col["id"]]["ours"] for r in doc["rows"] if r["available"]]
+        assert any(v for v in values), f"table_{table}.json: column {col['id']} is 0 or missing in every row: {values}"

@@ -639,7 +639,7 @@ def test_real_road_image(tiny_folder, shared_data):
 
 def test_tiny_weights_are_made_once_in_the_cache(tmp_path, frames):
     det = build_detector({"name": "dn_detr", "weights": "tiny", "cache_dir": str(tmp_path), **SMALL})
-    assert (tmp_path / "dn_detr" / "tiny_dn_detr_v1" / "config.json").is_file()
+    assert (tmp_path / "dn_detr" / "tiny_dn_detr_v2" / "config.json").is_file()
     assert len(det.detect(frames[:1])) == 1
 
 

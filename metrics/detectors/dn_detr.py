@@ -190,7 +190,7 @@ def sha256_file(path: Path) -> str:
 
 
 TINY = "tiny"
-TINY_FOLDER = "tiny_dn_detr_v1"     # bump the version when make_tiny_dn_detr changes what it writes
+TINY_FOLDER = "tiny_dn_detr_v2"     # bump the version when make_tiny_dn_detr changes what it writes
 
 
 def resolve_weights(weights, cache_dir=None, trust_pickle: bool = False, num_heads: int = 8) -> Path:
@@ -376,8 +376,8 @@ def save_pretrained_atomic(model, path: Path, extra_files: Mapping[str, str] | N
     return Path(path)
 
 
-def make_tiny_dn_detr(path: str | Path, seed: int = 0, confident_class: int = 2, logit: float = 0.4,
-                      logit_std: float = 0.3, box_std: float = 0.3, num_queries: int = 20,
+def make_tiny_dn_detr(path: str | Path, seed: int = 0, confident_class: int = 2, logit: float = 0.8,
+                      logit_std: float = 0.5, box_std: float = 0.05, num_queries: int = 20,
                       calib_size: tuple[int, int] = (128, 192)) -> Path:
     """Save a randomly initialised tiny DabDetrForObjectDetection folder (smoke runs and tests).
 
@@ -387,7 +387,10 @@ def make_tiny_dn_detr(path: str | Path, seed: int = 0, confident_class: int = 2,
     up so image features reach the queries, the `confident_class` (car) logit is rescaled to
     mean `logit` and spread `logit_std` over the calibration images (other classes get -6), and the
     box offsets get spread `box_std`. The untrained net then reports cars with scores around
-    sigmoid(logit) (0.6 for the defaults) and boxes that vary with the input.
+    sigmoid(logit) and boxes that vary with the input. The defaults put the scores on both sides of
+    the protocol's 0.6 cut-offs and keep most boxes above the smoke size rule (8 px): measured on
+    the smoke test clips, scores 0.78-0.79 on real frames and 0.58-0.65 (10th-90th percentile) on
+    the smoke profile's generated frames, so mAP and mIoU both take non-trivial values.
     """
     from transformers import DabDetrForObjectDetection
 
