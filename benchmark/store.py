@@ -19,7 +19,7 @@ from typing import Any
 
 import yaml
 
-from data.atomic import atomic_dir, atomic_write_json, atomic_write_text  # noqa: F401  (re-exported)
+from data.atomic import atomic_dir, atomic_write_json, atomic_write_text, sweep_temps  # noqa: F401  (re-exported)
 
 DONE = "DONE"
 RESULT = "result.json"
@@ -82,8 +82,11 @@ class Store:
         return self._record(stage)
 
     def begin(self, stage) -> Path:
-        """Create (or reuse, after an interrupted attempt) the stage folder; record the attempt."""
+        """Create (or reuse, after an interrupted attempt) the stage folder; record the attempt.
+        A reused folder is first swept of the temp entries its killed writers left (data/atomic.py)."""
         resumed = self.dir(stage.hash).exists()
+        if resumed:
+            sweep_temps(self.dir(stage.hash), recursive=True)
         return self._record(stage, attempt={"started": _now(), "resumed": resumed})
 
     def _record(self, stage, attempt: dict | None = None) -> Path:

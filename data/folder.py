@@ -14,7 +14,7 @@ from typing import Iterator
 import numpy as np
 from PIL import Image
 
-from data.atomic import read_versioned_json
+from data.atomic import data_entries, read_versioned_json
 from data.base import ClipDataset, require_root
 from data.coco import coco_id
 from data.sampling import ClipRef
@@ -39,7 +39,7 @@ def discover_videos(root: Path) -> dict[str, Path]:
         if p.name.startswith("."):
             continue
         is_file_video = p.is_file() and p.suffix.lower() in VIDEO_SUFFIXES
-        is_frame_dir = p.is_dir() and any(q.suffix.lower() in FRAME_SUFFIXES for q in p.iterdir())
+        is_frame_dir = p.is_dir() and bool(_frame_files(p))
         if not (is_file_video or is_frame_dir):
             continue
         name = p.stem if p.is_file() else p.name
@@ -51,7 +51,7 @@ def discover_videos(root: Path) -> dict[str, Path]:
 
 
 def _frame_files(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.suffix.lower() in FRAME_SUFFIXES)
+    return [p for p in data_entries(folder, dirs=False) if p.suffix.lower() in FRAME_SUFFIXES]
 
 
 def probe(path: Path) -> tuple[int, tuple[int, int], float | None]:

@@ -15,6 +15,7 @@ from typing import Iterator, Mapping
 import numpy as np
 from PIL import Image
 
+from data.atomic import data_entries
 from data.base import ClipDataset, require_root
 from data.sampling import ClipRef
 
@@ -99,7 +100,7 @@ def scene_frames(image_dir: Path) -> int:
     if not image_dir.is_dir():
         raise FileNotFoundError(f"KITTI image folder not found: {image_dir} (check data.root)")
     ids = []
-    for p in image_dir.iterdir():
+    for p in data_entries(image_dir, dirs=False):
         if p.suffix.lower() == ".png":
             if not p.stem.isdigit():
                 raise ValueError(f"{p}: KITTI frames are named NNNNNN.png")

@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from data.atomic import atomic_dir, atomic_path
+from data.atomic import atomic_dir, atomic_path, data_entries
 
 FRAME_SUFFIXES = (".png", ".jpg", ".jpeg")
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm")
@@ -15,7 +15,7 @@ VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm")
 def is_video(path: Path) -> bool:
     path = Path(path)
     if path.is_dir():
-        return any(p.suffix.lower() in FRAME_SUFFIXES for p in path.iterdir())
+        return any(p.suffix.lower() in FRAME_SUFFIXES for p in data_entries(path, dirs=False))
     return path.suffix.lower() in VIDEO_SUFFIXES
 
 
@@ -26,7 +26,7 @@ def read_video(path: str | Path, max_frames: int | None = None) -> np.ndarray:
         raise FileNotFoundError(f"video not found: {path}")
     try:
         if path.is_dir():
-            files = sorted(p for p in path.iterdir() if p.suffix.lower() in FRAME_SUFFIXES)
+            files = [p for p in data_entries(path, dirs=False) if p.suffix.lower() in FRAME_SUFFIXES]
             if not files:
                 raise ValueError(f"{path}: folder holds no {'/'.join(FRAME_SUFFIXES)} frames")
             files = files[:max_frames] if max_frames else files

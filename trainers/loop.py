@@ -13,7 +13,7 @@ import torch
 from omegaconf import OmegaConf
 from tqdm.auto import tqdm
 
-from data.atomic import atomic_write_json
+from data.atomic import TEMP_PREFIX, atomic_write_json
 from data.device import resolve_device
 from trainers import edm
 from trainers.adapters import apply_adapter, merged_unet
@@ -159,7 +159,7 @@ class Trainer:
         acc = self.acc
         folder = self.run_dir / "checkpoints"
         final = folder / f"step-{self.state['global_step']:08d}"
-        tmp = folder / f".tmp-{final.name}"
+        tmp = folder / f"{TEMP_PREFIX}{final.name}"   # one name: every process writes into it
         acc.wait_for_everyone()
         if acc.is_main_process:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -334,7 +334,7 @@ class Trainer:
         unet = copy.deepcopy(self.acc.unwrap_model(self.unet)).float()
         unet = merged_unet(unet)
         out = Path(out)
-        tmp = out.parent / f".tmp-{out.name}"
+        tmp = out.parent / f"{TEMP_PREFIX}{out.name}"
         shutil.rmtree(tmp, ignore_errors=True)
         unet.save_pretrained(tmp)
         if out.exists():

@@ -1,0 +1,99 @@
+"""Faults and bad inputs (docs/benchmark.md "Faults and bad inputs"): each test is one case, killed
+writers, two runs at once, damaged files, and the one error policy of every command."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from data.atomic import atomic_dir, data_entries, is_temp, sweep_temps
+
+ROOT = Path(__file__).resolve().parents[1]
+PY = sys.executable
+
+
+def _run(args, **kw):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TQDM_DISABLE": "1", **kw.pop("env", {})}
+    return subprocess.run([PY, *args], cwd=kw.pop("cwd", ROOT), env=env, capture_output=True, text=True, **kw)
+
+
+def _kill_inside_atomic_dir(target: Path) -> None:
+    """A process killed with SIGKILL while its atomic_dir writes `target` (half the frames written)."""
+    code = ("import os, sys\nfrom data.atomic import atomic_dir\n"
+            "with atomic_dir(sys.argv[1]) as tmp:\n"
+            "    open(os.path.join(tmp, '000000.png'), 'wb').write(b'half')\n"
+            "    os.kill(os.getpid(), 9)\n")
+    r = _run(["-c", code, str(target)])
+    assert r.returncode == -signal.SIGKILL
+
+
+# ------------------------------------------------------------------------ 1. a killed folder writer
+def test_killed_folder_writer_leftovers_are_not_clips_and_are_swept(tmp_path, monkeypatch):
+    """A SIGKILL inside the atomic folder writer leaves a hidden temp folder beside the clips: the
+    evaluate stage must not take it for a clip, and the next writer of that clip sweeps it."""
+    from benchmark.runner_impl import TrainerRunner
+    real, gen = tmp_path / "real" / "frames", tmp_path / "gen" / "frames"
+    for d in (real, gen):
+        for name in ("clip_0000", "clip_0001"):
+            with atomic_dir(d / name) as tmp:
+                (tmp / "000000.png").write_bytes(b"x")
+    _kill_inside_atomic_dir(real / "clip_0002")
+    left = [p for p in real.iterdir() if p.name.startswith(".")]
+    assert len(left) == 1 and is_temp(left[0]), list(real.iterdir())
+    assert [p.name for p in data_entries(real, dirs=True)] == ["clip_0000", "clip_0001"]
+
+    seen = {}
+
+    def fake_evaluate(real_videos, gen_videos, cfg, names, detections_dir):
+        seen["names"] = names
+        return {"n_videos": len(names)}
+    monkeypatch.setattr("metrics.evaluate.evaluate", fake_evaluate)
+    TrainerRunner().run_evaluate(None, {}, gen, tmp_path / "out", real_dir=real)
+    assert seen["names"] == ["clip_0000", "clip_0001"]
+
+    # the next write of that clip (a rerun of the stage) sweeps the dead writer's temp folder
+    with atomic_dir(real / "clip_0002") as tmp:
+        (tmp / "000000.png").write_bytes(b"x")
+    assert sorted(p.name for p in real.iterdir()) == ["clip_0000", "clip_0001", "clip_0002"]
+
+
+def test_stage_start_sweeps_dead_temps_but_not_live_ones(tmp_path):
+    """The store sweeps a resumed stage folder: temp entries of dead writers go, those of a live
+    writer (another shard, another run) stay."""
+    from benchmark.stages import Stage
+    from benchmark.store import Store
+    store = Store(tmp_path / "runs")
+    stage = Stage("testset", "abc123", {"k": 1}, {"k": 1}, (), {}, ["row"])
+    out = store.begin(stage)
+    _kill_inside_atomic_dir(out / "frames" / "clip_0000")
+    live = out / "frames" / f".lsa-tmp-{os.getpid()}@{os.uname().nodename}~clip_0001.abcd"
+    live.mkdir()
+    store.begin(stage)
+    assert [p.name for p in (out / "frames").iterdir()] == [live.name]
+    assert sweep_temps(out / "frames") == []
+
+
+# ------------------------------------------------------------------------ 2. two runs rendering at once
+def test_two_renders_of_one_figure_at_once_both_succeed(tmp_path):
+    """Run B saves the figure while run A is between its savefig and its rename (as two processes
+    rendering one table interleave): with a shared temp name A's rename failed."""
+    from benchmark import plots
+    plt = plots._plt()
+    out = tmp_path / "table_III_loss.png"
+    fig_a, fig_b = plt.figure(), plt.figure()
+    fig_a.add_subplot().plot([0, 1], [1, 0])
+    fig_b.add_subplot().plot([0, 1], [0, 1])
+    savefig = fig_a.savefig
+
+    def savefig_then_other_run(*args, **kw):
+        savefig(*args, **kw)
+        plots._save(fig_b, out)               # the other run, complete, in between
+    fig_a.savefig = savefig_then_other_run
+    assert plots._save(fig_a, out) == out
+    assert out.stat().st_size > 0 and [p.name for p in tmp_path.iterdir()] == [out.name]
