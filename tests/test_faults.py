@@ -97,3 +97,73 @@ def test_two_renders_of_one_figure_at_once_both_succeed(tmp_path):
     fig_a.savefig = savefig_then_other_run
     assert plots._save(fig_a, out) == out
     assert out.stat().st_size > 0 and [p.name for p in tmp_path.iterdir()] == [out.name]
+
+
+# ------------------------------------------------------------------------ 3. one error policy (and Ctrl-C)
+from benchmark.executors import FakeRunner  # noqa: E402
+from data.cli import UserError  # noqa: E402
+
+
+class _Raising(FakeRunner):
+    """Its first stage (the test set) raises `error`."""
+    error: BaseException = RuntimeError("boom")
+
+    def run_testset(self, stage, cfg, out_dir):
+        raise self.error
+
+
+class OSErrorRunner(_Raising):
+    error = FileNotFoundError(2, "No such file or directory", "/somewhere/deep/inside.bin")
+
+
+class UserErrorRunner(_Raising):
+    error = UserError("data.root=/nope: no such folder")
+
+
+class CtrlCRunner(_Raising):
+    error = KeyboardInterrupt()
+
+
+class RuntimeErrorRunner(_Raising):
+    error = RuntimeError("the GPU caught fire")
+
+
+def _bench(tmp_path, runner, *extra):
+    return ["table=V", f"store={tmp_path / 'runs'}", f"results={tmp_path / 'results'}",
+            f"runner={__name__}:{runner}", *extra]
+
+
+def test_run_keeps_tracebacks_of_unexpected_errors_and_one_line_for_user_errors(tmp_path, capsys):
+    """An OSError from a stage was printed as `error: 2` (exit 2): it is not a user error, so it
+    keeps its traceback (it propagates: exit 1). A UserError is one line, exit 2."""
+    from benchmark.run import main
+    with pytest.raises(FileNotFoundError, match="inside.bin"):
+        main(_bench(tmp_path, "OSErrorRunner"))
+    capsys.readouterr()
+    assert main(_bench(tmp_path, "UserErrorRunner")) == 2
+    err = capsys.readouterr().err
+    assert err.strip() == "error: data.root=/nope: no such folder"
+
+
+def test_ctrl_c_is_one_line_and_exit_130(tmp_path, capsys):
+    from benchmark.run import main
+    assert main(_bench(tmp_path, "CtrlCRunner")) == 130
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "interrupted" in err[0], err
+
+
+def test_metrics_evaluate_keeps_the_traceback_of_a_bug(tmp_path, monkeypatch, capsys):
+    """metrics.evaluate turned every ValueError / KeyError / RuntimeError into `error: ...`, exit 2:
+    a KeyError from deep inside is a bug and must keep its traceback."""
+    from metrics import evaluate as ev
+    from data.video_io import write_frames
+    for side in ("real", "gen"):
+        for k in range(2):
+            write_frames(tmp_path / side / f"v{k}", np.zeros((2, 8, 8, 3), np.uint8))
+
+    def broken(*a, **kw):
+        raise KeyError("some_internal_key")
+    monkeypatch.setattr(ev, "evaluate", broken)
+    with pytest.raises(KeyError, match="some_internal_key"):
+        ev.main(["--real", str(tmp_path / "real"), "--gen", str(tmp_path / "gen"), "--out", str(tmp_path / "o.json"),
+                 "--config", "smoke"])

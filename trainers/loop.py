@@ -14,6 +14,7 @@ from omegaconf import OmegaConf
 from tqdm.auto import tqdm
 
 from data.atomic import TEMP_PREFIX, atomic_write_json
+from data.cli import InputError, MissingFile
 from data.device import resolve_device
 from trainers import edm
 from trainers.adapters import apply_adapter, merged_unet
@@ -128,12 +129,12 @@ class Trainer:
         lr_scheduler = get_scheduler("constant", optimizer=optimizer)
 
         if len(self.dataset) == 0:
-            raise ValueError(f"data={cfg.data.name}: the training split is empty (check data.root and the split)")
+            raise InputError(f"data={cfg.data.name}: the training split is empty (check data.root and the split)")
         self.sampler = EpochSampler(len(self.dataset), t.seed)
         loader = torch.utils.data.DataLoader(self.dataset, batch_size=t.batch_size, sampler=self.sampler,
                                              collate_fn=collate_clips, num_workers=t.num_workers, drop_last=True)
         if len(loader) == 0:
-            raise ValueError(f"train.batch_size={t.batch_size} is larger than the training split ({len(self.dataset)} clips)")
+            raise InputError(f"train.batch_size={t.batch_size} is larger than the training split ({len(self.dataset)} clips)")
         self.unet, self.optimizer, self.loader, self.lr_scheduler = self.acc.prepare(unet, optimizer, loader, lr_scheduler)
         self.state = dict(global_step=0, micro_step=0, epoch=1, batch_in_epoch=0)
         self.log_path = self.run_dir / "log.jsonl"
@@ -192,7 +193,7 @@ class Trainer:
             if not (src / STATE_FILE).exists():
                 src = newest_checkpoint(src)
             if src is None:
-                raise FileNotFoundError(f"train.init_from={t.init_from}: no checkpoint ({STATE_FILE}) found there")
+                raise MissingFile(f"train.init_from={t.init_from}: no checkpoint ({STATE_FILE}) found there")
             self.load_checkpoint(src)
         self._truncate_log()
 
@@ -354,7 +355,7 @@ def compile_parts(names, **modules) -> list[str]:
     names = list(names)
     bad = [n for n in names if n not in COMPILABLE]
     if bad:
-        raise ValueError(f"train.compile={names}: unknown part(s) {bad}; valid are {list(COMPILABLE)}")
+        raise InputError(f"train.compile={names}: unknown part(s) {bad}; valid are {list(COMPILABLE)}")
     done = [n for n in names if modules.get(n) is not None]
     for n in done:
         modules[n].compile()
@@ -364,7 +365,7 @@ def compile_parts(names, **modules) -> list[str]:
 def set_attention(model, implementation: str) -> None:
     """DINOv2's attention kernel (loss.dino_attention): sdpa (PyTorch's fused SDPA) or eager."""
     if implementation not in ("sdpa", "eager"):
-        raise ValueError(f"loss.dino_attention={implementation!r}: valid are 'sdpa', 'eager'")
+        raise InputError(f"loss.dino_attention={implementation!r}: valid are 'sdpa', 'eager'")
     if hasattr(model, "set_attn_implementation"):           # transformers >= 4.56
         model.set_attn_implementation(implementation)
     else:
