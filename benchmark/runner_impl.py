@@ -13,13 +13,13 @@ from pathlib import Path
 import numpy as np
 import torch
 from omegaconf import OmegaConf
-from PIL import Image
 
 from benchmark.shards import Shard, shard_names
 from benchmark.stages import get_key
 from benchmark.testset import write_testset
 from data.atomic import atomic_write_bytes, data_entries
 from data.device import resolve_device
+from data.video_io import read_frame
 
 _DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -118,7 +118,7 @@ class TrainerRunner:
         if unet_dir is not None and not unet_dir.is_dir():
             raise FileNotFoundError(f"{unet_dir}: the train stage has no exported U-Net")
         firsts_dir = Path(test_clips) / "first_frames"
-        firsts = [np.asarray(Image.open(firsts_dir / f"{n}.png").convert("RGB")) for n in names]
+        firsts = [read_frame(firsts_dir / f"{n}.png") for n in names]
         pipe = load_pipeline(c.model, unet_dir, device=device, dtype=dtype)
         num_params = sum(p.numel() for m in (pipe.unet, pipe.vae, pipe.image_encoder) for p in m.parameters())
         try:

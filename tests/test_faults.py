@@ -167,3 +167,32 @@ def test_metrics_evaluate_keeps_the_traceback_of_a_bug(tmp_path, monkeypatch, ca
     with pytest.raises(KeyError, match="some_internal_key"):
         ev.main(["--real", str(tmp_path / "real"), "--gen", str(tmp_path / "gen"), "--out", str(tmp_path / "o.json"),
                  "--config", "smoke"])
+
+
+# ------------------------------------------------------------------------ 5. empty or damaged frame images
+@pytest.mark.parametrize("content", [b"", b"\x89PNG\r\n\x1a\n" + b"\x00garbage" * 8], ids=["0-byte", "corrupt"])
+def test_damaged_png_is_a_clear_error_naming_the_file(tmp_path, content):
+    """With ultralytics imported (the detector), PIL.Image.open on a bad file ended in
+    ModuleNotFoundError: pi_heif; now the evaluation's reader names the file."""
+    import ultralytics.utils.patches  # noqa: F401  (patches PIL.Image.open, as the YOLO detector does)
+    from data.cli import InputError
+    from data.video_io import write_frames
+    from metrics.evaluate import _load
+    clip = write_frames(tmp_path / "gen" / "clip_0000", np.zeros((3, 8, 8, 3), np.uint8))
+    (clip / "000001.png").write_bytes(content)
+    with pytest.raises(InputError, match=r"clip_0000/000001\.png: (empty|damaged)"):
+        _load(clip, "clip_0000 (generated)")
+
+
+# ------------------------------------------------------------------------ 6. a truncated mp4
+def test_truncated_mp4_is_an_error_not_a_shorter_video(tmp_path, shared_data):
+    """A byte cut of a 221-frame mp4 whose header survives decodes as a shorter video: reported."""
+    from data.cli import InputError
+    from data.video_io import read_video
+    src = shared_data / "dashcam" / "solidWhiteRight.mp4"
+    cut = tmp_path / "solidWhiteRight.mp4"
+    data = src.read_bytes()
+    cut.write_bytes(data[: len(data) // 3])
+    with pytest.raises(InputError, match=r"solidWhiteRight\.mp4: truncated .*decoded, but the file declares 221"):
+        read_video(cut)
+    assert read_video(cut, max_frames=5).shape[0] == 5            # asking for the first frames is fine
