@@ -196,3 +196,26 @@ def test_truncated_mp4_is_an_error_not_a_shorter_video(tmp_path, shared_data):
     with pytest.raises(InputError, match=r"solidWhiteRight\.mp4: truncated .*decoded, but the file declares 221"):
         read_video(cut)
     assert read_video(cut, max_frames=5).shape[0] == 5            # asking for the first frames is fine
+
+
+# ------------------------------------------------------------------------ 9. a torn last line of log.jsonl
+def _log_owner(tmp_path, text: str, step: int):
+    from types import SimpleNamespace
+    path = tmp_path / "log.jsonl"
+    path.write_text(text)
+    printed = []
+    return SimpleNamespace(log_path=path, state={"global_step": step}, acc=SimpleNamespace(print=printed.append)), printed
+
+
+def test_resume_drops_a_torn_last_log_line_and_names_other_bad_lines(tmp_path):
+    from data.cli import InputError
+    from trainers.loop import Trainer
+    good = "".join(f'{{"step": {s}, "loss": 0.5}}\n' for s in (1, 2, 3))
+    owner, printed = _log_owner(tmp_path, good + '{"step": 4, "lo', step=2)
+    Trainer._truncate_log(owner)
+    assert owner.log_path.read_text() == good.rsplit("\n", 2)[0] + "\n"          # steps 1, 2
+    assert len(printed) == 1 and "log.jsonl:4: dropped a torn last line" in printed[0]
+
+    owner, _ = _log_owner(tmp_path, '{"step": 1}\n{"st\n{"step": 2}\n', step=2)
+    with pytest.raises(InputError, match=r"log\.jsonl:2: not a training log record"):
+        Trainer._truncate_log(owner)

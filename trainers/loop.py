@@ -198,11 +198,30 @@ class Trainer:
         self._truncate_log()
 
     def _truncate_log(self):
-        """Drop log lines past the resumed step (written after the last checkpoint of a killed run)."""
+        """Drop log lines past the resumed step (written after the last checkpoint of a killed run).
+
+        The log is appended line by line, so a kill can tear its last line: that line is dropped
+        (saying so). Any other line that is not a JSON record is an error naming the file and line."""
         if not self.log_path.exists():
             return
-        keep = [ln for ln in self.log_path.read_text().splitlines()
-                if ln.strip() and json.loads(ln)["step"] <= self.state["global_step"]]
+        lines = self.log_path.read_text().split("\n")
+        last = max((n for n, ln in enumerate(lines) if ln.strip()), default=-1)
+        keep = []
+        for n, ln in enumerate(lines):
+            if not ln.strip():
+                continue
+            try:
+                rec = json.loads(ln)
+                step = rec["step"]
+            except (json.JSONDecodeError, KeyError, TypeError) as e:
+                if n == last:
+                    self.acc.print(f"{self.log_path}:{n + 1}: dropped a torn last line (the run was killed while "
+                                   f"writing it): {ln[:80]!r}")
+                    continue
+                raise InputError(f"{self.log_path}:{n + 1}: not a training log record ({type(e).__name__}: {e}); "
+                                 f"fix or delete that line to resume") from e
+            if step <= self.state["global_step"]:
+                keep.append(ln)
         self.log_path.write_text("".join(ln + "\n" for ln in keep))
 
     # ---------------------------------------------------------------- one step
