@@ -219,3 +219,46 @@ def test_resume_drops_a_torn_last_log_line_and_names_other_bad_lines(tmp_path):
     owner, _ = _log_owner(tmp_path, '{"step": 1}\n{"st\n{"step": 2}\n', step=2)
     with pytest.raises(InputError, match=r"log\.jsonl:2: not a training log record"):
         Trainer._truncate_log(owner)
+
+
+# ------------------------------------------------------------------------ 4. the converter's advice works
+def test_trust_pickle_advice_names_what_each_command_accepts(tmp_path, capsys):
+    """A detrex .pth holding a Python object beyond tensors: the error advises --trust-pickle, and
+    following the advice works with the converter, with metrics.evaluate (which rejected the flag)
+    and with benchmark.run's config route (which refused det.detector.trust_pickle)."""
+    import argparse
+    import re
+
+    import torch
+    from test_metrics_dn_detr import TINY, make_reference
+
+    from benchmark.config import HydraResolver
+    from benchmark.stages import get_key
+    from data.video_io import write_frames
+    from metrics.detectors.convert_dn_detr import main as convert
+    from metrics.evaluate import main as evaluate
+
+    ckpt = tmp_path / "dn_detr_tiny.pth"
+    torch.save({"model": make_reference().state_dict(), "cfg": argparse.Namespace(lr=1e-4)}, ckpt)
+    heads = str(TINY.heads)
+
+    assert convert([str(ckpt), str(tmp_path / "conv"), "--num-heads", heads]) == 2
+    advice = capsys.readouterr().err
+    assert "rerun with --trust-pickle" in advice and "python -m metrics.evaluate" in advice
+    assert convert([str(ckpt), str(tmp_path / "conv"), "--num-heads", heads, "--trust-pickle"]) == 0
+
+    for side in ("real", "gen"):
+        write_frames(tmp_path / side / "v", np.full((2, 64, 96, 3), 128, np.uint8))
+    args = ["--real", str(tmp_path / "real"), "--gen", str(tmp_path / "gen"), "--out", str(tmp_path / "m.json"),
+            "--config", "smoke", "--metrics", "det", "--detector", "dn_detr", "--detector-weights", str(ckpt),
+            "--quiet", "--set", f"cache_dir={tmp_path / 'cache'}", "--set", f"+det.detector.num_heads={heads}",
+            "--set", "+det.detector.cache_dir=" + str(tmp_path / "cache"),
+            "--set", "+det.detector.short_edge_length=64", "--set", "+det.detector.max_size=96"]
+    capsys.readouterr()
+    assert evaluate(args) == 2
+    assert "--trust-pickle" in capsys.readouterr().err
+    assert evaluate(args + ["--trust-pickle"]) == 0, capsys.readouterr().err
+
+    route = re.search(r"benchmark\.run: add (\S+?)\)", advice).group(1)
+    cfg = HydraResolver("smoke", [route]).resolve([])
+    assert get_key(cfg, "metrics.det.detector.trust_pickle") is True
