@@ -262,3 +262,45 @@ def test_trust_pickle_advice_names_what_each_command_accepts(tmp_path, capsys):
     route = re.search(r"benchmark\.run: add (\S+?)\)", advice).group(1)
     cfg = HydraResolver("smoke", [route]).resolve([])
     assert get_key(cfg, "metrics.det.detector.trust_pickle") is True
+
+
+# ------------------------------------------------------------------------ 11. status, file modes, results/
+def test_status_shows_a_stage_that_raised_as_failed(tmp_path, capsys):
+    from benchmark.run import main as run
+    from benchmark.status import main as status
+    with pytest.raises(RuntimeError, match="caught fire"):
+        run(_bench(tmp_path, "RuntimeErrorRunner"))
+    capsys.readouterr()
+    assert status(["table=V", f"store={tmp_path / 'runs'}", f"results={tmp_path / 'results'}"]) == 0
+    out = capsys.readouterr().out
+    line = next(ln for ln in out.splitlines() if " testset " in ln)
+    assert line.split()[0] == "failed" and "RuntimeError: the GPU caught fire" in line, out
+    assert "still running, or killed" not in line
+
+
+def test_records_tables_and_folders_respect_the_umask(tmp_path):
+    """mkstemp / mkdtemp made records 0600 and folders 0700; with umask 002 a group shares them."""
+    from benchmark import plots
+    from data.atomic import atomic_write_json
+    from data.video_io import write_frames
+    old = os.umask(0o002)
+    try:
+        rec = atomic_write_json(tmp_path / "result.json", {"a": 1})
+        clip = write_frames(tmp_path / "frames" / "clip_0000", np.zeros((1, 4, 4, 3), np.uint8))
+        fig = plots._plt().figure()
+        png = plots._save(fig, tmp_path / "table_III_loss.png")
+    finally:
+        os.umask(old)
+    assert oct(rec.stat().st_mode & 0o777) == oct(0o664)
+    assert oct(png.stat().st_mode & 0o777) == oct(0o664)
+    assert oct(clip.stat().st_mode & 0o777) == oct(0o775)
+
+
+def test_unwritable_results_folder_is_found_before_the_first_stage(tmp_path, capsys):
+    from benchmark.run import main
+    blocker = tmp_path / "results"
+    blocker.write_text("a file where the results folder should be")
+    assert main(_bench(tmp_path, "RuntimeErrorRunner")) == 2        # the runner would raise if a stage ran
+    err = capsys.readouterr().err
+    assert "results=" in err and "not writable" in err and "nothing was started" in err
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").glob("*/stage.json"))
