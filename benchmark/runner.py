@@ -184,7 +184,8 @@ def _execute_locked(stage: Stage, graph: StageGraph, store: Store, runner: Stage
             res = _merge(stage, graph, store, runner, out, [store.shard_result(stage.hash, i, n) for i in range(n)])
     except BaseException as e:
         store.fail(stage.hash, e)             # benchmark.status shows it as failed, with this summary
-        echo(f"stage {stage.kind} {stage.hash} failed (rows: {', '.join(stage.rows)}); its folder {out} is kept "
+        what = "was interrupted" if isinstance(e, KeyboardInterrupt) else "failed"
+        echo(f"stage {stage.kind} {stage.hash} {what} (rows: {', '.join(stage.rows)}); its folder {out} is kept "
              f"and the next run retries it")
         raise
     store.commit(stage, res)

@@ -25,6 +25,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
+from data.cli import InputError
+
 TEMP_PREFIX = ".lsa-tmp-"
 # A temp entry of a process on another host cannot be checked for life; it counts as stale when it
 # has not changed for this long (a writer that is alive keeps touching its file or folder).
@@ -246,8 +248,8 @@ def read_versioned_json(path: str | Path, version: int, what: str) -> dict:
     try:
         doc = json.loads(path.read_text())
     except json.JSONDecodeError as e:
-        raise ValueError(f"{path}:{e.lineno}: not valid JSON ({e.msg})") from e
+        raise InputError(f"{path}:{e.lineno}: not valid JSON ({e.msg})") from e
     if not isinstance(doc, dict) or doc.get("version") != version:
         got = doc.get("version") if isinstance(doc, dict) else type(doc).__name__
-        raise ValueError(f"{path}: {what} version {got!r}, expected {{\"version\": {version}, ...}}")
+        raise InputError(f"{path}: {what} version {got!r}, expected {{\"version\": {version}, ...}}")
     return doc
