@@ -95,7 +95,7 @@ def run_table(table: str | TableSpec, cfg, runner: StageRunner, launcher: str = 
         return TableRun(graph)
     if problems:
         raise MissingFile(f"table {spec.name}: {len(problems)} path(s) the run needs are missing; nothing "
-                                f"was started:\n  " + "\n  ".join(problems))
+                          f"was started:\n  " + "\n  ".join(problems))
 
     run = TableRun(graph)
     for p in graph.rows:
@@ -183,7 +183,10 @@ def _execute_locked(stage: Stage, graph: StageGraph, store: Store, runner: Stage
                 _run_shards(stage, graph, store, runner, todo, n, echo)
             res = _merge(stage, graph, store, runner, out, [store.shard_result(stage.hash, i, n) for i in range(n)])
     except BaseException as e:
-        store.fail(stage.hash, e)             # benchmark.status shows it as failed, with this summary
+        try:
+            store.fail(stage.hash, e)         # benchmark.status shows it as failed, with this summary
+        except OSError:                       # (a full disk must not hide the stage's own error)
+            pass
         what = "was interrupted" if isinstance(e, KeyboardInterrupt) else "failed"
         echo(f"stage {stage.kind} {stage.hash} {what} (rows: {', '.join(stage.rows)}); its folder {out} is kept "
              f"and the next run retries it")

@@ -10,7 +10,6 @@ import json
 import pickle
 from pathlib import Path
 
-import numpy as np
 import torch
 from omegaconf import OmegaConf
 

@@ -1,7 +1,8 @@
 """python -m benchmark.status table=III [profile=...] [rows=...] [store=runs] [key=value ...] [--logs]
 
 Where each stage of a table stands: done / running (job id) / queued (job id, SLURM's reason) /
-failed (job id, state, log path) / pending (never submitted, or an interrupted local attempt).
+failed (job id, state, log path; or a local attempt that raised: its FAILED record's exception) /
+pending (never submitted, interrupted by Ctrl-C, or a local attempt that did not finish).
 Give it the same table, profile, rows and overrides as the `benchmark.run` it looks at: they decide
 the stage hashes. Reads the store and asks squeue / sacct about recorded jobs; changes nothing.
 A failed stage is submitted again by the next `benchmark.run`; it is never counted done.
