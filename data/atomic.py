@@ -7,7 +7,8 @@ Temp entries. Every writer here first writes a temp file or folder beside its ta
 `.lsa-tmp-<pid>@<host>~<target name>.<random>` (TEMP_PREFIX, then the owner): a writer killed with
 SIGKILL leaves one behind. Such entries are never data: `data_entries` (what lists clips, videos and
 frames) skips them with every hidden name, and `sweep_temps` removes the stale ones (their process is
-gone), which each writer does for its own target and the stage runner does for a stage's folder.
+gone), which each folder writer does for its own target and the stage runner does for a stage's
+folder when the stage starts again.
 
 File modes. mkstemp / mkdtemp create 0600 / 0700 entries; our writers set the modes a plain open()
 or mkdir() would give (0666 / 0777 minus the umask), so a store shared by a group works with
@@ -117,8 +118,9 @@ def sweep_temps(folder: str | Path, name: str | None = None, recursive: bool = F
 
 def _split(folder: Path) -> tuple[list[str], list[str]]:
     subdirs, files = [], []
-    for p in folder.iterdir():
-        (subdirs if p.is_dir() and not p.is_symlink() else files).append(p.name)
+    with os.scandir(folder) as it:           # the entry type comes with the listing: no stat per entry
+        for e in it:
+            (subdirs if e.is_dir(follow_symlinks=False) else files).append(e.name)
     return subdirs, files
 
 
@@ -148,11 +150,11 @@ def dir_mode() -> int:
 
 
 def make_temp_file(path: str | Path, suffix: str = "") -> Path:
-    """An empty temp file beside `path` (its parents made), with a plain file's mode; stale temps of
-    the same target are swept first."""
+    """An empty temp file beside `path` (its parents made), with a plain file's mode. No sweep here:
+    file writers fill folders of thousands of files (frame caches), where a scan per write would cost
+    O(n^2); a stage's folder is swept when the stage starts again (benchmark/store.py)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    sweep_temps(path.parent, name=path.name)
     fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(path.name), suffix=suffix, dir=path.parent)
     try:
         os.fchmod(fd, file_mode())
