@@ -48,6 +48,6 @@ def command(main):
             print(f"error: {e}", file=sys.stderr)
             return EXIT_USER_ERROR
         except KeyboardInterrupt:
-            print("interrupted (Ctrl-C); finished work is kept, rerun the same command to go on", file=sys.stderr)
+            print("interrupted (Ctrl-C)", file=sys.stderr)
             return EXIT_INTERRUPTED
     return wrapper
