@@ -14,6 +14,8 @@ from typing import Any
 
 import yaml
 
+from data.cli import UserError
+
 SPEC_DIR = Path(__file__).resolve().parent
 
 BASELINES = ("none", "svd", "svd_finetuned", "ctrlv")
@@ -31,8 +33,12 @@ _ROW_KEYS = {"name", "labels", "baseline", "overrides", "ctrlv", "paper", "detec
 _NUMBER = re.compile(r"^\s*([-+]?\d+(?:\.\d+)?)")
 
 
-class SpecError(ValueError):
+class SpecError(UserError, ValueError):
     """A malformed table spec; the message names the file and the offending entry."""
+
+
+class UnknownName(UserError, KeyError):
+    """A table, row or column name that does not exist; the message lists the valid ones."""
 
 
 @dataclass(frozen=True)
@@ -102,7 +108,7 @@ class TableSpec:
         for r in self.rows:
             if r.name == name:
                 return r
-        raise KeyError(f"table {self.name} has no row {name!r}; valid rows: {', '.join(r.name for r in self.rows)}")
+        raise UnknownName(f"table {self.name} has no row {name!r}; valid rows: {', '.join(r.name for r in self.rows)}")
 
     def select(self, names) -> "TableSpec":
         """The same table restricted to `names` (in the table's order); unknown names fail."""
@@ -119,7 +125,7 @@ class TableSpec:
         for c in self.columns:
             if c.id == cid:
                 return c
-        raise KeyError(f"table {self.name} has no column {cid!r}; valid: {', '.join(c.id for c in self.columns)}")
+        raise UnknownName(f"table {self.name} has no column {cid!r}; valid: {', '.join(c.id for c in self.columns)}")
 
     def detectors_for(self, row: Row) -> list[str]:
         """Detectors the row's evaluations need (one evaluate stage each), in column order."""
@@ -151,7 +157,7 @@ def load_table(name: str | int) -> TableSpec:
     key = _normalise_name(name)
     valid = list_tables()
     if key not in valid:
-        raise KeyError(f"unknown table {name!r}; valid tables: {', '.join(valid)}")
+        raise UnknownName(f"unknown table {name!r}; valid tables: {', '.join(valid)}")
     return parse_spec(SPEC_DIR / f"table_{key}.yaml")
 
 

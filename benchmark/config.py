@@ -13,8 +13,9 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 from benchmark.stages import get_key, split_override
+from data.cli import MissingFile, UserError
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A user-facing configuration problem (unknown profile, bad override, composition failure)."""
 
 
@@ -43,7 +44,7 @@ class HydraResolver:
         self.config_name = config_name
         root = config_root(config_dir, config_module)
         if not (root / f"{config_name}.yaml").exists():
-            raise FileNotFoundError(f"{root / (config_name + '.yaml')} not found: the benchmark composes the "
+            raise MissingFile(f"{root / (config_name + '.yaml')} not found: the benchmark composes the "
                                     f"trainer's config tree (configs/{config_name}.yaml, trainer issue 2)")
         profiles = list_profiles(root)
         if profile not in profiles:

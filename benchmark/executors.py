@@ -20,6 +20,8 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
+from data.atomic import data_entries
+
 
 @runtime_checkable
 class StageRunner(Protocol):
@@ -154,7 +156,7 @@ class FakeRunner:
         self._enter(stage)
         t0 = time.perf_counter()
         real = Path(test_clips) / "frames"
-        names = sorted(p.name for p in real.iterdir() if p.is_dir())
+        names = [p.name for p in data_entries(real, dirs=True)]
         start = 0
         if shard is not None:
             names, start = shard_names(names, shard.index, shard.count)
@@ -194,7 +196,7 @@ class FakeRunner:
     def run_evaluate(self, stage, cfg, videos_dir, out_dir, *, real_dir, shard=None):
         from benchmark.shards import shard_names
         self._enter(stage)
-        names = sorted(p.name for p in Path(videos_dir).iterdir() if p.is_dir())
+        names = [p.name for p in data_entries(videos_dir, dirs=True)]
         if shard is not None:
             names, _ = shard_names(names, shard.index, shard.count)
             self._log("end", stage)
@@ -230,4 +232,4 @@ def _write_frames(folder: Path, frames: np.ndarray) -> None:
 
 def _read_frames(folder: Path) -> np.ndarray:
     from PIL import Image
-    return np.stack([np.asarray(Image.open(p).convert("RGB")) for p in sorted(folder.glob("*.png"))])
+    return np.stack([np.asarray(Image.open(p).convert("RGB")) for p in data_entries(folder, dirs=False) if p.suffix == ".png"])

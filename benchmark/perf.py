@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from data.cli import command
 from benchmark.runner_impl import release_memory
 from data.atomic import atomic_write_json, atomic_write_text
 from trainers.bench_step import bench, device_name, memory_kind, versions
@@ -354,6 +355,7 @@ def markdown(res: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+@command
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--steps", type=int, default=5)

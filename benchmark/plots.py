@@ -17,6 +17,8 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
+from data.atomic import atomic_path, data_entries
+
 
 def _plt():
     import matplotlib
@@ -26,12 +28,14 @@ def _plt():
 
 
 def _save(fig, out_png: Path) -> Path:
+    """Atomically, through a temp file of its own: two runs rendering the same figure at once both
+    succeed (the last rename wins) and a reader never sees half a PNG."""
     out_png = Path(out_png)
-    out_png.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_png.with_name(f".{out_png.stem}.tmp.png")
-    fig.savefig(tmp, dpi=120, bbox_inches="tight")
-    _plt().close(fig)
-    tmp.replace(out_png)
+    try:
+        with atomic_path(out_png) as tmp:
+            fig.savefig(tmp, dpi=120, bbox_inches="tight")
+    finally:
+        _plt().close(fig)
     return out_png
 
 
@@ -107,7 +111,7 @@ def plot_per_frame(per_frame: Mapping[str, Mapping[str, Sequence[float]]], out_p
 
 
 def _frames(folder: Path) -> list[Path]:
-    return sorted(p for p in Path(folder).iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg"))
+    return [p for p in data_entries(folder, dirs=False) if p.suffix.lower() in (".png", ".jpg", ".jpeg")]
 
 
 def _boxes(path: Path | None, j: int, min_score: float = 0.0, max_boxes: int | None = None) -> list:

@@ -26,12 +26,9 @@ from __future__ import annotations
 import importlib
 import sys
 
-from ablations.registry import SpecError, list_tables, load_table
-from benchmark.config import ConfigError
+from ablations.registry import list_tables, load_table
 from benchmark.runner import StagesFailed
-from slurm.config import ClusterConfigError
-from slurm.launch import SubmissionError
-from slurm.records import QueueUnavailable
+from data.cli import UserError, command
 
 OPTIONS = {"table": None, "profile": "smoke", "launcher": "local", "rows": None, "store": "runs",
            "results": "results", "runner": "benchmark.runner_impl:TrainerRunner", "config_dir": None,
@@ -40,8 +37,8 @@ FLAGS = {"--dry-run", "--list", "--no-wait", "-h", "--help"}
 CLUSTER_PREFIX = "slurm."       # key=value with this prefix: a cluster setting, not a Hydra override
 
 
-class UsageError(Exception):
-    pass
+class UsageError(UserError):
+    """A bad flag or argument of the command line."""
 
 
 def parse_args(argv: list[str]) -> tuple[dict, set[str], list[str]]:
@@ -83,10 +80,14 @@ def _list(config_dir) -> str:
     return "\n".join(lines)
 
 
+@command
 def main(argv: list[str] | None = None) -> int:
+    """Errors follow data/cli.py: a user error (bad flag, key, table, missing input, unwritable output
+    folder) is one line and exit 2; any other exception from a stage keeps its traceback (exit 1);
+    Ctrl-C is one line and exit 130."""
     argv = sys.argv[1:] if argv is None else argv
+    opts, flags, overrides = parse_args(argv)
     try:
-        opts, flags, overrides = parse_args(argv)
         if flags & {"-h", "--help"}:
             print(__doc__)
             return 0
@@ -117,12 +118,6 @@ def main(argv: list[str] | None = None) -> int:
         for spec in tables:
             run_table(spec, resolver, runner, opts["launcher"], store=opts["store"], results=opts["results"],
                       rows=rows, dry_run="--dry-run" in flags, cluster=cluster, wait="--no-wait" not in flags)
-    except (UsageError, SpecError, ConfigError, KeyError, FileNotFoundError) as e:
-        print(f"error: {e.args[0] if e.args else e}", file=sys.stderr)
-        return 2
-    except (ClusterConfigError, QueueUnavailable, SubmissionError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
     except StagesFailed as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

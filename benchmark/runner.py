@@ -36,6 +36,8 @@ from benchmark.shards import Shard, stage_shards
 from benchmark.stages import KINDS, DictResolver, Stage, StageGraph, expand, get_key
 from benchmark.stages import stage_hash as stage_hash_of
 from benchmark.store import RUN_CONFIG, STAGE, Store, atomic_write_json
+from data.atomic import make_temp_file
+from data.cli import MissingFile, UserError
 
 LAUNCHERS = ("local", "slurm", "debug")
 # Stage kinds whose runner method is an accelerate training loop: with gpus_per_task > 1 in the
@@ -92,8 +94,8 @@ def run_table(table: str | TableSpec, cfg, runner: StageRunner, launcher: str = 
             echo(f"missing: {line}")
         return TableRun(graph)
     if problems:
-        raise FileNotFoundError(f"table {spec.name}: {len(problems)} path(s) the run needs are missing; nothing "
-                                f"was started:\n  " + "\n  ".join(problems))
+        raise MissingFile(f"table {spec.name}: {len(problems)} path(s) the run needs are missing; nothing "
+                          f"was started:\n  " + "\n  ".join(problems))
 
     run = TableRun(graph)
     for p in graph.rows:
@@ -105,6 +107,8 @@ def run_table(table: str | TableSpec, cfg, runner: StageRunner, launcher: str = 
     fake = bool(getattr(runner, "is_fake", False))
     out_dir = Path(results) / (graph.profile + ("-fake" if fake else ""))
     run.results_dir = out_dir
+    if pending:
+        check_writable(out_dir, "results")      # before the first stage, not after the last
     if launcher == "local":
         bar = tqdm(pending, desc=f"table {spec.name}", unit="stage", file=sys.stderr)
         for stage in bar:
@@ -129,6 +133,16 @@ def run_table(table: str | TableSpec, cfg, runner: StageRunner, launcher: str = 
                                f"{graph.stages[o.key].kind} {o.key}: job {o.job_id} {o.state}"
                                f"{' (' + o.detail + ')' if o.detail else ''}; log {o.log}" for o in failed))
     return run
+
+
+def check_writable(folder: Path, option: str) -> None:
+    """`folder` exists (made if need be) and a file can be created in it; else a user error naming it."""
+    try:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        make_temp_file(Path(folder) / ".write-check").unlink()
+    except OSError as e:
+        raise UserError(f"{option}={Path(folder).parent}: the output folder {folder} is not writable "
+                        f"({e.strerror or e}); nothing was started") from e
 
 
 # ------------------------------------------------------------------------------------ one stage
@@ -168,8 +182,13 @@ def _execute_locked(stage: Stage, graph: StageGraph, store: Store, runner: Stage
             if todo:
                 _run_shards(stage, graph, store, runner, todo, n, echo)
             res = _merge(stage, graph, store, runner, out, [store.shard_result(stage.hash, i, n) for i in range(n)])
-    except BaseException:
-        echo(f"stage {stage.kind} {stage.hash} failed (rows: {', '.join(stage.rows)}); its folder {out} is kept "
+    except BaseException as e:
+        try:
+            store.fail(stage.hash, e)         # benchmark.status shows it as failed, with this summary
+        except OSError:                       # (a full disk must not hide the stage's own error)
+            pass
+        what = "was interrupted" if isinstance(e, KeyboardInterrupt) else "failed"
+        echo(f"stage {stage.kind} {stage.hash} {what} (rows: {', '.join(stage.rows)}); its folder {out} is kept "
              f"and the next run retries it")
         raise
     store.commit(stage, res)

@@ -10,16 +10,15 @@ import json
 import pickle
 from pathlib import Path
 
-import numpy as np
 import torch
 from omegaconf import OmegaConf
-from PIL import Image
 
 from benchmark.shards import Shard, shard_names
 from benchmark.stages import get_key
 from benchmark.testset import write_testset
-from data.atomic import atomic_write_bytes
+from data.atomic import atomic_write_bytes, data_entries
 from data.device import resolve_device
+from data.video_io import read_frame
 
 _DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -38,7 +37,7 @@ def _generation_setup(cfg: dict, test_clips: Path):
     device = resolve_device(gen.get("device"))
     dtype = _DTYPES[gen.get("dtype", "fp32") if device != "cpu" else "fp32"]
     firsts_dir = Path(test_clips) / "first_frames"
-    names = sorted(p.stem for p in firsts_dir.glob("*.png"))
+    names = [p.stem for p in data_entries(firsts_dir, dirs=False) if p.suffix == ".png"] if firsts_dir.is_dir() else []
     if not names:
         raise FileNotFoundError(f"{firsts_dir}: no first frames (the testset stage is incomplete)")
     return c, gen, device, dtype, names
@@ -118,7 +117,7 @@ class TrainerRunner:
         if unet_dir is not None and not unet_dir.is_dir():
             raise FileNotFoundError(f"{unet_dir}: the train stage has no exported U-Net")
         firsts_dir = Path(test_clips) / "first_frames"
-        firsts = [np.asarray(Image.open(firsts_dir / f"{n}.png").convert("RGB")) for n in names]
+        firsts = [read_frame(firsts_dir / f"{n}.png") for n in names]
         pipe = load_pipeline(c.model, unet_dir, device=device, dtype=dtype)
         num_params = sum(p.numel() for m in (pipe.unet, pipe.vae, pipe.image_encoder) for p in m.parameters())
         try:
@@ -173,7 +172,7 @@ class TrainerRunner:
         `shard`: the features and detections of that shard's clips (metrics.evaluate.extract_features)
         in <shard folder>/features.pkl, for merge_evaluate."""
         from metrics.evaluate import evaluate, extract_features
-        names = sorted(p.name for p in Path(real_dir).iterdir() if p.is_dir())
+        names = [p.name for p in data_entries(real_dir, dirs=True)]
         if shard is not None:
             # blocks of whole I3D batches: FVD's batches are then those of the unsharded run
             align = get_key(cfg, "metrics.fvd.batch_size", 1) if "fvd" in get_key(cfg, "metrics.metrics", []) else 1
@@ -197,7 +196,7 @@ class TrainerRunner:
                        real_dir: Path) -> dict:
         """metrics.evaluate's result from the shards' features, in clip order (= the unsharded result)."""
         from metrics.evaluate import merge_features
-        names = sorted(p.name for p in Path(real_dir).iterdir() if p.is_dir())
+        names = [p.name for p in data_entries(real_dir, dirs=True)]
         got = [n for p in parts for n in p["names"]]
         if got != names:
             raise ValueError(f"{out_dir}: the shards scored {len(got)} videos, not the {len(names)} test clips in "

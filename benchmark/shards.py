@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Callable, NamedTuple, Sequence
 
 from data.atomic import atomic_write_bytes
+from data.cli import command
 
 SHARDED_KINDS = ("generate", "evaluate")
 KEY = "benchmark.shards"
@@ -141,6 +142,7 @@ def run_workers(calls: Sequence[tuple[str, Callable, tuple, Path]], devices: Seq
                            f"redoes only these:\n  " + "\n  ".join(lines))
 
 
+@command
 def main(argv: Sequence[str] | None = None) -> int:
     """`python -m benchmark.shards <payload>`: one local shard worker (the pickled call of run_workers)."""
     import cloudpickle

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, Callable, Protocol, Sequence
 
 from ablations.registry import Row, TableSpec
+from data.cli import ConfigKeyError, InputError
 
 # Bump when the meaning of a stage changes (what a stage computes from the same config): every hash
 # changes with it, so no old output is reused for the new meaning.
@@ -134,7 +135,7 @@ class DictResolver:
             key, value = split_override(ov)
             if key in self.groups:
                 if value not in self.groups[key]:
-                    raise ValueError(f"{key}={value}: unknown option; valid: {sorted(self.groups[key])}")
+                    raise InputError(f"{key}={value}: unknown option; valid: {sorted(self.groups[key])}")
                 cfg[key] = copy.deepcopy(self.groups[key][value])
             else:
                 set_key(cfg, key, yaml.safe_load(value))
@@ -143,7 +144,7 @@ class DictResolver:
 
 def split_override(ov: str) -> tuple[str, str]:
     if "=" not in ov:
-        raise ValueError(f"override {ov!r} is not of the form key=value")
+        raise InputError(f"override {ov!r} is not of the form key=value")
     key, value = ov.split("=", 1)
     return key.lstrip("+~"), value
 
@@ -269,11 +270,11 @@ def epoch_objectives(cfg: dict, row: Row, baseline: str | None = None) -> list[s
     baseline = row.baseline if baseline is None else baseline
     epochs = int(get_key(cfg, "train.epochs"))
     if epochs < 1:
-        raise ValueError(f"row {row.name}: train.epochs={epochs}; a trained row needs at least one epoch")
+        raise InputError(f"row {row.name}: train.epochs={epochs}; a trained row needs at least one epoch")
     feat_from = get_key(cfg, "schedule.feat_from_epoch", None)
     objs = ["lsa" if feat_from is not None and e >= int(feat_from) else "diffusion" for e in range(1, epochs + 1)]
     if baseline == "svd_finetuned" and "lsa" in objs:
-        raise ValueError(f"row {row.name} is 'SVD fine-tuned' (diffusion loss only) but its schedule "
+        raise InputError(f"row {row.name} is 'SVD fine-tuned' (diffusion loss only) but its schedule "
                          f"{get_key(cfg, 'schedule.name', '?')} turns the feature loss on from epoch {feat_from}")
     return objs
 
@@ -378,11 +379,11 @@ def expand(spec: TableSpec, resolver: Resolver) -> StageGraph:
         # metrics.evaluate reads) with metrics.det.detector set from benchmark.eval.detectors[name]
         detectors = get_key(bench, "eval.detectors", {}) or {}
         if "metrics" not in cfg:
-            raise KeyError(f"row {row.name}: the resolved config has no `metrics` node; the benchmark "
+            raise ConfigKeyError(f"row {row.name}: the resolved config has no `metrics` node; the benchmark "
                            f"profile selects one (defaults: /metrics: smoke|paper)")
         for det in spec.detectors_for(row):
             if det not in detectors:
-                raise KeyError(f"table {spec.name} row {row.name} needs detector {det!r}, but the profile "
+                raise ConfigKeyError(f"table {spec.name} row {row.name} needs detector {det!r}, but the profile "
                                f"has no benchmark.eval.detectors.{det}; defined: {sorted(detectors)}")
             run_cfg = copy.deepcopy(cfg)
             node = run_cfg["metrics"].setdefault("det", {}).setdefault("detector", {})
@@ -404,9 +405,9 @@ def expand(spec: TableSpec, resolver: Resolver) -> StageGraph:
 def _bench(cfg: dict, row: Row) -> dict:
     bench = cfg.get("benchmark")
     if not isinstance(bench, dict):
-        raise KeyError(f"row {row.name}: the resolved config has no `benchmark` node; compose it with a "
+        raise ConfigKeyError(f"row {row.name}: the resolved config has no `benchmark` node; compose it with a "
                        f"profile (+benchmark=smoke|paper, configs/benchmark/)")
     for k in ("num_test_clips", "generate"):
         if k not in bench:
-            raise KeyError(f"row {row.name}: benchmark.{k} is missing from the profile")
+            raise ConfigKeyError(f"row {row.name}: benchmark.{k} is missing from the profile")
     return bench

@@ -1,7 +1,8 @@
 """python -m benchmark.status table=III [profile=...] [rows=...] [store=runs] [key=value ...] [--logs]
 
 Where each stage of a table stands: done / running (job id) / queued (job id, SLURM's reason) /
-failed (job id, state, log path) / pending (never submitted, or an interrupted local attempt).
+failed (job id, state, log path; or a local attempt that raised: its FAILED record's exception) /
+pending (never submitted, interrupted by Ctrl-C, or a local attempt that did not finish).
 Give it the same table, profile, rows and overrides as the `benchmark.run` it looks at: they decide
 the stage hashes. Reads the store and asks squeue / sacct about recorded jobs; changes nothing.
 A failed stage is submitted again by the next `benchmark.run`; it is never counted done.
@@ -14,11 +15,11 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from ablations.registry import SpecError, list_tables, load_table
-from benchmark.config import ConfigError
+from ablations.registry import list_tables, load_table
 from benchmark.run import UsageError, parse_args
 from benchmark.stages import HASH_LEN, StageGraph
 from benchmark.store import Store
+from data.cli import command
 from slurm.records import QueueUnavailable, last_submission, query_jobs, tail
 
 FLAGS = {"--logs", "-h", "--help"}
@@ -54,8 +55,14 @@ def stage_statuses(graph: StageGraph, store: Store) -> list[StageStatus]:
         elif sub:
             st.status, st.detail = "failed", f"its {sub.get('executor')} run ended without a result"
         else:
+            failure = store.failure(s.hash)       # written by the runner when a local attempt raised
             started = _last_attempt(store, s.hash)
-            if started:
+            if failure and failure.get("interrupted"):
+                st.detail = f"interrupted (Ctrl-C) at {failure.get('time')}; the next benchmark.run resumes it"
+            elif failure:
+                st.status = "failed"
+                st.detail = f"{failure.get('error')} (at {failure.get('time')}); the next benchmark.run retries it"
+            elif started:
                 st.detail = f"a local attempt started {started} did not finish (still running, or killed)"
         _add_shard_progress(st, s, store)
         out.append(st)
@@ -115,33 +122,31 @@ def format_statuses(graph: StageGraph, statuses: list[StageStatus], store: Store
     return "\n".join(lines)
 
 
+@command
 def main(argv: list[str] | None = None) -> int:
+    """Errors follow data/cli.py (user error: one line, exit 2; Ctrl-C: exit 130)."""
     argv = sys.argv[1:] if argv is None else argv
-    try:
-        flags = {a for a in argv if a.startswith("-")}
-        bad = flags - FLAGS
-        if bad:
-            raise UsageError(f"unknown flag(s) {sorted(bad)}; flags: {', '.join(sorted(FLAGS))}")
-        if flags & {"-h", "--help"}:
-            print(__doc__)
-            return 0
-        opts, _, overrides = parse_args([a for a in argv if not a.startswith("-")])
-        overrides = [o for o in overrides if not o.startswith("slurm.")]   # cluster settings change no hash
-        if not opts["table"]:
-            raise UsageError(f"say which table: table=<name>; valid tables: {', '.join(list_tables())}")
-        from benchmark.config import HydraResolver
-        from benchmark.stages import expand
-        resolver = HydraResolver(opts["profile"], overrides, config_dir=opts["config_dir"])
-        store = Store(opts["store"])
-        rows = opts["rows"].split(",") if opts["rows"] else None
-        for name in opts["table"].split(","):
-            graph = expand(load_table(name).select(rows), resolver)
-            print(format_statuses(graph, stage_statuses(graph, store), store, logs="--logs" in flags))
-            out = Path(opts["results"]) / graph.profile / f"table_{graph.table.name}.md"
-            print(f"  table: {out}" + ("" if out.exists() else " (not written yet)"))
-    except (UsageError, SpecError, ConfigError, KeyError, FileNotFoundError) as e:
-        print(f"error: {e.args[0] if e.args else e}", file=sys.stderr)
-        return 2
+    flags = {a for a in argv if a.startswith("-")}
+    bad = flags - FLAGS
+    if bad:
+        raise UsageError(f"unknown flag(s) {sorted(bad)}; flags: {', '.join(sorted(FLAGS))}")
+    if flags & {"-h", "--help"}:
+        print(__doc__)
+        return 0
+    opts, _, overrides = parse_args([a for a in argv if not a.startswith("-")])
+    overrides = [o for o in overrides if not o.startswith("slurm.")]   # cluster settings change no hash
+    if not opts["table"]:
+        raise UsageError(f"say which table: table=<name>; valid tables: {', '.join(list_tables())}")
+    from benchmark.config import HydraResolver
+    from benchmark.stages import expand
+    resolver = HydraResolver(opts["profile"], overrides, config_dir=opts["config_dir"])
+    store = Store(opts["store"])
+    rows = opts["rows"].split(",") if opts["rows"] else None
+    for name in opts["table"].split(","):
+        graph = expand(load_table(name).select(rows), resolver)
+        print(format_statuses(graph, stage_statuses(graph, store), store, logs="--logs" in flags))
+        out = Path(opts["results"]) / graph.profile / f"table_{graph.table.name}.md"
+        print(f"  table: {out}" + ("" if out.exists() else " (not written yet)"))
     return 0
 
 

@@ -19,13 +19,14 @@ from typing import Any
 
 import yaml
 
-from data.atomic import atomic_dir, atomic_write_json, atomic_write_text  # noqa: F401  (re-exported)
+from data.atomic import atomic_dir, atomic_write_json, atomic_write_text, sweep_temps  # noqa: F401  (re-exported)
 
 DONE = "DONE"
 RESULT = "result.json"
 CONFIG = "stage_config.yaml"   # not config.yaml: a train stage folder is also the trainer's run folder
 RUN_CONFIG = "run_config.yaml"
 STAGE = "stage.json"
+FAILED = "FAILED"              # the last attempt ended with an exception: its summary (JSON)
 SHARDS = "shards"              # runs/<hash>/shards/<i>-of-<n>/ (benchmark/shards.py)
 
 
@@ -82,8 +83,12 @@ class Store:
         return self._record(stage)
 
     def begin(self, stage) -> Path:
-        """Create (or reuse, after an interrupted attempt) the stage folder; record the attempt."""
+        """Create (or reuse, after an interrupted attempt) the stage folder; record the attempt.
+        A reused folder is first swept of the temp entries its killed writers left (data/atomic.py)."""
         resumed = self.dir(stage.hash).exists()
+        if resumed:
+            sweep_temps(self.dir(stage.hash), recursive=True)
+            (self.dir(stage.hash) / FAILED).unlink(missing_ok=True)
         return self._record(stage, attempt={"started": _now(), "resumed": resumed})
 
     def _record(self, stage, attempt: dict | None = None) -> Path:
@@ -109,7 +114,28 @@ class Store:
             info["attempts"][-1]["finished"] = _now()
         atomic_write_json(d / STAGE, info)
         atomic_write_text(d / DONE, _now() + "\n")
+        (d / FAILED).unlink(missing_ok=True)
         return d
+
+    def fail(self, stage_hash: str, error: BaseException) -> None:
+        """Record that the stage's attempt ended with `error` (FAILED, cleared by the next attempt)."""
+        interrupted = isinstance(error, KeyboardInterrupt)
+        summary = "interrupted (Ctrl-C)" if interrupted else f"{type(error).__name__}: {error}"
+        if len(summary) > 500:
+            summary = summary[:500] + " ..."
+        atomic_write_json(self.dir(stage_hash) / FAILED, {"time": _now(), "error": summary,
+                                                           "interrupted": interrupted, "host": socket.gethostname(),
+                                                           "pid": os.getpid()})
+
+    def failure(self, stage_hash: str) -> dict | None:
+        """The FAILED record of the stage's last attempt, or None (not failed, or a later attempt runs)."""
+        p = self.dir(stage_hash) / FAILED
+        try:
+            return json.loads(p.read_text())
+        except FileNotFoundError:
+            return None
+        except json.JSONDecodeError:
+            return {"error": f"(unreadable {p})"}
 
     def result(self, stage_hash: str) -> dict | None:
         """The stage's result.json (paths made absolute again), or None when not done."""

@@ -15,6 +15,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from benchmark.store import atomic_write_text
+from data.cli import InputError
 
 
 def clip_name(k: int) -> str:
@@ -33,7 +34,7 @@ def write_testset(cfg: dict, out_dir: Path) -> dict:
     wanted = int(cfg["data"]["test"]["num_clips"])
     n = min(len(clips), wanted)
     if n == 0:
-        raise ValueError(f"data={data_cfg.name}: the test split is empty (data.root={data_cfg.get('root')})")
+        raise InputError(f"data={data_cfg.name}: the test split is empty (data.root={data_cfg.get('root')})")
     save_mp4 = bool(cfg.get("benchmark", {}).get("generate", {}).get("save_mp4", True))
     out_dir = Path(out_dir)
     names, shape = [], None
@@ -42,7 +43,7 @@ def write_testset(cfg: dict, out_dir: Path) -> dict:
         if shape is None:
             shape = clip.frames.shape
         elif clip.frames.shape != shape:
-            raise ValueError(f"test clip {k} has shape {clip.frames.shape}, clip 0 {shape}: "
+            raise InputError(f"test clip {k} has shape {clip.frames.shape}, clip 0 {shape}: "
                              f"the test clips must share frame count and size")
         write_frames(out_dir / "frames" / name, clip.frames)
         (out_dir / "first_frames").mkdir(parents=True, exist_ok=True)

@@ -2,26 +2,185 @@
 never half) and reading versioned JSON files with errors that name the file and line.
 
 Lives in `data/`, the package every other one may import (DESIGN.md's dependency direction).
+
+Temp entries. Every writer here first writes a temp file or folder beside its target, named
+`.lsa-tmp-<pid>@<host>~<target name>.<random>` (TEMP_PREFIX, then the owner): a writer killed with
+SIGKILL leaves one behind. Such entries are never data: `data_entries` (what lists clips, videos and
+frames) skips them with every hidden name, and `sweep_temps` removes the stale ones (their process is
+gone), which each folder writer does for its own target and the stage runner does for a stage's
+folder when the stage starts again.
+
+File modes. mkstemp / mkdtemp create 0600 / 0700 entries; our writers set the modes a plain open()
+or mkdir() would give (0666 / 0777 minus the umask), so a store shared by a group works with
+`umask 002`.
 """
 from __future__ import annotations
 
 import json
 import os
 import shutil
+import socket
 import tempfile
 import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
+from data.cli import InputError
 
+TEMP_PREFIX = ".lsa-tmp-"
+# A temp entry of a process on another host cannot be checked for life; it counts as stale when it
+# has not changed for this long (a writer that is alive keeps touching its file or folder).
+STALE_OTHER_HOST_S = 24 * 3600
+
+
+# ------------------------------------------------------------------------------ temp entries
+def _temp_prefix(name: str) -> str:
+    return f"{TEMP_PREFIX}{os.getpid()}@{socket.gethostname()}~{name}."
+
+
+def is_temp(path: str | Path) -> bool:
+    """A temp entry of one of our atomic writers (finished or left behind by a killed one)."""
+    return Path(path).name.startswith(TEMP_PREFIX)
+
+
+def data_entries(folder: str | Path, dirs: bool | None = None) -> list[Path]:
+    """The entries of `folder` that are data, sorted by name: hidden names (our writers' temp
+    entries, `.locks`, OS clutter) are left out. `dirs=True`: folders only, `False`: files only."""
+    out = []
+    for p in sorted(Path(folder).iterdir()):
+        if p.name.startswith("."):
+            continue
+        if dirs is not None and p.is_dir() != dirs:
+            continue
+        out.append(p)
+    return out
+
+
+def _owner(name: str) -> tuple[int, str] | None:
+    """(pid, host) of a temp entry's name, None when the name is not of that form."""
+    if not name.startswith(TEMP_PREFIX) or "~" not in name:
+        return None
+    owner = name[len(TEMP_PREFIX):].split("~", 1)[0]
+    pid, _, host = owner.partition("@")
+    return (int(pid), host) if pid.isdigit() and host else None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:          # a process of another user
+        return True
+    return True
+
+
+def is_stale(path: str | Path, now: float | None = None) -> bool:
+    """A temp entry whose writer is gone: its process (on this host) has ended, or (another host)
+    it has not changed for STALE_OTHER_HOST_S. A reused pid keeps an entry a little longer: harmless."""
+    path = Path(path)
+    owner = _owner(path.name)
+    if owner is None:
+        return False
+    pid, host = owner
+    if host == socket.gethostname():
+        return not _alive(pid)
+    try:
+        age = (time.time() if now is None else now) - path.lstat().st_mtime
+    except FileNotFoundError:
+        return False
+    return age > STALE_OTHER_HOST_S
+
+
+def sweep_temps(folder: str | Path, name: str | None = None, recursive: bool = False) -> list[Path]:
+    """Remove the stale temp entries in `folder` (only those for target `name` when given; in every
+    subfolder too with `recursive`). Entries of live writers are left alone, so concurrent writers
+    (two runs, shards) are safe. Returns what was removed."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    removed = []
+    for root, subdirs, files in os.walk(folder) if recursive else [(str(folder), *_split(folder))]:
+        for entry in list(subdirs) + list(files):
+            p = Path(root) / entry
+            if not is_temp(p) or (name is not None and f"~{name}." not in entry) or not is_stale(p):
+                continue
+            if p.is_dir() and not p.is_symlink():
+                shutil.rmtree(p, ignore_errors=True)
+                if entry in subdirs:
+                    subdirs.remove(entry)          # do not walk into what was removed
+            else:
+                p.unlink(missing_ok=True)
+            removed.append(p)
+    return removed
+
+
+def _split(folder: Path) -> tuple[list[str], list[str]]:
+    subdirs, files = [], []
+    with os.scandir(folder) as it:           # the entry type comes with the listing: no stat per entry
+        for e in it:
+            (subdirs if e.is_dir(follow_symlinks=False) else files).append(e.name)
+    return subdirs, files
+
+
+# ------------------------------------------------------------------------------ file modes
+def umask() -> int:
+    """The process umask, read without changing it where Linux shows it (os.umask can only be read
+    by setting it, which races with other threads creating files)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    old = os.umask(0o022)
+    os.umask(old)
+    return old
+
+
+def file_mode() -> int:
+    """What open(..., "w") gives a new file: 0666 minus the umask."""
+    return 0o666 & ~umask()
+
+
+def dir_mode() -> int:
+    """What mkdir gives a new folder: 0777 minus the umask."""
+    return 0o777 & ~umask()
+
+
+def make_temp_file(path: str | Path, suffix: str = "") -> Path:
+    """An empty temp file beside `path` (its parents made), with a plain file's mode. No sweep here:
+    file writers fill folders of thousands of files (frame caches), where a scan per write would cost
+    O(n^2); a stage's folder is swept when the stage starts again (benchmark/store.py)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(path.name), suffix=suffix, dir=path.parent)
+    try:
+        os.fchmod(fd, file_mode())
+    finally:
+        os.close(fd)
+    return Path(tmp)
+
+
+def make_temp_dir(target: str | Path) -> Path:
+    """An empty temp folder beside `target` (its parents made), with a plain folder's mode; stale
+    temps of the same target are swept first."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    sweep_temps(target.parent, name=target.name)
+    tmp = Path(tempfile.mkdtemp(prefix=_temp_prefix(target.name), dir=target.parent))
+    os.chmod(tmp, dir_mode())
+    return tmp
+
+
+# ------------------------------------------------------------------------------ atomic writes
 def atomic_write_text(path: str | Path, text: str) -> Path:
     """Write `text` to a temp file beside `path`, fsync, then os.replace: all or nothing."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp = make_temp_file(path, suffix=".tmp")
     try:
-        with os.fdopen(fd, "w") as f:
+        with open(tmp, "w") as f:
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
@@ -46,18 +205,16 @@ def atomic_write_json(path: str | Path, obj: Any, **dumps_kw) -> Path:
 
 
 @contextmanager
-def atomic_path(path: str | Path, mode: int | None = 0o644) -> Iterator[Path]:
-    """`with atomic_path(out) as tmp: save(tmp)`: a temp file beside `path`, renamed onto it on
-    success (permissions `mode`, since mkstemp makes 0600 and caches may be shared), removed on error.
-    For writers that want a file name (torch.save, torch.jit.save, ffmpeg, ultralytics)."""
+def atomic_path(path: str | Path, mode: int | None = None) -> Iterator[Path]:
+    """`with atomic_path(out) as tmp: save(tmp)`: a temp file beside `path` (same suffix, so writers
+    that choose a format by it work), renamed onto it on success, removed on error. Its mode is
+    `mode`, or a plain file's (0666 minus the umask) when None.
+    For writers that want a file name (torch.save, torch.jit.save, ffmpeg, ultralytics, matplotlib)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
-    os.close(fd)
+    tmp = make_temp_file(path, suffix=path.suffix)
     try:
-        yield Path(tmp)
-        if mode is not None:
-            os.chmod(tmp, mode)
+        yield tmp
+        os.chmod(tmp, file_mode() if mode is None else mode)   # a writer may have recreated the file
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -71,8 +228,7 @@ def atomic_dir(target: str | Path) -> Iterator[Path]:
     On an exception the temp folder is removed and `target` is left as it was.
     """
     target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    tmp = make_temp_dir(target)
     try:
         yield tmp
     except BaseException:
@@ -80,7 +236,7 @@ def atomic_dir(target: str | Path) -> Iterator[Path]:
         raise
     if target.exists():
         # os.replace cannot replace a non-empty folder: move the old one aside first, then drop it
-        old = target.parent / f".{target.name}.old-{os.getpid()}-{time.monotonic_ns()}"
+        old = target.parent / f"{_temp_prefix(target.name)}old-{time.monotonic_ns()}"
         os.replace(target, old)
         os.replace(tmp, target)
         shutil.rmtree(old, ignore_errors=True)
@@ -94,8 +250,8 @@ def read_versioned_json(path: str | Path, version: int, what: str) -> dict:
     try:
         doc = json.loads(path.read_text())
     except json.JSONDecodeError as e:
-        raise ValueError(f"{path}:{e.lineno}: not valid JSON ({e.msg})") from e
+        raise InputError(f"{path}:{e.lineno}: not valid JSON ({e.msg})") from e
     if not isinstance(doc, dict) or doc.get("version") != version:
         got = doc.get("version") if isinstance(doc, dict) else type(doc).__name__
-        raise ValueError(f"{path}: {what} version {got!r}, expected {{\"version\": {version}, ...}}")
+        raise InputError(f"{path}: {what} version {got!r}, expected {{\"version\": {version}, ...}}")
     return doc

@@ -9,6 +9,7 @@ from typing import Iterable, Iterator, Mapping, Sequence
 import numpy as np
 
 from data.cache import FrameCache
+from data.cli import InputError, MissingFile
 from data.clip import Clip
 from data.sampling import ClipRef, train_refs
 from data.test_split import load_or_create_test_clips
@@ -20,11 +21,11 @@ DEFAULT_CACHE_DIR = ".cache/lsa_data"
 def require_root(cfg) -> Path:
     root = cfg.get("root")
     if not root:
-        raise ValueError(f"data.root is not set: point it at the {cfg.name} dataset folder "
+        raise InputError(f"data.root is not set: point it at the {cfg.name} dataset folder "
                          "(see docs/data.md), e.g. data.root=/data/kitti_tracking")
     root = Path(str(root)).expanduser()
     if not root.is_dir():
-        raise FileNotFoundError(f"data.root={root} does not exist or is not a folder")
+        raise MissingFile(f"data.root={root} does not exist or is not a folder")
     return root
 
 

@@ -5,6 +5,8 @@ not a tunable constant, so it lives in code; which classes count as dynamic is c
 """
 from __future__ import annotations
 
+from data.cli import InputError
+
 COCO_NAMES: tuple[str, ...] = (
     "person", "bicycle", "car", "motorcycle", "airplane", "bus", "train", "truck", "boat",
     "traffic light", "fire hydrant", "stop sign", "parking meter", "bench", "bird", "cat", "dog",
@@ -27,12 +29,12 @@ def coco_name(class_id: int) -> str:
 def coco_id(label, where: str) -> int:
     """An int COCO id or a COCO class name -> the int id; `where` names the source in errors."""
     if isinstance(label, bool):
-        raise ValueError(f"{where}: label {label!r} is not a COCO id or name")
+        raise InputError(f"{where}: label {label!r} is not a COCO id or name")
     if isinstance(label, int):
         if not 0 <= label < len(COCO_NAMES):
-            raise ValueError(f"{where}: COCO id {label} is outside 0..{len(COCO_NAMES) - 1}")
+            raise InputError(f"{where}: COCO id {label} is outside 0..{len(COCO_NAMES) - 1}")
         return label
     if isinstance(label, str) and label in COCO_IDS:
         return COCO_IDS[label]
-    raise ValueError(f"{where}: label {label!r} is neither a COCO id (0-79) nor a COCO class name "
+    raise InputError(f"{where}: label {label!r} is neither a COCO id (0-79) nor a COCO class name "
                      f"such as 'car', 'truck', 'person'")

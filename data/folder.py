@@ -14,8 +14,9 @@ from typing import Iterator
 import numpy as np
 from PIL import Image
 
-from data.atomic import read_versioned_json
+from data.atomic import data_entries, read_versioned_json
 from data.base import ClipDataset, require_root
+from data.cli import InputError
 from data.coco import coco_id
 from data.sampling import ClipRef
 from data.video_io import FRAME_SUFFIXES, VIDEO_SUFFIXES
@@ -39,19 +40,19 @@ def discover_videos(root: Path) -> dict[str, Path]:
         if p.name.startswith("."):
             continue
         is_file_video = p.is_file() and p.suffix.lower() in VIDEO_SUFFIXES
-        is_frame_dir = p.is_dir() and any(q.suffix.lower() in FRAME_SUFFIXES for q in p.iterdir())
+        is_frame_dir = p.is_dir() and bool(_frame_files(p))
         if not (is_file_video or is_frame_dir):
             continue
         name = p.stem if p.is_file() else p.name
         if name in videos:
-            raise ValueError(f"{root}: two videos named {name!r} ({videos[name].name} and {p.name}); "
+            raise InputError(f"{root}: two videos named {name!r} ({videos[name].name} and {p.name}); "
                              "rename one (the name also picks the boxes file <name>.json)")
         videos[name] = p
     return videos
 
 
 def _frame_files(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.suffix.lower() in FRAME_SUFFIXES)
+    return [p for p in data_entries(folder, dirs=False) if p.suffix.lower() in FRAME_SUFFIXES]
 
 
 def probe(path: Path) -> tuple[int, tuple[int, int], float | None]:
@@ -66,7 +67,7 @@ def probe(path: Path) -> tuple[int, tuple[int, int], float | None]:
         meta = iio.immeta(path, plugin="FFMPEG")
         n, _ = imageio_ffmpeg.count_frames_and_secs(str(path))   # exact: ffmpeg decodes to null
     except (OSError, RuntimeError, StopIteration) as e:
-        raise ValueError(f"{path}: unreadable video ({e})") from e
+        raise InputError(f"{path}: unreadable video ({e})") from e
     w, h = meta["size"]
     return int(n), (int(h), int(w)), float(meta["fps"]) if meta.get("fps") else None
 
@@ -80,18 +81,18 @@ def read_boxes_json(path: Path, num_frames: int, video_hw: tuple[int, int], keep
     doc = read_versioned_json(path, BOXES_JSON_VERSION, "boxes file")
     hw = doc.get("image_size", list(video_hw))
     if not (isinstance(hw, list) and len(hw) == 2 and all(isinstance(v, int) and v > 0 for v in hw)):
-        raise ValueError(f"{path}: image_size must be [height, width] in pixels, got {hw!r}")
+        raise InputError(f"{path}: image_size must be [height, width] in pixels, got {hw!r}")
     frames = doc.get("frames", {})
     if not isinstance(frames, dict):
-        raise ValueError(f"{path}: 'frames' must map frame indices (\"0\", \"1\", ...) to lists of boxes")
+        raise InputError(f"{path}: 'frames' must map frame indices (\"0\", \"1\", ...) to lists of boxes")
     out = {}
     for key, entries in frames.items():
         where = f"{path}: frames[{key!r}]"
         if not str(key).isdigit():
-            raise ValueError(f"{where}: frame keys are 0-based frame indices")
+            raise InputError(f"{where}: frame keys are 0-based frame indices")
         f = int(key)
         if not isinstance(entries, list):
-            raise ValueError(f"{where}: must be a list of {{\"box\": [x1,y1,x2,y2], \"label\": ...}}")
+            raise InputError(f"{where}: must be a list of {{\"box\": [x1,y1,x2,y2], \"label\": ...}}")
         if f >= num_frames:
             continue
         boxes, labels, tracks = [], [], []
@@ -99,13 +100,13 @@ def read_boxes_json(path: Path, num_frames: int, video_hw: tuple[int, int], keep
             w = f"{where}[{k}]"
             box = e.get("box") if isinstance(e, dict) else None
             if not (isinstance(box, list) and len(box) == 4 and all(isinstance(v, (int, float)) for v in box)):
-                raise ValueError(f"{w}: 'box' must be [x1, y1, x2, y2] in pixels")
+                raise InputError(f"{w}: 'box' must be [x1, y1, x2, y2] in pixels")
             if box[2] < box[0] or box[3] < box[1]:
-                raise ValueError(f"{w}: box {box} has x2 < x1 or y2 < y1")
+                raise InputError(f"{w}: box {box} has x2 < x1 or y2 < y1")
             label = coco_id(e.get("label"), w)
             track = e.get("track_id", -1)
             if not isinstance(track, int) or isinstance(track, bool):
-                raise ValueError(f"{w}: track_id must be an integer")
+                raise InputError(f"{w}: track_id must be an integer")
             if label in keep_classes:
                 boxes.append(box), labels.append(label), tracks.append(track)
         out[f] = (np.asarray(boxes, np.float64).reshape(-1, 4), np.asarray(labels, np.int64),
@@ -121,7 +122,7 @@ def split_names(cfg, split: str, available: list[str]) -> list[str]:
     if mine is not None:
         unknown = [str(n) for n in mine if str(n) not in available]
         if unknown:
-            raise ValueError(f"data.{split}.videos names {unknown[:3]}, not found in data.root "
+            raise InputError(f"data.{split}.videos names {unknown[:3]}, not found in data.root "
                              f"(videos there: {available[:10]})")
         return [str(n) for n in mine]
     excluded = {str(n) for n in theirs} if theirs is not None else set()
@@ -138,7 +139,7 @@ class VideoFolder(ClipDataset):
         root = require_root(cfg)
         found = discover_videos(root)
         if not found:
-            raise ValueError(f"data.root={root}: no videos ({', '.join(VIDEO_SUFFIXES)}) or frame folders")
+            raise InputError(f"data.root={root}: no videos ({', '.join(VIDEO_SUFFIXES)}) or frame folders")
         max_frames = cfg.get("max_frames")
         keep = {int(c) for c in cfg.classes}
         self.paths, self.num_frames, self.hw, self.box_hw, self._fps, self.objects = {}, {}, {}, {}, {}, {}
@@ -184,7 +185,7 @@ class VideoFolder(ClipDataset):
                     break
                 yield k, np.asarray(frame)[..., :3]
         except (OSError, RuntimeError) as e:
-            raise ValueError(f"{path}: unreadable video ({e})") from e
+            raise InputError(f"{path}: unreadable video ({e})") from e
 
     def extra_meta(self, ref: ClipRef) -> dict:
         return {"path": str(self.paths[ref.scene]), "has_boxes": self.has_boxes[ref.scene],

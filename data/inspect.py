@@ -14,6 +14,7 @@ from typing import Sequence
 import numpy as np
 
 from data.atomic import atomic_path
+from data.cli import command
 from data.coco import coco_name
 
 
@@ -143,5 +144,11 @@ def main(argv: Sequence[str] | None = None) -> dict:
     return {"summaries": summaries, "picture": out}
 
 
+@command
+def _cli(argv: Sequence[str] | None = None) -> int:
+    main(argv)
+    return 0
+
+
 if __name__ == "__main__":
-    main()
+    raise SystemExit(_cli())

@@ -15,7 +15,9 @@ from typing import Iterator, Mapping
 import numpy as np
 from PIL import Image
 
+from data.atomic import data_entries
 from data.base import ClipDataset, require_root
+from data.cli import InputError, MissingFile
 from data.sampling import ClipRef
 
 _INT_FIELDS = {"frame", "track_id", "occluded"}
@@ -56,7 +58,7 @@ def parse_label_line(text: str, where: str = "<label>", line: int = 0) -> KittiL
     """Parse one label line; `where` (file name) and `line` appear in every error."""
     tokens = text.split()
     if len(tokens) not in (17, 18):
-        raise ValueError(f"{where}:{line}: expected 17 fields (or 18 with a score), got {len(tokens)}: "
+        raise InputError(f"{where}:{line}: expected 17 fields (or 18 with a score), got {len(tokens)}: "
                          f"{text.strip()[:80]!r}")
     names = KITTI_FIELDS + (("score",) if len(tokens) == 18 else ())
     values = {}
@@ -70,16 +72,16 @@ def parse_label_line(text: str, where: str = "<label>", line: int = 0) -> KittiL
                 values[name] = float(tok)
         except ValueError:
             kind = "an integer" if name in _INT_FIELDS else "a number"
-            raise ValueError(f"{where}:{line}: field '{name}' = {tok!r} is not {kind}") from None
+            raise InputError(f"{where}:{line}: field '{name}' = {tok!r} is not {kind}") from None
     if values["frame"] < 0:
-        raise ValueError(f"{where}:{line}: negative frame {values['frame']}")
+        raise InputError(f"{where}:{line}: negative frame {values['frame']}")
     return KittiLabel(**values, line=line)
 
 
 def read_label_file(path: str | Path) -> list[KittiLabel]:
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"KITTI label file not found: {path}")
+        raise MissingFile(f"KITTI label file not found: {path}")
     with open(path) as f:
         return [parse_label_line(text, str(path), n) for n, text in enumerate(f, start=1) if text.strip()]
 
@@ -97,18 +99,18 @@ class KittiScene:
 def scene_frames(image_dir: Path) -> int:
     """Number of frames of a scene folder, checking they are 000000.png .. N-1 without gaps."""
     if not image_dir.is_dir():
-        raise FileNotFoundError(f"KITTI image folder not found: {image_dir} (check data.root)")
+        raise MissingFile(f"KITTI image folder not found: {image_dir} (check data.root)")
     ids = []
-    for p in image_dir.iterdir():
+    for p in data_entries(image_dir, dirs=False):
         if p.suffix.lower() == ".png":
             if not p.stem.isdigit():
-                raise ValueError(f"{p}: KITTI frames are named NNNNNN.png")
+                raise InputError(f"{p}: KITTI frames are named NNNNNN.png")
             ids.append(int(p.stem))
     if not ids:
-        raise ValueError(f"{image_dir}: no .png frames")
+        raise InputError(f"{image_dir}: no .png frames")
     missing = sorted(set(range(max(ids) + 1)) - set(ids))
     if missing:
-        raise FileNotFoundError(f"missing frame {image_dir / f'{missing[0]:06d}.png'} "
+        raise MissingFile(f"missing frame {image_dir / f'{missing[0]:06d}.png'} "
                                 f"({len(missing)} missing in 0..{max(ids)})")
     return max(ids) + 1
 
@@ -123,12 +125,12 @@ def load_scene(root: Path, split_dir: str, scene: str, classes: Mapping[str, int
     per_frame: dict[int, list[tuple]] = {}
     for lab in read_label_file(label_file):
         if lab.frame >= n:
-            raise ValueError(f"{label_file}:{lab.line}: label for frame {lab.frame}, but {image_dir} "
+            raise InputError(f"{label_file}:{lab.line}: label for frame {lab.frame}, but {image_dir} "
                              f"has frames 0..{n - 1}")
         if lab.type in ignore_types:
             continue
         if lab.type not in classes:
-            raise ValueError(f"{label_file}:{lab.line}: type {lab.type!r} is neither in data.classes "
+            raise InputError(f"{label_file}:{lab.line}: type {lab.type!r} is neither in data.classes "
                              f"{sorted(classes)} nor in data.ignore_types {sorted(ignore_types)}")
         per_frame.setdefault(lab.frame, []).append((lab.bbox, classes[lab.type], lab.track_id))
     objects = {f: (np.stack([o[0] for o in objs]), np.array([o[1] for o in objs], np.int64),
@@ -173,11 +175,11 @@ class KittiTracking(ClipDataset):
         for f in frame_ids:
             path = sc.image_dir / f"{f:06d}.png"
             if not path.is_file():
-                raise FileNotFoundError(f"missing frame {path}")
+                raise MissingFile(f"missing frame {path}")
             img = Image.open(path).convert("RGB")
             if (img.height, img.width) != sc.hw:
                 # boxes are rescaled with the scene's size; a frame of another size would misplace them
-                raise ValueError(f"{path}: {img.height}x{img.width}, but the scene's frame 0 is "
+                raise InputError(f"{path}: {img.height}x{img.width}, but the scene's frame 0 is "
                                  f"{sc.hw[0]}x{sc.hw[1]}")
             yield f, img
 

@@ -21,6 +21,7 @@ import numpy as np
 from PIL import Image
 
 from data.base import ClipDataset, require_root
+from data.cli import InputError, MissingFile
 from data.sampling import ClipRef
 
 _LOADED: dict[tuple[str, str], object] = {}   # one NuScenes object per (root, version) and process
@@ -35,7 +36,7 @@ def load_nuscenes(root: str | Path, version: str):
     key = (str(Path(root).resolve()), str(version))
     if key not in _LOADED:
         if not (Path(root) / version).is_dir():
-            raise FileNotFoundError(f"{Path(root) / version} not found: data.version={version!r} "
+            raise MissingFile(f"{Path(root) / version} not found: data.version={version!r} "
                                     f"must name a table folder under data.root={root}")
         _LOADED[key] = NuScenes(version=version, dataroot=str(root), verbose=False)
     return _LOADED[key]
@@ -49,7 +50,7 @@ def resolve_scene_names(spec, version: str, key: str) -> list[str]:
         splits = create_splits_scenes(verbose=False)
         name = f"mini_{spec}" if version == "v1.0-mini" and spec in ("train", "val") else spec
         if name not in splits:
-            raise ValueError(f"{key}={spec!r} is not a devkit split; valid: {sorted(splits)} "
+            raise InputError(f"{key}={spec!r} is not a devkit split; valid: {sorted(splits)} "
                              "or a list of scene names")
         return list(splits[name])
     return [str(s) for s in spec]
@@ -60,13 +61,13 @@ def camera_chain(nusc, scene: dict, camera: str) -> list[dict]:
     first = nusc.get("sample", scene["first_sample_token"])
     last = nusc.get("sample", scene["last_sample_token"])
     if camera not in first["data"]:
-        raise ValueError(f"scene {scene['name']}: no {camera} data (data.camera); has {sorted(first['data'])}")
+        raise InputError(f"scene {scene['name']}: no {camera} data (data.camera); has {sorted(first['data'])}")
     sd = nusc.get("sample_data", first["data"][camera])
     end = last["data"][camera]
     chain = [sd]
     while sd["token"] != end:
         if not sd["next"]:
-            raise ValueError(f"scene {scene['name']}: the {camera} chain ends before the last keyframe")
+            raise InputError(f"scene {scene['name']}: the {camera} chain ends before the last keyframe")
         sd = nusc.get("sample_data", sd["next"])
         chain.append(sd)
     return chain
@@ -75,7 +76,7 @@ def camera_chain(nusc, scene: dict, camera: str) -> list[dict]:
 def resample_by_time(timestamps_us: Sequence[int], target_fps: float) -> list[int]:
     """Indices of the frames nearest to t0, t0 + 1/fps, ... (consecutive repeats removed)."""
     if target_fps <= 0:
-        raise ValueError(f"data.target_fps must be > 0, got {target_fps}")
+        raise InputError(f"data.target_fps must be > 0, got {target_fps}")
     if len(timestamps_us) < 2:
         return list(range(len(timestamps_us)))
     t = (np.asarray(timestamps_us, np.float64) - timestamps_us[0]) / 1e6
@@ -115,7 +116,7 @@ class NuScenesClips(ClipDataset):
         self.version, self.camera = str(cfg.version), str(cfg.get("camera", "CAM_FRONT"))
         self.sampling = str(cfg.get("sampling", "sweeps"))
         if self.sampling not in ("sweeps", "fps"):
-            raise ValueError(f"data.sampling={self.sampling!r}: use 'sweeps' or 'fps'")
+            raise InputError(f"data.sampling={self.sampling!r}: use 'sweeps' or 'fps'")
         self.target_fps = float(cfg.target_fps) if self.sampling == "fps" else None
         self._nominal_fps = float(self.target_fps or cfg.fps) / self.stride
         self.classes = {str(k): int(v) for k, v in cfg.classes.items()}
@@ -128,7 +129,7 @@ class NuScenesClips(ClipDataset):
         by_name = {s["name"]: s for s in nusc.scene}
         absent = [n for n in names if n not in by_name]
         if absent:
-            raise ValueError(f"data.{split}.scenes: {len(absent)} scene(s) not in {self.root / self.version}, "
+            raise InputError(f"data.{split}.scenes: {len(absent)} scene(s) not in {self.root / self.version}, "
                              f"e.g. {absent[:3]} (is data.version={self.version!r} right?)")
         self.tokens: dict[str, list[str]] = {}
         self.timestamps: dict[str, list[int]] = {}
@@ -196,10 +197,10 @@ class NuScenesClips(ClipDataset):
             sd = self.nusc.get("sample_data", self.tokens[scene][f])
             path = self.root / sd["filename"]
             if not path.is_file():
-                raise FileNotFoundError(f"missing frame {path} (scene {scene}, sample_data {sd['token']})")
+                raise MissingFile(f"missing frame {path} (scene {scene}, sample_data {sd['token']})")
             img = Image.open(path).convert("RGB")
             if (img.height, img.width) != self.hw[scene]:
-                raise ValueError(f"{path}: {img.height}x{img.width}, its sample_data record says "
+                raise InputError(f"{path}: {img.height}x{img.width}, its sample_data record says "
                                  f"{sd['height']}x{sd['width']}")
             yield f, img
 

@@ -19,6 +19,7 @@ from typing import Sequence
 import numpy as np
 
 from data.cache import atomic_save_npz, config_hash
+from data.cli import InputError
 from data.clip import Clip
 from data.transforms import rescale_boxes
 
@@ -43,7 +44,7 @@ class PseudoBoxes(Sequence[Clip]):
                  batch_size: int = 8, cache_dir: str | Path | None = None, min_box_size: float = 1.0,
                  cache_key: str | None = None):
         if detector is None and detector_cfg is None:
-            raise ValueError("data.boxes=detector needs data.pseudo_boxes.detector: a node with a "
+            raise InputError("data.boxes=detector needs data.pseudo_boxes.detector: a node with a "
                              "_target_ building the detector (see docs/data.md)")
         self.base, self._detector, self.detector_cfg = base, detector, detector_cfg
         self.score_threshold = float(score_threshold)
@@ -59,7 +60,7 @@ class PseudoBoxes(Sequence[Clip]):
     def from_config(cls, base: Sequence[Clip], cfg) -> "PseudoBoxes":
         pb = cfg.get("pseudo_boxes")
         if pb is None:
-            raise ValueError("data.boxes=detector needs a data.pseudo_boxes node "
+            raise InputError("data.boxes=detector needs a data.pseudo_boxes node "
                              "(e.g. +data/pseudo_boxes=default, see docs/data.md)")
         cache_cfg = cfg.get("cache") or {}
         cache_dir = cache_cfg.get("dir") or ".cache/lsa_data"

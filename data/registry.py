@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from typing import Callable, Sequence
 
+from data.cli import InputError
 from data.clip import Clip
 
 _BUILDERS: dict[str, Callable] = {}
@@ -21,7 +22,7 @@ def build_dataset(cfg, split: str) -> Sequence[Clip]:
         raise ValueError(f"split must be 'train' or 'test', got {split!r}")
     name = cfg.name
     if name not in _BUILDERS:
-        raise ValueError(f"data.name={name!r} is unknown; valid: {sorted(_BUILDERS)}")
+        raise InputError(f"data.name={name!r} is unknown; valid: {sorted(_BUILDERS)}")
     return with_box_source(cfg, _BUILDERS[name](cfg, split))
 
 
@@ -33,7 +34,7 @@ def with_box_source(cfg, dataset: Sequence[Clip]) -> Sequence[Clip]:
     if source == "detector":
         from data.pseudo_boxes import PseudoBoxes
         return PseudoBoxes.from_config(dataset, cfg)
-    raise ValueError(f"data.boxes={source!r} is unknown; valid: labels, detector")
+    raise InputError(f"data.boxes={source!r} is unknown; valid: labels, detector")
 
 
 @register("synthetic")

@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Mapping, Sequence
 
+from data.cli import InputError
+
 
 @dataclass(frozen=True)
 class ClipRef:
@@ -24,7 +26,7 @@ class ClipRef:
 def clip_span(clip_len: int, stride: int) -> int:
     """Positions of a sequence one clip covers, first to last frame inclusive."""
     if clip_len < 1 or stride < 1:
-        raise ValueError(f"data.clip_len ({clip_len}) and data.stride ({stride}) must be >= 1")
+        raise InputError(f"data.clip_len ({clip_len}) and data.stride ({stride}) must be >= 1")
     return (clip_len - 1) * stride + 1
 
 

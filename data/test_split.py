@@ -20,6 +20,7 @@ import numpy as np
 
 from data.atomic import atomic_write_json, read_versioned_json
 from data.cache import config_hash
+from data.cli import InputError
 from data.sampling import ClipRef, clip_span, disjoint_refs
 
 TEST_CLIPS_VERSION = 1
@@ -27,7 +28,7 @@ TEST_CLIPS_VERSION = 1
 
 def select_evenly(candidates: Sequence[ClipRef], num_clips: int) -> list[ClipRef]:
     if num_clips < 1:
-        raise ValueError(f"data.test.num_clips must be >= 1, got {num_clips}")
+        raise InputError(f"data.test.num_clips must be >= 1, got {num_clips}")
     if len(candidates) <= num_clips:
         return list(candidates)
     idx = np.linspace(0, len(candidates) - 1, num_clips).round().astype(int)
@@ -59,11 +60,11 @@ def read_test_clips(path: str | Path, dataset: str | None = None, params: Mappin
     path = Path(path)
     doc = read_versioned_json(path, TEST_CLIPS_VERSION, "test clip list")
     if dataset is not None and doc.get("dataset") != dataset:
-        raise ValueError(f"{path}: lists clips of dataset {doc.get('dataset')!r}, not {dataset!r} "
+        raise InputError(f"{path}: lists clips of dataset {doc.get('dataset')!r}, not {dataset!r} "
                          "(set data.test.clips_file to another file)")
     for k, v in (params or {}).items():
         if doc.get("params", {}).get(k) != v:
-            raise ValueError(f"{path}: was made with {k}={doc.get('params', {}).get(k)!r} but the config "
+            raise InputError(f"{path}: was made with {k}={doc.get('params', {}).get(k)!r} but the config "
                              f"has {k}={v!r}; delete the file or set data.test.clips_file elsewhere")
     clips = []
     for k, c in enumerate(doc.get("clips", [])):
@@ -72,18 +73,18 @@ def read_test_clips(path: str | Path, dataset: str | None = None, params: Mappin
             ref = ClipRef(str(c["scene"]), tuple(int(f) for f in c["frame_ids"]))
             first = int(c["first_frame"])
         except (KeyError, TypeError, ValueError) as e:
-            raise ValueError(f"{where}: needs scene, first_frame and integer frame_ids ({e})") from e
+            raise InputError(f"{where}: needs scene, first_frame and integer frame_ids ({e})") from e
         if not ref.frame_ids or first != ref.first_frame:
-            raise ValueError(f"{where}: first_frame {first} is not frame_ids[0]")
+            raise InputError(f"{where}: first_frame {first} is not frame_ids[0]")
         if params and "clip_len" in params and len(ref.frame_ids) != params["clip_len"]:
-            raise ValueError(f"{where}: {len(ref.frame_ids)} frames, data.clip_len is {params['clip_len']}")
+            raise InputError(f"{where}: {len(ref.frame_ids)} frames, data.clip_len is {params['clip_len']}")
         if sequences is not None:
             if ref.scene not in sequences:
-                raise ValueError(f"{where}: scene {ref.scene!r} is not among the test scenes "
+                raise InputError(f"{where}: scene {ref.scene!r} is not among the test scenes "
                                  f"{sorted(sequences)[:10]}")
             absent = set(ref.frame_ids) - set(sequences[ref.scene])
             if absent:
-                raise ValueError(f"{where}: scene {ref.scene} has no frames {sorted(absent)[:5]}")
+                raise InputError(f"{where}: scene {ref.scene} has no frames {sorted(absent)[:5]}")
         clips.append(ref)
     _check_disjoint(clips, path)
     return clips
@@ -97,7 +98,7 @@ def _check_disjoint(clips: Sequence[ClipRef], path: Path) -> None:
         spans.sort()
         for (a0, a1, ka), (b0, b1, kb) in zip(spans, spans[1:]):
             if b0 <= a1:
-                raise ValueError(f"{path}: clips[{ka}] and clips[{kb}] overlap in scene {scene} "
+                raise InputError(f"{path}: clips[{ka}] and clips[{kb}] overlap in scene {scene} "
                                  "(test clips must not overlap)")
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
+from data.cli import InputError
+
 _RESAMPLE = {
     "nearest": Image.Resampling.NEAREST,
     "bilinear": Image.Resampling.BILINEAR,
@@ -16,7 +18,7 @@ _RESAMPLE = {
 
 def resample_filter(name: str) -> Image.Resampling:
     if name not in _RESAMPLE:
-        raise ValueError(f"data.interpolation={name!r} is unknown; valid: {sorted(_RESAMPLE)}")
+        raise InputError(f"data.interpolation={name!r} is unknown; valid: {sorted(_RESAMPLE)}")
     return _RESAMPLE[name]
 
 

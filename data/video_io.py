@@ -6,7 +6,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from data.atomic import atomic_dir, atomic_path
+from data.atomic import atomic_dir, atomic_path, data_entries
+from data.cli import InputError, MissingFile
 
 FRAME_SUFFIXES = (".png", ".jpg", ".jpeg")
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm")
@@ -15,37 +16,98 @@ VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm")
 def is_video(path: Path) -> bool:
     path = Path(path)
     if path.is_dir():
-        return any(p.suffix.lower() in FRAME_SUFFIXES for p in path.iterdir())
+        return any(p.suffix.lower() in FRAME_SUFFIXES for p in data_entries(path, dirs=False))
     return path.suffix.lower() in VIDEO_SUFFIXES
 
 
+def read_frame(path: str | Path) -> np.ndarray:
+    """One frame image as uint8 [H,W,3] RGB, decoded by the PIL plugin of its suffix.
+
+    Not through PIL.Image.open: other libraries patch it (ultralytics makes an unidentifiable file
+    look for a HEIF plugin and fail with ModuleNotFoundError pi_heif). An empty, damaged or
+    mislabelled file is an InputError naming it."""
+    from PIL import JpegImagePlugin, PngImagePlugin
+    path = Path(path)
+    opener = {".png": PngImagePlugin.PngImageFile, ".jpg": JpegImagePlugin.JpegImageFile,
+              ".jpeg": JpegImagePlugin.JpegImageFile}.get(path.suffix.lower())
+    if opener is None:
+        raise InputError(f"{path}: not a frame image (valid suffixes: {', '.join(FRAME_SUFFIXES)})")
+    size = path.stat().st_size
+    if size == 0:
+        raise InputError(f"{path}: empty frame image (0 bytes; a write that did not finish?)")
+    try:
+        with opener(str(path)) as img:
+            return np.asarray(img.convert("RGB"))
+    except (OSError, SyntaxError, ValueError) as e:    # PIL's ways of saying "damaged" or "not this format"
+        raise InputError(f"{path}: damaged or not a {path.suffix[1:].upper()} image ({size} bytes; {e})") from e
+
+
+# A container's frame count is compared with the frames decoded (a truncated mp4 whose header
+# survived decodes as a shorter video, silently). Without PyAV the count is duration x fps from
+# ffmpeg's header: the duration is printed to 10 ms, an audio track may outlast the video by a few
+# frames, and a variable-frame-rate file only has a nominal fps; hence a tolerance of a few frames
+# or a few percent, whichever is larger. A cut of more than that is reported.
+FRAME_COUNT_TOLERANCE = (3, 0.05)
+
+
 def read_video(path: str | Path, max_frames: int | None = None) -> np.ndarray:
-    """An mp4 (or other ffmpeg-readable file) or a folder of frame images, sorted by name."""
+    """An mp4 (or other ffmpeg-readable file) or a folder of frame images, sorted by name.
+
+    Damaged input is an InputError naming the file: an unreadable frame image, a video that decodes
+    to fewer frames than its container declares (truncated), or one that cannot be decoded."""
     path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(f"video not found: {path}")
+        raise MissingFile(f"video not found: {path}")
+    if path.is_dir():
+        files = [p for p in data_entries(path, dirs=False) if p.suffix.lower() in FRAME_SUFFIXES]
+        if not files:
+            raise InputError(f"{path}: folder holds no {'/'.join(FRAME_SUFFIXES)} frames")
+        files = files[:max_frames] if max_frames else files
+        frames = [read_frame(p) for p in files]
+        shapes = {f.shape for f in frames}
+        if len(shapes) > 1:
+            raise InputError(f"{path}: frames differ in size: {sorted(shapes)}")
+        return np.stack(frames)
     try:
-        if path.is_dir():
-            files = sorted(p for p in path.iterdir() if p.suffix.lower() in FRAME_SUFFIXES)
-            if not files:
-                raise ValueError(f"{path}: folder holds no {'/'.join(FRAME_SUFFIXES)} frames")
-            files = files[:max_frames] if max_frames else files
-            frames = [np.asarray(Image.open(p).convert("RGB")) for p in files]
-            shapes = {f.shape for f in frames}
-            if len(shapes) > 1:
-                raise ValueError(f"{path}: frames differ in size: {sorted(shapes)}")
-            return np.stack(frames)
         import imageio.v3 as iio
         frames = []
         for k, frame in enumerate(iio.imiter(path, plugin="pyav" if _has_pyav() else "FFMPEG")):
             if max_frames and k >= max_frames:
                 break
             frames.append(np.asarray(frame)[..., :3])
-        if not frames:
-            raise ValueError(f"{path}: no frames could be decoded")
-        return np.stack(frames).astype(np.uint8)
+        declared = None if max_frames and len(frames) >= max_frames else container_frames(path)
     except (OSError, RuntimeError) as e:
-        raise ValueError(f"{path}: unreadable video ({e})") from e
+        raise InputError(f"{path}: unreadable video ({e})") from e
+    if not frames:
+        raise InputError(f"{path}: no frames could be decoded")
+    if declared is not None:
+        count, how = declared
+        slack = max(FRAME_COUNT_TOLERANCE[0], FRAME_COUNT_TOLERANCE[1] * count)
+        if len(frames) < count - slack:
+            raise InputError(f"{path}: truncated or damaged video: {len(frames)} frames decoded, but the file "
+                             f"declares {count:.0f} ({how}); replace or re-encode it")
+    return np.stack(frames).astype(np.uint8)
+
+
+def container_frames(path: Path) -> tuple[float, str] | None:
+    """(frame count the container declares, how it was found), or None when it does not say."""
+    if _has_pyav():
+        import av
+        with av.open(str(path)) as c:
+            s = c.streams.video[0]
+            if s.frames:
+                return float(s.frames), "its frame count"
+            if s.duration and s.average_rate:
+                return float(s.duration * s.time_base * s.average_rate), "duration x frame rate"
+        return None
+    import imageio.v3 as iio
+    meta = iio.immeta(path, plugin="FFMPEG")
+    n, duration, fps = meta.get("nframes"), meta.get("duration"), meta.get("fps")
+    if isinstance(n, (int, float)) and np.isfinite(n) and n > 0:
+        return float(n), "its frame count"
+    if duration and fps and np.isfinite(duration) and np.isfinite(fps):
+        return float(duration) * float(fps), f"{duration} s x {fps} fps"
+    return None
 
 
 def _has_pyav() -> bool:

@@ -16,6 +16,8 @@ import warnings
 
 import numpy as np
 
+from data.cli import command
+
 
 def bench_frechet(d: int = 2048, n: int = 5000, repeat: int = 3, seed: int = 0) -> dict:
     from metrics.frechet import FrechetBiasWarning, frechet_distance_from_stats, gaussian_stats
@@ -54,6 +56,7 @@ def bench_metrics(cfg, videos: int, frames: int, size: tuple[int, int], metrics)
     return out
 
 
+@command
 def main(argv=None) -> int:
     from metrics.evaluate import load_config
 

@@ -30,6 +30,7 @@ from scipy.optimize import linear_sum_assignment
 from torchvision.ops import box_iou
 
 from data.atomic import atomic_path
+from data.cli import InputError
 from metrics.detectors.base import Detections
 
 PROTOCOL_KEYS = ("classes", "class_aware", "ref_conf", "min_box_px", "min_box_frac", "max_frames",
@@ -57,13 +58,13 @@ class DetProtocol:
         name = det_cfg["protocol"]
         protocols = det_cfg["protocols"]
         if name not in protocols:
-            raise ValueError(f"det.protocol={name!r} is unknown; valid: {sorted(protocols)}")
+            raise InputError(f"det.protocol={name!r} is unknown; valid: {sorted(protocols)}")
         p = protocols[name]
         missing = [k for k in PROTOCOL_KEYS if k not in p]
         if missing:
-            raise ValueError(f"det.protocols.{name} lacks the keys {missing}")
+            raise InputError(f"det.protocols.{name} lacks the keys {missing}")
         if p["ap"] not in ("coco", "ctrlv"):
-            raise ValueError(f"det.protocols.{name}.ap={p['ap']!r}: valid are 'coco', 'ctrlv'")
+            raise InputError(f"det.protocols.{name}.ap={p['ap']!r}: valid are 'coco', 'ctrlv'")
         tup = lambda v: None if v is None else tuple(v)  # noqa: E731
         return cls(name=name, classes=tup(p["classes"]), class_aware=bool(p["class_aware"]),
                    ref_conf=float(p["ref_conf"]), min_box_px=tup(p["min_box_px"]),

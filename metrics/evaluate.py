@@ -24,6 +24,7 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
+from data.cli import InputError, MissingFile, command
 from data.device import resolve_device
 
 METRICS = ("fvd", "fid", "det")
@@ -56,22 +57,22 @@ def _load(item, name: str):
         try:
             frames = read_video(item)
         except (ValueError, FileNotFoundError, OSError) as e:
-            raise ValueError(f"video {name}: cannot be read ({e})") from e
+            raise InputError(f"video {name}: cannot be read ({e})") from e
         return frames, None, None
     if hasattr(item, "frames") and hasattr(item, "boxes"):                  # a data.Clip
         return np.asarray(item.frames), item.boxes, item.labels
     frames = np.asarray(item)
     if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[-1] != 3:
-        raise ValueError(f"video {name}: expected uint8 [T,H,W,3], got {frames.dtype} {frames.shape}")
+        raise InputError(f"video {name}: expected uint8 [T,H,W,3], got {frames.dtype} {frames.shape}")
     return frames, None, None
 
 
 def _check_pair(real: np.ndarray, gen: np.ndarray, name: str, expected_t: int | None) -> None:
     if real.shape != gen.shape:
-        raise ValueError(f"video {name}: real is {real.shape[0]} frames of {real.shape[1]}x{real.shape[2]}, "
+        raise InputError(f"video {name}: real is {real.shape[0]} frames of {real.shape[1]}x{real.shape[2]}, "
                          f"generated is {gen.shape[0]} frames of {gen.shape[1]}x{gen.shape[2]}; they must match")
     if expected_t is not None and real.shape[0] != expected_t:
-        raise ValueError(f"video {name}: {real.shape[0]} frames, the first pair had {expected_t}; all videos "
+        raise InputError(f"video {name}: {real.shape[0]} frames, the first pair had {expected_t}; all videos "
                          f"must have the same length (per-frame curves, FVD)")
 
 
@@ -148,20 +149,20 @@ def _check_inputs(cfg: DictConfig, real_videos: Sequence, gen_videos: Sequence) 
     metrics = list(cfg.metrics)
     unknown = [m for m in metrics if m not in METRICS]
     if unknown or not metrics:
-        raise ValueError(f"metrics={metrics}: each must be one of {METRICS}")
+        raise InputError(f"metrics={metrics}: each must be one of {METRICS}")
     if len(real_videos) != len(gen_videos):
-        raise ValueError(f"{len(real_videos)} real videos but {len(gen_videos)} generated videos")
+        raise InputError(f"{len(real_videos)} real videos but {len(gen_videos)} generated videos")
     if "det" in metrics:
         from metrics.detection import DetProtocol
         DetProtocol.from_cfg(cfg.det)
         if cfg.det.reference not in ("detector", "dataset"):
-            raise ValueError(f"det.reference={cfg.det.reference!r}: valid are 'detector', 'dataset'")
+            raise InputError(f"det.reference={cfg.det.reference!r}: valid are 'detector', 'dataset'")
     return metrics
 
 
 def _check_count(metrics, n: int) -> None:
     if n < 2 and set(metrics) & {"fvd", "fid"}:
-        raise ValueError(f"FVD and FID need at least 2 videos per side (a covariance), got {n}")
+        raise InputError(f"FVD and FID need at least 2 videos per side (a covariance), got {n}")
 
 
 def evaluate(real_videos: Sequence, gen_videos: Sequence, cfg, names: Sequence[str] | None = None,
@@ -213,7 +214,7 @@ def extract_features(real_videos: Sequence, gen_videos: Sequence, cfg, names: Se
             _check_pair(real, gen, name, num_frames)
             num_frames, video_hw = real.shape[0], real.shape[1:3]
             if "det" in metrics and cfg.det.reference == "dataset" and boxes is None:
-                raise ValueError(f"video {name}: det.reference=dataset needs Clips with boxes as real videos")
+                raise InputError(f"video {name}: det.reference=dataset needs Clips with boxes as real videos")
             for m in metrics:
                 t0 = time.perf_counter()
                 if m == "det":
@@ -270,11 +271,11 @@ def merge_features(parts: Sequence[dict], cfg) -> dict:
         raise ValueError(f"merge_features: the parts computed different metrics {[p['metrics'] for p in parts]}")
     n = sum(int(p["n_videos"]) for p in parts)
     if n == 0:
-        raise ValueError("no video to score (every part is empty)")
+        raise InputError("no video to score (every part is empty)")
     _check_count(metrics, n)
     shapes = {(p["num_frames"], tuple(p["video_size"])) for p in parts if p["n_videos"]}
     if len(shapes) > 1:
-        raise ValueError(f"merge_features: the parts' videos differ in length or size {sorted(shapes)}; all videos "
+        raise InputError(f"merge_features: the parts' videos differ in length or size {sorted(shapes)}; all videos "
                          f"must have the same length (per-frame curves, FVD)")
     first = next(p for p in parts if p["n_videos"])
     num_frames, video_size = first["num_frames"], first["video_size"]
@@ -356,24 +357,24 @@ def pair_videos(real_dir: str | Path, gen_dir: str | Path) -> tuple[list[Path], 
     def listing(folder):
         folder = Path(folder)
         if not folder.is_dir():
-            raise FileNotFoundError(f"{folder}: not a folder")
+            raise MissingFile(f"{folder}: not a folder")
         items = {}
         for p in sorted(folder.iterdir()):
             if p.name.startswith(".") or not is_video(p):
                 continue
             key = p.name if p.is_dir() else p.stem
             if key in items:
-                raise ValueError(f"{folder}: two videos named {key!r} ({items[key].name}, {p.name})")
+                raise InputError(f"{folder}: two videos named {key!r} ({items[key].name}, {p.name})")
             items[key] = p
         if not items:
-            raise ValueError(f"{folder}: no videos (mp4/avi/mov/mkv/webm files or folders of png/jpg frames)")
+            raise InputError(f"{folder}: no videos (mp4/avi/mov/mkv/webm files or folders of png/jpg frames)")
         return items
 
     real, gen = listing(real_dir), listing(gen_dir)
     only_real, only_gen = sorted(set(real) - set(gen)), sorted(set(gen) - set(real))
     if only_real or only_gen:
         show = lambda xs: ", ".join(xs[:5]) + (f" (+{len(xs) - 5} more)" if len(xs) > 5 else "")  # noqa: E731
-        raise ValueError("unpaired videos: " + "; ".join(
+        raise InputError("unpaired videos: " + "; ".join(
             s for s in (f"only in {real_dir}: {show(only_real)}" if only_real else "",
                         f"only in {gen_dir}: {show(only_gen)}" if only_gen else "") if s))
     names = sorted(real)
@@ -398,7 +399,7 @@ def load_config(profile: str = "default", overrides: Sequence[str] = ()) -> Dict
             cfg = compose(overrides=hydra_overrides).metrics
     if path.suffix in (".yaml", ".yml"):
         if not path.is_file():
-            raise FileNotFoundError(f"--config {path}: no such file")
+            raise MissingFile(f"--config {path}: no such file")
         OmegaConf.set_struct(cfg, False)             # a user YAML may add backend-specific keys
         cfg = OmegaConf.merge(cfg, OmegaConf.load(path),
                               OmegaConf.from_dotlist([o.lstrip("+") for o in overrides]))
@@ -424,14 +425,24 @@ def _parse_args(argv):
     p.add_argument("--plot", help="PNG of the per-frame mAP/mIoU curves (default: beside --out when det.plot)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="any config override, relative to the metrics node (e.g. det.protocols.lsa.ref_conf=0.5)")
+    p.add_argument("--trust-pickle", action="store_true",
+                   help="DN-DETR: allow full unpickling of a detrex .pth holding more than tensors (trusted files only)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     return p.parse_args(argv)
 
 
-def main(argv=None) -> int:
+def _load_config_or_user_error(profile: str, overrides: Sequence[str]) -> DictConfig:
+    """load_config; Hydra's and OmegaConf's complaints about --config / --set are user errors."""
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
+    try:
+        return load_config(profile, overrides)
+    except (HydraException, OmegaConfBaseException) as e:
+        raise InputError(f"--config {profile} / --set {' '.join(overrides)}: {e}") from e
 
+
+@command
+def main(argv=None) -> int:
     args = _parse_args(argv)
     overrides = list(args.set)
     for flag, key in ((args.i3d, "fvd.weights"), (args.inception, "fid.weights"),
@@ -442,18 +453,16 @@ def main(argv=None) -> int:
             overrides.append(f"{key}={quote}{flag}{quote}")
     if args.metrics:
         overrides.append(f"metrics=[{args.metrics}]")
-    try:
-        cfg = load_config(args.config, overrides)
-        real, gen, names = pair_videos(args.real, args.gen)
-        result = evaluate(real, gen, cfg, names=names, progress=not args.quiet)
-        result["real_dir"], result["gen_dir"] = str(Path(args.real).resolve()), str(Path(args.gen).resolve())
-        out = write_json(result, args.out)
-        if "det" in result and (args.plot or cfg.det.plot):
-            from metrics.detection import plot_per_frame
-            plot_per_frame(result["det"], args.plot or Path(args.out).with_suffix(".png"))
-    except (ValueError, FileNotFoundError, RuntimeError, KeyError, HydraException, OmegaConfBaseException) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    if args.trust_pickle:
+        overrides.append("++det.detector.trust_pickle=true")     # a DN-DETR key: not in the shared node
+    cfg = _load_config_or_user_error(args.config, overrides)
+    real, gen, names = pair_videos(args.real, args.gen)
+    result = evaluate(real, gen, cfg, names=names, progress=not args.quiet)
+    result["real_dir"], result["gen_dir"] = str(Path(args.real).resolve()), str(Path(args.gen).resolve())
+    out = write_json(result, args.out)
+    if "det" in result and (args.plot or cfg.det.plot):
+        from metrics.detection import plot_per_frame
+        plot_per_frame(result["det"], args.plot or Path(args.out).with_suffix(".png"))
     summary = {m: (result[m]["value"] if m != "det" else {k: result[m][k] for k in ("mAP", "mIoU")})
                for m in METRICS if m in result}
     print(f"N={result['n_videos']} videos x {result['num_frames']} frames -> {out}: {json.dumps(_json_safe(summary))}")

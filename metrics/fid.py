@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from data.atomic import atomic_path
+from data.cli import InputError, MissingFile
 from metrics.frames import resize_frames
 from metrics.frechet import FrechetResult, frechet_distance
 
@@ -54,7 +55,7 @@ class InceptionFeatures:
         self.protocol = protocol
         path = Path(str(weights)).expanduser()
         if not path.is_file():
-            raise FileNotFoundError(f"fid.weights={str(weights)!r}: no such file (see docs/metrics.md)")
+            raise MissingFile(f"fid.weights={str(weights)!r}: no such file (see docs/metrics.md)")
         try:
             with warnings.catch_warnings():
                 # a wrong file that is TorchScript makes torch.load warn before it fails: the error says it all
@@ -63,7 +64,7 @@ class InceptionFeatures:
                 self.net = NoTrainInceptionV3(name=INCEPTION_FEATURE_NAME, features_list=[str(feature_dim)],
                                               feature_extractor_weights_path=str(path), antialias=antialias)
         except Exception as e:  # torch.load / load_state_dict errors, whatever their type
-            raise ValueError(f"fid.weights={str(path)!r} is not a torch-fidelity InceptionV3 state dict "
+            raise InputError(f"fid.weights={str(path)!r} is not a torch-fidelity InceptionV3 state dict "
                              f"(weights-inception-2015-12-05-6726825d.pth): {type(e).__name__}: "
                              f"{str(e)[:300]}") from e
         self.net = self.net.to(device)

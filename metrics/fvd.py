@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from data.atomic import atomic_path
+from data.cli import InputError, MissingFile
 from metrics.frames import resize_frames
 from metrics.frechet import FrechetResult, frechet_distance
 
@@ -35,10 +36,10 @@ class I3DFeatures:
 
     def __init__(self, weights: str | Path, fmt: str = "auto", device: str = "cpu", feature_dim: int = 400):
         if fmt not in I3D_FORMATS:
-            raise ValueError(f"fvd.format={fmt!r} is unknown; valid: {I3D_FORMATS}")
+            raise InputError(f"fvd.format={fmt!r} is unknown; valid: {I3D_FORMATS}")
         path = Path(str(weights)).expanduser()
         if not path.is_file():
-            raise FileNotFoundError(f"fvd.weights={str(weights)!r}: no such file (see docs/metrics.md)")
+            raise MissingFile(f"fvd.weights={str(weights)!r}: no such file (see docs/metrics.md)")
         self.weights, self.device, self.feature_dim = str(path), device, int(feature_dim)
         errors = {}
         for candidate in (("torchscript", "cdfvd") if fmt == "auto" else (fmt,)):
@@ -50,7 +51,7 @@ class I3DFeatures:
                 errors[candidate] = f"{type(e).__name__}: {str(e).strip().splitlines()[0][:200]}"
         else:
             tried = "; ".join(f"as {k}: {v}" for k, v in errors.items())
-            raise ValueError(f"fvd.weights={str(path)!r} is not an I3D this code can load ({tried}). Expected "
+            raise InputError(f"fvd.weights={str(path)!r} is not an I3D this code can load ({tried}). Expected "
                              f"StyleGAN-V's i3d_torchscript.pt (TorchScript) or cd-fvd's i3d_pretrained_400.pt "
                              f"(InceptionI3d state dict); see docs/metrics.md")
 
@@ -123,7 +124,7 @@ def to_i3d_input(frames: np.ndarray, crop: str = "center", resolution: int = 224
         x = interpolate_bilinear_2d_like_tensorflow1x(x, size=(resolution, resolution), align_corners=False)
         x = x / 127.5 - 1.0
     else:
-        raise ValueError(f"fvd.crop={crop!r} is unknown; valid: center, squash")
+        raise InputError(f"fvd.crop={crop!r} is unknown; valid: center, squash")
     return x.permute(1, 0, 2, 3).contiguous()                                          # [3,T,h,w]
 
 
@@ -143,7 +144,7 @@ class FVDMetric:
     def update(self, video: np.ndarray, real: bool) -> None:
         if self.num_frames:
             if len(video) < self.num_frames:
-                raise ValueError(f"fvd.num_frames={self.num_frames} but a video has only {len(video)} frames")
+                raise InputError(f"fvd.num_frames={self.num_frames} but a video has only {len(video)} frames")
             video = video[:self.num_frames]
         video = resize_frames(video, self.frame_size, self.resize_method)
         self.pending[bool(real)].append(to_i3d_input(video, self.crop, self.resolution, self.center_interp))

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from data.cli import MissingFile
+
 TINY = "tiny"
 # file names carry a version: bump it when a make_* function changes what it writes
 SMOKE_FILES = {"i3d": "tiny_i3d_v1.pt", "inception": "random_inception_v1.pth", "yolo": "tiny_yolo11n_v2.pt"}
@@ -79,5 +81,5 @@ def resolve_weights(cfg, metrics) -> dict[str, str]:
         else:
             resolved[key] = str(Path(str(value)).expanduser())
     if problems:
-        raise FileNotFoundError("missing metric weights (see docs/metrics.md):\n  - " + "\n  - ".join(problems))
+        raise MissingFile("missing metric weights (see docs/metrics.md):\n  - " + "\n  - ".join(problems))
     return resolved

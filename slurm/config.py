@@ -13,6 +13,8 @@ from typing import Sequence
 
 import yaml
 
+from data.cli import UserError
+
 TOP_KEYS = {"inherit", "folder", "chdir", "python", "array_parallelism", "poll_s", "max_num_timeout",
             "per_task_dependencies", "kill_on_invalid_dep", "job", "kinds", "accelerate"}
 JOB_KEYS = {"partition", "account", "qos", "constraint", "exclude", "time_min", "cpus_per_task", "gpus_per_task",
@@ -21,7 +23,7 @@ ACCELERATE_KEYS = {"main_process_port", "extra_args"}
 PREFIX = "slurm."
 
 
-class ClusterConfigError(ValueError):
+class ClusterConfigError(UserError, ValueError):
     """A bad cluster config file or `slurm.` override (names the file or the override)."""
 
 

@@ -30,6 +30,8 @@ from typing import Any, Callable, Sequence
 import submitit
 from tqdm.auto import tqdm
 
+from data.cli import UserError
+
 from slurm.config import executor_parameters, kind_settings
 from slurm.plan import ArrayPlan, Item, dependency_string, plan_arrays
 from slurm.records import QueueUnavailable, add_submission, last_submission, query_jobs, tail
@@ -41,7 +43,7 @@ ORDINARY_REASONS = {"None", "Dependency", "Priority", "Resources", "BeginTime", 
                     "NodeDown", "ReqNodeNotAvail"}
 
 
-class SubmissionError(RuntimeError):
+class SubmissionError(UserError, RuntimeError):
     """sbatch refused an array; what was submitted before it stays queued (and is waited for next time)."""
 
 

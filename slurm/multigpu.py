@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from data.atomic import atomic_write_bytes
+from data.cli import command
 
 PAYLOAD = ".multigpu_call.pkl"
 RESULT = ".multigpu_result.pkl"
@@ -83,6 +84,7 @@ def run_in_processes(fn: Callable, args: Sequence, num_processes: int, work_dir:
     return out
 
 
+@command
 def main(argv: Sequence[str] | None = None) -> int:
     """One rank: make the pickled call; rank 0 saves the return value beside the payload."""
     import cloudpickle

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Iterable
 
 from data.atomic import atomic_write_text
+from data.cli import UserError
 
 RECORD = "slurm.json"
 # squeue states of a job that still holds or waits for resources (anything else has left the queue)
@@ -64,7 +65,7 @@ class JobState:
         return self.live and self.state in RUNNING_STATES
 
 
-class QueueUnavailable(RuntimeError):
+class QueueUnavailable(UserError, RuntimeError):
     """squeue could not be asked (controller down, no SLURM here)."""
 
 

@@ -451,8 +451,8 @@ def test_converter_fails_listing_unused_and_missing_keys(reference, tmp_path):
     assert "transformer.decoder.layers.1.attentions.1.query_pos_proj.weight" in msg
     assert "missing source keys (1)" in msg and "class_embed.bias  (for class_embed.bias)" in msg
     assert not (tmp_path / "out").exists()                 # nothing written on failure
-    # the CLI reports the same and exits with 1
-    assert main([str(ckpt), str(tmp_path / "out")]) == 1
+    # the CLI reports the same and exits with 2 (a user error: data/cli.py)
+    assert main([str(ckpt), str(tmp_path / "out")]) == 2
 
 
 def test_converter_explicit_ignores_and_shared_copies(reference, tmp_path):

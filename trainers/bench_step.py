@@ -20,6 +20,7 @@ from pathlib import Path
 
 import torch
 
+from data.cli import command
 from trainers.config import load_config
 
 
@@ -279,6 +280,7 @@ def sweep_switches(trainer, batch, steps: int, only: list[str] | None = None) ->
     return out
 
 
+@command
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--steps", type=int, default=5)

@@ -13,7 +13,8 @@ import torch
 from omegaconf import OmegaConf
 from tqdm.auto import tqdm
 
-from data.atomic import atomic_write_json
+from data.atomic import TEMP_PREFIX, atomic_write_json
+from data.cli import InputError, MissingFile
 from data.device import resolve_device
 from trainers import edm
 from trainers.adapters import apply_adapter, merged_unet
@@ -128,12 +129,12 @@ class Trainer:
         lr_scheduler = get_scheduler("constant", optimizer=optimizer)
 
         if len(self.dataset) == 0:
-            raise ValueError(f"data={cfg.data.name}: the training split is empty (check data.root and the split)")
+            raise InputError(f"data={cfg.data.name}: the training split is empty (check data.root and the split)")
         self.sampler = EpochSampler(len(self.dataset), t.seed)
         loader = torch.utils.data.DataLoader(self.dataset, batch_size=t.batch_size, sampler=self.sampler,
                                              collate_fn=collate_clips, num_workers=t.num_workers, drop_last=True)
         if len(loader) == 0:
-            raise ValueError(f"train.batch_size={t.batch_size} is larger than the training split ({len(self.dataset)} clips)")
+            raise InputError(f"train.batch_size={t.batch_size} is larger than the training split ({len(self.dataset)} clips)")
         self.unet, self.optimizer, self.loader, self.lr_scheduler = self.acc.prepare(unet, optimizer, loader, lr_scheduler)
         self.state = dict(global_step=0, micro_step=0, epoch=1, batch_in_epoch=0)
         self.log_path = self.run_dir / "log.jsonl"
@@ -159,7 +160,7 @@ class Trainer:
         acc = self.acc
         folder = self.run_dir / "checkpoints"
         final = folder / f"step-{self.state['global_step']:08d}"
-        tmp = folder / f".tmp-{final.name}"
+        tmp = folder / f"{TEMP_PREFIX}{final.name}"   # one name: every process writes into it
         acc.wait_for_everyone()
         if acc.is_main_process:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -192,16 +193,35 @@ class Trainer:
             if not (src / STATE_FILE).exists():
                 src = newest_checkpoint(src)
             if src is None:
-                raise FileNotFoundError(f"train.init_from={t.init_from}: no checkpoint ({STATE_FILE}) found there")
+                raise MissingFile(f"train.init_from={t.init_from}: no checkpoint ({STATE_FILE}) found there")
             self.load_checkpoint(src)
         self._truncate_log()
 
     def _truncate_log(self):
-        """Drop log lines past the resumed step (written after the last checkpoint of a killed run)."""
+        """Drop log lines past the resumed step (written after the last checkpoint of a killed run).
+
+        The log is appended line by line, so a kill can tear its last line: that line is dropped
+        (saying so). Any other line that is not a JSON record is an error naming the file and line."""
         if not self.log_path.exists():
             return
-        keep = [ln for ln in self.log_path.read_text().splitlines()
-                if ln.strip() and json.loads(ln)["step"] <= self.state["global_step"]]
+        lines = self.log_path.read_text().split("\n")
+        last = max((n for n, ln in enumerate(lines) if ln.strip()), default=-1)
+        keep = []
+        for n, ln in enumerate(lines):
+            if not ln.strip():
+                continue
+            try:
+                rec = json.loads(ln)
+                step = rec["step"]
+            except (json.JSONDecodeError, KeyError, TypeError) as e:
+                if n == last:
+                    self.acc.print(f"{self.log_path}:{n + 1}: dropped a torn last line (the run was killed while "
+                                   f"writing it): {ln[:80]!r}")
+                    continue
+                raise InputError(f"{self.log_path}:{n + 1}: not a training log record ({type(e).__name__}: {e}); "
+                                 f"fix or delete that line to resume") from e
+            if step <= self.state["global_step"]:
+                keep.append(ln)
         self.log_path.write_text("".join(ln + "\n" for ln in keep))
 
     # ---------------------------------------------------------------- one step
@@ -334,7 +354,7 @@ class Trainer:
         unet = copy.deepcopy(self.acc.unwrap_model(self.unet)).float()
         unet = merged_unet(unet)
         out = Path(out)
-        tmp = out.parent / f".tmp-{out.name}"
+        tmp = out.parent / f"{TEMP_PREFIX}{out.name}"
         shutil.rmtree(tmp, ignore_errors=True)
         unet.save_pretrained(tmp)
         if out.exists():
@@ -354,7 +374,7 @@ def compile_parts(names, **modules) -> list[str]:
     names = list(names)
     bad = [n for n in names if n not in COMPILABLE]
     if bad:
-        raise ValueError(f"train.compile={names}: unknown part(s) {bad}; valid are {list(COMPILABLE)}")
+        raise InputError(f"train.compile={names}: unknown part(s) {bad}; valid are {list(COMPILABLE)}")
     done = [n for n in names if modules.get(n) is not None]
     for n in done:
         modules[n].compile()
@@ -364,7 +384,7 @@ def compile_parts(names, **modules) -> list[str]:
 def set_attention(model, implementation: str) -> None:
     """DINOv2's attention kernel (loss.dino_attention): sdpa (PyTorch's fused SDPA) or eager."""
     if implementation not in ("sdpa", "eager"):
-        raise ValueError(f"loss.dino_attention={implementation!r}: valid are 'sdpa', 'eager'")
+        raise InputError(f"loss.dino_attention={implementation!r}: valid are 'sdpa', 'eager'")
     if hasattr(model, "set_attn_implementation"):           # transformers >= 4.56
         model.set_attn_implementation(implementation)
     else:

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from data.atomic import make_temp_dir
 from data.device import resolve_device
 
 # Scheduler settings of the public SVD img2vid release (scheduler/scheduler_config.json).
@@ -45,7 +45,7 @@ def _atomic_save_dir(target: Path, save_fn) -> Path:
     if target.exists():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
+    tmp = make_temp_dir(target)
     try:
         save_fn(tmp)
         os.replace(tmp, target)

@@ -3,9 +3,11 @@ from __future__ import annotations
 
 import sys
 
+from data.cli import command
 from trainers.config import load_config
 
 
+@command
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if any(a in ("-h", "--help") for a in argv):

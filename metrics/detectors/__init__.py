@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib
 from typing import Callable
 
+from data.cli import InputError
 from metrics.detectors.base import Detections, Detector, FakeDetector
 
 __all__ = ["Detections", "Detector", "FakeDetector", "register_detector", "build_detector",
@@ -47,10 +48,10 @@ def build_detector(cfg) -> Detector:
         try:
             importlib.import_module(_BACKEND_MODULES[name])
         except ModuleNotFoundError as e:
-            raise ValueError(f"det.detector.name={name!r}: its backend module "
+            raise InputError(f"det.detector.name={name!r}: its backend module "
                              f"{_BACKEND_MODULES[name]} cannot be imported ({e})") from e
     if name not in _BUILDERS:
-        raise ValueError(f"det.detector.name={name!r} is unknown; valid: {available_detectors()}")
+        raise InputError(f"det.detector.name={name!r} is unknown; valid: {available_detectors()}")
     return _BUILDERS[name](cfg)
 
 

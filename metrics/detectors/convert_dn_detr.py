@@ -43,6 +43,8 @@ from typing import Mapping
 
 import torch
 
+from data.cli import InputError, MissingFile, UserError, command
+
 # Source keys that have no role at inference, each with the reason (documented in docs/dn_detr.md).
 IGNORED: dict[str, str] = {
     r"^criterion\.empty_weight$": "class weights of the cross-entropy variant of the loss (training only)",
@@ -55,8 +57,18 @@ DETREX_POS_TEMPERATURE = 20       # PositionEmbeddingSine(temperature=20, normal
 BACKBONE = "model.backbone.conv_encoder.model."
 
 
-class ConversionError(ValueError):
+class ConversionError(InputError):
     """The checkpoint does not map onto DabDetrForObjectDetection; the message lists every problem."""
+
+
+class OutputExists(UserError, FileExistsError):
+    """The output folder exists and is not empty (and --overwrite was not given)."""
+
+
+# Where full unpickling is switched on, by each command that may load a detrex checkpoint
+TRUST_PICKLE_ADVICE = ("If you trust the file, rerun with --trust-pickle (python -m metrics.detectors.convert_dn_detr "
+                       "and python -m metrics.evaluate take it), or set det.detector.trust_pickle=true in the metrics "
+                       "config (python -m benchmark.run: add +metrics.det.detector.trust_pickle=true)")
 
 
 @dataclass
@@ -92,13 +104,12 @@ def load_detrex_state_dict(path: str | Path, trust_pickle: bool = False) -> dict
     """The 'model' state dict of a detrex / detectron2 checkpoint (.pth), as CPU tensors."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such checkpoint file")
+        raise MissingFile(f"{path}: no such checkpoint file")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=not trust_pickle)
     except pickle.UnpicklingError as e:
         raise ConversionError(
-            f"{path}: holds Python objects beyond tensors, which safe loading refuses ({e}). If you trust "
-            f"the file, rerun with --trust-pickle (or det.detector.trust_pickle=true)") from e
+            f"{path}: holds Python objects beyond tensors, which safe loading refuses ({e}). {TRUST_PICKLE_ADVICE}") from e
     state = obj.get("model", obj) if isinstance(obj, Mapping) else None
     if not isinstance(state, Mapping) or not state:
         raise ConversionError(f"{path}: no state dict found (expected a dict with a 'model' entry)")
@@ -360,7 +371,7 @@ def convert_checkpoint(ckpt: str | Path, out_dir: str | Path, num_heads: int = D
 
     ckpt, out_dir = Path(ckpt), Path(out_dir)
     if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
-        raise FileExistsError(f"{out_dir} exists and is not empty; pass --overwrite to replace it")
+        raise OutputExists(f"{out_dir} exists and is not empty; pass --overwrite to replace it")
     config, state, report = convert_state_dict(load_detrex_state_dict(ckpt, trust_pickle), num_heads, pos_temperature)
     model = DabDetrForObjectDetection(config)
     model.load_state_dict(state, strict=True)
@@ -375,6 +386,7 @@ def convert_checkpoint(ckpt: str | Path, out_dir: str | Path, num_heads: int = D
     return report
 
 
+@command
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m metrics.detectors.convert_dn_detr", description=__doc__.split("\n")[0])
     parser.add_argument("checkpoint", help="detrex checkpoint, e.g. dn_detr_r50_50ep.pth")
@@ -385,12 +397,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--trust-pickle", action="store_true", help="allow full unpickling (trusted files only)")
     parser.add_argument("--overwrite", action="store_true", help="replace a non-empty out_dir")
     args = parser.parse_args(argv)
-    try:
-        report = convert_checkpoint(args.checkpoint, args.out_dir, args.num_heads, args.pos_temperature,
-                                    args.trust_pickle, args.overwrite)
-    except (ConversionError, FileNotFoundError, FileExistsError) as e:
-        print(f"convert_dn_detr: {e}", file=sys.stderr)
-        return 1
+    report = convert_checkpoint(args.checkpoint, args.out_dir, args.num_heads, args.pos_temperature,
+                                args.trust_pickle, args.overwrite)
     print(f"wrote {args.out_dir}: {report['target_keys']} tensors from {report['used_source_keys']} of "
           f"{report['source_keys']} source keys; ignored: {sorted(report['ignored_source_keys']) or 'none'}; "
           f"label_encoder rows {report['label_encoder_rows_dropped']} dropped")

@@ -30,6 +30,7 @@ import torch
 from PIL import Image
 
 from data.atomic import atomic_dir
+from data.cli import InputError, MissingFile
 from metrics.detectors import register_detector
 from metrics.detectors.base import Detections, check_frames
 
@@ -63,7 +64,7 @@ def merged_settings(cfg) -> dict:
     settings = default_settings()
     unknown = sorted(set(cfg) - set(settings) - _OTHER_BACKENDS_KEYS)
     if unknown:
-        raise ValueError(f"det.detector: unknown key(s) {unknown} for name=dn_detr; valid keys: "
+        raise InputError(f"det.detector: unknown key(s) {unknown} for name=dn_detr; valid keys: "
                          f"{sorted(settings)} (configs/metrics/detector/dn_detr.yaml)")
     settings.update({k: v for k, v in cfg.items() if k not in _OTHER_BACKENDS_KEYS})
     return settings
@@ -94,9 +95,9 @@ class Preprocess:
     def __init__(self, short_edge_length: int, max_size: int, interp: str,
                  pixel_mean, pixel_std):
         if interp not in _PIL_FILTERS:
-            raise ValueError(f"det.detector.interp={interp!r}; valid: {sorted(_PIL_FILTERS)}")
+            raise InputError(f"det.detector.interp={interp!r}; valid: {sorted(_PIL_FILTERS)}")
         if len(pixel_mean) != 3 or len(pixel_std) != 3:
-            raise ValueError("det.detector.pixel_mean / pixel_std must hold 3 values (R, G, B)")
+            raise InputError("det.detector.pixel_mean / pixel_std must hold 3 values (R, G, B)")
         self.short_edge_length, self.max_size = int(short_edge_length), int(max_size)
         self.filter = _PIL_FILTERS[interp]
         self.mean = torch.tensor([float(v) for v in pixel_mean]).view(1, 3, 1, 1)
@@ -156,7 +157,7 @@ class OutputFilter:
         self.min_conf, self.max_det = float(min_conf), int(max_det)
         self.label_map = {int(k): int(v) for k, v in (label_map or {}).items()}
         if not self.label_map and num_classes != COCO_NUM_CLASSES:
-            raise ValueError(f"{where}: the model has {num_classes} classes, not the 80 COCO classes; "
+            raise InputError(f"{where}: the model has {num_classes} classes, not the 80 COCO classes; "
                              f"set det.detector.label_map to map its ids to COCO ids")
         self.classes = None if classes is None else np.array(sorted({int(c) for c in classes}), np.int64)
 
@@ -201,7 +202,7 @@ def resolve_weights(weights, cache_dir=None, trust_pickle: bool = False, num_hea
     Cached folders live in `<cache_dir>/dn_detr/` (cache_dir null = $LSA_BENCH_CACHE or ~/.cache/lsa-bench).
     """
     if weights in (None, ""):
-        raise ValueError("det.detector.weights is not set: give a converted DN-DETR folder or detrex's "
+        raise InputError("det.detector.weights is not set: give a converted DN-DETR folder or detrex's "
                          "dn_detr_r50_50ep.pth (docs/dn_detr.md)")
     root = (Path(cache_dir).expanduser() if cache_dir else cache_root()) / "dn_detr"
     if str(weights) == TINY:
@@ -212,11 +213,11 @@ def resolve_weights(weights, cache_dir=None, trust_pickle: bool = False, num_hea
     path = Path(str(weights)).expanduser()
     if path.is_dir():
         if not (path / "config.json").is_file():
-            raise FileNotFoundError(f"det.detector.weights={str(path)!r}: folder has no config.json; convert a "
+            raise MissingFile(f"det.detector.weights={str(path)!r}: folder has no config.json; convert a "
                                     f"detrex checkpoint with `python -m metrics.detectors.convert_dn_detr`")
         return path
     if not path.is_file():
-        raise FileNotFoundError(
+        raise MissingFile(
             f"det.detector.weights={str(weights)!r}: no such file or folder. DN-DETR weights are read from a "
             f"local path only (a hub name would start a download); see docs/dn_detr.md")
     from metrics.detectors.convert_dn_detr import convert_checkpoint
@@ -281,7 +282,7 @@ class DNDETRDetector:
         try:
             self.model = DabDetrForObjectDetection.from_pretrained(str(folder), local_files_only=True)
         except Exception as e:  # transformers raises many types for a bad folder
-            raise ValueError(f"det.detector.weights={str(folder)!r} is not a DabDetrForObjectDetection "
+            raise InputError(f"det.detector.weights={str(folder)!r} is not a DabDetrForObjectDetection "
                              f"checkpoint: {type(e).__name__}: {e}") from e
         if self.model.config.num_patterns != 1:
             log.warning("%s: num_patterns=%s; a converted DN-DETR has 1 (the shared content query)",
@@ -336,7 +337,7 @@ def build_dn_detr(cfg):
     settings = merged_settings(cfg)
     backend = settings["backend"]
     if backend not in ("transformers", "detrex", "auto"):
-        raise ValueError(f"det.detector.backend={backend!r}; valid: transformers | detrex | auto")
+        raise InputError(f"det.detector.backend={backend!r}; valid: transformers | detrex | auto")
     if backend == "auto":
         backend = "detrex" if _detrex_importable() else "transformers"
     if backend == "detrex":

@@ -38,6 +38,7 @@ if "YOLO_CONFIG_DIR" not in os.environ:
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from data.cli import InputError, MissingFile  # noqa: E402
 from metrics.detectors import register_detector  # noqa: E402
 from data.atomic import atomic_path  # noqa: E402
 from metrics.detectors.base import Detections, check_frames  # noqa: E402
@@ -65,19 +66,19 @@ class YOLODetector:
 
         path = Path(str(weights)).expanduser()
         if not path.is_file():
-            raise FileNotFoundError(
+            raise MissingFile(
                 f"det.detector.weights={weights!r}: no such file. YOLO weights are read from a local "
                 f"path only (a bare name like 'yolo11x.pt' would start a download); see docs/metrics.md")
         try:
             self.model = YOLO(str(path), task="detect")
         except Exception as e:  # ultralytics raises many types for a bad file
-            raise ValueError(f"det.detector.weights={str(path)!r} is not an ultralytics YOLO detection "
+            raise InputError(f"det.detector.weights={str(path)!r} is not an ultralytics YOLO detection "
                              f"checkpoint: {type(e).__name__}: {e}") from e
         if self.model.task != "detect":
-            raise ValueError(f"{path}: a YOLO '{self.model.task}' model, not a detection model")
+            raise InputError(f"{path}: a YOLO '{self.model.task}' model, not a detection model")
         self.label_map = {int(k): int(v) for k, v in (label_map or {}).items()}
         if not self.label_map and len(self.model.names) != COCO_NUM_CLASSES:
-            raise ValueError(f"{path}: the model has {len(self.model.names)} classes, not the 80 COCO classes; "
+            raise InputError(f"{path}: the model has {len(self.model.names)} classes, not the 80 COCO classes; "
                              f"set det.detector.label_map to map its ids to COCO ids")
         self.weights, self.imgsz, self.min_conf, self.nms_iou = str(path), int(imgsz), float(min_conf), float(nms_iou)
         self.max_det, self.batch_size, self.half = int(max_det), int(batch_size), bool(half)

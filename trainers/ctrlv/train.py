@@ -11,6 +11,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from data.cli import InputError, command
 from trainers.config import load_config
 
 SHORT = {"stage": "ctrlv.stage", "variant": "ctrlv.variant", "backbone": "ctrlv.backbone"}
@@ -30,7 +31,7 @@ def trainer_for(cfg):
     from trainers.ctrlv.box2video import Box2VideoTrainer
     stages = {"bbox": BBoxGeneratorTrainer, "box2video": Box2VideoTrainer}
     if cfg.ctrlv.stage not in stages:
-        raise ValueError(f"ctrlv.stage={cfg.ctrlv.stage!r}: valid are {sorted(stages)}")
+        raise InputError(f"ctrlv.stage={cfg.ctrlv.stage!r}: valid are {sorted(stages)}")
     return stages[cfg.ctrlv.stage](cfg)
 
 
@@ -39,6 +40,7 @@ def train_stage(cfg) -> Path:
     return trainer_for(cfg).train()
 
 
+@command
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if any(a in ("-h", "--help") for a in argv):
