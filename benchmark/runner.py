@@ -77,6 +77,7 @@ def run_table(table: str | TableSpec, cfg, runner: StageRunner, launcher: str = 
     resolver = cfg if hasattr(cfg, "resolve") else DictResolver(cfg)
     store = store if isinstance(store, Store) else Store(store)
     graph = expand(spec, resolver)
+    check_values(graph)                 # types and ranges of every row's config, before anything runs
 
     problems = missing_paths((p.row.name, p.cfg, spec.detectors_for(p.row))
                              for p in graph.rows if p.cfg is not None)
@@ -146,6 +147,20 @@ def _execute(stage: Stage, graph: StageGraph, store: Store, runner: StageRunner,
             echo(f"stage {stage.kind} {stage.hash} was done by another process")
             return
         _execute_locked(stage, graph, store, runner, echo, n, merge_only)
+
+
+def check_values(graph: StageGraph) -> None:
+    """Every row's resolved config against trainers/config_schema.py: one ConfigError naming each bad
+    key, its value, what is allowed and the rows that have it."""
+    from trainers.config_schema import ConfigError, problems
+    found: dict[str, list[str]] = {}
+    for p in graph.rows:
+        if p.cfg is not None:
+            for line in problems(p.cfg):
+                found.setdefault(line, []).append(p.row.name)
+    if found:
+        raise ConfigError("\n".join(f"table {graph.table.name}: {line}  [rows: {', '.join(rows)}]"
+                                     for line, rows in found.items()))
 
 
 def _check_inputs_done(stage: Stage, store: Store) -> None:

@@ -8,6 +8,13 @@ from omegaconf import DictConfig
 
 def load_config(overrides: list[str] | None = None, config_name: str = "train") -> DictConfig:
     """`overrides` as on the command line: ['model=tiny', 'loss.variant=box', ...]."""
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    from trainers.config_schema import compose_error
     GlobalHydra.instance().clear()
-    with initialize_config_module(config_module="configs", version_base="1.3"):
-        return compose(config_name=config_name, overrides=list(overrides or []))
+    try:
+        with initialize_config_module(config_module="configs", version_base="1.3"):
+            return compose(config_name=config_name, overrides=list(overrides or []))
+    except (HydraException, OmegaConfBaseException) as e:
+        raise compose_error(e, overrides or []) from e
