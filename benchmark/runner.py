@@ -100,6 +100,7 @@ def run_table(table: str | TableSpec, cfg, runner: StageRunner, launcher: str = 
     for p in graph.rows:
         if p.unavailable:
             echo(f"table {spec.name} row {p.row.name}: {p.unavailable}")
+    check_finished(graph, store, echo)   # a damaged finished stage is set aside and recomputed
     pending = graph.pending(store.is_done)
     echo(f"table {spec.name}: {len(graph.stages)} stages, {len(graph.stages) - len(pending)} cached, "
          f"{len(pending)} to run (store {store.root}/)")
@@ -161,6 +162,36 @@ def check_values(graph: StageGraph) -> None:
     if found:
         raise ConfigError("\n".join(f"table {graph.table.name}: {line}  [rows: {', '.join(rows)}]"
                                      for line, rows in found.items()))
+
+
+def check_finished(graph: StageGraph, store: Store, echo=print) -> list[str]:
+    """Check each finished stage of the graph against its manifest before it is reused (sizes and
+    hashes, benchmark/manifest.py). A damaged one (a file missing, added or changed) is moved to
+    `<store>/.damaged/` and so recomputed; the message names the damaged files. A stage finished
+    before manifests existed is trusted, with a warning: recomputing every old stage (days of
+    training on the paper profile) for a check that was never possible would cost more than it saves.
+    Returns the hashes set aside."""
+    damaged_hashes = []
+    for s in graph.order():
+        if not store.is_done(s.hash):
+            continue
+        damage = store.verify(s.hash)
+        if damage is None:
+            echo(f"warning: stage {s.kind} {s.hash} finished before stages had manifests: its files cannot be "
+                 f"checked and are trusted (delete {store.dir(s.hash)} to recompute it)")
+            continue
+        if not damage:
+            continue
+        with store.lock(s.hash, echo):
+            damage = store.verify(s.hash) if store.is_done(s.hash) else []   # another run may have acted
+            if not damage:
+                continue
+            moved = store.set_aside(s.hash)
+        shown = "; ".join(damage[:5]) + (f"; ... {len(damage) - 5} more" if len(damage) > 5 else "")
+        echo(f"stage {s.kind} {s.hash} (rows: {', '.join(s.rows)}) is damaged since it finished: {shown}. "
+             f"Its folder was moved to {moved} and the stage is recomputed")
+        damaged_hashes.append(s.hash)
+    return damaged_hashes
 
 
 def _check_inputs_done(stage: Stage, store: Store) -> None:
