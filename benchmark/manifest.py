@@ -10,7 +10,8 @@ sha256 of the size and the first and last END_BYTES. Whole-file hashing of a pap
 the damage seen in practice (a truncated copy, a deleted or replaced file, a torn write) changes the
 size or the ends; a change in the middle of a large file of the same size is not detected.
 Verification recomputes the same hashes, so checking a store costs one read of its small files and
-2 MiB per large one.
+2 MiB per large one; `hashes=False` compares names and sizes only (one stat per file), what the
+runner does before each reuse (benchmark/runner.check_finished), `benchmark.status --verify` hashes.
 
 Durability: while hashing, each file is fsynced, so once the (itself fsynced) manifest and then
 DONE are on disk, the outputs they describe are too.

@@ -165,8 +165,10 @@ def check_values(graph: StageGraph) -> None:
 
 
 def check_finished(graph: StageGraph, store: Store, echo=print) -> list[str]:
-    """Check each finished stage of the graph against its manifest before it is reused (sizes and
-    hashes, benchmark/manifest.py). A damaged one (a file missing, added or changed) is moved to
+    """Check each finished stage of the graph against its manifest before it is reused: names and
+    sizes (one stat per file, so every rerun of a paper table stays fast; truncated, deleted, added
+    and replaced-by-another-size files are what goes wrong in practice); `benchmark.status --verify`
+    also compares the content hashes (benchmark/manifest.py). A damaged one (a file missing, added or changed) is moved to
     `<store>/.damaged/` and so recomputed; the message names the damaged files. A stage finished
     before manifests existed is trusted, with a warning: recomputing every old stage (days of
     training on the paper profile) for a check that was never possible would cost more than it saves.
@@ -175,7 +177,7 @@ def check_finished(graph: StageGraph, store: Store, echo=print) -> list[str]:
     for s in graph.order():
         if not store.is_done(s.hash):
             continue
-        damage = store.verify(s.hash)
+        damage = store.verify(s.hash, hashes=False)
         if damage is None:
             echo(f"warning: stage {s.kind} {s.hash} finished before stages had manifests: its files cannot be "
                  f"checked and are trusted (delete {store.dir(s.hash)} to recompute it)")
@@ -183,7 +185,7 @@ def check_finished(graph: StageGraph, store: Store, echo=print) -> list[str]:
         if not damage:
             continue
         with store.lock(s.hash, echo):
-            damage = store.verify(s.hash) if store.is_done(s.hash) else []   # another run may have acted
+            damage = store.verify(s.hash, hashes=False) if store.is_done(s.hash) else []   # another run may have acted
             if not damage:
                 continue
             moved = store.set_aside(s.hash)

@@ -118,6 +118,25 @@ def test_damaged_finished_stage_is_recomputed_not_trusted(smoke, tmp_path):
     assert json.loads((tmp_path / "res" / "smoke-fake" / "table_III.json").read_text())
 
 
+def test_the_runner_checks_sizes_and_status_verify_checks_hashes(smoke, tmp_path, capsys):
+    """Before reuse the runner compares names and sizes (fast on any store); a same-size change of
+    content is what `benchmark.status --verify` finds by hashing."""
+    from benchmark.status import main
+    store = tmp_path / "runs"
+    kw = dict(store=store, results=tmp_path / "res", rows=["global"], figures=False)
+    run = run_table("III", smoke, FakeRunner(), echo=lambda m: None, **kw)
+    gen = next(s for s in run.graph.order() if s.kind == "generate")
+    frame = sorted((store / gen.hash / "frames").rglob("*.png"))[0]
+    data = bytearray(frame.read_bytes())
+    data[-1] ^= 0xFF
+    frame.write_bytes(bytes(data))
+    runner = FakeRunner()
+    run_table("III", smoke, runner, echo=lambda m: None, **kw)
+    assert sum(runner.calls.values()) == 0
+    assert main(["--verify", f"store={store}"]) == 1
+    assert f"changed {frame.relative_to(store / gen.hash).as_posix()} (content differs" in capsys.readouterr().out
+
+
 def test_stage_without_manifest_is_trusted_with_a_warning(smoke, tmp_path):
     store = tmp_path / "runs"
     kw = dict(store=store, results=tmp_path / "res", rows=["global"], figures=False)
