@@ -204,7 +204,7 @@ RULES: list[Rule] = [
     choice("metrics.resize_method", *RESAMPLE),
     choice("metrics.fvd.format", "auto", "torchscript", "cdfvd"),
     choice("metrics.fvd.crop", "center", "squash"),
-    choice("metrics.fvd.center_interp", "nearest", "area", "bilinear", "bicubic"),
+    choice("metrics.fvd.center_interp", "nearest", "nearest-exact", "area", "bilinear", "bicubic"),
     num("metrics.fvd.resolution", ge=1, integer=True),
     num("metrics.fvd.feature_dim", ge=1, integer=True),
     num("metrics.fvd.num_frames", ge=1, integer=True, null=True),
