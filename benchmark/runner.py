@@ -153,7 +153,7 @@ def _execute(stage: Stage, graph: StageGraph, store: Store, runner: StageRunner,
 def check_values(graph: StageGraph) -> None:
     """Every row's resolved config against trainers/config_schema.py: one ConfigError naming each bad
     key, its value, what is allowed and the rows that have it."""
-    from trainers.config_schema import ConfigError, problems
+    from trainers.config_schema import problems
     found: dict[str, list[str]] = {}
     for p in graph.rows:
         if p.cfg is not None:
