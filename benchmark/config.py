@@ -13,10 +13,10 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 from benchmark.stages import get_key, split_override
-from data.cli import MissingFile, UserError
-
-class ConfigError(UserError, ValueError):
-    """A user-facing configuration problem (unknown profile, bad override, composition failure)."""
+from data.cli import MissingFile
+# One class for every user-facing configuration problem (unknown profile, bad override, composition
+# failure, a value of the wrong type or out of range): trainers/config_schema.py's.
+from trainers.config_schema import ConfigError, compose_error
 
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
@@ -83,7 +83,7 @@ class HydraResolver:
                 cfg = compose(config_name=self.config_name, overrides=all_overrides)
             return OmegaConf.to_container(cfg, resolve=True)
         except (HydraException, OmegaConfBaseException) as e:
-            raise ConfigError(f"composing {self.config_name}.yaml with {all_overrides} failed: {e}") from e
+            raise compose_error(e, all_overrides) from e
 
 
 # ------------------------------------------------------------------------------------ path checks

@@ -79,6 +79,7 @@ def run_table(table: str | TableSpec, cfg, runner: StageRunner, launcher: str = 
     resolver = cfg if hasattr(cfg, "resolve") else DictResolver(cfg)
     store = store if isinstance(store, Store) else Store(store)
     graph = expand(spec, resolver)
+    check_values(graph)                 # types and ranges of every row's config, before anything runs
 
     problems = missing_paths((p.row.name, p.cfg, spec.detectors_for(p.row))
                              for p in graph.rows if p.cfg is not None)
@@ -101,6 +102,7 @@ def run_table(table: str | TableSpec, cfg, runner: StageRunner, launcher: str = 
     for p in graph.rows:
         if p.unavailable:
             echo(f"table {spec.name} row {p.row.name}: {p.unavailable}")
+    check_finished(graph, store, echo)   # a damaged finished stage is set aside and recomputed
     pending = graph.pending(store.is_done)
     echo(f"table {spec.name}: {len(graph.stages)} stages, {len(graph.stages) - len(pending)} cached, "
          f"{len(pending)} to run (store {store.root}/)")
@@ -160,6 +162,52 @@ def _execute(stage: Stage, graph: StageGraph, store: Store, runner: StageRunner,
             echo(f"stage {stage.kind} {stage.hash} was done by another process")
             return
         _execute_locked(stage, graph, store, runner, echo, n, merge_only)
+
+
+def check_values(graph: StageGraph) -> None:
+    """Every row's resolved config against trainers/config_schema.py: one ConfigError naming each bad
+    key, its value, what is allowed and the rows that have it."""
+    from trainers.config_schema import problems
+    found: dict[str, list[str]] = {}
+    for p in graph.rows:
+        if p.cfg is not None:
+            for line in problems(p.cfg):
+                found.setdefault(line, []).append(p.row.name)
+    if found:
+        raise ConfigError("\n".join(f"table {graph.table.name}: {line}  [rows: {', '.join(rows)}]"
+                                     for line, rows in found.items()))
+
+
+def check_finished(graph: StageGraph, store: Store, echo=print) -> list[str]:
+    """Check each finished stage of the graph against its manifest before it is reused: names and
+    sizes (one stat per file, so every rerun of a paper table stays fast; truncated, deleted, added
+    and replaced-by-another-size files are what goes wrong in practice); `benchmark.status --verify`
+    also compares the content hashes (benchmark/manifest.py). A damaged one (a file missing, added or changed) is moved to
+    `<store>/.damaged/` and so recomputed; the message names the damaged files. A stage finished
+    before manifests existed is trusted, with a warning: recomputing every old stage (days of
+    training on the paper profile) for a check that was never possible would cost more than it saves.
+    Returns the hashes set aside."""
+    damaged_hashes = []
+    for s in graph.order():
+        if not store.is_done(s.hash):
+            continue
+        damage = store.verify(s.hash, hashes=False)
+        if damage is None:
+            echo(f"warning: stage {s.kind} {s.hash} finished before stages had manifests: its files cannot be "
+                 f"checked and are trusted (delete {store.dir(s.hash)} to recompute it)")
+            continue
+        if not damage:
+            continue
+        with store.lock(s.hash, echo):
+            damage = store.verify(s.hash, hashes=False) if store.is_done(s.hash) else []   # another run may have acted
+            if not damage:
+                continue
+            moved = store.set_aside(s.hash)
+        shown = "; ".join(damage[:5]) + (f"; ... {len(damage) - 5} more" if len(damage) > 5 else "")
+        echo(f"stage {s.kind} {s.hash} (rows: {', '.join(s.rows)}) is damaged since it finished: {shown}. "
+             f"Its folder was moved to {moved} and the stage is recomputed")
+        damaged_hashes.append(s.hash)
+    return damaged_hashes
 
 
 def _check_inputs_done(stage: Stage, store: Store) -> None:

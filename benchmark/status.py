@@ -1,4 +1,5 @@
-"""python -m benchmark.status table=III [profile=...] [rows=...] [store=runs] [key=value ...] [--logs]
+"""python -m benchmark.status table=III [profile=...] [rows=...] [store=runs] [key=value ...] [--logs] [--verify]
+   python -m benchmark.status --verify [store=runs]
 
 Where each stage of a table stands: done / running (job id) / queued (job id, SLURM's reason) /
 failed (job id, state, log path; or a local attempt that raised: its FAILED record's exception) /
@@ -7,7 +8,10 @@ Give it the same table, profile, rows and overrides as the `benchmark.run` it lo
 the stage hashes. Reads the store and asks squeue / sacct about recorded jobs; changes nothing.
 A failed stage is submitted again by the next `benchmark.run`; it is never counted done.
 
-  --logs   print the last lines of each failed stage's log
+  --logs    print the last lines of each failed stage's log
+  --verify  check every finished stage (of the table, or without table= of the whole store) against
+            its manifest (benchmark/manifest.py): a file missing, added or changed since the stage
+            finished marks it damaged (the next benchmark.run recomputes it). Exit 1 if any is damaged.
 """
 from __future__ import annotations
 
@@ -22,7 +26,7 @@ from benchmark.store import Store
 from data.cli import command
 from slurm.records import QueueUnavailable, last_submission, query_jobs, tail
 
-FLAGS = {"--logs", "-h", "--help"}
+FLAGS = {"--logs", "--verify", "-h", "--help"}
 
 
 @dataclass
@@ -30,7 +34,7 @@ class StageStatus:
     hash: str
     kind: str
     what: str
-    status: str              # done | running | queued | failed | pending | unknown
+    status: str              # done | damaged | running | queued | failed | pending | unknown
     job_id: str | None = None
     detail: str = ""
     log: str | None = None
@@ -68,6 +72,48 @@ def stage_statuses(graph: StageGraph, store: Store) -> list[StageStatus]:
         out.append(st)
     _explain_dependencies(out, graph)
     return out
+
+
+def _damage_text(damage: list[str] | None) -> str:
+    if damage is None:
+        return "no manifest (finished before manifests existed): not checkable"
+    return "; ".join(damage[:3]) + (f"; ... {len(damage) - 3} more" if len(damage) > 3 else "")
+
+
+def mark_damaged(statuses: list[StageStatus], store: Store) -> bool:
+    """--verify: each done stage checked against its manifest; a damaged one becomes `damaged` with
+    the files named. True if any is damaged."""
+    found = False
+    for st in statuses:
+        if st.status != "done":
+            continue
+        damage = store.verify(st.hash)
+        if damage:
+            st.status, st.detail, found = "damaged", _damage_text(damage), True
+        elif damage is None:
+            st.detail = _damage_text(None)
+        else:
+            st.detail = "verified"
+    return found
+
+
+def verify_store(store: Store) -> tuple[list[str], bool]:
+    """--verify without a table: every finished stage folder of the store. (lines, any damaged)."""
+    done = sorted(p.parent for p in store.root.glob("*/DONE"))
+    lines, damaged = [], 0
+    for d in done:
+        damage = store.verify(d.name)
+        kind = store.stage_info(d.name).get("kind", "?")
+        if damage:
+            damaged += 1
+            lines.append(f"  damaged  {kind:<9} {d.name}  {_damage_text(damage)}")
+        elif damage is None:
+            lines.append(f"  unknown  {kind:<9} {d.name}  {_damage_text(None)}")
+        else:
+            lines.append(f"  ok       {kind:<9} {d.name}")
+    head = (f"store {store.root}/: {len(done)} finished stage(s) checked, {damaged} damaged"
+            + (" (the next benchmark.run of a table using them recomputes them)" if damaged else ""))
+    return [head] + lines, bool(damaged)
 
 
 def _add_shard_progress(st: StageStatus, stage, store: Store) -> None:
@@ -108,7 +154,8 @@ def _last_attempt(store: Store, stage_hash: str) -> str | None:
 
 
 def format_statuses(graph: StageGraph, statuses: list[StageStatus], store: Store, logs: bool = False) -> str:
-    counts = {k: sum(s.status == k for s in statuses) for k in ("done", "running", "queued", "failed", "pending", "unknown")}
+    counts = {k: sum(s.status == k for s in statuses)
+              for k in ("done", "damaged", "running", "queued", "failed", "pending", "unknown")}
     lines = [f"Table {graph.table.name} (profile {graph.profile}), store {store.root}/: {len(statuses)} stages: "
              + ", ".join(f"{n} {k}" for k, n in counts.items() if n)]
     lines.append(f"  {'status':<8} {'kind':<9} {'hash':<{HASH_LEN}}  {'what':<42} {'job':<10} detail")
@@ -135,19 +182,29 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     opts, _, overrides = parse_args([a for a in argv if not a.startswith("-")])
     overrides = [o for o in overrides if not o.startswith("slurm.")]   # cluster settings change no hash
+    verify = "--verify" in flags
+    if not opts["table"] and verify:
+        lines, damaged = verify_store(Store(opts["store"]))
+        print("\n".join(lines))
+        return 1 if damaged else 0
     if not opts["table"]:
-        raise UsageError(f"say which table: table=<name>; valid tables: {', '.join(list_tables())}")
+        raise UsageError(f"say which table: table=<name> (or --verify alone for the whole store); "
+                         f"valid tables: {', '.join(list_tables())}")
     from benchmark.config import HydraResolver
     from benchmark.stages import expand
     resolver = HydraResolver(opts["profile"], overrides, config_dir=opts["config_dir"])
     store = Store(opts["store"])
     rows = opts["rows"].split(",") if opts["rows"] else None
+    any_damaged = False
     for name in opts["table"].split(","):
         graph = expand(load_table(name).select(rows), resolver)
-        print(format_statuses(graph, stage_statuses(graph, store), store, logs="--logs" in flags))
+        statuses = stage_statuses(graph, store)
+        if verify:
+            any_damaged |= mark_damaged(statuses, store)
+        print(format_statuses(graph, statuses, store, logs="--logs" in flags))
         out = Path(opts["results"]) / graph.profile / f"table_{graph.table.name}.md"
         print(f"  table: {out}" + ("" if out.exists() else " (not written yet)"))
-    return 0
+    return 1 if any_damaged else 0
 
 
 if __name__ == "__main__":

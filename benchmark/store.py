@@ -3,7 +3,8 @@
 A stage writes its outputs straight into its folder (so a trainer killed mid-stage resumes from its
 own checkpoints there on the next run); the store then writes, each atomically, `stage_config.yaml` (the
 config that identifies the stage), `run_config.yaml` (the full config the runner executed),
-`stage.json`, `result.json`, and last `DONE`. Readers trust a folder only when `DONE` exists, so a
+`stage.json`, `result.json`, `MANIFEST.json` (every file's size and hash, benchmark/manifest.py),
+and last `DONE`. Readers trust a folder only when `DONE` exists, so a
 killed stage is never mistaken for a finished one. A stage split into shards (benchmark/shards.py)
 also has `shards/<i>-of-<n>/result.json`, each shard's record, written last by that shard.
 """
@@ -19,6 +20,8 @@ from typing import Any
 
 import yaml
 
+from benchmark.manifest import verify as verify_manifest
+from benchmark.manifest import write_manifest
 from data.atomic import atomic_dir, atomic_write_json, atomic_write_text, sweep_temps  # noqa: F401  (re-exported)
 
 DONE = "DONE"
@@ -28,6 +31,7 @@ RUN_CONFIG = "run_config.yaml"
 STAGE = "stage.json"
 FAILED = "FAILED"              # the last attempt ended with an exception: its summary (JSON)
 SHARDS = "shards"              # runs/<hash>/shards/<i>-of-<n>/ (benchmark/shards.py)
+DAMAGED = ".damaged"           # runs/.damaged/<hash>-<time>/: finished stages found damaged, set aside
 
 
 # ------------------------------------------------------------------------------ atomic writes
@@ -113,6 +117,7 @@ class Store:
         if info.get("attempts"):
             info["attempts"][-1]["finished"] = _now()
         atomic_write_json(d / STAGE, info)
+        write_manifest(d)             # every file's size and hash, each fsynced (benchmark/manifest.py)
         atomic_write_text(d / DONE, _now() + "\n")
         (d / FAILED).unlink(missing_ok=True)
         return d
@@ -136,6 +141,19 @@ class Store:
             return None
         except json.JSONDecodeError:
             return {"error": f"(unreadable {p})"}
+
+    def verify(self, stage_hash: str, hashes: bool = True) -> list[str] | None:
+        """What differs in a finished stage's folder from its manifest ([] = intact; None = the stage
+        finished before manifests existed). benchmark/manifest.py."""
+        return verify_manifest(self.dir(stage_hash), hashes=hashes)
+
+    def set_aside(self, stage_hash: str) -> Path:
+        """Move a damaged stage folder to `.damaged/<hash>-<time>/` (kept for inspection, never
+        read), so the stage is recomputed from nothing in a fresh folder."""
+        target = self.root / DAMAGED / f"{stage_hash}-{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(self.dir(stage_hash), target)
+        return target
 
     def result(self, stage_hash: str) -> dict | None:
         """The stage's result.json (paths made absolute again), or None when not done."""

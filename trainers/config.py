@@ -7,7 +7,7 @@ from hydra.errors import HydraException
 from omegaconf import DictConfig
 from omegaconf.errors import OmegaConfBaseException
 
-from data.cli import InputError
+from trainers.config_schema import compose_error
 
 
 def load_config(overrides: list[str] | None = None, config_name: str = "train") -> DictConfig:
@@ -18,4 +18,4 @@ def load_config(overrides: list[str] | None = None, config_name: str = "train") 
         with initialize_config_module(config_module="configs", version_base="1.3"):
             return compose(config_name=config_name, overrides=list(overrides or []))
     except (HydraException, OmegaConfBaseException) as e:
-        raise InputError(f"composing {config_name}.yaml with {list(overrides or [])} failed: {e}") from e
+        raise compose_error(e, overrides or []) from e

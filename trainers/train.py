@@ -15,8 +15,10 @@ def main(argv: list[str] | None = None) -> int:
         print("groups: model=tiny|svd|svd-xt  data=synthetic|kitti|nuscenes|folder  schedule=staged|joint|diffusion"
               "  adapter=unet|lora\nkeys: see configs/train.yaml (e.g. train.max_steps=10 loss.alpha=10)")
         return 0
-    from trainers.loop import train
+    from trainers.config_schema import validate
     cfg = load_config(argv)
+    validate(cfg)                               # types and ranges of every key, before any model loads
+    from trainers.loop import train
     run_dir = train(cfg)
     from accelerate import PartialState
     if PartialState().is_main_process:          # once, also under `accelerate launch` with N processes
