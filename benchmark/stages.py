@@ -263,6 +263,24 @@ class StageGraph:
         return "\n".join(lines)
 
 
+FULL_UNET_ADAPTER = {"name": "unet"}      # configs/adapter/unet.yaml
+
+
+def epoch_adapter(cfg: dict, objective: str) -> dict:
+    """The config one epoch trains with: a LoRA row with adapter.lora_epochs=lsa trains its
+    diffusion-only epochs as the full U-Net (the paper adds LoRA "when adding our feature loss"), so
+    that epoch's stage is the one "SVD fine-tuned" and the other staged rows train."""
+    adapter = cfg.get("adapter") or {}
+    if objective != "diffusion" or adapter.get("name") != "lora":
+        return cfg
+    when = adapter.get("lora_epochs", "all")
+    if when not in ("lsa", "all"):
+        raise ValueError(f"adapter.lora_epochs={when!r}: valid are 'lsa', 'all'")
+    if when == "all":
+        return cfg
+    return {**cfg, "adapter": dict(FULL_UNET_ADAPTER)}
+
+
 def epoch_objectives(cfg: dict, row: Row, baseline: str | None = None) -> list[str]:
     """'diffusion' or 'lsa' for each epoch 1..train.epochs, from schedule.feat_from_epoch (the same
     rule as trainers.losses.objective_weights)."""
@@ -352,12 +370,13 @@ def expand(spec: TableSpec, resolver: Resolver) -> StageGraph:
                 ignore = always + list(policy.get("ignore_train") or [])
                 if objective == "diffusion":
                     ignore += list(policy.get("ignore_diffusion_only") or [])
-                run_cfg = copy.deepcopy(tcfg)
+                ecfg = epoch_adapter(tcfg, objective)
+                run_cfg = copy.deepcopy(ecfg)
                 set_key(run_cfg, "train.epochs", epoch)       # the trainer's "last epoch to train"
-                params = {"epoch": epoch, "objective": objective, "adapter": get_key(tcfg, "adapter.name", None),
+                params = {"epoch": epoch, "objective": objective, "adapter": get_key(ecfg, "adapter.name", None),
                           "variant": get_key(tcfg, "loss.variant", None) if objective == "lsa" else None}
                 parent = add("train", {"init_from": parent, "epoch": epoch, "objective": objective,
-                                       "cfg": drop_keys(tcfg, ignore)},
+                                       "cfg": drop_keys(ecfg, ignore)},
                              run_cfg, [parent] if parent else [], params, row.name)
                 chain.append(parent)
             return chain

@@ -116,9 +116,53 @@ def render_table(spec: TableSpec, cells, *, caption: str, out_dir: str | Path, u
             "json": atomic_write_json(out / f"{stem}.json", t["json"])}
 
 
+MIOU_TEXT = {
+    "hungarian_ref": "mIoU = mean over reference boxes of the IoU with their Hungarian partner (unmatched = 0)",
+    "matched_mean": "mIoU = IoU averaged over Hungarian-matched pairs with IoU >= {match}",
+}
+
+
+def protocol_text(cfgs: Sequence[Mapping]) -> str:
+    """The protocol facts a reader needs beside the numbers (docs/protocol.md), from the rows' resolved
+    configs: base model, mIoU definition and the overlap of the test clips per dataset."""
+    cfgs = [c for c in cfgs if c]
+    if not cfgs:
+        return ""
+    parts = []
+    models = sorted({str(c.get("model", {}).get("svd")) + (f" ({c['model']['variant']} files)"
+                                                          if c.get("model", {}).get("variant") else "")
+                     for c in cfgs})
+    parts.append("Base model: " + ", ".join(models))
+    mious = []
+    for c in cfgs:
+        det = c.get("metrics", {}).get("det", {})
+        text = MIOU_TEXT.get(det.get("miou", "hungarian_ref"), str(det.get("miou")))
+        text = text.format(match=det.get("miou_match_iou", 0.5))
+        if text not in mious:
+            mious.append(text)
+    parts.append("; ".join(mious))
+    clips = {}
+    for c in cfgs:
+        data = c.get("data", {})
+        test = data.get("test") or {}
+        step = test.get("window_step")
+        if data.get("name") == "synthetic":
+            text = "independent synthetic clips"
+        elif step is None:
+            text = "non-overlapping clips"
+        else:
+            span = (int(data.get("clip_len", 1)) - 1) * int(data.get("stride", 1)) + 1
+            text = (f"{data.get('clip_len')}-frame windows starting every {step} frame(s), "
+                    + ("overlapping" if int(step) < span else "non-overlapping"))
+        text += f", {test.get('select', 'even')} selection" if data.get("name") != "synthetic" else ""
+        clips[str(data.get("name"))] = text
+    parts.append("Test clips: " + "; ".join(f"{d}: {t}" for d, t in sorted(clips.items())))
+    return ". ".join(parts) + "."
+
+
 def caption_text(spec: TableSpec, *, description: str, sizes: Sequence[tuple[str, int, int]],
-                 fake: bool = False) -> str:
-    """'Table III (smoke). <title> N = 2 test videos x 8 frames (synthetic). <profile text>'."""
+                 fake: bool = False, protocol: str = "") -> str:
+    """'Table III (smoke). <title> N = 2 test videos x 8 frames (synthetic). <protocol> <profile text>'."""
     if sizes:
         n = "; ".join(f"{nv} test videos x {nf} frames" + (f" ({d})" if len(sizes) > 1 or d else "")
                       for d, nv, nf in sizes)
@@ -126,7 +170,8 @@ def caption_text(spec: TableSpec, *, description: str, sizes: Sequence[tuple[str
         n = "0 (no test videos generated yet)"
     rank = f" within each {' / '.join(spec.rank_within)}" if spec.rank_within else ""
     s = (f"Table {spec.name}. {spec.title} Ours beside the paper's numbers; per column{rank}, best in bold, "
-         f"second best underlined (three or more rows). N = {n}. {description.rstrip('.')}.")
+         f"second best underlined (three or more rows). N = {n}. "
+         + (f"{protocol.rstrip('.')}. " if protocol else "") + f"{description.rstrip('.')}.")
     if fake:
         s += (" FAKE RUNNER (benchmark.executors.FakeRunner): every 'ours' number is a placeholder, "
               "not a measurement.")

@@ -76,6 +76,7 @@ class Trainer:
         t = cfg.train
         self.run_dir = Path(t.out_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.switch_unet = self.adapter_switch_unet()
         trackers = "tensorboard" if importlib.util.find_spec("tensorboard") else None
         # accelerate keeps its mixed-precision state in a process-wide singleton: a second Trainer in
         # the same process (benchmark stages, tests) must be free to choose its own precision.
@@ -141,7 +142,34 @@ class Trainer:
     # ---------------------------------------------------------------- what trains (hooks for subclasses)
     def load_parts(self):
         """The SVD parts (subclasses may swap in another U-Net folder, e.g. the Ctrl-V stages)."""
-        return load_svd(self.cfg.model)
+        return load_svd(self.cfg.model, unet_path=str(self.switch_unet) if self.switch_unet else None)
+
+    def adapter_switch_unet(self) -> Path | None:
+        """The exported U-Net of the `train.init_from` run when that run trained another adapter.
+
+        Table IV's "LoRA (staged)" trains epoch 1 as the full U-Net (the epoch it shares with "SVD
+        fine-tuned") and adds LoRA only for the LSA epoch (adapter.lora_epochs=lsa). accelerate's state
+        of the parent (other parameters, their optimizer moments) cannot be loaded into the LoRA model,
+        so this run starts from the parent's exported U-Net with a fresh optimizer, and takes over its
+        loop position (epoch, steps)."""
+        t = self.cfg.train
+        own = newest_checkpoint(self.run_dir)
+        if not t.init_from or t.resume not in ("auto", "never", None) or (t.resume == "auto" and own):
+            return None
+        run = Path(t.init_from)
+        if (run / STATE_FILE).exists():          # a checkpoint folder: <run>/checkpoints/step-N
+            run = run.parent.parent
+        cfg_file = run / "config.yaml"
+        if not cfg_file.exists():
+            return None
+        parent = (OmegaConf.load(cfg_file).get("adapter") or {}).get("name")
+        if parent is None or parent == self.cfg.adapter.name:
+            return None
+        if not (run / "unet").is_dir():
+            raise FileNotFoundError(f"train.init_from={t.init_from}: trained with adapter={parent}, this run "
+                                    f"with adapter={self.cfg.adapter.name}; that needs its exported U-Net "
+                                    f"{run / 'unet'} (the run did not finish)")
+        return run / "unet"
 
     def build_model(self, parts) -> torch.nn.Module:
         """The module that trains (optimizer, checkpoints, export): here the SVD U-Net with its adapter."""
@@ -193,7 +221,12 @@ class Trainer:
                 src = newest_checkpoint(src)
             if src is None:
                 raise FileNotFoundError(f"train.init_from={t.init_from}: no checkpoint ({STATE_FILE}) found there")
-            self.load_checkpoint(src)
+            if self.switch_unet is not None:     # weights came in through load_parts; only the loop position
+                self.state = json.loads((src / STATE_FILE).read_text())
+                self.acc.print(f"started from the U-Net exported at {self.switch_unet} (adapter "
+                               f"{self.cfg.adapter.name} added, fresh optimizer), epoch {self.state['epoch']}")
+            else:
+                self.load_checkpoint(src)
         self._truncate_log()
 
     def _truncate_log(self):
