@@ -491,7 +491,8 @@ def render(graph: StageGraph, store: Store, out_dir: Path, *, fake: bool = False
     spec = graph.table
     cells, extra, sizes = collect(graph, store)
     description = str(get_key(graph.render.run_cfg, "benchmark.description", graph.profile))
-    protocol = protocol_text([p.cfg for p in graph.rows if p.cfg])
+    protocol = protocol_text([graph.stages[p.generate].run_cfg if p.generate in graph.stages else p.cfg
+                              for p in graph.rows if p.cfg])
     caption = caption_text(spec, description=description, sizes=sizes, fake=fake, protocol=protocol)
     unavailable = {p.row.name: p.unavailable for p in graph.rows if p.unavailable}
     outputs = render_table(spec, cells, caption=caption, out_dir=out_dir, unavailable=unavailable,

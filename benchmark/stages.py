@@ -41,7 +41,7 @@ CTRLV_BACKBONE_OVERRIDES = {
 # Ctrl-V config keys that do not influence a stage (each Ctrl-V stage reads only its own part).
 _CTRLV_NOT_BBOX = ["ctrlv.stage", "ctrlv.backbone", "ctrlv.controlnet", "ctrlv.inference"]
 _CTRLV_NOT_BOX2VIDEO = ["ctrlv.stage", "ctrlv.backbone", "ctrlv.variant", "ctrlv.variants", "ctrlv.bbox_init_unet",
-                        "ctrlv.inference", "ctrlv.readback"]
+                        "ctrlv.bbox_train", "ctrlv.inference", "ctrlv.readback"]
 
 
 # ------------------------------------------------------------------------------------ hashing
@@ -310,7 +310,11 @@ def _ctrlv_stages(spec, row, resolver, cfg, bench, policy, testset, train_chain,
     chain = []
     if CTRLV_BACKBONE_OVERRIDES[backbone] is not None:
         chain = train_chain(resolver.resolve(base_over + CTRLV_BACKBONE_OVERRIDES[backbone]), backbone)
-    cv = resolver.resolve(base_over + ["+ctrlv=base", f"ctrlv.variant={variant}"])
+    # the profile's Ctrl-V settings (benchmark.ctrlv_overrides) come after configs/ctrlv/base.yaml
+    # (a key the command line sets keeps the command line's value)
+    user_keys = {split_override(o)[0] for o in resolver.user_overrides}
+    profile_over = [str(o) for o in (bench.get("ctrlv_overrides") or []) if split_override(str(o))[0] not in user_keys]
+    cv = resolver.resolve(base_over + ["+ctrlv=base", f"ctrlv.variant={variant}"] + profile_over)
     epochs = int(get_key(cv, "train.epochs"))
 
     bbox_cfg = copy.deepcopy(cv)

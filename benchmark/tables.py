@@ -124,7 +124,8 @@ MIOU_TEXT = {
 
 def protocol_text(cfgs: Sequence[Mapping]) -> str:
     """The protocol facts a reader needs beside the numbers (docs/protocol.md), from the rows' resolved
-    configs: base model, mIoU definition and the overlap of the test clips per dataset."""
+    configs (a Ctrl-V row: its generate stage's): base model, mIoU definition, the overlap of the test
+    clips per dataset, and Ctrl-V's ground-truth-selected box video when it is on."""
     cfgs = [c for c in cfgs if c]
     if not cfgs:
         return ""
@@ -157,6 +158,9 @@ def protocol_text(cfgs: Sequence[Mapping]) -> str:
         text += f", {test.get('select', 'even')} selection" if data.get("name") != "synthetic" else ""
         clips[str(data.get("name"))] = text
     parts.append("Test clips: " + "; ".join(f"{d}: {t}" for d, t in sorted(clips.items())))
+    if any(((c.get("ctrlv") or {}).get("inference") or {}).get("bbox", {}).get("best_of_gt") for c in cfgs):
+        parts.append("Ctrl-V: its BBox generator's box video is the best of several guidance settings, "
+                     "chosen against the ground-truth boxes of every frame (Ctrl-V's evaluation)")
     return ". ".join(parts) + "."
 
 

@@ -113,7 +113,8 @@ class Trainer:
                 set_channels_last(parts.vae.decoder)
             self.feat_loss = SemanticAlignmentLoss(
                 DinoFeatures(self.dino, _size(cfg.loss.dino_size), cfg.loss.dino_mean, cfg.loss.dino_std),
-                cfg.loss.variant, cfg.loss.alpha, cache_real=bool(cfg.loss.real_feature_cache))
+                cfg.loss.variant, cfg.loss.alpha, cache_real=bool(cfg.loss.real_feature_cache),
+                reduction=cfg.loss.get("feat_reduction", "mean"), mask=cfg.loss.get("feat_mask", "diff"))
         self.conditioner = SVDConditioner(parts.vae, parts.image_encoder, parts.feature_extractor,
                                           **OmegaConf.to_container(cfg.cond))
         sigmas = edm.scheduler_sigmas(parts.scheduler) if cfg.edm.sigma_dist == "uniform_index" else None
@@ -137,6 +138,7 @@ class Trainer:
             raise ValueError(f"train.batch_size={t.batch_size} is larger than the training split ({len(self.dataset)} clips)")
         self.unet, self.optimizer, self.loader, self.lr_scheduler = self.acc.prepare(unet, optimizer, loader, lr_scheduler)
         self.state = dict(global_step=0, micro_step=0, epoch=1, batch_in_epoch=0)
+        self.loss_scale: dict = {}       # per LSA epoch: weighted terms at its first step and their means
         self.log_path = self.run_dir / "log.jsonl"
 
     # ---------------------------------------------------------------- what trains (hooks for subclasses)
@@ -260,6 +262,9 @@ class Trainer:
                 keys = [(int(i), tuple(idx)) for i in batch["index"]]       # clip of the dataset, frames
                 terms["loss_feat"] = self.feat_loss(x_hat, frames[:, idx], boxes, keys)
         loss = w_diff * terms["loss_diff"] + (w_feat * terms["loss_feat"] if w_feat > 0 else 0.0)
+        if w_feat > 0:     # the two weighted terms the paper puts "on a comparable scale" (lambda's choice)
+            terms["weighted_diff"] = w_diff * terms["loss_diff"]
+            terms["weighted_feat"] = w_feat * terms["loss_feat"]
         terms["loss"] = loss
         self.check_finite(terms, sigma)
         return loss, {k: float(v.detach()) for k, v in terms.items()} | {"sigma": float(sigma.mean())}
@@ -320,7 +325,7 @@ class Trainer:
                 if not acc.sync_gradients:
                     continue
                 self.state["global_step"] += 1
-                self._log(terms, clips, epoch, start)
+                self._note_scale(self._log(terms, clips, epoch, start), epoch)
                 clips = []
                 bar.update(1)
                 bar.set_postfix(epoch=epoch, **{k: f"{v:.4g}" for k, v in terms.items() if k.startswith("loss")})
@@ -339,9 +344,28 @@ class Trainer:
         if finished and acc.is_main_process:
             out, n_params = self.export(self.run_dir / self.export_name)
             summary = dict(self.state, trainable_params=self.n_trainable, checkpoint=str(newest_checkpoint(self.run_dir)),
+                           **({"loss_scale": self.loss_scale} if self.loss_scale else {}),
                            **{f"{self.export_name}_params": n_params, self.export_name: str(out)})
             atomic_write_json(self.run_dir / "summary.json", summary)
         return self.run_dir
+
+    def _note_scale(self, terms: dict, epoch: int) -> None:
+        """The weighted terms 0.9 L_diff and lambda L_feat: printed at the first step of an LSA epoch
+        this run trains, and their first-step values and running means kept for summary.json."""
+        if "weighted_feat" not in terms:
+            return
+        sc = self.loss_scale.setdefault(str(epoch), {"first_step": None, "mean": {}, "steps": 0})
+        pair = {k: terms[k] for k in ("weighted_diff", "weighted_feat")}
+        if sc["first_step"] is None:
+            sc["first_step"] = dict(pair, step=self.state["global_step"])
+            ratio = pair["weighted_feat"] / pair["weighted_diff"] if pair["weighted_diff"] else math.inf
+            self.acc.print(f"LSA epoch {epoch}, step {self.state['global_step']}: weighted terms "
+                           f"{self.cfg.loss.diff_weight} L_diff = {pair['weighted_diff']:.4g}, "
+                           f"lambda L_feat = {pair['weighted_feat']:.4g} (ratio {ratio:.3g}; reduction "
+                           f"{self.cfg.loss.get('feat_reduction', 'mean')}, mask {self.cfg.loss.get('feat_mask', 'diff')})")
+        n = sc["steps"]
+        sc["mean"] = {k: (sc["mean"].get(k, 0.0) * n + v) / (n + 1) for k, v in pair.items()}
+        sc["steps"] = n + 1
 
     def _log(self, terms, clips, epoch, start):
         """One line per optimizer step: the loss terms averaged over the processes, and the clips
@@ -353,13 +377,14 @@ class Trainer:
             terms = dict(zip(names, mean.tolist()))
             clips = acc.gather(torch.tensor(clips, device=acc.device)).tolist()
         if not acc.is_main_process:
-            return
+            return terms
         rec = dict(step=self.state["global_step"], epoch=epoch, lr=self.lr_scheduler.get_last_lr()[0],
                    time=round(time.time() - start, 3), clips=clips, **terms)
         with open(self.log_path, "a") as f:
             f.write(json.dumps(rec) + "\n")
         if self.acc.log_with:
             self.acc.log({k: v for k, v in rec.items() if k not in ("step", "clips")}, step=rec["step"])
+        return terms
 
     def export(self, out: Path) -> tuple[Path, int]:
         """The trained U-Net (LoRA merged) as a diffusers folder, written atomically; (folder, #params)."""
