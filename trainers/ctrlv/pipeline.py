@@ -1,7 +1,8 @@
 """Two-stage Ctrl-V inference: BBox generator -> read boxes back -> render -> Box2Video.
 
 Both stages run diffusers' StableVideoDiffusionPipeline (Euler scheduler, per-frame guidance rising
-linearly from min to max across frames, 30 steps: Ctrl-V's settings, `ctrlv.inference`); the box
+linearly from min to max across frames, `ctrlv.inference`: 30 steps each by default; the paper
+profile runs Box2Video with Ctrl-V's evaluation settings, 50 steps, guidance 1 -> 5); the box
 conditioning enters through hooks (bbox_generator.FrameConditioning, box2video.ControlledUNet). Clip k
 uses the seed `seed + k` for both stages, as benchmark.generate does for SVD, so stage 2 starts from
 the same noise as every other row of the table. By default the box video is generated once with the
