@@ -68,6 +68,9 @@ class HydraResolver:
         # The row's own keys win (a table defines its rows); Hydra rejects two values for one group.
         user = [o for o in self.user_overrides if split_override(o)[0] not in row_keys]
         ignored = [o for o in self.user_overrides if o not in user]
+        # ctrlv.* keys exist only in the Ctrl-V stages' configs (+ctrlv=base): the other rows skip them
+        if not any(o.startswith("+ctrlv=") for o in overrides):
+            user = [o for o in user if not split_override(o)[0].startswith("ctrlv.")]
         if ignored:
             warnings.warn(f"command-line overrides {ignored} are ignored for a row that sets these keys itself",
                           stacklevel=2)

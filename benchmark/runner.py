@@ -568,11 +568,14 @@ def _efficiency(c, gen: dict | None) -> float | None:
 
 
 def render(graph: StageGraph, store: Store, out_dir: Path, *, fake: bool = False, figures: bool = True) -> dict[str, Path]:
-    from benchmark.tables import caption_text, render_table
+    from benchmark.tables import caption_text, protocol_text, render_table
     spec = graph.table
     cells, extra, sizes = collect(graph, store)
     description = str(get_key(graph.render.run_cfg, "benchmark.description", graph.profile))
-    caption = caption_text(spec, description=description, sizes=sizes, fake=fake, notes=protocol_notes(graph, store))
+    protocol = protocol_text([graph.stages[p.generate].run_cfg if p.generate in graph.stages else p.cfg
+                              for p in graph.rows if p.cfg])
+    caption = caption_text(spec, description=description, sizes=sizes, fake=fake, protocol=protocol,
+                           notes=protocol_notes(graph, store))
     unavailable = {p.row.name: p.unavailable for p in graph.rows if p.unavailable}
     outputs = render_table(spec, cells, caption=caption, out_dir=out_dir, unavailable=unavailable,
                            profile=graph.profile, fake=fake, extra=extra)

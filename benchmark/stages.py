@@ -42,7 +42,7 @@ CTRLV_BACKBONE_OVERRIDES = {
 # Ctrl-V config keys that do not influence a stage (each Ctrl-V stage reads only its own part).
 _CTRLV_NOT_BBOX = ["ctrlv.stage", "ctrlv.backbone", "ctrlv.controlnet", "ctrlv.inference"]
 _CTRLV_NOT_BOX2VIDEO = ["ctrlv.stage", "ctrlv.backbone", "ctrlv.variant", "ctrlv.variants", "ctrlv.bbox_init_unet",
-                        "ctrlv.inference", "ctrlv.readback"]
+                        "ctrlv.bbox_train", "ctrlv.inference", "ctrlv.readback"]
 
 
 # ------------------------------------------------------------------------------------ hashing
@@ -264,6 +264,24 @@ class StageGraph:
         return "\n".join(lines)
 
 
+FULL_UNET_ADAPTER = {"name": "unet"}      # configs/adapter/unet.yaml
+
+
+def epoch_adapter(cfg: dict, objective: str) -> dict:
+    """The config one epoch trains with: a LoRA row with adapter.lora_epochs=lsa trains its
+    diffusion-only epochs as the full U-Net (the paper adds LoRA "when adding our feature loss"), so
+    that epoch's stage is the one "SVD fine-tuned" and the other staged rows train."""
+    adapter = cfg.get("adapter") or {}
+    if objective != "diffusion" or adapter.get("name") != "lora":
+        return cfg
+    when = adapter.get("lora_epochs", "all")
+    if when not in ("lsa", "all"):
+        raise ValueError(f"adapter.lora_epochs={when!r}: valid are 'lsa', 'all'")
+    if when == "all":
+        return cfg
+    return {**cfg, "adapter": dict(FULL_UNET_ADAPTER)}
+
+
 def epoch_objectives(cfg: dict, row: Row, baseline: str | None = None) -> list[str]:
     """'diffusion' or 'lsa' for each epoch 1..train.epochs, from schedule.feat_from_epoch (the same
     rule as trainers.losses.objective_weights)."""
@@ -293,7 +311,11 @@ def _ctrlv_stages(spec, row, resolver, cfg, bench, policy, testset, train_chain,
     chain = []
     if CTRLV_BACKBONE_OVERRIDES[backbone] is not None:
         chain = train_chain(resolver.resolve(base_over + CTRLV_BACKBONE_OVERRIDES[backbone]), backbone)
-    cv = resolver.resolve(base_over + ["+ctrlv=base", f"ctrlv.variant={variant}"])
+    # the profile's Ctrl-V settings (benchmark.ctrlv_overrides) come after configs/ctrlv/base.yaml
+    # (a key the command line sets keeps the command line's value)
+    user_keys = {split_override(o)[0] for o in resolver.user_overrides}
+    profile_over = [str(o) for o in (bench.get("ctrlv_overrides") or []) if split_override(str(o))[0] not in user_keys]
+    cv = resolver.resolve(base_over + ["+ctrlv=base", f"ctrlv.variant={variant}"] + profile_over)
     epochs = int(get_key(cv, "train.epochs"))
 
     bbox_cfg = copy.deepcopy(cv)
@@ -353,12 +375,13 @@ def expand(spec: TableSpec, resolver: Resolver) -> StageGraph:
                 ignore = always + list(policy.get("ignore_train") or [])
                 if objective == "diffusion":
                     ignore += list(policy.get("ignore_diffusion_only") or [])
-                run_cfg = copy.deepcopy(tcfg)
+                ecfg = epoch_adapter(tcfg, objective)
+                run_cfg = copy.deepcopy(ecfg)
                 set_key(run_cfg, "train.epochs", epoch)       # the trainer's "last epoch to train"
-                params = {"epoch": epoch, "objective": objective, "adapter": get_key(tcfg, "adapter.name", None),
+                params = {"epoch": epoch, "objective": objective, "adapter": get_key(ecfg, "adapter.name", None),
                           "variant": get_key(tcfg, "loss.variant", None) if objective == "lsa" else None}
                 parent = add("train", {"init_from": parent, "epoch": epoch, "objective": objective,
-                                       "cfg": drop_keys(tcfg, ignore)},
+                                       "cfg": drop_keys(ecfg, ignore)},
                              run_cfg, [parent] if parent else [], params, row.name)
                 chain.append(parent)
             return chain

@@ -121,9 +121,57 @@ def render_table(spec: TableSpec, cells, *, caption: str, out_dir: str | Path, u
             "json": atomic_write_json(out / f"{stem}.json", t["json"])}
 
 
+MIOU_TEXT = {
+    "hungarian_ref": "mIoU = mean over reference boxes of the IoU with their Hungarian partner (unmatched = 0)",
+    "matched_mean": "mIoU = IoU averaged over Hungarian-matched pairs with IoU >= {match}",
+}
+
+
+def protocol_text(cfgs: Sequence[Mapping]) -> str:
+    """The protocol facts a reader needs beside the numbers (docs/protocol.md), from the rows' resolved
+    configs (a Ctrl-V row: its generate stage's): base model, mIoU definition, the overlap of the test
+    clips per dataset, and Ctrl-V's ground-truth-selected box video when it is on."""
+    cfgs = [c for c in cfgs if c]
+    if not cfgs:
+        return ""
+    parts = []
+    models = sorted({str(c.get("model", {}).get("svd")) + (f" ({c['model']['variant']} files)"
+                                                          if c.get("model", {}).get("variant") else "")
+                     for c in cfgs})
+    parts.append("Base model: " + ", ".join(models))
+    mious = []
+    for c in cfgs:
+        det = c.get("metrics", {}).get("det", {})
+        text = MIOU_TEXT.get(det.get("miou", "hungarian_ref"), str(det.get("miou")))
+        text = text.format(match=det.get("miou_match_iou", 0.5))
+        if text not in mious:
+            mious.append(text)
+    parts.append("; ".join(mious))
+    clips = {}
+    for c in cfgs:
+        data = c.get("data", {})
+        test = data.get("test") or {}
+        step = test.get("window_step")
+        if data.get("name") == "synthetic":
+            text = "independent synthetic clips"
+        elif step is None:
+            text = "non-overlapping clips"
+        else:
+            span = (int(data.get("clip_len", 1)) - 1) * int(data.get("stride", 1)) + 1
+            text = (f"{data.get('clip_len')}-frame windows starting every {step} frame(s), "
+                    + ("overlapping" if int(step) < span else "non-overlapping"))
+        text += f", {test.get('select', 'even')} selection" if data.get("name") != "synthetic" else ""
+        clips[str(data.get("name"))] = text
+    parts.append("Test clips: " + "; ".join(f"{d}: {t}" for d, t in sorted(clips.items())))
+    if any(((c.get("ctrlv") or {}).get("inference") or {}).get("bbox", {}).get("best_of_gt") for c in cfgs):
+        parts.append("Ctrl-V: its BBox generator's box video is the best of several guidance settings, "
+                     "chosen against the ground-truth boxes of every frame (Ctrl-V's evaluation)")
+    return ". ".join(parts) + "."
+
+
 def caption_text(spec: TableSpec, *, description: str, sizes: Sequence[tuple[str, int, int]],
-                 fake: bool = False, notes: Sequence[str] = ()) -> str:
-    """'Table III (smoke). <title> N = 2 test videos x 8 frames (synthetic). <profile text>'."""
+                 fake: bool = False, protocol: str = "", notes: Sequence[str] = ()) -> str:
+    """'Table III (smoke). <title> N = 2 test videos x 8 frames (synthetic). <protocol> <notes> <profile text>'."""
     if sizes:
         n = "; ".join(f"{nv} test videos x {nf} frames" + (f" ({d})" if len(sizes) > 1 or d else "")
                       for d, nv, nf in sizes)
@@ -132,6 +180,7 @@ def caption_text(spec: TableSpec, *, description: str, sizes: Sequence[tuple[str
     rank = f" within each {' / '.join(spec.rank_within)}" if spec.rank_within else ""
     s = (f"Table {spec.name}. {spec.title} Ours beside the paper's numbers; per column{rank}, best in bold, "
          f"second best underlined (three or more rows; a column whose values all tie is not marked). N = {n}. "
+         + (f"{protocol.rstrip('.')}. " if protocol else "")
          + "".join(f"{note.rstrip('.')}. " for note in notes) + f"{description.rstrip('.')}.")
     if fake:
         s += (" FAKE RUNNER (benchmark.executors.FakeRunner): every 'ours' number is a placeholder, "

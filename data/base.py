@@ -86,7 +86,8 @@ class ClipDataset(Sequence[Clip]):
             t = cfg.get("test") or {}
             self.refs, self.test_clips_file = load_or_create_test_clips(
                 self.name, sequences, self.clip_len, self.stride, int(t.get("num_clips", 200)),
-                t.get("clips_file"), cache_dir, test_params, root=cfg.get("root"))
+                t.get("clips_file"), cache_dir, test_params, root=cfg.get("root"),
+                window_step=t.get("window_step"), select=str(t.get("select") or "even"))
 
     # ---- Sequence[Clip] ----------------------------------------------------------------------
     def __len__(self) -> int:

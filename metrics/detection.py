@@ -13,10 +13,13 @@ Protocols (config `det.protocols`):
   height >= 8% of the frame; detector at conf 0.10 / NMS IoU 0.35; precision and recall counted
   over a confidence sweep 0..1 (step 0.01) for each IoU threshold .50:.95, and Ctrl-V's own rule
   for the area under that curve. It exists so our numbers can be set beside Ctrl-V's.
-mIoU (ours, both protocols): per frame, Hungarian matching (scipy) of reference and prediction
-boxes on 1 - IoU, within a class when class-aware; an unmatched reference box scores 0; the mean
-runs over all reference boxes. Everything is also computed per frame index (how consistency
-decays along the video). mAP and mIoU are reported in percent, like the paper's tables.
+mIoU (both protocols; `det.miou` picks the definition): per frame, Hungarian matching (scipy) of
+reference and prediction boxes on 1 - IoU, within a class when class-aware. Then either
+  hungarian_ref  an unmatched reference box scores 0 and the mean runs over all reference boxes, or
+  matched_mean   the mean runs over the matched pairs only, a pair counting when its IoU >=
+                 `det.miou_match_iou` (the only reading that fits the paper's mIoU beside its mAP).
+Everything is also computed per frame index (how consistency decays along the video). mAP and
+mIoU are reported in percent, like the paper's tables.
 """
 from __future__ import annotations
 
@@ -38,6 +41,7 @@ PROTOCOL_KEYS = ("classes", "class_aware", "ref_conf", "min_box_px", "min_box_fr
 # COCO's IoU thresholds .50:.05:.95, built in float64 exactly as pycocotools' Params builds them
 COCO_IOU_THRESHOLDS = np.linspace(0.5, 0.95, int(np.round((0.95 - 0.5) / 0.05)) + 1, endpoint=True)
 CTRLV_CONF_GRID = np.linspace(0.0, 1.0, 101)        # np.arange(0, 1.01, 0.01) in Ctrl-V
+MIOU_DEFINITIONS = ("hungarian_ref", "matched_mean")
 
 
 @dataclass(frozen=True)
@@ -52,6 +56,8 @@ class DetProtocol:
     pred_conf: float
     miou_pred_conf: float
     ap: str
+    miou: str = "hungarian_ref"          # det.miou: hungarian_ref | matched_mean
+    miou_match_iou: float = 0.5          # det.miou_match_iou: a matched_mean pair counts from this IoU
 
     @classmethod
     def from_cfg(cls, det_cfg) -> "DetProtocol":
@@ -65,11 +71,18 @@ class DetProtocol:
             raise InputError(f"det.protocols.{name} lacks the keys {missing}")
         if p["ap"] not in ("coco", "ctrlv"):
             raise InputError(f"det.protocols.{name}.ap={p['ap']!r}: valid are 'coco', 'ctrlv'")
+        miou_def = det_cfg.get("miou", "hungarian_ref")
+        if miou_def not in MIOU_DEFINITIONS:
+            raise InputError(f"det.miou={miou_def!r}: valid are {', '.join(MIOU_DEFINITIONS)}")
+        match_iou = float(det_cfg.get("miou_match_iou", 0.5))
+        if not 0.0 <= match_iou <= 1.0:
+            raise InputError(f"det.miou_match_iou={match_iou}: must lie in [0, 1]")
         tup = lambda v: None if v is None else tuple(v)  # noqa: E731
         return cls(name=name, classes=tup(p["classes"]), class_aware=bool(p["class_aware"]),
                    ref_conf=float(p["ref_conf"]), min_box_px=tup(p["min_box_px"]),
                    min_box_frac=tup(p["min_box_frac"]), max_frames=p["max_frames"],
-                   pred_conf=float(p["pred_conf"]), miou_pred_conf=float(p["miou_pred_conf"]), ap=p["ap"])
+                   pred_conf=float(p["pred_conf"]), miou_pred_conf=float(p["miou_pred_conf"]), ap=p["ap"],
+                   miou=miou_def, miou_match_iou=match_iou)
 
     def select(self, d: Detections, frame_hw: tuple[int, int], min_conf: float = 0.0) -> Detections:
         """Keep the protocol's classes, boxes passing the size rule and scores >= min_conf;
@@ -111,10 +124,17 @@ def matched_ious(ref: Detections, pred: Detections, class_aware: bool = True) ->
     return out
 
 
-def miou(refs: Sequence[Detections], preds: Sequence[Detections], class_aware: bool = True) -> float | None:
-    """Mean over all reference boxes of their matched IoU, in [0, 1]; None without reference boxes."""
+def miou(refs: Sequence[Detections], preds: Sequence[Detections], class_aware: bool = True,
+         definition: str = "hungarian_ref", match_iou: float = 0.5) -> float | None:
+    """mIoU in [0, 1] (module docstring). hungarian_ref: mean over all reference boxes of their
+    matched IoU (0 when unmatched), None without reference boxes. matched_mean: mean IoU of the
+    Hungarian pairs with IoU >= match_iou (a zero-overlap assignment is no match), None without one."""
+    if definition not in MIOU_DEFINITIONS:
+        raise InputError(f"mIoU definition {definition!r}: valid are {', '.join(MIOU_DEFINITIONS)}")
     ious = [matched_ious(r, p, class_aware) for r, p in zip(refs, preds)]
     ious = np.concatenate(ious) if ious else np.zeros(0)
+    if definition == "matched_mean":
+        ious = ious[(ious >= match_iou) & (ious > 0)]
     return float(ious.mean()) if len(ious) else None
 
 
@@ -281,7 +301,7 @@ class DetectionAccumulator:
             ap = ctrlv_ap(refs, preds)
             ap = {"map": ap["map"], "ap_per_iou": ap["ap_per_iou"]}
         miou_preds = [d.select(d.scores >= p.miou_pred_conf) for d in preds]
-        m = miou(refs, miou_preds, p.class_aware)
+        m = miou(refs, miou_preds, p.class_aware, p.miou, p.miou_match_iou)
         pct = lambda v: None if v is None else 100.0 * v  # noqa: E731
         out = {"mAP": pct(ap["map"]), "mIoU": pct(m),
                "n_ref_boxes": int(sum(len(r) for r in refs)), "n_pred_boxes": int(sum(len(d) for d in preds))}

@@ -4,6 +4,9 @@
 - frame-0 latent: vae.encode(frame0 + noise_aug * eps).latent_dist.mode(), NOT scaled, repeated over T
   and concatenated with the noisy latents on the channel dim
 - added_time_ids = [fps - 1, motion_bucket_id, noise_aug]
+
+Ctrl-V's training differs (docs/protocol.md): it encodes the clean frame 0 (noise_aug only enters the
+time ids) and draws latent_dist.sample(). `frame_noise=False` and `latent="sample"` select that.
 """
 from __future__ import annotations
 
@@ -14,11 +17,15 @@ from diffusers.pipelines.stable_video_diffusion.pipeline_stable_video_diffusion 
 
 class SVDConditioner:
     def __init__(self, vae, image_encoder, feature_extractor, fps: int = 7, motion_bucket_id: int = 127,
-                 noise_aug: float = 0.02, dropout: float = 0.1):
+                 noise_aug: float = 0.02, dropout: float = 0.1, frame_noise: bool = True,
+                 latent: str = "mode"):
+        if latent not in ("mode", "sample"):
+            raise ValueError(f"cond.latent={latent!r}: valid are 'mode', 'sample'")
         self.vae, self.image_encoder = vae, image_encoder
         self.clip_mean = torch.tensor(feature_extractor.image_mean).view(1, 3, 1, 1)
         self.clip_std = torch.tensor(feature_extractor.image_std).view(1, 3, 1, 1)
         self.fps, self.motion_bucket_id, self.noise_aug, self.dropout = fps, motion_bucket_id, noise_aug, dropout
+        self.frame_noise, self.latent = bool(frame_noise), latent
 
     @torch.no_grad()
     def clip_embeds(self, frame0: torch.Tensor) -> torch.Tensor:
@@ -30,10 +37,12 @@ class SVDConditioner:
 
     @torch.no_grad()
     def cond_latents(self, frame0: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        """[B,3,H,W] in [-1,1] -> unscaled latent mode of the noise-augmented frame, [B,4,h,w]."""
-        noise = torch.randn(frame0.shape, generator=generator).to(frame0)
-        x = (frame0 + self.noise_aug * noise).to(self.vae.dtype)
-        return self.vae.encode(x).latent_dist.mode()
+        """[B,3,H,W] in [-1,1] -> unscaled latent (mode, or a sample) of the frame, noise-augmented
+        when frame_noise, [B,4,h,w]."""
+        noise = torch.randn(frame0.shape, generator=generator).to(frame0)   # drawn either way: same RNG stream
+        x = (frame0 + self.noise_aug * noise) if self.frame_noise else frame0
+        dist = self.vae.encode(x.to(self.vae.dtype)).latent_dist
+        return dist.mode() if self.latent == "mode" else dist.sample(generator=generator)
 
     def time_ids(self, batch: int, device=None, dtype=torch.float32) -> torch.Tensor:
         ids = torch.tensor([[self.fps - 1, self.motion_bucket_id, self.noise_aug]], dtype=dtype, device=device)

@@ -77,6 +77,7 @@ class Trainer:
         t = cfg.train
         self.run_dir = Path(t.out_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.switch_unet = self.adapter_switch_unet()
         trackers = "tensorboard" if importlib.util.find_spec("tensorboard") else None
         # accelerate keeps its mixed-precision state in a process-wide singleton: a second Trainer in
         # the same process (benchmark stages, tests) must be free to choose its own precision.
@@ -113,7 +114,8 @@ class Trainer:
                 set_channels_last(parts.vae.decoder)
             self.feat_loss = SemanticAlignmentLoss(
                 DinoFeatures(self.dino, _size(cfg.loss.dino_size), cfg.loss.dino_mean, cfg.loss.dino_std),
-                cfg.loss.variant, cfg.loss.alpha, cache_real=bool(cfg.loss.real_feature_cache))
+                cfg.loss.variant, cfg.loss.alpha, cache_real=bool(cfg.loss.real_feature_cache),
+                reduction=cfg.loss.get("feat_reduction", "mean"), mask=cfg.loss.get("feat_mask", "diff"))
         self.conditioner = SVDConditioner(parts.vae, parts.image_encoder, parts.feature_extractor,
                                           **OmegaConf.to_container(cfg.cond))
         sigmas = edm.scheduler_sigmas(parts.scheduler) if cfg.edm.sigma_dist == "uniform_index" else None
@@ -137,12 +139,40 @@ class Trainer:
             raise InputError(f"train.batch_size={t.batch_size} is larger than the training split ({len(self.dataset)} clips)")
         self.unet, self.optimizer, self.loader, self.lr_scheduler = self.acc.prepare(unet, optimizer, loader, lr_scheduler)
         self.state = dict(global_step=0, micro_step=0, epoch=1, batch_in_epoch=0)
+        self.loss_scale: dict = {}       # per LSA epoch: weighted terms at its first step and their means
         self.log_path = self.run_dir / "log.jsonl"
 
     # ---------------------------------------------------------------- what trains (hooks for subclasses)
     def load_parts(self):
         """The SVD parts (subclasses may swap in another U-Net folder, e.g. the Ctrl-V stages)."""
-        return load_svd(self.cfg.model)
+        return load_svd(self.cfg.model, unet_path=str(self.switch_unet) if self.switch_unet else None)
+
+    def adapter_switch_unet(self) -> Path | None:
+        """The exported U-Net of the `train.init_from` run when that run trained another adapter.
+
+        Table IV's "LoRA (staged)" trains epoch 1 as the full U-Net (the epoch it shares with "SVD
+        fine-tuned") and adds LoRA only for the LSA epoch (adapter.lora_epochs=lsa). accelerate's state
+        of the parent (other parameters, their optimizer moments) cannot be loaded into the LoRA model,
+        so this run starts from the parent's exported U-Net with a fresh optimizer, and takes over its
+        loop position (epoch, steps)."""
+        t = self.cfg.train
+        own = newest_checkpoint(self.run_dir)
+        if not t.init_from or t.resume not in ("auto", "never", None) or (t.resume == "auto" and own):
+            return None
+        run = Path(t.init_from)
+        if (run / STATE_FILE).exists():          # a checkpoint folder: <run>/checkpoints/step-N
+            run = run.parent.parent
+        cfg_file = run / "config.yaml"
+        if not cfg_file.exists():
+            return None
+        parent = (OmegaConf.load(cfg_file).get("adapter") or {}).get("name")
+        if parent is None or parent == self.cfg.adapter.name:
+            return None
+        if not (run / "unet").is_dir():
+            raise MissingFile(f"train.init_from={t.init_from}: trained with adapter={parent}, this run "
+                                    f"with adapter={self.cfg.adapter.name}; that needs its exported U-Net "
+                                    f"{run / 'unet'} (the run did not finish)")
+        return run / "unet"
 
     def build_model(self, parts) -> torch.nn.Module:
         """The module that trains (optimizer, checkpoints, export): here the SVD U-Net with its adapter."""
@@ -194,7 +224,12 @@ class Trainer:
                 src = newest_checkpoint(src)
             if src is None:
                 raise MissingFile(f"train.init_from={t.init_from}: no checkpoint ({STATE_FILE}) found there")
-            self.load_checkpoint(src)
+            if self.switch_unet is not None:     # weights came in through load_parts; only the loop position
+                self.state = json.loads((src / STATE_FILE).read_text())
+                self.acc.print(f"started from the U-Net exported at {self.switch_unet} (adapter "
+                               f"{self.cfg.adapter.name} added, fresh optimizer), epoch {self.state['epoch']}")
+            else:
+                self.load_checkpoint(src)
         self._truncate_log()
 
     def _truncate_log(self):
@@ -247,6 +282,9 @@ class Trainer:
                 keys = [(int(i), tuple(idx)) for i in batch["index"]]       # clip of the dataset, frames
                 terms["loss_feat"] = self.feat_loss(x_hat, frames[:, idx], boxes, keys)
         loss = w_diff * terms["loss_diff"] + (w_feat * terms["loss_feat"] if w_feat > 0 else 0.0)
+        if w_feat > 0:     # the two weighted terms the paper puts "on a comparable scale" (lambda's choice)
+            terms["weighted_diff"] = w_diff * terms["loss_diff"]
+            terms["weighted_feat"] = w_feat * terms["loss_feat"]
         terms["loss"] = loss
         self.check_finite(terms, sigma)
         return loss, {k: float(v.detach()) for k, v in terms.items()} | {"sigma": float(sigma.mean())}
@@ -307,7 +345,7 @@ class Trainer:
                 if not acc.sync_gradients:
                     continue
                 self.state["global_step"] += 1
-                self._log(terms, clips, epoch, start)
+                self._note_scale(self._log(terms, clips, epoch, start), epoch)
                 clips = []
                 bar.update(1)
                 bar.set_postfix(epoch=epoch, **{k: f"{v:.4g}" for k, v in terms.items() if k.startswith("loss")})
@@ -326,9 +364,28 @@ class Trainer:
         if finished and acc.is_main_process:
             out, n_params = self.export(self.run_dir / self.export_name)
             summary = dict(self.state, trainable_params=self.n_trainable, checkpoint=str(newest_checkpoint(self.run_dir)),
+                           **({"loss_scale": self.loss_scale} if self.loss_scale else {}),
                            **{f"{self.export_name}_params": n_params, self.export_name: str(out)})
             atomic_write_json(self.run_dir / "summary.json", summary)
         return self.run_dir
+
+    def _note_scale(self, terms: dict, epoch: int) -> None:
+        """The weighted terms 0.9 L_diff and lambda L_feat: printed at the first step of an LSA epoch
+        this run trains, and their first-step values and running means kept for summary.json."""
+        if "weighted_feat" not in terms:
+            return
+        sc = self.loss_scale.setdefault(str(epoch), {"first_step": None, "mean": {}, "steps": 0})
+        pair = {k: terms[k] for k in ("weighted_diff", "weighted_feat")}
+        if sc["first_step"] is None:
+            sc["first_step"] = dict(pair, step=self.state["global_step"])
+            ratio = pair["weighted_feat"] / pair["weighted_diff"] if pair["weighted_diff"] else math.inf
+            self.acc.print(f"LSA epoch {epoch}, step {self.state['global_step']}: weighted terms "
+                           f"{self.cfg.loss.diff_weight} L_diff = {pair['weighted_diff']:.4g}, "
+                           f"lambda L_feat = {pair['weighted_feat']:.4g} (ratio {ratio:.3g}; reduction "
+                           f"{self.cfg.loss.get('feat_reduction', 'mean')}, mask {self.cfg.loss.get('feat_mask', 'diff')})")
+        n = sc["steps"]
+        sc["mean"] = {k: (sc["mean"].get(k, 0.0) * n + v) / (n + 1) for k, v in pair.items()}
+        sc["steps"] = n + 1
 
     def _log(self, terms, clips, epoch, start):
         """One line per optimizer step: the loss terms averaged over the processes, and the clips
@@ -340,13 +397,14 @@ class Trainer:
             terms = dict(zip(names, mean.tolist()))
             clips = acc.gather(torch.tensor(clips, device=acc.device)).tolist()
         if not acc.is_main_process:
-            return
+            return terms
         rec = dict(step=self.state["global_step"], epoch=epoch, lr=self.lr_scheduler.get_last_lr()[0],
                    time=round(time.time() - start, 3), clips=clips, **terms)
         with open(self.log_path, "a") as f:
             f.write(json.dumps(rec) + "\n")
         if self.acc.log_with:
             self.acc.log({k: v for k, v in rec.items() if k not in ("step", "clips")}, step=rec["step"])
+        return terms
 
     def export(self, out: Path) -> tuple[Path, int]:
         """The trained U-Net (LoRA merged) as a diffusers folder, written atomically; (folder, #params)."""

@@ -141,19 +141,33 @@ def decode_with_grad(vae, z0_hat: torch.Tensor, latent_scale: float, chunk: int 
     return torch.cat(outs).float().view(B, T, *outs[0].shape[1:])
 
 
+FEAT_REDUCTIONS = ("mean", "patch_sum", "frame_sum")
+FEAT_MASKS = ("diff", "squared")
+
+
 class SemanticAlignmentLoss:
     """L_feat = E_{i,j} || (f_gt - f_gen) (.) m ||^2  (Eq. 5).
 
-    The mean runs over videos, frames, patches and feature channels; the mask multiplies the
-    difference before squaring, exactly as Eq. 5 is written, so a patch in a box weighs alpha^2.
+    Eq. 5 does not fix the reduction nor how the mask meets the square (docs/protocol.md, "Feature
+    loss scale"); two keys choose:
+      reduction  mean (default): over videos, frames, patches and feature channels | patch_sum: sum
+                 over the d channels of a patch, mean over the rest | frame_sum: the squared norm of
+                 the whole frame (sum over patches and channels), mean over videos and frames
+      mask       diff (default): m multiplies the difference before squaring, as Eq. 5 is written, so
+                 a box patch weighs alpha^2 | squared: m multiplies the squared difference (alpha)
     The real frames' features are computed under no_grad.
     """
 
     def __init__(self, encoder: DinoFeatures, variant: str = "hybrid", alpha: float = 10.0,
-                 cache_real: bool = False):
+                 cache_real: bool = False, reduction: str = "mean", mask: str = "diff"):
         if variant not in VARIANTS:
             raise ValueError(f"loss.variant={variant!r}: valid are {VARIANTS}")
+        if reduction not in FEAT_REDUCTIONS:
+            raise ValueError(f"loss.feat_reduction={reduction!r}: valid are {', '.join(FEAT_REDUCTIONS)}")
+        if mask not in FEAT_MASKS:
+            raise ValueError(f"loss.feat_mask={mask!r}: valid are {', '.join(FEAT_MASKS)}")
         self.encoder, self.variant, self.alpha = encoder, variant, alpha
+        self.reduction, self.mask = reduction, mask
         # optional per-clip cache of f_gt (loss.real_feature_cache): the real frames and the frozen
         # encoder are the same every epoch, so their features are too. Kept on the CPU in the
         # encoder's dtype: 25 x 851 x 768 values = 33 MB per clip in bf16 at 320x512.
@@ -182,7 +196,12 @@ class SemanticAlignmentLoss:
         f_gen, _ = self.encoder(x_hat.flatten(0, 1))
         m = torch.stack([patch_mask(boxes[i], grid, (H, W), self.variant, self.alpha) for i in range(B)])
         m = m.to(f_gen.device).view(B * T, grid[0] * grid[1], 1)
-        return (((f_gt - f_gen) * m) ** 2).mean()
+        sq = ((f_gt - f_gen) * m) ** 2 if self.mask == "diff" else (f_gt - f_gen) ** 2 * m
+        if self.reduction == "patch_sum":
+            return sq.sum(-1).mean()
+        if self.reduction == "frame_sum":
+            return sq.sum((-2, -1)).mean()
+        return sq.mean()
 
 
 def select_frames(T: int, decode_frames: str) -> list[int]:

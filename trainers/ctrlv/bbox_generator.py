@@ -64,6 +64,18 @@ class BBoxGeneratorTrainer(CtrlVTrainer):
 
     stage = "bbox"
 
+    def __init__(self, cfg):
+        # ctrlv.bbox_train: Ctrl-V trains its BBox generator with its own lr and without conditioning
+        # dropout; null keeps the shared train.lr / cond.dropout
+        own = cfg.ctrlv.get("bbox_train") or {}
+        if own.get("lr") is not None or own.get("dropout") is not None:
+            cfg = cfg.copy()
+            if own.get("lr") is not None:
+                cfg.train.lr = float(own["lr"])
+            if own.get("dropout") is not None:
+                cfg.cond.dropout = float(own["dropout"])
+        super().__init__(cfg)
+
     def load_parts(self):
         init = self.cfg.ctrlv.bbox_init_unet
         return load_svd(self.cfg.model, unet_path=str(init) if init else None)
