@@ -306,10 +306,11 @@ def _swap_optimizer(trainer, choice: str):
 GRAD_STEP = 10 ** 6      # the micro-step whose randomness (sigma, noise, dropout) every gradient comparison uses
 
 
-def lsa_gradients(trainer, batch) -> dict:
+def lsa_gradients(trainer, batch, offload: bool = False) -> dict:
     """The U-Net's gradient on `batch` with fixed randomness: of the objective as trained
     (w_diff L_diff + lambda L_feat) and of the L_feat term alone, with L_feat's value. The gradients
-    are taken out of the parameters (no copy); nothing is stepped."""
+    are taken out of the parameters (no copy; `offload`: moved to the CPU, so that a reference held
+    across later timed steps does not count in their peak memory); nothing is stepped."""
     from trainers.loop import step_generator
     cfg = trainer.cfg
     params = [p for p in trainer.unet.parameters() if p.requires_grad]
@@ -322,7 +323,7 @@ def lsa_gradients(trainer, batch) -> dict:
             trainer.optimizer.zero_grad(set_to_none=True)
             loss, terms = trainer.compute_loss(batch, step_generator(0, GRAD_STEP))
             trainer.acc.backward(loss)
-            out[name] = [p.grad for p in params]
+            out[name] = [(p.grad.to("cpu") if offload and p.grad is not None else p.grad) for p in params]
             for p in params:
                 p.grad = None
             out["loss_feat"] = terms["loss_feat"]
@@ -337,6 +338,7 @@ def _cosine(a: list, b: list) -> float:
         if x is None or y is None:
             x = torch.zeros(()) if x is None else x
             y = torch.zeros(()) if y is None else y
+        y = y.to(x.device)
         dot += float(torch.sum(x.float() * y.float(), dtype=torch.float64))
         na += float(torch.sum(x.float() ** 2, dtype=torch.float64))
         nb += float(torch.sum(y.float() ** 2, dtype=torch.float64))
@@ -397,7 +399,7 @@ def sweep_switches(trainer, batch, steps: int, only: list[str] | None = None) ->
         row = dict(switch=name, value=value)
         try:
             if name in APPROXIMATIONS and reference is None:     # the baseline's gradient, once
-                reference = lsa_gradients(trainer, batch)
+                reference = lsa_gradients(trainer, batch, offload=True)
             t0 = time.perf_counter()
             apply()
             row.update(_measure(trainer, batch, steps))
