@@ -255,7 +255,7 @@ def time_evaluation(overrides: list[str], n_videos: int, weights: str = "tiny") 
 
 def run(overrides: list[str], steps: int, adapters: list[str], gen_videos: int, sweep: bool = False,
         eval_videos: int = 0, eval_weights: str = "tiny", phases=PHASES, sweep_steps: int = 3,
-        label: str | None = None, sweep_only: list[str] | None = None) -> dict:
+        label: str | None = None, sweep_only: list[str] | None = None, profile_decoder: bool = False) -> dict:
     """`label` names the rows of this call's steps (`<adapter> (<label>)`), so a second setting of the
     same adapter, e.g. with extra switches, sits beside the first in one result file."""
     label_suffix = f" ({label})" if label else ""
@@ -265,8 +265,9 @@ def run(overrides: list[str], steps: int, adapters: list[str], gen_videos: int, 
     if "steps" in phases:
         results["steps"] = {}
         for adapter in adapters:
-            r = bench([f"adapter={adapter}", *overrides], steps, sweep=sweep and adapter == adapters[0],
-                      sweep_steps=sweep_steps, sweep_only=sweep_only)
+            first = adapter == adapters[0]
+            r = bench([f"adapter={adapter}", *overrides], steps, sweep=sweep and first,
+                      sweep_steps=sweep_steps, sweep_only=sweep_only, profile_decoder=profile_decoder and first)
             batch = r["setting"]["batch"]
             for kind in ("diffusion", "lsa"):
                 r[kind]["clips_per_s"] = batch / r[kind]["median_s"]
@@ -279,6 +280,11 @@ def run(overrides: list[str], steps: int, adapters: list[str], gen_videos: int, 
     if "evaluation" in phases and eval_videos:
         results["evaluation"] = time_evaluation(overrides, eval_videos, eval_weights)
     return results
+
+
+def split_list(text: str) -> list[str]:
+    """Split at commas outside brackets: 'a,b=[1,2]' -> ['a', 'b=[1,2]']."""
+    return [x for x in re.split(r",(?![^\[]*\])", text) if x]
 
 
 def _gib(v):
@@ -325,9 +331,18 @@ def markdown(res: dict) -> str:
                 else:
                     note = (f"first step {row['first_step_s']:.1f} s (compilation)" if row["switch"] == "train.compile"
                             else "approximation" if str(row["value"]).startswith("every_k") else "")
+                    if "grad_cosine" in row:
+                        note = (f"approximation: gradient cosine {row['grad_cosine']:.4f} (L_feat term alone "
+                                f"{row['feat_grad_cosine']:.4f}), L_feat {row['loss_feat_rel_diff']:.2%} off")
                     lines.append(f"| `{row['switch']}` | {row['value']} | {row['median_s']:.3f} | "
                                  f"{row['median_s'] / base:.2f}x | {row['median_s'] / r['diffusion']['median_s']:.2f}x | "
                                  f"{_gib(row['peak_mem_gib'])} | {note} |")
+    for key, r in (res.get("steps") or {}).items():
+        p = r.get("decoder_profile")
+        if p:
+            from trainers.decoder_profile import markdown_table
+            lines += ["", f"## Where the decoder's backward time goes (`{key}`, torch.profiler)", ""]
+            lines += [f"not measured: {p['error']}"] if "error" in p else markdown_table(p)
     if "generation" in res:
         g = res["generation"]
         lines += ["", "## Generation", "",
@@ -363,11 +378,14 @@ def main(argv=None) -> int:
     ap.add_argument("--sweep", action="store_true", help="re-time the LSA step with each switch flipped")
     ap.add_argument("--sweep-steps", type=int, default=3, help="timed steps per flipped switch")
     ap.add_argument("--sweep-only", default=None,
-                    help="comma list of the switches to flip, e.g. loss.decode_frames,train.compile (default: all)")
+                    help="comma list of the switches to flip, e.g. loss.decode_frames,train.compile, or of single "
+                         "rows, e.g. loss.decode_frames=every_k:5 (default: all)")
     ap.add_argument("--gen-videos", type=int, default=0, help="also time generating this many videos")
     ap.add_argument("--eval-videos", type=int, default=0, help="also time evaluating this many video pairs")
     ap.add_argument("--eval-weights", default="tiny", choices=["tiny", "full-random"])
     ap.add_argument("--only", default=",".join(PHASES), help=f"phases to run, of {','.join(PHASES)}")
+    ap.add_argument("--profile-decoder", action="store_true",
+                    help="profile the decoder's backward pass (torch.profiler table) for the first adapter")
     ap.add_argument("--label", default=None, help="name this call's step rows '<adapter> (<label>)'")
     ap.add_argument("--merge", action="store_true", help="keep the other phases of an existing result file")
     ap.add_argument("--out-dir", default="results/perf")
@@ -379,7 +397,7 @@ def main(argv=None) -> int:
     stem = out / device_slug(device_name())
     res = run(overrides, args.steps, args.adapters.split(","), args.gen_videos, args.sweep,
               args.eval_videos, args.eval_weights, phases, args.sweep_steps, args.label,
-              args.sweep_only.split(",") if args.sweep_only else None)
+              split_list(args.sweep_only) if args.sweep_only else None, args.profile_decoder)
     if args.merge and stem.with_suffix(".json").is_file():
         old = json.loads(stem.with_suffix(".json").read_text())
         steps = old.get("steps", {}) | res.get("steps", {})     # adapters timed in separate calls

@@ -1,4 +1,5 @@
 """The performance harness runs on the CPU with the tiny model (a smoke test, not a timed assertion)."""
+import importlib.util
 import json
 
 import pytest
@@ -7,7 +8,8 @@ from benchmark.perf import main
 
 SWITCHES = {"loss.decode_checkpoint", "loss.decode_chunk", "train.grad_checkpointing", "loss.dino_attention",
             "loss.real_feature_cache", "loss.decode_channels_last", "train.cudnn_benchmark", "loss.decode_frames",
-            "train.compile"}
+            "train.compile", "loss.decode_attention", "train.sdpa_backend", "train.optimizer", "loss.dino_size"}
+HAS_BNB = importlib.util.find_spec("bitsandbytes") is not None
 
 
 @pytest.fixture(scope="module")
@@ -18,7 +20,7 @@ def perf_dir(tiny_cache, tmp_path_factory, monkeypatch_module):
     out = tmp_path_factory.mktemp("perf")
     monkeypatch_module.setenv("LSA_PERF_GEN_STEPS", "1")
     common = ["--out-dir", str(out / "perf"), "--merge", "data.clip_len=4", f"train.out_dir={out / 'run'}"]
-    assert main(["--only", "steps", "--steps", "1", "--sweep", "--sweep-steps", "1", *common]) == 0
+    assert main(["--only", "steps", "--steps", "1", "--sweep", "--sweep-steps", "1", "--profile-decoder", *common]) == 0
     assert main(["--only", "steps", "--adapters", "unet", "--label", "tuned", "--steps", "1", "--sweep",
                  "--sweep-steps", "1", "--sweep-only", "loss.decode_frames", "loss.decode_channels_last=true", *common]) == 0
     assert main(["--only", "generation,evaluation", "--gen-videos", "1", "--eval-videos", "2", *common]) == 0
@@ -44,6 +46,10 @@ def test_perf_harness_writes_json_and_markdown(perf_dir):
     text = md[0].read_text()
     assert "LSA / diffusion" in text and res["device"] in text
     assert "## One switch at a time" in text and "## Generation" in text and "## Evaluation" in text
+    assert "approximation: gradient cosine" in text
+    prof = res["steps"]["unet"]["decoder_profile"]
+    assert prof["backward_s"] > 0 and prof["ops"] and "decoder_profile" not in res["steps"]["lora"]
+    assert "## Where the decoder's backward time goes (`unet`, torch.profiler)" in text
     assert res["versions"]["transformers"] in text
 
 
@@ -54,8 +60,20 @@ def test_sweep_flips_every_switch_on_the_full_unet_only(perf_dir):
     assert {row["switch"] for row in sweep} == SWITCHES          # train.adam_fused is timed on CUDA only
     assert [row["value"] for row in sweep if row["switch"] == "train.compile"] == [["vae_decoder"], ["vae_decoder", "dino"]]
     assert [row["value"] for row in sweep if row["switch"] == "loss.decode_frames"] == ["every_k:2", "every_k:5"]
+    # the CPU has no flash kernels to restrict to; the optimizer row flips to 8-bit states
+    assert [(r["switch"], r["value"]) for r in sweep if r["switch"] in ("train.sdpa_backend", "train.optimizer")] \
+        == [("train.sdpa_backend", "math"), ("train.optimizer", "adamw8bit")]
     for row in sweep:
+        if row["switch"] == "train.optimizer" and not HAS_BNB:
+            assert "perf extra" in row["error"]
+            continue
         assert row["median_s"] > 0 and row["peak_mem_gib"] > 0, row
+    # each approximation is measured against the baseline's gradient on the same batch and randomness
+    approx = [r for r in sweep if r.get("approximation")]
+    assert {r["switch"] for r in approx} == {"loss.decode_frames", "loss.dino_size"} and len(approx) == 3
+    for r in approx:
+        assert -1 <= r["grad_cosine"] < 1 and r["loss_feat_rel_diff"] > 0, r
+    assert [r["value"] for r in approx if r["switch"] == "loss.dino_size"] == [[56, 70]]     # 70x98 (5x7 patches) -> 4x5
     # the configured setting is restored after each flip: the baseline's setting is recorded unchanged
     s = res["steps"]["unet"]["setting"]
     assert (s["decode_checkpoint"], s["grad_checkpointing"], s["dino_attention"], s["real_feature_cache"],
@@ -71,6 +89,12 @@ def test_a_labelled_setting_keeps_its_own_partial_sweep(perf_dir):
     text = next(perf_dir.glob("*.md")).read_text()
     assert "## One switch at a time from `unet`" in text and "## One switch at a time from `unet (tuned)`" in text
     assert "`unet (tuned)` adds: `loss.decode_channels_last=true`" in text
+
+
+def test_sweep_only_splits_rows_at_commas_outside_brackets():
+    from benchmark.perf import split_list
+    assert split_list("loss.decode_frames=every_k:5,loss.dino_size=[224,364],train.optimizer") == \
+        ["loss.decode_frames=every_k:5", "loss.dino_size=[224,364]", "train.optimizer"]
 
 
 def test_sweep_only_names_unknown_switches(tmp_path):

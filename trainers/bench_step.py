@@ -103,14 +103,20 @@ def _measure(trainer, batch, steps: int, warmup: int = 1) -> dict:
 
 
 SWITCHES = ("loss.decode_checkpoint", "loss.decode_chunk", "train.grad_checkpointing", "loss.dino_attention",
-            "loss.real_feature_cache", "train.cudnn_benchmark", "loss.decode_channels_last", "loss.decode_frames",
-            "train.compile", "train.adam_fused")      # what the sweep can flip (`sweep_only` picks some)
+            "loss.real_feature_cache", "train.cudnn_benchmark", "loss.decode_channels_last",
+            "loss.decode_checkpoint_level", "loss.decode_attention", "train.sdpa_backend", "train.optimizer",
+            "loss.decode_frames", "loss.dino_size", "train.compile", "train.adam_fused")
+# what the sweep can flip (`sweep_only` picks some: a switch name, or name=value for one of its rows)
+APPROXIMATIONS = ("loss.decode_frames", "loss.dino_size")   # rows that change the loss: gradient compared to the baseline
 
 
 def bench(overrides: list[str], steps: int = 5, sweep: bool = False, sweep_steps: int = 3,
-          sweep_only: list[str] | None = None) -> dict:
+          sweep_only: list[str] | None = None, profile_decoder: bool = False) -> dict:
+    """Both steps timed on one trainer; `sweep`: then each switch flipped in turn; `profile_decoder`:
+    then a torch.profiler table of the decoder's backward pass (before the sweep: it is cheap, and a
+    time limit that ends the sweep leaves it)."""
     from trainers.loop import Trainer
-    if sweep_only is not None and (bad := [k for k in sweep_only if k not in SWITCHES]):
+    if sweep_only is not None and (bad := [k for k in sweep_only if k.split("=", 1)[0] not in SWITCHES]):
         raise ValueError(f"--sweep-only: unknown switch(es) {bad}; valid are {', '.join(SWITCHES)}")
     resident = torch.cuda.memory_allocated() / 2 ** 30 if torch.cuda.is_available() else None
     t0 = time.perf_counter()
@@ -122,6 +128,13 @@ def bench(overrides: list[str], steps: int = 5, sweep: bool = False, sweep_steps
     for name, feat_from in (("diffusion", None), ("lsa", 1)):
         cfg.schedule.feat_from_epoch = feat_from
         result[name] = _measure(trainer, batch, steps)
+    if profile_decoder:
+        from trainers.decoder_profile import profile_decoder_backward
+        try:
+            result["decoder_profile"] = profile_decoder_backward(trainer, batch)
+        except KeyboardInterrupt:          # a time limit: keep the step figures
+            result["decoder_profile"] = {"error": "interrupted (time limit)"}
+            sweep = False
     if sweep:
         result["sweep"] = sweep_switches(trainer, batch, sweep_steps, sweep_only)
     result["build_s"] = build_s
@@ -137,6 +150,9 @@ def bench(overrides: list[str], steps: int = 5, sweep: bool = False, sweep_steps
         decode_channels_last=cfg.loss.decode_channels_last,
         cudnn_benchmark=cfg.train.cudnn_benchmark,
         real_feature_cache=cfg.loss.real_feature_cache, adam_fused=cfg.train.adam_fused,
+        optimizer=cfg.train.optimizer, sdpa_backend=cfg.train.sdpa_backend,
+        decode_attention=cfg.loss.decode_attention, decode_checkpoint_level=cfg.loss.decode_checkpoint_level,
+        dino_size=list(trainer.feat_loss.encoder.input_size(*frames.shape[-2:])),
         compile=list(cfg.train.compile), steps=steps, overrides=overrides)
     result["device"] = device_name(device)
     result["memory_kind"] = memory_kind(device)
@@ -200,12 +216,52 @@ def _variants(trainer):
     apply_cl, undo_cl = set_key(loss, "decode_channels_last", not cl)
     yield ("loss.decode_channels_last", not cl, lambda: (apply_cl(), set_channels_last(decoder, not cl)),
            lambda: (undo_cl(), set_channels_last(decoder, cl)))
-    # the one approximation: decode (and compare) only every k-th frame; recorded as such in the row
+    from trainers.losses import block_checkpoint, set_decoder_attention, set_decoder_block_checkpointing
+    vae = trainer.parts.vae
+    if loss.decode_checkpoint:            # the level matters only when the decoder is checkpointed
+        level = loss.decode_checkpoint_level
+        other = "blocks" if level == "chunk" else "chunk"
+
+        def set_level(v):
+            def apply():
+                loss.decode_checkpoint_level = v
+                set_decoder_block_checkpointing(vae, block_checkpoint(loss))
+            return apply
+        yield ("loss.decode_checkpoint_level", other, set_level(other), set_level(level))
+    att = loss.decode_attention
+    other = "eager" if att == "sdpa" else "sdpa"
+    yield ("loss.decode_attention", other, lambda: set_decoder_attention(vae, other),
+           lambda: set_decoder_attention(vae, att))
+    # a compiled part keeps the attention kernel it was traced with: only an eager setting can say
+    # what restricting the kernels changes
+    if not cfg.train.compile:
+        backend = cfg.train.sdpa_backend
+        for other in (("flash", "efficient", "cudnn") if trainer.acc.device.type == "cuda" else ("math",)):
+            if other != backend:
+                yield ("train.sdpa_backend", other, *set_key(cfg.train, "sdpa_backend", other))
+    # the optimizer's states (the offloading optimizer hooks every parameter for good: not a sweep row)
+    for other in ("adamw", "adamw8bit"):
+        if other != cfg.train.optimizer:
+            yield ("train.optimizer", other, *_swap_optimizer(trainer, other))
+    # the approximations (recorded as such, with their gradient against the baseline's): decode (and
+    # compare) only every k-th frame; DINOv2 on a smaller input (about half the patches)
     if loss.decode_frames in (None, "all"):
         for k in (2, 5):
             yield ("loss.decode_frames", f"every_k:{k}", *set_key(loss, "decode_frames", f"every_k:{k}"))
     else:
         yield ("loss.decode_frames", "all", *set_key(loss, "decode_frames", "all"))
+    enc, fl = trainer.feat_loss.encoder, trainer.feat_loss
+    size = enc.size
+    h, w = enc.input_size(int(cfg.data.height), int(cfg.data.width))
+    p = enc.patch
+    small = [max(p, round(h / 2 ** 0.5 / p) * p), max(p, round(w / 2 ** 0.5 / p) * p)]
+
+    def set_size(v):
+        def apply():
+            enc.size = v
+            fl.cache.clear()          # cached real features are of the other size
+        return apply
+    yield ("loss.dino_size", small, set_size(small), set_size(size))
     # compilation last: a compiled part stays compiled, so each row adds one part to the previous
     # (the decoder first: it dominates the added time)
     compiled = list(cfg.train.compile)
@@ -213,6 +269,91 @@ def _variants(trainer):
         if part not in compiled:
             compiled = compiled + [part]
             yield ("train.compile", list(compiled), module.compile, lambda: None)
+
+
+def _swap_optimizer(trainer, choice: str):
+    """(apply, undo) replacing the trainer's optimizer by a fresh `choice` one for a sweep row. The
+    configured optimizer's states wait on the CPU meanwhile, so the row's peak memory holds the new
+    states only."""
+    from omegaconf import OmegaConf
+
+    from trainers.optim import build_optimizer
+    old, held = trainer.optimizer, {}
+
+    def move(device):
+        inner = getattr(old, "optimizer", old)
+        for st in inner.state.values():
+            for k, v in st.items():
+                if torch.is_tensor(v) and v.dim():
+                    st[k] = v.to(device)
+
+    def apply():
+        params = [p for p in trainer.unet.parameters() if p.requires_grad]
+        held["device"] = params[0].device
+        t = OmegaConf.merge(trainer.cfg.train, {"optimizer": choice})
+        new = build_optimizer(params, t)          # may raise (a missing extra): nothing changed yet
+        move("cpu")
+        trainer.optimizer = new
+
+    def undo():
+        if trainer.optimizer is not old:
+            trainer.optimizer.zero_grad(set_to_none=True)
+            trainer.optimizer = old
+            if "device" in held:
+                move(held["device"])
+    return apply, undo
+
+
+GRAD_STEP = 10 ** 6      # the micro-step whose randomness (sigma, noise, dropout) every gradient comparison uses
+
+
+def lsa_gradients(trainer, batch, offload: bool = False) -> dict:
+    """The U-Net's gradient on `batch` with fixed randomness: of the objective as trained
+    (w_diff L_diff + lambda L_feat) and of the L_feat term alone, with L_feat's value. The gradients
+    are taken out of the parameters (no copy; `offload`: moved to the CPU, so that a reference held
+    across later timed steps does not count in their peak memory); nothing is stepped."""
+    from trainers.loop import step_generator
+    cfg = trainer.cfg
+    params = [p for p in trainer.unet.parameters() if p.requires_grad]
+    out = {}
+    old_w, old_from = cfg.loss.diff_weight, cfg.schedule.feat_from_epoch
+    cfg.schedule.feat_from_epoch = 1
+    try:
+        for name, w_diff in (("total", old_w), ("feat", 0.0)):
+            cfg.loss.diff_weight = w_diff
+            trainer.optimizer.zero_grad(set_to_none=True)
+            loss, terms = trainer.compute_loss(batch, step_generator(0, GRAD_STEP))
+            trainer.acc.backward(loss)
+            out[name] = [(p.grad.to("cpu") if offload and p.grad is not None else p.grad) for p in params]
+            for p in params:
+                p.grad = None
+            out["loss_feat"] = terms["loss_feat"]
+    finally:
+        cfg.loss.diff_weight, cfg.schedule.feat_from_epoch = old_w, old_from
+    return out
+
+
+def _cosine(a: list, b: list) -> float:
+    dot = na = nb = 0.0
+    for x, y in zip(a, b):
+        if x is None or y is None:
+            x = torch.zeros(()) if x is None else x
+            y = torch.zeros(()) if y is None else y
+        y = y.to(x.device)
+        dot += float(torch.sum(x.float() * y.float(), dtype=torch.float64))
+        na += float(torch.sum(x.float() ** 2, dtype=torch.float64))
+        nb += float(torch.sum(y.float() ** 2, dtype=torch.float64))
+    return dot / ((na * nb) ** 0.5) if na > 0 and nb > 0 else float("nan")
+
+
+def gradient_fidelity(reference: dict, other: dict) -> dict:
+    """How far an approximation's gradient is from the reference (exact) one on the same batch and
+    randomness: cosine similarity of the flattened U-Net gradients (of the trained objective, and of
+    the L_feat term alone) and the relative difference of L_feat."""
+    ref_f = reference["loss_feat"]
+    return dict(grad_cosine=_cosine(reference["total"], other["total"]),
+                feat_grad_cosine=_cosine(reference["feat"], other["feat"]),
+                loss_feat_rel_diff=abs(other["loss_feat"] - ref_f) / abs(ref_f) if ref_f else float("nan"))
 
 
 def time_optimizer(trainer, fused: bool, steps: int = 3) -> dict:
@@ -241,33 +382,51 @@ def time_optimizer(trainer, fused: bool, steps: int = 3) -> dict:
     return dict(median_s=statistics.median(times), times_s=times)
 
 
+def _value_str(v) -> str:
+    """A sweep row's value as --sweep-only names it: every_k:5, [224,364], True, [vae_decoder,dino]."""
+    if isinstance(v, (list, tuple)):
+        return "[" + ",".join(map(str, v)) + "]"
+    return str(v)
+
+
 def sweep_switches(trainer, batch, steps: int, only: list[str] | None = None) -> list[dict]:
     """The LSA step with each switch flipped in turn (then restored). A setting that runs out of
     GPU memory is recorded as such, not fatal. `only`: the switch names to flip (default: all)."""
     trainer.cfg.schedule.feat_from_epoch = 1
-    out = []
+    out, reference = [], None
     for name, value, apply, undo in _variants(trainer):
-        if only is not None and name not in only:
+        if only is not None and name not in only and f"{name}={_value_str(value)}" not in only:
             continue
         row = dict(switch=name, value=value)
-        t0 = time.perf_counter()
-        apply()
         try:
+            if name in APPROXIMATIONS and reference is None:     # the baseline's gradient, once
+                reference = lsa_gradients(trainer, batch, offload=True)
+            t0 = time.perf_counter()
+            apply()
             row.update(_measure(trainer, batch, steps))
             row["first_step_s"] = time.perf_counter() - t0 - sum(row["times_s"])   # incl. compilation
+            if name in APPROXIMATIONS:
+                row["approximation"] = True
+                row.update(gradient_fidelity(reference, lsa_gradients(trainer, batch)))
         except torch.cuda.OutOfMemoryError as e:
             row.update(error=f"out of memory: {str(e).splitlines()[0]}")
             trainer.optimizer.zero_grad(set_to_none=True)
+        except (ImportError, ValueError, RuntimeError) as e:     # a missing extra, a kernel that does not apply
+            row.update(error=f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
+            trainer.optimizer.zero_grad(set_to_none=True)
         except KeyboardInterrupt:      # a time limit (timeout --signal=INT): keep the rows measured so far
             out.append(dict(row, error="interrupted (time limit)"))
-            return out
+            return out                 # (after `finally` has undone the flip)
         finally:
             undo()
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
         out.append(row)
-        print(f"  sweep {name}={value}: " + (f"{row['median_s'] * 1e3:.1f} ms, peak {row['peak_mem_gib']:.2f} GiB"
+        fid = (f", grad cosine {row['grad_cosine']:.4f} (L_feat alone {row['feat_grad_cosine']:.4f}), "
+               f"L_feat {row['loss_feat_rel_diff']:.2%} off" if "grad_cosine" in row else "")
+        print(f"  sweep {name}={value}: " + (f"{row['median_s'] * 1e3:.1f} ms, peak {row['peak_mem_gib']:.2f} GiB{fid}"
                                             if "median_s" in row else row["error"]), flush=True)
+    del reference
     if trainer.acc.device.type == "cuda" and (only is None or "train.adam_fused" in only):   # CUDA-only kernel
         fused = bool(trainer.cfg.train.adam_fused)
         for f in (fused, not fused):

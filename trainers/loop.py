@@ -19,9 +19,11 @@ from data.device import resolve_device
 from trainers import edm
 from trainers.adapters import apply_adapter, merged_unet
 from trainers.conditioning import SVDConditioner
-from trainers.losses import (DiffusionLoss, DinoFeatures, SemanticAlignmentLoss, decode_with_grad, set_channels_last,
-                             objective_weights, select_frames)
+from trainers.losses import (DiffusionLoss, DinoFeatures, SemanticAlignmentLoss, block_checkpoint, chunk_checkpoint,
+                             decode_with_grad, objective_weights, select_frames, set_channels_last,
+                             set_decoder_attention, set_decoder_block_checkpointing)
 from trainers.models import count_params, load_dino, load_svd
+from trainers.optim import build_optimizer
 
 STATE_FILE = "trainer_state.json"
 
@@ -112,6 +114,8 @@ class Trainer:
             set_attention(self.dino, cfg.loss.dino_attention)
             if cfg.loss.decode_channels_last:
                 set_channels_last(parts.vae.decoder)
+            set_decoder_attention(parts.vae, cfg.loss.get("decode_attention", "sdpa"))
+            set_decoder_block_checkpointing(parts.vae, block_checkpoint(cfg.loss))
             self.feat_loss = SemanticAlignmentLoss(
                 DinoFeatures(self.dino, _size(cfg.loss.dino_size), cfg.loss.dino_mean, cfg.loss.dino_std),
                 cfg.loss.variant, cfg.loss.alpha, cache_real=bool(cfg.loss.real_feature_cache),
@@ -125,8 +129,7 @@ class Trainer:
         compile_parts(cfg.train.compile, unet=unet, vae_decoder=parts.vae.decoder, dino=self.dino)
         params = [p for p in unet.parameters() if p.requires_grad]
         self.n_trainable = sum(p.numel() for p in params)
-        optimizer = torch.optim.AdamW(params, lr=t.lr, weight_decay=t.weight_decay, betas=tuple(t.adam_betas),
-                                      **({"fused": True} if t.adam_fused else {}))
+        optimizer = build_optimizer(params, t)
         from diffusers.optimization import get_scheduler
         lr_scheduler = get_scheduler("constant", optimizer=optimizer)
 
@@ -270,13 +273,13 @@ class Trainer:
         embeds, cond, time_ids = self.conditioner(frames.to(self.weight_dtype), generator, train=True)
         w_diff, w_feat = objective_weights(self.state["epoch"], cfg.schedule.feat_from_epoch,
                                            cfg.loss.diff_weight, cfg.loss.lambda_feat)
-        with acc.autocast():
+        with acc.autocast(), sdpa_context(cfg.train.get("sdpa_backend", "auto")):
             loss_diff, z0_hat, sigma = self.diff_loss(self.unet, z0, cond, embeds, time_ids, generator)
             terms = {"loss_diff": loss_diff}
             if w_feat > 0:
                 idx = select_frames(T, cfg.loss.decode_frames)
                 x_hat = decode_with_grad(self.parts.vae, z0_hat[:, idx], self.parts.latent_scale,
-                                         int(cfg.loss.decode_chunk), bool(cfg.loss.decode_checkpoint),
+                                         int(cfg.loss.decode_chunk), chunk_checkpoint(cfg.loss),
                                          bool(cfg.loss.decode_channels_last))
                 boxes = [[b[j] for j in idx] for b in batch["boxes"]]
                 keys = [(int(i), tuple(idx)) for i in batch["index"]]       # clip of the dataset, frames
@@ -421,22 +424,67 @@ class Trainer:
         return out, count_params(unet)
 
 
-COMPILABLE = ("unet", "vae_decoder", "dino")
+COMPILABLE = ("unet", "unet_blocks", "vae_decoder", "dino")
+# the U-Net's repeated blocks (diffusers 0.42 declares no `_repeated_blocks` for the SVD U-Net, so
+# `compile_repeated_blocks` does not apply to it): spatial and temporal transformer blocks, and the
+# spatio-temporal resnets. Instances of one class share their compiled code (shapes permitting).
+UNET_BLOCKS = ("BasicTransformerBlock", "TemporalBasicTransformerBlock", "SpatioTemporalResBlock")
 
 
 def compile_parts(names, **modules) -> list[str]:
     """torch.compile the named parts in place (`nn.Module.compile`: state-dict keys, checkpoints and
     exports are unchanged). `train.compile` lists them; the first steps pay the compilation. A part
     this run does not have (DINOv2 in a diffusion-only or Ctrl-V stage) is left out, so one profile
-    serves every stage. Returns the parts compiled."""
+    serves every stage. `unet_blocks` is regional compilation: each repeated block of the U-Net
+    (UNET_BLOCKS) is compiled on its own, the code between them stays eager (shorter compilation
+    than the whole U-Net, which gradient checkpointing breaks into pieces anyway). Returns the
+    parts compiled."""
     names = list(names)
     bad = [n for n in names if n not in COMPILABLE]
     if bad:
         raise InputError(f"train.compile={names}: unknown part(s) {bad}; valid are {list(COMPILABLE)}")
-    done = [n for n in names if modules.get(n) is not None]
-    for n in done:
-        modules[n].compile()
+    if "unet" in names and "unet_blocks" in names:
+        raise InputError(f"train.compile={names}: unet (the whole U-Net) and unet_blocks (its blocks) exclude each other")
+    done = []
+    for n in names:
+        if n == "unet_blocks":
+            if modules.get("unet") is None:
+                continue
+            compile_unet_blocks(modules["unet"])
+        elif modules.get(n) is None:
+            continue
+        else:
+            modules[n].compile()
+        done.append(n)
     return done
+
+
+def compile_unet_blocks(unet: torch.nn.Module) -> int:
+    """Compile each repeated block of the U-Net in place (regional compilation); returns how many."""
+    blocks = [m for m in unet.modules() if type(m).__name__ in UNET_BLOCKS]
+    if not blocks:
+        raise ValueError(f"train.compile=[unet_blocks]: no block of the classes {UNET_BLOCKS} in {type(unet).__name__}")
+    for m in blocks:
+        m.compile()
+    return len(blocks)
+
+
+SDPA_BACKENDS = ("auto", "flash", "efficient", "cudnn", "math")
+
+
+def sdpa_context(backend: str):
+    """A context restricting F.scaled_dot_product_attention to one kernel family (train.sdpa_backend):
+    flash (FlashAttention-2, bf16/fp16), efficient (memory-efficient), cudnn, math (the reference
+    matmuls). `auto` leaves PyTorch's choice. The backward pass uses the kernel of its forward."""
+    import contextlib
+    if backend in ("auto", None):
+        return contextlib.nullcontext()
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    kinds = {"flash": SDPBackend.FLASH_ATTENTION, "efficient": SDPBackend.EFFICIENT_ATTENTION,
+             "cudnn": SDPBackend.CUDNN_ATTENTION, "math": SDPBackend.MATH}
+    if backend not in kinds:
+        raise ValueError(f"train.sdpa_backend={backend!r}: valid are {', '.join(SDPA_BACKENDS)}")
+    return sdpa_kernel(kinds[backend])
 
 
 def set_attention(model, implementation: str) -> None:
