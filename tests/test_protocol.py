@@ -344,7 +344,8 @@ def test_bbox_generator_trains_with_its_own_lr_and_dropout(monkeypatch):
     seen = {}
     monkeypatch.setattr(Trainer, "__init__", lambda self, cfg: seen.update(cfg=cfg))
     base = ["+ctrlv=base", "ctrlv.stage=bbox", "model=tiny", "data=synthetic"]
-    bbox_generator.BBoxGeneratorTrainer(load_config(base + ["ctrlv.bbox_train.lr=5e-6", "ctrlv.bbox_train.dropout=0.0"]))
+    bbox_generator.BBoxGeneratorTrainer(load_config(base + ["ctrlv.bbox_train.lr=5e-6",
+                                                            "ctrlv.bbox_train.dropout=0.0"]))
     assert seen["cfg"].train.lr == 5e-6 and seen["cfg"].cond.dropout == 0.0
     bbox_generator.BBoxGeneratorTrainer(load_config(base))
     assert seen["cfg"].train.lr == 1e-5 and seen["cfg"].cond.dropout == 0.1
