@@ -26,7 +26,7 @@ def test_shipped_configs_are_valid():
     ("loss.variant=local", "loss.variant='local'", "one of global | box | hybrid"),
     ("train.mixed_precision=fp8", "train.mixed_precision='fp8'", "one of no | bf16 | fp16"),
     ("train.batch_size=1.5", "train.batch_size=1.5", "an integer >= 1"),
-    ("train.compile=[unet,vae]", "train.compile=['unet', 'vae']", "any of unet, vae_decoder, dino"),
+    ("train.compile=[unet,vae]", "train.compile=['unet', 'vae']", "any of unet, unet_blocks, vae_decoder, dino"),
     ("loss.decode_frames=every_k:0", "loss.decode_frames='every_k:0'", "every_k:<k>"),
     ("train.adam_fused=maybe", "train.adam_fused='maybe'", "true or false"),
 ])

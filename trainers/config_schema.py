@@ -133,6 +133,10 @@ RULES: list[Rule] = [
     Rule("loss.decode_frames", _decode_frames, "all, or every_k:<k> with an integer k >= 1"),
     choice("loss.dino_attention", "sdpa", "eager"),
     boolean("loss.real_feature_cache"),
+    choice("loss.feat_reduction", "mean", "patch_sum", "frame_sum"),
+    choice("loss.feat_mask", "diff", "squared"),
+    choice("loss.decode_checkpoint_level", "chunk", "blocks"),
+    choice("loss.decode_attention", "sdpa", "eager"),
     # ---- edm noise levels
     choice("edm.sigma_dist", "lognormal", "uniform_index"),
     num("edm.p_mean"),
@@ -142,6 +146,8 @@ RULES: list[Rule] = [
     num("cond.motion_bucket_id", ge=0, integer=True),
     num("cond.noise_aug", ge=0),
     prob("cond.dropout"),
+    boolean("cond.frame_noise"),
+    choice("cond.latent", "mode", "sample"),
     # ---- train
     num("train.epochs", ge=1, integer=True),
     num("train.max_steps", ge=1, integer=True, null=True),
@@ -154,7 +160,9 @@ RULES: list[Rule] = [
     num("train.max_grad_norm", gt=0, null=True),
     choice("train.mixed_precision", "no", "bf16", "fp16"),
     boolean("train.grad_checkpointing"),
-    subset("train.compile", "unet", "vae_decoder", "dino"),
+    subset("train.compile", "unet", "unet_blocks", "vae_decoder", "dino"),
+    choice("train.optimizer", "adamw", "adamw8bit", "adamw_offload"),
+    choice("train.sdpa_backend", "auto", "flash", "efficient", "cudnn", "math"),
     boolean("train.cudnn_benchmark"),
     num("train.seed", ge=0, integer=True),
     num("train.num_workers", ge=0, integer=True),
@@ -189,6 +197,8 @@ RULES: list[Rule] = [
     num("data.train.window_step", ge=1, integer=True),
     num("data.train.num_clips", ge=1, integer=True),
     num("data.test.num_clips", ge=1, integer=True),
+    num("data.test.window_step", ge=1, integer=True, null=True),
+    choice("data.test.select", "even", "first"),
     # ---- schedule
     text("schedule.name"),
     num("schedule.feat_from_epoch", ge=1, integer=True, null=True),
@@ -197,6 +207,7 @@ RULES: list[Rule] = [
     num("adapter.rank", ge=1, integer=True),
     num("adapter.lora_alpha", gt=0),
     num("adapter.dropout", ge=0, lt=1),
+    choice("adapter.lora_epochs", "lsa", "all"),
     Rule("adapter.target_modules", lambda v: isinstance(v, (list, tuple)) and len(v) > 0
          and all(isinstance(x, str) for x in v), "a non-empty list of module names"),
     # ---- metrics (composed by the benchmark profiles and metrics.evaluate)
@@ -213,8 +224,11 @@ RULES: list[Rule] = [
     num("metrics.fvd.batch_size", ge=1, integer=True),
     num("metrics.fid.feature_dim", ge=1, integer=True),
     boolean("metrics.fid.antialias"),
+    choice("metrics.fid.protocol", "torchmetrics", "pytorch_fid", "clean_fid"),
     num("metrics.fid.batch_size", ge=1, integer=True),
     choice("metrics.det.reference", "detector", "dataset"),
+    choice("metrics.det.miou", "hungarian_ref", "matched_mean"),
+    prob("metrics.det.miou_match_iou"),
     pair("metrics.det.frame_size", _pos_int, "positive integers [h, w]", null=True),
     choice("metrics.det.resize_method", *RESAMPLE),
     boolean("metrics.det.plot"),
@@ -247,6 +261,10 @@ RULES: list[Rule] = [
     num("benchmark.generate.max_guidance_scale", ge=0),
     num("benchmark.generate.decode_chunk_size", ge=1, integer=True),
     num("benchmark.generate.seed", ge=0, integer=True),
+    # ---- the Ctrl-V baseline (configs/ctrlv)
+    num("ctrlv.bbox_train.lr", gt=0, null=True),
+    num("ctrlv.bbox_train.dropout", ge=0, lt=1, null=True),
+    boolean("ctrlv.inference.bbox.best_of_gt"),
 ]
 
 
