@@ -574,8 +574,8 @@ def render(graph: StageGraph, store: Store, out_dir: Path, *, fake: bool = False
     description = str(get_key(graph.render.run_cfg, "benchmark.description", graph.profile))
     protocol = protocol_text([graph.stages[p.generate].run_cfg if p.generate in graph.stages else p.cfg
                               for p in graph.rows if p.cfg])
-    caption = caption_text(spec, description=description, sizes=sizes, fake=fake, protocol=protocol,
-                           notes=protocol_notes(graph, store))
+    caption = caption_text(spec, description=description, sizes=sizes, fake=fake,
+                           notes=[protocol, *protocol_notes(graph, store)])
     unavailable = {p.row.name: p.unavailable for p in graph.rows if p.unavailable}
     outputs = render_table(spec, cells, caption=caption, out_dir=out_dir, unavailable=unavailable,
                            profile=graph.profile, fake=fake, extra=extra)

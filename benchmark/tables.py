@@ -170,8 +170,9 @@ def protocol_text(cfgs: Sequence[Mapping]) -> str:
 
 
 def caption_text(spec: TableSpec, *, description: str, sizes: Sequence[tuple[str, int, int]],
-                 fake: bool = False, protocol: str = "", notes: Sequence[str] = ()) -> str:
-    """'Table III (smoke). <title> N = 2 test videos x 8 frames (synthetic). <protocol> <notes> <profile text>'."""
+                 fake: bool = False, notes: Sequence[str] = ()) -> str:
+    """'Table III (smoke). <title> N = 2 test videos x 8 frames (synthetic). <notes> <profile text>';
+    `notes` are the protocol sentences (protocol_text, the metric protocols), empty ones skipped."""
     if sizes:
         n = "; ".join(f"{nv} test videos x {nf} frames" + (f" ({d})" if len(sizes) > 1 or d else "")
                       for d, nv, nf in sizes)
@@ -180,8 +181,7 @@ def caption_text(spec: TableSpec, *, description: str, sizes: Sequence[tuple[str
     rank = f" within each {' / '.join(spec.rank_within)}" if spec.rank_within else ""
     s = (f"Table {spec.name}. {spec.title} Ours beside the paper's numbers; per column{rank}, best in bold, "
          f"second best underlined (three or more rows; a column whose values all tie is not marked). N = {n}. "
-         + (f"{protocol.rstrip('.')}. " if protocol else "")
-         + "".join(f"{note.rstrip('.')}. " for note in notes) + f"{description.rstrip('.')}.")
+         + "".join(f"{note.rstrip('.')}. " for note in notes if note) + f"{description.rstrip('.')}.")
     if fake:
         s += (" FAKE RUNNER (benchmark.executors.FakeRunner): every 'ours' number is a placeholder, "
               "not a measurement.")

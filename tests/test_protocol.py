@@ -359,7 +359,7 @@ def test_captions_name_base_model_miou_and_test_clip_overlap(paper, smoke):
     assert XT in text and "matched pairs with IoU >= 0.5" in text
     assert "kitti: 25-frame windows starting every 1 frame(s), overlapping" in text
     assert "nuscenes: non-overlapping clips" in text and "ground-truth" not in text
-    cap = caption_text(load_table("III"), description="paper", sizes=[("kitti", 200, 25)], protocol=text)
+    cap = caption_text(load_table("III"), description="paper", sizes=[("kitti", 200, 25)], notes=[text])
     assert "N = 200 test videos x 25 frames" in cap and XT in cap
     assert "unmatched = 0" in protocol_text([smoke.base]) and "Base model: tiny" in protocol_text([smoke.base])
     on = {**paper["kitti"], "ctrlv": {"inference": {"bbox": {"best_of_gt": True}}}}
