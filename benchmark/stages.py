@@ -282,6 +282,18 @@ def epoch_adapter(cfg: dict, objective: str) -> dict:
     return {**cfg, "adapter": dict(FULL_UNET_ADAPTER)}
 
 
+def with_lr_horizon(cfg: dict, epochs: int) -> dict:
+    """A decaying learning-rate schedule spans the row's `epochs`, also in its per-epoch stages (each
+    trains with train.epochs = its own epoch): `train.lr_schedule_epochs` is set to them when null.
+    The constant schedules have no horizon and keep it null, so their rows share stages as before."""
+    if get_key(cfg, "train.lr_schedule_epochs", None) is not None or \
+            get_key(cfg, "train.lr_scheduler", "constant") in ("constant", "constant_with_warmup"):
+        return cfg
+    cfg = copy.deepcopy(cfg)
+    set_key(cfg, "train.lr_schedule_epochs", epochs)
+    return cfg
+
+
 def epoch_objectives(cfg: dict, row: Row, baseline: str | None = None) -> list[str]:
     """'diffusion' or 'lsa' for each epoch 1..train.epochs, from schedule.feat_from_epoch (the same
     rule as trainers.losses.objective_weights)."""
@@ -371,7 +383,9 @@ def expand(spec: TableSpec, resolver: Resolver) -> StageGraph:
         def train_chain(tcfg: dict, baseline: str) -> list[str]:
             """One train stage per epoch, chained (epoch e starts from epoch e-1's stage)."""
             chain, parent = [], None
-            for epoch, objective in enumerate(epoch_objectives(tcfg, row, baseline), start=1):
+            objectives = epoch_objectives(tcfg, row, baseline)
+            tcfg = with_lr_horizon(tcfg, len(objectives))
+            for epoch, objective in enumerate(objectives, start=1):
                 ignore = always + list(policy.get("ignore_train") or [])
                 if objective == "diffusion":
                     ignore += list(policy.get("ignore_diffusion_only") or [])

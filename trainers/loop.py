@@ -359,6 +359,7 @@ class Trainer:
                     acc.backward(loss)
                     if acc.sync_gradients:
                         terms["grad_norm"] = self.clip_gradients()
+                        terms["lr"] = self.lr_scheduler.get_last_lr()[0]     # the rate this step uses
                     self.optimizer.step()
                     self.lr_scheduler.step()
                     self.optimizer.zero_grad(set_to_none=True)
@@ -430,8 +431,8 @@ class Trainer:
             return terms
         w_diff, w_feat = objective_weights(epoch, self.cfg.schedule.feat_from_epoch,
                                            self.cfg.loss.diff_weight, self.cfg.loss.lambda_feat)
-        rec = dict(step=self.state["global_step"], epoch=epoch, lr=self.lr_scheduler.get_last_lr()[0],
-                   time=round(time.time() - start, 3), clips=clips, **terms, w_diff=w_diff, w_feat=w_feat)
+        rec = dict(step=self.state["global_step"], epoch=epoch, time=round(time.time() - start, 3), clips=clips,
+                   **terms, w_diff=w_diff, w_feat=w_feat)
         with open(self.log_path, "a") as f:
             f.write(json.dumps(rec) + "\n")
         self.tracker.log({k: v for k, v in rec.items() if k not in ("step", "clips")}, step=rec["step"])

@@ -2,7 +2,7 @@
 
 What a run reports, beside its own `log.jsonl`:
 - at start, the full resolved config: as the tracker's run config (TensorBoard: hparams, and the
-  YAML as the text summary `config`; W&B: the run config, and the YAML as a file of the run);
+  YAML as the text summary `config`; W&B: the run config, `files/config.yaml` of its run);
 - every optimizer step: each loss term (`loss`, `loss_diff`, `loss_feat`, the weighted terms and
   the objective's weights `w_diff`, `w_feat`), the learning rate, the gradient norm, sigma;
 - every `train.validation_every` steps, the validation videos (trainers/validation.py): as an
@@ -91,14 +91,11 @@ class Tracker:
         self.acc.init_trackers(PROJECT, config=flat_config(self.cfg), init_kwargs=self.init_kwargs())
         if not self.acc.is_main_process:
             return
-        yaml = OmegaConf.to_yaml(self.cfg, resolve=True)
-        if self.kind == "tensorboard":
+        if self.kind == "tensorboard":      # W&B keeps the config itself (files/config.yaml of its run)
+            yaml = OmegaConf.to_yaml(self.cfg, resolve=True)
             # markdown: indented by 4 spaces, TensorBoard's text dashboard shows it as code
             self.writer.add_text("config", "\n".join("    " + ln for ln in yaml.splitlines()), global_step=0)
             self.writer.flush()
-        else:
-            path = self.run_dir / "config.yaml"
-            self.run.save(str(path), base_path=str(self.run_dir), policy="now")
 
     @property
     def writer(self):
