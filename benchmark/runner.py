@@ -17,6 +17,7 @@ plus a merge task on SLURM; the merge gives the result of the unsharded stage.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sys
 from dataclasses import dataclass, field
@@ -25,7 +26,6 @@ from types import SimpleNamespace
 from typing import Callable, Sequence
 
 import yaml
-
 from tqdm.auto import tqdm
 
 from ablations.registry import TableSpec, load_table
@@ -37,7 +37,9 @@ from benchmark.stages import KINDS, DictResolver, Stage, StageGraph, expand, get
 from benchmark.stages import stage_hash as stage_hash_of
 from benchmark.store import RUN_CONFIG, STAGE, Store, atomic_write_json
 from data.atomic import make_temp_file
-from data.cli import MissingFile, UserError
+from data.cli import MissingFile, UserError, setup_logging
+
+log = logging.getLogger(__name__)
 
 LAUNCHERS = ("local", "slurm", "debug")
 # Stage kinds whose runner method is an accelerate training loop: with gpus_per_task > 1 in the
@@ -64,14 +66,19 @@ class StagesFailed(RuntimeError):
 
 def run_table(table: str | TableSpec, cfg, runner: StageRunner, launcher: str = "local", *,
               store: str | Path | Store = "runs", results: str | Path = "results", rows: Sequence[str] | None = None,
-              dry_run: bool = False, echo: Callable[[str], None] = print, figures: bool = True,
+              dry_run: bool = False, echo: Callable[[str], None] | None = None, figures: bool = True,
               cluster: dict | None = None, wait: bool = True) -> TableRun:
     """Run one table. `cfg` is a resolver (benchmark.config.HydraResolver) or a resolved base dict.
 
     launcher slurm / debug: `cluster` is the cluster config (slurm.config.load_cluster; default:
     configs/slurm/default.yaml); `wait=False` submits and returns, and a render job draws the table
     once every job ended.
+
+    `echo` takes every line (tests collect them); by default progress and status are logged and the
+    --dry-run graph, the command's own output, is printed.
     """
+    show = echo or print
+    echo = echo or log.info
     spec = table if isinstance(table, TableSpec) else load_table(table)
     spec = spec.select(rows)
     if launcher not in LAUNCHERS:
@@ -88,11 +95,11 @@ def run_table(table: str | TableSpec, cfg, runner: StageRunner, launcher: str = 
         for s in sharded:
             _check_can_shard(runner, s, stage_shards(s))
     if dry_run:
-        echo(graph.format(store.is_done, store.root))
+        show(graph.format(store.is_done, store.root))
         if launcher != "local":
-            echo(_format_arrays(graph, store))
+            show(_format_arrays(graph, store))
         for line in problems:
-            echo(f"missing: {line}")
+            show(f"missing: {line}")
         return TableRun(graph)
     if problems:
         raise MissingFile(f"table {spec.name}: {len(problems)} path(s) the run needs are missing; nothing "
@@ -178,7 +185,7 @@ def check_values(graph: StageGraph) -> None:
                                      for line, rows in found.items()))
 
 
-def check_finished(graph: StageGraph, store: Store, echo=print) -> list[str]:
+def check_finished(graph: StageGraph, store: Store, echo=None) -> list[str]:
     """Check each finished stage of the graph against its manifest before it is reused: names and
     sizes (one stat per file, so every rerun of a paper table stays fast; truncated, deleted, added
     and replaced-by-another-size files are what goes wrong in practice); `benchmark.status --verify`
@@ -187,6 +194,7 @@ def check_finished(graph: StageGraph, store: Store, echo=print) -> list[str]:
     before manifests existed is trusted, with a warning: recomputing every old stage (days of
     training on the paper profile) for a check that was never possible would cost more than it saves.
     Returns the hashes set aside."""
+    echo = echo or log.warning
     damaged_hashes = []
     for s in graph.order():
         if not store.is_done(s.hash):
@@ -430,9 +438,10 @@ def run_stage(store_root: str, stage_hash: str, runner: StageRunner, processes: 
     process per GPU. A stage split into shards (benchmark.shards > 1): `shard=i` runs shard i only (an
     array task, or a local GPU worker); `merge_only` merges the finished shards (the merge task).
     """
+    setup_logging()                 # a job's entry point: its progress goes to the job's log with timestamps
     store = Store(store_root)
     if store.is_done(stage_hash):
-        print(f"stage {stage_hash} is already done")
+        log.info(f"stage {stage_hash} is already done")
         return stage_hash
     stage = load_stage(store, stage_hash)
     # _execute only needs the kind of each input (they are done, so their stage.json exists)
@@ -444,13 +453,13 @@ def run_stage(store_root: str, stage_hash: str, runner: StageRunner, processes: 
             raise ValueError(f"stage {stage_hash} runs as {n} shard(s) (benchmark.shards in its run_config.yaml); "
                              f"there is no shard {shard}")
         _check_inputs_done(stage, store)
-        print(f"running {stage.kind} {stage.hash} [{stage.describe()}] shard {shard + 1} of {n}", flush=True)
+        log.info(f"running {stage.kind} {stage.hash} [{stage.describe()}] shard {shard + 1} of {n}")
         run_shard(store, stage, graph, runner, shard, n)
         return shard_key(stage_hash, shard, n)
     if stage.kind in ACCELERATE_METHODS and processes > 1:
         runner = _MultiProcess(runner, ACCELERATE_METHODS[stage.kind], processes, accelerate or {})
-    print(f"running {stage.kind} {stage.hash} [{stage.describe()}] rows {', '.join(stage.rows)}", flush=True)
-    _execute(stage, graph, store, runner, lambda m: print(m, flush=True), merge_only=merge_only)
+    log.info(f"running {stage.kind} {stage.hash} [{stage.describe()}] rows {', '.join(stage.rows)}")
+    _execute(stage, graph, store, runner, log.info, merge_only=merge_only)
     return stage_hash
 
 
@@ -478,8 +487,9 @@ class _MultiProcess:
 def _render_job(graph: StageGraph, store_root: str, out_dir: str, fake: bool, figures: bool) -> dict:
     """The render job of `benchmark.run ... --no-wait`: the table from whatever finished."""
     outputs = render(graph, Store(store_root), Path(out_dir), fake=fake, figures=figures)
+    setup_logging()
     for k, p in outputs.items():
-        print(f"wrote {k}: {p}")
+        log.info(f"wrote {k}: {p}")
     return {k: str(p) for k, p in outputs.items()}
 
 

@@ -4,10 +4,10 @@ import os
 import shutil
 import subprocess
 import sys
-import tomllib
 from pathlib import Path
 
 import pytest
+import tomllib
 from omegaconf import OmegaConf
 
 from benchmark.executors import FakeRunner

@@ -95,7 +95,7 @@ def _wandb_records(path: Path):
     assert d[:4] == b":W&B"
     while pos + 7 <= len(d):
         left = block - pos % block
-        crc, length, kind = struct.unpack("<IHB", d[pos:pos + 7]) if left >= 7 else (0, 0, 0)
+        _crc, length, kind = struct.unpack("<IHB", d[pos:pos + 7]) if left >= 7 else (0, 0, 0)
         if kind == 0:                      # block padding
             pos += left
             continue
@@ -213,7 +213,7 @@ def test_ema_export_is_the_average_not_the_weights(ema_runs):
     moved = [k for k in trained if not torch.equal(trained[k], ema[k])]
     assert len(moved) > len(trained) // 2
     # the checkpoint holds the EMA state beside the weights (what resume restores)
-    ckpt = sorted((one / "checkpoints").iterdir())[-1]
+    ckpt = max((one / "checkpoints").iterdir())
     state = torch.load(ckpt / "custom_checkpoint_0.pkl", weights_only=False)
     assert state["optimization_step"] == 4 and state["decay"] == 0.9
     from diffusers import UNetSpatioTemporalConditionModel

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import shutil
@@ -18,16 +19,27 @@ from data.device import resolve_device
 from trainers import edm
 from trainers.adapters import apply_adapter, merged_unet
 from trainers.conditioning import SVDConditioner
-from trainers.losses import (DiffusionLoss, DinoFeatures, SemanticAlignmentLoss, block_checkpoint, chunk_checkpoint,
-                             decode_with_grad, objective_weights, select_frames, set_channels_last,
-                             set_decoder_attention, set_decoder_block_checkpointing)
-from trainers.models import count_params, load_dino, load_svd
 from trainers.ema import build_ema, ema_weights, trainable
+from trainers.losses import (
+    DiffusionLoss,
+    DinoFeatures,
+    SemanticAlignmentLoss,
+    block_checkpoint,
+    chunk_checkpoint,
+    decode_with_grad,
+    objective_weights,
+    select_frames,
+    set_channels_last,
+    set_decoder_attention,
+    set_decoder_block_checkpointing,
+)
+from trainers.models import count_params, load_dino, load_svd
 from trainers.optim import build_lr_scheduler, build_optimizer
 from trainers.tracking import Tracker, tracker_choice
 from trainers.validation import Validator
 
 STATE_FILE = "trainer_state.json"
+log = logging.getLogger(__name__)
 
 
 class EpochSampler(torch.utils.data.Sampler):
@@ -154,11 +166,16 @@ class Trainer:
             if self.validates:
                 self.validator = Validator(cfg, parts, self.run_dir)
             else:
-                self.acc.print(f"train.validation_every={t.validation_every}: {type(self).__name__} has no "
-                               "validation videos; skipped")
+                self.say(f"train.validation_every={t.validation_every}: {type(self).__name__} has no "
+                         "validation videos; skipped", logging.WARNING)
         self.state = dict(global_step=0, micro_step=0, epoch=1, batch_in_epoch=0)
         self.loss_scale: dict = {}       # per LSA epoch: weighted terms at its first step and their means
         self.log_path = self.run_dir / "log.jsonl"
+
+    def say(self, message: str, level: int = logging.INFO) -> None:
+        """A progress or status line (logging), from the main process only."""
+        if self.acc.is_main_process:
+            log.log(level, message)
 
     # ---------------------------------------------------------------- what trains (hooks for subclasses)
     def load_parts(self):
@@ -232,7 +249,7 @@ class Trainer:
         if self.ema is not None:       # accelerate loads custom states onto the CPU
             self.ema.to(self.acc.device)
         self.state = json.loads((Path(folder) / STATE_FILE).read_text())
-        self.acc.print(f"resumed from {folder} (step {self.state['global_step']}, epoch {self.state['epoch']})")
+        self.say(f"resumed from {folder} (step {self.state['global_step']}, epoch {self.state['epoch']})")
 
     def maybe_resume(self):
         t = self.cfg.train
@@ -249,8 +266,8 @@ class Trainer:
                 raise MissingFile(f"train.init_from={t.init_from}: no checkpoint ({STATE_FILE}) found there")
             if self.switch_unet is not None:     # weights came in through load_parts; only the loop position
                 self.state = json.loads((src / STATE_FILE).read_text())
-                self.acc.print(f"started from the U-Net exported at {self.switch_unet} (adapter "
-                               f"{self.cfg.adapter.name} added, fresh optimizer), epoch {self.state['epoch']}")
+                self.say(f"started from the U-Net exported at {self.switch_unet} (adapter "
+                         f"{self.cfg.adapter.name} added, fresh optimizer), epoch {self.state['epoch']}")
             else:
                 self.load_checkpoint(src)
         self._truncate_log()
@@ -273,8 +290,8 @@ class Trainer:
                 step = rec["step"]
             except (json.JSONDecodeError, KeyError, TypeError) as e:
                 if n == last:
-                    self.acc.print(f"{self.log_path}:{n + 1}: dropped a torn last line (the run was killed while "
-                                   f"writing it): {ln[:80]!r}")
+                    self.say(f"{self.log_path}:{n + 1}: dropped a torn last line (the run was killed while "
+                             f"writing it): {ln[:80]!r}", logging.WARNING)
                     continue
                 raise InputError(f"{self.log_path}:{n + 1}: not a training log record ({type(e).__name__}: {e}); "
                                  f"fix or delete that line to resume") from e
@@ -410,10 +427,10 @@ class Trainer:
         if sc["first_step"] is None:
             sc["first_step"] = dict(pair, step=self.state["global_step"])
             ratio = pair["weighted_feat"] / pair["weighted_diff"] if pair["weighted_diff"] else math.inf
-            self.acc.print(f"LSA epoch {epoch}, step {self.state['global_step']}: weighted terms "
-                           f"{self.cfg.loss.diff_weight} L_diff = {pair['weighted_diff']:.4g}, "
-                           f"lambda L_feat = {pair['weighted_feat']:.4g} (ratio {ratio:.3g}; reduction "
-                           f"{self.cfg.loss.get('feat_reduction', 'mean')}, mask {self.cfg.loss.get('feat_mask', 'diff')})")
+            self.say(f"LSA epoch {epoch}, step {self.state['global_step']}: weighted terms "
+                     f"{self.cfg.loss.diff_weight} L_diff = {pair['weighted_diff']:.4g}, "
+                     f"lambda L_feat = {pair['weighted_feat']:.4g} (ratio {ratio:.3g}; reduction "
+                     f"{self.cfg.loss.get('feat_reduction', 'mean')}, mask {self.cfg.loss.get('feat_mask', 'diff')})")
         n = sc["steps"]
         sc["mean"] = {k: (sc["mean"].get(k, 0.0) * n + v) / (n + 1) for k, v in pair.items()}
         sc["steps"] = n + 1
@@ -455,7 +472,7 @@ class Trainer:
         with ema_weights(self.ema, trainable(unet)):
             videos = self.validator(unet, step, self.acc.autocast)
         self.tracker.log_videos(videos, fps=float(self.cfg.cond.fps), step=step)
-        self.acc.print(f"validation videos of step {step}: {self.validator.out / f'step-{step:08d}'}")
+        self.say(f"validation videos of step {step}: {self.validator.out / f'step-{step:08d}'}")
         return videos
 
     def export(self, out: Path, ema: bool = False) -> tuple[Path, int]:

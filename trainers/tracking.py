@@ -62,7 +62,7 @@ def gif_bytes(frames: np.ndarray, fps: float) -> bytes:
     images = [Image.fromarray(f) for f in frames]
     buf = io.BytesIO()
     images[0].save(buf, format="GIF", save_all=True, append_images=images[1:],
-                   duration=max(1, int(round(1000 / fps))), loop=0)
+                   duration=max(1, round(1000 / fps)), loop=0)
     return buf.getvalue()
 
 
@@ -118,7 +118,7 @@ class Tracker:
             from tensorboard.compat.proto.summary_pb2 import Summary
             values = []
             for name, frames, _ in videos:
-                T, H, W, C = frames.shape
+                _, H, W, C = frames.shape
                 image = Summary.Image(height=H, width=W, colorspace=C, encoded_image_string=gif_bytes(frames, fps))
                 values.append(Summary.Value(tag=f"validation/{name}", image=image))
             self.writer._get_file_writer().add_summary(Summary(value=values), global_step=step)
