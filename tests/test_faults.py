@@ -149,7 +149,8 @@ def test_ctrl_c_is_one_line_and_exit_130(tmp_path, capsys):
     from benchmark.run import main
     assert main(_bench(tmp_path, "CtrlCRunner")) == 130
     err = capsys.readouterr().err.strip().splitlines()      # logged progress, then one line
-    assert "interrupted" in err[-1] and not any("Traceback" in ln or "interrupted" in ln for ln in err[:-1]), err
+    assert err[-1] == "interrupted (Ctrl-C)" and not any("Traceback" in ln for ln in err), err
+    assert all(" INFO " in ln or " WARNING " in ln for ln in err[:-1]), err     # only logged status before it
 
 
 def test_metrics_evaluate_keeps_the_traceback_of_a_bug(tmp_path, monkeypatch, capsys):
