@@ -431,3 +431,14 @@ def test_a_decaying_lr_schedule_spans_the_rows_epochs_in_every_stage():
     constant = expand(load_table("III"), HydraResolver("smoke"))
     assert all(s.run_cfg["train"]["lr_schedule_epochs"] is None for s in constant.stages.values() if s.kind == "train")
     assert len([s for s in constant.stages.values() if s.kind == "train"]) == len(train)   # same sharing
+
+
+def test_tracking_and_validation_keys_stay_out_of_stage_hashes():
+    """A run with TensorBoard and validation videos reuses every stage of a plain run (and vice versa)."""
+    plain = expand(load_table("III"), HydraResolver("smoke"))
+    tracked = expand(load_table("III"), HydraResolver("smoke", ["train.report_to=tensorboard",
+                                                                "train.validation_every=5"]))
+    assert set(plain.stages) == set(tracked.stages)
+    ema = expand(load_table("III"), HydraResolver("smoke", ["train.ema.enabled=true"]))
+    trains = {h for h, s in plain.stages.items() if s.kind == "train"}
+    assert not trains & set(ema.stages)                  # EMA changes what a train stage exports
