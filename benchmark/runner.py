@@ -26,6 +26,7 @@ from types import SimpleNamespace
 from typing import Callable, Sequence
 
 import yaml
+
 from tqdm.auto import tqdm
 
 from ablations.registry import TableSpec, load_table

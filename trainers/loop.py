@@ -20,19 +20,9 @@ from trainers import edm
 from trainers.adapters import apply_adapter, merged_unet
 from trainers.conditioning import SVDConditioner
 from trainers.ema import build_ema, ema_weights, trainable
-from trainers.losses import (
-    DiffusionLoss,
-    DinoFeatures,
-    SemanticAlignmentLoss,
-    block_checkpoint,
-    chunk_checkpoint,
-    decode_with_grad,
-    objective_weights,
-    select_frames,
-    set_channels_last,
-    set_decoder_attention,
-    set_decoder_block_checkpointing,
-)
+from trainers.losses import (DiffusionLoss, DinoFeatures, SemanticAlignmentLoss, block_checkpoint, chunk_checkpoint,
+                             decode_with_grad, objective_weights, select_frames, set_channels_last,
+                             set_decoder_attention, set_decoder_block_checkpointing)
 from trainers.models import count_params, load_dino, load_svd
 from trainers.optim import build_lr_scheduler, build_optimizer
 from trainers.tracking import Tracker, tracker_choice
