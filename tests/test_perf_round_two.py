@@ -97,7 +97,7 @@ def _tiny_vae():
 
 
 def test_decoder_attention_switch_keeps_the_frames():
-    from trainers.losses import decode_with_grad, decoder_attention, set_decoder_attention
+    from trainers.decoder_speed import decode_with_grad, decoder_attention, set_decoder_attention
     vae = _tiny_vae()
     z = torch.randn(1, 2, 4, 4, 6)
     assert decoder_attention(vae) == "sdpa"                  # diffusers' default: F.scaled_dot_product_attention
@@ -112,8 +112,8 @@ def test_decoder_attention_switch_keeps_the_frames():
 
 
 def test_decode_checkpoint_level_same_gradient():
-    from trainers.losses import (block_checkpoint, chunk_checkpoint, decode_with_grad,
-                                 set_decoder_block_checkpointing)
+    from trainers.decoder_speed import (block_checkpoint, chunk_checkpoint, decode_with_grad,
+                                       set_decoder_block_checkpointing)
     vae = _tiny_vae()
     z0 = torch.randn(1, 3, 4, 4, 6)
     grads = {}
@@ -158,7 +158,7 @@ def trainer(tiny_cache, tmp_path_factory):
 
 
 def test_switches_reach_the_trainer(trainer):
-    from trainers.losses import decoder_attention
+    from trainers.decoder_speed import decoder_attention
     tr, batch = trainer
     assert decoder_attention(tr.parts.vae) == "eager" and tr.parts.vae.decoder.gradient_checkpointing
     loss, terms = tr.compute_loss(batch, torch.Generator().manual_seed(0))

@@ -210,13 +210,13 @@ def _variants(trainer):
     def cudnn(on):
         return lambda: setattr(torch.backends.cudnn, "benchmark", on)
     yield ("train.cudnn_benchmark", not bench_on, cudnn(not bench_on), cudnn(bench_on))
-    from trainers.losses import set_channels_last
+    from trainers.decoder_speed import set_channels_last
     decoder = trainer.parts.vae.decoder
     cl = bool(loss.decode_channels_last)
     apply_cl, undo_cl = set_key(loss, "decode_channels_last", not cl)
     yield ("loss.decode_channels_last", not cl, lambda: (apply_cl(), set_channels_last(decoder, not cl)),
            lambda: (undo_cl(), set_channels_last(decoder, cl)))
-    from trainers.losses import block_checkpoint, set_decoder_attention, set_decoder_block_checkpointing
+    from trainers.decoder_speed import block_checkpoint, set_decoder_attention, set_decoder_block_checkpointing
     vae = trainer.parts.vae
     if loss.decode_checkpoint:            # the level matters only when the decoder is checkpointed
         level = loss.decode_checkpoint_level
