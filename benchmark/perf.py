@@ -98,7 +98,7 @@ def make_full_size_metric_weights(folder: str | Path) -> dict[str, str]:
     loaders read real weights from: cd-fvd's InceptionI3d (state dict), torch-fidelity's InceptionV3,
     ultralytics YOLO11x (.pt) and a DN-DETR R50 DabDetr folder (detrex dn_detr_r50 dimensions)."""
     from metrics.detectors.convert_dn_detr import Architecture, dab_detr_config
-    from metrics.detectors.dn_detr import save_pretrained_atomic
+    from data.atomic import save_pretrained_atomic
     from metrics.detectors.yolo import make_tiny_yolo
     from metrics.fid import make_random_inception_weights
 

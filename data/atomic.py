@@ -24,7 +24,7 @@ import tempfile
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Mapping
 
 from data.cli import InputError
 
@@ -242,6 +242,16 @@ def atomic_dir(target: str | Path) -> Iterator[Path]:
         shutil.rmtree(old, ignore_errors=True)
     else:
         os.replace(tmp, target)
+
+
+def save_pretrained_atomic(model, path: str | Path, extra_files: Mapping[str, str] | None = None) -> Path:
+    """`model.save_pretrained` (plus `extra_files` {name: text}) into a temporary sibling folder, then
+    moved into place, so a reader never sees a half-written folder."""
+    with atomic_dir(path) as tmp:
+        model.save_pretrained(tmp)
+        for name, text in (extra_files or {}).items():
+            (tmp / name).write_text(text)
+    return Path(path)
 
 
 def read_versioned_json(path: str | Path, version: int, what: str) -> dict:

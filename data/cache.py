@@ -23,6 +23,15 @@ from data.atomic import atomic_path, atomic_write_json
 CACHE_FORMAT = 1   # bump when the on-disk layout changes
 
 
+def sha256_file(path: str | Path) -> str:
+    """The hex SHA-256 of a file's bytes, read in 4 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 22), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
 def config_hash(obj) -> str:
     """A stable hex digest of a JSON-able object (dict keys sorted)."""
     blob = json.dumps(obj, sort_keys=True, default=str, separators=(",", ":")).encode()

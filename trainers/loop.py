@@ -15,7 +15,7 @@ from tqdm.auto import tqdm
 
 from data.atomic import TEMP_PREFIX, atomic_write_json
 from data.cli import InputError, MissingFile
-from data.device import resolve_device
+from data.device import resolve_device, torch_dtype
 from trainers import edm
 from trainers.adapters import apply_adapter, merged_unet
 from trainers.conditioning import SVDConditioner
@@ -94,7 +94,7 @@ class Trainer:
                                cpu=on_cpu, log_with=trackers, project_dir=str(self.run_dir))
         set_seed(t.seed)
         torch.backends.cudnn.benchmark = bool(t.cudnn_benchmark)
-        self.weight_dtype = {"no": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[t.mixed_precision]
+        self.weight_dtype = torch_dtype(t.mixed_precision, "train.mixed_precision")
 
         # caches (tiny models, decoded frames) are filled by the main process before the others read
         # them: built concurrently, a folder could be published by a process that did not write all of
