@@ -234,14 +234,7 @@ def atomic_dir(target: str | Path) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    if target.exists():
-        # os.replace cannot replace a non-empty folder: move the old one aside first, then drop it
-        old = target.parent / f"{_temp_prefix(target.name)}old-{time.monotonic_ns()}"
-        os.replace(target, old)
-        os.replace(tmp, target)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, target)
+    publish_dir(tmp, target)
 
 
 def save_pretrained_atomic(model, path: str | Path, extra_files: Mapping[str, str] | None = None) -> Path:
@@ -252,6 +245,49 @@ def save_pretrained_atomic(model, path: str | Path, extra_files: Mapping[str, st
         for name, text in (extra_files or {}).items():
             (tmp / name).write_text(text)
     return Path(path)
+
+
+def publish_dir(tmp: str | Path, target: str | Path) -> Path:
+    """Move the finished folder `tmp` onto `target`, replacing a folder already there (os.replace
+    cannot replace a non-empty folder: the old one is moved aside first, then dropped)."""
+    tmp, target = Path(tmp), Path(target)
+    if target.exists():
+        old = target.parent / f"{_temp_prefix(target.name)}old-{time.monotonic_ns()}"
+        os.replace(target, old)
+        os.replace(tmp, target)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, target)
+    return target
+
+
+def remove_dir(path: str | Path) -> None:
+    """Delete a folder so that no reader sees it half deleted: renamed to a temp name first (one
+    rename), then removed; a kill in between leaves only a temp entry."""
+    path = Path(path)
+    if not path.exists():
+        return
+    gone = path.parent / f"{_temp_prefix(path.name)}del-{time.monotonic_ns()}"
+    os.replace(path, gone)
+    shutil.rmtree(gone, ignore_errors=True)
+
+
+def publish_dir_once(target: str | Path, save_fn) -> Path:
+    """Run `save_fn(tmp_dir)` and move the folder into place unless `target` exists already (first
+    writer wins: a concurrent writer that loses the race keeps the winner's folder)."""
+    target = Path(target)
+    if target.exists():
+        return target
+    tmp = make_temp_dir(target)
+    try:
+        save_fn(tmp)
+        os.replace(tmp, target)
+    except OSError:
+        if not target.exists():
+            raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
 
 
 def read_versioned_json(path: str | Path, version: int, what: str) -> dict:

@@ -2,7 +2,7 @@
 
     FD = ||mu_1 - mu_2||^2 + tr(S_1) + tr(S_2) - 2 tr sqrt(sqrt(S_1) S_2 sqrt(S_1))
 
-Numerics (REFERENCE.md section 4): float64 throughout; the cross term comes from a symmetric
+Numerics (docs/metrics.md): float64 throughout; the cross term comes from a symmetric
 positive semi-definite eigenproblem, never from the non-symmetric `sqrtm(S_1 S_2)` whose tiny
 complex/negative eigenvalues add noise when the covariances are rank deficient (N < d, the usual
 case with 200 videos); eigenvalues below zero are rounding and are clamped to 0; N is always

@@ -46,7 +46,7 @@ def test_real_side_has_no_grad_and_generated_side_has():
 
 def test_dino_input_size_auto():
     dino = DinoFeatures(build_tiny_dino())
-    assert dino.input_size(320, 512) == (322, 518)      # 23 x 37 patches, as REFERENCE.md
+    assert dino.input_size(320, 512) == (322, 518)      # 23 x 37 patches (docs/perf.md)
     feats, grid = dino(torch.zeros(2, 3, 64, 96))
     assert grid == (5, 7) and feats.shape == (2, 35, 32)
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
-import os
 import shutil
 import time
 from pathlib import Path
@@ -13,7 +12,7 @@ import torch
 from omegaconf import OmegaConf
 from tqdm.auto import tqdm
 
-from data.atomic import TEMP_PREFIX, atomic_write_json
+from data.atomic import TEMP_PREFIX, atomic_write_json, publish_dir, remove_dir, save_pretrained_atomic
 from data.cli import InputError, MissingFile
 from data.device import resolve_device, torch_dtype
 from trainers import edm
@@ -108,10 +107,10 @@ class Trainer:
             self.dataset = ClipTorchDataset(build_dataset(cfg.data, "train"))
         self.parts = parts
         for m in (parts.vae, parts.image_encoder):
-            _freeze(m, self.acc.device, self.weight_dtype)
+            freeze(m, self.acc.device, self.weight_dtype)
         self.dino, feat_loss = None, None
         if dino is not None:
-            self.dino = _freeze(dino, self.acc.device, self.weight_dtype)
+            self.dino = freeze(dino, self.acc.device, self.weight_dtype)
             set_attention(self.dino, cfg.loss.dino_attention)
             if cfg.loss.decode_channels_last:
                 set_channels_last(parts.vae.decoder)
@@ -209,11 +208,9 @@ class Trainer:
         acc.wait_for_everyone()
         if acc.is_main_process:
             (tmp / STATE_FILE).write_text(json.dumps(self.state, indent=1))
-            if final.exists():
-                shutil.rmtree(final)
-            os.replace(tmp, final)
+            publish_dir(tmp, final)
             for old in checkpoints(self.run_dir)[:-max(1, int(self.cfg.train.keep_checkpoints))]:
-                shutil.rmtree(old, ignore_errors=True)
+                remove_dir(old)
         acc.wait_for_everyone()
 
     def load_checkpoint(self, folder: Path):
@@ -406,13 +403,7 @@ class Trainer:
         import copy
         unet = copy.deepcopy(self.acc.unwrap_model(self.unet)).float()
         unet = merged_unet(unet)
-        out = Path(out)
-        tmp = out.parent / f"{TEMP_PREFIX}{out.name}"
-        shutil.rmtree(tmp, ignore_errors=True)
-        unet.save_pretrained(tmp)
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
+        out = save_pretrained_atomic(unet, out)
         return out, count_params(unet)
 
 
@@ -489,7 +480,7 @@ def set_attention(model, implementation: str) -> None:
         model.config._attn_implementation = implementation
 
 
-def _freeze(module, device, dtype):
+def freeze(module, device, dtype):
     """Frozen parts run in the mixed-precision dtype (kept as loaded when training in float32)."""
     module.requires_grad_(False).eval().to(device)
     return module.to(dtype=dtype) if dtype != torch.float32 else module
