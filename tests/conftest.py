@@ -21,7 +21,7 @@ SHARED_DATA = ROOT.parent / "shared" / "data"
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
-        pytest.skip(f"real test data folder {SHARED_DATA} is absent (see docs/data.md, "Real test data")")
+        pytest.skip(f"real test data folder {SHARED_DATA} is absent (see docs/data.md, 'Real test data')")
     return SHARED_DATA
 
 
