@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from data.cli import command
-from benchmark.runner_impl import release_memory
+from benchmark.trainer_runner import release_memory
 from data.atomic import atomic_write_json, atomic_write_text
 from trainers.bench_step import bench, device_name, memory_kind, versions
 

@@ -183,7 +183,7 @@ def caption_text(spec: TableSpec, *, description: str, sizes: Sequence[tuple[str
          f"second best underlined (three or more rows; a column whose values all tie is not marked). N = {n}. "
          + "".join(f"{note.rstrip('.')}. " for note in notes if note) + f"{description.rstrip('.')}.")
     if fake:
-        s += (" FAKE RUNNER (benchmark.executors.FakeRunner): every 'ours' number is a placeholder, "
+        s += (" FAKE RUNNER (tests/fakes.py): every 'ours' number is a placeholder, "
               "not a measurement.")
     return s
 

@@ -2,7 +2,7 @@
 
 `launch(works, ...)` is generic: a `Work` is a picklable call plus its kind (which picks the
 resources in configs/slurm and the array it joins), the keys of the work it needs, and the folder
-where its `slurm.json` record goes. benchmark/runner.py turns a table's pending stages into works.
+where its `slurm.json` record goes. benchmark/cluster.py turns a table's pending stages into works.
 
 Dependencies (see slurm/plan.py for the grouping):
   - an array is submitted with `--dependency=afterok:<every job any of its tasks needs>` and

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from ablations.registry import load_table, parse_spec
-from benchmark import plots
+from benchmark import figures
 from benchmark.tables import NOT_YET, caption_text, make_table, rank_marks, render_table
 
 SPEC = """
@@ -133,19 +133,19 @@ def test_loss_curves_from_jsonl_logs(tmp_path):
                                       "loss_feat": 0.0}) + "\n" for s in (1, 2, 3)))
     e2.write_text("".join(json.dumps({"step": s, "epoch": 2, "loss": 0.5, "loss_diff": 0.4,
                                       "loss_feat": 0.1}) + "\n" for s in (1, 2)) + "\n")
-    recs = plots.concat_logs([e1, e2])
+    recs = figures.concat_logs([e1, e2])
     assert [r["step"] for r in recs] == [1, 2, 3, 4, 5]           # a restarted count continues
-    _png_ok(plots.plot_loss_curves({"hybrid": [e1, e2]}, tmp_path / "loss.png"))
+    _png_ok(figures.plot_loss_curves({"hybrid": [e1, e2]}, tmp_path / "loss.png"))
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"step": 1, "loss": 1}\n{oops\n')
     with pytest.raises(ValueError, match=re.escape(f"{bad}:2")):
-        plots.read_loss_log(bad)
-    assert plots.plot_loss_curves({}, tmp_path / "none.png") is None
+        figures.read_loss_log(bad)
+    assert figures.plot_loss_curves({}, tmp_path / "none.png") is None
 
 
 def test_per_frame_and_frame_grid(tmp_path):
     from PIL import Image
-    _png_ok(plots.plot_per_frame({"a": {"mAP": [30, 20, 10], "mIoU": [80, 70, 60]},
+    _png_ok(figures.plot_per_frame({"a": {"mAP": [30, 20, 10], "mIoU": [80, 70, 60]},
                                   "b": {"mAP": [20, 20, None], "mIoU": [50, 50, 50]}}, tmp_path / "pf.png"))
     rng = np.random.default_rng(0)
     for root in ("real", "gen"):
@@ -156,7 +156,7 @@ def test_per_frame_and_frame_grid(tmp_path):
                     tmp_path / root / clip / f"{j:06d}.png")
     (tmp_path / "boxes").mkdir()
     (tmp_path / "boxes" / "clip_0000.json").write_text(json.dumps({"frames": [{"boxes": [[2, 2, 9, 9]]}] * 4}))
-    _png_ok(plots.plot_frame_grid(tmp_path / "real", {"lsa": tmp_path / "gen"}, ["clip_0000", "clip_0001"],
+    _png_ok(figures.plot_frame_grid(tmp_path / "real", {"lsa": tmp_path / "gen"}, ["clip_0000", "clip_0001"],
                                   tmp_path / "grid.png", n_frames=3, boxes_dir=tmp_path / "boxes"))
 
 
@@ -165,8 +165,8 @@ def test_smoke_table_end_to_end_with_the_fake_runner(tmp_path):
     """The whole path of `benchmark.run table=III` (compose, expand, run, render, figures) on FakeRunner."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from benchmark.config import HydraResolver
-    from benchmark.executors import FakeRunner
-    from benchmark.runner import run_table
+    from fakes import FakeRunner
+    from benchmark.run_table import run_table
     run = run_table("III", HydraResolver("smoke"), FakeRunner(), store=tmp_path / "runs",
                     results=tmp_path / "results", echo=lambda s: None)
     out = tmp_path / "results" / "smoke-fake"
@@ -183,8 +183,8 @@ def test_smoke_table_end_to_end_with_the_fake_runner(tmp_path):
 def test_table_I_measures_efficiency_including_ctrlv(tmp_path):
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from benchmark.config import HydraResolver
-    from benchmark.executors import FakeRunner
-    from benchmark.runner import run_table
+    from fakes import FakeRunner
+    from benchmark.run_table import run_table
     run_table("I", HydraResolver("smoke"), FakeRunner(), store=tmp_path / "runs", results=tmp_path / "res",
               echo=lambda s: None, figures=False)
     doc = json.loads((tmp_path / "res" / "smoke-fake" / "table_I.json").read_text())
@@ -199,9 +199,9 @@ def test_table_I_measures_efficiency_including_ctrlv(tmp_path):
 
 def test_smoke_table_end_to_end_with_the_real_runner(tmp_path, tiny_cache):
     """The real thing (trainer, SVD pipeline, metrics) on a very small setting."""
-    from benchmark.runner_impl import TrainerRunner
+    from benchmark.trainer_runner import TrainerRunner
     from benchmark.config import HydraResolver
-    from benchmark.runner import run_table
+    from benchmark.run_table import run_table
     resolver = HydraResolver("smoke", ["benchmark.num_test_clips=2", "benchmark.generate.num_inference_steps=1",
                                        "data.train.num_clips=1", "data.clip_len=4"])
     run = run_table("III", resolver, TrainerRunner(), store=tmp_path / "runs", results=tmp_path / "res",

@@ -1,6 +1,6 @@
 """The real stage runner: the one place where the benchmark calls trainers/ and metrics/.
 
-The contract of each method is in `benchmark.executors.StageRunner`. Each stage runs in this
+The contract of each method is in `benchmark.stage_runner.StageRunner`. Each stage runs in this
 process; heavy objects are dropped when a stage ends so the next one starts with free memory.
 """
 from __future__ import annotations
