@@ -34,7 +34,7 @@ import torch
 from data.cli import command
 from benchmark.trainer_runner import release_memory
 from data.atomic import atomic_write_json, atomic_write_text
-from trainers.bench_step import bench, device_name, memory_kind, versions
+from benchmark.perf.step import bench, device_name, memory_kind, versions
 
 PHASES = ("steps", "generation", "evaluation")
 TEST_VIDEOS = 200        # the paper's test set size that generation and evaluation times are scaled to
@@ -340,7 +340,7 @@ def markdown(res: dict) -> str:
     for key, r in (res.get("steps") or {}).items():
         p = r.get("decoder_profile")
         if p:
-            from trainers.decoder_profile import markdown_table
+            from benchmark.perf.decoder_profile import markdown_table
             lines += ["", f"## Where the decoder's backward time goes (`{key}`, torch.profiler)", ""]
             lines += [f"not measured: {p['error']}"] if "error" in p else markdown_table(p)
     if "generation" in res:
@@ -372,7 +372,7 @@ def markdown(res: dict) -> str:
 
 @command
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(prog="python -m benchmark.perf", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--adapters", default="unet,lora")
     ap.add_argument("--sweep", action="store_true", help="re-time the LSA step with each switch flipped")
