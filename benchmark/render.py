@@ -20,8 +20,6 @@ def collect(graph: StageGraph, store: Store) -> tuple[dict, dict, list[tuple[str
     spec = graph.table
     cells, extra, sizes = {}, {}, {}
     for plan in graph.rows:
-        if plan.unavailable:
-            continue
         row_cells = {}
         gen = store.result(plan.generate) if plan.generate else None
         ts = store.result(plan.testset) if plan.testset else None
@@ -50,7 +48,7 @@ def protocol_notes(graph: StageGraph, store: Store) -> list[str]:
     fid = set()
     for plan in graph.rows:
         for h in plan.evaluate.values():
-            res = store.result(h) if not plan.unavailable else None
+            res = store.result(h)
             value = get_key((res or {}).get("metrics", {}), "fid.preprocessing", None)
             if value:
                 fid.add(str(value))
@@ -84,8 +82,7 @@ def render(graph: StageGraph, store: Store, out_dir: Path, *, fake: bool = False
                               for p in graph.rows if p.cfg])
     caption = caption_text(spec, description=description, sizes=sizes, fake=fake,
                            notes=[protocol, *protocol_notes(graph, store)])
-    unavailable = {p.row.name: p.unavailable for p in graph.rows if p.unavailable}
-    outputs = render_table(spec, cells, caption=caption, out_dir=out_dir, unavailable=unavailable,
+    outputs = render_table(spec, cells, caption=caption, out_dir=out_dir,
                            profile=graph.profile, fake=fake, extra=extra)
     if figures:
         outputs.update(table_figures(graph, store, out_dir, extra, note=("FAKE RUNNER: " if fake else "") + description))

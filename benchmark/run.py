@@ -74,8 +74,7 @@ def _list(config_dir) -> str:
     lines = []
     for t in list_tables():
         spec = load_table(t)
-        rows = [r.name + ("" if r.available else " (not yet available)") for r in spec.rows]
-        lines.append(f"table {t}: {spec.title}\n  rows: {', '.join(rows)}")
+        lines.append(f"table {t}: {spec.title}\n  rows: {', '.join(r.name for r in spec.rows)}")
     lines.append(f"profiles: {', '.join(list_profiles(config_dir))}")
     return "\n".join(lines)
 

@@ -85,9 +85,6 @@ def run_table(table: str | TableSpec, cfg, runner: StageRunner, launcher: str = 
                           f"was started:\n  " + "\n  ".join(problems))
 
     run = TableRun(graph)
-    for p in graph.rows:
-        if p.unavailable:
-            echo(f"table {spec.name} row {p.row.name}: {p.unavailable}")
     check_finished(graph, store, echo)   # a damaged finished stage is set aside and recomputed
     pending = graph.pending(store.is_done)
     echo(f"table {spec.name}: {len(graph.stages)} stages, {len(graph.stages) - len(pending)} cached, "

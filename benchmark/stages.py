@@ -223,12 +223,11 @@ class Stage:
 @dataclass
 class RowPlan:
     row: Row
-    cfg: dict | None = None                         # resolved config (None when unavailable)
+    cfg: dict | None = None                         # resolved config
     testset: str | None = None
     train: list[str] = field(default_factory=list)  # the epoch chain, epoch 1 first
     generate: str | None = None
     evaluate: dict[str, str] = field(default_factory=dict)   # detector -> stage hash
-    unavailable: str | None = None
 
 
 @dataclass
@@ -257,10 +256,6 @@ class StageGraph:
             deps = ",".join(d[:6] for d in s.deps) if s.kind != "render" else f"{len(s.deps)} stages"
             rows = ", ".join(s.rows) if s.kind != "render" else ""
             lines.append(f"  {status:<8} {s.kind:<15} {s.hash:<{HASH_LEN}}  {s.describe():<40} {deps or '-':<27} {rows}")
-        missing = [p for p in self.rows if p.unavailable]
-        if missing:
-            lines.append("rows without stages (rendered as 'not yet available'):")
-            lines += [f"  {p.row.name}: {p.unavailable}" for p in missing]
         return "\n".join(lines)
 
 
@@ -353,9 +348,6 @@ def expand(spec: TableSpec, resolver: Resolver) -> StageGraph:
     for row in spec.rows:
         plan = RowPlan(row)
         plans.append(plan)
-        if not row.available:
-            plan.unavailable = row.unavailable_reason
-            continue
         cfg = resolver.resolve(row_overrides(spec, row, base, resolver.user_overrides))
         plan.cfg = cfg
         bench = _bench(cfg, row)

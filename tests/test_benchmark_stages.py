@@ -49,7 +49,7 @@ def test_ctrlv_rows_are_specified():
     ctrlv1 = [r for r in t1.rows if r.baseline == "ctrlv"]
     assert [r.name for r in ctrlv1] == ["nuscenes_ctrlv_1to0", "kitti_ctrlv_1to0"]
     assert all(r.ctrlv["variant"] == "1-to-0" for r in ctrlv1)
-    assert len(t2.rows) == 8 and all(r.available for r in t2.rows)
+    assert len(t2.rows) == 8
     assert {r.ctrlv["backbone"] for r in t2.rows} == {"svd_finetuned", "lsa"}
     # Table I's efficiency columns are measured by the generate stage, not copied
     assert [c.id for c in t1.columns if c.source == "generate"] == ["time_h", "params_m"]
