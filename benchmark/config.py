@@ -45,7 +45,7 @@ class HydraResolver:
         root = config_root(config_dir, config_module)
         if not (root / f"{config_name}.yaml").exists():
             raise MissingFile(f"{root / (config_name + '.yaml')} not found: the benchmark composes the "
-                                    f"trainer's config tree (configs/{config_name}.yaml, trainer issue 2)")
+                                    f"trainer's config tree (configs/{config_name}.yaml)")
         profiles = list_profiles(root)
         if profile not in profiles:
             raise ConfigError(f"unknown profile {profile!r}; valid profiles: {', '.join(profiles)} "

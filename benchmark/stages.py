@@ -194,10 +194,6 @@ class Stage:
     params: dict = field(default_factory=dict)   # epoch / objective / detector / ...
     rows: list[str] = field(default_factory=list)
 
-    def folder(self, root: str | Path = "runs") -> Path:
-        """runs/<hash>/: where the stage writes its outputs."""
-        return Path(root) / self.hash
-
     def describe(self) -> str:
         p = self.params
         if self.kind == "testset":

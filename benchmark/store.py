@@ -162,9 +162,6 @@ class Store:
         d = self.dir(stage_hash)
         return _read_record(d / RESULT, d, f"delete {d} to recompute the stage")
 
-    def config(self, stage_hash: str) -> dict:
-        return yaml.safe_load((self.dir(stage_hash) / CONFIG).read_text())
-
     # -------------------------------------------------------------- shards (benchmark/shards.py)
     def shard_dir(self, stage_hash: str, index: int, count: int) -> Path:
         """runs/<hash>/shards/<i>-of-<n>/: shard i of n's record and its own files."""

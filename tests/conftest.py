@@ -21,7 +21,7 @@ SHARED_DATA = ROOT.parent / "shared" / "data"
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
-        pytest.skip(f"real test data folder {SHARED_DATA} is absent (see ../shared/data/README.md)")
+        pytest.skip(f"real test data folder {SHARED_DATA} is absent: the real KITTI label files live beside the repository")
     return SHARED_DATA
 
 

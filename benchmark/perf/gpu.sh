@@ -9,7 +9,7 @@
 #            one switch at a time: 32-bit AdamW states, every 5th frame decoded and a smaller DINOv2
 #            input (both approximations, each with its gradient against the exact one)
 #   r2-lora  LoRA r16 in the same setting
-# Round one (issue 9's figures): PHASES="steps-unet steps-lora steps-tuned generation evaluation"
+# Round one (docs/perf.md, the first figures): PHASES="steps-unet steps-lora steps-tuned generation evaluation"
 # (about 14 min on an H200: two calls).
 #
 #   bash benchmark/perf/gpu.sh                 # writes results/perf/<device>.json/.md and logs

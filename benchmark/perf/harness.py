@@ -136,7 +136,7 @@ def synthetic_video_pairs(n: int, T: int, H: int, W: int, seed: int = 0):
     return real, gen
 
 
-# KITTI Tracking labels (../shared/data): 4.3 vehicles per frame on average. Trained detectors see
+# KITTI Tracking labels: 4.3 vehicles per frame on average. Trained detectors see
 # about that many above the 0.6 reference score; at min_conf 0.001 they return up to max_det boxes.
 REFS_PER_FRAME = 5
 PREDS_PER_FRAME = 300
