@@ -31,18 +31,11 @@ STAGE_SCHEMA = 1
 HASH_LEN = 12
 KINDS = ("testset", "train", "ctrlv_bbox", "ctrlv_box2video", "generate", "evaluate", "render")
 
-# The video backbone a Ctrl-V row's Box2Video steers (Table II): the overrides of the rows
-# "SVD fine-tuned" and "SVD + LSA" of Table I, so the backbone's train stages are those rows' own
-# stages (shared by hash); "svd" is the base model (no train stage).
-CTRLV_BACKBONE_OVERRIDES = {
-    "svd": None,
-    "svd_finetuned": ["schedule=diffusion", "adapter=unet"],
-    "lsa": ["schedule=staged", "adapter=unet", "loss.variant=hybrid"],
-}
-# Ctrl-V config keys that do not influence a stage (each Ctrl-V stage reads only its own part).
-_CTRLV_NOT_BBOX = ["ctrlv.stage", "ctrlv.backbone", "ctrlv.controlnet", "ctrlv.inference"]
-_CTRLV_NOT_BOX2VIDEO = ["ctrlv.stage", "ctrlv.backbone", "ctrlv.variant", "ctrlv.variants", "ctrlv.bbox_init_unet",
-                        "ctrlv.bbox_train", "ctrlv.inference", "ctrlv.readback"]
+# The video backbone a Ctrl-V row's Box2Video steers (Table II) is a row of this table: backbone
+# `b` on dataset `d` takes the overrides of its row `<d>_<b>` ("SVD fine-tuned", "SVD + LSA"), so the
+# backbone's train stages are that row's own stages (shared by hash); "svd" is the base model.
+BACKBONE_TABLE = "I"
+BASE_MODEL_BACKBONE = "svd"
 
 
 # ------------------------------------------------------------------------------------ hashing
@@ -300,8 +293,8 @@ def _ctrlv_stages(spec, row, resolver, cfg, bench, policy, testset, train_chain,
     not_train = always + list(policy.get("ignore_train") or []) + list(policy.get("ignore_diffusion_only") or [])
     base_over = row_overrides(spec, row, resolver.base, resolver.user_overrides)
     chain = []
-    if CTRLV_BACKBONE_OVERRIDES[backbone] is not None:
-        chain = train_chain(resolver.resolve(base_over + CTRLV_BACKBONE_OVERRIDES[backbone]), backbone)
+    if backbone != BASE_MODEL_BACKBONE:
+        chain = train_chain(resolver.resolve(base_over + backbone_overrides(row, backbone)), backbone)
     # the profile's Ctrl-V settings (benchmark.ctrlv_overrides) come after configs/ctrlv/base.yaml
     # (a key the command line sets keeps the command line's value)
     user_keys = {split_override(o)[0] for o in resolver.user_overrides}
@@ -311,12 +304,12 @@ def _ctrlv_stages(spec, row, resolver, cfg, bench, policy, testset, train_chain,
 
     bbox_cfg = copy.deepcopy(cv)
     set_key(bbox_cfg, "ctrlv.stage", "bbox")
-    bbox = add("ctrlv_bbox", {"epochs": epochs, "cfg": drop_keys(cv, not_train + _CTRLV_NOT_BBOX)}, bbox_cfg, [],
+    bbox = add("ctrlv_bbox", {"epochs": epochs, "cfg": drop_keys(cv, not_train + list(policy.get("ignore_ctrlv_bbox") or []))}, bbox_cfg, [],
                {"variant": variant, "epochs": epochs}, row.name)
     b2v_cfg = copy.deepcopy(cv)
     set_key(b2v_cfg, "ctrlv.stage", "box2video")
     b2v = add("ctrlv_box2video", {"epochs": epochs, "backbone": chain[-1] if chain else None,
-                                  "cfg": drop_keys(cv, not_train + _CTRLV_NOT_BOX2VIDEO)},
+                                  "cfg": drop_keys(cv, not_train + list(policy.get("ignore_ctrlv_box2video") or []))},
               b2v_cfg, chain[-1:], {"backbone": backbone, "epochs": epochs}, row.name)
     gen_cfg = {"ctrlv_bbox": bbox, "ctrlv_box2video": b2v, "testset": testset, "model": model,
                "ctrlv": {k: get_key(cv, f"ctrlv.{k}") for k in ("variant", "variants", "inference", "readback",
@@ -325,6 +318,21 @@ def _ctrlv_stages(spec, row, resolver, cfg, bench, policy, testset, train_chain,
     gen = add("generate", gen_cfg, cv, [bbox, b2v, testset],
               {"ctrlv": {"variant": variant, "backbone": backbone, "bbox": bbox, "box2video": b2v}}, row.name)
     return chain, gen
+
+
+def backbone_overrides(row: Row, backbone: str) -> list[str]:
+    """The overrides (all but `data`, which the Ctrl-V row sets itself) of the BACKBONE_TABLE row
+    that trains `backbone` on the Ctrl-V row's dataset."""
+    from ablations.registry import load_table
+    dataset = row.overrides.get("data")
+    spec = load_table(BACKBONE_TABLE)
+    name = f"{dataset}_{backbone}"
+    try:
+        source = spec.row(name)
+    except KeyError as e:
+        raise InputError(f"row {row.name}: ctrlv.backbone={backbone} on data={dataset} needs the row {name} of "
+                         f"table {BACKBONE_TABLE} (ablations/table_{BACKBONE_TABLE}.yaml)") from e
+    return [format_override(k, v) for k, v in source.overrides.items() if k != "data"]
 
 
 def expand(spec: TableSpec, resolver: Resolver) -> StageGraph:
