@@ -92,7 +92,7 @@ class TableSpec:
                 return r
         raise UnknownName(f"table {self.name} has no row {name!r}; valid rows: {', '.join(r.name for r in self.rows)}")
 
-    def select(self, names) -> "TableSpec":
+    def select(self, names) -> TableSpec:
         """The same table restricted to `names` (in the table's order); unknown names fail."""
         if not names:
             return self

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from benchmark.job import ACCELERATE_METHODS, prepare_stage, run_stage
 from benchmark.render import render
-from benchmark.shards import stage_shards
+from benchmark.shards import shard_key, stage_shards
 from benchmark.stages import KINDS, StageGraph
 from benchmark.store import Store
 
@@ -68,10 +68,6 @@ def stage_works(graph: StageGraph, store: Store, runner, processes=lambda kind: 
         works.append(Work(s.hash, MERGE_KIND, run_stage, (root, s.hash, runner, 1, None, None, True),
                           tuple(keys), store.dir(s.hash), label=f"{label} merge of {n} shards"))
     return works
-
-
-def shard_key(stage_hash: str, index: int, count: int) -> str:
-    return f"{stage_hash}:{index}/{count}"
 
 
 def split_key(key: str) -> tuple[str, tuple[int, int] | None]:

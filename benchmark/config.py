@@ -9,15 +9,15 @@ import importlib
 import os
 import re
 import warnings
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Iterable, Sequence
 
 from benchmark.stages import get_key, split_override
 from data.cli import MissingFile
+
 # One class for every user-facing configuration problem (unknown profile, bad override, composition
 # failure, a value of the wrong type or out of range): trainers/config_schema.py's.
 from trainers.config_schema import ConfigError, compose_error
-
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 

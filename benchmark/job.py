@@ -12,7 +12,7 @@ from types import SimpleNamespace
 import yaml
 
 from benchmark.local import check_inputs_done, execute_stage
-from benchmark.shards import run_shard, stage_shards
+from benchmark.shards import run_shard, shard_key, stage_shards
 from benchmark.stage_runner import StageRunner
 from benchmark.stages import Stage
 from benchmark.stages import stage_hash as stage_hash_of

@@ -14,9 +14,9 @@ waits and renders; `debug` is the same submission path with submitit's in-proces
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
 
 from tqdm.auto import tqdm
 

@@ -27,8 +27,9 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, NamedTuple, Sequence
+from typing import TYPE_CHECKING, NamedTuple
 
 from data.atomic import atomic_write_bytes
 from data.cli import command
@@ -88,6 +89,11 @@ def shard_names(names: Sequence[str], index: int, count: int, align: int = 1) ->
 
 
 # ------------------------------------------------------------------------------------ local workers
+def shard_key(stage_hash: str, index: int, count: int) -> str:
+    """The key of shard `index` of `count` of a stage: a SLURM work's key and what run_stage returns."""
+    return f"{stage_hash}:{index}/{count}"
+
+
 def local_devices() -> list[str] | None:
     """The GPUs shard workers are pinned to (one process per GPU), or None when there are fewer than
     two: then the shards run one after the other in this process."""

@@ -18,9 +18,10 @@ import copy
 import hashlib
 import json
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Protocol, Sequence
+from typing import Any, Protocol
 
 from ablations.registry import Row, TableSpec
 from data.cli import ConfigKeyError, InputError
@@ -364,8 +365,9 @@ def expand(spec: TableSpec, resolver: Resolver) -> StageGraph:
         plan.testset = add("testset", {"data": ts_cfg.get("data"), "num_clips": n_clips}, cfg, [],
                            {"data": get_key(cfg, "data.name", "?"), "num_clips": n_clips}, row.name)
 
-        def train_chain(tcfg: dict, baseline: str) -> list[str]:
-            """One train stage per epoch, chained (epoch e starts from epoch e-1's stage)."""
+        def train_chain(tcfg: dict, baseline: str, row=row, always=always, policy=policy) -> list[str]:
+            """One train stage per epoch, chained (epoch e starts from epoch e-1's stage); the loop's
+            row, always and policy bound here."""
             chain, parent = [], None
             for epoch, objective in enumerate(epoch_objectives(tcfg, row, baseline), start=1):
                 ignore = always + list(policy.get("ignore_train") or [])

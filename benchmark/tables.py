@@ -14,8 +14,8 @@ Missing cells: "n/a" (not computed or metric absent; never dropped, never filled
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Mapping, Sequence
 
 from ablations.registry import Column, TableSpec
 from benchmark.store import atomic_write_json, atomic_write_text

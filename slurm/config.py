@@ -10,8 +10,8 @@ silently falls back to a default.
 from __future__ import annotations
 
 import importlib
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from data.cli import UserError
 

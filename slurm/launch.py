@@ -23,15 +23,15 @@ import subprocess
 import sys
 import time
 import traceback
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import submitit
 from tqdm.auto import tqdm
 
 from data.cli import UserError
-
 from slurm.config import executor_parameters, kind_settings
 from slurm.plan import ArrayPlan, Item, dependency_string, plan_arrays
 from slurm.records import QueueUnavailable, add_submission, last_submission, query_jobs, tail

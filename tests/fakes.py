@@ -15,6 +15,7 @@ import numpy as np
 
 from data.atomic import data_entries
 
+
 class FakeRunner:
     """Writes tiny files instead of training / generating / scoring, and counts calls.
 

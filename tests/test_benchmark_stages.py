@@ -11,12 +11,12 @@ import time
 from pathlib import Path
 
 import pytest
+from fakes import FakeRunner
 
 from ablations.registry import SpecError, list_tables, load_table, parse_spec
 from benchmark.config import HydraResolver
-from benchmark.stage_runner import StageRunner
-from fakes import FakeRunner
 from benchmark.run_table import run_table
+from benchmark.stage_runner import StageRunner
 from benchmark.stages import DictResolver, expand, stage_hash
 from benchmark.store import Store, atomic_dir
 

@@ -164,8 +164,9 @@ def test_per_frame_and_frame_grid(tmp_path):
 def test_smoke_table_end_to_end_with_the_fake_runner(tmp_path):
     """The whole path of `benchmark.run table=III` (compose, expand, run, render, figures) on FakeRunner."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from benchmark.config import HydraResolver
     from fakes import FakeRunner
+
+    from benchmark.config import HydraResolver
     from benchmark.run_table import run_table
     run = run_table("III", HydraResolver("smoke"), FakeRunner(), store=tmp_path / "runs",
                     results=tmp_path / "results", echo=lambda s: None)
@@ -182,8 +183,9 @@ def test_smoke_table_end_to_end_with_the_fake_runner(tmp_path):
 
 def test_table_I_measures_efficiency_including_ctrlv(tmp_path):
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from benchmark.config import HydraResolver
     from fakes import FakeRunner
+
+    from benchmark.config import HydraResolver
     from benchmark.run_table import run_table
     run_table("I", HydraResolver("smoke"), FakeRunner(), store=tmp_path / "runs", results=tmp_path / "res",
               echo=lambda s: None, figures=False)
@@ -199,9 +201,9 @@ def test_table_I_measures_efficiency_including_ctrlv(tmp_path):
 
 def test_smoke_table_end_to_end_with_the_real_runner(tmp_path, tiny_cache):
     """The real thing (trainer, SVD pipeline, metrics) on a very small setting."""
-    from benchmark.trainer_runner import TrainerRunner
     from benchmark.config import HydraResolver
     from benchmark.run_table import run_table
+    from benchmark.trainer_runner import TrainerRunner
     resolver = HydraResolver("smoke", ["benchmark.num_test_clips=2", "benchmark.generate.num_inference_steps=1",
                                        "data.train.num_clips=1", "data.clip_len=4"])
     run = run_table("III", resolver, TrainerRunner(), store=tmp_path / "runs", results=tmp_path / "res",

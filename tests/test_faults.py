@@ -100,6 +100,7 @@ def test_two_renders_of_one_figure_at_once_both_succeed(tmp_path):
 
 # ------------------------------------------------------------------------ 3. one error policy (and Ctrl-C)
 from fakes import FakeRunner  # noqa: E402
+
 from data.cli import UserError  # noqa: E402
 
 
@@ -154,8 +155,8 @@ def test_ctrl_c_is_one_line_and_exit_130(tmp_path, capsys):
 def test_metrics_evaluate_keeps_the_traceback_of_a_bug(tmp_path, monkeypatch, capsys):
     """metrics.evaluate turned every ValueError / KeyError / RuntimeError into `error: ...`, exit 2:
     a KeyError from deep inside is a bug and must keep its traceback."""
-    from metrics import evaluate as ev
     from data.video_io import write_frames
+    from metrics import evaluate as ev
     for side in ("real", "gen"):
         for k in range(2):
             write_frames(tmp_path / side / f"v{k}", np.zeros((2, 8, 8, 3), np.uint8))
@@ -174,6 +175,7 @@ def test_damaged_png_is_a_clear_error_naming_the_file(tmp_path, content):
     """With ultralytics imported (the detector), PIL.Image.open on a bad file ended in
     ModuleNotFoundError: pi_heif; now the evaluation's reader names the file."""
     import ultralytics.utils.patches  # noqa: F401  (patches PIL.Image.open, as the YOLO detector does)
+
     from data.cli import InputError
     from data.video_io import write_frames
     from metrics.evaluate import _load

@@ -8,10 +8,10 @@ import os
 from pathlib import Path
 
 import pytest
+from fakes import FakeRunner
 
 from benchmark import manifest
 from benchmark.config import HydraResolver
-from fakes import FakeRunner
 from benchmark.run_table import run_table
 from benchmark.store import DONE, Store
 

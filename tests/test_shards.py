@@ -9,12 +9,12 @@ import shutil
 from pathlib import Path
 
 import pytest
+from fakes import FakeRunner
 
 from ablations.registry import load_table
 from benchmark import shards as shards_mod
-from benchmark.config import HydraResolver
-from fakes import FakeRunner
 from benchmark.cluster import stage_works, work_done
+from benchmark.config import HydraResolver
 from benchmark.run_table import run_table
 from benchmark.shards import shard_bounds, shard_names
 from benchmark.stages import KINDS, expand

@@ -12,10 +12,10 @@ import time
 from pathlib import Path
 
 import pytest
+from fakes import FakeRunner
 
 from ablations.registry import load_table
 from benchmark.config import HydraResolver
-from fakes import FakeRunner
 from benchmark.job import run_stage
 from benchmark.run_table import StagesFailed, run_table
 from benchmark.stages import expand

@@ -7,10 +7,10 @@ import os
 from pathlib import Path
 
 import pytest
+from fakes import FakeRunner
 
 from ablations.registry import load_table
 from benchmark.config import HydraResolver
-from fakes import FakeRunner
 from benchmark.job import load_stage, prepare_stage
 from benchmark.run_table import StagesFailed, run_table
 from benchmark.stages import KINDS, expand
@@ -18,7 +18,6 @@ from benchmark.store import Store
 from slurm.config import ClusterConfigError, executor_parameters, kind_settings, load_cluster
 from slurm.multigpu import accelerate_command, main_process_port
 from slurm.plan import Item, dependency_string, plan_arrays
-
 
 
 @pytest.fixture(scope="module")
@@ -139,9 +138,10 @@ def test_accelerate_command_for_several_gpus():
 def test_training_runs_under_accelerate_launch_and_commits_once(graph, tmp_path):
     """The real `accelerate launch` path of a train stage (1 process on the CPU: no GPU here; N > 1 only
     changes the command above): the parent prepares and commits, the launched process trains."""
+    from types import SimpleNamespace
+
     from benchmark.job import MultiProcess
     from benchmark.local import execute_stage
-    from types import SimpleNamespace
     store = Store(tmp_path)
     stage = next(s for s in graph.order() if s.kind == "train" and not s.deps)
     prepare_stage(store, stage)

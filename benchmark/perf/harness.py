@@ -31,10 +31,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from data.cli import command
+from benchmark.perf.step import bench, device_name, memory_kind, versions
 from benchmark.trainer_runner import release_memory
 from data.atomic import atomic_write_json, atomic_write_text
-from benchmark.perf.step import bench, device_name, memory_kind, versions
+from data.cli import command
 
 PHASES = ("steps", "generation", "evaluation")
 TEST_VIDEOS = 200        # the paper's test set size that generation and evaluation times are scaled to
@@ -63,6 +63,7 @@ def time_generation(overrides: list[str], n_videos: int) -> dict:
     if cfg.model.svd == "full-random":
         # random weights generate noise, but in exactly the time the trained SVD takes
         from diffusers import StableVideoDiffusionPipeline
+
         from trainers.models import build_full_random_svd
         pipe = StableVideoDiffusionPipeline(**build_full_random_svd(num_frames=cfg.data.clip_len, device=device))
         pipe = pipe.to(device, dtype)

@@ -446,10 +446,10 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default=None, help="write the result as JSON here")
     args, overrides = ap.parse_known_args(argv)
     r = bench(overrides, args.steps)
-    d, l = r["diffusion"], r["lsa"]
+    d, lsa = r["diffusion"], r["lsa"]
     print(f"device: {r['device']}  setting: {r['setting']}")
     print(f"diffusion step: {d['median_s'] * 1e3:.1f} ms median, peak {d['peak_mem_gib']:.2f} GiB ({r['memory_kind']})")
-    print(f"LSA step:       {l['median_s'] * 1e3:.1f} ms median, peak {l['peak_mem_gib']:.2f} GiB")
+    print(f"LSA step:       {lsa['median_s'] * 1e3:.1f} ms median, peak {lsa['peak_mem_gib']:.2f} GiB")
     print(f"LSA / diffusion: {r['lsa_over_diffusion']:.2f}x")
     if args.out:
         from data.atomic import atomic_write_json
