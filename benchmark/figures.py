@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from benchmark.stages import get_key
+from benchmark.stages import select
 from data.atomic import atomic_path, data_entries
 
 if TYPE_CHECKING:
@@ -184,7 +184,7 @@ def table_figures(graph: StageGraph, store: Store, out_dir: Path, extra: dict, n
     """Every figure's title ends with the profile's note (smoke: tiny random models ...)."""
     spec, stem = graph.table, f"table_{graph.table.name}"
     note = f"\n{note}" if note else ""
-    fig_cfg = get_key(graph.render.run_cfg, "benchmark.figures", {}) or {}
+    fig_cfg = select(graph.render.run_cfg, "benchmark.figures", {}) or {}
     out: dict[str, Path] = {}
     logs = {}
     for p in graph.rows:

@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from benchmark.figures import table_figures
-from benchmark.stages import StageGraph, get_key
+from benchmark.stages import StageGraph, select
 from benchmark.store import Store
 
 # Where metrics.evaluate puts the per-frame-index detection scores: {"mAP": [...], "mIoU": [...]} in percent
@@ -24,17 +24,17 @@ def collect(graph: StageGraph, store: Store) -> tuple[dict, dict, list[tuple[str
         gen = store.result(plan.generate) if plan.generate else None
         ts = store.result(plan.testset) if plan.testset else None
         if ts:
-            sizes[plan.testset] = (get_key(plan.cfg, "data.name", ""), int(ts["num_videos"]), int(ts["num_frames"]))
+            sizes[plan.testset] = (select(plan.cfg, "data.name", ""), int(ts["num_videos"]), int(ts["num_frames"]))
         evals = {det: store.result(h) for det, h in plan.evaluate.items()}
         for c in spec.columns:
             if c.source == "generate":
                 row_cells[c.id] = efficiency(c, gen)
             else:
                 res = evals.get(spec.detector_of(plan.row, c))
-                v = get_key((res or {}).get("metrics", {}), c.key, None)
+                v = select((res or {}).get("metrics", {}), c.key, None)
                 row_cells[c.id] = float(v) * c.scale if isinstance(v, (int, float)) else None
         cells[plan.row.name] = row_cells
-        per_frame = {det: get_key((r or {}).get("metrics", {}), PER_FRAME_KEY, None) for det, r in evals.items()}
+        per_frame = {det: select((r or {}).get("metrics", {}), PER_FRAME_KEY, None) for det, r in evals.items()}
         extra[plan.row.name] = {"stages": {"testset": plan.testset, "train": plan.train, "generate": plan.generate,
                                            "evaluate": plan.evaluate},
                                 "per_frame": {k: v for k, v in per_frame.items() if v}}
@@ -49,7 +49,7 @@ def protocol_notes(graph: StageGraph, store: Store) -> list[str]:
     for plan in graph.rows:
         for h in plan.evaluate.values():
             res = store.result(h)
-            value = get_key((res or {}).get("metrics", {}), "fid.preprocessing", None)
+            value = select((res or {}).get("metrics", {}), "fid.preprocessing", None)
             if value:
                 fid.add(str(value))
     return [f"FID preprocessing: {', '.join(sorted(fid))} (metrics.fid.protocol)"] if fid else []
@@ -77,7 +77,7 @@ def render(graph: StageGraph, store: Store, out_dir: Path, *, fake: bool = False
     from benchmark.tables import caption_text, protocol_text, render_table
     spec = graph.table
     cells, extra, sizes = collect(graph, store)
-    description = str(get_key(graph.render.run_cfg, "benchmark.description", graph.profile))
+    description = str(select(graph.render.run_cfg, "benchmark.description", graph.profile))
     protocol = protocol_text([graph.stages[p.generate].run_cfg if p.generate in graph.stages else p.cfg
                               for p in graph.rows if p.cfg])
     caption = caption_text(spec, description=description, sizes=sizes, fake=fake,

@@ -14,7 +14,7 @@ import torch
 from omegaconf import OmegaConf
 
 from benchmark.shards import Shard, shard_names
-from benchmark.stages import get_key
+from benchmark.stages import select
 from benchmark.testset import write_testset
 from data.atomic import atomic_write_bytes, data_entries
 from data.device import resolve_device
@@ -175,7 +175,7 @@ class TrainerRunner:
         names = [p.name for p in data_entries(real_dir, dirs=True)]
         if shard is not None:
             # blocks of whole I3D batches: FVD's batches are then those of the unsharded run
-            align = get_key(cfg, "metrics.fvd.batch_size", 1) if "fvd" in get_key(cfg, "metrics.metrics", []) else 1
+            align = select(cfg, "metrics.fvd.batch_size", 1) if "fvd" in select(cfg, "metrics.metrics", []) else 1
             names, _ = shard_names(names, shard.index, shard.count, align=int(align))
         missing = [n for n in names if not (Path(videos_dir) / n).is_dir()]
         if missing:

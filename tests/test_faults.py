@@ -234,7 +234,7 @@ def test_trust_pickle_advice_names_what_each_command_accepts(tmp_path, capsys):
     from test_metrics_dn_detr import TINY, make_reference
 
     from benchmark.config import HydraResolver
-    from benchmark.stages import get_key
+    from benchmark.stages import select
     from data.video_io import write_frames
     from metrics.detectors.convert_dn_detr import main as convert
     from metrics.evaluate import main as evaluate
@@ -262,7 +262,7 @@ def test_trust_pickle_advice_names_what_each_command_accepts(tmp_path, capsys):
 
     route = re.search(r"benchmark\.run: add (\S+?)\)", advice).group(1)
     cfg = HydraResolver("smoke", [route]).resolve([])
-    assert get_key(cfg, "metrics.det.detector.trust_pickle") is True
+    assert select(cfg, "metrics.det.detector.trust_pickle") is True
 
 
 # ------------------------------------------------------------------------ 11. status, file modes, results/
