@@ -20,6 +20,10 @@ import numpy as np
 
 from data.atomic import atomic_path, atomic_write_json
 
+# Where decoded frames, test-clip lists and pseudo-boxes are cached when `data.cache.dir` is null
+# (the one place this path is written; configs/data/*.yaml leave it null).
+DEFAULT_CACHE_DIR = ".cache/lsa_data"
+
 CACHE_FORMAT = 1   # bump when the on-disk layout changes
 
 

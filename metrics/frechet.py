@@ -13,7 +13,7 @@ Why a pivoted Cholesky factor instead of sqrt(S_1): with S_1 = L L^T (LAPACK `ps
 handles semi-definite matrices and returns the numerical rank r), the r x r matrix L^T S_2 L is
 congruent-similar to sqrt(S_1) S_2 sqrt(S_1): both have the eigenvalues of S_1 S_2. The factor
 costs n^3/3 flops against ~9 n^3 for an eigen-decomposition with vectors, which halves the time at
-d=2048 (see metrics/bench.py). Neither scipy nor torchmetrics offers this symmetric form.
+d=2048 (see benchmark/perf/metrics.py). Neither scipy nor torchmetrics offers this symmetric form.
 """
 from __future__ import annotations
 

@@ -15,6 +15,9 @@ import torch  # noqa: E402
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
 ROOT = Path(__file__).resolve().parents[1]
+# Processes the tests start (`accelerate launch` workers, shard workers, `python -m benchmark.run
+# runner=fakes:FakeRunner`) import the test double tests/fakes.py as `fakes`, as pytest's process does.
+os.environ["PYTHONPATH"] = os.pathsep.join([str(ROOT / "tests")] + [p for p in [os.environ.get("PYTHONPATH")] if p])
 SHARED_DATA = ROOT.parent / "shared" / "data"
 
 

@@ -41,7 +41,7 @@ class LSAObjective:
 
     `loss_cfg` (w = diff_weight, lambda = lambda_feat, decode_*) and `schedule_cfg`
     (feat_from_epoch) are read at every call, so a change of those keys between steps (the perf
-    sweeps of trainers/bench_step.py) takes effect at the next step. `L_feat` may be None when the
+    sweeps of benchmark/perf/step.py) takes effect at the next step. `L_feat` may be None when the
     run never switches the feature loss on.
     """
 
