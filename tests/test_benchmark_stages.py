@@ -184,7 +184,7 @@ def test_table_I_svd_row_generates_from_the_base_model(smoke):
     plans = {p.row.name: p for p in g.rows}
     svd = plans["nuscenes_svd"]
     assert svd.train == [] and g.stages[svd.generate].params["checkpoint"] is None
-    assert not plans["nuscenes_ctrlv_1to0"].unavailable and plans["nuscenes_ctrlv_1to0"].generate
+    assert plans["nuscenes_ctrlv_1to0"].generate
     ft = plans["nuscenes_svd_finetuned"]
     assert [g.stages[h].params["objective"] for h in ft.train] == ["diffusion", "diffusion"]
 
