@@ -8,9 +8,8 @@ from pathlib import Path
 
 import pytest
 import tomllib
+from fakes import FakeRunner
 from omegaconf import OmegaConf
-
-from benchmark.executors import FakeRunner
 
 ROOT = Path(__file__).resolve().parents[1]
 
