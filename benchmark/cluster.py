@@ -7,6 +7,7 @@ DebugExecutor. With `--no-wait` a render job draws the table once every job ende
 """
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
@@ -15,6 +16,9 @@ from benchmark.render import render
 from benchmark.shards import shard_key, stage_shards
 from benchmark.stages import KINDS, StageGraph
 from benchmark.store import Store
+from data.cli import setup_logging
+
+log = logging.getLogger(__name__)
 
 # The SLURM task that merges the shards of a split stage (configs/slurm kinds.merge: a CPU, no GPU).
 MERGE_KIND = "merge"
@@ -87,9 +91,10 @@ def work_done(store: Store, key: str) -> bool:
 
 def render_job(graph: StageGraph, store_root: str, out_dir: str, fake: bool, figures: bool) -> dict:
     """The render job of `benchmark.run ... --no-wait`: the table from whatever finished."""
+    setup_logging()                 # a job's entry point: its lines go to the job's log with timestamps
     outputs = render(graph, Store(store_root), Path(out_dir), fake=fake, figures=figures)
     for k, p in outputs.items():
-        print(f"wrote {k}: {p}")
+        log.info(f"wrote {k}: {p}")
     return {k: str(p) for k, p in outputs.items()}
 
 

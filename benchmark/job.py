@@ -6,6 +6,7 @@ worker (benchmark/shards.py). The stage is saved in its folder (`prepare_stage`)
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -17,6 +18,9 @@ from benchmark.stage_runner import StageRunner
 from benchmark.stages import Stage
 from benchmark.stages import stage_hash as stage_hash_of
 from benchmark.store import RUN_CONFIG, STAGE, Store
+from data.cli import setup_logging
+
+log = logging.getLogger(__name__)
 
 # Stage kinds whose runner method is an accelerate training loop: with gpus_per_task > 1 in the
 # cluster config, that method runs under `accelerate launch` with one process per GPU.
@@ -53,9 +57,10 @@ def run_stage(store_root: str, stage_hash: str, runner: StageRunner, processes: 
     process per GPU. A stage split into shards (benchmark.shards > 1): `shard=i` runs shard i only (an
     array task, or a local GPU worker); `merge_only` merges the finished shards (the merge task).
     """
+    setup_logging()                 # a job's entry point: its progress goes to the job's log with timestamps
     store = Store(store_root)
     if store.is_done(stage_hash):
-        print(f"stage {stage_hash} is already done")
+        log.info(f"stage {stage_hash} is already done")
         return stage_hash
     stage = load_stage(store, stage_hash)
     # execute_stage only needs the kind of each input (they are done, so their stage.json exists)
@@ -67,13 +72,13 @@ def run_stage(store_root: str, stage_hash: str, runner: StageRunner, processes: 
             raise ValueError(f"stage {stage_hash} runs as {n} shard(s) (benchmark.shards in its run_config.yaml); "
                              f"there is no shard {shard}")
         check_inputs_done(stage, store)
-        print(f"running {stage.kind} {stage.hash} [{stage.describe()}] shard {shard + 1} of {n}", flush=True)
+        log.info(f"running {stage.kind} {stage.hash} [{stage.describe()}] shard {shard + 1} of {n}")
         run_shard(store, stage, graph, runner, shard, n)
         return shard_key(stage_hash, shard, n)
     if stage.kind in ACCELERATE_METHODS and processes > 1:
         runner = MultiProcess(runner, ACCELERATE_METHODS[stage.kind], processes, accelerate or {})
-    print(f"running {stage.kind} {stage.hash} [{stage.describe()}] rows {', '.join(stage.rows)}", flush=True)
-    execute_stage(stage, graph, store, runner, lambda m: print(m, flush=True), merge_only=merge_only)
+    log.info(f"running {stage.kind} {stage.hash} [{stage.describe()}] rows {', '.join(stage.rows)}")
+    execute_stage(stage, graph, store, runner, log.info, merge_only=merge_only)
     return stage_hash
 
 

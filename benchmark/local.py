@@ -8,12 +8,15 @@ manifests before they are reused.
 """
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 from benchmark.shards import Shard, check_can_shard, merge_shards, run_shards, stage_shards
 from benchmark.stage_runner import StageRunner
 from benchmark.stages import Stage, StageGraph
 from benchmark.store import Store, atomic_write_json
+
+log = logging.getLogger(__name__)
 
 
 def execute_stage(stage: Stage, graph: StageGraph, store: Store, runner: StageRunner, echo, *,
@@ -33,7 +36,7 @@ def execute_stage(stage: Stage, graph: StageGraph, store: Store, runner: StageRu
 
 
 
-def check_finished(graph: StageGraph, store: Store, echo=print) -> list[str]:
+def check_finished(graph: StageGraph, store: Store, echo=None) -> list[str]:
     """Check each finished stage of the graph against its manifest before it is reused: names and
     sizes (one stat per file, so every rerun of a paper table stays fast; truncated, deleted, added
     and replaced-by-another-size files are what goes wrong in practice); `benchmark.status --verify`
@@ -42,6 +45,7 @@ def check_finished(graph: StageGraph, store: Store, echo=print) -> list[str]:
     before manifests existed is trusted, with a warning: recomputing every old stage (days of
     training on the paper profile) for a check that was never possible would cost more than it saves.
     Returns the hashes set aside."""
+    echo = echo or log.warning
     damaged_hashes = []
     for s in graph.order():
         if not store.is_done(s.hash):

@@ -1,4 +1,4 @@
-"""python -m benchmark.run table=III [profile=smoke|paper] [data=...] [launcher=local|slurm|debug] [--dry-run] [key=value ...]
+"""python -m benchmark.run table=III [profile=...] [data=...] [launcher=...] [--dry-run] [--cfg job] [key=value ...]
 
 Regenerates one paper table (or several: table=III,IV,V) end to end: expands it into stages
 (test set, train epoch 1, epoch 2, generate, evaluate per detector), runs those not already in the
@@ -6,11 +6,11 @@ store, and writes results/<profile>/table_<N>.md, .tex, .json and figures.
 
 Options (everything else is a Hydra override of the composed config, e.g. data=kitti,
 benchmark.num_test_clips=4, train.lr=2e-5):
-  table=I|II|III|IV|V[,..]  which table(s) (required)
-  profile=smoke|paper      configs/benchmark/<profile>.yaml (default smoke)
-  launcher=local|slurm|debug  where stages run: here one by one (local), as SLURM job arrays (slurm),
-                           or through the SLURM code path in this process (debug; docs/slurm.md)
-  cluster=default          configs/slurm/<cluster>.yaml: partition, account, GPUs, time per stage kind
+  table=<name>[,..]        which table(s) (required): {tables}
+  profile=<name>           configs/benchmark/<profile>.yaml (default smoke): {profiles}
+  launcher=<name>          {launchers}: where stages run: here one by one (local), as SLURM job
+                           arrays (slurm), or through the SLURM code path in this process (debug; docs/slurm.md)
+  cluster=<name>           configs/slurm/<cluster>.yaml (default default: {clusters}): partition, account, GPUs, time per stage kind
                            (launcher=slurm); change keys with slurm.<key>=<value>, e.g. slurm.job.partition=gpu
   rows=a,b                 only these rows of the table
   store=runs               the stage store (runs/<hash>/)
@@ -20,6 +20,9 @@ benchmark.num_test_clips=4, train.lr=2e-5):
   --dry-run                print the stage graph (cached / pending; with launcher=slurm the job arrays) and stop
   --no-wait                launcher=slurm: submit and return; a render job writes the table when all jobs ended
   --list                   list tables, their rows and the profiles
+  --cfg job                print each row's resolved config (without table=: the profile's) and stop
+  groups of the trainer's config (group=option, e.g. data=kitti): {groups}
+Installed as `lsa-bench run` (`lsa-bench --help` lists the other commands).
 """
 from __future__ import annotations
 
@@ -69,6 +72,29 @@ def load_runner(spec: str):
         raise UsageError(f"runner={spec}: cannot load it ({e})") from e
 
 
+def usage(config_dir=None) -> str:
+    """The help text, its lists of names read from the tables, the config folders and the launchers."""
+    from benchmark.config import config_root, list_profiles
+    from benchmark.run_table import LAUNCHERS
+    from trainers.config import group_choices
+    clusters = sorted(p.stem for p in (config_root(config_dir) / "slurm").glob("*.yaml"))
+    groups = "  ".join(f"{g}={'|'.join(o)}" for g, o in group_choices().items())
+    return __doc__.format(tables="|".join(list_tables()), profiles="|".join(list_profiles(config_dir)),
+                          launchers="|".join(LAUNCHERS), clusters="|".join(clusters), groups=groups)
+
+
+def print_configs(tables, resolver) -> None:
+    """`--cfg job`: the resolved config of each row (what its stages are built from), as YAML."""
+    from omegaconf import OmegaConf
+
+    from benchmark.stages import expand
+    if not tables:
+        print(OmegaConf.to_yaml(resolver.base), end="")
+    for spec in tables:
+        for plan in expand(spec, resolver).rows:
+            print(f"# table {spec.name}, row {plan.row.name}\n{OmegaConf.to_yaml(plan.cfg)}", end="")
+
+
 def _list(config_dir) -> str:
     from benchmark.config import list_profiles
     lines = []
@@ -85,13 +111,19 @@ def main(argv: list[str] | None = None) -> int:
     folder) is one line and exit 2; any other exception from a stage keeps its traceback (exit 1);
     Ctrl-C is one line and exit 130."""
     argv = sys.argv[1:] if argv is None else argv
+    from trainers.config import print_config_flag
+    argv, show_cfg = print_config_flag(argv)
     opts, flags, overrides = parse_args(argv)
     try:
         if flags & {"-h", "--help"}:
-            print(__doc__)
+            print(usage(opts["config_dir"]))
             return 0
         if "--list" in flags:
             print(_list(opts["config_dir"]))
+            return 0
+        if show_cfg and not opts["table"]:
+            from benchmark.config import HydraResolver
+            print_configs([], HydraResolver(opts["profile"], overrides, config_dir=opts["config_dir"]))
             return 0
         if not opts["table"]:
             raise UsageError(f"say which table: table=<name>; valid tables: {', '.join(list_tables())}")
@@ -113,6 +145,9 @@ def main(argv: list[str] | None = None) -> int:
         elif cluster_overrides or "--no-wait" in flags:
             raise UsageError(f"{' '.join(cluster_overrides + sorted(flags & {'--no-wait'}))}: only with launcher=slurm")
         resolver = HydraResolver(opts["profile"], overrides, config_dir=opts["config_dir"])
+        if show_cfg:
+            print_configs(tables, resolver)
+            return 0
         runner = None if "--dry-run" in flags else load_runner(opts["runner"])
         for spec in tables:
             run_table(spec, resolver, runner, opts["launcher"], store=opts["store"], results=opts["results"],

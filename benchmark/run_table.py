@@ -13,6 +13,7 @@ waits and renders; `debug` is the same submission path with submitit's in-proces
 """
 from __future__ import annotations
 
+import logging
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -32,6 +33,8 @@ from benchmark.store import Store
 from data.atomic import make_temp_file
 from data.cli import MissingFile, UserError
 
+log = logging.getLogger(__name__)
+
 LAUNCHERS = ("local", "slurm", "debug")
 
 
@@ -50,14 +53,19 @@ class StagesFailed(RuntimeError):
 
 def run_table(table: str | TableSpec, cfg, runner: StageRunner, launcher: str = "local", *,
               store: str | Path | Store = "runs", results: str | Path = "results", rows: Sequence[str] | None = None,
-              dry_run: bool = False, echo: Callable[[str], None] = print, figures: bool = True,
+              dry_run: bool = False, echo: Callable[[str], None] | None = None, figures: bool = True,
               cluster: dict | None = None, wait: bool = True) -> TableRun:
     """Run one table. `cfg` is a resolver (benchmark.config.HydraResolver) or a resolved base dict.
 
     launcher slurm / debug: `cluster` is the cluster config (slurm.config.load_cluster; default:
     configs/slurm/default.yaml); `wait=False` submits and returns, and a render job draws the table
     once every job ended.
+
+    `echo` takes every line (tests collect them); by default progress and status are logged and the
+    --dry-run graph, the command's own output, is printed.
     """
+    show = echo or print
+    echo = echo or log.info
     spec = table if isinstance(table, TableSpec) else load_table(table)
     spec = spec.select(rows)
     if launcher not in LAUNCHERS:
@@ -74,11 +82,11 @@ def run_table(table: str | TableSpec, cfg, runner: StageRunner, launcher: str = 
         for s in sharded:
             check_can_shard(runner, s, stage_shards(s))
     if dry_run:
-        echo(graph.format(store.is_done, store.root))
+        show(graph.format(store.is_done, store.root))
         if launcher != "local":
-            echo(format_arrays(graph, store))
+            show(format_arrays(graph, store))
         for line in problems:
-            echo(f"missing: {line}")
+            show(f"missing: {line}")
         return TableRun(graph)
     if problems:
         raise MissingFile(f"table {spec.name}: {len(problems)} path(s) the run needs are missing; nothing "

@@ -212,6 +212,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if len(argv) != 1:
         print("usage: python -m benchmark.shards <payload.pkl> (started by benchmark.shards.run_workers)", file=sys.stderr)
         return 2
+    from data.cli import setup_logging
+    setup_logging()                 # a worker process: its progress logged like the command's
     with open(argv[0], "rb") as f:
         fn, args = cloudpickle.load(f)
     fn(*args)

@@ -263,6 +263,16 @@ def epoch_adapter(cfg: dict, objective: str) -> dict:
     return {**cfg, "adapter": dict(FULL_UNET_ADAPTER)}
 
 
+def with_lr_horizon(cfg: dict, epochs: int) -> dict:
+    """A decaying learning-rate schedule spans the row's `epochs`, also in its per-epoch stages (each
+    trains with train.epochs = its own epoch): `train.lr_schedule_epochs` is set to them when null.
+    The constant schedules have no horizon and keep it null, so their rows share stages as before."""
+    if select(cfg, "train.lr_schedule_epochs", None) is not None or \
+            select(cfg, "train.lr_scheduler", "constant") in ("constant", "constant_with_warmup"):
+        return cfg
+    return with_value(cfg, "train.lr_schedule_epochs", epochs)
+
+
 def epoch_objectives(cfg: dict, row: Row, baseline: str | None = None) -> list[str]:
     """'diffusion' or 'lsa' for each epoch 1..train.epochs, from schedule.feat_from_epoch (the same
     rule as trainers.objective.objective_weights)."""
@@ -363,7 +373,9 @@ def expand(spec: TableSpec, resolver: Resolver) -> StageGraph:
             """One train stage per epoch, chained (epoch e starts from epoch e-1's stage); the loop's
             row, always and policy bound here."""
             chain, parent = [], None
-            for epoch, objective in enumerate(epoch_objectives(tcfg, row, baseline), start=1):
+            objectives = epoch_objectives(tcfg, row, baseline)
+            tcfg = with_lr_horizon(tcfg, len(objectives))
+            for epoch, objective in enumerate(objectives, start=1):
                 ignore = always + list(policy.get("ignore_train") or [])
                 if objective == "diffusion":
                     ignore += list(policy.get("ignore_diffusion_only") or [])

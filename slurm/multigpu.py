@@ -93,6 +93,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if len(argv) != 1:
         print("usage: python -m slurm.multigpu <payload.pkl>  (started by accelerate launch)", file=sys.stderr)
         return 2
+    from data.cli import setup_logging
+    setup_logging()                 # a worker process: its progress logged like the command's
     payload = Path(argv[0])
     with open(payload, "rb") as f:
         fn, args = cloudpickle.load(f)

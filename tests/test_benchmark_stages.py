@@ -424,3 +424,27 @@ def test_two_runs_sharing_stages_run_each_stage_once(tmp_path):
     assert started[0] | started[1] == _done(store)
     assert any("was done by another process" in o or "waiting for it" in o for o in outs), outs
     assert (results / "smoke-fake" / "table_III.md").exists() and (results / "smoke-fake" / "table_IV.md").exists()
+
+
+def test_a_decaying_lr_schedule_spans_the_rows_epochs_in_every_stage():
+    """Each epoch stage trains with train.epochs = its own epoch; a cosine schedule must still decay
+    over the row's two epochs, so the staged rows' shared first epoch is the same as a 2-epoch run's.
+    The constant schedule has no horizon: its stages keep the key null and their old sharing."""
+    cosine = expand(load_table("III"), HydraResolver("smoke", ["train.lr_scheduler=cosine"]))
+    train = [s for s in cosine.stages.values() if s.kind == "train"]
+    assert train and all(s.run_cfg["train"]["lr_schedule_epochs"] == 2 for s in train)
+    assert {s.run_cfg["train"]["epochs"] for s in train} == {1, 2}
+    constant = expand(load_table("III"), HydraResolver("smoke"))
+    assert all(s.run_cfg["train"]["lr_schedule_epochs"] is None for s in constant.stages.values() if s.kind == "train")
+    assert len([s for s in constant.stages.values() if s.kind == "train"]) == len(train)   # same sharing
+
+
+def test_tracking_and_validation_keys_stay_out_of_stage_hashes():
+    """A run with TensorBoard and validation videos reuses every stage of a plain run (and vice versa)."""
+    plain = expand(load_table("III"), HydraResolver("smoke"))
+    tracked = expand(load_table("III"), HydraResolver("smoke", ["train.report_to=tensorboard",
+                                                                "train.validation_every=5"]))
+    assert set(plain.stages) == set(tracked.stages)
+    ema = expand(load_table("III"), HydraResolver("smoke", ["train.ema.enabled=true"]))
+    trains = {h for h, s in plain.stages.items() if s.kind == "train"}
+    assert not trains & set(ema.stages)                  # EMA changes what a train stage exports

@@ -141,15 +141,17 @@ def test_run_keeps_tracebacks_of_unexpected_errors_and_one_line_for_user_errors(
         main(_bench(tmp_path, "OSErrorRunner"))
     capsys.readouterr()
     assert main(_bench(tmp_path, "UserErrorRunner")) == 2
-    err = capsys.readouterr().err
-    assert err.strip() == "error: data.root=/nope: no such folder"
+    err = capsys.readouterr().err           # the progress logged before the stage ran, then the error line
+    assert err.strip().splitlines()[-1] == "error: data.root=/nope: no such folder"
+    assert "Traceback" not in err and err.count("error:") == 1
 
 
 def test_ctrl_c_is_one_line_and_exit_130(tmp_path, capsys):
     from benchmark.run import main
     assert main(_bench(tmp_path, "CtrlCRunner")) == 130
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "interrupted" in err[0], err
+    err = capsys.readouterr().err.strip().splitlines()      # logged progress, then one line
+    assert err[-1] == "interrupted (Ctrl-C)" and not any("Traceback" in ln for ln in err), err
+    assert all(" INFO " in ln or " WARNING " in ln for ln in err[:-1]), err     # only logged status before it
 
 
 def test_metrics_evaluate_keeps_the_traceback_of_a_bug(tmp_path, monkeypatch, capsys):
@@ -205,7 +207,8 @@ def _log_owner(tmp_path, text: str, step: int):
     path = tmp_path / "log.jsonl"
     path.write_text(text)
     printed = []
-    return SimpleNamespace(log_path=path, state={"global_step": step}, acc=SimpleNamespace(print=printed.append)), printed
+    return SimpleNamespace(log_path=path, state={"global_step": step},
+                           say=lambda message, level=None: printed.append(message)), printed
 
 
 def test_resume_drops_a_torn_last_log_line_and_names_other_bad_lines(tmp_path):

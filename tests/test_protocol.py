@@ -71,6 +71,9 @@ PAPER = {
     "metrics.det.protocols.lsa.ap": ("coco", "coco"),
     "metrics.det.miou": ("matched_mean", "matched_mean"),
     "metrics.det.miou_match_iou": (0.5, 0.5),
+    "train.lr_scheduler": ("constant", "constant"),
+    "train.lr_warmup_steps": (0, 0),
+    "train.ema.enabled": (False, False),
 }
 # keys read from the Ctrl-V rows' configs (configs/ctrlv/base.yaml + benchmark.ctrlv_overrides)
 PAPER_CTRLV = {

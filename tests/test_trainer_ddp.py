@@ -34,7 +34,7 @@ def _launch(out_dir, *overrides, nproc=2) -> str:
            "-m", "trainers.train", *COMMON, f"train.out_dir={out_dir}", *overrides]
     res = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
-    return res.stdout
+    return res.stdout + res.stderr          # the run folder on stdout, progress (logging) on stderr
 
 
 def _log(run_dir):

@@ -172,6 +172,22 @@ RULES: list[Rule] = [
     text("train.init_from", null=True),
     text("train.out_dir"),
     Rule("train.device", _device, "auto | cpu | cuda | cuda:<index>"),
+    choice("train.lr_scheduler", "constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts",
+           "polynomial"),
+    num("train.lr_warmup_steps", ge=0, integer=True),
+    num("train.lr_schedule_epochs", ge=1, integer=True, null=True),
+    boolean("train.ema.enabled"),
+    num("train.ema.decay", ge=0, le=1),
+    choice("train.report_to", "none", "tensorboard", "wandb"),
+    choice("train.wandb_mode", "offline", "online"),
+    num("train.validation_every", ge=0, integer=True),
+    choice("train.validation.split", "train", "test"),
+    num("train.validation.num_videos", ge=1, integer=True),
+    num("train.validation.num_inference_steps", ge=1, integer=True),
+    num("train.validation.min_guidance_scale", ge=0),
+    num("train.validation.max_guidance_scale", ge=0),
+    num("train.validation.decode_chunk_size", ge=1, integer=True),
+    num("train.validation.seed", ge=0, integer=True),
     # ---- model
     text("model.name"),
     text("model.svd"),
@@ -316,6 +332,10 @@ def _cross_checks(cfg: dict) -> list[str]:
         if gen["min_guidance_scale"] > gen["max_guidance_scale"]:
             out.append(f"benchmark.generate.min_guidance_scale={gen['min_guidance_scale']!r}: expected <= "
                        f"benchmark.generate.max_guidance_scale ({gen['max_guidance_scale']!r})")
+    t = cfg.get("train") if isinstance(cfg.get("train"), dict) else {}
+    if t.get("lr_scheduler") == "constant" and _is_int(t.get("lr_warmup_steps")) and t["lr_warmup_steps"] > 0:
+        out.append(f"train.lr_warmup_steps={t['lr_warmup_steps']!r}: expected 0 with train.lr_scheduler=constant "
+                   "(it has no warm-up; use train.lr_scheduler=constant_with_warmup)")
     return out
 
 

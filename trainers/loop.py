@@ -1,8 +1,8 @@
 """The training loop (accelerate): steps of an objective (trainers/objective.py), checkpoints, resume, export."""
 from __future__ import annotations
 
-import importlib.util
 import json
+import logging
 import math
 import shutil
 import time
@@ -20,12 +20,16 @@ from trainers.adapters import apply_adapter, merged_unet
 from trainers.conditioning import SVDConditioner
 from trainers.decoder_speed import (block_checkpoint, set_channels_last, set_decoder_attention,
                                     set_decoder_block_checkpointing)
+from trainers.ema import build_ema, ema_weights, trainable
 from trainers.losses import DiffusionLoss, DinoFeatures, SemanticAlignmentLoss
 from trainers.models import count_params, load_dino, load_svd
 from trainers.objective import LSAObjective
-from trainers.optim import build_optimizer
+from trainers.optim import build_lr_scheduler, build_optimizer
+from trainers.tracking import Tracker, tracker_choice
+from trainers.validation import Validator
 
 STATE_FILE = "trainer_state.json"
+log = logging.getLogger(__name__)
 
 
 class EpochSampler(torch.utils.data.Sampler):
@@ -70,6 +74,7 @@ def newest_checkpoint(run_dir: Path) -> Path | None:
 
 class Trainer:
     export_name = "unet"   # folder (under the run) the trained module is exported to; summary keys follow it
+    validates = True       # can render validation videos with the SVD pipeline (train.validation_every)
 
     def __init__(self, cfg):
         from accelerate import Accelerator
@@ -80,7 +85,7 @@ class Trainer:
         self.run_dir = Path(t.out_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.switch_unet = self.adapter_switch_unet()
-        trackers = "tensorboard" if importlib.util.find_spec("tensorboard") else None
+        trackers = tracker_choice(t)
         # accelerate keeps its mixed-precision state in a process-wide singleton: a second Trainer in
         # the same process (benchmark stages, tests) must be free to choose its own precision.
         # The distributed (PartialState) part is kept, so `accelerate launch` runs are unaffected.
@@ -131,8 +136,6 @@ class Trainer:
         params = [p for p in unet.parameters() if p.requires_grad]
         self.n_trainable = sum(p.numel() for p in params)
         optimizer = build_optimizer(params, t)
-        from diffusers.optimization import get_scheduler
-        lr_scheduler = get_scheduler("constant", optimizer=optimizer)
 
         if len(self.dataset) == 0:
             raise InputError(f"data={cfg.data.name}: the training split is empty (check data.root and the split)")
@@ -141,10 +144,29 @@ class Trainer:
                                              collate_fn=collate_clips, num_workers=t.num_workers, drop_last=True)
         if len(loader) == 0:
             raise InputError(f"train.batch_size={t.batch_size} is larger than the training split ({len(self.dataset)} clips)")
-        self.unet, self.optimizer, self.loader, self.lr_scheduler = self.acc.prepare(unet, optimizer, loader, lr_scheduler)
+        self.unet, self.optimizer, self.loader = self.acc.prepare(unet, optimizer, loader)
+        # the schedule's horizon counts optimizer steps per epoch of this process's (prepared) loader
+        lr_scheduler = build_lr_scheduler(optimizer, t, len(self.loader) // t.grad_accum, self.acc.num_processes)
+        self.lr_scheduler = self.acc.prepare(lr_scheduler)
+        self.ema = build_ema(trainable(self.acc.unwrap_model(self.unet)), t, self.acc.device)
+        if self.ema is not None:       # saved in and restored from every checkpoint (custom_checkpoint_0.pkl)
+            self.acc.register_for_checkpointing(self.ema)
+        self.tracker = Tracker(self.acc, cfg, self.run_dir)
+        self.validator = None
+        if int(t.get("validation_every", 0) or 0) > 0 and self.acc.is_main_process:
+            if self.validates:
+                self.validator = Validator(cfg, parts, self.run_dir)
+            else:
+                self.say(f"train.validation_every={t.validation_every}: {type(self).__name__} has no "
+                         "validation videos; skipped", logging.WARNING)
         self.state = dict(global_step=0, micro_step=0, epoch=1, batch_in_epoch=0)
         self.loss_scale: dict = {}       # per LSA epoch: weighted terms at its first step and their means
         self.log_path = self.run_dir / "log.jsonl"
+
+    def say(self, message: str, level: int = logging.INFO) -> None:
+        """A progress or status line (logging), from the main process only."""
+        if self.acc.is_main_process:
+            log.log(level, message)
 
     @property
     def feat_loss(self) -> SemanticAlignmentLoss | None:
@@ -214,9 +236,14 @@ class Trainer:
         acc.wait_for_everyone()
 
     def load_checkpoint(self, folder: Path):
+        if self.ema is not None and not (Path(folder) / "custom_checkpoint_0.pkl").exists():
+            raise InputError(f"{folder}: this checkpoint holds no EMA weights (its run had train.ema.enabled="
+                             "false); resume it with train.ema.enabled=false")
         self.acc.load_state(str(folder))
+        if self.ema is not None:       # accelerate loads custom states onto the CPU
+            self.ema.to(self.acc.device)
         self.state = json.loads((Path(folder) / STATE_FILE).read_text())
-        self.acc.print(f"resumed from {folder} (step {self.state['global_step']}, epoch {self.state['epoch']})")
+        self.say(f"resumed from {folder} (step {self.state['global_step']}, epoch {self.state['epoch']})")
 
     def maybe_resume(self):
         t = self.cfg.train
@@ -233,8 +260,8 @@ class Trainer:
                 raise MissingFile(f"train.init_from={t.init_from}: no checkpoint ({STATE_FILE}) found there")
             if self.switch_unet is not None:     # weights came in through load_parts; only the loop position
                 self.state = json.loads((src / STATE_FILE).read_text())
-                self.acc.print(f"started from the U-Net exported at {self.switch_unet} (adapter "
-                               f"{self.cfg.adapter.name} added, fresh optimizer), epoch {self.state['epoch']}")
+                self.say(f"started from the U-Net exported at {self.switch_unet} (adapter "
+                         f"{self.cfg.adapter.name} added, fresh optimizer), epoch {self.state['epoch']}")
             else:
                 self.load_checkpoint(src)
         self._truncate_log()
@@ -257,8 +284,8 @@ class Trainer:
                 step = rec["step"]
             except (json.JSONDecodeError, KeyError, TypeError) as e:
                 if n == last:
-                    self.acc.print(f"{self.log_path}:{n + 1}: dropped a torn last line (the run was killed while "
-                                   f"writing it): {ln[:80]!r}")
+                    self.say(f"{self.log_path}:{n + 1}: dropped a torn last line (the run was killed while "
+                             f"writing it): {ln[:80]!r}", logging.WARNING)
                     continue
                 raise InputError(f"{self.log_path}:{n + 1}: not a training log record ({type(e).__name__}: {e}); "
                                  f"fix or delete that line to resume") from e
@@ -306,8 +333,7 @@ class Trainer:
         self.maybe_resume()
         if acc.is_main_process:
             (self.run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
-        if acc.log_with:
-            acc.init_trackers("lsa", config={"variant": cfg.loss.variant, "schedule": cfg.schedule.name})
+        self.tracker.start()
         max_steps = t.max_steps if t.max_steps is not None else math.inf
         steps_per_epoch = len(self.loader) // t.grad_accum
         total = min(max_steps, steps_per_epoch * t.epochs)
@@ -327,8 +353,9 @@ class Trainer:
                 with acc.accumulate(self.unet):
                     loss, terms = self.compute_loss(batch, g)
                     acc.backward(loss)
-                    if acc.sync_gradients and t.max_grad_norm:
-                        acc.clip_grad_norm_(self.unet.parameters(), t.max_grad_norm)
+                    if acc.sync_gradients:
+                        terms["grad_norm"] = self.clip_gradients()
+                        terms["lr"] = self.lr_scheduler.get_last_lr()[0]     # the rate this step uses
                     self.optimizer.step()
                     self.lr_scheduler.step()
                     self.optimizer.zero_grad(set_to_none=True)
@@ -337,7 +364,11 @@ class Trainer:
                 if not acc.sync_gradients:
                     continue
                 self.state["global_step"] += 1
+                if self.ema is not None:
+                    self.ema.step(trainable(acc.unwrap_model(self.unet)))
                 self._note_scale(self._log(terms, clips, epoch, start), epoch)
+                if self.validator is not None and self.validator.due(self.state["global_step"]):
+                    self.validate()
                 clips = []
                 bar.update(1)
                 bar.set_postfix(epoch=epoch, **{k: f"{v:.4g}" for k, v in terms.items() if k.startswith("loss")})
@@ -351,13 +382,17 @@ class Trainer:
                 continue
             self.save_checkpoint()   # stopped by max_steps
         bar.close()
-        acc.end_training()
+        self.tracker.end()
         finished = self.state["epoch"] > t.epochs or self.state["global_step"] >= max_steps
         if finished and acc.is_main_process:
             out, n_params = self.export(self.run_dir / self.export_name)
+            ema = {}
+            if self.ema is not None:
+                ema_name = f"{self.export_name}_ema"
+                ema[ema_name] = str(self.export(self.run_dir / ema_name, ema=True)[0])
             summary = dict(self.state, trainable_params=self.n_trainable, checkpoint=str(newest_checkpoint(self.run_dir)),
                            **({"loss_scale": self.loss_scale} if self.loss_scale else {}),
-                           **{f"{self.export_name}_params": n_params, self.export_name: str(out)})
+                           **{f"{self.export_name}_params": n_params, self.export_name: str(out)}, **ema)
             atomic_write_json(self.run_dir / "summary.json", summary)
         return self.run_dir
 
@@ -371,10 +406,10 @@ class Trainer:
         if sc["first_step"] is None:
             sc["first_step"] = dict(pair, step=self.state["global_step"])
             ratio = pair["weighted_feat"] / pair["weighted_diff"] if pair["weighted_diff"] else math.inf
-            self.acc.print(f"LSA epoch {epoch}, step {self.state['global_step']}: weighted terms "
-                           f"{self.cfg.loss.diff_weight} L_diff = {pair['weighted_diff']:.4g}, "
-                           f"lambda L_feat = {pair['weighted_feat']:.4g} (ratio {ratio:.3g}; reduction "
-                           f"{self.cfg.loss.get('feat_reduction', 'mean')}, mask {self.cfg.loss.get('feat_mask', 'diff')})")
+            self.say(f"LSA epoch {epoch}, step {self.state['global_step']}: weighted terms "
+                     f"{self.cfg.loss.diff_weight} L_diff = {pair['weighted_diff']:.4g}, "
+                     f"lambda L_feat = {pair['weighted_feat']:.4g} (ratio {ratio:.3g}; reduction "
+                     f"{self.cfg.loss.get('feat_reduction', 'mean')}, mask {self.cfg.loss.get('feat_mask', 'diff')})")
         n = sc["steps"]
         sc["mean"] = {k: (sc["mean"].get(k, 0.0) * n + v) / (n + 1) for k, v in pair.items()}
         sc["steps"] = n + 1
@@ -384,24 +419,48 @@ class Trainer:
         every process trained on (in process order)."""
         acc = self.acc
         if acc.num_processes > 1:      # collectives: every process calls them
-            names = list(terms)
+            names = [k for k, v in terms.items() if v is not None]
             mean = acc.reduce(torch.tensor([terms[k] for k in names], device=acc.device), reduction="mean")
-            terms = dict(zip(names, mean.tolist()))
+            terms = terms | dict(zip(names, mean.tolist()))
             clips = acc.gather(torch.tensor(clips, device=acc.device)).tolist()
         if not acc.is_main_process:
             return terms
-        rec = dict(step=self.state["global_step"], epoch=epoch, lr=self.lr_scheduler.get_last_lr()[0],
-                   time=round(time.time() - start, 3), clips=clips, **terms)
+        w_diff, w_feat = self.objective.weights(epoch)
+        rec = dict(step=self.state["global_step"], epoch=epoch, time=round(time.time() - start, 3), clips=clips,
+                   **terms, w_diff=w_diff, w_feat=w_feat)
         with open(self.log_path, "a") as f:
             f.write(json.dumps(rec) + "\n")
-        if self.acc.log_with:
-            self.acc.log({k: v for k, v in rec.items() if k not in ("step", "clips")}, step=rec["step"])
+        self.tracker.log({k: v for k, v in rec.items() if k not in ("step", "clips")}, step=rec["step"])
         return terms
 
-    def export(self, out: Path) -> tuple[Path, int]:
-        """The trained U-Net (LoRA merged) as a diffusers folder, written atomically; (folder, #params)."""
+    def clip_gradients(self) -> float | None:
+        """Clip to train.max_grad_norm (none when null) and return the gradient norm before clipping
+        (None where the optimizer holds the gradients itself: adamw_offload). Without a limit the
+        gradients are scaled by exactly 1."""
+        t = self.cfg.train
+        if t.get("optimizer", "adamw") == "adamw_offload":
+            return None
+        norm = self.acc.clip_grad_norm_(self.unet.parameters(), t.max_grad_norm or math.inf)
+        return float(norm)
+
+    def validate(self) -> list:
+        """Validation videos of the current weights (the EMA weights when train.ema is on)."""
+        unet = self.acc.unwrap_model(self.unet)
+        step = self.state["global_step"]
+        with ema_weights(self.ema, trainable(unet)):
+            videos = self.validator(unet, step, self.acc.autocast)
+        self.tracker.log_videos(videos, fps=float(self.cfg.cond.fps), step=step)
+        self.say(f"validation videos of step {step}: {self.validator.out / f'step-{step:08d}'}")
+        return videos
+
+    def export(self, out: Path, ema: bool = False) -> tuple[Path, int]:
+        """The trained U-Net (LoRA merged) as a diffusers folder, written atomically; (folder, #params).
+        With `ema`, the EMA of its trained weights instead."""
         import copy
-        unet = copy.deepcopy(self.acc.unwrap_model(self.unet)).float()
+        unet = copy.deepcopy(self.acc.unwrap_model(self.unet))
+        if ema:
+            self.ema.copy_to(trainable(unet))
+        unet = unet.float()
         unet = merged_unet(unet)
         out = save_pretrained_atomic(unet, out)
         return out, count_params(unet)

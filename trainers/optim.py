@@ -60,3 +60,28 @@ def state_bytes(optimizer) -> int:
     opt = getattr(optimizer, "optimizer", optimizer)           # accelerate's wrapper
     return sum(v.numel() * v.element_size() for state in opt.state.values() for v in state.values()
                if torch.is_tensor(v))
+
+
+# diffusers.optimization.SchedulerType's values that need no extra arguments (piecewise_constant needs a rule string)
+LR_SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial")
+
+
+def build_lr_scheduler(optimizer, t, steps_per_epoch: int, num_processes: int = 1):
+    """The learning-rate schedule of `t.lr_scheduler` through diffusers' `get_scheduler`, as diffusers'
+    training scripts build it.
+
+    Its horizon is `t.lr_schedule_epochs` (else `t.epochs`) epochs of `steps_per_epoch` optimizer
+    steps, never `t.max_steps`: a cap that stops a run early must not change its learning rates, so a
+    run stopped at step 3 and resumed to step 6 follows the uninterrupted run's schedule. accelerate's
+    prepared scheduler steps once per process and optimizer step, hence the factor `num_processes`."""
+    from diffusers.optimization import get_scheduler
+    name, warmup = t.get("lr_scheduler", "constant"), int(t.get("lr_warmup_steps", 0) or 0)
+    if name not in LR_SCHEDULERS:
+        raise ValueError(f"train.lr_scheduler={name!r}: valid are {', '.join(LR_SCHEDULERS)}")
+    if name == "constant" and warmup:
+        # diffusers' constant schedule ignores the warm-up: say so instead of silently dropping it
+        raise ValueError(f"train.lr_warmup_steps={warmup} with train.lr_scheduler=constant: the constant "
+                         "schedule has no warm-up; use train.lr_scheduler=constant_with_warmup")
+    epochs = t.get("lr_schedule_epochs") or t.epochs
+    return get_scheduler(name, optimizer=optimizer, num_warmup_steps=warmup * num_processes,
+                         num_training_steps=int(steps_per_epoch * epochs) * num_processes)

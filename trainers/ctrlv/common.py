@@ -48,6 +48,7 @@ class CtrlVTrainer(Trainer):
     """The shared Trainer (loop, checkpoints, resume, export) with box rendering for the Ctrl-V stages."""
 
     stage = ""
+    validates = False      # its videos need the box conditioning (trainers/ctrlv/pipeline.py), not the SVD pipeline
 
     def __init__(self, cfg):
         check_stage_config(cfg, self.stage)
