@@ -17,10 +17,8 @@ from benchmark.shards import Shard, shard_names
 from benchmark.stages import get_key
 from benchmark.testset import write_testset
 from data.atomic import atomic_write_bytes, data_entries
-from data.device import resolve_device
 from data.video_io import read_frame
 
-_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 def release_memory():
@@ -32,10 +30,10 @@ def release_memory():
 
 def _generation_setup(cfg: dict, test_clips: Path):
     """(config, benchmark.generate node, device, dtype, clip names of the testset stage)."""
+    from benchmark.generate import device_and_dtype
     c = OmegaConf.create(cfg)
     gen = c.benchmark.generate
-    device = resolve_device(gen.get("device"))
-    dtype = _DTYPES[gen.get("dtype", "fp32") if device != "cpu" else "fp32"]
+    device, dtype = device_and_dtype(gen)
     firsts_dir = Path(test_clips) / "first_frames"
     names = [p.stem for p in data_entries(firsts_dir, dirs=False) if p.suffix == ".png"] if firsts_dir.is_dir() else []
     if not names:
