@@ -160,7 +160,7 @@ def parse_args(argv: list[str]):
     a config override, any other item an input."""
     p = _parser()
     p.__class__ = _Parser
-    args = p.parse_args(argv)
+    args = p.parse_intermixed_args(argv)
     inputs, overrides = [], []
     for a in args.items:
         (overrides if _OVERRIDE.match(a) and not Path(a).exists() else inputs).append(a)
