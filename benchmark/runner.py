@@ -579,8 +579,13 @@ def render(graph: StageGraph, store: Store, out_dir: Path, *, fake: bool = False
     unavailable = {p.row.name: p.unavailable for p in graph.rows if p.unavailable}
     outputs = render_table(spec, cells, caption=caption, out_dir=out_dir, unavailable=unavailable,
                            profile=graph.profile, fake=fake, extra=extra)
-    if figures:
-        outputs.update(_figures(graph, store, out_dir, extra, note=("FAKE RUNNER: " if fake else "") + description))
+    note = ("FAKE RUNNER: " if fake else "") + description
+    figs = _figures(graph, store, out_dir, extra, note=note) if figures else {}
+    outputs.update(figs)
+    if figures:                     # the HTML report shows the figures and re-encodes a few videos
+        from benchmark.report import write_report
+        outputs.update(write_report(graph, store, out_dir, json.loads(Path(outputs["json"]).read_text()), figs,
+                                    note=note))
     return outputs
 
 
