@@ -199,8 +199,9 @@ def resolve_model(model: str) -> dict:
 
 def compose(profile: str, overrides: Sequence[str], model: dict):
     """The config the videos are made with: configs/train.yaml + the profile + the overrides; a run's
-    own config (its model, data, cond and, for a benchmark stage, its generate settings) comes over
-    that, then the command line's key=value overrides again (they win)."""
+    own config (its model, cond, data unless the command line gives data=..., and for a benchmark stage
+    its generate settings) comes over that, then the command line's key.path=value overrides again
+    (they win)."""
     from omegaconf import OmegaConf
     from omegaconf.errors import OmegaConfBaseException
 
@@ -215,7 +216,9 @@ def compose(profile: str, overrides: Sequence[str], model: dict):
             run = OmegaConf.load(model["config"])
         except (OSError, OmegaConfBaseException) as e:
             raise InputError(f"{model['config']}: not a readable run config ({e})") from e
-        keys = [k for k in ("model", "data", "cond") if k in run]
+        # the run's data (and so its frame count and size) unless the command line picks a dataset
+        user_data = any(o.split("=", 1)[0].lstrip("+~") == "data" for o in overrides)
+        keys = [k for k in ("model", "cond") + (() if user_data else ("data",)) if k in run]
         over = {k: run[k] for k in keys}
         if "benchmark" in run and "generate" in run.benchmark:
             over["benchmark"] = {"generate": run.benchmark.generate}
@@ -263,6 +266,28 @@ def collect_inputs(items: Sequence[str], cfg) -> list[tuple[str, str, np.ndarray
     return out
 
 
+def _test_list_overrides(items: Sequence[str], overrides: Sequence[str]) -> list[str]:
+    """data.clip_len / data.stride of the test-clip lists among the inputs (so the videos have the
+    listed clips' length), for the keys the command line does not set; lists that disagree fail."""
+    from data.atomic import read_versioned_json
+    from data.test_split import TEST_CLIPS_VERSION
+    given = {o.split("=", 1)[0] for o in overrides}
+    found: dict[str, tuple[object, str]] = {}
+    for item in items:
+        path = Path(item).expanduser()
+        if not (path.is_file() and path.suffix.lower() == ".json"):
+            continue
+        params = read_versioned_json(path, TEST_CLIPS_VERSION, "test clip list").get("params") or {}
+        for key in ("clip_len", "stride"):
+            if key not in params or f"data.{key}" in given:
+                continue
+            if key in found and found[key][0] != params[key]:
+                raise InputError(f"test-clip lists {found[key][1]} and {path} differ in {key} ({found[key][0]} vs "
+                                 f"{params[key]}); generate them separately")
+            found[key] = (params[key], str(path))
+    return [f"data.{k}={v}" for k, (v, _) in found.items()]
+
+
 def _test_list_inputs(path: Path, cfg) -> list[tuple[str, str, np.ndarray]]:
     """The first frames of the clips a test_clips.json lists, read from the config's dataset; the list's
     own parameters (clip length, stride, number of clips) are used unless the command line set them."""
@@ -281,6 +306,8 @@ def _test_list_inputs(path: Path, cfg) -> list[tuple[str, str, np.ndarray]]:
     for key in ("clip_len", "stride"):
         if key in params:
             data[key] = params[key]
+    for key in ("window_step", "select"):          # in the list's params only when not the default
+        data.test[key] = params.get(key)
     data.test.num_clips = int(params.get("num_clips", len(doc.get("clips", []))))
     data.test.clips_file = str(path.resolve())
     clips = build_dataset(data, "test")
@@ -313,7 +340,7 @@ def run(inputs: Sequence[str], model: str, out: str | Path, *, profile: str = "s
     if out.exists() and not out.is_dir():
         raise InputError(f"--out {out}: a file, not a folder")
     m = resolve_model(model)
-    cfg = compose(profile, overrides, m)
+    cfg = compose(profile, [*_test_list_overrides(inputs, overrides), *overrides], m)
     gen = cfg.benchmark.generate
     if seed is not None:
         gen.seed = int(seed)

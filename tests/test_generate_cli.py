@@ -113,3 +113,32 @@ def test_bad_inputs_are_one_line_errors(tiny_run, first_frames, tmp_path, capsys
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and message in err and "\n" not in err
     assert not (tmp_path / "o" / "videos").exists()
+
+
+def test_test_clip_list(tiny_run, tmp_path):
+    """A test_clips.json of a folder dataset: its clips' first frames, named as the testset stage names them,
+    at the list's clip length; data=... on the command line takes the place of the run's data."""
+    from data.registry import build_dataset
+    root = tmp_path / "videos"
+    for v, color in (("drive_a", (200, 40, 40)), ("drive_b", (40, 40, 200))):
+        (root / v).mkdir(parents=True)
+        for f in range(6):
+            Image.new("RGB", (80, 60), (color[0], 10 * f, color[2])).save(root / v / f"{f:03d}.png")
+    data = [f"data.root={root}", "data.test.videos=[drive_a,drive_b]", "data.height=64", "data.width=96",
+            f"data.cache.dir={tmp_path / 'cache'}"]
+    cfg = load_config(["data=folder", "data.clip_len=3", "data.test.num_clips=2", *data])
+    clips = build_dataset(cfg.data, "test")             # writes the test list, as the testset stage does
+    (listed,) = (tmp_path / "cache" / "test_clips").glob("folder-*.json")
+    out = tmp_path / "gen"
+    assert main([str(listed), "--model", str(tiny_run), "--out", str(out), "--frames", "data=folder", *data]) == 0
+    doc = json.loads((out / "generation.json").read_text())
+    assert sorted(doc["videos"]) == ["clip_0000", "clip_0001"] and doc["settings"]["num_frames"] == 3
+    assert doc["videos"]["clip_0001"]["input"] == f"{listed}: clips[1]"
+    assert read_video(out / "videos" / "clip_0000.mp4").shape == (3, 64, 96, 3)
+    # the conditioning frame was that clip's first frame: the run with one image of it gives the same video
+    Image.fromarray(clips[1].frames[0]).save(tmp_path / "first.png")
+    assert main([str(tmp_path / "first.png"), "--model", str(tiny_run), "--out", str(tmp_path / "one"), "--frames",
+                 "--seed", "1", "benchmark.generate.num_frames=3"]) == 0
+    assert np.array_equal(read_video(tmp_path / "one" / "frames" / "first"), read_video(out / "frames" / "clip_0001"))
+    # a list of another dataset than the config's is a one-line error naming the fix
+    assert main([str(listed), "--model", str(tiny_run), "--out", str(tmp_path / "x")]) == 2
