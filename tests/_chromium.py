@@ -12,7 +12,7 @@ import json
 import os
 import select
 import shutil
-import subprocess
+import signal
 import tempfile
 import time
 from pathlib import Path
@@ -45,33 +45,43 @@ class Chromium:
         self._profile = tempfile.mkdtemp(prefix="lsa-chromium-")
         to_browser_r, self._to_browser = os.pipe()
         self._from_browser, from_browser_w = os.pipe()
-
-        def child_fds():                       # the browser's fd 3 (commands in) and 4 (replies out)
-            os.dup2(to_browser_r, 3)
-            os.dup2(from_browser_w, 4)
-
         args = [self.binary, "--headless=new", "--remote-debugging-pipe", f"--user-data-dir={self._profile}",
                 "--no-first-run", "--no-default-browser-check", "--disable-gpu", "--mute-audio",
                 "--autoplay-policy=no-user-gesture-required", f"--window-size={self.width},{self.height}",
                 "about:blank"]
         if hasattr(os, "geteuid") and os.geteuid() == 0:
             args.insert(1, "--no-sandbox")        # Chromium refuses to run as root with its sandbox
-        self.proc = subprocess.Popen(args, pass_fds=(3, 4), preexec_fn=child_fds, stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.PIPE)
+        self._log = Path(self._profile) / "stderr.log"
+        # posix_spawn places the pipe ends at the browser's fd 3 (commands in) and 4 (replies out)
+        # without running Python in the child (a preexec_fn is unsafe in a process with threads)
+        self.pid = os.posix_spawn(self.binary, args, dict(os.environ), file_actions=[
+            (os.POSIX_SPAWN_DUP2, to_browser_r, 3), (os.POSIX_SPAWN_DUP2, from_browser_w, 4),
+            (os.POSIX_SPAWN_OPEN, 1, os.devnull, os.O_WRONLY, 0),
+            (os.POSIX_SPAWN_OPEN, 2, str(self._log), os.O_WRONLY | os.O_CREAT, 0o600)])
         os.close(to_browser_r)
         os.close(from_browser_w)
         return self
 
+    def _exited(self, timeout: float) -> int | None:
+        """The browser's exit status once it has exited within `timeout` seconds, else None."""
+        deadline = time.monotonic() + timeout
+        while True:
+            pid, status = os.waitpid(self.pid, os.WNOHANG)
+            if pid:
+                self.returncode = os.waitstatus_to_exitcode(status)
+                return self.returncode
+            if time.monotonic() > deadline:
+                return None
+            time.sleep(0.05)
+
     def __exit__(self, *exc):
         try:
-            self.send("Browser.close")
+            self.send("Browser.close", timeout=5)
         except (ProtocolError, OSError):
             pass
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        if getattr(self, "returncode", None) is None and self._exited(10) is None:
+            os.kill(self.pid, signal.SIGKILL)
+            self._exited(10)
         for fd in (self._to_browser, self._from_browser):
             try:
                 os.close(fd)
@@ -105,8 +115,8 @@ class Chromium:
                 return None
             chunk = os.read(self._from_browser, 1 << 16)
             if not chunk:
-                raise ProtocolError(f"the browser closed the pipe (exit {self.proc.poll()}): "
-                                    f"{self.proc.stderr.read().decode(errors='replace')[-2000:]}")
+                log = self._log.read_text(errors="replace")[-2000:] if self._log.exists() else ""
+                raise ProtocolError(f"the browser closed the pipe (exit {self._exited(5)}): {log}")
             self._buf += chunk
         raw, self._buf = self._buf.split(b"\0", 1)
         return json.loads(raw)

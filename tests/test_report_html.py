@@ -8,8 +8,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from _chromium import Chromium, find_chromium
+
 from ablations.registry import load_table
 from data.video_io import read_video
 
