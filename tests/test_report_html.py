@@ -14,8 +14,8 @@ from ablations.registry import load_table
 from data.video_io import read_video
 
 CHROMIUM = find_chromium()
-needs_chromium = pytest.mark.skipif(CHROMIUM is None, reason="no Chromium found ($LSA_CHROMIUM, or chromium on PATH; Debian: apt-get install -y "
-                                    "chromium; or set LSA_CHROMIUM=/path/to/chrome); .ci/run installs it")
+needs_chromium = pytest.mark.skipif(CHROMIUM is None, reason="no Chromium found ($LSA_CHROMIUM, or chromium on "
+                                    "PATH; Debian: apt-get install -y chromium); .ci/run installs it")
 
 
 @pytest.fixture(scope="module")
