@@ -46,7 +46,6 @@ from data.cli import InputError, MissingFile, UserError, command
 from data.video_io import FRAME_SUFFIXES, read_frame, write_frames, write_video
 from trainers.timing import generation_timing
 
-DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 RECORD = "generation.json"
 RECORD_VERSION = 1
 # The pipeline keyword arguments generate_video takes from `benchmark.generate` (configs/benchmark/*.yaml).
@@ -55,13 +54,15 @@ SETTINGS = ("height", "width", "num_frames", "num_inference_steps", "fps", "moti
 
 
 def device_and_dtype(gen_cfg) -> tuple[str, torch.dtype]:
-    """`benchmark.generate.device` (auto: the GPU when there is one) and `.dtype` (fp32 on the CPU)."""
-    from data.device import resolve_device
+    """`benchmark.generate.device` (auto: the GPU when there is one) and `.dtype` (fp32 on the CPU),
+    read as the generate stage reads them (benchmark/trainer_runner.py)."""
+    from data.device import resolve_device, torch_dtype
     device = resolve_device(gen_cfg.get("device"))
-    name = gen_cfg.get("dtype", "fp32") if device != "cpu" else "fp32"
-    if name not in DTYPES:
-        raise InputError(f"benchmark.generate.dtype={name!r}: valid are {', '.join(DTYPES)}")
-    return device, DTYPES[name]
+    try:
+        return device, torch_dtype(gen_cfg.get("dtype", "fp32") if device != "cpu" else "fp32",
+                                   "benchmark.generate.dtype")
+    except ValueError as e:
+        raise InputError(str(e)) from e
 
 
 def load_pipeline(model_cfg, unet_dir: str | Path | None = None, device: str = "cpu",

@@ -1,13 +1,13 @@
 """The HTML report of a table: `results/<profile>/table_<N>.html` + `table_<N>_assets/`, static files only.
 
-Written by `benchmark.runner.render` beside the markdown, LaTeX and figures, from the same store:
+Written by `benchmark.render.render` beside the markdown, LaTeX and figures, from the same store:
 - the table (ours beside the paper's numbers, best in bold, second underlined, as in the markdown),
   and per row links to the folders of its stages (test set, each train epoch, generate, evaluate);
 - for a few test clips (`benchmark.report.clips`), the real clip with the dataset's boxes (green) beside
   each row's generated video with its detector's boxes (red; score >= `benchmark.figures.det_min_score`,
   the best `det_max_boxes`), re-encoded small (H.264 yuv420p mp4, `benchmark.report.width` pixels wide)
   into the assets folder, so the page plays in any browser without the store;
-- the figures `benchmark.runner` drew (loss curves, per-frame mAP / mIoU, frame grid);
+- the figures `benchmark/figures.py` drew (loss curves, per-frame mAP / mIoU, frame grid);
 - the provenance of every stage: whatever its stage.json and result.json record (kind, rows, attempts
   and their times, and any further keys a stage records), shown as they are.
 Links to stage folders are relative, so the page works where results/ and the store keep their places.
@@ -22,7 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmark.stages import get_key
+from benchmark.figures import _boxes as frame_boxes  # the boxes the frame grid draws, same filter
+from benchmark.stages import select
 from benchmark.store import atomic_write_text
 from data.atomic import atomic_dir, data_entries
 
@@ -36,7 +37,7 @@ def write_report(graph, store, out_dir: Path, table_json: Mapping, figures: Mapp
     """Write table_<N>.html and table_<N>_assets/ (replaced whole, atomically); returns their paths."""
     out_dir = Path(out_dir)
     stem = f"table_{graph.table.name}"
-    cfg = get_key(graph.render.run_cfg, "benchmark.report", {}) or {}
+    cfg = select(graph.render.run_cfg, "benchmark.report", {}) or {}
     assets = out_dir / f"{stem}_assets"
     with atomic_dir(assets) as tmp:
         clips = _videos(graph, store, tmp, cfg)
@@ -109,7 +110,7 @@ def _table(graph, store, out_dir: Path, doc: Mapping) -> str:
             cells += (f"<td class=num>{_cell(cell['ours_text'], cell['ours_mark'])}</td>"
                       f"<td class='num paper'>{_cell(cell['paper_text'], cell['paper_mark'])}</td>")
         plan = plans.get(r["name"])
-        links = _stage_links(plan, store, out_dir) if plan and not plan.unavailable else _e(r.get("reason") or "")
+        links = _stage_links(plan, store, out_dir) if plan else ""
         lines.append(f"<tr id='row-{_e(r['name'])}'>{cells}<td>{links}</td></tr>")
     return "\n".join(lines) + "</table>"
 
@@ -118,12 +119,11 @@ def _table(graph, store, out_dir: Path, doc: Mapping) -> str:
 def _videos(graph, store, assets: Path, cfg: Mapping) -> list[dict]:
     """Encode the real and generated videos of the first `clips` test clips; returns, per clip, the
     cells [{label, file (relative to assets) or None, caption}]."""
-    from benchmark import plots
-    fig = get_key(graph.render.run_cfg, "benchmark.figures", {}) or {}
+    fig = select(graph.render.run_cfg, "benchmark.figures", {}) or {}
     min_score, max_boxes = float(fig.get("det_min_score", 0.5)), int(fig.get("det_max_boxes", 10))
     n_clips, max_rows, width = int(cfg.get("clips", 2)), int(cfg.get("max_rows", 8)), int(cfg.get("width", 192))
     quality = float(cfg.get("quality", 5))
-    fps = float(get_key(graph.render.run_cfg, "benchmark.generate.fps", 7))
+    fps = float(select(graph.render.run_cfg, "benchmark.generate.fps", 7))
     plans = [p for p in graph.rows if p.generate and store.result(p.generate)]
     if not plans:
         return []
@@ -139,26 +139,26 @@ def _videos(graph, store, assets: Path, cfg: Mapping) -> list[dict]:
     for clip in names:
         cells = [_encode_cell("real", "real (dataset boxes)", real_dir / clip,
                               boxes_dir / f"{clip}.json" if boxes_dir else None, GREEN, assets, clip, width, fps,
-                              quality, plots, 0.0, None)]
+                              quality, 0.0, None)]
         for p in plans:
             det = graph.table.detector if graph.table.detector in p.evaluate else next(iter(p.evaluate), None)
             det_file = store.dir(p.evaluate[det]) / "detections" / f"{clip}.json" if det else None
             label = " / ".join(str(v) for v in p.row.labels.values()) or p.row.name
             caption = f"{label} ({det} detections)" if det_file and det_file.is_file() else label
             cells.append(_encode_cell(p.row.name, caption, Path(store.result(p.generate)["frames"]) / clip,
-                                      det_file, RED, assets, clip, width, fps, quality, plots, min_score,
+                                      det_file, RED, assets, clip, width, fps, quality, min_score,
                                       max_boxes))
         out.append({"clip": clip, "cells": cells})
     return out
 
 
 def _encode_cell(key, caption, folder: Path, box_file: Path | None, color, assets: Path, clip: str, width: int,
-                 fps: float, quality: float, plots, min_score: float, max_boxes: int | None) -> dict:
+                 fps: float, quality: float, min_score: float, max_boxes: int | None) -> dict:
     from data.video_io import read_video, write_video
     if not folder.is_dir():
         return {"label": caption, "file": None}
     frames = read_video(folder)
-    boxes = [plots._boxes(box_file, j, min_score, max_boxes) for j in range(len(frames))] if box_file else None
+    boxes = [frame_boxes(box_file, j, min_score, max_boxes) for j in range(len(frames))] if box_file else None
     name = f"{clip}_{_slug(key)}.mp4"
     write_video(assets / name, _draw(frames, boxes, color, width), fps=fps, quality=quality)
     return {"label": caption, "file": name}

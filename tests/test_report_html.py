@@ -23,9 +23,11 @@ def report(tmp_path_factory):
     """Table III on the FakeRunner (real files, placeholder numbers), rendered again after the hybrid row's
     evaluate stage got a detections file (the fake runner writes none)."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from fakes import FakeRunner
+
     from benchmark.config import HydraResolver
-    from benchmark.executors import FakeRunner
-    from benchmark.runner import render, run_table
+    from benchmark.render import render
+    from benchmark.run_table import run_table
     from benchmark.store import Store
     tmp = tmp_path_factory.mktemp("report")
     run = run_table("III", HydraResolver("smoke"), FakeRunner(), store=tmp / "runs", results=tmp / "results",
