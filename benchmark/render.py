@@ -1,12 +1,14 @@
 """From the store to the table: each row's cells read from its stages' results, then the table
-files (benchmark/tables.py: markdown, LaTeX, JSON) and the figures (benchmark/figures.py).
-An HTML report of a whole profile would be one more renderer beside these, called from `render`.
+files (benchmark/tables.py: markdown, LaTeX, JSON), the figures (benchmark/figures.py) and the
+HTML report of the table (benchmark/report.py).
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from benchmark.figures import table_figures
+from benchmark.report import write_report
 from benchmark.stages import StageGraph, select
 from benchmark.store import Store
 
@@ -85,7 +87,12 @@ def render(graph: StageGraph, store: Store, out_dir: Path, *, fake: bool = False
     outputs = render_table(spec, cells, caption=caption, out_dir=out_dir,
                            profile=graph.profile, fake=fake, extra=extra)
     if figures:
-        outputs.update(table_figures(graph, store, out_dir, extra, note=("FAKE RUNNER: " if fake else "") + description))
+        note = ("FAKE RUNNER: " if fake else "") + description
+        figs = table_figures(graph, store, out_dir, extra, note=note)
+        outputs.update(figs)
+        # the HTML report shows the table, the figures and a few re-encoded videos (benchmark/report.py)
+        outputs.update(write_report(graph, store, out_dir, json.loads(Path(outputs["json"]).read_text()), figs,
+                                    note=note))
     return outputs
 
 

@@ -2,7 +2,7 @@
 
 Regenerates one paper table (or several: table=III,IV,V) end to end: expands it into stages
 (test set, train epoch 1, epoch 2, generate, evaluate per detector), runs those not already in the
-store, and writes results/<profile>/table_<N>.md, .tex, .json and figures.
+store, and writes results/<profile>/table_<N>.md, .tex, .json, figures and .html (a static report).
 
 Options (everything else is a Hydra override of the composed config, e.g. data=kitti,
 benchmark.num_test_clips=4, train.lr=2e-5):

@@ -118,15 +118,16 @@ def _has_pyav() -> bool:
         return False
 
 
-def write_video(path: str | Path, frames: np.ndarray, fps: float = 7.0) -> Path:
-    """Write an mp4 (H.264, yuv420p) atomically: a reader never sees a half-written file."""
+def write_video(path: str | Path, frames: np.ndarray, fps: float = 7.0, quality: float = 8) -> Path:
+    """Write an mp4 (H.264, yuv420p: what browsers play) atomically: a reader never sees a half-written
+    file. `quality`: imageio's 0-10 scale (10 = the largest files)."""
     import imageio.v2 as imageio
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     frames = np.asarray(frames, dtype=np.uint8)
     with atomic_path(path) as tmp:
         # macro_block_size=1 keeps odd sizes (e.g. 320x512 is fine, tiny smoke sizes too)
-        with imageio.get_writer(str(tmp), fps=fps, codec="libx264", quality=8, macro_block_size=1,
+        with imageio.get_writer(str(tmp), fps=fps, codec="libx264", quality=quality, macro_block_size=1,
                                 ffmpeg_log_level="error", pixelformat="yuv420p") as w:
             for frame in frames:
                 w.append_data(frame)

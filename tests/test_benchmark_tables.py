@@ -171,7 +171,7 @@ def test_smoke_table_end_to_end_with_the_fake_runner(tmp_path):
     run = run_table("III", HydraResolver("smoke"), FakeRunner(), store=tmp_path / "runs",
                     results=tmp_path / "results", echo=lambda s: None)
     out = tmp_path / "results" / "smoke-fake"
-    assert set(run.outputs) == {"md", "tex", "json", "loss_curves", "per_frame", "frames"}
+    assert set(run.outputs) == {"md", "tex", "json", "loss_curves", "per_frame", "frames", "html", "html_assets"}
     doc = json.loads((out / "table_III.json").read_text())
     assert [r["name"] for r in doc["rows"]] == ["svd_finetuned", "global", "box", "hybrid"]
     assert all(isinstance(c["ours"], float) for r in doc["rows"] for c in r["cells"].values())
