@@ -13,20 +13,34 @@ from data.cli import InputError
 from data.device import resolve_device
 from trainers.adapters import apply_adapter
 from trainers.backbones import load_backbone
-from trainers.loop import (EpochSampler, Trainer, _freeze, _size, compile_parts, newest_checkpoint, sdpa_context,
-                           set_attention)
-from trainers.losses import (DinoFeatures, SemanticAlignmentLoss, block_checkpoint, objective_weights,
-                             set_decoder_block_checkpointing)
+from trainers.loop import (
+    EpochSampler,
+    Trainer,
+    _freeze,
+    _size,
+    compile_parts,
+    newest_checkpoint,
+    sdpa_context,
+    set_attention,
+)
+from trainers.losses import (
+    DinoFeatures,
+    SemanticAlignmentLoss,
+    block_checkpoint,
+    objective_weights,
+    set_decoder_block_checkpointing,
+)
 from trainers.models import load_dino
 from trainers.optim import build_optimizer
 
 
 class BackboneTrainer(Trainer):
-    def __init__(self, cfg):      # noqa: D107 -- Trainer.__init__ with the backbone in place of the SVD parts
+    def __init__(self, cfg):      # Trainer.__init__ with the backbone in place of the SVD parts
+        from pathlib import Path
+
         from accelerate import Accelerator
         from accelerate.state import AcceleratorState
         from accelerate.utils import set_seed
-        from pathlib import Path
 
         self.cfg = cfg
         t = cfg.train

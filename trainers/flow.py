@@ -6,7 +6,7 @@ x_t = (1 - sigma) z0 + sigma eps                   (the scheduler's `scale_noise
 v   = eps - z0                                     (the training target: the velocity)
 z0_hat = x_t - sigma v_hat                         (x0 prediction: one Euler step to sigma = 0)
 t = sigma * num_train_timesteps                    (the `timestep` the transformer receives)
-L_diff = || v_hat - v ||^2                         (uniform weighting, as LTX-Video's trainer)
+L_diff = || v_hat - v ||^2                         (uniform weighting over noise levels)
 
 Training noise levels: sigma = sigmoid(n), n ~ N(logit_mean, logit_std^2) (SD3's logit-normal), or
 uniform, then optionally shifted with the scheduler's exponential time shift

@@ -52,7 +52,7 @@ LTX_091_VAE_CONFIG = dict(
     decoder_causal=False,
 )
 T5_XXL_DIM = 4096          # caption_channels of the released transformer (google/t5-v1_1-xxl)
-TINY_WORDS = "a video of street seen from the front camera car driving traffic road".split()
+TINY_WORDS = ["a", "video", "of", "street", "seen", "from", "the", "front", "camera", "car", "driving", "traffic", "road"]
 
 
 @dataclass
@@ -76,7 +76,11 @@ def tiny_tokenizer():
 
 def build_tiny_ltx(seed: int = 0) -> dict:
     """Randomly initialised LTX image-to-video parts of the real classes, small enough for a CPU."""
-    from diffusers import AutoencoderKLLTXVideo, FlowMatchEulerDiscreteScheduler, LTXVideoTransformer3DModel
+    from diffusers import (
+        AutoencoderKLLTXVideo,
+        FlowMatchEulerDiscreteScheduler,
+        LTXVideoTransformer3DModel,
+    )
     from transformers import T5Config, T5EncoderModel
 
     torch.manual_seed(seed)
@@ -102,7 +106,11 @@ def build_full_random_ltx(seed: int = 0, device: str | None = "cpu") -> dict:
     """LTX-Video 2 B (transformer class defaults = the release) and the 0.9.1 VAE, random weights.
     No T5-XXL: the prompt is encoded once before training, so random prompt embeddings of its width
     stand in (model.prompt_tokens of them)."""
-    from diffusers import AutoencoderKLLTXVideo, FlowMatchEulerDiscreteScheduler, LTXVideoTransformer3DModel
+    from diffusers import (
+        AutoencoderKLLTXVideo,
+        FlowMatchEulerDiscreteScheduler,
+        LTXVideoTransformer3DModel,
+    )
 
     torch.manual_seed(seed)
     with torch.device(resolve_device(device)):
@@ -130,7 +138,11 @@ def resolve_ltx_source(model_cfg) -> str:
 def load_ltx(model_cfg, transformer_path: str | None = None) -> LTXParts:
     """LTX parts from a hub id or local diffusers folder (`model.ltx`), `tiny` and `full-random` included.
     `transformer_path` swaps in a fine-tuned transformer (a folder the trainer exported)."""
-    from diffusers import (AutoencoderKLLTXVideo, FlowMatchEulerDiscreteScheduler, LTXVideoTransformer3DModel)
+    from diffusers import (
+        AutoencoderKLLTXVideo,
+        FlowMatchEulerDiscreteScheduler,
+        LTXVideoTransformer3DModel,
+    )
     from transformers import T5EncoderModel, T5TokenizerFast
 
     if model_cfg.ltx == "full-random":
@@ -227,7 +239,7 @@ class LTXBackbone:
     @torch.no_grad()
     def encode(self, frames: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         """[B,T,3,H,W] in [-1,1] -> normalised latents [B,C,F,h,w] (the pipeline's _normalize_latents)."""
-        B, T, _, H, W = frames.shape
+        _, T, _, H, W = frames.shape
         self.check_frames(T, H, W)
         vae = self.parts.vae
         dist = vae.encode(frames.permute(0, 2, 1, 3, 4).to(vae.dtype)).latent_dist
@@ -263,7 +275,7 @@ class LTXBackbone:
 
     # ---------------------------------------------------------------- one diffusion step
     def diffusion_loss(self, model, z0: torch.Tensor, cond, generator: torch.Generator) -> DiffusionTerms:
-        B, C, F, h, w = z0.shape
+        B, _, F, h, w = z0.shape
         if F < 2:
             raise ValueError("data.clip_len: the clip has one latent frame (the conditioning frame): nothing to train")
         sigma = self.sigma_sampler(F * h * w // (self.p_t * self.p * self.p))(B, generator).to(z0.device)

@@ -20,7 +20,12 @@ from data.atomic import TEMP_PREFIX
 from trainers import edm
 from trainers.backbones.base import DiffusionTerms
 from trainers.conditioning import SVDConditioner
-from trainers.losses import DiffusionLoss, chunk_checkpoint, decode_with_grad, select_frames
+from trainers.losses import (
+    DiffusionLoss,
+    chunk_checkpoint,
+    decode_with_grad,
+    select_frames,
+)
 from trainers.models import count_params, load_svd
 
 
@@ -91,7 +96,11 @@ class SVDBackbone:
 
     def pipeline(self, trained: str | Path | None = None, device: str = "cpu", dtype: torch.dtype = torch.float32):
         """StableVideoDiffusionPipeline of model.svd, with an exported U-Net folder swapped in when given."""
-        from diffusers import StableVideoDiffusionPipeline, UNetSpatioTemporalConditionModel
+        from diffusers import (
+            StableVideoDiffusionPipeline,
+            UNetSpatioTemporalConditionModel,
+        )
+
         from trainers.models import resolve_svd_source
         model_cfg = self.cfg.model
         if model_cfg.svd == "full-random":
