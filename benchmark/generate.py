@@ -42,11 +42,14 @@ def load_pipeline(model_cfg, unet_dir: str | Path | None = None, device: str = "
 
 
 def generate_videos(pipe, first_frames: Sequence[np.ndarray], names: Sequence[str], gen_cfg,
-                    out_dir: str | Path) -> dict:
+                    out_dir: str | Path, video_fn=None) -> dict:
     """first_frames: uint8 [H,W,3] per clip. Writes out_dir/frames/<name>/ (+ out_dir/videos/<name>.mp4).
 
     The k-th clip given is seeded with gen_cfg.seed + k: a shard of the test set (benchmark/shards.py)
     passes its block of clips with the seed moved by the block's start, so each clip keeps its seed.
+
+    `video_fn(frame0, generator) -> uint8 [T,H,W,3]` generates with another backbone's pipeline
+    (trainers/backbones); without it `pipe` is the SVD pipeline, called with gen_cfg's SVD settings.
 
     Returns timing: seconds spent generating (resumed clips excluded) and the number generated now.
     """
@@ -61,19 +64,26 @@ def generate_videos(pipe, first_frames: Sequence[np.ndarray], names: Sequence[st
         if device.type == "cuda":
             torch.cuda.synchronize()
         t0 = time.perf_counter()
-        video = pipe(Image.fromarray(frame0), height=int(gen_cfg.height), width=int(gen_cfg.width),
-                     num_frames=int(gen_cfg.num_frames), num_inference_steps=int(gen_cfg.num_inference_steps),
-                     fps=int(gen_cfg.fps), motion_bucket_id=int(gen_cfg.motion_bucket_id),
-                     noise_aug_strength=float(gen_cfg.noise_aug_strength),
-                     min_guidance_scale=float(gen_cfg.min_guidance_scale),
-                     max_guidance_scale=float(gen_cfg.max_guidance_scale),
-                     decode_chunk_size=int(gen_cfg.decode_chunk_size), generator=g, output_type="np").frames[0]
+        if video_fn is not None:
+            frames = video_fn(frame0, g)
+        else:
+            frames = _svd_video(pipe, frame0, gen_cfg, g)
         if device.type == "cuda":
             torch.cuda.synchronize()
         times.append(time.perf_counter() - t0)
-        frames = (np.clip(np.asarray(video), 0, 1) * 255).round().astype(np.uint8)
         if gen_cfg.get("save_mp4", True):
             write_video(out_dir / "videos" / f"{name}.mp4", frames, fps=float(gen_cfg.fps))
         write_frames(folder, frames)        # last: a clip counts as done only once its frames exist
     return generation_timing(times, len(names))
+
+
+def _svd_video(pipe, frame0: np.ndarray, gen_cfg, g: torch.Generator) -> np.ndarray:
+    video = pipe(Image.fromarray(frame0), height=int(gen_cfg.height), width=int(gen_cfg.width),
+                 num_frames=int(gen_cfg.num_frames), num_inference_steps=int(gen_cfg.num_inference_steps),
+                 fps=int(gen_cfg.fps), motion_bucket_id=int(gen_cfg.motion_bucket_id),
+                 noise_aug_strength=float(gen_cfg.noise_aug_strength),
+                 min_guidance_scale=float(gen_cfg.min_guidance_scale),
+                 max_guidance_scale=float(gen_cfg.max_guidance_scale),
+                 decode_chunk_size=int(gen_cfg.decode_chunk_size), generator=g, output_type="np").frames[0]
+    return (np.clip(np.asarray(video), 0, 1) * 255).round().astype(np.uint8)
 

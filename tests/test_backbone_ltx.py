@@ -222,8 +222,7 @@ def test_lora_trains_only_adapters_and_generates_through_the_backbone(tiny_cache
     pipe = bb.pipeline(tmp_path / "lora" / "transformer")
     gen = load_config(COMMON).data
     from omegaconf import OmegaConf
-    gen_cfg = OmegaConf.create(dict(height=gen.height, width=gen.width, num_frames=9, num_inference_steps=2,
-                                    guidance_scale=1.0))
+    gen_cfg = OmegaConf.create(dict(height=gen.height, width=gen.width, num_frames=9, num_inference_steps=2))
     video = bb.generate(pipe, np.full((64, 96, 3), 100, np.uint8), gen_cfg, torch.Generator().manual_seed(0))
     assert video.shape == (9, 64, 96, 3) and video.dtype == np.uint8
 

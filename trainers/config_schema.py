@@ -189,6 +189,8 @@ RULES: list[Rule] = [
     num("model.frame_rate", gt=0),
     choice("model.latent", "sample", "mode"),
     num("model.decode_timestep", ge=0, le=1),
+    num("model.guidance_scale", ge=0),
+    num("model.decode_noise_scale", ge=0, le=1, null=True),
     choice("model.flow.sigma_dist", "logit_normal", "uniform"),
     num("model.flow.logit_mean"),
     num("model.flow.logit_std", gt=0),

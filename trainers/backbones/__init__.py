@@ -13,6 +13,16 @@ def backbone_name(model_cfg) -> str:
     return name
 
 
+def generation(model_cfg):
+    """(load_pipeline(model_cfg, trained_folder, device, dtype), video(model_cfg, pipe, frame0, gen_cfg,
+    generator) -> uint8 [T,H,W,3]) of a non-SVD backbone, without loading its training parts."""
+    name = backbone_name(model_cfg)
+    if name == "ltx":
+        from trainers.backbones.ltx import ltx_generate, ltx_pipeline
+        return ltx_pipeline, ltx_generate
+    raise ValueError(f"model.backbone={name}: generation goes through benchmark/generate.py's SVD pipeline")
+
+
 def load_backbone(cfg, trained: str | None = None):
     """The backbone of `cfg.model` with its networks loaded (`trained`: an exported network folder)."""
     name = backbone_name(cfg.model)

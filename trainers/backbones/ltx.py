@@ -333,28 +333,42 @@ class LTXBackbone:
         return count_params(net)
 
     def pipeline(self, trained: str | Path | None = None, device: str = "cpu", dtype: torch.dtype = torch.float32):
-        """LTXImageToVideoPipeline of model.ltx, with an exported transformer folder swapped in when given."""
-        from diffusers import LTXImageToVideoPipeline, LTXVideoTransformer3DModel
-        if self.cfg.ltx == "full-random":
-            raise ValueError("model.ltx=full-random has random weights: it is for performance measurements, "
-                             "not for generating benchmark videos")
-        source = resolve_ltx_source(self.cfg)
-        kw = {} if dtype == torch.float32 else {"torch_dtype": dtype}
-        if trained is not None:
-            kw["transformer"] = LTXVideoTransformer3DModel.from_pretrained(trained, **kw)
-        pipe = LTXImageToVideoPipeline.from_pretrained(source, revision=self.cfg.get("revision"),
-                                                       variant=self.cfg.get("variant"), **kw)
-        pipe.set_progress_bar_config(disable=True)
-        return pipe.to(device)
+        return ltx_pipeline(self.cfg, trained, device, dtype)
 
     def generate(self, pipe, frame0: np.ndarray, gen_cfg, generator: torch.Generator) -> np.ndarray:
-        """One video from a uint8 [H,W,3] first frame -> uint8 [T,H,W,3], with the training prompt."""
-        from PIL import Image
-        video = pipe(image=Image.fromarray(frame0), prompt=self.cfg.prompt,
-                     negative_prompt=self.cfg.get("negative_prompt") or "", height=int(gen_cfg.height),
-                     width=int(gen_cfg.width), num_frames=int(gen_cfg.num_frames),
-                     frame_rate=int(self.cfg.frame_rate), num_inference_steps=int(gen_cfg.num_inference_steps),
-                     guidance_scale=float(gen_cfg.guidance_scale), decode_timestep=float(self.cfg.decode_timestep),
-                     decode_noise_scale=gen_cfg.get("decode_noise_scale"), generator=generator,
-                     max_sequence_length=int(self.cfg.max_sequence_length), output_type="np").frames[0]
-        return (np.clip(np.asarray(video), 0, 1) * 255).round().astype(np.uint8)
+        return ltx_generate(self.cfg, pipe, frame0, gen_cfg, generator)
+
+
+# ------------------------------------------------------------------------------------------ generation
+def ltx_pipeline(model_cfg, trained: str | Path | None = None, device: str = "cpu", dtype: torch.dtype = torch.float32):
+    """LTXImageToVideoPipeline of model.ltx, with an exported transformer folder swapped in when given."""
+    from diffusers import LTXImageToVideoPipeline, LTXVideoTransformer3DModel
+    if model_cfg.ltx == "full-random":
+        raise ValueError("model.ltx=full-random has random weights: it is for performance measurements, "
+                         "not for generating benchmark videos")
+    source = resolve_ltx_source(model_cfg)
+    kw = {} if dtype == torch.float32 else {"torch_dtype": dtype}
+    if trained is not None:
+        kw["transformer"] = LTXVideoTransformer3DModel.from_pretrained(trained, **kw)
+    try:
+        pipe = LTXImageToVideoPipeline.from_pretrained(source, revision=model_cfg.get("revision"),
+                                                       variant=model_cfg.get("variant"), **kw)
+    except (OSError, ValueError) as e:
+        raise RuntimeError(f"could not load the LTX-Video pipeline from model.ltx={source!r}: {e}") from e
+    pipe.set_progress_bar_config(disable=True)
+    return pipe.to(device)
+
+
+def ltx_generate(model_cfg, pipe, frame0: np.ndarray, gen_cfg, generator: torch.Generator) -> np.ndarray:
+    """One video from a uint8 [H,W,3] first frame -> uint8 [T,H,W,3]: the training prompt, the clips'
+    frame rate, classifier-free guidance model.guidance_scale against model.negative_prompt; size,
+    frames and steps from gen_cfg (benchmark.generate)."""
+    from PIL import Image
+    video = pipe(image=Image.fromarray(frame0), prompt=model_cfg.prompt,
+                 negative_prompt=model_cfg.get("negative_prompt") or "", height=int(gen_cfg.height),
+                 width=int(gen_cfg.width), num_frames=int(gen_cfg.num_frames),
+                 frame_rate=int(model_cfg.frame_rate), num_inference_steps=int(gen_cfg.num_inference_steps),
+                 guidance_scale=float(model_cfg.guidance_scale), decode_timestep=float(model_cfg.decode_timestep),
+                 decode_noise_scale=model_cfg.get("decode_noise_scale"), generator=generator,
+                 max_sequence_length=int(model_cfg.max_sequence_length), output_type="np").frames[0]
+    return (np.clip(np.asarray(video), 0, 1) * 255).round().astype(np.uint8)
