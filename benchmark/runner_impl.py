@@ -128,7 +128,8 @@ class TrainerRunner:
             load, video = generation(c.model)
             pipe = load(c.model, trained, device=device, dtype=dtype)
             nets = (pipe.transformer, pipe.vae, pipe.text_encoder)
-            video_fn = lambda frame0, g: video(c.model, pipe, frame0, gen, g)   # noqa: E731
+            def video_fn(frame0, g, pipe=pipe):
+                return video(c.model, pipe, frame0, gen, g)
         num_params = sum(p.numel() for m in nets for p in m.parameters())
         try:
             timing = generate_videos(pipe, firsts, names, gen, out_dir, video_fn=video_fn)
