@@ -12,7 +12,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if any(a in ("-h", "--help") for a in argv):
         print(__doc__)
-        print("groups: model=tiny|svd|svd-xt  data=synthetic|kitti|nuscenes|folder  schedule=staged|joint|diffusion"
+        print("groups: model=tiny|svd|svd-xt|full-random|ltx-tiny|ltx|ltx-full-random  data=synthetic|kitti|nuscenes|folder  schedule=staged|joint|diffusion"
               "  adapter=unet|lora\nkeys: see configs/train.yaml (e.g. train.max_steps=10 loss.alpha=10)")
         return 0
     from trainers.config_schema import validate
