@@ -128,7 +128,7 @@ def test_masks_follow_the_decoded_frames(tiny_cache, tmp_path):
     def spy(x_hat, x0, boxes, keys=None):
         seen.update(x_hat=x_hat, x0=x0, boxes=boxes)
         return (x_hat - x0).pow(2).mean()
-    tr.feat_loss = spy
+    tr.objective.L_feat = spy                    # the objective's L_feat (trainers/objective.py)
     batch = next(iter(tr.loader))
     boxes = [[np.zeros((0, 4), np.float32) for _ in range(9)]]
     boxes[0][4] = np.array([[0, 0, 20, 20]], np.float32)

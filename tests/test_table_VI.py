@@ -49,9 +49,10 @@ def test_smoke_stands_in_the_tiny_ltx_at_nine_frames():
 
 def test_table_VI_end_to_end_with_the_fake_runner(tmp_path):
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from fakes import FakeRunner
+
     from benchmark.config import HydraResolver
-    from benchmark.executors import FakeRunner
-    from benchmark.runner import run_table
+    from benchmark.run_table import run_table
     run_table("VI", HydraResolver("smoke"), FakeRunner(), store=tmp_path / "runs", results=tmp_path / "res",
               echo=lambda s: None, figures=False)
     out = tmp_path / "res" / "smoke-fake"

@@ -10,27 +10,23 @@ from __future__ import annotations
 import torch
 
 from data.cli import InputError
-from data.device import resolve_device
+from data.device import resolve_device, torch_dtype
 from trainers.adapters import apply_adapter
 from trainers.backbones import load_backbone
+from trainers.decoder_speed import block_checkpoint, set_decoder_block_checkpointing
 from trainers.loop import (
     EpochSampler,
     Trainer,
-    _freeze,
     _size,
     compile_parts,
+    freeze,
     newest_checkpoint,
     sdpa_context,
     set_attention,
 )
-from trainers.losses import (
-    DinoFeatures,
-    SemanticAlignmentLoss,
-    block_checkpoint,
-    objective_weights,
-    set_decoder_block_checkpointing,
-)
+from trainers.losses import DinoFeatures, SemanticAlignmentLoss
 from trainers.models import load_dino
+from trainers.objective import BackboneObjective
 from trainers.optim import build_optimizer
 
 
@@ -55,7 +51,7 @@ class BackboneTrainer(Trainer):
                                cpu=on_cpu, project_dir=str(self.run_dir))
         set_seed(t.seed)
         torch.backends.cudnn.benchmark = bool(t.cudnn_benchmark)
-        self.weight_dtype = {"no": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[t.mixed_precision]
+        self.weight_dtype = torch_dtype(t.mixed_precision, "train.mixed_precision")
 
         with self.acc.main_process_first():
             self.backbone = load_backbone(cfg)
@@ -69,16 +65,18 @@ class BackboneTrainer(Trainer):
         except ValueError as e:
             raise InputError(f"model={cfg.model.name}: {e}") from e
         for m in self.backbone.frozen():
-            _freeze(m, self.acc.device, self.weight_dtype)
-        self.dino = None
+            freeze(m, self.acc.device, self.weight_dtype)
+        self.dino, feat_loss = None, None
         if dino is not None:
-            self.dino = _freeze(dino, self.acc.device, self.weight_dtype)
+            self.dino = freeze(dino, self.acc.device, self.weight_dtype)
             set_attention(self.dino, cfg.loss.dino_attention)
             set_decoder_block_checkpointing(self.backbone.parts.vae, block_checkpoint(cfg.loss))
-            self.feat_loss = SemanticAlignmentLoss(
+            feat_loss = SemanticAlignmentLoss(
                 DinoFeatures(self.dino, _size(cfg.loss.dino_size), cfg.loss.dino_mean, cfg.loss.dino_std),
                 cfg.loss.variant, cfg.loss.alpha, cache_real=bool(cfg.loss.real_feature_cache),
                 reduction=cfg.loss.get("feat_reduction", "mean"), mask=cfg.loss.get("feat_mask", "diff"))
+        # the LSA objective of trainers/objective.py, its noise draw and decode through the backbone
+        self.objective = BackboneObjective(self.backbone, feat_loss, cfg.loss, cfg.schedule)
 
         model = self.build_model(self.backbone)
         compile_parts([n for n in cfg.train.compile if n != "unet_blocks"], unet=model,
@@ -125,31 +123,18 @@ class BackboneTrainer(Trainer):
         return net
 
     def compute_loss(self, batch, generator):
-        """L = w_diff L_diff + lambda L_feat with the schedule's weights; the same terms and log as the
-        SVD Trainer. The random draws come in the Trainer's order: latents, conditioning, noise."""
+        """One step of the objective (trainers/objective.py) on the backbone's latents and conditioning;
+        the same terms and log as the SVD Trainer. The random draws come in the Trainer's order:
+        latents, conditioning, noise."""
         cfg, acc, bb = self.cfg, self.acc, self.backbone
         frames = batch["frames"].to(acc.device)                       # [B,T,3,H,W] in [-1,1]
-        T = frames.shape[1]
         z0 = bb.encode(frames.to(self.weight_dtype), generator)
         cond = bb.condition(frames.to(self.weight_dtype), z0, generator, train=True)
-        w_diff, w_feat = objective_weights(self.state["epoch"], cfg.schedule.feat_from_epoch,
-                                           cfg.loss.diff_weight, cfg.loss.lambda_feat)
         with acc.autocast(), sdpa_context(cfg.train.get("sdpa_backend", "auto")):
-            out = bb.diffusion_loss(self.unet, z0, cond, generator)
-            terms = {"loss_diff": out.loss}
-            if w_feat > 0:
-                idx = bb.select_frames(T, cfg.loss.decode_frames)
-                x_hat = bb.decode(out.z0_hat, cfg.loss, idx)            # decoded frame j = video frame idx[j]
-                boxes = [[b[j] for j in idx] for b in batch["boxes"]]
-                keys = [(int(i), tuple(idx)) for i in batch["index"]]
-                terms["loss_feat"] = self.feat_loss(x_hat, frames[:, idx], boxes, keys)
-        loss = w_diff * terms["loss_diff"] + (w_feat * terms["loss_feat"] if w_feat > 0 else 0.0)
-        if w_feat > 0:
-            terms["weighted_diff"] = w_diff * terms["loss_diff"]
-            terms["weighted_feat"] = w_feat * terms["loss_feat"]
-        terms["loss"] = loss
-        self.check_finite(terms, out.sigma)
-        return loss, {k: float(v.detach()) for k, v in terms.items()} | {"sigma": float(out.sigma.mean())}
+            loss, terms, sigma = self.objective(self.unet, z0, cond, frames, batch["boxes"], batch["index"],
+                                                self.state["epoch"], generator)
+        self.check_finite(terms, sigma)
+        return loss, {k: float(v.detach()) for k, v in terms.items()} | {"sigma": float(sigma.mean())}
 
     def export(self, out):
         n = self.backbone.export(self.acc.unwrap_model(self.unet), out)

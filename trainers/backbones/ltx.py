@@ -30,12 +30,13 @@ import numpy as np
 import torch
 from torch.utils.checkpoint import checkpoint
 
-from data.atomic import TEMP_PREFIX
+from data.atomic import TEMP_PREFIX, publish_dir_once
 from data.device import resolve_device
 from trainers import flow
 from trainers.backbones.base import DiffusionTerms
-from trainers.losses import chunk_checkpoint, select_frames
-from trainers.models import _atomic_save_dir, count_params
+from trainers.decoder_speed import chunk_checkpoint
+from trainers.models import count_params
+from trainers.objective import select_frames
 
 # Scheduler of the LTX-Video release (its diffusers conversion, scripts/convert_ltx_to_diffusers.py).
 LTX_SCHEDULER_CONFIG = dict(num_train_timesteps=1000, shift=1.0, use_dynamic_shifting=True, base_shift=0.95,
@@ -126,7 +127,7 @@ def save_tiny_ltx(folder: str | Path, seed: int = 0) -> Path:
 
     def save(tmp):
         LTXImageToVideoPipeline(**build_tiny_ltx(seed)).save_pretrained(tmp)
-    return _atomic_save_dir(Path(folder), save)
+    return publish_dir_once(Path(folder), save)
 
 
 def resolve_ltx_source(model_cfg) -> str:

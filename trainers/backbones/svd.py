@@ -20,13 +20,10 @@ from data.atomic import TEMP_PREFIX
 from trainers import edm
 from trainers.backbones.base import DiffusionTerms
 from trainers.conditioning import SVDConditioner
-from trainers.losses import (
-    DiffusionLoss,
-    chunk_checkpoint,
-    decode_with_grad,
-    select_frames,
-)
+from trainers.decoder_speed import chunk_checkpoint, decode_with_grad
+from trainers.losses import DiffusionLoss
 from trainers.models import count_params, load_svd
+from trainers.objective import select_frames
 
 
 class SVDBackbone:
