@@ -24,7 +24,8 @@ CTRLV_BACKBONES = ("svd", "svd_finetuned", "lsa")
 DIRECTIONS = ("up", "down")
 SOURCES = ("evaluate", "generate")
 
-_TABLE_KEYS = {"table", "title", "label_columns", "overrides", "detector", "rank_within", "columns", "rows"}
+_TABLE_KEYS = {"table", "title", "label_columns", "overrides", "detector", "rank_within", "columns", "rows",
+               "in_paper"}
 _COLUMN_KEYS = {"id", "name", "key", "direction", "format", "scale", "source", "detector", "group", "per_videos"}
 _ROW_KEYS = {"name", "labels", "baseline", "overrides", "ctrlv", "paper", "detector"}
 _NUMBER = re.compile(r"^\s*([-+]?\d+(?:\.\d+)?)")
@@ -85,6 +86,7 @@ class TableSpec:
     detector: str | None = None
     rank_within: tuple[str, ...] = ()                          # label columns that split the ranking
     path: Path | None = None
+    in_paper: bool = True        # false: a table of ours (Table VI): no paper numbers, the caption says so
 
     def row(self, name: str) -> Row:
         for r in self.rows:
@@ -101,7 +103,7 @@ class TableSpec:
             self.row(n)
         rows = tuple(r for r in self.rows if r.name in wanted)
         return TableSpec(self.name, self.title, self.label_columns, self.columns, rows, self.overrides,
-                         self.detector, self.rank_within, self.path)
+                         self.detector, self.rank_within, self.path, self.in_paper)
 
     def column(self, cid: str) -> Column:
         for c in self.columns:
@@ -157,7 +159,10 @@ def parse_spec(path: Path) -> TableSpec:
     if len(set(ids)) != len(ids):
         raise SpecError(f"{path}: duplicate column ids in {ids}")
     label_columns = tuple(raw.get("label_columns") or ())
-    rows = tuple(_row(r, path, i, ids, label_columns) for i, r in enumerate(raw["rows"]))
+    in_paper = raw.get("in_paper", True)
+    if not isinstance(in_paper, bool):
+        raise SpecError(f"{path}: in_paper must be true or false, got {in_paper!r}")
+    rows = tuple(_row(r, path, i, ids, label_columns, in_paper) for i, r in enumerate(raw["rows"]))
     names = [r.name for r in rows]
     if len(set(names)) != len(names):
         raise SpecError(f"{path}: duplicate row names in {names}")
@@ -167,7 +172,7 @@ def parse_spec(path: Path) -> TableSpec:
             raise SpecError(f"{path}: rank_within names {lc!r}, which is not one of label_columns {label_columns}")
     spec = TableSpec(name=str(raw["table"]), title=str(raw["title"]), label_columns=label_columns,
                      columns=columns, rows=rows, overrides=dict(raw.get("overrides") or {}),
-                     detector=raw.get("detector"), rank_within=rank_within, path=path)
+                     detector=raw.get("detector"), rank_within=rank_within, path=path, in_paper=in_paper)
     for r in rows:                       # every evaluate column must resolve to a detector
         spec.detectors_for(r)
     return spec
@@ -196,7 +201,8 @@ def _column(c: dict, path: Path, i: int) -> Column:
                   group=c.get("group"), per_videos=c.get("per_videos"))
 
 
-def _row(r: dict, path: Path, i: int, column_ids: list[str], label_columns: tuple[str, ...]) -> Row:
+def _row(r: dict, path: Path, i: int, column_ids: list[str], label_columns: tuple[str, ...],
+         in_paper: bool = True) -> Row:
     where = f"{path}: rows[{i}]" + (f" ({r.get('name')})" if isinstance(r, dict) and r.get("name") else "")
     if not isinstance(r, dict):
         raise SpecError(f"{where}: expected a mapping")
@@ -222,10 +228,12 @@ def _row(r: dict, path: Path, i: int, column_ids: list[str], label_columns: tupl
     unknown = sorted(set(paper_raw) - set(column_ids))
     if unknown:
         raise SpecError(f"{where}: paper numbers for unknown columns {unknown}; columns are {column_ids}")
-    missing = [c for c in column_ids if c not in paper_raw]
+    if not in_paper and paper_raw:
+        raise SpecError(f"{where}: the table is not in the paper (in_paper: false), so its rows have no paper numbers")
+    missing = [c for c in column_ids if c not in paper_raw] if in_paper else []
     if missing:
         raise SpecError(f"{where}: no paper number for columns {missing} (every cell has a reference)")
-    paper = {cid: _paper_cell(paper_raw[cid], f"{where}: paper.{cid}") for cid in column_ids}
+    paper = {cid: _paper_cell(paper_raw[cid], f"{where}: paper.{cid}") for cid in column_ids if cid in paper_raw}
     return Row(name=str(r["name"]), labels=labels, baseline=baseline, overrides=dict(r.get("overrides") or {}),
                ctrlv=dict(ctrlv) if ctrlv else None, paper=paper, detector=r.get("detector"))
 

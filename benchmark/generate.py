@@ -102,11 +102,14 @@ def generate_video(pipe, frame0: np.ndarray, gen_cfg, seed: int) -> np.ndarray:
 
 
 def generate_videos(pipe, first_frames: Sequence[np.ndarray], names: Sequence[str], gen_cfg,
-                    out_dir: str | Path) -> dict:
+                    out_dir: str | Path, video_fn=None) -> dict:
     """first_frames: uint8 [H,W,3] per clip. Writes out_dir/frames/<name>/ (+ out_dir/videos/<name>.mp4).
 
     The k-th clip given is seeded with gen_cfg.seed + k: a shard of the test set (benchmark/shards.py)
     passes its block of clips with the seed moved by the block's start, so each clip keeps its seed.
+
+    `video_fn(frame0, generator) -> uint8 [T,H,W,3]` generates with another backbone's pipeline
+    (trainers/backbones); without it `pipe` is the SVD pipeline, called with gen_cfg's SVD settings.
 
     Returns timing: seconds spent generating (resumed clips excluded) and the number generated now.
     """
@@ -120,7 +123,10 @@ def generate_videos(pipe, first_frames: Sequence[np.ndarray], names: Sequence[st
         if device.type == "cuda":
             torch.cuda.synchronize()
         t0 = time.perf_counter()
-        frames = generate_video(pipe, frame0, gen_cfg, int(gen_cfg.seed) + k)
+        if video_fn is not None:
+            frames = video_fn(frame0, torch.Generator(device="cpu").manual_seed(int(gen_cfg.seed) + k))
+        else:
+            frames = generate_video(pipe, frame0, gen_cfg, int(gen_cfg.seed) + k)
         if device.type == "cuda":
             torch.cuda.synchronize()
         times.append(time.perf_counter() - t0)

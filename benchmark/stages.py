@@ -166,6 +166,14 @@ def row_overrides(spec: TableSpec, row: Row, base: dict, user_overrides: Sequenc
         dataset = merged["data"] = stand_in.get(merged["data"], merged["data"])
     else:
         dataset = None
+    # A row's model (Table VI: model=ltx) may have a stand-in in this profile (smoke: the tiny model of
+    # the same classes, with the clip length its VAE needs): overrides that replace it, the command
+    # line's own keys winning
+    model_stand_in = select(base, "benchmark.model_stand_in", {}) or {}
+    if "model" in merged and "model" not in user and merged["model"] in model_stand_in:
+        for k, v in dict(model_stand_in[merged["model"]]).items():
+            if k not in user:
+                merged[k] = v
     # Per-dataset roots: a table may mix datasets, so one data.root cannot serve every row
     root = (select(base, "benchmark.data_roots", {}) or {}).get(dataset) if dataset else None
     if root is not None and "data.root" not in user and "data.root" not in merged:

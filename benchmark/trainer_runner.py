@@ -21,7 +21,6 @@ from data.device import resolve_device, torch_dtype
 from data.video_io import read_frame
 
 
-
 def release_memory():
     """Free what a finished stage left: Python garbage and the CUDA cache."""
     gc.collect()
@@ -110,17 +109,28 @@ class TrainerRunner:
         """The test videos of a trained row (its last epoch's exported U-Net) or of the base model;
         with `shard`, only that shard's clips (same seeds), returning the shard's record."""
         from benchmark.generate import generate_videos, load_pipeline
+        from trainers.backbones import backbone_name, generation
         c, gen, device, dtype, names = _generation_setup(cfg, test_clips)
         names, gen = _shard_of(names, gen, shard)
-        unet_dir = Path(checkpoint) / "unet" if checkpoint else None
-        if unet_dir is not None and not unet_dir.is_dir():
-            raise FileNotFoundError(f"{unet_dir}: the train stage has no exported U-Net")
+        svd = backbone_name(c.model) == "svd"
+        trained = Path(checkpoint) / ("unet" if svd else "transformer") if checkpoint else None
+        if trained is not None and not trained.is_dir():
+            raise FileNotFoundError(f"{trained}: the train stage has no exported {trained.name}")
         firsts_dir = Path(test_clips) / "first_frames"
         firsts = [read_frame(firsts_dir / f"{n}.png") for n in names]
-        pipe = load_pipeline(c.model, unet_dir, device=device, dtype=dtype)
-        num_params = sum(p.numel() for m in (pipe.unet, pipe.vae, pipe.image_encoder) for p in m.parameters())
+        video_fn = None
+        if svd:
+            pipe = load_pipeline(c.model, trained, device=device, dtype=dtype)
+            nets = (pipe.unet, pipe.vae, pipe.image_encoder)
+        else:                       # another backbone (model.backbone): its own pipeline and call
+            load, video = generation(c.model)
+            pipe = load(c.model, trained, device=device, dtype=dtype)
+            nets = (pipe.transformer, pipe.vae, pipe.text_encoder)
+            def video_fn(frame0, g, pipe=pipe):
+                return video(c.model, pipe, frame0, gen, g)
+        num_params = sum(p.numel() for m in nets for p in m.parameters())
         try:
-            timing = generate_videos(pipe, firsts, names, gen, out_dir)
+            timing = generate_videos(pipe, firsts, names, gen, out_dir, video_fn=video_fn)
         finally:
             del pipe
             release_memory()

@@ -11,7 +11,8 @@ from trainers.config_schema import ConfigError, problems, validate
 def test_shipped_configs_are_valid():
     for overrides in ([], ["adapter=lora", "data=kitti", "schedule=joint", "model=svd"],
                       ["data=nuscenes", "model=full-random"], ["data=folder", "+benchmark=paper"],
-                      ["+benchmark=smoke"]):
+                      ["+benchmark=smoke"], ["model=ltx-tiny", "data.clip_len=9"], ["model=ltx"],
+                      ["model=ltx-full-random"]):
         assert problems(load_config(overrides)) == [], overrides
 
 
@@ -35,6 +36,15 @@ def test_bad_value_names_key_value_and_range(override, key, allowed):
         validate(load_config([override]))
     msg = str(e.value)
     assert msg.startswith(key + ":") and allowed in msg, msg
+
+
+def test_flow_backbone_keys_are_checked():
+    found = problems(load_config(["model=ltx-tiny", "model.flow.shift=big", "model.flow.sigma_dist=lognormal",
+                                  "model.decode_timestep=2"]))
+    assert any(p.startswith("model.flow.shift='big': expected auto") for p in found), found
+    assert any(p.startswith("model.flow.sigma_dist='lognormal': expected one of logit_normal | uniform")
+               for p in found), found
+    assert any(p.startswith("model.decode_timestep=2: expected a number >= 0 and <= 1") for p in found), found
 
 
 def test_group_keys_and_wildcards_are_checked():

@@ -550,4 +550,8 @@ def _size(v):
 
 
 def train(cfg) -> Path:
+    from trainers.backbones import backbone_name
+    if backbone_name(cfg.model) != "svd":          # another backbone: the same loop through its interface
+        from trainers.backbone_trainer import BackboneTrainer
+        return BackboneTrainer(cfg).train()
     return Trainer(cfg).train()

@@ -62,18 +62,26 @@ class LSAObjective:
         return decode_with_grad(self.vae, z0_hat, self.latent_scale, int(c.decode_chunk), chunk_checkpoint(c),
                                 bool(c.decode_channels_last))
 
+    def denoise(self, net, z0, cond, generator: torch.Generator):
+        """(L_diff, z0_hat, sigma) of one noise draw; cond: (cond_latents, clip_embeds, time_ids)."""
+        cond_latents, clip_embeds, time_ids = cond
+        return self.L_diff(net, z0, cond_latents, clip_embeds, time_ids, generator)
+
+    def decoded(self, z0_hat: torch.Tensor, idx: list[int]) -> torch.Tensor:
+        """x_hat of video frames `idx` (SVD: latent frame j is video frame j)."""
+        return self.decode(z0_hat[:, idx])
+
     def __call__(self, net, z0, cond, frames, boxes, clips, epoch: int, generator: torch.Generator):
         """net: the denoiser (SVD U-Net); z0: clean latents [B,T,4,h,w]; cond: (cond_latents,
         clip_embeds, time_ids) of the conditioner; frames: the real clip [B,T,3,H,W] in [-1,1];
         boxes: per video, per frame [n,4] xyxy pixels of `frames`; clips: the dataset index of each
         video (keys of the real-feature cache); generator: all randomness of the step."""
-        cond_latents, clip_embeds, time_ids = cond
         w, lambda_feat = self.weights(epoch)
-        L_diff, z0_hat, sigma = self.L_diff(net, z0, cond_latents, clip_embeds, time_ids, generator)
+        L_diff, z0_hat, sigma = self.denoise(net, z0, cond, generator)
         terms = {"loss_diff": L_diff}
         if lambda_feat > 0:
             idx = select_frames(frames.shape[1], self.loss_cfg.decode_frames)
-            x_hat = self.decode(z0_hat[:, idx])
+            x_hat = self.decoded(z0_hat, idx)
             boxes = [[b[j] for j in idx] for b in boxes]
             keys = [(int(i), tuple(idx)) for i in clips]       # clip of the dataset, frames
             terms["loss_feat"] = self.L_feat(x_hat, frames[:, idx], boxes, keys)
@@ -83,3 +91,21 @@ class LSAObjective:
             terms["weighted_feat"] = lambda_feat * terms["loss_feat"]
         terms["loss"] = L
         return L, terms, sigma
+
+
+class BackboneObjective(LSAObjective):
+    """The same L = w L_diff + lambda L_feat for any backbone of trainers/backbones/ (LTX-Video): the
+    backbone draws the noise level, predicts z0_hat in its own latent layout and decodes it (with the
+    graph) to the video frames asked for; weights, frame selection, L_feat and the terms are the
+    LSAObjective's. cond is the backbone's own conditioning (opaque here)."""
+
+    def __init__(self, backbone, L_feat: SemanticAlignmentLoss | None, loss_cfg, schedule_cfg):
+        super().__init__(None, L_feat, backbone.parts.vae, None, loss_cfg, schedule_cfg)
+        self.backbone = backbone
+
+    def denoise(self, net, z0, cond, generator: torch.Generator):
+        out = self.backbone.diffusion_loss(net, z0, cond, generator)
+        return out.loss, out.z0_hat, out.sigma
+
+    def decoded(self, z0_hat: torch.Tensor, idx: list[int]) -> torch.Tensor:
+        return self.backbone.decode(z0_hat, self.loss_cfg, idx)

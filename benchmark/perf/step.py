@@ -121,7 +121,10 @@ def bench(overrides: list[str], steps: int = 5, sweep: bool = False, sweep_steps
     resident = torch.cuda.memory_allocated() / 2 ** 30 if torch.cuda.is_available() else None
     t0 = time.perf_counter()
     cfg = load_config(["model=tiny", "schedule=joint", "train.out_dir=runs/bench_step", *overrides])
-    trainer = Trainer(cfg)
+    from trainers.backbone_trainer import BackboneTrainer
+    from trainers.backbones import backbone_name
+    # model=ltx-tiny|ltx-full-random: the same two steps through the backbone interface
+    trainer = (Trainer if backbone_name(cfg.model) == "svd" else BackboneTrainer)(cfg)
     build_s = time.perf_counter() - t0
     batch = next(iter(trainer.loader))
     result = {}
