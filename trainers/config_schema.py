@@ -182,6 +182,7 @@ RULES: list[Rule] = [
     Rule("model.build_device", _device, "auto | cpu | cuda | cuda:<index>"),
     # ---- data (every dataset group; keys a group lacks are skipped)
     text("data.name"),
+    choice("data.world", "default", "source", "nuscenes", "kitti"),
     num("data.height", ge=VAE_FACTOR, integer=True, multiple_of=VAE_FACTOR, why="the SVD VAE's downsampling"),
     num("data.width", ge=VAE_FACTOR, integer=True, multiple_of=VAE_FACTOR, why="the SVD VAE's downsampling"),
     num("data.clip_len", ge=1, integer=True),
