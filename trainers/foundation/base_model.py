@@ -43,7 +43,11 @@ def build_unet(num_frames: int = 8, block_out_channels=(64, 128, 128), layers_pe
 def assemble_svd(folder: str | Path, vae_folder: str | Path, unet, seed: int = 0) -> Path:
     """An SVD pipeline folder: the given U-Net (module or diffusers folder), the trained VAE, the tiny
     random CLIP image encoder of the smoke models (cross_attention_dim 32) and SVD's scheduler."""
-    from diffusers import AutoencoderKLTemporalDecoder, StableVideoDiffusionPipeline, UNetSpatioTemporalConditionModel
+    from diffusers import (
+        AutoencoderKLTemporalDecoder,
+        StableVideoDiffusionPipeline,
+        UNetSpatioTemporalConditionModel,
+    )
 
     from trainers.models import build_tiny_svd
 
