@@ -87,7 +87,11 @@ def run_table(table: str | TableSpec, cfg, runner: StageRunner, launcher: str = 
     if runner is not None and not dry_run:
         for s in sharded:
             _check_can_shard(runner, s, stage_shards(s))
+    from benchmark.foundation import describe, ensure
+    foundation = getattr(resolver, "foundation", {})
     if dry_run:
+        for line in describe(foundation):
+            echo(line)
         echo(graph.format(store.is_done, store.root))
         if launcher != "local":
             echo(_format_arrays(graph, store))
@@ -111,6 +115,7 @@ def run_table(table: str | TableSpec, cfg, runner: StageRunner, launcher: str = 
     run.results_dir = out_dir
     if pending:
         check_writable(out_dir, "results")      # before the first stage, not after the last
+        ensure(foundation, echo)                # the parts the stages load, built once (resumable)
     if launcher == "local":
         bar = tqdm(pending, desc=f"table {spec.name}", unit="stage", file=sys.stderr)
         for stage in bar:

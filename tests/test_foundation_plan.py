@@ -51,7 +51,19 @@ def test_unknown_or_unconfigured_part_is_an_error():
 def test_mini_profile_names_every_part():
     from benchmark.config import HydraResolver
 
-    cfg = HydraResolver("mini").base
-    parts = plan(cfg)
+    resolver = HydraResolver("mini")
+    parts, cfg = resolver.foundation, resolver.base
     assert set(parts) == {"vae", "base_model", "yolo", "dn_detr"}
+    assert cfg["model"]["svd"] == str(parts["base_model"].path)
+    assert cfg["benchmark"]["eval"]["detectors"]["dn_detr"]["weights"] == str(parts["dn_detr"].path)
     assert cfg["benchmark"]["data_stand_in"] == {"nuscenes": "mini_nuscenes", "kitti": "mini_kitti"}
+    assert HydraResolver("smoke").foundation == {}
+
+
+def test_dry_run_lists_the_foundation_before_the_stages(capsys):
+    from benchmark.run import main
+
+    assert main(["table=III", "profile=mini", "--dry-run", "store=/nonexistent-store"]) == 0
+    out = capsys.readouterr().out
+    assert out.index("foundation base_model") < out.index("train")
+    assert "pending" in out
