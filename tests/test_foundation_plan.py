@@ -12,7 +12,8 @@ NODE = {"dir": "fdn", "frames": {"height": 64, "width": 96, "clip_len": 8},
 
 
 def _cfg(**top):
-    return {"benchmark": {"foundation": copy.deepcopy(NODE), "eval": {"detectors": {"yolo": {"weights": "foundation:yolo"}}}},
+    detectors = {"yolo": {"weights": "foundation:yolo"}}
+    return {"benchmark": {"foundation": copy.deepcopy(NODE), "eval": {"detectors": detectors}},
             **top}
 
 

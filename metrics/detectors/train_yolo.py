@@ -61,7 +61,8 @@ def train_yolo(out: str | Path, train_clips: Sequence[Clip], val_clips: Sequence
     data_yaml = write_yolo_dataset({"train": train_clips, "val": val_clips}, work_dir / "dataset")
     model = YOLO(arch, task="detect")
     model.train(data=str(data_yaml), epochs=int(epochs), imgsz=int(imgsz), batch=int(batch), seed=int(seed),
-                optimizer=optimizer, lr0=float(lr0), warmup_epochs=float(warmup_epochs), workers=int(workers), mosaic=float(mosaic), close_mosaic=int(close_mosaic),
+                optimizer=optimizer, lr0=float(lr0), warmup_epochs=float(warmup_epochs), workers=int(workers),
+                mosaic=float(mosaic), close_mosaic=int(close_mosaic),
                 device="cpu", project=str(work_dir), name="train", exist_ok=True, plots=False, amp=False,
                 deterministic=True, verbose=False, pretrained=False, **({"val": True} | (extra or {})))
     weights = Path(model.trainer.last)
