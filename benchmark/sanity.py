@@ -13,8 +13,8 @@ which comparison breaks the order otherwise.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Mapping, Sequence
 
 import numpy as np
 from omegaconf import OmegaConf

@@ -14,14 +14,15 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
 
+from data.atomic import save_pretrained_atomic
 from data.clip import Clip
-from metrics.detectors.dn_detr import Preprocess, save_pretrained_atomic
+from metrics.detectors.dn_detr import Preprocess
 
 
 def mini_config(hidden_size: int = 64, layers: int = 3, num_queries: int = 16,

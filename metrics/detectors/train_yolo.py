@@ -10,8 +10,8 @@ ultralytics is imported), without plots (they would fetch a font). The best chec
 from __future__ import annotations
 
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 from PIL import Image

@@ -14,12 +14,12 @@ from __future__ import annotations
 import json
 import shutil
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import torch
 
-from trainers.models import _atomic_save_dir
+from data.atomic import publish_dir_once
 
 
 def build_unet(num_frames: int = 8, block_out_channels=(64, 128, 128), layers_per_block: int = 1,
@@ -57,7 +57,7 @@ def assemble_svd(folder: str | Path, vae_folder: str | Path, unet, seed: int = 0
         parts["unet"] = (UNetSpatioTemporalConditionModel.from_pretrained(str(unet))
                          if isinstance(unet, (str, Path)) else unet)
         StableVideoDiffusionPipeline(**parts).save_pretrained(tmp)
-    return _atomic_save_dir(Path(folder), save)
+    return publish_dir_once(Path(folder), save)
 
 
 def pretrain_base_model(out: str | Path, vae_folder: str | Path, work_dir: str | Path, *,
@@ -91,4 +91,4 @@ def pretrain_base_model(out: str | Path, vae_folder: str | Path, work_dir: str |
 
 def copy_svd(src: str | Path, dst: str | Path) -> Path:
     """A copy of an SVD folder (stages own their outputs)."""
-    return _atomic_save_dir(Path(dst), lambda tmp: shutil.copytree(src, tmp, dirs_exist_ok=True))
+    return publish_dir_once(Path(dst), lambda tmp: shutil.copytree(src, tmp, dirs_exist_ok=True))

@@ -12,8 +12,8 @@ from __future__ import annotations
 import json
 import math
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -62,7 +62,7 @@ def train_vae(out: str | Path, clips: Sequence[Clip], *, steps: int = 1500, batc
               arch: dict | None = None, val_clips: Sequence[Clip] = (), log_every: int = 100, log=print) -> Path:
     """Train a `build_vae(**arch)` for `steps` AdamW steps on windows of `frames_per_clip` consecutive
     frames of `batch_clips` random clips; save it (diffusers folder) at `out` with `train_log.json`."""
-    from trainers.models import _atomic_save_dir
+    from data.atomic import publish_dir_once
 
     vae = build_vae(**(arch or {}), seed=seed).train()
     rng = np.random.default_rng(seed)
@@ -102,4 +102,4 @@ def train_vae(out: str | Path, clips: Sequence[Clip], *, steps: int = 1500, batc
     def save(tmp):
         vae.save_pretrained(tmp)
         (Path(tmp) / "train_log.json").write_text(json.dumps(summary, indent=1))
-    return _atomic_save_dir(Path(out), save)
+    return publish_dir_once(Path(out), save)
