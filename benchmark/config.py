@@ -57,6 +57,7 @@ class HydraResolver:
                 split_override(ov)        # fail early on a malformed key=value
             except ValueError as e:
                 raise ConfigError(str(e)) from e
+        self.foundation = {}            # foundation parts the resolved configs name (benchmark/foundation.py)
         self.base = self.resolve([])
 
     def resolve(self, overrides: list[str]) -> dict:
@@ -84,9 +85,17 @@ class HydraResolver:
         try:
             with init:
                 cfg = compose(config_name=self.config_name, overrides=all_overrides)
-            return OmegaConf.to_container(cfg, resolve=True)
+            resolved = OmegaConf.to_container(cfg, resolve=True)
         except (HydraException, OmegaConfBaseException) as e:
             raise compose_error(e, all_overrides) from e
+        # foundation:<part> values (profile=mini) become the parts' content-hashed folders
+        from benchmark.foundation import resolve as resolve_foundation
+        try:
+            resolved, parts = resolve_foundation(resolved)
+        except ValueError as e:
+            raise ConfigError(str(e)) from e
+        self.foundation.update(parts)
+        return resolved
 
 
 # ------------------------------------------------------------------------------------ path checks

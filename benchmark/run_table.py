@@ -81,7 +81,11 @@ def run_table(table: str | TableSpec, cfg, runner: StageRunner, launcher: str = 
     if runner is not None and not dry_run:
         for s in sharded:
             check_can_shard(runner, s, stage_shards(s))
+    from benchmark.foundation import describe, ensure
+    foundation = getattr(resolver, "foundation", {})
     if dry_run:
+        for line in describe(foundation):
+            show(line)
         show(graph.format(store.is_done, store.root))
         if launcher != "local":
             show(format_arrays(graph, store))
@@ -102,6 +106,7 @@ def run_table(table: str | TableSpec, cfg, runner: StageRunner, launcher: str = 
     run.results_dir = out_dir
     if pending:
         check_writable(out_dir, "results")      # before the first stage, not after the last
+        ensure(foundation, echo)                # the parts the stages load, built once (resumable)
     if launcher == "local":
         bar = tqdm(pending, desc=f"table {spec.name}", unit="stage", file=sys.stderr)
         for stage in bar:

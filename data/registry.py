@@ -42,7 +42,7 @@ def _synthetic(cfg, split):
     from data.synthetic import SyntheticDataset
     s = cfg[split]
     return SyntheticDataset(num_clips=s.num_clips, num_frames=cfg.clip_len, height=cfg.height,
-                            width=cfg.width, seed=s.seed, fps=cfg.fps)
+                            width=cfg.width, seed=s.seed, fps=cfg.fps, world=cfg.get("world", "default"))
 
 
 @register("kitti")

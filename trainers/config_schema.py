@@ -214,6 +214,7 @@ RULES: list[Rule] = [
          "auto (the pipeline's shift for the clip's latent length), a number, or null (no shift)"),
     # ---- data (every dataset group; keys a group lacks are skipped)
     text("data.name"),
+    choice("data.world", "default", "source", "nuscenes", "kitti"),
     num("data.height", ge=VAE_FACTOR, integer=True, multiple_of=VAE_FACTOR, why="the SVD VAE's downsampling"),
     num("data.width", ge=VAE_FACTOR, integer=True, multiple_of=VAE_FACTOR, why="the SVD VAE's downsampling"),
     num("data.clip_len", ge=1, integer=True),
