@@ -311,17 +311,20 @@ class DetectionAccumulator:
             out["AP_per_iou"] = [pct(v) for v in ap["ap_per_iou"]]
         return out
 
-    def compute(self) -> dict:
+    def compute(self, per_frame: bool = True) -> dict:
+        """Totals over every frame and, with `per_frame`, the curves by frame index."""
         if not self.refs:
             raise ValueError("no video was added to the detection metrics")
         all_refs = [d for video in self.refs for d in video]
         all_preds = [d for video in self.preds for d in video]
         result = {"protocol": self.protocol.name, "units": "percent", "n_videos": self.num_videos,
                   "n_frames": len(all_refs), **self._scores(all_refs, all_preds)}
+        if not per_frame:
+            return result
         num_frames = max(len(video) for video in self.refs)
-        per_frame = [self._scores([v[j] for v in self.refs if j < len(v)], [v[j] for v in self.preds if j < len(v)])
-                     for j in range(num_frames)]
-        result["per_frame"] = {k: [f[k] for f in per_frame] for k in ("mAP", "mIoU", "n_ref_boxes")}
+        curves = [self._scores([v[j] for v in self.refs if j < len(v)], [v[j] for v in self.preds if j < len(v)])
+                  for j in range(num_frames)]
+        result["per_frame"] = {k: [f[k] for f in curves] for k in ("mAP", "mIoU", "n_ref_boxes")}
         return result
 
 
