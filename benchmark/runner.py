@@ -29,6 +29,7 @@ import yaml
 from tqdm.auto import tqdm
 
 from ablations.registry import TableSpec, load_table
+from benchmark import provenance
 from benchmark import shards as shards_mod
 from benchmark.config import ConfigError, missing_paths
 from benchmark.executors import StageRunner
@@ -87,8 +88,9 @@ def run_table(table: str | TableSpec, cfg, runner: StageRunner, launcher: str = 
     if runner is not None and not dry_run:
         for s in sharded:
             _check_can_shard(runner, s, stage_shards(s))
+    mode = provenance.check_mode(get_key(resolver.base, "benchmark.provenance", "record"))
     if dry_run:
-        echo(graph.format(store.is_done, store.root))
+        echo(graph.format(store.is_done, store.root, notes=provenance.flag_stages(graph, store)))
         if launcher != "local":
             echo(_format_arrays(graph, store))
         for line in problems:
@@ -103,6 +105,7 @@ def run_table(table: str | TableSpec, cfg, runner: StageRunner, launcher: str = 
         if p.unavailable:
             echo(f"table {spec.name} row {p.row.name}: {p.unavailable}")
     check_finished(graph, store, echo)   # a damaged finished stage is set aside and recomputed
+    provenance.apply(graph, store, mode, echo)   # made by other code: flagged (strict: recomputed)
     pending = graph.pending(store.is_done)
     echo(f"table {spec.name}: {len(graph.stages)} stages, {len(graph.stages) - len(pending)} cached, "
          f"{len(pending)} to run (store {store.root}/)")
@@ -574,11 +577,13 @@ def render(graph: StageGraph, store: Store, out_dir: Path, *, fake: bool = False
     description = str(get_key(graph.render.run_cfg, "benchmark.description", graph.profile))
     protocol = protocol_text([graph.stages[p.generate].run_cfg if p.generate in graph.stages else p.cfg
                               for p in graph.rows if p.cfg])
+    made_by = provenance.summarize(store.stage_info(s.hash).get("provenance")
+                                   for s in graph.order() if store.is_done(s.hash))
     caption = caption_text(spec, description=description, sizes=sizes, fake=fake,
-                           notes=[protocol, *protocol_notes(graph, store)])
+                           notes=[protocol, *protocol_notes(graph, store), provenance.footnote(made_by)])
     unavailable = {p.row.name: p.unavailable for p in graph.rows if p.unavailable}
     outputs = render_table(spec, cells, caption=caption, out_dir=out_dir, unavailable=unavailable,
-                           profile=graph.profile, fake=fake, extra=extra)
+                           profile=graph.profile, fake=fake, extra=extra, provenance=made_by)
     if figures:
         outputs.update(_figures(graph, store, out_dir, extra, note=("FAKE RUNNER: " if fake else "") + description))
     return outputs

@@ -245,8 +245,11 @@ class StageGraph:
     def pending(self, is_done: Callable[[str], bool]) -> list[Stage]:
         return [s for s in self.order() if not is_done(s.hash)]
 
-    def format(self, is_done: Callable[[str], bool], store_root: str | Path = "runs") -> str:
-        """The dry-run view: every stage, cached or pending, with its dependencies and rows."""
+    def format(self, is_done: Callable[[str], bool], store_root: str | Path = "runs",
+               notes: dict[str, list[str]] | None = None) -> str:
+        """The dry-run view: every stage, cached or pending, with its dependencies and rows; `notes`
+        flag cached stages (made by other code: benchmark/provenance.py)."""
+        notes = notes or {}
         stages = self.order()
         n_done = sum(is_done(s.hash) for s in stages)
         lines = [f"Table {self.table.name} (profile {self.profile}): {len(stages)} stages in {store_root}/, "
@@ -257,6 +260,8 @@ class StageGraph:
             deps = ",".join(d[:6] for d in s.deps) if s.kind != "render" else f"{len(s.deps)} stages"
             rows = ", ".join(s.rows) if s.kind != "render" else ""
             lines.append(f"  {status:<8} {s.kind:<15} {s.hash:<{HASH_LEN}}  {s.describe():<40} {deps or '-':<27} {rows}")
+            if s.hash in notes:
+                lines.append(f"  {'':<8} other code made it: {'; '.join(notes[s.hash])}")
         missing = [p for p in self.rows if p.unavailable]
         if missing:
             lines.append("rows without stages (rendered as 'not yet available'):")

@@ -78,7 +78,7 @@ def _marks(spec: TableSpec, col: Column, values: Sequence[float | None]) -> list
 # ------------------------------------------------------------------------------------ building
 def make_table(spec: TableSpec, cells: Mapping[str, Mapping[str, float | None]], *, caption: str,
                unavailable: Mapping[str, str] | None = None, profile: str = "", fake: bool = False,
-               extra: Mapping[str, dict] | None = None) -> dict:
+               extra: Mapping[str, dict] | None = None, provenance: Mapping | None = None) -> dict:
     """{'md': str, 'tex': str, 'json': dict} for the table. `cells[row][column id]` is our value
     (already scaled to the paper's units) or None; rows in `unavailable` render "not yet available"."""
     unavailable = dict(unavailable or {})
@@ -106,14 +106,16 @@ def make_table(spec: TableSpec, cells: Mapping[str, Mapping[str, float | None]],
            "label_columns": list(spec.label_columns), "rank_within": list(spec.rank_within),
            "columns": [{"id": c.id, "name": c.name, "key": c.key, "direction": c.direction, "group": c.group,
                         "detector": c.detector, "source": c.source, "scale": c.scale} for c in spec.columns],
-           "rows": json_rows}
+           "rows": json_rows, **({"provenance": dict(provenance)} if provenance is not None else {})}
     return {"md": _markdown(spec, doc), "tex": _latex(spec, doc), "json": doc}
 
 
 def render_table(spec: TableSpec, cells, *, caption: str, out_dir: str | Path, unavailable=None,
-                 profile: str = "", fake: bool = False, extra=None) -> dict[str, Path]:
-    """Write table_<N>.md, .tex and .json under out_dir (each atomically); returns their paths."""
-    t = make_table(spec, cells, caption=caption, unavailable=unavailable, profile=profile, fake=fake, extra=extra)
+                 profile: str = "", fake: bool = False, extra=None, **options) -> dict[str, Path]:
+    """Write table_<N>.md, .tex and .json under out_dir (each atomically); returns their paths.
+    `options` go to make_table (provenance, ...)."""
+    t = make_table(spec, cells, caption=caption, unavailable=unavailable, profile=profile, fake=fake, extra=extra,
+                   **options)
     out = Path(out_dir)
     stem = f"table_{spec.name}"
     return {"md": atomic_write_text(out / f"{stem}.md", t["md"]),
