@@ -150,6 +150,15 @@ def coco_map(refs: Sequence[Detections], preds: Sequence[Detections]) -> dict:
     pycocotools directly, not torchmetrics' MeanAveragePrecision: torchmetrics builds the IoU and
     recall thresholds with float32 `torch.linspace` (0.6 becomes 0.60000002, so a pair whose IoU is
     exactly on a threshold is not matched) and hands pycocotools float32 boxes."""
+    ev = coco_evaluate(refs, preds)
+    if ev is None:
+        return {"map": None, "map_50": None, "map_75": None}
+    return coco_summary(ev)
+
+
+def coco_evaluate(refs: Sequence[Detections], preds: Sequence[Detections]):
+    """pycocotools' COCOeval after `evaluate()` (the per-image matching) of these frames, image id =
+    frame index; None without any reference box. `coco_summary` accumulates it."""
     import contextlib
     import io
 
@@ -166,15 +175,24 @@ def coco_map(refs: Sequence[Detections], preds: Sequence[Detections]) -> dict:
     dt_anns = [dict(_coco_box(b), id=k, image_id=i, category_id=int(c), iscrowd=0, score=float(s))
                for k, (i, b, c, s) in enumerate(_boxes(preds), start=1)]
     if not gt_anns:
-        return {"map": None, "map_50": None, "map_75": None}
+        return None
     gt, dt = COCO(), COCO()
     gt.dataset = {"images": images, "annotations": gt_anns, "categories": categories}
     dt.dataset = {"images": images, "annotations": dt_anns, "categories": categories}   # as COCO.loadRes builds it
-    with contextlib.redirect_stdout(io.StringIO()):     # pycocotools prints its progress and summary
+    with contextlib.redirect_stdout(io.StringIO()):     # pycocotools prints its progress
         gt.createIndex()
         dt.createIndex()
         ev = COCOeval(gt, dt, "bbox")
         ev.evaluate()
+    return ev
+
+
+def coco_summary(ev) -> dict:
+    """mAP@[.50:.95], @.50, @.75 in [0, 1] (None where undefined) of an evaluated COCOeval."""
+    import contextlib
+    import io
+
+    with contextlib.redirect_stdout(io.StringIO()):     # pycocotools prints its progress and summary
         ev.accumulate()
         ev.summarize()
     value = lambda v: None if v < 0 else float(v)  # noqa: E731   (-1 = undefined)

@@ -95,17 +95,95 @@ class PerVideo:
         return pv
 
 
+# ---------------------------------------------------------------- detection scores of any resample
+class DetectionResampler:
+    """mAP and mIoU of any sequence of the videos (repeats allowed) without redoing the per-frame work.
+
+    COCO protocol: pycocotools' per-image matching (`COCOeval.evaluate`) depends only on that image's
+    boxes, so it runs once over every frame; a resample then reorders its per-image records into the
+    resample's frames and runs only `accumulate` + `summarize` on them: exactly what a fresh COCOeval
+    over the resampled frames (video by video, as DetectionAccumulator orders them) computes (tested).
+    mIoU: each frame's matched IoUs are computed once and concatenated. Other AP protocols (Ctrl-V's
+    sweep) rerun DetectionAccumulator on the resample."""
+
+    def __init__(self, detections, protocol, from_dataset: bool = False):
+        from metrics.detection import DetectionAccumulator, coco_evaluate, matched_ious
+        self.detections, self.protocol, self.from_dataset = detections, protocol, from_dataset
+        acc = DetectionAccumulator(protocol)
+        for refs, preds, hw in detections:
+            acc.add_video(refs, preds, hw, ref_from_dataset=from_dataset)
+        self.refs, self.preds = acc.refs, acc.preds                         # [video][frame], selected
+        lengths = [len(v) for v in self.refs]
+        self.start = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(int)
+        self.length = np.asarray(lengths, int)
+        frames_r = [d for v in self.refs for d in v]
+        frames_p = [d for v in self.preds for d in v]
+        self.ious = [matched_ious(r, p.select(p.scores >= protocol.miou_pred_conf), protocol.class_aware)
+                     for r, p in zip(frames_r, frames_p)]
+        self.n_ref = np.asarray([len(r) for r in frames_r])
+        self.coco = coco_evaluate(frames_r, frames_p) if protocol.ap == "coco" else None
+        if self.coco is not None:
+            self._records = self.coco.evalImgs
+            self._dims = (len(self.coco._paramsEval.catIds), len(self.coco._paramsEval.areaRng), len(frames_r))
+
+    def _frames(self, idx, frame: int | None) -> np.ndarray:
+        if frame is None:
+            return np.concatenate([np.arange(self.start[i], self.start[i] + self.length[i]) for i in idx])
+        return np.asarray([self.start[i] + frame for i in idx if frame < self.length[i]], int)
+
+    def scores(self, idx, frame: int | None = None) -> dict:
+        """{"mAP", "mIoU"} in percent of the videos `idx` (all frames, or frame index `frame` only)."""
+        from metrics.detection import coco_summary
+        p = self.protocol
+        frames = self._frames(np.asarray(idx, int), frame)
+        if self.coco is not None:
+            ev, (k_n, a_n, i_n) = self.coco, self._dims
+            if self.n_ref[frames].sum() == 0:
+                ap = None
+            else:
+                ev.evalImgs = [self._records[k * a_n * i_n + a * i_n + f]
+                               for k in range(k_n) for a in range(a_n) for f in frames]
+                ev.params.imgIds = ev._paramsEval.imgIds = list(range(len(frames)))
+                ap = coco_summary(ev)["map"]
+        else:
+            return self._naive(idx, frame)
+        ious = np.concatenate([self.ious[f] for f in frames]) if len(frames) else np.zeros(0)
+        if p.miou == "matched_mean":
+            ious = ious[(ious >= p.miou_match_iou) & (ious > 0)]
+        m = float(ious.mean()) if len(ious) else None
+        pct = lambda v: None if v is None else 100.0 * v  # noqa: E731
+        return {"mAP": pct(ap), "mIoU": pct(m)}
+
+    def _naive(self, idx, frame):
+        from metrics.detection import DetectionAccumulator
+        acc = DetectionAccumulator(self.protocol)
+        for i in idx:
+            refs, preds, hw = self.detections[int(i)]
+            if frame is not None:
+                if frame >= len(refs):
+                    continue
+                refs, preds = refs[frame:frame + 1], preds[frame:frame + 1]
+            acc.add_video(refs, preds, hw, ref_from_dataset=self.from_dataset)
+        if not acc.refs:
+            return {"mAP": None, "mIoU": None}
+        res = acc.compute(per_frame=False)
+        return {"mAP": res["mAP"], "mIoU": res["mIoU"]}
+
+
 # ---------------------------------------------------------------- the statistic the bootstrap resamples
 def statistic(pv: PerVideo, det_cfg=None, per_frame: bool = False):
     """idx -> {"fvd.value", "fid.value", "det.mAP", "det.mIoU"} of the videos `idx` (in that order,
     repeats counted), as metrics.evaluate.merge_features computes them. `det_cfg` is the metrics
     node's `det` (protocol, reference); with `per_frame`, also "det.per_frame.mAP" / ".mIoU" as
     tuples per frame index."""
-    from metrics.detection import DetectionAccumulator, DetProtocol
+    from metrics.detection import DetProtocol
     from metrics.frechet import FrechetBiasWarning, frechet_distance
 
-    protocol = DetProtocol.from_cfg(det_cfg) if pv.detections is not None and det_cfg is not None else None
-    from_dataset = det_cfg is not None and det_cfg.get("reference") == "dataset"
+    det = None
+    if pv.detections is not None and det_cfg is not None:
+        det = DetectionResampler(pv.detections, DetProtocol.from_cfg(det_cfg),
+                                 from_dataset=det_cfg.get("reference") == "dataset")
+    num_frames = max((len(v[0]) for v in pv.detections), default=0) if det is not None else 0
 
     def stat(idx: np.ndarray) -> dict:
         with warnings.catch_warnings():     # N < d is reported once by the evaluation itself
@@ -119,17 +197,14 @@ def statistic(pv: PerVideo, det_cfg=None, per_frame: bool = False):
         if pv.fid:
             real, gen = pv.fid["real"][idx], pv.fid["gen"][idx]
             out["fid.value"] = frechet_distance(real.reshape(-1, real.shape[-1]), gen.reshape(-1, gen.shape[-1])).value
-        if protocol is not None:
-            acc = DetectionAccumulator(protocol)
-            for i in idx:
-                refs, preds, hw = pv.detections[int(i)]
-                acc.add_video(refs, preds, hw, ref_from_dataset=from_dataset)
-            res = acc.compute(per_frame=per_frame)
+        if det is not None:
+            res = det.scores(idx)
             out["det.mAP"], out["det.mIoU"] = res["mAP"], res["mIoU"]
             if per_frame:
-                for k in ("mAP", "mIoU"):
-                    for j, v in enumerate(res["per_frame"][k]):
-                        out[f"det.per_frame.{k}.{j}"] = v
+                for j in range(num_frames):
+                    res = det.scores(idx, frame=j)
+                    for k in ("mAP", "mIoU"):
+                        out[f"det.per_frame.{k}.{j}"] = res[k]
         return out
 
     return stat
