@@ -91,7 +91,8 @@ def plot_loss_curves(curves: Mapping[str, Sequence[str | Path]], out_png: str | 
 
 def plot_per_frame(per_frame: Mapping[str, Mapping[str, Sequence[float]]], out_png: str | Path,
                    metrics: Sequence[str] = ("mAP", "mIoU"), scale: float = 1.0, title: str = "") -> Path | None:
-    """mAP / mIoU by frame index (how consistency decays over the clip), one line per row."""
+    """mAP / mIoU by frame index (how consistency decays over the clip), one line per row; a row's
+    `<metric>_low` / `<metric>_high` lists (a bootstrap interval per frame index) shade a band."""
     data = {row: pf for row, pf in per_frame.items() if pf and any(pf.get(m) for m in metrics)}
     if not data:
         return None
@@ -101,7 +102,12 @@ def plot_per_frame(per_frame: Mapping[str, Mapping[str, Sequence[float]]], out_p
         for row, pf in data.items():
             ys = [np.nan if v is None else v * scale for v in pf.get(m) or []]
             if ys:
-                ax.plot(range(1, len(ys) + 1), ys, marker="o", markersize=2, linewidth=1, label=row)
+                line, = ax.plot(range(1, len(ys) + 1), ys, marker="o", markersize=2, linewidth=1, label=row)
+                lo, hi = pf.get(f"{m}_low"), pf.get(f"{m}_high")
+                if lo and hi and len(lo) == len(ys):
+                    ax.fill_between(range(1, len(ys) + 1), [np.nan if v is None else v * scale for v in lo],
+                                    [np.nan if v is None else v * scale for v in hi], color=line.get_color(),
+                                    alpha=0.2, linewidth=0)
         ax.set_title(f"{m} per frame index")
         ax.set_xlabel("frame index")
         ax.grid(alpha=0.3)

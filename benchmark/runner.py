@@ -24,8 +24,8 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Callable, Sequence
 
+import numpy as np
 import yaml
-
 from tqdm.auto import tqdm
 
 from ablations.registry import TableSpec, load_table
@@ -514,6 +514,7 @@ def collect(graph: StageGraph, store: Store) -> tuple[dict, dict, list[tuple[str
     test-set sizes [(dataset, videos, frames)])."""
     spec = graph.table
     cells, extra, sizes = {}, {}, {}
+    runs: dict[str, list[tuple[int | None, dict]]] = {}     # row -> [(seed, its cells)]
     for plan in graph.rows:
         if plan.unavailable:
             continue
@@ -530,12 +531,30 @@ def collect(graph: StageGraph, store: Store) -> tuple[dict, dict, list[tuple[str
                 res = evals.get(spec.detector_of(plan.row, c))
                 v = get_key((res or {}).get("metrics", {}), c.key, None)
                 row_cells[c.id] = float(v) * c.scale if isinstance(v, (int, float)) else None
-        cells[plan.row.name] = row_cells
+        runs.setdefault(plan.row.name, []).append((plan.seed, row_cells))
+        if not plan.first_seed:
+            extra[plan.row.name]["stages"]["seeds"][str(plan.seed)] = _stages_of(plan)
+            continue
         per_frame = {det: get_key((r or {}).get("metrics", {}), PER_FRAME_KEY, None) for det, r in evals.items()}
-        extra[plan.row.name] = {"stages": {"testset": plan.testset, "train": plan.train, "generate": plan.generate,
-                                           "evaluate": plan.evaluate},
+        extra[plan.row.name] = {"stages": {**_stages_of(plan), "seeds": {}},
                                 "per_frame": {k: v for k, v in per_frame.items() if v}}
+        if plan.seed is None:
+            del extra[plan.row.name]["stages"]["seeds"]
+    for name, per_seed in runs.items():
+        if len(per_seed) == 1 and per_seed[0][0] is None:
+            cells[name] = per_seed[0][1]
+            continue
+        # several seeds: the table's number is the mean over seeds (None unless every seed has one)
+        values = {c.id: [rc.get(c.id) for _, rc in per_seed] for c in spec.columns}
+        cells[name] = {cid: (float(np.mean(v)) if all(x is not None for x in v) else None) for cid, v in values.items()}
+        extra[name]["seeds"] = {"seeds": [sd for sd, _ in per_seed], "values": values,
+                                "std": {cid: (float(np.std(v, ddof=1)) if len(v) > 1 and all(x is not None for x in v)
+                                              else None) for cid, v in values.items()}}
     return cells, extra, list(dict.fromkeys(sizes.values()))
+
+
+def _stages_of(plan) -> dict:
+    return {"testset": plan.testset, "train": plan.train, "generate": plan.generate, "evaluate": plan.evaluate}
 
 
 def protocol_notes(graph: StageGraph, store: Store) -> list[str]:
@@ -571,22 +590,63 @@ def _efficiency(c, gen: dict | None) -> float | None:
 
 
 def render(graph: StageGraph, store: Store, out_dir: Path, *, fake: bool = False, figures: bool = True) -> dict[str, Path]:
-    from benchmark.tables import caption_text, protocol_text, render_table
+    from benchmark.tables import caption_text, protocol_text, render_table, uncertainty_text
     spec = graph.table
     cells, extra, sizes = collect(graph, store)
+    stats, uncertainty = cell_statistics(graph, store, extra)
     description = str(get_key(graph.render.run_cfg, "benchmark.description", graph.profile))
     protocol = protocol_text([graph.stages[p.generate].run_cfg if p.generate in graph.stages else p.cfg
                               for p in graph.rows if p.cfg])
     made_by = provenance.summarize(store.stage_info(s.hash).get("provenance")
                                    for s in graph.order() if store.is_done(s.hash))
     caption = caption_text(spec, description=description, sizes=sizes, fake=fake,
-                           notes=[protocol, *protocol_notes(graph, store), provenance.footnote(made_by)])
+                           notes=[protocol, *protocol_notes(graph, store), uncertainty_text(spec, uncertainty),
+                                  provenance.footnote(made_by)])
     unavailable = {p.row.name: p.unavailable for p in graph.rows if p.unavailable}
     outputs = render_table(spec, cells, caption=caption, out_dir=out_dir, unavailable=unavailable,
-                           profile=graph.profile, fake=fake, extra=extra, provenance=made_by)
+                           profile=graph.profile, fake=fake, extra=extra, provenance=made_by, stats=stats,
+                           uncertainty=uncertainty)
     if figures:
         outputs.update(_figures(graph, store, out_dir, extra, note=("FAKE RUNNER: " if fake else "") + description))
     return outputs
+
+
+def cell_statistics(graph: StageGraph, store: Store, extra: dict) -> tuple[dict, dict]:
+    """(stats[row][column id], how the table shows uncertainty): each cell's bootstrap interval and paired
+    difference to its baseline row (benchmark/intervals.py; per seed when the table runs several), its
+    values over seeds, and the mark. Adds the per-frame bands to extra[row]["per_frame_band"]."""
+    from benchmark.intervals import excludes_zero, table_intervals
+    spec = graph.table
+    ivs, bands, opts = table_intervals(graph, store)
+    seeds = graph.seeds
+    stats: dict[str, dict] = {}
+    for row in spec.rows:
+        per_seed = [ivs.get((row.name, sd), {}) for sd in seeds]
+        if not any(per_seed):
+            continue
+        row_stats = {}
+        for c in spec.columns:
+            cells = [p.get(c.id) for p in per_seed]
+            if not any(cells):
+                continue
+            diffs = [x["diff"] if x else None for x in cells]
+            # the mark: every seed's paired interval excludes 0, all on the same side
+            signs = {(d["low"] > 0) for d in diffs if excludes_zero(d)}
+            mark = all(excludes_zero(d) for d in diffs) and len(signs) == 1
+            st = {"interval": cells[0]["interval"] if cells[0] else None, "diff": diffs[0],
+                  "baseline": next((x["baseline"] for x in cells if x and x["baseline"]), None),
+                  "significant": mark}
+            if seeds != [None]:
+                st["per_seed"] = [{"seed": sd, **(x or {})} for sd, x in zip(seeds, cells)]
+            row_stats[c.id] = st
+        stats[row.name] = row_stats
+        for sd in seeds[:1]:
+            if (row.name, sd) in bands and row.name in extra:
+                extra[row.name]["per_frame_band"] = bands[(row.name, sd)]
+    show = bool(get_key(graph.render.run_cfg, "benchmark.intervals", True))
+    uncertainty = {"show": show, "seeds": seeds, "bootstrap": opts,
+                   "baselines": [r for r in spec.compare_to if any(x.row.name == r for x in graph.rows)]}
+    return stats, uncertainty
 
 
 def _figures(graph: StageGraph, store: Store, out_dir: Path, extra: dict, note: str = "") -> dict[str, Path]:
@@ -597,7 +657,7 @@ def _figures(graph: StageGraph, store: Store, out_dir: Path, extra: dict, note: 
     fig_cfg = get_key(graph.render.run_cfg, "benchmark.figures", {}) or {}
     out: dict[str, Path] = {}
     logs = {}
-    for p in graph.rows:
+    for p in graph.first_rows():
         paths = []
         for h in p.train:
             res = store.result(h)
@@ -614,9 +674,12 @@ def _figures(graph: StageGraph, store: Store, out_dir: Path, extra: dict, note: 
         pf = ex.get("per_frame") or {}
         det = primary if primary in pf else next(iter(pf), None)
         if det:
-            per_frame[row if len(pf) == 1 or det == primary else f"{row} ({det})"] = pf[det]
+            band = (ex.get("per_frame_band") or {}).get(det) or {}
+            per_frame[row if len(pf) == 1 or det == primary else f"{row} ({det})"] = {**pf[det], **band}
+    shaded = any(f"{m}_low" in pf for pf in per_frame.values() for m in ("mAP", "mIoU"))
+    band = "; shaded: 95% bootstrap interval over the test videos" if shaded else ""
     made = plots.plot_per_frame(per_frame, out_dir / f"{stem}_per_frame.png",
-                                title=f"Table {spec.name}: detection metrics per frame index{note}")
+                                title=f"Table {spec.name}: detection metrics per frame index{band}{note}")
     if made:
         out["per_frame"] = made
     grid = _grid_inputs(graph, store, int(fig_cfg.get("max_rows", 4)))
@@ -635,7 +698,7 @@ def _figures(graph: StageGraph, store: Store, out_dir: Path, extra: dict, note: 
 
 def _grid_inputs(graph: StageGraph, store: Store, max_rows: int):
     """The first test set with results, and the generated frame folders of the rows that use it."""
-    plans = [p for p in graph.rows if p.generate and store.result(p.generate)]
+    plans = [p for p in graph.first_rows() if p.generate and store.result(p.generate)]
     if not plans:
         return None
     ts_hash = plans[0].testset

@@ -171,16 +171,17 @@ class DetectionResampler:
 
 
 # ---------------------------------------------------------------- the statistic the bootstrap resamples
-def statistic(pv: PerVideo, det_cfg=None, per_frame: bool = False):
+def statistic(pv: PerVideo, det_cfg=None, per_frame: bool = False, keys=None):
     """idx -> {"fvd.value", "fid.value", "det.mAP", "det.mIoU"} of the videos `idx` (in that order,
     repeats counted), as metrics.evaluate.merge_features computes them. `det_cfg` is the metrics
-    node's `det` (protocol, reference); with `per_frame`, also "det.per_frame.mAP" / ".mIoU" as
-    tuples per frame index."""
+    node's `det` (protocol, reference); with `per_frame`, also "det.per_frame.mAP.<j>" / ".mIoU.<j>"
+    per frame index j. `keys` limits the work to those metrics (a "det..." key brings mAP and mIoU)."""
     from metrics.detection import DetProtocol
     from metrics.frechet import FrechetBiasWarning, frechet_distance
 
+    want = (lambda k: True) if keys is None else (lambda k: any(x.split(".")[0] == k for x in keys))  # noqa: E731
     det = None
-    if pv.detections is not None and det_cfg is not None:
+    if pv.detections is not None and det_cfg is not None and want("det"):
         det = DetectionResampler(pv.detections, DetProtocol.from_cfg(det_cfg),
                                  from_dataset=det_cfg.get("reference") == "dataset")
     num_frames = max((len(v[0]) for v in pv.detections), default=0) if det is not None else 0
@@ -192,9 +193,9 @@ def statistic(pv: PerVideo, det_cfg=None, per_frame: bool = False):
 
     def _stat(idx: np.ndarray) -> dict:
         out: dict = {}
-        if pv.fvd:
+        if pv.fvd and want("fvd"):
             out["fvd.value"] = frechet_distance(pv.fvd["real"][idx], pv.fvd["gen"][idx]).value
-        if pv.fid:
+        if pv.fid and want("fid"):
             real, gen = pv.fid["real"][idx], pv.fid["gen"][idx]
             out["fid.value"] = frechet_distance(real.reshape(-1, real.shape[-1]), gen.reshape(-1, gen.shape[-1])).value
         if det is not None:
