@@ -677,7 +677,8 @@ def _figures(graph: StageGraph, store: Store, out_dir: Path, extra: dict, note: 
             band = (ex.get("per_frame_band") or {}).get(det) or {}
             per_frame[row if len(pf) == 1 or det == primary else f"{row} ({det})"] = {**pf[det], **band}
     shaded = any(f"{m}_low" in pf for pf in per_frame.values() for m in ("mAP", "mIoU"))
-    band = "; shaded: 95% bootstrap interval over the test videos" if shaded else ""
+    conf = float(get_key(graph.render.run_cfg, "benchmark.bootstrap.confidence", 0.95))
+    band = f"; shaded: {100 * conf:g}% bootstrap interval over the test videos" if shaded else ""
     made = plots.plot_per_frame(per_frame, out_dir / f"{stem}_per_frame.png",
                                 title=f"Table {spec.name}: detection metrics per frame index{band}{note}")
     if made:

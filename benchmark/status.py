@@ -94,10 +94,8 @@ def mark_damaged(statuses: list[StageStatus], store: Store) -> bool:
         damage = store.verify(st.hash)
         if damage:
             st.status, st.detail, found = "damaged", _damage_text(damage), True
-        elif damage is None:
-            st.detail = _damage_text(None)
-        else:
-            st.detail = "verified"
+        else:       # keeps what stage_statuses said (e.g. made by other code)
+            st.detail = "; ".join(x for x in (_damage_text(None) if damage is None else "verified", st.detail) if x)
     return found
 
 
