@@ -22,7 +22,10 @@ nuscenes: install
 demo: install
 	$(PY) -m benchmark.run table=III
 
+# Lint and format check first (configured in pyproject.toml [tool.ruff]), then the suite.
 test: install
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
 	$(PY) -m pytest -q
 
 clean:

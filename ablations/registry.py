@@ -19,9 +19,6 @@ from data.cli import UserError
 SPEC_DIR = Path(__file__).resolve().parent
 
 BASELINES = ("none", "svd", "svd_finetuned", "ctrlv")
-# Baselines whose stages the benchmark can build today. Ctrl-V (issue 8) adds "ctrlv" here once its
-# stages exist; until then its rows are kept in the table and rendered "not yet available".
-IMPLEMENTED_BASELINES = frozenset({"none", "svd", "svd_finetuned", "ctrlv"})
 CTRLV_VARIANTS = ("1-to-0", "1-to-1", "3-to-1")
 CTRLV_BACKBONES = ("svd", "svd_finetuned", "lsa")
 DIRECTIONS = ("up", "down")
@@ -30,7 +27,7 @@ SOURCES = ("evaluate", "generate")
 _TABLE_KEYS = {"table", "title", "label_columns", "overrides", "detector", "rank_within", "compare_to", "columns",
                "rows"}
 _COLUMN_KEYS = {"id", "name", "key", "direction", "format", "scale", "source", "detector", "group", "per_videos"}
-_ROW_KEYS = {"name", "labels", "baseline", "overrides", "ctrlv", "paper", "detector", "requires"}
+_ROW_KEYS = {"name", "labels", "baseline", "overrides", "ctrlv", "paper", "detector"}
 _NUMBER = re.compile(r"^\s*([-+]?\d+(?:\.\d+)?)")
 
 
@@ -76,21 +73,6 @@ class Row:
     ctrlv: dict[str, str] | None = None   # {variant: 1-to-0|1-to-1|3-to-1, backbone: svd|svd_finetuned|lsa}
     paper: dict[str, PaperCell] = field(default_factory=dict)
     detector: str | None = None
-    requires: tuple[str, ...] = ()
-
-    @property
-    def available(self) -> bool:
-        return self.unavailable_reason is None
-
-    @property
-    def unavailable_reason(self) -> str | None:
-        missing = [r for r in self.requires if r not in IMPLEMENTED_BASELINES]
-        if missing:
-            return f"not yet available: needs the {', '.join(_REQUIREMENT_NAMES.get(m, m) for m in missing)}"
-        return None
-
-
-_REQUIREMENT_NAMES = {"ctrlv": "Ctrl-V baseline (issue 8)"}
 
 
 @dataclass(frozen=True)
@@ -113,7 +95,7 @@ class TableSpec:
                 return r
         raise UnknownName(f"table {self.name} has no row {name!r}; valid rows: {', '.join(r.name for r in self.rows)}")
 
-    def select(self, names) -> "TableSpec":
+    def select(self, names) -> TableSpec:
         """The same table restricted to `names` (in the table's order); unknown names fail."""
         if not names:
             return self
@@ -271,10 +253,8 @@ def _row(r: dict, path: Path, i: int, column_ids: list[str], label_columns: tupl
     if missing:
         raise SpecError(f"{where}: no paper number for columns {missing} (every cell has a reference)")
     paper = {cid: _paper_cell(paper_raw[cid], f"{where}: paper.{cid}") for cid in column_ids}
-    requires = tuple(r.get("requires") or ()) + (("ctrlv",) if baseline == "ctrlv" else ())
     return Row(name=str(r["name"]), labels=labels, baseline=baseline, overrides=dict(r.get("overrides") or {}),
-               ctrlv=dict(ctrlv) if ctrlv else None, paper=paper, detector=r.get("detector"),
-               requires=tuple(dict.fromkeys(requires)))
+               ctrlv=dict(ctrlv) if ctrlv else None, paper=paper, detector=r.get("detector"))
 
 
 def _paper_cell(v: Any, where: str) -> PaperCell:

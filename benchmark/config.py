@@ -9,15 +9,15 @@ import importlib
 import os
 import re
 import warnings
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Iterable, Sequence
 
-from benchmark.stages import get_key, split_override
+from benchmark.stages import select, split_override
 from data.cli import MissingFile
+
 # One class for every user-facing configuration problem (unknown profile, bad override, composition
 # failure, a value of the wrong type or out of range): trainers/config_schema.py's.
 from trainers.config_schema import ConfigError, compose_error
-
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
@@ -45,7 +45,7 @@ class HydraResolver:
         root = config_root(config_dir, config_module)
         if not (root / f"{config_name}.yaml").exists():
             raise MissingFile(f"{root / (config_name + '.yaml')} not found: the benchmark composes the "
-                                    f"trainer's config tree (configs/{config_name}.yaml, trainer issue 2)")
+                                    f"trainer's config tree (configs/{config_name}.yaml)")
         profiles = list_profiles(root)
         if profile not in profiles:
             raise ConfigError(f"unknown profile {profile!r}; valid profiles: {', '.join(profiles)} "
@@ -107,11 +107,11 @@ def missing_paths(cfgs: Iterable[tuple]) -> list[str]:
     problems: dict[tuple[str, str, str, str], list[str]] = {}
     for row, cfg, *used in cfgs:
         used = set(used[0]) if used else None
-        spec = get_key(cfg, "benchmark.check_paths", {}) or {}
+        spec = select(cfg, "benchmark.check_paths", {}) or {}
         if not isinstance(spec, dict):
             raise ConfigError("benchmark.check_paths must be a mapping with lists local, hub_or_local, allow")
         allow = set(spec.get("allow") or [])
-        dataset = str(get_key(cfg, "data.name", ""))
+        dataset = str(select(cfg, "data.name", ""))
         for kind in ("local", "hub_or_local"):
             for key in spec.get(kind) or []:
                 detector = key[len(DETECTOR_KEYS):].split(".")[0] if key.startswith(DETECTOR_KEYS) else None
@@ -119,7 +119,7 @@ def missing_paths(cfgs: Iterable[tuple]) -> list[str]:
                     continue
                 ds = dataset if key.startswith("data.") else ""
                 try:
-                    value = get_key(cfg, key)
+                    value = select(cfg, key)
                 except KeyError:
                     problems.setdefault((kind, key, "<absent>", ds), []).append(row)
                     continue

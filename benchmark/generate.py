@@ -8,8 +8,8 @@ interrupted stage resumes where it stopped.
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -24,6 +24,7 @@ def load_pipeline(model_cfg, unet_dir: str | Path | None = None, device: str = "
                   dtype: torch.dtype = torch.float32):
     """The SVD pipeline of `model.svd`, with a fine-tuned U-Net folder swapped in when given."""
     from diffusers import StableVideoDiffusionPipeline, UNetSpatioTemporalConditionModel
+
     from trainers.models import resolve_svd_source
     if model_cfg.svd == "full-random":
         raise ValueError("model=full-random has random weights: it is for performance measurements, "

@@ -18,7 +18,7 @@ import hashlib
 import json
 from pathlib import Path
 
-from benchmark.stages import canonical_json, get_key
+from benchmark.stages import canonical_json, select
 from data.atomic import atomic_write_json
 from metrics.bootstrap import bootstrap, paired_bootstrap
 from metrics.per_video import PER_VIDEO_FILE, PerVideo, statistic
@@ -30,7 +30,7 @@ DEFAULTS = {"n_resamples": 1000, "per_frame_resamples": 200, "confidence": 0.95,
 
 def settings(cfg: dict) -> dict:
     """benchmark.bootstrap with its defaults, checked."""
-    s = {**DEFAULTS, **(get_key(cfg, "benchmark.bootstrap", {}) or {})}
+    s = {**DEFAULTS, **(select(cfg, "benchmark.bootstrap", {}) or {})}
     from data.cli import InputError
     for k in ("n_resamples", "per_frame_resamples", "seed"):
         if not isinstance(s[k], int) or s[k] < (1 if k == "n_resamples" else 0):
@@ -56,7 +56,7 @@ class TableIntervals:
 
     def _stat(self, h: str, keys, per_frame: bool = False):
         pv = self._per_video(h)
-        det_cfg = get_key(self.graph.stages[h].run_cfg, "metrics.det", None)
+        det_cfg = select(self.graph.stages[h].run_cfg, "metrics.det", None)
         return statistic(pv, det_cfg, per_frame=per_frame, keys=keys)
 
     def _cached(self, payload: dict, compute) -> dict:
@@ -117,11 +117,9 @@ def table_intervals(graph, store) -> tuple[dict, dict, dict]:
     spec = graph.table
     opts = settings(graph.render.run_cfg)
     ti = TableIntervals(graph, store, opts)
-    by_name = {(p.row.name, p.seed): p for p in graph.rows if not p.unavailable}
+    by_name = {(p.row.name, p.seed): p for p in graph.rows}
     cells, bands = {}, {}
     for plan in graph.rows:
-        if plan.unavailable:
-            continue
         base_name = spec.compare_row(plan.row)
         base = by_name.get((base_name, plan.seed)) if base_name else None
         if base is not None and base.testset != plan.testset:

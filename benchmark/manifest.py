@@ -1,6 +1,6 @@
 """The manifest of a finished stage: `runs/<hash>/MANIFEST.json` lists every file of the stage folder
 (relative path, size, content hash). The store writes it after the stage's records and before
-`DONE`, and checks it before a finished stage is reused (benchmark/runner.py) and in
+`DONE`, and checks it before a finished stage is reused (benchmark/local.py) and in
 `python -m benchmark.status --verify`: a file deleted, added or changed since the stage finished
 makes the stage damaged, and a damaged stage is recomputed instead of trusted.
 
@@ -11,7 +11,7 @@ the damage seen in practice (a truncated copy, a deleted or replaced file, a tor
 size or the ends; a change in the middle of a large file of the same size is not detected.
 Verification recomputes the same hashes, so checking a store costs one read of its small files and
 2 MiB per large one; `hashes=False` compares names and sizes only (one stat per file), what the
-runner does before each reuse (benchmark/runner.check_finished), `benchmark.status --verify` hashes.
+runner does before each reuse (benchmark.local.check_finished), `benchmark.status --verify` hashes.
 
 Durability: while hashing, each file is fsynced, so once the (itself fsynced) manifest and then
 DONE are on disk, the outputs they describe are too.

@@ -1,7 +1,7 @@
 """Which code and libraries made a stage: the git commit (and whether the tree was dirty), the versions
 of the libraries that shape the numbers, the device and the command. Recorded in each stage's
 stage.json when it finishes (benchmark/store.py), carried into the table JSON and a caption footnote,
-and compared with the running code before a finished stage is reused (benchmark/runner.py):
+and compared with the running code before a finished stage is reused (benchmark/run_table.py):
 `benchmark.provenance=record` (default) flags a stage made by another commit or other library
 versions; `strict` recomputes it and the stages built on it.
 

@@ -15,7 +15,7 @@ benchmark.num_test_clips=4, train.lr=2e-5):
   rows=a,b                 only these rows of the table
   store=runs               the stage store (runs/<hash>/)
   results=results          where tables and figures go (results/<profile>/)
-  runner=module:Class      the StageRunner (default benchmark.runner_impl:TrainerRunner)
+  runner=module:Class      the StageRunner (default benchmark.trainer_runner:TrainerRunner)
   config_dir=PATH          compose from this config folder instead of the `configs` package
   --dry-run                print the stage graph (cached / pending; with launcher=slurm the job arrays) and stop
   --no-wait                launcher=slurm: submit and return; a render job writes the table when all jobs ended
@@ -27,11 +27,11 @@ import importlib
 import sys
 
 from ablations.registry import list_tables, load_table
-from benchmark.runner import StagesFailed
+from benchmark.run_table import StagesFailed
 from data.cli import UserError, command
 
 OPTIONS = {"table": None, "profile": "smoke", "launcher": "local", "rows": None, "store": "runs",
-           "results": "results", "runner": "benchmark.runner_impl:TrainerRunner", "config_dir": None,
+           "results": "results", "runner": "benchmark.trainer_runner:TrainerRunner", "config_dir": None,
            "cluster": "default"}
 FLAGS = {"--dry-run", "--list", "--no-wait", "-h", "--help"}
 CLUSTER_PREFIX = "slurm."       # key=value with this prefix: a cluster setting, not a Hydra override
@@ -74,8 +74,7 @@ def _list(config_dir) -> str:
     lines = []
     for t in list_tables():
         spec = load_table(t)
-        rows = [r.name + ("" if r.available else " (not yet available)") for r in spec.rows]
-        lines.append(f"table {t}: {spec.title}\n  rows: {', '.join(rows)}")
+        lines.append(f"table {t}: {spec.title}\n  rows: {', '.join(r.name for r in spec.rows)}")
     lines.append(f"profiles: {', '.join(list_profiles(config_dir))}")
     return "\n".join(lines)
 
@@ -102,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
             for t in tables:
                 t.select(rows)
         from benchmark.config import HydraResolver
-        from benchmark.runner import LAUNCHERS, run_table
+        from benchmark.run_table import LAUNCHERS, run_table
         if opts["launcher"] not in LAUNCHERS:
             raise UsageError(f"launcher={opts['launcher']} is unknown; valid: {', '.join(LAUNCHERS)}")
         cluster_overrides = [o for o in overrides if o.startswith(CLUSTER_PREFIX)]

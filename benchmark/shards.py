@@ -27,11 +27,17 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, NamedTuple, Sequence
+from typing import TYPE_CHECKING, NamedTuple
 
 from data.atomic import atomic_write_bytes
 from data.cli import command
+
+if TYPE_CHECKING:
+    from benchmark.stage_runner import StageRunner
+    from benchmark.stages import Stage, StageGraph
+    from benchmark.store import Store
 
 SHARDED_KINDS = ("generate", "evaluate")
 KEY = "benchmark.shards"
@@ -83,6 +89,11 @@ def shard_names(names: Sequence[str], index: int, count: int, align: int = 1) ->
 
 
 # ------------------------------------------------------------------------------------ local workers
+def shard_key(stage_hash: str, index: int, count: int) -> str:
+    """The key of shard `index` of `count` of a stage: a SLURM work's key and what run_stage returns."""
+    return f"{stage_hash}:{index}/{count}"
+
+
 def local_devices() -> list[str] | None:
     """The GPUs shard workers are pinned to (one process per GPU), or None when there are fewer than
     two: then the shards run one after the other in this process."""
@@ -142,13 +153,64 @@ def run_workers(calls: Sequence[tuple[str, Callable, tuple, Path]], devices: Seq
                            f"redoes only these:\n  " + "\n  ".join(lines))
 
 
+# ------------------------------------------------------------------------------------ running shards
+def check_can_shard(runner, stage: Stage, n: int) -> None:
+    from benchmark.config import ConfigError
+    method = f"merge_{stage.kind}"
+    if not callable(getattr(runner, method, None)):
+        raise ConfigError(f"benchmark.shards={n}: the stage runner {type(runner).__name__} cannot split {stage.kind} "
+                          f"stages (it has no {method} method); set benchmark.shards=1")
+
+
+def run_shard(store: Store, stage: Stage, graph, runner: StageRunner, index: int, count: int) -> dict:
+    """Shard `index` of `count` of the stage: its part of the work, then its record (skipped when
+    the record exists). Touches nothing but its clips' outputs and its own shard folder, so shards
+    may run at the same time."""
+    from benchmark.local import call_runner
+    if store.shard_done(stage.hash, index, count):
+        return store.shard_result(stage.hash, index, count)
+    folder = store.shard_dir(stage.hash, index, count)
+    folder.mkdir(parents=True, exist_ok=True)
+    res = call_runner(stage, graph, store, runner, store.dir(stage.hash), Shard(index, count, folder))
+    store.commit_shard(stage.hash, index, count, res)
+    return res
+
+
+def run_shards(stage: Stage, graph: StageGraph, store: Store, runner: StageRunner, todo: list[int], n: int,
+               echo) -> None:
+    """The unfinished shards: one worker process per GPU when there are several, else here in turn."""
+    from benchmark.job import prepare_stage, run_stage
+    devices = local_devices()
+    if devices is None:
+        for i in todo:
+            echo(f"{stage.kind} {stage.hash}: shard {i + 1} of {n}")
+            run_shard(store, stage, graph, runner, i, n)
+        return
+    prepare_stage(store, stage)       # what a worker loads the stage from (run_stage by hash)
+    root = str(store.root.resolve())
+    run_workers([(f"{stage.kind} {stage.hash} shard {i + 1}/{n}", run_stage, (root, stage.hash, runner, 1, None, i),
+                  store.shard_dir(stage.hash, i, n)) for i in todo], devices, echo)
+
+
+def merge_shards(stage: Stage, graph: StageGraph, store: Store, runner: StageRunner, out: Path, parts: list[dict]) -> dict:
+    """The stage's result from its shards' records (the runner's merge_<kind>), as the unsharded
+    stage returns it."""
+    from benchmark.local import dep_of, evaluate_inputs, evaluate_result
+    cfg = stage.run_cfg
+    if stage.kind == "generate":
+        return runner.merge_generate(stage, cfg, out, parts, test_clips=store.dir(dep_of(stage, graph, "testset")))
+    videos_dir, real_dir = evaluate_inputs(stage, graph, store)
+    return evaluate_result(runner.merge_evaluate(stage, cfg, out, parts, videos_dir=videos_dir, real_dir=real_dir),
+                           out)
+
+
 @command
 def main(argv: Sequence[str] | None = None) -> int:
     """`python -m benchmark.shards <payload>`: one local shard worker (the pickled call of run_workers)."""
     import cloudpickle
     argv = sys.argv[1:] if argv is None else list(argv)
     if len(argv) != 1:
-        print("usage: python -m benchmark.shards <payload.pkl> (started by benchmark.runner)", file=sys.stderr)
+        print("usage: python -m benchmark.shards <payload.pkl> (started by benchmark.shards.run_workers)", file=sys.stderr)
         return 2
     with open(argv[0], "rb") as f:
         fn, args = cloudpickle.load(f)

@@ -18,9 +18,12 @@ import copy
 import hashlib
 import json
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Protocol, Sequence
+from typing import Any, Protocol
+
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from ablations.registry import Row, TableSpec
 from data.cli import ConfigKeyError, InputError
@@ -31,18 +34,11 @@ STAGE_SCHEMA = 1
 HASH_LEN = 12
 KINDS = ("testset", "train", "ctrlv_bbox", "ctrlv_box2video", "generate", "evaluate", "render")
 
-# The video backbone a Ctrl-V row's Box2Video steers (Table II): the overrides of the rows
-# "SVD fine-tuned" and "SVD + LSA" of Table I, so the backbone's train stages are those rows' own
-# stages (shared by hash); "svd" is the base model (no train stage).
-CTRLV_BACKBONE_OVERRIDES = {
-    "svd": None,
-    "svd_finetuned": ["schedule=diffusion", "adapter=unet"],
-    "lsa": ["schedule=staged", "adapter=unet", "loss.variant=hybrid"],
-}
-# Ctrl-V config keys that do not influence a stage (each Ctrl-V stage reads only its own part).
-_CTRLV_NOT_BBOX = ["ctrlv.stage", "ctrlv.backbone", "ctrlv.controlnet", "ctrlv.inference"]
-_CTRLV_NOT_BOX2VIDEO = ["ctrlv.stage", "ctrlv.backbone", "ctrlv.variant", "ctrlv.variants", "ctrlv.bbox_init_unet",
-                        "ctrlv.bbox_train", "ctrlv.inference", "ctrlv.readback"]
+# The video backbone a Ctrl-V row's Box2Video steers (Table II) is a row of this table: backbone
+# `b` on dataset `d` takes the overrides of its row `<d>_<b>` ("SVD fine-tuned", "SVD + LSA"), so the
+# backbone's train stages are that row's own stages (shared by hash); "svd" is the base model.
+BACKBONE_TABLE = "I"
+BASE_MODEL_BACKBONE = "svd"
 
 
 # ------------------------------------------------------------------------------------ hashing
@@ -87,26 +83,20 @@ def drop_keys(cfg: dict, dotted: Sequence[str]) -> dict:
     return out
 
 
-def get_key(cfg: dict, dotted: str, default: Any = KeyError) -> Any:
-    node = cfg
-    for p in dotted.split("."):
-        if not isinstance(node, dict) or p not in node:
-            if default is KeyError:
-                raise KeyError(dotted)
-            return default
-        node = node[p]
-    return node
+def select(cfg: dict, key: str, default: Any = None) -> Any:
+    """`OmegaConf.select` on a plain-dict config (stage configs and results stay plain dicts: they are
+    hashed and saved as YAML / JSON); a node comes back as a plain container."""
+    value = OmegaConf.select(OmegaConf.create(cfg), key, default=default)
+    return OmegaConf.to_container(value) if isinstance(value, (DictConfig, ListConfig)) else value
 
 
-def set_key(cfg: dict, dotted: str, value: Any) -> None:
-    node = cfg
-    parts = dotted.split(".")
-    for p in parts[:-1]:
-        node = node.setdefault(p, {})
-    node[parts[-1]] = value
+def with_value(cfg: dict, key: str, value: Any) -> dict:
+    """A copy of the plain-dict config `cfg` with `key` set (`OmegaConf.update`, made if absent)."""
+    node = OmegaConf.create(cfg)
+    OmegaConf.update(node, key, value, merge=False)
+    return OmegaConf.to_container(node)
 
 
-# ------------------------------------------------------------------------------------ config resolution
 class Resolver(Protocol):
     """Turns override strings (`group=option`, `a.b=value`, as on the command line) into a resolved
     plain-dict config. `base` is the config with the profile and the user's overrides only."""
@@ -138,7 +128,7 @@ class DictResolver:
                     raise InputError(f"{key}={value}: unknown option; valid: {sorted(self.groups[key])}")
                 cfg[key] = copy.deepcopy(self.groups[key][value])
             else:
-                set_key(cfg, key, yaml.safe_load(value))
+                cfg = with_value(cfg, key, yaml.safe_load(value))
         return cfg
 
 
@@ -172,12 +162,12 @@ def row_overrides(spec: TableSpec, row: Row, base: dict, user_overrides: Sequenc
         merged.pop("data", None)
         dataset = user["data"]
     elif "data" in merged:
-        stand_in = get_key(base, "benchmark.data_stand_in", {}) or {}
+        stand_in = select(base, "benchmark.data_stand_in", {}) or {}
         dataset = merged["data"] = stand_in.get(merged["data"], merged["data"])
     else:
         dataset = None
     # Per-dataset roots: a table may mix datasets, so one data.root cannot serve every row
-    root = (get_key(base, "benchmark.data_roots", {}) or {}).get(dataset) if dataset else None
+    root = (select(base, "benchmark.data_roots", {}) or {}).get(dataset) if dataset else None
     if root is not None and "data.root" not in user and "data.root" not in merged:
         merged["data.root"] = str(root)
     return [format_override(k, v) for k, v in merged.items()]
@@ -193,10 +183,6 @@ class Stage:
     deps: tuple[str, ...] = ()
     params: dict = field(default_factory=dict)   # epoch / objective / detector / ...
     rows: list[str] = field(default_factory=list)
-
-    def folder(self, root: str | Path = "runs") -> Path:
-        """runs/<hash>/: where the stage writes its outputs."""
-        return Path(root) / self.hash
 
     def describe(self) -> str:
         p = self.params
@@ -223,12 +209,11 @@ class Stage:
 @dataclass
 class RowPlan:
     row: Row
-    cfg: dict | None = None                         # resolved config (None when unavailable)
+    cfg: dict | None = None                         # resolved config
     testset: str | None = None
     train: list[str] = field(default_factory=list)  # the epoch chain, epoch 1 first
     generate: str | None = None
     evaluate: dict[str, str] = field(default_factory=dict)   # detector -> stage hash
-    unavailable: str | None = None
     seed: int | None = None                         # benchmark.seeds: this plan's seed (None: one run)
     first_seed: bool = True                         # the plan figures draw (one per row)
 
@@ -249,6 +234,9 @@ class StageGraph:
     def order(self) -> list[Stage]:
         return list(self.stages.values())
 
+    def pending(self, is_done: Callable[[str], bool]) -> list[Stage]:
+        return [s for s in self.order() if not is_done(s.hash)]
+
     @property
     def seeds(self) -> list[int | None]:
         """benchmark.seeds of the table ([None]: one run with the config's own seeds)."""
@@ -257,9 +245,6 @@ class StageGraph:
     def first_rows(self) -> list[RowPlan]:
         """One plan per row (its first seed's): what figures draw."""
         return [p for p in self.rows if p.first_seed]
-
-    def pending(self, is_done: Callable[[str], bool]) -> list[Stage]:
-        return [s for s in self.order() if not is_done(s.hash)]
 
     def format(self, is_done: Callable[[str], bool], store_root: str | Path = "runs",
                notes: dict[str, list[str]] | None = None) -> str:
@@ -278,10 +263,6 @@ class StageGraph:
             lines.append(f"  {status:<8} {s.kind:<15} {s.hash:<{HASH_LEN}}  {s.describe():<40} {deps or '-':<27} {rows}")
             if s.hash in notes:
                 lines.append(f"  {'':<8} other code made it: {'; '.join(notes[s.hash])}")
-        missing = [p for p in self.rows if p.unavailable]
-        if missing:
-            lines.append("rows without stages (rendered as 'not yet available'):")
-            lines += [f"  {p.row.name}: {p.unavailable}" for p in missing]
         return "\n".join(lines)
 
 
@@ -305,16 +286,16 @@ def epoch_adapter(cfg: dict, objective: str) -> dict:
 
 def epoch_objectives(cfg: dict, row: Row, baseline: str | None = None) -> list[str]:
     """'diffusion' or 'lsa' for each epoch 1..train.epochs, from schedule.feat_from_epoch (the same
-    rule as trainers.losses.objective_weights)."""
+    rule as trainers.objective.objective_weights)."""
     baseline = row.baseline if baseline is None else baseline
-    epochs = int(get_key(cfg, "train.epochs"))
+    epochs = int(select(cfg, "train.epochs"))
     if epochs < 1:
         raise InputError(f"row {row.name}: train.epochs={epochs}; a trained row needs at least one epoch")
-    feat_from = get_key(cfg, "schedule.feat_from_epoch", None)
+    feat_from = select(cfg, "schedule.feat_from_epoch", None)
     objs = ["lsa" if feat_from is not None and e >= int(feat_from) else "diffusion" for e in range(1, epochs + 1)]
     if baseline == "svd_finetuned" and "lsa" in objs:
         raise InputError(f"row {row.name} is 'SVD fine-tuned' (diffusion loss only) but its schedule "
-                         f"{get_key(cfg, 'schedule.name', '?')} turns the feature loss on from epoch {feat_from}")
+                         f"{select(cfg, 'schedule.name', '?')} turns the feature loss on from epoch {feat_from}")
     return objs
 
 
@@ -330,26 +311,24 @@ def _ctrlv_stages(spec, row, resolver, cfg, bench, policy, testset, train_chain,
     not_train = always + list(policy.get("ignore_train") or []) + list(policy.get("ignore_diffusion_only") or [])
     base_over = row_overrides(spec, row, resolver.base, resolver.user_overrides)
     chain = []
-    if CTRLV_BACKBONE_OVERRIDES[backbone] is not None:
-        chain = train_chain(resolver.resolve(base_over + CTRLV_BACKBONE_OVERRIDES[backbone]), backbone)
+    if backbone != BASE_MODEL_BACKBONE:
+        chain = train_chain(resolver.resolve(base_over + backbone_overrides(row, backbone)), backbone)
     # the profile's Ctrl-V settings (benchmark.ctrlv_overrides) come after configs/ctrlv/base.yaml
     # (a key the command line sets keeps the command line's value)
     user_keys = {split_override(o)[0] for o in resolver.user_overrides}
     profile_over = [str(o) for o in (bench.get("ctrlv_overrides") or []) if split_override(str(o))[0] not in user_keys]
     cv = resolver.resolve(base_over + ["+ctrlv=base", f"ctrlv.variant={variant}"] + profile_over)
-    epochs = int(get_key(cv, "train.epochs"))
+    epochs = int(select(cv, "train.epochs"))
 
-    bbox_cfg = copy.deepcopy(cv)
-    set_key(bbox_cfg, "ctrlv.stage", "bbox")
-    bbox = add("ctrlv_bbox", {"epochs": epochs, "cfg": drop_keys(cv, not_train + _CTRLV_NOT_BBOX)}, bbox_cfg, [],
+    bbox_cfg = with_value(cv, "ctrlv.stage", "bbox")
+    bbox = add("ctrlv_bbox", {"epochs": epochs, "cfg": drop_keys(cv, not_train + list(policy.get("ignore_ctrlv_bbox") or []))}, bbox_cfg, [],
                {"variant": variant, "epochs": epochs}, label)
-    b2v_cfg = copy.deepcopy(cv)
-    set_key(b2v_cfg, "ctrlv.stage", "box2video")
+    b2v_cfg = with_value(cv, "ctrlv.stage", "box2video")
     b2v = add("ctrlv_box2video", {"epochs": epochs, "backbone": chain[-1] if chain else None,
-                                  "cfg": drop_keys(cv, not_train + _CTRLV_NOT_BOX2VIDEO)},
+                                  "cfg": drop_keys(cv, not_train + list(policy.get("ignore_ctrlv_box2video") or []))},
               b2v_cfg, chain[-1:], {"backbone": backbone, "epochs": epochs}, label)
     gen_cfg = {"ctrlv_bbox": bbox, "ctrlv_box2video": b2v, "testset": testset, "model": model,
-               "ctrlv": {k: get_key(cv, f"ctrlv.{k}") for k in ("variant", "variants", "inference", "readback",
+               "ctrlv": {k: select(cv, f"ctrlv.{k}") for k in ("variant", "variants", "inference", "readback",
                                                                   "render", "controlnet")},
                "generate": bench["generate"]}
     gen = add("generate", gen_cfg, cv, [bbox, b2v, testset],
@@ -357,9 +336,24 @@ def _ctrlv_stages(spec, row, resolver, cfg, bench, policy, testset, train_chain,
     return chain, gen
 
 
+def backbone_overrides(row: Row, backbone: str) -> list[str]:
+    """The overrides (all but `data`, which the Ctrl-V row sets itself) of the BACKBONE_TABLE row
+    that trains `backbone` on the Ctrl-V row's dataset."""
+    from ablations.registry import load_table
+    dataset = row.overrides.get("data")
+    spec = load_table(BACKBONE_TABLE)
+    name = f"{dataset}_{backbone}"
+    try:
+        source = spec.row(name)
+    except KeyError as e:
+        raise InputError(f"row {row.name}: ctrlv.backbone={backbone} on data={dataset} needs the row {name} of "
+                         f"table {BACKBONE_TABLE} (ablations/table_{BACKBONE_TABLE}.yaml)") from e
+    return [format_override(k, v) for k, v in source.overrides.items() if k != "data"]
+
+
 def table_seeds(base: dict) -> list[int | None]:
     """benchmark.seeds: null -> [None] (one run, the config's seeds); a list of distinct integers >= 0."""
-    seeds = get_key(base, "benchmark.seeds", None)
+    seeds = select(base, "benchmark.seeds", None)
     if seeds is None:
         return [None]
     if isinstance(seeds, int) and not isinstance(seeds, bool):
@@ -378,11 +372,9 @@ def seeded(cfg: dict, seed: int | None) -> dict:
     Seed 0 (and None) leaves the config as it is: its stages are those of the one-seed run."""
     if not seed:
         return cfg
-    cfg = copy.deepcopy(cfg)
-    stride = int(get_key(cfg, "benchmark.seed_stride", 1_000_000))
-    set_key(cfg, "train.seed", int(get_key(cfg, "train.seed")) + seed)
-    set_key(cfg, "benchmark.generate.seed", int(get_key(cfg, "benchmark.generate.seed")) + seed * stride)
-    return cfg
+    stride = int(select(cfg, "benchmark.seed_stride", 1_000_000))
+    cfg = with_value(cfg, "train.seed", int(select(cfg, "train.seed")) + seed)
+    return with_value(cfg, "benchmark.generate.seed", int(select(cfg, "benchmark.generate.seed")) + seed * stride)
 
 
 class SeededResolver:
@@ -412,17 +404,12 @@ def expand(spec: TableSpec, resolver: Resolver) -> StageGraph:
         return h
 
     base = resolver.base
-    for row, seed in ((r, s) for r in spec.rows for s in seeds):
-        if not row.available and seed != seeds[0]:
-            continue                                 # a row without a method is listed once
+    for row, seed in ((r, sd) for r in spec.rows for sd in seeds):
         plan = RowPlan(row, seed=seed, first_seed=seed == seeds[0])
         plans.append(plan)
-        if not row.available:
-            plan.unavailable = row.unavailable_reason
-            continue
         _expand_row(spec, plan, SeededResolver(resolver, seed), add)
 
-    profile = str(get_key(base, "benchmark.profile", "custom"))
+    profile = str(select(base, "benchmark.profile", "custom"))
     render_cfg = {"table": spec.name, "profile": profile,
                   "rows": {p.label: {"generate": p.generate, "evaluate": p.evaluate} for p in plans}}
     deps = [h for p in plans for h in ([p.generate] if p.generate else []) + list(p.evaluate.values())]
@@ -444,20 +431,20 @@ def _expand_row(spec: TableSpec, plan: RowPlan, resolver: Resolver, add) -> None
     ts_cfg = drop_keys(cfg, always + list(policy.get("ignore_testset") or []))
     n_clips = int(bench["num_test_clips"])
     plan.testset = add("testset", {"data": ts_cfg.get("data"), "num_clips": n_clips}, cfg, [],
-                       {"data": get_key(cfg, "data.name", "?"), "num_clips": n_clips}, plan.label)
+                       {"data": select(cfg, "data.name", "?"), "num_clips": n_clips}, plan.label)
 
-    def train_chain(tcfg: dict, baseline: str) -> list[str]:
-        """One train stage per epoch, chained (epoch e starts from epoch e-1's stage)."""
+    def train_chain(tcfg: dict, baseline: str, row=row, always=always, policy=policy) -> list[str]:
+        """One train stage per epoch, chained (epoch e starts from epoch e-1's stage); the loop's
+        row, always and policy bound here."""
         chain, parent = [], None
         for epoch, objective in enumerate(epoch_objectives(tcfg, row, baseline), start=1):
             ignore = always + list(policy.get("ignore_train") or [])
             if objective == "diffusion":
                 ignore += list(policy.get("ignore_diffusion_only") or [])
             ecfg = epoch_adapter(tcfg, objective)
-            run_cfg = copy.deepcopy(ecfg)
-            set_key(run_cfg, "train.epochs", epoch)       # the trainer's "last epoch to train"
-            params = {"epoch": epoch, "objective": objective, "adapter": get_key(ecfg, "adapter.name", None),
-                      "variant": get_key(tcfg, "loss.variant", None) if objective == "lsa" else None}
+            run_cfg = with_value(ecfg, "train.epochs", epoch)     # the trainer's "last epoch to train"
+            params = {"epoch": epoch, "objective": objective, "adapter": select(ecfg, "adapter.name", None),
+                      "variant": select(tcfg, "loss.variant", None) if objective == "lsa" else None}
             parent = add("train", {"init_from": parent, "epoch": epoch, "objective": objective,
                                    "cfg": drop_keys(ecfg, ignore)},
                          run_cfg, [parent] if parent else [], params, plan.label)
@@ -478,7 +465,7 @@ def _expand_row(spec: TableSpec, plan: RowPlan, resolver: Resolver, add) -> None
 
     # one evaluation per detector the row's columns need: the `metrics` node (what
     # metrics.evaluate reads) with metrics.det.detector set from benchmark.eval.detectors[name]
-    detectors = get_key(bench, "eval.detectors", {}) or {}
+    detectors = select(bench, "eval.detectors", {}) or {}
     if "metrics" not in cfg:
         raise ConfigKeyError(f"row {row.name}: the resolved config has no `metrics` node; the benchmark "
                        f"profile selects one (defaults: /metrics: smoke|paper)")

@@ -82,7 +82,7 @@ class Store:
 
     def prepare(self, stage) -> Path:
         """What a job needs to run the stage by hash: run_config.yaml, stage_config.yaml, and stage.json
-        with kind, deps, params, rows and the hashed config (benchmark.runner.load_stage reads it back).
+        with kind, deps, params, rows and the hashed config (benchmark.job.load_stage reads it back).
 
         The identity is read back from stage.json, not config.yaml: a training stage's folder is the
         trainer's run folder, and the trainer writes its own config.yaml there."""
@@ -165,9 +165,6 @@ class Store:
             return None
         d = self.dir(stage_hash)
         return _read_record(d / RESULT, d, f"delete {d} to recompute the stage")
-
-    def config(self, stage_hash: str) -> dict:
-        return yaml.safe_load((self.dir(stage_hash) / CONFIG).read_text())
 
     # -------------------------------------------------------------- shards (benchmark/shards.py)
     def shard_dir(self, stage_hash: str, index: int, count: int) -> Path:

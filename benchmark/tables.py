@@ -9,20 +9,18 @@ Ties share the mark. The second best is marked only when at least three rows hav
 "second" would just be "worst"). A column (or group) whose values all tie, or that has a single value,
 is not marked at all: bolding 0.00 in every row as "best" would claim a ranking there is not. Our
 numbers and the paper's are ranked separately.
-Missing cells: "n/a" (not computed or metric absent); rows whose method is not implemented yet:
-"not yet available" (never dropped, never filled in).
+Missing cells: "n/a" (not computed or metric absent; never dropped, never filled in).
 """
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Mapping, Sequence
 
 from ablations.registry import Column, TableSpec
 from benchmark.store import atomic_write_json, atomic_write_text
 
 NA = "n/a"
-NOT_YET = "not yet available"
 PM = "±"
 DAGGER = "†"          # the paired difference to the baseline row excludes 0 (uncertainty_text says so)
 BEST, SECOND = "best", "second"
@@ -79,20 +77,19 @@ def _marks(spec: TableSpec, col: Column, values: Sequence[float | None]) -> list
 
 # ------------------------------------------------------------------------------------ building
 def make_table(spec: TableSpec, cells: Mapping[str, Mapping[str, float | None]], *, caption: str,
-               unavailable: Mapping[str, str] | None = None, profile: str = "", fake: bool = False,
+               profile: str = "", fake: bool = False,
                extra: Mapping[str, dict] | None = None, provenance: Mapping | None = None,
                stats: Mapping[str, Mapping[str, dict]] | None = None, uncertainty: Mapping | None = None) -> dict:
     """{'md': str, 'tex': str, 'json': dict} for the table. `cells[row][column id]` is our value
-    (already scaled to the paper's units; the mean over seeds) or None; rows in `unavailable` render
-    "not yet available". `stats[row][column id]` holds the cell's bootstrap interval, paired
-    difference to its baseline row and mark (benchmark.runner.cell_statistics); extra[row]["seeds"] the
-    values per seed. With uncertainty["show"], cells read `value ± half-width` (one seed) or
-    `mean ± std` (several seeds), and a marked cell gets a dagger; ranking uses the values alone."""
+    (already scaled to the paper's units; the mean over seeds) or None (rendered n/a).
+    `stats[row][column id]` holds the cell's bootstrap interval, paired difference to its baseline row
+    and mark (benchmark.render.cell_statistics); extra[row]["seeds"] the values per seed. With
+    uncertainty["show"], cells read `value ± half-width` (one seed) or `mean ± std` (several seeds),
+    and a marked cell gets a dagger; ranking uses the values alone."""
     stats = stats or {}
     show = bool((uncertainty or {}).get("show"))
-    unavailable = dict(unavailable or {})
     rows = spec.rows
-    ours = {c.id: [None if r.name in unavailable else (cells.get(r.name) or {}).get(c.id) for r in rows]
+    ours = {c.id: [(cells.get(r.name) or {}).get(c.id) for r in rows]
             for c in spec.columns}
     paper = {c.id: [r.paper[c.id].value for r in rows] for c in spec.columns}
     ours_marks = {c.id: _marks(spec, c, ours[c.id]) for c in spec.columns}
@@ -110,13 +107,12 @@ def make_table(spec: TableSpec, cells: Mapping[str, Mapping[str, float | None]],
             parts = _text_parts(c, v, st, show) if _ok(v) else None
             row_cells[c.id] = {
                 "ours": v if _ok(v) else None,
-                "ours_text": NOT_YET if r.name in unavailable else (_join_md(parts) if parts else NA),
+                "ours_text": _join_md(parts) if parts else NA,
                 "ours_parts": parts,
                 "ours_mark": ours_marks[c.id][i],
                 "paper": paper[c.id][i], "paper_text": r.paper[c.id].text, "paper_mark": paper_marks[c.id][i],
                 **st}
         json_rows.append({"name": r.name, "labels": r.labels, "baseline": r.baseline, "ctrlv": r.ctrlv,
-                          "available": r.name not in unavailable, "reason": unavailable.get(r.name),
                           "cells": row_cells, **({"extra": extra[r.name]} if extra and r.name in extra else {})})
     doc = {"table": spec.name, "title": spec.title, "profile": profile, "fake": fake, "caption": caption,
            "label_columns": list(spec.label_columns), "rank_within": list(spec.rank_within),
@@ -170,12 +166,11 @@ def uncertainty_text(spec: TableSpec, u: Mapping | None) -> str:
     return s
 
 
-def render_table(spec: TableSpec, cells, *, caption: str, out_dir: str | Path, unavailable=None,
+def render_table(spec: TableSpec, cells, *, caption: str, out_dir: str | Path,
                  profile: str = "", fake: bool = False, extra=None, **options) -> dict[str, Path]:
     """Write table_<N>.md, .tex and .json under out_dir (each atomically); returns their paths.
-    `options` go to make_table (provenance, ...)."""
-    t = make_table(spec, cells, caption=caption, unavailable=unavailable, profile=profile, fake=fake, extra=extra,
-                   **options)
+    `options` go to make_table (provenance, stats, uncertainty)."""
+    t = make_table(spec, cells, caption=caption, profile=profile, fake=fake, extra=extra, **options)
     out = Path(out_dir)
     stem = f"table_{spec.name}"
     return {"md": atomic_write_text(out / f"{stem}.md", t["md"]),
@@ -245,7 +240,7 @@ def caption_text(spec: TableSpec, *, description: str, sizes: Sequence[tuple[str
          f"second best underlined (three or more rows; a column whose values all tie is not marked). N = {n}. "
          + "".join(f"{note.rstrip('.')}. " for note in notes if note) + f"{description.rstrip('.')}.")
     if fake:
-        s += (" FAKE RUNNER (benchmark.executors.FakeRunner): every 'ours' number is a placeholder, "
+        s += (" FAKE RUNNER (tests/fakes.py): every 'ours' number is a placeholder, "
               "not a measurement.")
     return s
 
@@ -273,9 +268,6 @@ def _markdown(spec: TableSpec, doc: dict) -> str:
             vals.append(_md_mark(cell["ours_text"], cell["ours_mark"]))
             vals.append(_md_mark(_md_escape(cell["paper_text"]), cell["paper_mark"]))
         lines.append("| " + " | ".join(vals) + " |")
-    notes = [f"- {r['name']}: {r['reason']}" for r in doc["rows"] if not r["available"]]
-    if notes:
-        lines += ["", *notes]
     return "\n".join(lines) + "\n"
 
 
@@ -339,7 +331,7 @@ def _latex(spec: TableSpec, doc: dict) -> str:
         for c in spec.columns:
             cell = r["cells"][c.id]
             ours = cell["ours_text"]
-            ours = r"\textit{not yet available}" if ours == NOT_YET else _tex_parts(cell["ours_parts"], ours)
+            ours = _tex_parts(cell["ours_parts"], ours)
             vals.append(_tex_mark(ours, cell["ours_mark"]))
             vals.append(_tex_mark(tex_escape(cell["paper_text"]), cell["paper_mark"]))
         lines.append(" & ".join(vals) + r" \\")

@@ -24,7 +24,7 @@ import tempfile
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Mapping
 
 from data.cli import InputError
 
@@ -234,14 +234,60 @@ def atomic_dir(target: str | Path) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    publish_dir(tmp, target)
+
+
+def save_pretrained_atomic(model, path: str | Path, extra_files: Mapping[str, str] | None = None) -> Path:
+    """`model.save_pretrained` (plus `extra_files` {name: text}) into a temporary sibling folder, then
+    moved into place, so a reader never sees a half-written folder."""
+    with atomic_dir(path) as tmp:
+        model.save_pretrained(tmp)
+        for name, text in (extra_files or {}).items():
+            (tmp / name).write_text(text)
+    return Path(path)
+
+
+def publish_dir(tmp: str | Path, target: str | Path) -> Path:
+    """Move the finished folder `tmp` onto `target`, replacing a folder already there (os.replace
+    cannot replace a non-empty folder: the old one is moved aside first, then dropped)."""
+    tmp, target = Path(tmp), Path(target)
     if target.exists():
-        # os.replace cannot replace a non-empty folder: move the old one aside first, then drop it
         old = target.parent / f"{_temp_prefix(target.name)}old-{time.monotonic_ns()}"
         os.replace(target, old)
         os.replace(tmp, target)
         shutil.rmtree(old, ignore_errors=True)
     else:
         os.replace(tmp, target)
+    return target
+
+
+def remove_dir(path: str | Path) -> None:
+    """Delete a folder so that no reader sees it half deleted: renamed to a temp name first (one
+    rename), then removed; a kill in between leaves only a temp entry."""
+    path = Path(path)
+    if not path.exists():
+        return
+    gone = path.parent / f"{_temp_prefix(path.name)}del-{time.monotonic_ns()}"
+    os.replace(path, gone)
+    shutil.rmtree(gone, ignore_errors=True)
+
+
+def publish_dir_once(target: str | Path, save_fn) -> Path:
+    """Run `save_fn(tmp_dir)` and move the folder into place unless `target` exists already (first
+    writer wins: a concurrent writer that loses the race keeps the winner's folder)."""
+    target = Path(target)
+    if target.exists():
+        return target
+    tmp = make_temp_dir(target)
+    try:
+        save_fn(tmp)
+        os.replace(tmp, target)
+    except OSError:
+        if not target.exists():
+            raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
 
 
 def read_versioned_json(path: str | Path, version: int, what: str) -> dict:

@@ -8,14 +8,13 @@ from typing import Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 
-from data.cache import FrameCache
+from data.cache import DEFAULT_CACHE_DIR, FrameCache
 from data.cli import InputError, MissingFile
 from data.clip import Clip
 from data.sampling import ClipRef, train_refs
 from data.test_split import load_or_create_test_clips
 from data.transforms import rescale_boxes, resample_filter, resize_frame
 
-DEFAULT_CACHE_DIR = ".cache/lsa_data"
 
 
 def require_root(cfg) -> Path:

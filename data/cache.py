@@ -20,7 +20,20 @@ import numpy as np
 
 from data.atomic import atomic_path, atomic_write_json
 
+# Where decoded frames, test-clip lists and pseudo-boxes are cached when `data.cache.dir` is null
+# (the one place this path is written; configs/data/*.yaml leave it null).
+DEFAULT_CACHE_DIR = ".cache/lsa_data"
+
 CACHE_FORMAT = 1   # bump when the on-disk layout changes
+
+
+def sha256_file(path: str | Path) -> str:
+    """The hex SHA-256 of a file's bytes, read in 4 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 22), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def config_hash(obj) -> str:

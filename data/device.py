@@ -1,12 +1,27 @@
-"""Where work runs: one reading of a `device: auto | cpu | cuda[:i]` setting for every layer
-(training, generation, metrics). Lives in `data/`, the package every other one may import."""
+"""Where work runs and in which precision: one reading of a `device: auto | cpu | cuda[:i]` setting
+and one table of dtype names for every layer (training, generation, metrics). Lives in `data/`, the
+package every other one may import."""
 from __future__ import annotations
 
 import torch
 
+# precision names of the configs: train.mixed_precision (no | bf16 | fp16, accelerate's names) and
+# the generation/metrics dtypes (fp32 | fp16 | bf16)
+DTYPES = {"no": torch.float32, "fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
-def resolve_device(name: str | None) -> str:
-    """`auto` (or unset) is the GPU when there is one, else the CPU; anything else is kept as given."""
+
+def resolve_device(name: str | None, indexed: bool = False) -> str:
+    """`auto` (or unset) is the GPU when there is one, else the CPU; anything else is kept as given.
+    `indexed`: a bare `cuda` becomes `cuda:0` (ultralytics turns a bare "cuda" into
+    CUDA_VISIBLE_DEVICES="cuda"; torch treats both alike)."""
     if name in (None, "auto"):
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return str(name)
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    name = str(name)
+    return "cuda:0" if indexed and name == "cuda" else name
+
+
+def torch_dtype(name: str, key: str = "dtype") -> torch.dtype:
+    """The torch dtype of a precision name of DTYPES; `key` names the config key in the error."""
+    if name not in DTYPES:
+        raise ValueError(f"{key}={name!r}: valid are {', '.join(DTYPES)}")
+    return DTYPES[name]

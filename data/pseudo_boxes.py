@@ -18,7 +18,7 @@ from typing import Sequence
 
 import numpy as np
 
-from data.cache import atomic_save_npz, config_hash
+from data.cache import DEFAULT_CACHE_DIR, atomic_save_npz, config_hash
 from data.cli import InputError
 from data.clip import Clip
 from data.transforms import rescale_boxes
@@ -63,7 +63,7 @@ class PseudoBoxes(Sequence[Clip]):
             raise InputError("data.boxes=detector needs a data.pseudo_boxes node "
                              "(e.g. +data/pseudo_boxes=default, see docs/data.md)")
         cache_cfg = cfg.get("cache") or {}
-        cache_dir = cache_cfg.get("dir") or ".cache/lsa_data"
+        cache_dir = cache_cfg.get("dir") or DEFAULT_CACHE_DIR
         return cls(base, detector_cfg=pb.get("detector"), score_threshold=pb.get("score_threshold", 0.5),
                    classes=pb.get("classes"), batch_size=pb.get("batch_size", 8),
                    cache_dir=cache_dir if pb.get("cache", True) else None,

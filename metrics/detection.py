@@ -1,4 +1,4 @@
-"""Detection metrics of generated videos: mAP and mIoU against a reference (REFERENCE.md section 4).
+"""Detection metrics of generated videos: mAP and mIoU against a reference (docs/metrics.md).
 
 The same detector runs on the real and the generated frame j of a video. The reference is its
 detections on the real frame with score >= `ref_conf` (Ctrl-V's pseudo ground truth), or the

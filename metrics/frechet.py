@@ -2,7 +2,7 @@
 
     FD = ||mu_1 - mu_2||^2 + tr(S_1) + tr(S_2) - 2 tr sqrt(sqrt(S_1) S_2 sqrt(S_1))
 
-Numerics (REFERENCE.md section 4): float64 throughout; the cross term comes from a symmetric
+Numerics (docs/metrics.md): float64 throughout; the cross term comes from a symmetric
 positive semi-definite eigenproblem, never from the non-symmetric `sqrtm(S_1 S_2)` whose tiny
 complex/negative eigenvalues add noise when the covariances are rank deficient (N < d, the usual
 case with 200 videos); eigenvalues below zero are rounding and are clamped to 0; N is always
@@ -13,7 +13,7 @@ Why a pivoted Cholesky factor instead of sqrt(S_1): with S_1 = L L^T (LAPACK `ps
 handles semi-definite matrices and returns the numerical rank r), the r x r matrix L^T S_2 L is
 congruent-similar to sqrt(S_1) S_2 sqrt(S_1): both have the eigenvalues of S_1 S_2. The factor
 costs n^3/3 flops against ~9 n^3 for an eigen-decomposition with vectors, which halves the time at
-d=2048 (see metrics/bench.py). Neither scipy nor torchmetrics offers this symmetric form.
+d=2048 (see benchmark/perf/metrics.py). Neither scipy nor torchmetrics offers this symmetric form.
 """
 from __future__ import annotations
 

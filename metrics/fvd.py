@@ -7,7 +7,7 @@ Two weight formats, both local files:
 - `cdfvd`: cd-fvd's PyTorch `InceptionI3d` state dict (`i3d_pretrained_400.pt`), logits averaged
   over time, same input; needs T >= 9 at 224x224.
 
-Preprocessing (REFERENCE.md section 4): frames resized to 256x410, scaled to [-1, 1], then
+Preprocessing (docs/metrics.md): frames resized to 256x410, scaled to [-1, 1], then
 `center` (Ctrl-V, default): shorter side to 224 with nearest interpolation (Ctrl-V calls
 F.interpolate without a mode) and a centre crop; or `squash` (the original TF FVD): 224x224
 bilinear, TF1-style (torch-fidelity's port of tf.image.resize_bilinear).

@@ -1,21 +1,22 @@
-"""Cluster settings: configs/slurm/<name>.yaml, with per-stage-kind overrides.
+"""Cluster settings: the Hydra config group configs/slurm/, with per-stage-kind overrides.
 
-A file may start from another one (`inherit: default`); the command line changes any key with a
-`slurm.` prefix (`slurm.job.partition=gpu`, `slurm.kinds.train.time_min=2880`). What one stage kind
-gets is `job` overlaid with `kinds.<kind>`. Unknown keys are errors naming the file or the override,
-so a typo never silently falls back to a default.
+`load_cluster(name)` composes `configs/slurm/<name>.yaml` with Hydra (a file starts from another one
+through its defaults list, e.g. `defaults: [default, _self_]`); the command line changes any key
+with a `slurm.` prefix (`slurm.job.partition=gpu`, `slurm.kinds.train.time_min=2880`), parsed by
+Hydra's override grammar and set with OmegaConf.update. What one stage kind gets is `job` overlaid
+with `kinds.<kind>`. Unknown keys are errors naming the file or the override, so a typo never
+silently falls back to a default.
 """
 from __future__ import annotations
 
 import importlib
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
-
-import yaml
 
 from data.cli import UserError
 
-TOP_KEYS = {"inherit", "folder", "chdir", "python", "array_parallelism", "poll_s", "max_num_timeout",
+GROUP = "slurm"
+TOP_KEYS = {"folder", "chdir", "python", "array_parallelism", "poll_s", "max_num_timeout",
             "per_task_dependencies", "kill_on_invalid_dep", "job", "kinds", "accelerate"}
 JOB_KEYS = {"partition", "account", "qos", "constraint", "exclude", "time_min", "cpus_per_task", "gpus_per_task",
             "mem_gb", "signal_delay_s", "setup", "additional"}
@@ -27,9 +28,13 @@ class ClusterConfigError(UserError, ValueError):
     """A bad cluster config file or `slurm.` override (names the file or the override)."""
 
 
-def config_folder(config_dir: str | Path | None = None) -> Path:
+def config_root(config_dir: str | Path | None = None) -> Path:
     root = Path(config_dir) if config_dir is not None else Path(importlib.import_module("configs").__file__).parent
-    return root.resolve() / "slurm"
+    return root.resolve()
+
+
+def config_folder(config_dir: str | Path | None = None) -> Path:
+    return config_root(config_dir) / GROUP
 
 
 def list_clusters(config_dir: str | Path | None = None) -> list[str]:
@@ -38,17 +43,16 @@ def list_clusters(config_dir: str | Path | None = None) -> list[str]:
 
 def load_cluster(name: str = "default", overrides: Sequence[str] = (), config_dir: str | Path | None = None) -> dict:
     """The cluster settings `name` (configs/slurm/<name>.yaml) with `slurm.key=value` overrides."""
+    from omegaconf import OmegaConf
     folder = config_folder(config_dir)
-    cfg = _load_chain(folder, name, seen=())
+    cfg = OmegaConf.create(_compose(config_root(config_dir), name))
     for ov in overrides:
-        key, sep, value = ov.partition("=")
-        if not sep or not key.startswith(PREFIX):
-            raise ClusterConfigError(f"override {ov!r}: cluster settings are given as slurm.<key>=<value>")
+        key, value = _parse_override(ov)
         try:
-            parsed = yaml.safe_load(value) if value != "" else None
-        except yaml.YAMLError as e:
-            raise ClusterConfigError(f"override {ov!r}: the value is not valid YAML ({e})") from e
-        _set(cfg, key[len(PREFIX):].split("."), parsed)
+            OmegaConf.update(cfg, key[len(PREFIX):], value, merge=False)
+        except Exception as e:          # a scalar on the path: omegaconf says which
+            raise ClusterConfigError(f"override {ov!r}: {e}") from e
+    cfg = OmegaConf.to_container(cfg, resolve=True)
     _validate(cfg, where=f"{folder / (name + '.yaml')} with overrides {list(overrides)}" if overrides
               else str(folder / f"{name}.yaml"))
     cfg["name"] = name
@@ -90,38 +94,43 @@ def executor_parameters(settings: dict, *, name: str, array_parallelism: int, ch
 
 
 # ------------------------------------------------------------------------------------ helpers
-def _load_chain(folder: Path, name: str, seen: tuple[str, ...]) -> dict:
-    path = folder / f"{name}.yaml"
+def _compose(root: Path, name: str) -> dict:
+    """configs/slurm/<name>.yaml and its defaults list, composed by Hydra (unresolved, as a dict)."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.errors import HydraException
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+    path = root / GROUP / f"{name}.yaml"
     if not path.is_file():
-        raise ClusterConfigError(f"cluster={name}: {path} not found; clusters: {', '.join(list_clusters(folder.parent))}")
-    if name in seen:
-        raise ClusterConfigError(f"{path}: `inherit` loops ({' -> '.join(seen + (name,))})")
+        raise ClusterConfigError(f"cluster={name}: {path} not found; clusters: {', '.join(list_clusters(root))}")
+    GlobalHydra.instance().clear()
     try:
-        own = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise ClusterConfigError(f"{path}: not valid YAML ({e})") from e
-    if not isinstance(own, dict):
+        with initialize_config_dir(str(root), version_base="1.3"):
+            cfg = compose(overrides=[f"+{GROUP}={name}"])
+    except (HydraException, OmegaConfBaseException) as e:
+        raise ClusterConfigError(f"{path}: {e}") from e
+    finally:
+        GlobalHydra.instance().clear()
+    out = OmegaConf.to_container(cfg, resolve=False).get(GROUP) or {}
+    if not isinstance(out, dict):
         raise ClusterConfigError(f"{path}: expected a mapping of settings")
-    _validate(own, where=str(path), partial=True)
-    parent = own.get("inherit")
-    base = _load_chain(folder, parent, seen + (name,)) if parent else {}
-    return _merge(base, own)
-
-
-def _merge(base: dict, over: dict) -> dict:
-    out = dict(base)
-    for k, v in over.items():
-        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) and k != "additional" else v
+    _validate(out, where=str(path), partial=True)
     return out
 
 
-def _set(cfg: dict, parts: list[str], value) -> None:
-    node = cfg
-    for p in parts[:-1]:
-        node = node.setdefault(p, {})
-        if not isinstance(node, dict):
-            raise ClusterConfigError(f"slurm.{'.'.join(parts)}: {p} is not a mapping")
-    node[parts[-1]] = value
+def _parse_override(ov: str):
+    """`slurm.<key>=<value>` -> (key, value), the value parsed by Hydra's override grammar."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+    key, sep, _ = ov.partition("=")
+    if not sep or not key.startswith(PREFIX):
+        raise ClusterConfigError(f"override {ov!r}: cluster settings are given as slurm.<key>=<value>")
+    try:
+        parsed = OverridesParser.create().parse_override(ov)
+    except HydraException as e:
+        raise ClusterConfigError(f"override {ov!r}: the value does not parse ({e})") from e
+    return key, parsed.value()
 
 
 def _validate(cfg: dict, where: str, partial: bool = False) -> None:
@@ -142,7 +151,8 @@ def _validate(cfg: dict, where: str, partial: bool = False) -> None:
         return
     missing = [k for k in ("time_min", "cpus_per_task", "mem_gb", "signal_delay_s") if k not in (cfg.get("job") or {})]
     if missing:
-        raise ClusterConfigError(f"{where}: job.{', job.'.join(missing)} missing (inherit: default gives them)")
+        raise ClusterConfigError(f"{where}: job.{', job.'.join(missing)} missing (`defaults: [default, _self_]` "
+                                 f"gives them)")
 
 
 def _sh_quote(s: str) -> str:

@@ -2,7 +2,7 @@
 
 `launch(works, ...)` is generic: a `Work` is a picklable call plus its kind (which picks the
 resources in configs/slurm and the array it joins), the keys of the work it needs, and the folder
-where its `slurm.json` record goes. benchmark/runner.py turns a table's pending stages into works.
+where its `slurm.json` record goes. benchmark/cluster.py turns a table's pending stages into works.
 
 Dependencies (see slurm/plan.py for the grouping):
   - an array is submitted with `--dependency=afterok:<every job any of its tasks needs>` and
@@ -23,15 +23,15 @@ import subprocess
 import sys
 import time
 import traceback
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import submitit
 from tqdm.auto import tqdm
 
 from data.cli import UserError
-
 from slurm.config import executor_parameters, kind_settings
 from slurm.plan import ArrayPlan, Item, dependency_string, plan_arrays
 from slurm.records import QueueUnavailable, add_submission, last_submission, query_jobs, tail

@@ -16,9 +16,9 @@ waited for instead of being submitted again.
 """
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from graphlib import CycleError, TopologicalSorter
-from typing import Iterable, Mapping
 
 
 @dataclass(frozen=True)

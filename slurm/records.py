@@ -13,9 +13,9 @@ import os
 import shutil
 import subprocess
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
 
 from data.atomic import atomic_write_text
 from data.cli import UserError

@@ -15,13 +15,16 @@ import torch  # noqa: E402
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
 ROOT = Path(__file__).resolve().parents[1]
+# Processes the tests start (`accelerate launch` workers, shard workers, `python -m benchmark.run
+# runner=fakes:FakeRunner`) import the test double tests/fakes.py as `fakes`, as pytest's process does.
+os.environ["PYTHONPATH"] = os.pathsep.join([str(ROOT / "tests")] + [p for p in [os.environ.get("PYTHONPATH")] if p])
 SHARED_DATA = ROOT.parent / "shared" / "data"
 
 
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
-        pytest.skip(f"real test data folder {SHARED_DATA} is absent (see ../shared/data/README.md)")
+        pytest.skip(f"real test data folder {SHARED_DATA} is absent (see docs/data.md, 'Real test data')")
     return SHARED_DATA
 
 

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from benchmark.perf import main
+from benchmark.perf.harness import main
 
 SWITCHES = {"loss.decode_checkpoint", "loss.decode_chunk", "train.grad_checkpointing", "loss.dino_attention",
             "loss.real_feature_cache", "loss.decode_channels_last", "train.cudnn_benchmark", "loss.decode_frames",
@@ -15,7 +15,7 @@ HAS_BNB = importlib.util.find_spec("bitsandbytes") is not None
 @pytest.fixture(scope="module")
 def perf_dir(tiny_cache, tmp_path_factory, monkeypatch_module):
     """Three calls merged into one result file: the steps with the switch sweep, a labelled second
-    setting with a partial sweep, then generation and evaluation (as benchmark/perf_gpu.sh runs them,
+    setting with a partial sweep, then generation and evaluation (as benchmark/perf/gpu.sh runs them,
     one process each)."""
     out = tmp_path_factory.mktemp("perf")
     monkeypatch_module.setenv("LSA_PERF_GEN_STEPS", "1")
@@ -92,7 +92,7 @@ def test_a_labelled_setting_keeps_its_own_partial_sweep(perf_dir):
 
 
 def test_sweep_only_splits_rows_at_commas_outside_brackets():
-    from benchmark.perf import split_list
+    from benchmark.perf.harness import split_list
     assert split_list("loss.decode_frames=every_k:5,loss.dino_size=[224,364],train.optimizer") == \
         ["loss.decode_frames=every_k:5", "loss.dino_size=[224,364]", "train.optimizer"]
 
@@ -119,7 +119,7 @@ def test_evaluation_times_both_detector_passes(perf_dir):
 
 
 def test_synthetic_detections_look_like_a_trained_detectors():
-    from benchmark.perf import synthetic_detections
+    from benchmark.perf.harness import synthetic_detections
     videos = synthetic_detections(2, 3, 320, 512, classes=[2, 7], refs_per_frame=5, preds_per_frame=300)
     assert len(videos) == 2 and all(len(refs) == len(preds) == 3 for refs, preds in videos)
     refs, preds = videos[0]

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 from pathlib import Path
@@ -10,8 +11,8 @@ import numpy as np
 import pytest
 
 from ablations.registry import load_table, parse_spec
-from benchmark import plots
-from benchmark.tables import NOT_YET, caption_text, make_table, rank_marks, render_table
+from benchmark import figures
+from benchmark.tables import caption_text, make_table, rank_marks, render_table
 
 SPEC = """
 table: X
@@ -62,7 +63,7 @@ def test_a_column_whose_values_all_tie_is_not_marked(spec):
 
 def test_markdown_latex_json_marks_and_missing_cells(spec):
     ours = {"a": {"fvd": 250.0, "map": 12.0}, "b": {"fvd": 150.0, "map": None}, "c": {"fvd": 350.0, "map": 40.0}}
-    t = make_table(spec, ours, caption="cap", unavailable={"d": "not yet available: needs the Ctrl-V baseline"})
+    t = make_table(spec, ours, caption="cap")
     md, tex, doc = t["md"], t["tex"], t["json"]
     # ours, FVD (down): b best, a second; mAP (up): only two values -> best only
     assert cells(doc, "b")["fvd"]["ours_mark"] == "best" and cells(doc, "a")["fvd"]["ours_mark"] == "second"
@@ -72,11 +73,10 @@ def test_markdown_latex_json_marks_and_missing_cells(spec):
     # paper numbers ranked on their own, shown as printed
     assert cells(doc, "d")["fvd"]["paper_mark"] == "best" and cells(doc, "c")["fvd"]["paper_mark"] == "second"
     assert cells(doc, "d")["map"]["paper_text"] == "90.0" and "**90.0**" in md
-    # missing value -> n/a; unavailable row -> "not yet available", never dropped, paper still shown
+    # missing value or a row without results -> n/a, never dropped, paper still shown
     assert cells(doc, "b")["map"]["ours_text"] == "n/a" and cells(doc, "b")["map"]["ours"] is None
-    d = next(r for r in doc["rows"] if r["name"] == "d")
-    assert not d["available"] and all(c["ours_text"] == NOT_YET and c["ours"] is None for c in d["cells"].values())
-    assert md.count(NOT_YET) >= 2 and r"\textit{not yet available}" in tex
+    assert all(c["ours_text"] == "n/a" and c["ours"] is None for c in cells(doc, "d").values())
+    assert md.count("n/a") == 3 and tex.count("n/a") == 3     # b mAP, d FVD, d mAP
     # LaTeX escaping of labels
     assert r"D \& 50\% \#1" in tex and r"\begin{tabular}{lrrrr}" in tex
     assert len(doc["rows"]) == 4 and json.loads(json.dumps(doc)) == doc
@@ -90,7 +90,7 @@ def test_marks_use_the_printed_values(spec):
 
 def test_rank_within_groups_and_paper_texts_of_table_I():
     spec = load_table("I")
-    doc = make_table(spec, {}, caption="c", unavailable={r.name: "x" for r in spec.rows if not r.available})["json"]
+    doc = make_table(spec, {}, caption="c")["json"]
     # best FVD per dataset, as in the paper: LSA on both nuScenes and KITTI
     assert cells(doc, "nuscenes_lsa")["fvd"]["paper_mark"] == "best"
     assert cells(doc, "kitti_lsa")["fvd"]["paper_mark"] == "best"
@@ -115,7 +115,7 @@ def test_caption_states_n_frames_and_profile():
 
 def test_render_table_writes_md_tex_json(spec, tmp_path):
     out = render_table(spec, {"a": {"fvd": 1.0, "map": 2.0}}, caption="cap", out_dir=tmp_path / "res",
-                       unavailable={"d": "x"}, profile="smoke")
+                       profile="smoke")
     assert sorted(p.name for p in (tmp_path / "res").iterdir()) == ["table_X.json", "table_X.md", "table_X.tex"]
     assert json.loads(out["json"].read_text())["profile"] == "smoke"
     assert out["md"].read_text().startswith("**cap**")
@@ -133,19 +133,19 @@ def test_loss_curves_from_jsonl_logs(tmp_path):
                                       "loss_feat": 0.0}) + "\n" for s in (1, 2, 3)))
     e2.write_text("".join(json.dumps({"step": s, "epoch": 2, "loss": 0.5, "loss_diff": 0.4,
                                       "loss_feat": 0.1}) + "\n" for s in (1, 2)) + "\n")
-    recs = plots.concat_logs([e1, e2])
+    recs = figures.concat_logs([e1, e2])
     assert [r["step"] for r in recs] == [1, 2, 3, 4, 5]           # a restarted count continues
-    _png_ok(plots.plot_loss_curves({"hybrid": [e1, e2]}, tmp_path / "loss.png"))
+    _png_ok(figures.plot_loss_curves({"hybrid": [e1, e2]}, tmp_path / "loss.png"))
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"step": 1, "loss": 1}\n{oops\n')
     with pytest.raises(ValueError, match=re.escape(f"{bad}:2")):
-        plots.read_loss_log(bad)
-    assert plots.plot_loss_curves({}, tmp_path / "none.png") is None
+        figures.read_loss_log(bad)
+    assert figures.plot_loss_curves({}, tmp_path / "none.png") is None
 
 
 def test_per_frame_and_frame_grid(tmp_path):
     from PIL import Image
-    _png_ok(plots.plot_per_frame({"a": {"mAP": [30, 20, 10], "mIoU": [80, 70, 60]},
+    _png_ok(figures.plot_per_frame({"a": {"mAP": [30, 20, 10], "mIoU": [80, 70, 60]},
                                   "b": {"mAP": [20, 20, None], "mIoU": [50, 50, 50]}}, tmp_path / "pf.png"))
     rng = np.random.default_rng(0)
     for root in ("real", "gen"):
@@ -156,7 +156,7 @@ def test_per_frame_and_frame_grid(tmp_path):
                     tmp_path / root / clip / f"{j:06d}.png")
     (tmp_path / "boxes").mkdir()
     (tmp_path / "boxes" / "clip_0000.json").write_text(json.dumps({"frames": [{"boxes": [[2, 2, 9, 9]]}] * 4}))
-    _png_ok(plots.plot_frame_grid(tmp_path / "real", {"lsa": tmp_path / "gen"}, ["clip_0000", "clip_0001"],
+    _png_ok(figures.plot_frame_grid(tmp_path / "real", {"lsa": tmp_path / "gen"}, ["clip_0000", "clip_0001"],
                                   tmp_path / "grid.png", n_frames=3, boxes_dir=tmp_path / "boxes"))
 
 
@@ -164,9 +164,10 @@ def test_per_frame_and_frame_grid(tmp_path):
 def test_smoke_table_end_to_end_with_the_fake_runner(tmp_path):
     """The whole path of `benchmark.run table=III` (compose, expand, run, render, figures) on FakeRunner."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from fakes import FakeRunner
+
     from benchmark.config import HydraResolver
-    from benchmark.executors import FakeRunner
-    from benchmark.runner import run_table
+    from benchmark.run_table import run_table
     run = run_table("III", HydraResolver("smoke"), FakeRunner(), store=tmp_path / "runs",
                     results=tmp_path / "results", echo=lambda s: None)
     out = tmp_path / "results" / "smoke-fake"
@@ -182,14 +183,15 @@ def test_smoke_table_end_to_end_with_the_fake_runner(tmp_path):
 
 def test_table_I_measures_efficiency_including_ctrlv(tmp_path):
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from fakes import FakeRunner
+
     from benchmark.config import HydraResolver
-    from benchmark.executors import FakeRunner
-    from benchmark.runner import run_table
+    from benchmark.run_table import run_table
     run_table("I", HydraResolver("smoke"), FakeRunner(), store=tmp_path / "runs", results=tmp_path / "res",
               echo=lambda s: None, figures=False)
     doc = json.loads((tmp_path / "res" / "smoke-fake" / "table_I.json").read_text())
     rows = {r["name"]: r for r in doc["rows"]}
-    assert len(rows) == 8 and rows["kitti_ctrlv_1to0"]["available"]
+    assert len(rows) == 8
     lsa = rows["nuscenes_lsa"]["cells"]
     assert lsa["params_m"]["ours"] == pytest.approx(1.234567)       # FakeRunner's num_params / 1e6
     assert 0 < lsa["time_h"]["ours"] < 1                              # measured seconds -> h per 200 videos
@@ -199,23 +201,45 @@ def test_table_I_measures_efficiency_including_ctrlv(tmp_path):
 
 def test_smoke_table_end_to_end_with_the_real_runner(tmp_path, tiny_cache):
     """The real thing (trainer, SVD pipeline, metrics) on a very small setting."""
-    from benchmark.runner_impl import TrainerRunner
     from benchmark.config import HydraResolver
-    from benchmark.runner import run_table
+    from benchmark.run_table import run_table
+    from benchmark.trainer_runner import TrainerRunner
     resolver = HydraResolver("smoke", ["benchmark.num_test_clips=2", "benchmark.generate.num_inference_steps=1",
                                        "data.train.num_clips=1", "data.clip_len=4"])
     run = run_table("III", resolver, TrainerRunner(), store=tmp_path / "runs", results=tmp_path / "res",
                     rows=["svd_finetuned", "hybrid"], echo=lambda s: None)
     doc = json.loads(run.outputs["json"].read_text())
-    assert not doc["fake"]
+    assert not doc["fake"] and [r["name"] for r in doc["rows"]] == ["svd_finetuned", "hybrid"]
+    cells = {r["name"]: r["cells"] for r in doc["rows"]}
     for column in ("map", "miou"):
-        values = [r["cells"][column]["ours"] for r in doc["rows"]]
+        values = [c[column]["ours"] for c in cells.values()]
         assert all(v is not None and 0 <= v <= 100 for v in values), (column, values)
         assert any(v > 0 for v in values), f"{column} is 0 in every row: the smoke detector finds nothing"
-    per_frame = doc["rows"][0]["extra"]["per_frame"]["dn_detr"]
+    for column in ("fvd", "fid"):
+        values = [c[column]["ours"] for c in cells.values()]
+        assert all(v is not None and math.isfinite(v) and v >= 0 for v in values), (column, values)
+    # the two rows share epoch 1 but not epoch 2 (hybrid trains it with L_feat): their videos, and so
+    # their FVD, must differ; equal numbers would mean one row's result was read for both
+    assert cells["svd_finetuned"]["fvd"]["ours"] != cells["hybrid"]["fvd"]["ours"]
+    extra = {r["name"]: r["extra"] for r in doc["rows"]}
+    assert extra["svd_finetuned"]["stages"]["train"][0] == extra["hybrid"]["stages"]["train"][0]
+    assert extra["svd_finetuned"]["stages"]["train"][1] != extra["hybrid"]["stages"]["train"][1]
+    per_frame = extra["svd_finetuned"]["per_frame"]["dn_detr"]
     assert len(per_frame["mIoU"]) == 4 and per_frame["n_ref_boxes"][0] > 0
-    for name in ("md", "tex", "json"):
-        assert run.outputs[name].stat().st_size > 200
+    assert all(0 <= v <= 100 for v in per_frame["mIoU"] + per_frame["mAP"] if v is not None)
+    # every stage finished with its files, and every output was written
+    store = tmp_path / "runs"
+    for stages in extra.values():
+        for h in [stages["stages"]["testset"], *stages["stages"]["train"], stages["stages"]["generate"],
+                  *stages["stages"]["evaluate"].values()]:
+            assert (store / h / "DONE").is_file() and (store / h / "MANIFEST.json").is_file(), h
+        for h in stages["stages"]["evaluate"].values():
+            metrics = json.loads((store / h / "metrics.json").read_text())
+            assert metrics["n_videos"] == 2, metrics.get("n_videos")
+        assert len(list((store / stages["stages"]["generate"] / "frames").iterdir())) == 2
+    assert set(run.outputs) == {"md", "tex", "json", "loss_curves", "per_frame", "frames"}, set(run.outputs)
+    for path in run.outputs.values():
+        assert Path(path).stat().st_size > 200, path
 
 
 SMOKE_RESULTS = Path(__file__).resolve().parents[1] / "results" / "smoke"
@@ -229,5 +253,5 @@ def test_committed_smoke_tables_have_moving_detection_columns(table):
     for col in doc["columns"]:
         if col["key"] not in ("det.mAP", "det.mIoU"):
             continue
-        values = [r["cells"][col["id"]]["ours"] for r in doc["rows"] if r["available"]]
+        values = [r["cells"][col["id"]]["ours"] for r in doc["rows"]]
         assert any(v for v in values), f"table_{table}.json: column {col['id']} is 0 or missing in every row: {values}"

@@ -11,8 +11,8 @@ import pytest
 
 from ablations.registry import load_table
 from benchmark.config import HydraResolver
-from benchmark.executors import FakeRunner
-from benchmark.runner import run_table
+from fakes import FakeRunner
+from benchmark.run_table import run_table
 from benchmark.stages import expand
 from data.cli import UserError
 

@@ -1,5 +1,5 @@
-"""KITTI Tracking loader (data/kitti.py) on the real label files of ../shared/data/kitti_tracking
-with 375x1242 frames written here (KITTI's images are not shipped)."""
+"""KITTI Tracking loader (data/kitti.py) on the real label files of the test data folder
+(docs/data.md, "Real test data"), with 375x1242 frames written here (KITTI's images are not shipped)."""
 from __future__ import annotations
 
 import json

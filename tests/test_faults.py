@@ -36,7 +36,7 @@ def _kill_inside_atomic_dir(target: Path) -> None:
 def test_killed_folder_writer_leftovers_are_not_clips_and_are_swept(tmp_path, monkeypatch):
     """A SIGKILL inside the atomic folder writer leaves a hidden temp folder beside the clips: the
     evaluate stage must not take it for a clip, and the next writer of that clip sweeps it."""
-    from benchmark.runner_impl import TrainerRunner
+    from benchmark.trainer_runner import TrainerRunner
     real, gen = tmp_path / "real" / "frames", tmp_path / "gen" / "frames"
     for d in (real, gen):
         for name in ("clip_0000", "clip_0001"):
@@ -82,8 +82,8 @@ def test_stage_start_sweeps_dead_temps_but_not_live_ones(tmp_path):
 def test_two_renders_of_one_figure_at_once_both_succeed(tmp_path):
     """Run B saves the figure while run A is between its savefig and its rename (as two processes
     rendering one table interleave): with a shared temp name A's rename failed."""
-    from benchmark import plots
-    plt = plots._plt()
+    from benchmark import figures
+    plt = figures._plt()
     out = tmp_path / "table_III_loss.png"
     fig_a, fig_b = plt.figure(), plt.figure()
     fig_a.add_subplot().plot([0, 1], [1, 0])
@@ -92,14 +92,15 @@ def test_two_renders_of_one_figure_at_once_both_succeed(tmp_path):
 
     def savefig_then_other_run(*args, **kw):
         savefig(*args, **kw)
-        plots._save(fig_b, out)               # the other run, complete, in between
+        figures._save(fig_b, out)               # the other run, complete, in between
     fig_a.savefig = savefig_then_other_run
-    assert plots._save(fig_a, out) == out
+    assert figures._save(fig_a, out) == out
     assert out.stat().st_size > 0 and [p.name for p in tmp_path.iterdir()] == [out.name]
 
 
 # ------------------------------------------------------------------------ 3. one error policy (and Ctrl-C)
-from benchmark.executors import FakeRunner  # noqa: E402
+from fakes import FakeRunner  # noqa: E402
+
 from data.cli import UserError  # noqa: E402
 
 
@@ -154,8 +155,8 @@ def test_ctrl_c_is_one_line_and_exit_130(tmp_path, capsys):
 def test_metrics_evaluate_keeps_the_traceback_of_a_bug(tmp_path, monkeypatch, capsys):
     """metrics.evaluate turned every ValueError / KeyError / RuntimeError into `error: ...`, exit 2:
     a KeyError from deep inside is a bug and must keep its traceback."""
-    from metrics import evaluate as ev
     from data.video_io import write_frames
+    from metrics import evaluate as ev
     for side in ("real", "gen"):
         for k in range(2):
             write_frames(tmp_path / side / f"v{k}", np.zeros((2, 8, 8, 3), np.uint8))
@@ -174,6 +175,7 @@ def test_damaged_png_is_a_clear_error_naming_the_file(tmp_path, content):
     """With ultralytics imported (the detector), PIL.Image.open on a bad file ended in
     ModuleNotFoundError: pi_heif; now the evaluation's reader names the file."""
     import ultralytics.utils.patches  # noqa: F401  (patches PIL.Image.open, as the YOLO detector does)
+
     from data.cli import InputError
     from data.video_io import write_frames
     from metrics.evaluate import _load
@@ -232,7 +234,7 @@ def test_trust_pickle_advice_names_what_each_command_accepts(tmp_path, capsys):
     from test_metrics_dn_detr import TINY, make_reference
 
     from benchmark.config import HydraResolver
-    from benchmark.stages import get_key
+    from benchmark.stages import select
     from data.video_io import write_frames
     from metrics.detectors.convert_dn_detr import main as convert
     from metrics.evaluate import main as evaluate
@@ -260,7 +262,7 @@ def test_trust_pickle_advice_names_what_each_command_accepts(tmp_path, capsys):
 
     route = re.search(r"benchmark\.run: add (\S+?)\)", advice).group(1)
     cfg = HydraResolver("smoke", [route]).resolve([])
-    assert get_key(cfg, "metrics.det.detector.trust_pickle") is True
+    assert select(cfg, "metrics.det.detector.trust_pickle") is True
 
 
 # ------------------------------------------------------------------------ 11. status, file modes, results/
@@ -279,15 +281,15 @@ def test_status_shows_a_stage_that_raised_as_failed(tmp_path, capsys):
 
 def test_records_tables_and_folders_respect_the_umask(tmp_path):
     """mkstemp / mkdtemp made records 0600 and folders 0700; with umask 002 a group shares them."""
-    from benchmark import plots
+    from benchmark import figures
     from data.atomic import atomic_write_json
     from data.video_io import write_frames
     old = os.umask(0o002)
     try:
         rec = atomic_write_json(tmp_path / "result.json", {"a": 1})
         clip = write_frames(tmp_path / "frames" / "clip_0000", np.zeros((1, 4, 4, 3), np.uint8))
-        fig = plots._plt().figure()
-        png = plots._save(fig, tmp_path / "table_III_loss.png")
+        fig = figures._plt().figure()
+        png = figures._save(fig, tmp_path / "table_III_loss.png")
     finally:
         os.umask(old)
     assert oct(rec.stat().st_mode & 0o777) == oct(0o664)

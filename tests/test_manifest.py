@@ -8,11 +8,11 @@ import os
 from pathlib import Path
 
 import pytest
+from fakes import FakeRunner
 
 from benchmark import manifest
 from benchmark.config import HydraResolver
-from benchmark.executors import FakeRunner
-from benchmark.runner import run_table
+from benchmark.run_table import run_table
 from benchmark.store import DONE, Store
 
 

@@ -1,4 +1,4 @@
-"""DN-DETR backend (issue 7): the converter on a detrex-style model built here, the transformers
+"""DN-DETR backend (docs/dn_detr.md): the converter on a detrex-style model built here, the transformers
 backend on tiny random DabDetr folders loaded by path, and the native detrex backend when detrex
 is installed.
 

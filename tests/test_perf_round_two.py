@@ -66,7 +66,7 @@ def test_adamw8bit_keeps_8bit_states_and_follows_adamw():
 def test_optim_check_compares_paired_curves():
     import numpy as np
 
-    from benchmark.optim_check import compare_curves
+    from benchmark.perf.optim_check import compare_curves
     ref = dict(loss=np.array([4.0, 2.0, 1.0, 1.0]), loss_feat=np.array([2.0, 1.0, 0.5, 0.5]))
     same = compare_curves(ref, ref, window=2)
     assert same["max_rel_diff_loss"] == 0 and same["final_loss_feat_rel_diff"] == 0
@@ -97,7 +97,7 @@ def _tiny_vae():
 
 
 def test_decoder_attention_switch_keeps_the_frames():
-    from trainers.losses import decode_with_grad, decoder_attention, set_decoder_attention
+    from trainers.decoder_speed import decode_with_grad, decoder_attention, set_decoder_attention
     vae = _tiny_vae()
     z = torch.randn(1, 2, 4, 4, 6)
     assert decoder_attention(vae) == "sdpa"                  # diffusers' default: F.scaled_dot_product_attention
@@ -112,8 +112,8 @@ def test_decoder_attention_switch_keeps_the_frames():
 
 
 def test_decode_checkpoint_level_same_gradient():
-    from trainers.losses import (block_checkpoint, chunk_checkpoint, decode_with_grad,
-                                 set_decoder_block_checkpointing)
+    from trainers.decoder_speed import (block_checkpoint, chunk_checkpoint, decode_with_grad,
+                                       set_decoder_block_checkpointing)
     vae = _tiny_vae()
     z0 = torch.randn(1, 3, 4, 4, 6)
     grads = {}
@@ -158,7 +158,7 @@ def trainer(tiny_cache, tmp_path_factory):
 
 
 def test_switches_reach_the_trainer(trainer):
-    from trainers.losses import decoder_attention
+    from trainers.decoder_speed import decoder_attention
     tr, batch = trainer
     assert decoder_attention(tr.parts.vae) == "eager" and tr.parts.vae.decoder.gradient_checkpointing
     loss, terms = tr.compute_loss(batch, torch.Generator().manual_seed(0))
@@ -167,7 +167,7 @@ def test_switches_reach_the_trainer(trainer):
 
 @pytest.mark.slow
 def test_gradient_fidelity_exact_is_one_and_every_k_is_not(trainer):
-    from trainers.bench_step import gradient_fidelity, lsa_gradients
+    from benchmark.perf.step import gradient_fidelity, lsa_gradients
     tr, batch = trainer
     exact = lsa_gradients(tr, batch, offload=True)        # the reference as the sweep holds it
     again = gradient_fidelity(exact, lsa_gradients(tr, batch))
@@ -186,7 +186,7 @@ def test_gradient_fidelity_exact_is_one_and_every_k_is_not(trainer):
 
 @pytest.mark.slow
 def test_decoder_profile_names_the_backward_ops(trainer):
-    from trainers.decoder_profile import markdown_table, profile_decoder_backward
+    from benchmark.perf.decoder_profile import markdown_table, profile_decoder_backward
     tr, batch = trainer
     p = profile_decoder_backward(tr, batch, top=5)
     assert p["frames"] == 2 and p["forward_s"] > 0 and p["backward_s"] > 0 and p["time_kind"] == "self CPU time"

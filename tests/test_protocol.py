@@ -11,7 +11,7 @@ import torch
 from omegaconf import OmegaConf
 
 from benchmark.config import HydraResolver
-from benchmark.stages import epoch_adapter, expand, get_key
+from benchmark.stages import epoch_adapter, expand, select
 from metrics.detection import DetProtocol, miou
 from metrics.detectors.base import Detections
 
@@ -101,7 +101,7 @@ def smoke():
 def test_paper_profile_resolves_every_protocol_row(paper):
     for key, (kitti, nusc) in PAPER.items():
         for data, want in (("kitti", kitti), ("nuscenes", nusc)):
-            got = get_key(paper[data], key, None)
+            got = select(paper[data], key, None)
             assert got == pytest.approx(want) if isinstance(want, float) else got == want, (key, data, got)
 
 
@@ -123,7 +123,7 @@ def test_paper_profile_ctrlv_rows_follow_ctrlv():
     for plan in ctrlv_rows:
         cfg = graph.stages[plan.generate].run_cfg
         for key, want in PAPER_CTRLV.items():
-            assert get_key(cfg, key) == want, (plan.row.name, key)
+            assert select(cfg, key) == want, (plan.row.name, key)
 
 
 def test_ctrlv_keys_on_the_command_line_reach_only_ctrlv_stages_and_win():
@@ -132,9 +132,9 @@ def test_ctrlv_keys_on_the_command_line_reach_only_ctrlv_stages_and_win():
                                 "ctrlv.inference.box2video.num_inference_steps=30"])
     graph = expand(load_table("I"), r)
     cfgs = [graph.stages[p.generate].run_cfg for p in graph.rows if p.row.baseline == "ctrlv"]
-    assert cfgs and all(get_key(c, "ctrlv.inference.bbox.best_of_gt") is True for c in cfgs)
-    assert all(get_key(c, "ctrlv.inference.box2video.num_inference_steps") == 30 for c in cfgs)
-    assert all(get_key(c, "ctrlv.inference.box2video.max_guidance_scale") == 5.0 for c in cfgs)
+    assert cfgs and all(select(c, "ctrlv.inference.bbox.best_of_gt") is True for c in cfgs)
+    assert all(select(c, "ctrlv.inference.box2video.num_inference_steps") == 30 for c in cfgs)
+    assert all(select(c, "ctrlv.inference.box2video.max_guidance_scale") == 5.0 for c in cfgs)
 
 
 def test_smoke_profile_keeps_its_values(smoke):
@@ -144,8 +144,8 @@ def test_smoke_profile_keeps_its_values(smoke):
               "train.grad_accum": 1, "metrics.det.miou": "hungarian_ref", "loss.feat_reduction": "mean",
               "loss.feat_mask": "diff"}
     for key, want in expect.items():
-        assert get_key(cfg, key) == want, key
-    assert get_key(cfg, "data.test.window_step", None) is None
+        assert select(cfg, key) == want, key
+    assert select(cfg, "data.test.window_step", None) is None
 
 
 # ------------------------------------------------------------------ mIoU

@@ -10,8 +10,8 @@ import pytest
 
 from benchmark import provenance
 from benchmark.config import HydraResolver
-from benchmark.executors import FakeRunner
-from benchmark.runner import run_table
+from fakes import FakeRunner
+from benchmark.run_table import run_table
 from benchmark.store import STAGE, Store
 
 

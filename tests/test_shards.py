@@ -9,12 +9,13 @@ import shutil
 from pathlib import Path
 
 import pytest
+from fakes import FakeRunner
 
 from ablations.registry import load_table
 from benchmark import shards as shards_mod
+from benchmark.cluster import stage_works, work_done
 from benchmark.config import HydraResolver
-from benchmark.executors import FakeRunner
-from benchmark.runner import _work_done, run_table, stage_works
+from benchmark.run_table import run_table
 from benchmark.shards import shard_bounds, shard_names
 from benchmark.stages import KINDS, expand
 from benchmark.store import Store
@@ -148,7 +149,7 @@ def test_slurm_plan_shard_tasks_then_a_merge_task(smoke2, tmp_path):
     g = expand(load_table("III"), smoke2)
     store = Store(tmp_path)
     works = stage_works(g, store, None)
-    arrays = plan_arrays([Item(w.key, w.kind, tuple(w.deps)) for w in works], lambda k: _work_done(store, k), {},
+    arrays = plan_arrays([Item(w.key, w.kind, tuple(w.deps)) for w in works], lambda k: work_done(store, k), {},
                          KINDS + ("merge",))
     by = {a.name: a for a in arrays}
     assert [a.name for a in arrays] == ["testset", "train", "train-2", "generate", "merge", "evaluate", "merge-2"]
@@ -162,7 +163,7 @@ def test_slurm_plan_shard_tasks_then_a_merge_task(smoke2, tmp_path):
     # a recorded shard is not planned again
     store.commit_shard(g.rows[0].generate, 0, 2, {"num_videos": 1})
     works = stage_works(g, store, None)
-    arrays = plan_arrays([Item(w.key, w.kind, tuple(w.deps)) for w in works], lambda k: _work_done(store, k), {},
+    arrays = plan_arrays([Item(w.key, w.kind, tuple(w.deps)) for w in works], lambda k: work_done(store, k), {},
                          KINDS + ("merge",))
     gen_array = next(a for a in arrays if a.name == "generate")
     assert f"{g.rows[0].generate}:0/2" not in gen_array.keys and len(gen_array.keys) == 7
@@ -194,7 +195,7 @@ def test_real_runner_sharded_equals_unsharded_bit_for_bit(tiny_cache, tmp_path, 
     """The smoke SVD row of Table I (no training): 3 clips, 2 shards. Frames bit-identical, every
     metric identical; shard 1 killed after one of its two clips resumes with the other one only."""
     import benchmark.generate as gen_mod
-    from benchmark.runner_impl import TrainerRunner
+    from benchmark.trainer_runner import TrainerRunner
     over = ["benchmark.num_test_clips=3", "benchmark.generate.num_inference_steps=1", "data.clip_len=2",
             "metrics.fvd.batch_size=2", "benchmark.generate.save_mp4=false"]
     store = Store(tmp_path / "runs")

@@ -12,11 +12,12 @@ import time
 from pathlib import Path
 
 import pytest
+from fakes import FakeRunner
 
 from ablations.registry import load_table
 from benchmark.config import HydraResolver
-from benchmark.executors import FakeRunner
-from benchmark.runner import StagesFailed, run_stage, run_table
+from benchmark.job import run_stage
+from benchmark.run_table import StagesFailed, run_table
 from benchmark.stages import expand
 from benchmark.status import format_statuses, stage_statuses
 from benchmark.store import Store
@@ -158,7 +159,7 @@ def test_submit_and_return_then_a_second_run_waits_for_the_same_jobs(cluster, sm
 # ------------------------------------------------------------------------------------ the real stages
 @pytest.mark.slow
 def test_smoke_table_III_on_slurm_with_the_real_runner(cluster, tiny_cache, tmp_path):
-    from benchmark.runner_impl import TrainerRunner
+    from benchmark.trainer_runner import TrainerRunner
     resolver = HydraResolver("smoke", ["benchmark.num_test_clips=2", "benchmark.generate.num_inference_steps=1",
                                        "data.train.num_clips=1", "data.clip_len=4"])
     run = run_table("III", resolver, TrainerRunner(), "slurm", store=tmp_path / "runs", results=tmp_path / "res",
@@ -173,8 +174,8 @@ def test_smoke_table_III_on_slurm_with_the_real_runner(cluster, tiny_cache, tmp_
 
 def _submit_train(store: Path, stage, cluster: dict) -> str:
     """One training stage as one job, through the same Work / run_stage path as benchmark.run."""
-    from benchmark.runner import prepare_stage
-    from benchmark.runner_impl import TrainerRunner
+    from benchmark.job import prepare_stage
+    from benchmark.trainer_runner import TrainerRunner
     s = Store(store)
     work = Work(stage.hash, "train", run_stage, (str(s.root.resolve()), stage.hash, TrainerRunner(), 1, {}),
                 (), s.dir(stage.hash))

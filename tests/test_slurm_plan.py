@@ -7,17 +7,17 @@ import os
 from pathlib import Path
 
 import pytest
+from fakes import FakeRunner
 
 from ablations.registry import load_table
 from benchmark.config import HydraResolver
-from benchmark.executors import FakeRunner
-from benchmark.runner import StagesFailed, load_stage, prepare_stage, run_table
+from benchmark.job import load_stage, prepare_stage
+from benchmark.run_table import StagesFailed, run_table
 from benchmark.stages import KINDS, expand
 from benchmark.store import Store
 from slurm.config import ClusterConfigError, executor_parameters, kind_settings, load_cluster
 from slurm.multigpu import accelerate_command, main_process_port
 from slurm.plan import Item, dependency_string, plan_arrays
-
 
 
 @pytest.fixture(scope="module")
@@ -138,14 +138,16 @@ def test_accelerate_command_for_several_gpus():
 def test_training_runs_under_accelerate_launch_and_commits_once(graph, tmp_path):
     """The real `accelerate launch` path of a train stage (1 process on the CPU: no GPU here; N > 1 only
     changes the command above): the parent prepares and commits, the launched process trains."""
-    from benchmark.runner import _MultiProcess, _execute
     from types import SimpleNamespace
+
+    from benchmark.job import MultiProcess
+    from benchmark.local import execute_stage
     store = Store(tmp_path)
     stage = next(s for s in graph.order() if s.kind == "train" and not s.deps)
     prepare_stage(store, stage)
     runner = FakeRunner(log=tmp_path / "calls.log")
-    wrapped = _MultiProcess(runner, "run_train", 1, {"main_process_port": 29731, "extra_args": ["--cpu"]})
-    _execute(load_stage(store, stage.hash), SimpleNamespace(stages={}), store, wrapped, lambda m: None)
+    wrapped = MultiProcess(runner, "run_train", 1, {"main_process_port": 29731, "extra_args": ["--cpu"]})
+    execute_stage(load_stage(store, stage.hash), SimpleNamespace(stages={}), store, wrapped, lambda m: None)
     assert store.is_done(stage.hash) and runner.history == []          # trained in the launched process
     assert (tmp_path / "calls.log").read_text().split() == ["start", "train", stage.hash, "end", "train", stage.hash]
     assert store.result(stage.hash)["log"] == str(tmp_path / stage.hash / "log.jsonl")

@@ -124,7 +124,7 @@ def test_non_finite_loss_stops_with_a_clear_message(tiny_cache, tmp_path):
 
 
 def test_bench_step_harness_runs(tiny_cache):
-    from trainers.bench_step import bench
+    from benchmark.perf.step import bench
     r = bench(["data.clip_len=4", "train.out_dir=" + str(tiny_cache / "bench")], steps=1)
     assert r["diffusion"]["median_s"] > 0 and r["lsa"]["median_s"] > 0
     assert r["lsa"]["peak_mem_gib"] > 0 and r["lsa_over_diffusion"] > 0

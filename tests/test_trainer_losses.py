@@ -4,8 +4,9 @@ import pytest
 import torch
 
 from trainers import edm
-from trainers.losses import (DiffusionLoss, DinoFeatures, SemanticAlignmentLoss, decode_with_grad,
-                             objective_weights, select_frames)
+from trainers.decoder_speed import decode_with_grad
+from trainers.losses import DiffusionLoss, DinoFeatures, SemanticAlignmentLoss
+from trainers.objective import objective_weights, select_frames
 from trainers.models import build_tiny_dino, build_tiny_svd
 
 
@@ -45,7 +46,7 @@ def test_real_side_has_no_grad_and_generated_side_has():
 
 def test_dino_input_size_auto():
     dino = DinoFeatures(build_tiny_dino())
-    assert dino.input_size(320, 512) == (322, 518)      # 23 x 37 patches, as REFERENCE.md
+    assert dino.input_size(320, 512) == (322, 518)      # 23 x 37 patches (docs/perf.md)
     feats, grid = dino(torch.zeros(2, 3, 64, 96))
     assert grid == (5, 7) and feats.shape == (2, 35, 32)
 
@@ -67,7 +68,7 @@ def test_decode_chunked_and_checkpointed_agree():
 
 
 def test_channels_last_decoder_gives_the_same_frames_and_gradients():
-    from trainers.losses import set_channels_last
+    from trainers.decoder_speed import set_channels_last
     vae = build_tiny_svd()["vae"].requires_grad_(False)
     z = torch.randn(1, 3, 4, 8, 12, requires_grad=True)
     outs, grads = [], []

@@ -1,4 +1,4 @@
-"""The speed/memory switches of issue 9 change time and memory, never the loss."""
+"""The speed/memory switches (docs/perf.md) change time and memory, never the loss."""
 import pytest
 import torch
 

@@ -1,4 +1,4 @@
-"""SVD's conditioning, exactly as StableVideoDiffusionPipeline builds it (REFERENCE.md section 1).
+"""SVD's conditioning, exactly as StableVideoDiffusionPipeline builds it (docs/trainer.md).
 
 - CLIP image embedding of frame 0 -> encoder_hidden_states (B, 1, D)
 - frame-0 latent: vae.encode(frame0 + noise_aug * eps).latent_dist.mode(), NOT scaled, repeated over T

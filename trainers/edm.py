@@ -1,4 +1,4 @@
-"""EDM / v-prediction preconditioning of SVD, in one place (REFERENCE.md section 1).
+"""EDM / v-prediction preconditioning of SVD, in one place (docs/trainer.md).
 
 x_t = z0 + sigma * eps;  F = U(c_in x_t, c_noise);  z0_hat = c_skip x_t + c_out F  (Eq. 1)
 L_diff = w(sigma) ||z0_hat - z0||^2 with w(sigma) = (1 + sigma^2) / sigma^2      (Eq. 2)

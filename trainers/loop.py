@@ -1,10 +1,9 @@
-"""The training loop (accelerate): LSA objective, schedules, checkpoints, resume, export."""
+"""The training loop (accelerate): steps of an objective (trainers/objective.py), checkpoints, resume, export."""
 from __future__ import annotations
 
 import importlib.util
 import json
 import math
-import os
 import shutil
 import time
 from pathlib import Path
@@ -13,16 +12,17 @@ import torch
 from omegaconf import OmegaConf
 from tqdm.auto import tqdm
 
-from data.atomic import TEMP_PREFIX, atomic_write_json
+from data.atomic import TEMP_PREFIX, atomic_write_json, publish_dir, remove_dir, save_pretrained_atomic
 from data.cli import InputError, MissingFile
-from data.device import resolve_device
+from data.device import resolve_device, torch_dtype
 from trainers import edm
 from trainers.adapters import apply_adapter, merged_unet
 from trainers.conditioning import SVDConditioner
-from trainers.losses import (DiffusionLoss, DinoFeatures, SemanticAlignmentLoss, block_checkpoint, chunk_checkpoint,
-                             decode_with_grad, objective_weights, select_frames, set_channels_last,
-                             set_decoder_attention, set_decoder_block_checkpointing)
+from trainers.decoder_speed import (block_checkpoint, set_channels_last, set_decoder_attention,
+                                    set_decoder_block_checkpointing)
+from trainers.losses import DiffusionLoss, DinoFeatures, SemanticAlignmentLoss
 from trainers.models import count_params, load_dino, load_svd
+from trainers.objective import LSAObjective
 from trainers.optim import build_optimizer
 
 STATE_FILE = "trainer_state.json"
@@ -93,7 +93,7 @@ class Trainer:
                                cpu=on_cpu, log_with=trackers, project_dir=str(self.run_dir))
         set_seed(t.seed)
         torch.backends.cudnn.benchmark = bool(t.cudnn_benchmark)
-        self.weight_dtype = {"no": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[t.mixed_precision]
+        self.weight_dtype = torch_dtype(t.mixed_precision, "train.mixed_precision")
 
         # caches (tiny models, decoded frames) are filled by the main process before the others read
         # them: built concurrently, a folder could be published by a process that did not write all of
@@ -107,16 +107,16 @@ class Trainer:
             self.dataset = ClipTorchDataset(build_dataset(cfg.data, "train"))
         self.parts = parts
         for m in (parts.vae, parts.image_encoder):
-            _freeze(m, self.acc.device, self.weight_dtype)
-        self.dino = None
+            freeze(m, self.acc.device, self.weight_dtype)
+        self.dino, feat_loss = None, None
         if dino is not None:
-            self.dino = _freeze(dino, self.acc.device, self.weight_dtype)
+            self.dino = freeze(dino, self.acc.device, self.weight_dtype)
             set_attention(self.dino, cfg.loss.dino_attention)
             if cfg.loss.decode_channels_last:
                 set_channels_last(parts.vae.decoder)
             set_decoder_attention(parts.vae, cfg.loss.get("decode_attention", "sdpa"))
             set_decoder_block_checkpointing(parts.vae, block_checkpoint(cfg.loss))
-            self.feat_loss = SemanticAlignmentLoss(
+            feat_loss = SemanticAlignmentLoss(
                 DinoFeatures(self.dino, _size(cfg.loss.dino_size), cfg.loss.dino_mean, cfg.loss.dino_std),
                 cfg.loss.variant, cfg.loss.alpha, cache_real=bool(cfg.loss.real_feature_cache),
                 reduction=cfg.loss.get("feat_reduction", "mean"), mask=cfg.loss.get("feat_mask", "diff"))
@@ -124,6 +124,7 @@ class Trainer:
                                           **OmegaConf.to_container(cfg.cond))
         sigmas = edm.scheduler_sigmas(parts.scheduler) if cfg.edm.sigma_dist == "uniform_index" else None
         self.diff_loss = DiffusionLoss(edm.SigmaSampler(cfg.edm.sigma_dist, cfg.edm.p_mean, cfg.edm.p_std, sigmas))
+        self.objective = LSAObjective(self.diff_loss, feat_loss, parts.vae, parts.latent_scale, cfg.loss, cfg.schedule)
 
         unet = self.build_model(parts)
         compile_parts(cfg.train.compile, unet=unet, vae_decoder=parts.vae.decoder, dino=self.dino)
@@ -144,6 +145,11 @@ class Trainer:
         self.state = dict(global_step=0, micro_step=0, epoch=1, batch_in_epoch=0)
         self.loss_scale: dict = {}       # per LSA epoch: weighted terms at its first step and their means
         self.log_path = self.run_dir / "log.jsonl"
+
+    @property
+    def feat_loss(self) -> SemanticAlignmentLoss | None:
+        """The objective's L_feat (None when this run never switches it on)."""
+        return self.objective.L_feat
 
     # ---------------------------------------------------------------- what trains (hooks for subclasses)
     def load_parts(self):
@@ -202,11 +208,9 @@ class Trainer:
         acc.wait_for_everyone()
         if acc.is_main_process:
             (tmp / STATE_FILE).write_text(json.dumps(self.state, indent=1))
-            if final.exists():
-                shutil.rmtree(final)
-            os.replace(tmp, final)
+            publish_dir(tmp, final)
             for old in checkpoints(self.run_dir)[:-max(1, int(self.cfg.train.keep_checkpoints))]:
-                shutil.rmtree(old, ignore_errors=True)
+                remove_dir(old)
         acc.wait_for_everyone()
 
     def load_checkpoint(self, folder: Path):
@@ -271,24 +275,9 @@ class Trainer:
             lat = self.parts.vae.encode(frames.flatten(0, 1).to(self.weight_dtype)).latent_dist
             z0 = (lat.sample(generator=generator) * self.parts.latent_scale).float().view(B, T, *lat.mean.shape[1:])
         embeds, cond, time_ids = self.conditioner(frames.to(self.weight_dtype), generator, train=True)
-        w_diff, w_feat = objective_weights(self.state["epoch"], cfg.schedule.feat_from_epoch,
-                                           cfg.loss.diff_weight, cfg.loss.lambda_feat)
         with acc.autocast(), sdpa_context(cfg.train.get("sdpa_backend", "auto")):
-            loss_diff, z0_hat, sigma = self.diff_loss(self.unet, z0, cond, embeds, time_ids, generator)
-            terms = {"loss_diff": loss_diff}
-            if w_feat > 0:
-                idx = select_frames(T, cfg.loss.decode_frames)
-                x_hat = decode_with_grad(self.parts.vae, z0_hat[:, idx], self.parts.latent_scale,
-                                         int(cfg.loss.decode_chunk), chunk_checkpoint(cfg.loss),
-                                         bool(cfg.loss.decode_channels_last))
-                boxes = [[b[j] for j in idx] for b in batch["boxes"]]
-                keys = [(int(i), tuple(idx)) for i in batch["index"]]       # clip of the dataset, frames
-                terms["loss_feat"] = self.feat_loss(x_hat, frames[:, idx], boxes, keys)
-        loss = w_diff * terms["loss_diff"] + (w_feat * terms["loss_feat"] if w_feat > 0 else 0.0)
-        if w_feat > 0:     # the two weighted terms the paper puts "on a comparable scale" (lambda's choice)
-            terms["weighted_diff"] = w_diff * terms["loss_diff"]
-            terms["weighted_feat"] = w_feat * terms["loss_feat"]
-        terms["loss"] = loss
+            loss, terms, sigma = self.objective(self.unet, z0, (cond, embeds, time_ids), frames, batch["boxes"],
+                                                batch["index"], self.state["epoch"], generator)
         self.check_finite(terms, sigma)
         return loss, {k: float(v.detach()) for k, v in terms.items()} | {"sigma": float(sigma.mean())}
 
@@ -414,13 +403,7 @@ class Trainer:
         import copy
         unet = copy.deepcopy(self.acc.unwrap_model(self.unet)).float()
         unet = merged_unet(unet)
-        out = Path(out)
-        tmp = out.parent / f"{TEMP_PREFIX}{out.name}"
-        shutil.rmtree(tmp, ignore_errors=True)
-        unet.save_pretrained(tmp)
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
+        out = save_pretrained_atomic(unet, out)
         return out, count_params(unet)
 
 
@@ -497,7 +480,7 @@ def set_attention(model, implementation: str) -> None:
         model.config._attn_implementation = implementation
 
 
-def _freeze(module, device, dtype):
+def freeze(module, device, dtype):
     """Frozen parts run in the mixed-precision dtype (kept as loaded when training in float32)."""
     module.requires_grad_(False).eval().to(device)
     return module.to(dtype=dtype) if dtype != torch.float32 else module

@@ -6,14 +6,12 @@ as GroupNorm(32) requires), saves them once under `cache_dir` and then loads the
 """
 from __future__ import annotations
 
-import os
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from data.atomic import make_temp_dir
+from data.atomic import publish_dir_once
 from data.device import resolve_device
 
 # Scheduler settings of the public SVD img2vid release (scheduler/scheduler_config.json).
@@ -37,24 +35,6 @@ class SVDParts:
     @property
     def latent_scale(self) -> float:
         return float(self.vae.config.scaling_factor)
-
-
-def _atomic_save_dir(target: Path, save_fn) -> Path:
-    """Run `save_fn(tmp_dir)` and move the folder into place, so a half-written model never exists."""
-    target = Path(target)
-    if target.exists():
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = make_temp_dir(target)
-    try:
-        save_fn(tmp)
-        os.replace(tmp, target)
-    except OSError:
-        if not target.exists():
-            raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return target
 
 
 def build_tiny_svd(seed: int = 0, num_frames: int = 8):
@@ -137,11 +117,11 @@ def save_tiny_svd(folder: str | Path, seed: int = 0, num_frames: int = 8) -> Pat
 
     def save(tmp):
         StableVideoDiffusionPipeline(**build_tiny_svd(seed, num_frames)).save_pretrained(tmp)
-    return _atomic_save_dir(Path(folder), save)
+    return publish_dir_once(Path(folder), save)
 
 
 def save_tiny_dino(folder: str | Path, seed: int = 0) -> Path:
-    return _atomic_save_dir(Path(folder), lambda tmp: build_tiny_dino(seed).save_pretrained(tmp))
+    return publish_dir_once(Path(folder), lambda tmp: build_tiny_dino(seed).save_pretrained(tmp))
 
 
 def resolve_svd_source(model_cfg) -> str:

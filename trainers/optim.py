@@ -7,7 +7,7 @@ precisely the two moment estimates are kept:
 - `adamw8bit`: bitsandbytes' AdamW8bit (as diffusers' training scripts' --use_8bit_adam): the
   moments block-wise quantised to 8 bits (2 bytes per parameter; tensors under 4096 elements keep
   float32 states). An approximation of the update: check it on the loss curve
-  (benchmark/optim_check.py) before relying on it.
+  (benchmark/perf/optim_check.py) before relying on it.
 - `adamw_offload`: torchao's CPUOffloadOptimizer: float32 states, master weights and the update
   on the CPU (CUDA only); each gradient is copied to the CPU as the backward pass produces it.
 

@@ -5,6 +5,9 @@ from dataclasses import dataclass
 from typing import Callable, Protocol, Sequence, runtime_checkable
 
 import numpy as np
+from PIL import Image
+
+from data.cli import InputError
 
 
 @dataclass
@@ -86,3 +89,32 @@ class FakeDetector:
     def constant(cls, boxes: Sequence, scores: Sequence, labels: Sequence) -> "FakeDetector":
         det = Detections(np.asarray(boxes, np.float32), np.asarray(scores), np.asarray(labels))
         return cls(lambda frame: det)
+
+
+COCO_NUM_CLASSES = 80
+# resampling filters by config name (det.detector.interp), for the backends that resize with PIL
+PIL_FILTERS = {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC, "nearest": Image.NEAREST}
+
+
+class OutputFilter:
+    """The filters every backend applies last (same semantics as the YOLO backend's settings)."""
+
+    def __init__(self, min_conf: float, max_det: int, classes, label_map, num_classes: int, where: str):
+        self.min_conf, self.max_det = float(min_conf), int(max_det)
+        self.label_map = {int(k): int(v) for k, v in (label_map or {}).items()}
+        if not self.label_map and num_classes != COCO_NUM_CLASSES:
+            raise InputError(f"{where}: the model has {num_classes} classes, not the 80 COCO classes; "
+                             f"set det.detector.label_map to map its ids to COCO ids")
+        self.classes = None if classes is None else np.array(sorted({int(c) for c in classes}), np.int64)
+
+    def __call__(self, boxes: np.ndarray, scores: np.ndarray, labels: np.ndarray) -> Detections:
+        labels = labels.astype(np.int64)
+        keep = scores >= self.min_conf
+        if self.label_map:
+            keep &= np.isin(labels, list(self.label_map))
+            labels = np.array([self.label_map.get(int(c), -1) for c in labels], np.int64)
+        if self.classes is not None:
+            keep &= np.isin(labels, self.classes)
+        det = Detections(boxes[keep], scores[keep], labels[keep])
+        order = np.argsort(-det.scores, kind="stable")[: self.max_det]   # already sorted; stays stable
+        return det.select(order)

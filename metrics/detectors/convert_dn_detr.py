@@ -367,7 +367,8 @@ def convert_checkpoint(ckpt: str | Path, out_dir: str | Path, num_heads: int = D
     """Convert, save with save_pretrained (atomically), reload and compare every tensor."""
     from transformers import DabDetrForObjectDetection
 
-    from metrics.detectors.dn_detr import save_pretrained_atomic, sha256_file
+    from data.atomic import save_pretrained_atomic
+    from data.cache import sha256_file
 
     ckpt, out_dir = Path(ckpt), Path(out_dir)
     if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:

@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from metrics.detectors.base import Detections, check_frames
-from metrics.detectors.dn_detr import _PIL_FILTERS, OutputFilter, resolve_device
+from metrics.detectors.base import PIL_FILTERS, Detections, OutputFilter, check_frames
+from data.device import resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -67,11 +67,11 @@ class DetrexDNDETRDetector:
         if path is None or not path.is_file():
             raise FileNotFoundError(f"det.detector.weights={weights!r}: the detrex backend needs a detrex "
                                     f"checkpoint file (dn_detr_r50_50ep.pth); see docs/dn_detr.md")
-        if interp not in _PIL_FILTERS:
-            raise ValueError(f"det.detector.interp={interp!r}; valid: {sorted(_PIL_FILTERS)}")
+        if interp not in PIL_FILTERS:
+            raise ValueError(f"det.detector.interp={interp!r}; valid: {sorted(PIL_FILTERS)}")
         if half:
             log.warning("det.detector.half is ignored by the detrex backend (it runs in float32)")
-        self.device = resolve_device(device)
+        self.device = resolve_device(device, indexed=True)
         cfg = LazyConfig.load(str(root / detrex_config))
         cfg.model.device = self.device
         cfg.model.select_box_nums_for_evaluation = int(top_k)
@@ -79,7 +79,7 @@ class DetrexDNDETRDetector:
         self.model = instantiate(cfg.model).to(self.device).eval()
         DetectionCheckpointer(self.model).load(str(path))
         self.weights = str(path)
-        self.resize = T.ResizeShortestEdge(int(short_edge_length), int(max_size), interp=_PIL_FILTERS[interp])
+        self.resize = T.ResizeShortestEdge(int(short_edge_length), int(max_size), interp=PIL_FILTERS[interp])
         self.filter = OutputFilter(min_conf, max_det, classes, label_map, int(cfg.model.num_classes), where=str(path))
         self.batch_size = int(batch_size)
 

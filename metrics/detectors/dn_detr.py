@@ -16,7 +16,6 @@ Settings come from configs/metrics/detector/dn_detr.yaml, overridden by the `det
 """
 from __future__ import annotations
 
-import hashlib
 import importlib.resources
 import logging
 import os
@@ -29,18 +28,18 @@ import numpy as np
 import torch
 from PIL import Image
 
-from data.atomic import atomic_dir
+from data.atomic import save_pretrained_atomic
+from data.cache import sha256_file
 from data.cli import InputError, MissingFile
+from data.device import resolve_device
 from metrics.detectors import register_detector
-from metrics.detectors.base import Detections, check_frames
+from metrics.detectors.base import PIL_FILTERS, Detections, OutputFilter, check_frames
 
 log = logging.getLogger(__name__)
 
-COCO_NUM_CLASSES = 80
 # Keys of the shared `det.detector` node that belong to other backends (YOLO's letterbox size and
 # NMS IoU, the fake detector's scripted output): present when a config switches name to dn_detr.
 _OTHER_BACKENDS_KEYS = {"imgsz", "nms_iou", "boxes", "scores", "labels"}
-_PIL_FILTERS = {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC, "nearest": Image.NEAREST}
 
 
 # ----------------------------------------------------------------------------------------- config
@@ -70,12 +69,6 @@ def merged_settings(cfg) -> dict:
     return settings
 
 
-def resolve_device(device: str | None) -> str:
-    if device in (None, "auto"):
-        return "cuda:0" if torch.cuda.is_available() else "cpu"
-    return str(device)
-
-
 # ------------------------------------------------------------------------------ pre-processing
 
 def resize_shape(height: int, width: int, short_edge_length: int, max_size: int) -> tuple[int, int]:
@@ -94,12 +87,12 @@ class Preprocess:
 
     def __init__(self, short_edge_length: int, max_size: int, interp: str,
                  pixel_mean, pixel_std):
-        if interp not in _PIL_FILTERS:
-            raise InputError(f"det.detector.interp={interp!r}; valid: {sorted(_PIL_FILTERS)}")
+        if interp not in PIL_FILTERS:
+            raise InputError(f"det.detector.interp={interp!r}; valid: {sorted(PIL_FILTERS)}")
         if len(pixel_mean) != 3 or len(pixel_std) != 3:
             raise InputError("det.detector.pixel_mean / pixel_std must hold 3 values (R, G, B)")
         self.short_edge_length, self.max_size = int(short_edge_length), int(max_size)
-        self.filter = _PIL_FILTERS[interp]
+        self.filter = PIL_FILTERS[interp]
         self.mean = torch.tensor([float(v) for v in pixel_mean]).view(1, 3, 1, 1)
         self.std = torch.tensor([float(v) for v in pixel_std]).view(1, 3, 1, 1)
 
@@ -150,44 +143,12 @@ def to_frame_pixels(xyxy_norm: np.ndarray, resized_hw: tuple[int, int], frame_hw
     return boxes, keep
 
 
-class OutputFilter:
-    """The filters every backend applies last (same semantics as the YOLO backend's settings)."""
-
-    def __init__(self, min_conf: float, max_det: int, classes, label_map, num_classes: int, where: str):
-        self.min_conf, self.max_det = float(min_conf), int(max_det)
-        self.label_map = {int(k): int(v) for k, v in (label_map or {}).items()}
-        if not self.label_map and num_classes != COCO_NUM_CLASSES:
-            raise InputError(f"{where}: the model has {num_classes} classes, not the 80 COCO classes; "
-                             f"set det.detector.label_map to map its ids to COCO ids")
-        self.classes = None if classes is None else np.array(sorted({int(c) for c in classes}), np.int64)
-
-    def __call__(self, boxes: np.ndarray, scores: np.ndarray, labels: np.ndarray) -> Detections:
-        labels = labels.astype(np.int64)
-        keep = scores >= self.min_conf
-        if self.label_map:
-            keep &= np.isin(labels, list(self.label_map))
-            labels = np.array([self.label_map.get(int(c), -1) for c in labels], np.int64)
-        if self.classes is not None:
-            keep &= np.isin(labels, self.classes)
-        det = Detections(boxes[keep], scores[keep], labels[keep])
-        order = np.argsort(-det.scores, kind="stable")[: self.max_det]   # already sorted; stays stable
-        return det.select(order)
-
-
 # ------------------------------------------------------------------------------------- weights
 
 def cache_root() -> Path:
     base = os.environ.get("LSA_BENCH_CACHE") or os.path.join(
         os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "lsa-bench")
     return Path(base)
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 TINY = "tiny"
@@ -293,7 +254,7 @@ class DNDETRDetector:
         self.filter = OutputFilter(min_conf, max_det, classes, label_map, self.model.config.num_labels,
                                    where=str(folder))
         self.batch_size = int(batch_size)
-        self.device = resolve_device(device)
+        self.device = resolve_device(device, indexed=True)
         self.half = bool(half) and self.device.startswith("cuda")
         self.model.to(self.device, dtype=torch.float16 if self.half else torch.float32).eval()
 
@@ -365,16 +326,6 @@ def tiny_config(num_queries: int = 20):
                          decoder_attention_heads=4, num_queries=num_queries, num_patterns=1,
                          id2label=dict(enumerate(COCO_NAMES)), label2id={n: i for i, n in enumerate(COCO_NAMES)},
                          dropout=0.0)
-
-
-def save_pretrained_atomic(model, path: Path, extra_files: Mapping[str, str] | None = None) -> Path:
-    """save_pretrained (plus `extra_files` {name: text}) into a temporary sibling folder, then move
-    it into place, so a reader never sees a half-written folder."""
-    with atomic_dir(path) as tmp:
-        model.save_pretrained(tmp)
-        for name, text in (extra_files or {}).items():
-            (tmp / name).write_text(text)
-    return Path(path)
 
 
 def make_tiny_dn_detr(path: str | Path, seed: int = 0, confident_class: int = 2, logit: float = 0.8,

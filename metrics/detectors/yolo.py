@@ -39,18 +39,11 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from data.cli import InputError, MissingFile  # noqa: E402
+from data.device import resolve_device  # noqa: E402
 from metrics.detectors import register_detector  # noqa: E402
 from data.atomic import atomic_path  # noqa: E402
-from metrics.detectors.base import Detections, check_frames  # noqa: E402
+from metrics.detectors.base import COCO_NUM_CLASSES, Detections, check_frames  # noqa: E402
 
-COCO_NUM_CLASSES = 80
-
-
-def _resolve_device(device: str) -> str:
-    if device in (None, "auto"):
-        return "cuda:0" if torch.cuda.is_available() else "cpu"
-    # older ultralytics turn a bare "cuda" into CUDA_VISIBLE_DEVICES="cuda": always give an index
-    return "cuda:0" if str(device) == "cuda" else str(device)
 
 
 class YOLODetector:
@@ -82,7 +75,7 @@ class YOLODetector:
                              f"set det.detector.label_map to map its ids to COCO ids")
         self.weights, self.imgsz, self.min_conf, self.nms_iou = str(path), int(imgsz), float(min_conf), float(nms_iou)
         self.max_det, self.batch_size, self.half = int(max_det), int(batch_size), bool(half)
-        self.device = _resolve_device(device)
+        self.device = resolve_device(device, indexed=True)
         self.half = self.half and self.device.startswith("cuda")
         # class filter in the model's own ids (ultralytics filters before NMS's max_det cut)
         self.model_classes = None

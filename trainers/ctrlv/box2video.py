@@ -26,7 +26,7 @@ from torch import nn
 
 from trainers.ctrlv.common import CtrlVTrainer
 from trainers.ctrlv.render import encode_box_latents
-from trainers.loop import _freeze
+from trainers.loop import freeze
 from trainers.models import load_svd
 
 # U-Net config keys the ControlNet shares (its encoder is built exactly like the U-Net's).
@@ -217,7 +217,7 @@ class Box2VideoTrainer(CtrlVTrainer):
         if cfg.adapter.name != "unet":
             raise ValueError(f"adapter={cfg.adapter.name}: Box2Video trains the whole ControlNet (adapter=unet)")
         net = SpatioTemporalControlNet.from_unet(parts.unet, cfg.ctrlv.controlnet.cond_embedding_channels)
-        self.backbone = _freeze(parts.unet, self.acc.device, self.weight_dtype)
+        self.backbone = freeze(parts.unet, self.acc.device, self.weight_dtype)
         if cfg.train.grad_checkpointing:
             self.backbone.enable_gradient_checkpointing()
             net.enable_gradient_checkpointing()

@@ -1,6 +1,6 @@
 """The real stage runner: the one place where the benchmark calls trainers/ and metrics/.
 
-The contract of each method is in `benchmark.executors.StageRunner`. Each stage runs in this
+The contract of each method is in `benchmark.stage_runner.StageRunner`. Each stage runs in this
 process; heavy objects are dropped when a stage ends so the next one starts with free memory.
 """
 from __future__ import annotations
@@ -14,14 +14,13 @@ import torch
 from omegaconf import OmegaConf
 
 from benchmark.shards import Shard, shard_names
-from benchmark.stages import get_key
+from benchmark.stages import select
 from benchmark.testset import write_testset
 from data.atomic import atomic_write_bytes, data_entries
-from data.device import resolve_device
+from data.device import resolve_device, torch_dtype
 from data.video_io import read_frame
 from metrics.per_video import PER_VIDEO_FILE
 
-_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 def release_memory():
@@ -36,7 +35,7 @@ def _generation_setup(cfg: dict, test_clips: Path):
     c = OmegaConf.create(cfg)
     gen = c.benchmark.generate
     device = resolve_device(gen.get("device"))
-    dtype = _DTYPES[gen.get("dtype", "fp32") if device != "cpu" else "fp32"]
+    dtype = torch_dtype(gen.get("dtype", "fp32") if device != "cpu" else "fp32", "generate.dtype")
     firsts_dir = Path(test_clips) / "first_frames"
     names = [p.stem for p in data_entries(firsts_dir, dirs=False) if p.suffix == ".png"] if firsts_dir.is_dir() else []
     if not names:
@@ -177,7 +176,7 @@ class TrainerRunner:
         names = [p.name for p in data_entries(real_dir, dirs=True)]
         if shard is not None:
             # blocks of whole I3D batches: FVD's batches are then those of the unsharded run
-            align = get_key(cfg, "metrics.fvd.batch_size", 1) if "fvd" in get_key(cfg, "metrics.metrics", []) else 1
+            align = select(cfg, "metrics.fvd.batch_size", 1) if "fvd" in select(cfg, "metrics.metrics", []) else 1
             names, _ = shard_names(names, shard.index, shard.count, align=int(align))
         missing = [n for n in names if not (Path(videos_dir) / n).is_dir()]
         if missing:

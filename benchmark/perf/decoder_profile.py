@@ -22,7 +22,8 @@ def _sync(device):
 
 
 def profile_decoder_backward(trainer, batch, top: int = TOP) -> dict:
-    from trainers.losses import chunk_checkpoint, decode_with_grad, select_frames
+    from trainers.decoder_speed import chunk_checkpoint, decode_with_grad
+    from trainers.objective import select_frames
     cfg, vae, device = trainer.cfg, trainer.parts.vae, trainer.acc.device
     frames = batch["frames"].to(device)
     B, T = frames.shape[:2]

@@ -1,4 +1,5 @@
 """Figures of a table (matplotlib, Agg): loss curves, per-frame detection curves, real vs generated frames.
+`table_figures` picks each figure's inputs from the store (called by benchmark/render.py).
 
 Inputs are files other parts write:
 - the trainer's JSONL loss log, one JSON object a line with keys step, epoch, loss, loss_diff,
@@ -12,12 +13,18 @@ Inputs are files other parts write:
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 
+from benchmark.stages import select
 from data.atomic import atomic_path, data_entries
+
+if TYPE_CHECKING:
+    from benchmark.stages import StageGraph
+    from benchmark.store import Store
 
 
 def _plt():
@@ -177,3 +184,71 @@ def plot_frame_grid(real_dir: str | Path, gen_dirs: Mapping[str, str | Path], cl
     fig.tight_layout(rect=(0, 0, 1, 1 - 0.35 / (1.5 * nrows)))   # room for the two-line title only
     return _save(fig, out_png)
 
+
+# ------------------------------------------------------------------------------------ a table's figures
+def table_figures(graph: StageGraph, store: Store, out_dir: Path, extra: dict, note: str = "") -> dict[str, Path]:
+    """Every figure's title ends with the profile's note (smoke: tiny random models ...)."""
+    spec, stem = graph.table, f"table_{graph.table.name}"
+    note = f"\n{note}" if note else ""
+    fig_cfg = select(graph.render.run_cfg, "benchmark.figures", {}) or {}
+    out: dict[str, Path] = {}
+    logs = {}
+    for p in graph.first_rows():
+        paths = []
+        for h in p.train:
+            res = store.result(h)
+            if res and res.get("log") and Path(res["log"]).exists():
+                paths.append(res["log"])
+        if paths:
+            logs[p.row.name] = paths
+    made = plot_loss_curves(logs, out_dir / f"{stem}_loss.png", title=f"Table {spec.name}: training losses{note}")
+    if made:
+        out["loss_curves"] = made
+    primary = spec.detector
+    per_frame = {}
+    for row, ex in extra.items():
+        pf = ex.get("per_frame") or {}
+        det = primary if primary in pf else next(iter(pf), None)
+        if det:
+            band = (ex.get("per_frame_band") or {}).get(det) or {}
+            per_frame[row if len(pf) == 1 or det == primary else f"{row} ({det})"] = {**pf[det], **band}
+    shaded = any(f"{m}_low" in pf for pf in per_frame.values() for m in ("mAP", "mIoU"))
+    conf = float(select(graph.render.run_cfg, "benchmark.bootstrap.confidence", 0.95))
+    band = f"; shaded: {100 * conf:g}% bootstrap interval over the test videos" if shaded else ""
+    made = plot_per_frame(per_frame, out_dir / f"{stem}_per_frame.png",
+                          title=f"Table {spec.name}: detection metrics per frame index{band}{note}")
+    if made:
+        out["per_frame"] = made
+    grid = grid_inputs(graph, store, int(fig_cfg.get("max_rows", 4)))
+    if grid:
+        ts, gens, dets = grid
+        made = plot_frame_grid(ts["frames"], gens, list(ts.get("clips", []))[: int(fig_cfg.get("grid_clips", 2))],
+                                     out_dir / f"{stem}_frames.png", n_frames=int(fig_cfg.get("grid_frames", 3)),
+                                     boxes_dir=ts.get("boxes"), detections_dirs=dets,
+                                     min_score=float(fig_cfg.get("det_min_score", 0.5)),
+                                     max_boxes=int(fig_cfg.get("det_max_boxes", 10)),
+                                     title=f"Table {spec.name}: real (dataset boxes) vs generated (detections){note}")
+        if made:
+            out["frames"] = made
+    return out
+
+
+def grid_inputs(graph: StageGraph, store: Store, max_rows: int):
+    """The first test set with results, and the generated frame folders of the rows that use it."""
+    plans = [p for p in graph.first_rows() if p.generate and store.result(p.generate)]
+    if not plans:
+        return None
+    ts_hash = plans[0].testset
+    ts = store.result(ts_hash)
+    if not ts:
+        return None
+    gens, dets = {}, {}
+    for p in plans:
+        if p.testset != ts_hash or len(gens) >= max_rows:
+            continue
+        gens[p.row.name] = store.result(p.generate)["frames"]
+        ev = store.result(next(iter(p.evaluate.values()))) if p.evaluate else None
+        det_dir = store.dir(next(iter(p.evaluate.values()))) / "detections" if p.evaluate else None
+        if ev and det_dir and det_dir.is_dir():
+            dets[p.row.name] = det_dir
+    return ts, gens, dets

@@ -1,7 +1,7 @@
 """Benchmark of the metrics (a script, not a timed test).
 
-    python -m metrics.bench                          # smoke weights, CPU or GPU, small videos
-    python -m metrics.bench --config paper --set fvd.weights=... --videos 8 --frames 25 --size 320x512
+    python -m benchmark.perf.metrics                          # smoke weights, CPU or GPU, small videos
+    python -m benchmark.perf.metrics --config paper --set fvd.weights=... --videos 8 --frames 25 --size 320x512
 
 1. The Frechet distance at d=2048 with N=5000 samples per side (the FID case): the Gaussian
    statistics and the distance itself timed apart (best of `--repeat`).
@@ -60,7 +60,7 @@ def bench_metrics(cfg, videos: int, frames: int, size: tuple[int, int], metrics)
 def main(argv=None) -> int:
     from metrics.evaluate import load_config
 
-    p = argparse.ArgumentParser(prog="python -m metrics.bench", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m benchmark.perf.metrics", description=__doc__.split("\n\n")[0])
     p.add_argument("--config", default="smoke", help="metrics profile (default smoke: tiny random weights)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override")
     p.add_argument("--metrics", default="fvd,fid,det")

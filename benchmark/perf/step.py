@@ -1,9 +1,9 @@
 """Time the diffusion-only step and the LSA step on the same model, size and frames.
 
-    python -m trainers.bench_step [--steps 5] [--out results/perf/bench_step.json] [key=value ...]
+    python -m benchmark.perf.step [--steps 5] [--out results/perf/bench_step.json] [key=value ...]
 
 Examples: the tiny CPU model (default: model=tiny, 8 x 64 x 96), or paper scale on a GPU:
-    python -m trainers.bench_step model=full-random data.height=320 data.width=512 data.clip_len=25 \
+    python -m benchmark.perf.step model=full-random data.height=320 data.width=512 data.clip_len=25 \
         train.mixed_precision=bf16 train.grad_checkpointing=true loss.decode_checkpoint=true
 
 Reports the median step time (forward + backward + optimizer step) of each, their ratio, and peak
@@ -129,7 +129,7 @@ def bench(overrides: list[str], steps: int = 5, sweep: bool = False, sweep_steps
         cfg.schedule.feat_from_epoch = feat_from
         result[name] = _measure(trainer, batch, steps)
     if profile_decoder:
-        from trainers.decoder_profile import profile_decoder_backward
+        from benchmark.perf.decoder_profile import profile_decoder_backward
         try:
             result["decoder_profile"] = profile_decoder_backward(trainer, batch)
         except KeyboardInterrupt:          # a time limit: keep the step figures
@@ -210,13 +210,13 @@ def _variants(trainer):
     def cudnn(on):
         return lambda: setattr(torch.backends.cudnn, "benchmark", on)
     yield ("train.cudnn_benchmark", not bench_on, cudnn(not bench_on), cudnn(bench_on))
-    from trainers.losses import set_channels_last
+    from trainers.decoder_speed import set_channels_last
     decoder = trainer.parts.vae.decoder
     cl = bool(loss.decode_channels_last)
     apply_cl, undo_cl = set_key(loss, "decode_channels_last", not cl)
     yield ("loss.decode_channels_last", not cl, lambda: (apply_cl(), set_channels_last(decoder, not cl)),
            lambda: (undo_cl(), set_channels_last(decoder, cl)))
-    from trainers.losses import block_checkpoint, set_decoder_attention, set_decoder_block_checkpointing
+    from trainers.decoder_speed import block_checkpoint, set_decoder_attention, set_decoder_block_checkpointing
     vae = trainer.parts.vae
     if loss.decode_checkpoint:            # the level matters only when the decoder is checkpointed
         level = loss.decode_checkpoint_level
@@ -441,15 +441,15 @@ def sweep_switches(trainer, batch, steps: int, only: list[str] | None = None) ->
 
 @command
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(prog="python -m benchmark.perf.step", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--out", default=None, help="write the result as JSON here")
     args, overrides = ap.parse_known_args(argv)
     r = bench(overrides, args.steps)
-    d, l = r["diffusion"], r["lsa"]
+    d, lsa = r["diffusion"], r["lsa"]
     print(f"device: {r['device']}  setting: {r['setting']}")
     print(f"diffusion step: {d['median_s'] * 1e3:.1f} ms median, peak {d['peak_mem_gib']:.2f} GiB ({r['memory_kind']})")
-    print(f"LSA step:       {l['median_s'] * 1e3:.1f} ms median, peak {l['peak_mem_gib']:.2f} GiB")
+    print(f"LSA step:       {lsa['median_s'] * 1e3:.1f} ms median, peak {lsa['peak_mem_gib']:.2f} GiB")
     print(f"LSA / diffusion: {r['lsa_over_diffusion']:.2f}x")
     if args.out:
         from data.atomic import atomic_write_json

@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
-# The Python packages benchmark/perf_gpu.sh needs that the lent GPU machine's image lacks (it has
+# The Python packages benchmark/perf/gpu.sh needs that the lent GPU machine's image lacks (it has
 # torch, transformers, accelerate, peft; not diffusers, hydra/omegaconf or bitsandbytes), downloaded
 # here as wheels into .whl/ (git-ignored) for a device call to carry. About 50 MB: with the
 # repository that stays under a call's 64 MiB. Run once, here, from the repository root:
-#   bash benchmark/perf_wheels.sh
+#   bash benchmark/perf/wheels.sh
 # The device command then begins with the install (docs/perf.md, "Round two").
 set -eu
 DEST=${DEST:-.whl}

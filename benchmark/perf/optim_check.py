@@ -2,7 +2,7 @@
 noise draws) with train.optimizer=adamw and with a variant (default adamw8bit), compared on the
 loss curves and on the final L_feat.
 
-    python -m benchmark.optim_check [--steps 300] [--optimizers adamw,adamw8bit] [--out FILE] [key=value ...]
+    python -m benchmark.perf.optim_check [--steps 300] [--optimizers adamw,adamw8bit] [--out FILE] [key=value ...]
 
 `key=value` are trainer overrides (configs/train.yaml); the default is the tiny CPU model at the
 joint schedule (L_feat on from the first step). Reported per variant, against the first optimizer:
@@ -89,7 +89,7 @@ def compare_optimizers(overrides: list[str], steps: int, optimizers=("adamw", "a
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(prog="python -m benchmark.perf.optim_check", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--steps", type=int, default=300)
     ap.add_argument("--optimizers", default="adamw,adamw8bit", help="the first is the reference")
     ap.add_argument("--window", type=int, default=10, help="moving-mean window of the smoothed comparison")

@@ -9,12 +9,12 @@
 #            one switch at a time: 32-bit AdamW states, every 5th frame decoded and a smaller DINOv2
 #            input (both approximations, each with its gradient against the exact one)
 #   r2-lora  LoRA r16 in the same setting
-# Round one (issue 9's figures): PHASES="steps-unet steps-lora steps-tuned generation evaluation"
+# Round one (docs/perf.md, the first figures): PHASES="steps-unet steps-lora steps-tuned generation evaluation"
 # (about 14 min on an H200: two calls).
 #
-#   bash benchmark/perf_gpu.sh                 # writes results/perf/<device>.json/.md and logs
-#   OUT_DIR=/somewhere PERF_MODEL="model=tiny data.clip_len=4" EVAL_WEIGHTS=tiny bash benchmark/perf_gpu.sh
-#   PHASES="steps-tuned evaluation" bash benchmark/perf_gpu.sh   # some phases
+#   bash benchmark/perf/gpu.sh                 # writes results/perf/<device>.json/.md and logs
+#   OUT_DIR=/somewhere PERF_MODEL="model=tiny data.clip_len=4" EVAL_WEIGHTS=tiny bash benchmark/perf/gpu.sh
+#   PHASES="steps-tuned evaluation" bash benchmark/perf/gpu.sh   # some phases
 set -u -f   # -f: no globbing, overrides such as train.compile=[dino] pass as written
 OUT_DIR=${OUT_DIR:-results/perf}
 PY=${PYTHON:-python3}

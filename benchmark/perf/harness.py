@@ -31,10 +31,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from data.cli import command
-from benchmark.runner_impl import release_memory
+from benchmark.perf.step import bench, device_name, memory_kind, versions
+from benchmark.trainer_runner import release_memory
 from data.atomic import atomic_write_json, atomic_write_text
-from trainers.bench_step import bench, device_name, memory_kind, versions
+from data.cli import command
 
 PHASES = ("steps", "generation", "evaluation")
 TEST_VIDEOS = 200        # the paper's test set size that generation and evaluation times are scaled to
@@ -63,6 +63,7 @@ def time_generation(overrides: list[str], n_videos: int) -> dict:
     if cfg.model.svd == "full-random":
         # random weights generate noise, but in exactly the time the trained SVD takes
         from diffusers import StableVideoDiffusionPipeline
+
         from trainers.models import build_full_random_svd
         pipe = StableVideoDiffusionPipeline(**build_full_random_svd(num_frames=cfg.data.clip_len, device=device))
         pipe = pipe.to(device, dtype)
@@ -98,7 +99,7 @@ def make_full_size_metric_weights(folder: str | Path) -> dict[str, str]:
     loaders read real weights from: cd-fvd's InceptionI3d (state dict), torch-fidelity's InceptionV3,
     ultralytics YOLO11x (.pt) and a DN-DETR R50 DabDetr folder (detrex dn_detr_r50 dimensions)."""
     from metrics.detectors.convert_dn_detr import Architecture, dab_detr_config
-    from metrics.detectors.dn_detr import save_pretrained_atomic
+    from data.atomic import save_pretrained_atomic
     from metrics.detectors.yolo import make_tiny_yolo
     from metrics.fid import make_random_inception_weights
 
@@ -136,7 +137,7 @@ def synthetic_video_pairs(n: int, T: int, H: int, W: int, seed: int = 0):
     return real, gen
 
 
-# KITTI Tracking labels (../shared/data): 4.3 vehicles per frame on average. Trained detectors see
+# KITTI Tracking labels: 4.3 vehicles per frame on average. Trained detectors see
 # about that many above the 0.6 reference score; at min_conf 0.001 they return up to max_det boxes.
 REFS_PER_FRAME = 5
 PREDS_PER_FRAME = 300
@@ -340,7 +341,7 @@ def markdown(res: dict) -> str:
     for key, r in (res.get("steps") or {}).items():
         p = r.get("decoder_profile")
         if p:
-            from trainers.decoder_profile import markdown_table
+            from benchmark.perf.decoder_profile import markdown_table
             lines += ["", f"## Where the decoder's backward time goes (`{key}`, torch.profiler)", ""]
             lines += [f"not measured: {p['error']}"] if "error" in p else markdown_table(p)
     if "generation" in res:
@@ -372,7 +373,7 @@ def markdown(res: dict) -> str:
 
 @command
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(prog="python -m benchmark.perf", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--adapters", default="unet,lora")
     ap.add_argument("--sweep", action="store_true", help="re-time the LSA step with each switch flipped")

@@ -1,0 +1,150 @@
+"""Run one table: expand it into stages, run the pending ones (here or on a cluster), render it.
+
+`run_table("III", resolver, runner)` is the whole job of `python -m benchmark.run table=III`
+(benchmark/run.py, the command line). The flow: the table spec (ablations/table_III.yaml) ->
+the stage graph (benchmark/stages.py) -> the pending stages run by the StageRunner
+(benchmark/stage_runner.py) here, one after the other (benchmark/local.py), or as SLURM job arrays
+(benchmark/cluster.py), split into shards where benchmark.shards > 1 (benchmark/shards.py) -> the
+store (benchmark/store.py) -> the table and figures (benchmark/render.py). Finished stages
+(runs/<hash>/DONE) are never recomputed, so rerunning an interrupted command resumes it.
+
+Launchers: `local` runs the pending stages here; `slurm` submits them as job arrays and by default
+waits and renders; `debug` is the same submission path with submitit's in-process DebugExecutor.
+"""
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+from ablations.registry import TableSpec, load_table
+from benchmark import provenance
+from benchmark.cluster import format_arrays, launch_table
+from benchmark.config import ConfigError, missing_paths
+from benchmark.local import check_finished, execute_stage
+from benchmark.render import render
+from benchmark.shards import check_can_shard, stage_shards
+from benchmark.stage_runner import StageRunner
+from benchmark.stages import DictResolver, StageGraph, expand, select
+from benchmark.store import Store
+from data.atomic import make_temp_file
+from data.cli import MissingFile, UserError
+
+LAUNCHERS = ("local", "slurm", "debug")
+
+
+@dataclass
+class TableRun:
+    graph: StageGraph
+    executed: list[str] = field(default_factory=list)     # hashes run by this call
+    outputs: dict[str, Path] = field(default_factory=dict)  # md / tex / json / figures
+    results_dir: Path | None = None
+    launch: object | None = None      # slurm.launch.LaunchResult (launcher slurm / debug)
+
+
+class StagesFailed(RuntimeError):
+    """Stages that ended without a result on the cluster (each named with its job and log)."""
+
+
+def run_table(table: str | TableSpec, cfg, runner: StageRunner, launcher: str = "local", *,
+              store: str | Path | Store = "runs", results: str | Path = "results", rows: Sequence[str] | None = None,
+              dry_run: bool = False, echo: Callable[[str], None] = print, figures: bool = True,
+              cluster: dict | None = None, wait: bool = True) -> TableRun:
+    """Run one table. `cfg` is a resolver (benchmark.config.HydraResolver) or a resolved base dict.
+
+    launcher slurm / debug: `cluster` is the cluster config (slurm.config.load_cluster; default:
+    configs/slurm/default.yaml); `wait=False` submits and returns, and a render job draws the table
+    once every job ended.
+    """
+    spec = table if isinstance(table, TableSpec) else load_table(table)
+    spec = spec.select(rows)
+    if launcher not in LAUNCHERS:
+        raise ValueError(f"launcher={launcher!r} is unknown; valid: {', '.join(LAUNCHERS)}")
+    resolver = cfg if hasattr(cfg, "resolve") else DictResolver(cfg)
+    store = store if isinstance(store, Store) else Store(store)
+    graph = expand(spec, resolver)
+    check_values(graph)                 # types and ranges of every row's config, before anything runs
+
+    problems = missing_paths((p.row.name, p.cfg, spec.detectors_for(p.row))
+                             for p in graph.rows if p.cfg is not None)
+    sharded = [s for s in graph.order() if stage_shards(s) > 1]     # checks benchmark.shards of every stage
+    if runner is not None and not dry_run:
+        for s in sharded:
+            check_can_shard(runner, s, stage_shards(s))
+    mode = provenance.check_mode(select(resolver.base, "benchmark.provenance", "record"))
+    if dry_run:
+        echo(graph.format(store.is_done, store.root, notes=provenance.flag_stages(graph, store)))
+        if launcher != "local":
+            echo(format_arrays(graph, store))
+        for line in problems:
+            echo(f"missing: {line}")
+        return TableRun(graph)
+    if problems:
+        raise MissingFile(f"table {spec.name}: {len(problems)} path(s) the run needs are missing; nothing "
+                          f"was started:\n  " + "\n  ".join(problems))
+
+    run = TableRun(graph)
+    check_finished(graph, store, echo)   # a damaged finished stage is set aside and recomputed
+    provenance.apply(graph, store, mode, echo)   # made by other code: flagged (strict: recomputed)
+    pending = graph.pending(store.is_done)
+    echo(f"table {spec.name}: {len(graph.stages)} stages, {len(graph.stages) - len(pending)} cached, "
+         f"{len(pending)} to run (store {store.root}/)")
+    fake = bool(getattr(runner, "is_fake", False))
+    out_dir = Path(results) / (graph.profile + ("-fake" if fake else ""))
+    run.results_dir = out_dir
+    if pending:
+        check_writable(out_dir, "results")      # before the first stage, not after the last
+    if launcher == "local":
+        bar = tqdm(pending, desc=f"table {spec.name}", unit="stage", file=sys.stderr)
+        for stage in bar:
+            bar.set_postfix_str(f"{stage.kind} {stage.hash}")
+            execute_stage(stage, graph, store, runner, echo)
+            run.executed.append(stage.hash)
+        bar.close()
+    elif pending:
+        wait = wait or launcher == "debug"          # the debug executor runs everything here anyway
+        run.launch = launch_table(graph, store, runner, launcher, cluster, wait, echo, out_dir, fake, figures)
+        run.executed = [h for h in run.launch.submitted if store.is_done(h)]
+        if not wait:
+            return run
+
+    run.outputs = render(graph, store, out_dir, fake=fake, figures=figures)
+    for k, p in run.outputs.items():
+        echo(f"wrote {k}: {p}")
+    failed = run.launch.failed if run.launch is not None else []
+    if failed:
+        raise StagesFailed(f"table {spec.name}: {len(failed)} stage(s) ended without a result (the table above "
+                           f"shows n/a for them; the next benchmark.run submits them again):\n  " + "\n  ".join(
+                               f"{graph.stages[o.key].kind} {o.key}: job {o.job_id} {o.state}"
+                               f"{' (' + o.detail + ')' if o.detail else ''}; log {o.log}" for o in failed))
+    return run
+
+
+def check_writable(folder: Path, option: str) -> None:
+    """`folder` exists (made if need be) and a file can be created in it; else a user error naming it."""
+    try:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        make_temp_file(Path(folder) / ".write-check").unlink()
+    except OSError as e:
+        raise UserError(f"{option}={Path(folder).parent}: the output folder {folder} is not writable "
+                        f"({e.strerror or e}); nothing was started") from e
+
+
+
+def check_values(graph: StageGraph) -> None:
+    """Every row's resolved config against trainers/config_schema.py: one ConfigError naming each bad
+    key, its value, what is allowed and the rows that have it."""
+    from trainers.config_schema import problems
+    found: dict[str, list[str]] = {}
+    for p in graph.rows:
+        if p.cfg is not None:
+            for line in problems(p.cfg):
+                found.setdefault(line, []).append(p.row.name)
+    if found:
+        raise ConfigError("\n".join(f"table {graph.table.name}: {line}  [rows: {', '.join(rows)}]"
+                                     for line, rows in found.items()))
+
+
