@@ -8,10 +8,10 @@ import os
 
 import numpy as np
 import pytest
+from fakes import FakeRunner
 
 from ablations.registry import load_table
 from benchmark.config import HydraResolver
-from fakes import FakeRunner
 from benchmark.run_table import run_table
 from benchmark.stages import expand
 from data.cli import UserError

@@ -7,10 +7,10 @@ import json
 import os
 
 import pytest
+from fakes import FakeRunner
 
 from benchmark import provenance
 from benchmark.config import HydraResolver
-from fakes import FakeRunner
 from benchmark.run_table import run_table
 from benchmark.store import STAGE, Store
 
