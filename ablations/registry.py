@@ -24,8 +24,8 @@ CTRLV_BACKBONES = ("svd", "svd_finetuned", "lsa")
 DIRECTIONS = ("up", "down")
 SOURCES = ("evaluate", "generate")
 
-_TABLE_KEYS = {"table", "title", "label_columns", "overrides", "detector", "rank_within", "columns", "rows",
-               "in_paper"}
+_TABLE_KEYS = {"table", "title", "label_columns", "overrides", "detector", "rank_within", "compare_to", "columns",
+               "rows", "in_paper"}
 _COLUMN_KEYS = {"id", "name", "key", "direction", "format", "scale", "source", "detector", "group", "per_videos"}
 _ROW_KEYS = {"name", "labels", "baseline", "overrides", "ctrlv", "paper", "detector"}
 _NUMBER = re.compile(r"^\s*([-+]?\d+(?:\.\d+)?)")
@@ -87,6 +87,8 @@ class TableSpec:
     rank_within: tuple[str, ...] = ()                          # label columns that split the ranking
     path: Path | None = None
     in_paper: bool = True        # false: a table of ours (Table VI): no paper numbers, the caption says so
+    # the baseline row(s) of the paired differences (one per rank_within group): docs/benchmark.md
+    compare_to: tuple[str, ...] = ()
 
     def row(self, name: str) -> Row:
         for r in self.rows:
@@ -103,7 +105,20 @@ class TableSpec:
             self.row(n)
         rows = tuple(r for r in self.rows if r.name in wanted)
         return TableSpec(self.name, self.title, self.label_columns, self.columns, rows, self.overrides,
-                         self.detector, self.rank_within, self.path, self.in_paper)
+                         self.detector, self.rank_within, self.path, self.in_paper, self.compare_to)
+
+    def group_of(self, row: Row) -> tuple:
+        """The row's rank_within group (its labels in those columns; () when the table is one group)."""
+        return tuple(row.labels.get(k) for k in self.rank_within)
+
+    def compare_row(self, row: Row) -> str | None:
+        """The baseline row this row's paired differences are taken against: the `compare_to` row of its
+        rank_within group (None for the baseline itself, or when its group has none in this selection)."""
+        for name in self.compare_to:
+            base = next((r for r in self.rows if r.name == name), None)
+            if base is not None and self.group_of(base) == self.group_of(row):
+                return None if base.name == row.name else base.name
+        return None
 
     def column(self, cid: str) -> Column:
         for c in self.columns:
@@ -170,9 +185,21 @@ def parse_spec(path: Path) -> TableSpec:
     for lc in rank_within:
         if lc not in label_columns:
             raise SpecError(f"{path}: rank_within names {lc!r}, which is not one of label_columns {label_columns}")
+    compare_to = raw.get("compare_to") or ()
+    compare_to = (compare_to,) if isinstance(compare_to, str) else tuple(compare_to)
     spec = TableSpec(name=str(raw["table"]), title=str(raw["title"]), label_columns=label_columns,
                      columns=columns, rows=rows, overrides=dict(raw.get("overrides") or {}),
-                     detector=raw.get("detector"), rank_within=rank_within, path=path, in_paper=in_paper)
+                     detector=raw.get("detector"), rank_within=rank_within, path=path, in_paper=in_paper,
+                     compare_to=compare_to)
+    groups = {}
+    for name in compare_to:
+        if name not in names:
+            raise SpecError(f"{path}: compare_to names {name!r}, which is not a row; rows are {names}")
+        g = spec.group_of(spec.row(name))
+        if g in groups:
+            raise SpecError(f"{path}: compare_to names {groups[g]!r} and {name!r} in one rank_within group {g}; "
+                            f"give one baseline row per group")
+        groups[g] = name
     for r in rows:                       # every evaluate column must resolve to a detector
         spec.detectors_for(r)
     return spec

@@ -98,7 +98,8 @@ def plot_loss_curves(curves: Mapping[str, Sequence[str | Path]], out_png: str | 
 
 def plot_per_frame(per_frame: Mapping[str, Mapping[str, Sequence[float]]], out_png: str | Path,
                    metrics: Sequence[str] = ("mAP", "mIoU"), scale: float = 1.0, title: str = "") -> Path | None:
-    """mAP / mIoU by frame index (how consistency decays over the clip), one line per row."""
+    """mAP / mIoU by frame index (how consistency decays over the clip), one line per row; a row's
+    `<metric>_low` / `<metric>_high` lists (a bootstrap interval per frame index) shade a band."""
     data = {row: pf for row, pf in per_frame.items() if pf and any(pf.get(m) for m in metrics)}
     if not data:
         return None
@@ -108,7 +109,12 @@ def plot_per_frame(per_frame: Mapping[str, Mapping[str, Sequence[float]]], out_p
         for row, pf in data.items():
             ys = [np.nan if v is None else v * scale for v in pf.get(m) or []]
             if ys:
-                ax.plot(range(1, len(ys) + 1), ys, marker="o", markersize=2, linewidth=1, label=row)
+                line, = ax.plot(range(1, len(ys) + 1), ys, marker="o", markersize=2, linewidth=1, label=row)
+                lo, hi = pf.get(f"{m}_low"), pf.get(f"{m}_high")
+                if lo and hi and len(lo) == len(ys):
+                    ax.fill_between(range(1, len(ys) + 1), [np.nan if v is None else v * scale for v in lo],
+                                    [np.nan if v is None else v * scale for v in hi], color=line.get_color(),
+                                    alpha=0.2, linewidth=0)
         ax.set_title(f"{m} per frame index")
         ax.set_xlabel("frame index")
         ax.grid(alpha=0.3)
@@ -187,7 +193,7 @@ def table_figures(graph: StageGraph, store: Store, out_dir: Path, extra: dict, n
     fig_cfg = select(graph.render.run_cfg, "benchmark.figures", {}) or {}
     out: dict[str, Path] = {}
     logs = {}
-    for p in graph.rows:
+    for p in graph.first_rows():
         paths = []
         for h in p.train:
             res = store.result(h)
@@ -204,9 +210,13 @@ def table_figures(graph: StageGraph, store: Store, out_dir: Path, extra: dict, n
         pf = ex.get("per_frame") or {}
         det = primary if primary in pf else next(iter(pf), None)
         if det:
-            per_frame[row if len(pf) == 1 or det == primary else f"{row} ({det})"] = pf[det]
+            band = (ex.get("per_frame_band") or {}).get(det) or {}
+            per_frame[row if len(pf) == 1 or det == primary else f"{row} ({det})"] = {**pf[det], **band}
+    shaded = any(f"{m}_low" in pf for pf in per_frame.values() for m in ("mAP", "mIoU"))
+    conf = float(select(graph.render.run_cfg, "benchmark.bootstrap.confidence", 0.95))
+    band = f"; shaded: {100 * conf:g}% bootstrap interval over the test videos" if shaded else ""
     made = plot_per_frame(per_frame, out_dir / f"{stem}_per_frame.png",
-                                title=f"Table {spec.name}: detection metrics per frame index{note}")
+                          title=f"Table {spec.name}: detection metrics per frame index{band}{note}")
     if made:
         out["per_frame"] = made
     grid = grid_inputs(graph, store, int(fig_cfg.get("max_rows", 4)))
@@ -225,7 +235,7 @@ def table_figures(graph: StageGraph, store: Store, out_dir: Path, extra: dict, n
 
 def grid_inputs(graph: StageGraph, store: Store, max_rows: int):
     """The first test set with results, and the generated frame folders of the rows that use it."""
-    plans = [p for p in graph.rows if p.generate and store.result(p.generate)]
+    plans = [p for p in graph.first_rows() if p.generate and store.result(p.generate)]
     if not plans:
         return None
     ts_hash = plans[0].testset

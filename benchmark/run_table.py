@@ -22,13 +22,14 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from ablations.registry import TableSpec, load_table
+from benchmark import provenance
 from benchmark.cluster import format_arrays, launch_table
 from benchmark.config import ConfigError, missing_paths
 from benchmark.local import check_finished, execute_stage
 from benchmark.render import render
 from benchmark.shards import check_can_shard, stage_shards
 from benchmark.stage_runner import StageRunner
-from benchmark.stages import DictResolver, StageGraph, expand
+from benchmark.stages import DictResolver, StageGraph, expand, select
 from benchmark.store import Store
 from data.atomic import make_temp_file
 from data.cli import MissingFile, UserError
@@ -83,10 +84,11 @@ def run_table(table: str | TableSpec, cfg, runner: StageRunner, launcher: str = 
             check_can_shard(runner, s, stage_shards(s))
     from benchmark.foundation import describe, ensure
     foundation = getattr(resolver, "foundation", {})
+    mode = provenance.check_mode(select(resolver.base, "benchmark.provenance", "record"))
     if dry_run:
         for line in describe(foundation):
             show(line)
-        show(graph.format(store.is_done, store.root))
+        show(graph.format(store.is_done, store.root, notes=provenance.flag_stages(graph, store)))
         if launcher != "local":
             show(format_arrays(graph, store))
         for line in problems:
@@ -98,6 +100,7 @@ def run_table(table: str | TableSpec, cfg, runner: StageRunner, launcher: str = 
 
     run = TableRun(graph)
     check_finished(graph, store, echo)   # a damaged finished stage is set aside and recomputed
+    provenance.apply(graph, store, mode, echo)   # made by other code: flagged (strict: recomputed)
     pending = graph.pending(store.is_done)
     echo(f"table {spec.name}: {len(graph.stages)} stages, {len(graph.stages) - len(pending)} cached, "
          f"{len(pending)} to run (store {store.root}/)")

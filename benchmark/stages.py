@@ -222,6 +222,13 @@ class RowPlan:
     train: list[str] = field(default_factory=list)  # the epoch chain, epoch 1 first
     generate: str | None = None
     evaluate: dict[str, str] = field(default_factory=dict)   # detector -> stage hash
+    seed: int | None = None                         # benchmark.seeds: this plan's seed (None: one run)
+    first_seed: bool = True                         # the plan figures draw (one per row)
+
+    @property
+    def label(self) -> str:
+        """The row's name in stage records: `hybrid`, or `hybrid (seed 1)` when the table runs seeds."""
+        return self.row.name if self.seed is None else f"{self.row.name} (seed {self.seed})"
 
 
 @dataclass
@@ -238,8 +245,20 @@ class StageGraph:
     def pending(self, is_done: Callable[[str], bool]) -> list[Stage]:
         return [s for s in self.order() if not is_done(s.hash)]
 
-    def format(self, is_done: Callable[[str], bool], store_root: str | Path = "runs") -> str:
-        """The dry-run view: every stage, cached or pending, with its dependencies and rows."""
+    @property
+    def seeds(self) -> list[int | None]:
+        """benchmark.seeds of the table ([None]: one run with the config's own seeds)."""
+        return list(dict.fromkeys(p.seed for p in self.rows))
+
+    def first_rows(self) -> list[RowPlan]:
+        """One plan per row (its first seed's): what figures draw."""
+        return [p for p in self.rows if p.first_seed]
+
+    def format(self, is_done: Callable[[str], bool], store_root: str | Path = "runs",
+               notes: dict[str, list[str]] | None = None) -> str:
+        """The dry-run view: every stage, cached or pending, with its dependencies and rows; `notes`
+        flag cached stages (made by other code: benchmark/provenance.py)."""
+        notes = notes or {}
         stages = self.order()
         n_done = sum(is_done(s.hash) for s in stages)
         lines = [f"Table {self.table.name} (profile {self.profile}): {len(stages)} stages in {store_root}/, "
@@ -250,6 +269,8 @@ class StageGraph:
             deps = ",".join(d[:6] for d in s.deps) if s.kind != "render" else f"{len(s.deps)} stages"
             rows = ", ".join(s.rows) if s.kind != "render" else ""
             lines.append(f"  {status:<8} {s.kind:<15} {s.hash:<{HASH_LEN}}  {s.describe():<40} {deps or '-':<27} {rows}")
+            if s.hash in notes:
+                lines.append(f"  {'':<8} other code made it: {'; '.join(notes[s.hash])}")
         return "\n".join(lines)
 
 
@@ -296,7 +317,7 @@ def epoch_objectives(cfg: dict, row: Row, baseline: str | None = None) -> list[s
     return objs
 
 
-def _ctrlv_stages(spec, row, resolver, cfg, bench, policy, testset, train_chain, add, model):
+def _ctrlv_stages(spec, row, resolver, cfg, bench, policy, testset, train_chain, add, model, label):
     """Ctrl-V (Tables I, II): the backbone's own train stages, the BBox generator, Box2Video on that
     backbone, and a generate stage that runs the two-stage pipeline. Returns (train chain, generate).
 
@@ -319,17 +340,17 @@ def _ctrlv_stages(spec, row, resolver, cfg, bench, policy, testset, train_chain,
 
     bbox_cfg = with_value(cv, "ctrlv.stage", "bbox")
     bbox = add("ctrlv_bbox", {"epochs": epochs, "cfg": drop_keys(cv, not_train + list(policy.get("ignore_ctrlv_bbox") or []))}, bbox_cfg, [],
-               {"variant": variant, "epochs": epochs}, row.name)
+               {"variant": variant, "epochs": epochs}, label)
     b2v_cfg = with_value(cv, "ctrlv.stage", "box2video")
     b2v = add("ctrlv_box2video", {"epochs": epochs, "backbone": chain[-1] if chain else None,
                                   "cfg": drop_keys(cv, not_train + list(policy.get("ignore_ctrlv_box2video") or []))},
-              b2v_cfg, chain[-1:], {"backbone": backbone, "epochs": epochs}, row.name)
+              b2v_cfg, chain[-1:], {"backbone": backbone, "epochs": epochs}, label)
     gen_cfg = {"ctrlv_bbox": bbox, "ctrlv_box2video": b2v, "testset": testset, "model": model,
                "ctrlv": {k: select(cv, f"ctrlv.{k}") for k in ("variant", "variants", "inference", "readback",
                                                                   "render", "controlnet")},
                "generate": bench["generate"]}
     gen = add("generate", gen_cfg, cv, [bbox, b2v, testset],
-              {"ctrlv": {"variant": variant, "backbone": backbone, "bbox": bbox, "box2video": b2v}}, row.name)
+              {"ctrlv": {"variant": variant, "backbone": backbone, "bbox": bbox, "box2video": b2v}}, label)
     return chain, gen
 
 
@@ -348,10 +369,49 @@ def backbone_overrides(row: Row, backbone: str) -> list[str]:
     return [format_override(k, v) for k, v in source.overrides.items() if k != "data"]
 
 
+def table_seeds(base: dict) -> list[int | None]:
+    """benchmark.seeds: null -> [None] (one run, the config's seeds); a list of distinct integers >= 0."""
+    seeds = select(base, "benchmark.seeds", None)
+    if seeds is None:
+        return [None]
+    if isinstance(seeds, int) and not isinstance(seeds, bool):
+        seeds = [seeds]
+    if (not isinstance(seeds, (list, tuple)) or not seeds
+            or not all(isinstance(x, int) and not isinstance(x, bool) and x >= 0 for x in seeds)
+            or len(set(seeds)) != len(seeds)):
+        raise InputError(f"benchmark.seeds={seeds!r}: expected null or a list of distinct integers >= 0, "
+                         f"e.g. benchmark.seeds=[0,1,2]")
+    return list(seeds)
+
+
+def seeded(cfg: dict, seed: int | None) -> dict:
+    """The row's config for seed s: train.seed + s and benchmark.generate.seed + s * benchmark.seed_stride
+    (clip k then adds k, so no (seed, clip) pair shares its noise while seed_stride > the clip count).
+    Seed 0 (and None) leaves the config as it is: its stages are those of the one-seed run."""
+    if not seed:
+        return cfg
+    stride = int(select(cfg, "benchmark.seed_stride", 1_000_000))
+    cfg = with_value(cfg, "train.seed", int(select(cfg, "train.seed")) + seed)
+    return with_value(cfg, "benchmark.generate.seed", int(select(cfg, "benchmark.generate.seed")) + seed * stride)
+
+
+class SeededResolver:
+    """A resolver whose every config is `seeded(..., seed)` (Ctrl-V's backbone rows resolve their own)."""
+
+    def __init__(self, inner: Resolver, seed: int | None):
+        self.inner, self.seed = inner, seed
+        self.base, self.user_overrides = inner.base, inner.user_overrides
+
+    def resolve(self, overrides: list[str]) -> dict:
+        return seeded(self.inner.resolve(overrides), self.seed)
+
+
 def expand(spec: TableSpec, resolver: Resolver) -> StageGraph:
-    """The stage graph of a table: rows -> resolved configs -> shared, hashed stages."""
+    """The stage graph of a table: rows -> resolved configs -> shared, hashed stages; with
+    benchmark.seeds, every row once per seed (each seed its own stages, shared as usual within it)."""
     stages: dict[str, Stage] = {}
     plans: list[RowPlan] = []
+    seeds = table_seeds(resolver.base)
 
     def add(kind, config, run_cfg, deps, params, row_name) -> str:
         h = stage_hash(kind, config)
@@ -362,78 +422,84 @@ def expand(spec: TableSpec, resolver: Resolver) -> StageGraph:
         return h
 
     base = resolver.base
-    for row in spec.rows:
-        plan = RowPlan(row)
+    for row, seed in ((r, sd) for r in spec.rows for sd in seeds):
+        plan = RowPlan(row, seed=seed, first_seed=seed == seeds[0])
         plans.append(plan)
-        cfg = resolver.resolve(row_overrides(spec, row, base, resolver.user_overrides))
-        plan.cfg = cfg
-        bench = _bench(cfg, row)
-        policy = bench.get("stage_hash") or {}
-        always = list(policy.get("ignore_always") or [])
-
-        # the real test clips
-        ts_cfg = drop_keys(cfg, always + list(policy.get("ignore_testset") or []))
-        n_clips = int(bench["num_test_clips"])
-        plan.testset = add("testset", {"data": ts_cfg.get("data"), "num_clips": n_clips}, cfg, [],
-                           {"data": select(cfg, "data.name", "?"), "num_clips": n_clips}, row.name)
-
-        def train_chain(tcfg: dict, baseline: str, row=row, always=always, policy=policy) -> list[str]:
-            """One train stage per epoch, chained (epoch e starts from epoch e-1's stage); the loop's
-            row, always and policy bound here."""
-            chain, parent = [], None
-            objectives = epoch_objectives(tcfg, row, baseline)
-            tcfg = with_lr_horizon(tcfg, len(objectives))
-            for epoch, objective in enumerate(objectives, start=1):
-                ignore = always + list(policy.get("ignore_train") or [])
-                if objective == "diffusion":
-                    ignore += list(policy.get("ignore_diffusion_only") or [])
-                ecfg = epoch_adapter(tcfg, objective)
-                run_cfg = with_value(ecfg, "train.epochs", epoch)     # the trainer's "last epoch to train"
-                params = {"epoch": epoch, "objective": objective, "adapter": select(ecfg, "adapter.name", None),
-                          "variant": select(tcfg, "loss.variant", None) if objective == "lsa" else None}
-                parent = add("train", {"init_from": parent, "epoch": epoch, "objective": objective,
-                                       "cfg": drop_keys(ecfg, ignore)},
-                             run_cfg, [parent] if parent else [], params, row.name)
-                chain.append(parent)
-            return chain
-
-        model = drop_keys(cfg, always + list(policy.get("ignore_diffusion_only") or [])).get("model")
-        if row.baseline == "ctrlv":
-            plan.train, plan.generate = _ctrlv_stages(spec, row, resolver, cfg, bench, policy, plan.testset,
-                                                      train_chain, add, model)
-        else:
-            # training: one stage per epoch, chained; generation from the last epoch (or the base model)
-            plan.train = train_chain(cfg, row.baseline) if row.baseline != "svd" else []
-            parent = plan.train[-1] if plan.train else None
-            gen_cfg = {"checkpoint": parent, "testset": plan.testset, "model": model, "generate": bench["generate"]}
-            plan.generate = add("generate", gen_cfg, cfg, [d for d in (parent, plan.testset) if d],
-                                {"checkpoint": parent}, row.name)
-
-        # one evaluation per detector the row's columns need: the `metrics` node (what
-        # metrics.evaluate reads) with metrics.det.detector set from benchmark.eval.detectors[name]
-        detectors = select(bench, "eval.detectors", {}) or {}
-        if "metrics" not in cfg:
-            raise ConfigKeyError(f"row {row.name}: the resolved config has no `metrics` node; the benchmark "
-                           f"profile selects one (defaults: /metrics: smoke|paper)")
-        for det in spec.detectors_for(row):
-            if det not in detectors:
-                raise ConfigKeyError(f"table {spec.name} row {row.name} needs detector {det!r}, but the profile "
-                               f"has no benchmark.eval.detectors.{det}; defined: {sorted(detectors)}")
-            run_cfg = copy.deepcopy(cfg)
-            node = run_cfg["metrics"].setdefault("det", {}).setdefault("detector", {})
-            node.update(copy.deepcopy(detectors[det]))
-            metrics = drop_keys(run_cfg, list(policy.get("ignore_evaluate") or []))["metrics"]
-            ev = {"generate": plan.generate, "testset": plan.testset, "detector": det, "metrics": metrics}
-            plan.evaluate[det] = add("evaluate", ev, run_cfg, [plan.generate, plan.testset],
-                                     {"detector": det}, row.name)
+        _expand_row(spec, plan, SeededResolver(resolver, seed), add)
 
     profile = str(select(base, "benchmark.profile", "custom"))
     render_cfg = {"table": spec.name, "profile": profile,
-                  "rows": {p.row.name: {"generate": p.generate, "evaluate": p.evaluate} for p in plans}}
+                  "rows": {p.label: {"generate": p.generate, "evaluate": p.evaluate} for p in plans}}
     deps = [h for p in plans for h in ([p.generate] if p.generate else []) + list(p.evaluate.values())]
     render = Stage("render", stage_hash("render", render_cfg), canonical(render_cfg), base, tuple(deps),
                    {"outputs": f"results/{profile}/table_{spec.name}.md/.tex/.json"}, [])
     return StageGraph(spec, stages, plans, render, profile)
+
+
+def _expand_row(spec: TableSpec, plan: RowPlan, resolver: Resolver, add) -> None:
+    """The stages of one row (of one seed), added to the graph through `add`."""
+    row, base = plan.row, resolver.base
+    cfg = resolver.resolve(row_overrides(spec, row, base, resolver.user_overrides))
+    plan.cfg = cfg
+    bench = _bench(cfg, row)
+    policy = bench.get("stage_hash") or {}
+    always = list(policy.get("ignore_always") or [])
+
+    # the real test clips
+    ts_cfg = drop_keys(cfg, always + list(policy.get("ignore_testset") or []))
+    n_clips = int(bench["num_test_clips"])
+    plan.testset = add("testset", {"data": ts_cfg.get("data"), "num_clips": n_clips}, cfg, [],
+                       {"data": select(cfg, "data.name", "?"), "num_clips": n_clips}, plan.label)
+
+    def train_chain(tcfg: dict, baseline: str, row=row, always=always, policy=policy) -> list[str]:
+        """One train stage per epoch, chained (epoch e starts from epoch e-1's stage); the loop's
+        row, always and policy bound here."""
+        chain, parent = [], None
+        objectives = epoch_objectives(tcfg, row, baseline)
+        tcfg = with_lr_horizon(tcfg, len(objectives))
+        for epoch, objective in enumerate(objectives, start=1):
+            ignore = always + list(policy.get("ignore_train") or [])
+            if objective == "diffusion":
+                ignore += list(policy.get("ignore_diffusion_only") or [])
+            ecfg = epoch_adapter(tcfg, objective)
+            run_cfg = with_value(ecfg, "train.epochs", epoch)     # the trainer's "last epoch to train"
+            params = {"epoch": epoch, "objective": objective, "adapter": select(ecfg, "adapter.name", None),
+                      "variant": select(tcfg, "loss.variant", None) if objective == "lsa" else None}
+            parent = add("train", {"init_from": parent, "epoch": epoch, "objective": objective,
+                                   "cfg": drop_keys(ecfg, ignore)},
+                         run_cfg, [parent] if parent else [], params, plan.label)
+            chain.append(parent)
+        return chain
+
+    model = drop_keys(cfg, always + list(policy.get("ignore_diffusion_only") or [])).get("model")
+    if row.baseline == "ctrlv":
+        plan.train, plan.generate = _ctrlv_stages(spec, row, resolver, cfg, bench, policy, plan.testset,
+                                                  train_chain, add, model, plan.label)
+    else:
+        # training: one stage per epoch, chained; generation from the last epoch (or the base model)
+        plan.train = train_chain(cfg, row.baseline) if row.baseline != "svd" else []
+        parent = plan.train[-1] if plan.train else None
+        gen_cfg = {"checkpoint": parent, "testset": plan.testset, "model": model, "generate": bench["generate"]}
+        plan.generate = add("generate", gen_cfg, cfg, [d for d in (parent, plan.testset) if d],
+                            {"checkpoint": parent}, plan.label)
+
+    # one evaluation per detector the row's columns need: the `metrics` node (what
+    # metrics.evaluate reads) with metrics.det.detector set from benchmark.eval.detectors[name]
+    detectors = select(bench, "eval.detectors", {}) or {}
+    if "metrics" not in cfg:
+        raise ConfigKeyError(f"row {row.name}: the resolved config has no `metrics` node; the benchmark "
+                       f"profile selects one (defaults: /metrics: smoke|paper)")
+    for det in spec.detectors_for(row):
+        if det not in detectors:
+            raise ConfigKeyError(f"table {spec.name} row {row.name} needs detector {det!r}, but the profile "
+                           f"has no benchmark.eval.detectors.{det}; defined: {sorted(detectors)}")
+        run_cfg = copy.deepcopy(cfg)
+        node = run_cfg["metrics"].setdefault("det", {}).setdefault("detector", {})
+        node.update(copy.deepcopy(detectors[det]))
+        metrics = drop_keys(run_cfg, list(policy.get("ignore_evaluate") or []))["metrics"]
+        ev = {"generate": plan.generate, "testset": plan.testset, "detector": det, "metrics": metrics}
+        plan.evaluate[det] = add("evaluate", ev, run_cfg, [plan.generate, plan.testset],
+                                 {"detector": det}, plan.label)
 
 
 def _bench(cfg: dict, row: Row) -> dict:

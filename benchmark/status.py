@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ablations.registry import list_tables, load_table
+from benchmark import provenance
 from benchmark.run import UsageError, parse_args
 from benchmark.stages import HASH_LEN, StageGraph
 from benchmark.store import Store
@@ -70,6 +71,9 @@ def stage_statuses(graph: StageGraph, store: Store) -> list[StageStatus]:
                 st.detail = f"a local attempt started {started} did not finish (still running, or killed)"
         _add_shard_progress(st, s, store)
         out.append(st)
+    for h, why in provenance.flag_stages(graph, store).items():     # made by other code
+        st = next(x for x in out if x.hash == h)
+        st.detail = "; ".join(x for x in (st.detail, f"other code made it: {'; '.join(why)}") if x)
     _explain_dependencies(out, graph)
     return out
 
@@ -90,10 +94,8 @@ def mark_damaged(statuses: list[StageStatus], store: Store) -> bool:
         damage = store.verify(st.hash)
         if damage:
             st.status, st.detail, found = "damaged", _damage_text(damage), True
-        elif damage is None:
-            st.detail = _damage_text(None)
-        else:
-            st.detail = "verified"
+        else:       # keeps what stage_statuses said (e.g. made by other code)
+            st.detail = "; ".join(x for x in (_damage_text(None) if damage is None else "verified", st.detail) if x)
     return found
 
 

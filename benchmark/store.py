@@ -3,7 +3,8 @@
 A stage writes its outputs straight into its folder (so a trainer killed mid-stage resumes from its
 own checkpoints there on the next run); the store then writes, each atomically, `stage_config.yaml` (the
 config that identifies the stage), `run_config.yaml` (the full config the runner executed),
-`stage.json`, `result.json`, `MANIFEST.json` (every file's size and hash, benchmark/manifest.py),
+`stage.json` (with the code's provenance once finished, benchmark/provenance.py), `result.json`,
+`MANIFEST.json` (every file's size and hash, benchmark/manifest.py),
 and last `DONE`. Readers trust a folder only when `DONE` exists, so a
 killed stage is never mistaken for a finished one. A stage split into shards (benchmark/shards.py)
 also has `shards/<i>-of-<n>/result.json`, each shard's record, written last by that shard.
@@ -20,6 +21,7 @@ from typing import Any
 
 import yaml
 
+from benchmark import provenance
 from benchmark.manifest import verify as verify_manifest
 from benchmark.manifest import write_manifest
 from data.atomic import atomic_dir, atomic_write_json, atomic_write_text, sweep_temps  # noqa: F401  (re-exported)
@@ -116,6 +118,7 @@ class Store:
         info = self.stage_info(stage.hash)
         if info.get("attempts"):
             info["attempts"][-1]["finished"] = _now()
+        info["provenance"] = provenance.current()     # the code that made it (benchmark/provenance.py)
         atomic_write_json(d / STAGE, info)
         write_manifest(d)             # every file's size and hash, each fsynced (benchmark/manifest.py)
         atomic_write_text(d / DONE, _now() + "\n")
@@ -147,10 +150,11 @@ class Store:
         finished before manifests existed). benchmark/manifest.py."""
         return verify_manifest(self.dir(stage_hash), hashes=hashes)
 
-    def set_aside(self, stage_hash: str) -> Path:
-        """Move a damaged stage folder to `.damaged/<hash>-<time>/` (kept for inspection, never
-        read), so the stage is recomputed from nothing in a fresh folder."""
-        target = self.root / DAMAGED / f"{stage_hash}-{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}"
+    def set_aside(self, stage_hash: str, into: str = DAMAGED) -> Path:
+        """Move a stage folder to `<into>/<hash>-<time>/` (`.damaged`, or `.stale` for
+        benchmark.provenance=strict; kept for inspection, never read), so the stage is recomputed from
+        nothing in a fresh folder."""
+        target = self.root / into / f"{stage_hash}-{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}"
         target.parent.mkdir(parents=True, exist_ok=True)
         os.replace(self.dir(stage_hash), target)
         return target

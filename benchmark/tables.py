@@ -21,6 +21,8 @@ from ablations.registry import Column, TableSpec
 from benchmark.store import atomic_write_json, atomic_write_text
 
 NA = "n/a"
+PM = "±"
+DAGGER = "†"          # the paired difference to the baseline row excludes 0 (uncertainty_text says so)
 BEST, SECOND = "best", "second"
 MIN_ROWS_FOR_SECOND = 3
 
@@ -76,9 +78,16 @@ def _marks(spec: TableSpec, col: Column, values: Sequence[float | None]) -> list
 # ------------------------------------------------------------------------------------ building
 def make_table(spec: TableSpec, cells: Mapping[str, Mapping[str, float | None]], *, caption: str,
                profile: str = "", fake: bool = False,
-               extra: Mapping[str, dict] | None = None) -> dict:
+               extra: Mapping[str, dict] | None = None, provenance: Mapping | None = None,
+               stats: Mapping[str, Mapping[str, dict]] | None = None, uncertainty: Mapping | None = None) -> dict:
     """{'md': str, 'tex': str, 'json': dict} for the table. `cells[row][column id]` is our value
-    (already scaled to the paper's units) or None (rendered n/a)."""
+    (already scaled to the paper's units; the mean over seeds) or None (rendered n/a).
+    `stats[row][column id]` holds the cell's bootstrap interval, paired difference to its baseline row
+    and mark (benchmark.render.cell_statistics); extra[row]["seeds"] the values per seed. With
+    uncertainty["show"], cells read `value ± half-width` (one seed) or `mean ± std` (several seeds),
+    and a marked cell gets a dagger; ranking uses the values alone."""
+    stats = stats or {}
+    show = bool((uncertainty or {}).get("show"))
     rows = spec.rows
     ours = {c.id: [(cells.get(r.name) or {}).get(c.id) for r in rows]
             for c in spec.columns}
@@ -89,28 +98,79 @@ def make_table(spec: TableSpec, cells: Mapping[str, Mapping[str, float | None]],
     json_rows = []
     for i, r in enumerate(rows):
         row_cells = {}
+        seeds = ((extra or {}).get(r.name) or {}).get("seeds")
         for c in spec.columns:
             v = ours[c.id][i]
+            st = dict((stats.get(r.name) or {}).get(c.id) or {})
+            if seeds:
+                st["seeds"] = {"seeds": seeds["seeds"], "values": seeds["values"][c.id], "std": seeds["std"][c.id]}
+            parts = _text_parts(c, v, st, show) if _ok(v) else None
             row_cells[c.id] = {
                 "ours": v if _ok(v) else None,
-                "ours_text": c.format.format(v) if _ok(v) else NA,
+                "ours_text": _join_md(parts) if parts else NA,
+                "ours_parts": parts,
                 "ours_mark": ours_marks[c.id][i],
                 "paper": paper[c.id][i], "paper_text": r.paper[c.id].text if c.id in r.paper else NA,
-                "paper_mark": paper_marks[c.id][i]}
+                "paper_mark": paper_marks[c.id][i], **st}
         json_rows.append({"name": r.name, "labels": r.labels, "baseline": r.baseline, "ctrlv": r.ctrlv,
                           "cells": row_cells, **({"extra": extra[r.name]} if extra and r.name in extra else {})})
     doc = {"table": spec.name, "title": spec.title, "profile": profile, "fake": fake, "caption": caption,
            "label_columns": list(spec.label_columns), "rank_within": list(spec.rank_within),
            "columns": [{"id": c.id, "name": c.name, "key": c.key, "direction": c.direction, "group": c.group,
                         "detector": c.detector, "source": c.source, "scale": c.scale} for c in spec.columns],
-           "rows": json_rows}
+           "rows": json_rows, **({"provenance": dict(provenance)} if provenance is not None else {})}
     return {"md": _markdown(spec, doc), "tex": _latex(spec, doc), "json": doc}
 
 
+def _text_parts(c: Column, v: float, st: dict, show: bool) -> dict:
+    """The printed pieces of one of our cells: value, the ± part (std over seeds, or the interval's
+    half-width) and the mark; without `show` the value alone (the paper's style)."""
+    pm = None
+    if show:
+        seeds = st.get("seeds")
+        if seeds and len(seeds["seeds"]) > 1:
+            pm = seeds["std"]
+        elif st.get("interval") and st["interval"].get("half_width") is not None:
+            pm = st["interval"]["half_width"]
+    return {"value": c.format.format(v), "pm": None if pm is None else c.format.format(pm),
+            "mark": bool(show and st.get("significant"))}
+
+
+def _join_md(parts: dict) -> str:
+    text = parts["value"] + (f" {PM} {parts['pm']}" if parts["pm"] is not None else "")
+    return text + (DAGGER if parts["mark"] else "")
+
+
+def uncertainty_text(spec: TableSpec, u: Mapping | None) -> str:
+    """The caption sentences saying what `±` and the dagger mean (empty in the paper's style)."""
+    if not u:
+        return ""
+    b = u["bootstrap"]
+    conf = f"{100 * float(b['confidence']):g}%"
+    seeds = [s for s in u["seeds"] if s is not None]
+    where = f"table_{spec.name}.json"
+    if not u["show"]:
+        return (f"{conf} bootstrap intervals over the test videos and paired differences to the baseline row "
+                f"are in {where}")
+    if len(seeds) > 1:
+        s = (f"Ours: mean {PM} standard deviation over {len(seeds)} seeds ({', '.join(map(str, seeds))}; each "
+             f"seed trains and generates anew; every seed's value and {conf} interval in {where}); "
+             f"bold / underline rank the means")
+    else:
+        s = (f"Ours: value {PM} half-width of its {conf} percentile bootstrap interval over the test videos "
+             f"({b['n_resamples']} resamples, seed {b['seed']}; each metric recomputed from the resampled videos)")
+    if u.get("baselines"):
+        every = " in every seed, on the same side" if len(seeds) > 1 else ""
+        s += (f". {DAGGER}: the {conf} paired bootstrap interval (same test clips, same resamples) of the "
+              f"difference to the baseline row ({', '.join(u['baselines'])}) excludes 0{every}")
+    return s
+
+
 def render_table(spec: TableSpec, cells, *, caption: str, out_dir: str | Path,
-                 profile: str = "", fake: bool = False, extra=None) -> dict[str, Path]:
-    """Write table_<N>.md, .tex and .json under out_dir (each atomically); returns their paths."""
-    t = make_table(spec, cells, caption=caption, profile=profile, fake=fake, extra=extra)
+                 profile: str = "", fake: bool = False, extra=None, **options) -> dict[str, Path]:
+    """Write table_<N>.md, .tex and .json under out_dir (each atomically); returns their paths.
+    `options` go to make_table (provenance, stats, uncertainty)."""
+    t = make_table(spec, cells, caption=caption, profile=profile, fake=fake, extra=extra, **options)
     out = Path(out_dir)
     stem = f"table_{spec.name}"
     return {"md": atomic_write_text(out / f"{stem}.md", t["md"]),
@@ -220,7 +280,8 @@ def _md_escape(s: str) -> str:
 
 # ------------------------------------------------------------------------------------ LaTeX
 _TEX_ESCAPES = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
-                "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}
+                "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
+                PM: r"$\pm$", DAGGER: r"$^\dagger$"}
 
 
 def tex_escape(s: str) -> str:
@@ -229,6 +290,13 @@ def tex_escape(s: str) -> str:
 
 def _tex_mark(text: str, mark: str | None) -> str:
     return rf"\textbf{{{text}}}" if mark == BEST else rf"\underline{{{text}}}" if mark == SECOND else text
+
+
+def _tex_parts(parts: dict | None, text: str) -> str:
+    if not parts:
+        return tex_escape(text)
+    out = tex_escape(parts["value"]) + (rf" $\pm$ {tex_escape(parts['pm'])}" if parts["pm"] is not None else "")
+    return out + (r"$^\dagger$" if parts["mark"] else "")
 
 
 def _latex(spec: TableSpec, doc: dict) -> str:
@@ -267,7 +335,7 @@ def _latex(spec: TableSpec, doc: dict) -> str:
         for c in spec.columns:
             cell = r["cells"][c.id]
             ours = cell["ours_text"]
-            ours = tex_escape(ours)
+            ours = _tex_parts(cell["ours_parts"], ours)
             vals.append(_tex_mark(ours, cell["ours_mark"]))
             if spec.in_paper:
                 vals.append(_tex_mark(tex_escape(cell["paper_text"]), cell["paper_mark"]))

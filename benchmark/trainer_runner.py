@@ -19,7 +19,7 @@ from benchmark.testset import write_testset
 from data.atomic import atomic_write_bytes, data_entries
 from data.device import resolve_device, torch_dtype
 from data.video_io import read_frame
-
+from metrics.per_video import PER_VIDEO_FILE
 
 def release_memory():
     """Free what a finished stage left: Python garbage and the CUDA cache."""
@@ -177,7 +177,8 @@ class TrainerRunner:
 
     def run_evaluate(self, stage, cfg: dict, videos_dir: Path, out_dir: Path, *, real_dir: Path,
                      shard: Shard | None = None) -> dict:
-        """metrics.evaluate on the real test clips vs the generated videos, paired by clip name. With
+        """metrics.evaluate on the real test clips vs the generated videos, paired by clip name; the
+        per-video features and detections go to per_video.npz (bootstrap intervals of the table). With
         `shard`: the features and detections of that shard's clips (metrics.evaluate.extract_features)
         in <shard folder>/features.pkl, for merge_evaluate."""
         from metrics.evaluate import evaluate, extract_features
@@ -193,7 +194,8 @@ class TrainerRunner:
         real, fake = [Path(real_dir) / n for n in names], [Path(videos_dir) / n for n in names]
         try:
             if shard is None:
-                return evaluate(real, fake, cfg, names=names, detections_dir=Path(out_dir) / "detections")
+                return evaluate(real, fake, cfg, names=names, detections_dir=Path(out_dir) / "detections",
+                                per_video=Path(out_dir) / PER_VIDEO_FILE)
             part = extract_features(real, fake, cfg, names=names, detections_dir=Path(out_dir) / "detections")
         finally:
             release_memory()
@@ -214,5 +216,5 @@ class TrainerRunner:
         for p in parts:
             with open(p["features_file"], "rb") as f:
                 features.append(pickle.load(f))
-        return merge_features(features, cfg)
+        return merge_features(features, cfg, per_video=Path(out_dir) / PER_VIDEO_FILE)
 

@@ -150,6 +150,15 @@ def coco_map(refs: Sequence[Detections], preds: Sequence[Detections]) -> dict:
     pycocotools directly, not torchmetrics' MeanAveragePrecision: torchmetrics builds the IoU and
     recall thresholds with float32 `torch.linspace` (0.6 becomes 0.60000002, so a pair whose IoU is
     exactly on a threshold is not matched) and hands pycocotools float32 boxes."""
+    ev = coco_evaluate(refs, preds)
+    if ev is None:
+        return {"map": None, "map_50": None, "map_75": None}
+    return coco_summary(ev)
+
+
+def coco_evaluate(refs: Sequence[Detections], preds: Sequence[Detections]):
+    """pycocotools' COCOeval after `evaluate()` (the per-image matching) of these frames, image id =
+    frame index; None without any reference box. `coco_summary` accumulates it."""
     import contextlib
     import io
 
@@ -166,15 +175,24 @@ def coco_map(refs: Sequence[Detections], preds: Sequence[Detections]) -> dict:
     dt_anns = [dict(_coco_box(b), id=k, image_id=i, category_id=int(c), iscrowd=0, score=float(s))
                for k, (i, b, c, s) in enumerate(_boxes(preds), start=1)]
     if not gt_anns:
-        return {"map": None, "map_50": None, "map_75": None}
+        return None
     gt, dt = COCO(), COCO()
     gt.dataset = {"images": images, "annotations": gt_anns, "categories": categories}
     dt.dataset = {"images": images, "annotations": dt_anns, "categories": categories}   # as COCO.loadRes builds it
-    with contextlib.redirect_stdout(io.StringIO()):     # pycocotools prints its progress and summary
+    with contextlib.redirect_stdout(io.StringIO()):     # pycocotools prints its progress
         gt.createIndex()
         dt.createIndex()
         ev = COCOeval(gt, dt, "bbox")
         ev.evaluate()
+    return ev
+
+
+def coco_summary(ev) -> dict:
+    """mAP@[.50:.95], @.50, @.75 in [0, 1] (None where undefined) of an evaluated COCOeval."""
+    import contextlib
+    import io
+
+    with contextlib.redirect_stdout(io.StringIO()):     # pycocotools prints its progress and summary
         ev.accumulate()
         ev.summarize()
     value = lambda v: None if v < 0 else float(v)  # noqa: E731   (-1 = undefined)
@@ -311,17 +329,20 @@ class DetectionAccumulator:
             out["AP_per_iou"] = [pct(v) for v in ap["ap_per_iou"]]
         return out
 
-    def compute(self) -> dict:
+    def compute(self, per_frame: bool = True) -> dict:
+        """Totals over every frame and, with `per_frame`, the curves by frame index."""
         if not self.refs:
             raise ValueError("no video was added to the detection metrics")
         all_refs = [d for video in self.refs for d in video]
         all_preds = [d for video in self.preds for d in video]
         result = {"protocol": self.protocol.name, "units": "percent", "n_videos": self.num_videos,
                   "n_frames": len(all_refs), **self._scores(all_refs, all_preds)}
+        if not per_frame:
+            return result
         num_frames = max(len(video) for video in self.refs)
-        per_frame = [self._scores([v[j] for v in self.refs if j < len(v)], [v[j] for v in self.preds if j < len(v)])
-                     for j in range(num_frames)]
-        result["per_frame"] = {k: [f[k] for f in per_frame] for k in ("mAP", "mIoU", "n_ref_boxes")}
+        curves = [self._scores([v[j] for v in self.refs if j < len(v)], [v[j] for v in self.preds if j < len(v)])
+                  for j in range(num_frames)]
+        result["per_frame"] = {k: [f[k] for f in curves] for k in ("mAP", "mIoU", "n_ref_boxes")}
         return result
 
 

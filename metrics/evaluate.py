@@ -166,12 +166,15 @@ def _check_count(metrics, n: int) -> None:
 
 
 def evaluate(real_videos: Sequence, gen_videos: Sequence, cfg, names: Sequence[str] | None = None,
-             detector=None, progress: bool = True, detections_dir: str | Path | None = None) -> dict:
+             detector=None, progress: bool = True, detections_dir: str | Path | None = None,
+             per_video: str | Path | None = None) -> dict:
     """Score `gen_videos[i]` against `real_videos[i]` for every i with the metrics in `cfg.metrics`.
 
     `detector` overrides the configured one (tests pass a FakeDetector). With `detections_dir`, the
     detections on each generated video are also written to <detections_dir>/<name>.json (frames ->
-    boxes/scores/labels in the video's pixels), for figures. Returns a JSON-ready dict:
+    boxes/scores/labels in the video's pixels), for figures. With `per_video`, the per-video quantities
+    (features, raw detections) are saved there for bootstrap intervals (metrics/per_video.py).
+    Returns a JSON-ready dict:
     per metric its value, N, protocol and weights, plus timings (frames/s) and the resolved config.
 
     The same as `merge_features([extract_features(...)], cfg)`; split the videos into several
@@ -181,7 +184,7 @@ def evaluate(real_videos: Sequence, gen_videos: Sequence, cfg, names: Sequence[s
     _check_count(_check_inputs(cfg, real_videos, gen_videos), len(real_videos))
     part = extract_features(real_videos, gen_videos, cfg, names=names, detector=detector, progress=progress,
                             detections_dir=detections_dir)
-    return merge_features([part], cfg)
+    return merge_features([part], cfg, per_video=per_video)
 
 
 def extract_features(real_videos: Sequence, gen_videos: Sequence, cfg, names: Sequence[str] | None = None,
@@ -256,10 +259,11 @@ def extract_features(real_videos: Sequence, gen_videos: Sequence, cfg, names: Se
     return part
 
 
-def merge_features(parts: Sequence[dict], cfg) -> dict:
+def merge_features(parts: Sequence[dict], cfg, per_video: str | Path | None = None) -> dict:
     """`evaluate`'s result from the parts of `extract_features`, in video order (the parts' order):
     features concatenated, then the Frechet distances and the detection accumulator, as one call
-    computes them. Timings add up the parts' seconds."""
+    computes them. Timings add up the parts' seconds. With `per_video`, the per-video quantities are
+    saved there (metrics/per_video.py: what bootstrap intervals resample)."""
     from metrics.detection import DetectionAccumulator, DetProtocol
     from metrics.frechet import frechet_distance
 
@@ -316,6 +320,9 @@ def merge_features(parts: Sequence[dict], cfg) -> dict:
     for key, m in (("fvd.weights", "fvd"), ("fid.weights", "fid")):
         if m in out:
             out[m]["weights"] = weights[key]
+    if per_video is not None:
+        from metrics.per_video import PerVideo
+        PerVideo.from_parts(parts).save(per_video)
     return out
 
 
@@ -422,6 +429,8 @@ def _parse_args(argv):
     p.add_argument("--protocol", help="detection protocol: lsa (paper) | ctrlv")
     p.add_argument("--fvd-crop", choices=("center", "squash"), help="FVD resize: center (Ctrl-V) | squash (TF FVD)")
     p.add_argument("--device", help="auto | cpu | cuda | cuda:1 ...")
+    p.add_argument("--per-video", help="also save the per-video features and detections here (.npz, for "
+                                       "bootstrap intervals: metrics/per_video.py)")
     p.add_argument("--plot", help="PNG of the per-frame mAP/mIoU curves (default: beside --out when det.plot)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="any config override, relative to the metrics node (e.g. det.protocols.lsa.ref_conf=0.5)")
@@ -457,7 +466,7 @@ def main(argv=None) -> int:
         overrides.append("++det.detector.trust_pickle=true")     # a DN-DETR key: not in the shared node
     cfg = _load_config_or_user_error(args.config, overrides)
     real, gen, names = pair_videos(args.real, args.gen)
-    result = evaluate(real, gen, cfg, names=names, progress=not args.quiet)
+    result = evaluate(real, gen, cfg, names=names, progress=not args.quiet, per_video=args.per_video)
     result["real_dir"], result["gen_dir"] = str(Path(args.real).resolve()), str(Path(args.gen).resolve())
     out = write_json(result, args.out)
     if "det" in result and (args.plot or cfg.det.plot):

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from data.atomic import data_entries
+from metrics.detectors.base import Detections
 
 
 class FakeRunner:
@@ -143,25 +144,48 @@ class FakeRunner:
             names, _ = shard_names(names, shard.index, shard.count)
             self._log("end", stage)
             return {"num_videos": len(names), "names": names}
-        metrics = self._metrics(stage, cfg, len(names))
+        metrics = self._metrics(stage, cfg, names, out_dir)
         (out_dir / "metrics.json").write_text(json.dumps(metrics))
         self._log("end", stage)
         return metrics
 
     def merge_evaluate(self, stage, cfg, out_dir, parts, *, videos_dir, real_dir):
-        return self._metrics(stage, cfg, sum(p["num_videos"] for p in parts))
+        return self._metrics(stage, cfg, [n for p in parts for n in p["names"]], out_dir)
 
-    def _metrics(self, stage, cfg, n: int) -> dict:
+    def _metrics(self, stage, cfg, names: list[str], out_dir: Path) -> dict:
+        """Placeholder per-video quantities (random features of a few dimensions, random boxes), saved
+        as per_video.npz, and the metrics computed from them by the code the bootstrap uses
+        (metrics/per_video.py), so a fake table's intervals surround its numbers."""
+        from metrics.per_video import PER_VIDEO_FILE, PerVideo, statistic
         rng = self._rng(stage)
-        per_map = sorted(rng.uniform(5, 50, self.num_frames).tolist(), reverse=True)
-        per_miou = sorted(rng.uniform(50, 90, self.num_frames).tolist(), reverse=True)
+        n, t, d = len(names), self.num_frames, 4
+        shift = rng.uniform(0.0, 2.0)                       # how far this fake row's videos are from the real ones
+        real = rng.normal(size=(n, t + 1, d))
+        pv = PerVideo(list(names), fvd={"real": real[:, 0], "gen": real[:, 0] + rng.normal(shift, 1.0, (n, d))},
+                      fid={"real": real[:, 1:], "gen": real[:, 1:] + rng.normal(shift, 1.0, (n, t, d))})
+        det_cfg = (cfg.get("metrics") or {}).get("det") or {}
+        if "protocols" in det_cfg:
+            h, w = self.frame_hw
+            pv.detections = []
+            for _ in names:
+                refs, preds = [], []
+                for _ in range(t):
+                    xy = rng.uniform(0, [w / 2, h / 2], (3, 2))
+                    boxes = np.concatenate([xy, xy + [w / 2, h / 2]], axis=1)
+                    refs.append(Detections(boxes, np.full(3, 0.95), np.full(3, 2)))
+                    preds.append(Detections(boxes + rng.normal(0, 2 * shift, boxes.shape), rng.uniform(0.3, 1, 3),
+                                            np.full(3, 2)))
+                pv.detections.append((refs, preds, (h, w)))
+        pv.save(Path(out_dir) / PER_VIDEO_FILE)
+        full = statistic(pv, det_cfg if pv.detections is not None else None, per_frame=True)(np.arange(n))
         # the shape metrics.evaluate.evaluate returns (metrics/evaluate.py), with placeholder values
-        metrics = {"n_videos": n, "num_frames": self.num_frames, "fake": True,
-                   "fvd": {"value": float(rng.uniform(100, 900)), "n_real": n, "n_gen": n},
-                   "fid": {"value": float(rng.uniform(10, 60)), "n_real": n, "n_gen": n},
-                   "det": {"mAP": float(np.mean(per_map)), "mIoU": float(np.mean(per_miou)), "units": "percent",
-                           "n_videos": n, "detector": cfg["metrics"]["det"]["detector"]["name"],
-                           "per_frame": {"mAP": per_map, "mIoU": per_miou}}}
+        metrics = {"n_videos": n, "num_frames": t, "fake": True,
+                   "fvd": {"value": full["fvd.value"], "n_real": n, "n_gen": n},
+                   "fid": {"value": full["fid.value"], "n_real": n * t, "n_gen": n * t}}
+        if pv.detections is not None:
+            per_frame = {k: [full[f"det.per_frame.{k}.{j}"] for j in range(t)] for k in ("mAP", "mIoU")}
+            metrics["det"] = {"mAP": full["det.mAP"], "mIoU": full["det.mIoU"], "units": "percent", "n_videos": n,
+                              "detector": det_cfg["detector"]["name"], "per_frame": per_frame}
         return metrics
 
 

@@ -49,7 +49,7 @@ def test_killed_folder_writer_leftovers_are_not_clips_and_are_swept(tmp_path, mo
 
     seen = {}
 
-    def fake_evaluate(real_videos, gen_videos, cfg, names, detections_dir):
+    def fake_evaluate(real_videos, gen_videos, cfg, names, detections_dir, per_video=None):
         seen["names"] = names
         return {"n_videos": len(names)}
     monkeypatch.setattr("metrics.evaluate.evaluate", fake_evaluate)

@@ -294,6 +294,14 @@ RULES: list[Rule] = [
     num("benchmark.generate.max_guidance_scale", ge=0),
     num("benchmark.generate.decode_chunk_size", ge=1, integer=True),
     num("benchmark.generate.seed", ge=0, integer=True),
+    # (benchmark.seeds is checked where it is read: benchmark/stages.table_seeds)
+    num("benchmark.seed_stride", ge=1, integer=True),
+    boolean("benchmark.intervals"),
+    num("benchmark.bootstrap.n_resamples", ge=1, integer=True),
+    num("benchmark.bootstrap.per_frame_resamples", ge=0, integer=True),
+    num("benchmark.bootstrap.confidence", gt=0, lt=1),
+    num("benchmark.bootstrap.seed", ge=0, integer=True),
+    choice("benchmark.provenance", "record", "strict"),
     # ---- the Ctrl-V baseline (configs/ctrlv)
     num("ctrlv.bbox_train.lr", gt=0, null=True),
     num("ctrlv.bbox_train.dropout", ge=0, lt=1, null=True),

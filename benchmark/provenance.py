@@ -1,0 +1,180 @@
+"""Which code and libraries made a stage: the git commit (and whether the tree was dirty), the versions
+of the libraries that shape the numbers, the device and the command. Recorded in each stage's
+stage.json when it finishes (benchmark/store.py), carried into the table JSON and a caption footnote,
+and compared with the running code before a finished stage is reused (benchmark/run_table.py):
+`benchmark.provenance=record` (default) flags a stage made by another commit or other library
+versions; `strict` recomputes it and the stages built on it.
+
+A stage's hash says what was computed (its config), not with which code: a stage made before a bug
+fix keeps its hash. That is what this record is for.
+"""
+from __future__ import annotations
+
+import functools
+import platform
+import shlex
+import subprocess
+import sys
+from collections.abc import Iterable, Mapping
+from importlib import metadata
+from pathlib import Path
+
+LIBRARIES = ("torch", "diffusers", "transformers", "ultralytics", "torchmetrics", "accelerate", "peft")
+MODES = ("record", "strict")
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def git_state(root: str | Path = REPO_ROOT) -> tuple[str | None, bool | None]:
+    """(HEAD commit, tree dirty) of the checkout the code runs from; (None, None) outside a git checkout.
+    Dirty = tracked files differ from HEAD (untracked files, e.g. a results folder, do not count)."""
+    def git(*args):
+        return subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True, timeout=60, check=False)
+    try:
+        head = git("rev-parse", "HEAD")
+        if head.returncode != 0:
+            return None, None
+        status = git("status", "--porcelain", "--untracked-files=no")
+    except (OSError, subprocess.TimeoutExpired):
+        return None, None
+    return head.stdout.strip(), (bool(status.stdout.strip()) if status.returncode == 0 else None)
+
+
+@functools.lru_cache(maxsize=1)
+def library_versions() -> dict[str, str | None]:
+    """Installed versions of LIBRARIES (None = not installed); read from package metadata, nothing imported."""
+    out = {}
+    for lib in LIBRARIES:
+        try:
+            out[lib] = metadata.version(lib)
+        except metadata.PackageNotFoundError:
+            out[lib] = None
+    return out
+
+
+def device_name() -> str:
+    """The accelerator this process sees (the first CUDA device), else the CPU."""
+    cpu = f"cpu: {platform.processor() or platform.machine()}"
+    try:
+        import torch
+        if torch.cuda.is_available():
+            return f"cuda: {torch.cuda.get_device_name(0)}"
+    except RuntimeError as e:       # a broken CUDA setup must not stop a stage from being recorded
+        return f"{cpu} (CUDA unusable: {e})"
+    return cpu
+
+
+def command_line() -> str:
+    return shlex.join(getattr(sys, "orig_argv", None) or [sys.executable, *sys.argv])
+
+
+def current() -> dict:
+    """The provenance of what this process computes now."""
+    commit, dirty = git_state()
+    return {"commit": commit, "dirty": dirty, "versions": dict(library_versions()), "device": device_name(),
+            "command": command_line(), "python": platform.python_version()}
+
+
+def mismatches(recorded: Mapping | None, now: Mapping) -> list[str]:
+    """Why a finished stage was made by other code: another commit, other library versions, or no
+    record at all (a stage from before provenance was recorded). [] = the same code."""
+    if not recorded:
+        return ["no provenance record (made before stages recorded one)"]
+    out = []
+    if recorded.get("commit") != now.get("commit"):
+        out.append(f"commit {_short(recorded.get('commit'))} (now {_short(now.get('commit'))})")
+    old, new = recorded.get("versions") or {}, now.get("versions") or {}
+    for lib in LIBRARIES:
+        if old.get(lib) != new.get(lib):
+            out.append(f"{lib} {old.get(lib)} (now {new.get(lib)})")
+    return out
+
+
+def _short(commit: str | None) -> str:
+    return commit[:10] if commit else "unknown"
+
+
+def summarize(records: Iterable[Mapping | None]) -> dict:
+    """The distinct commits, library versions and devices of a table's stages (table JSON)."""
+    records = list(records)
+    commits: dict[str, bool] = {}
+    versions: dict[str, set] = {lib: set() for lib in LIBRARIES}
+    devices: set[str] = set()
+    for r in records:
+        if not r:
+            continue
+        key = r.get("commit") or "unknown"
+        commits[key] = commits.get(key, False) or bool(r.get("dirty"))
+        for lib in LIBRARIES:
+            versions[lib].add(str((r.get("versions") or {}).get(lib)))
+        devices.add(str(r.get("device")))
+    return {"commits": [{"commit": c, "dirty": d} for c, d in sorted(commits.items())],
+            "versions": {lib: sorted(v) for lib, v in versions.items() if v},
+            "devices": sorted(devices), "stages_without_record": sum(1 for r in records if not r)}
+
+
+def footnote(summary: Mapping) -> str:
+    """One caption sentence: 'Code: commit 1a2b3c4d5e (dirty); torch 2.4.1, ...; device: cpu: x86_64.'"""
+    if not summary.get("commits"):
+        return ""
+    commits = ", ".join(_short(c["commit"]) + (" (dirty)" if c["dirty"] else "") for c in summary["commits"])
+    libs = ", ".join(f"{lib} {'/'.join(v)}" for lib, v in summary["versions"].items())
+    s = f"Code: commit {commits}; {libs}; device: {', '.join(summary['devices'])}"
+    if summary.get("stages_without_record"):
+        s += f"; {summary['stages_without_record']} stage(s) without a provenance record"
+    return s + "."
+
+
+def check_mode(mode) -> str:
+    if mode not in MODES:
+        from data.cli import InputError
+        raise InputError(f"benchmark.provenance={mode!r}: valid are {', '.join(MODES)}")
+    return mode
+
+
+# ---------------------------------------------------------------- finished stages of a graph
+def flag_stages(graph, store, now: Mapping | None = None) -> dict[str, list[str]]:
+    """{hash: reasons} of the graph's finished stages made by other code than `now` (default: this
+    process's). Reads each stage's stage.json."""
+    now = current() if now is None else now
+    out = {}
+    for s in graph.order():
+        if store.is_done(s.hash):
+            why = mismatches(store.stage_info(s.hash).get("provenance"), now)
+            if why:
+                out[s.hash] = why
+    return out
+
+
+def with_dependents(graph, flagged: Iterable[str]) -> list[str]:
+    """`flagged` plus every stage of the graph built on one of them, in graph order: under `strict` a
+    recomputed stage invalidates what was computed from it."""
+    bad = set(flagged)
+    for s in graph.order():                  # topological: inputs first
+        if any(d in bad for d in s.deps):
+            bad.add(s.hash)
+    return [s.hash for s in graph.order() if s.hash in bad]
+
+
+def apply(graph, store, mode: str, echo=print, now: Mapping | None = None) -> dict[str, list[str]]:
+    """Before a run: say which finished stages other code made; under `strict` set them (and the
+    finished stages built on them) aside in `<store>/.stale/` so they are recomputed. Returns the flags."""
+    flagged = flag_stages(graph, store, now)
+    for h, why in flagged.items():
+        s = graph.stages[h]
+        action = ("it is recomputed (benchmark.provenance=strict)" if mode == "strict" else
+                  "reused; benchmark.provenance=strict recomputes it")
+        echo(f"warning: stage {s.kind} {h} (rows: {', '.join(s.rows)}) was made by other code: "
+             f"{'; '.join(why)}; {action}")
+    if mode == "strict":
+        for h in with_dependents(graph, flagged):
+            if store.is_done(h):
+                with store.lock(h, echo):
+                    if store.is_done(h):
+                        moved = store.set_aside(h, into=STALE)
+                        if h not in flagged:
+                            echo(f"stage {graph.stages[h].kind} {h} is built on a recomputed stage: recomputed "
+                                 f"too (folder moved to {moved})")
+    return flagged
+
+
+STALE = ".stale"             # <store>/.stale/<hash>-<time>/: stages set aside by benchmark.provenance=strict
