@@ -21,6 +21,7 @@ from data.device import resolve_device, torch_dtype
 from data.video_io import read_frame
 from metrics.per_video import PER_VIDEO_FILE
 
+
 def release_memory():
     """Free what a finished stage left: Python garbage and the CUDA cache."""
     gc.collect()

@@ -3,8 +3,8 @@ rescaling, and assembling `Clip`s. A loader implements four small hooks (see `Cl
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 
@@ -13,8 +13,7 @@ from data.cli import InputError, MissingFile
 from data.clip import Clip
 from data.sampling import ClipRef, train_refs
 from data.test_split import load_or_create_test_clips
-from data.transforms import rescale_boxes, resample_filter, resize_frame
-
+from data.transforms import resample_filter, rescale_boxes, resize_frame
 
 
 def require_root(cfg) -> Path:

@@ -8,9 +8,9 @@ unexpected type is an error naming the file and line rather than a silently lost
 """
 from __future__ import annotations
 
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Iterator, Mapping
 
 import numpy as np
 from PIL import Image

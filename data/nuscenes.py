@@ -14,8 +14,8 @@ always indices into the full chain, so the cache and test_clips.json do not depe
 """
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Iterator, Sequence
 
 import numpy as np
 from PIL import Image

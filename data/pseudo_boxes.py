@@ -13,8 +13,8 @@ threshold / class filter apply after the cache, so changing them needs no new de
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -57,7 +57,7 @@ class PseudoBoxes(Sequence[Clip]):
         self.cache_dir = None if cache_dir is None else Path(cache_dir) / "pseudo_boxes" / self.cache_key
 
     @classmethod
-    def from_config(cls, base: Sequence[Clip], cfg) -> "PseudoBoxes":
+    def from_config(cls, base: Sequence[Clip], cfg) -> PseudoBoxes:
         pb = cfg.get("pseudo_boxes")
         if pb is None:
             raise InputError("data.boxes=detector needs a data.pseudo_boxes node "

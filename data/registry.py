@@ -1,7 +1,7 @@
 """Build a dataset of `Clip`s from the `data` config group (configs/data/*.yaml)."""
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 from data.cli import InputError
 from data.clip import Clip

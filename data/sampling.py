@@ -6,8 +6,8 @@ start every `window_step` positions and may overlap; test windows are disjoint (
 """
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Mapping, Sequence
 
 from data.cli import InputError
 

@@ -17,8 +17,8 @@ File format (version 1):
 """
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Mapping, Sequence
 
 import numpy as np
 
@@ -125,7 +125,7 @@ def _check_disjoint(clips: Sequence[ClipRef], path: Path) -> None:
         by_scene.setdefault(c.scene, []).append((min(c.frame_ids), max(c.frame_ids), k))
     for scene, spans in by_scene.items():
         spans.sort()
-        for (a0, a1, ka), (b0, b1, kb) in zip(spans, spans[1:]):
+        for (_a0, a1, ka), (b0, _b1, kb) in zip(spans, spans[1:]):
             if b0 <= a1:
                 raise InputError(f"{path}: clips[{ka}] and clips[{kb}] overlap in scene {scene} "
                                  "(test clips must not overlap)")

@@ -1,7 +1,7 @@
 """Clips as training tensors for a torch DataLoader."""
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch

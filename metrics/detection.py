@@ -23,9 +23,9 @@ mIoU are reported in percent, like the paper's tables.
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -60,7 +60,7 @@ class DetProtocol:
     miou_match_iou: float = 0.5          # det.miou_match_iou: a matched_mean pair counts from this IoU
 
     @classmethod
-    def from_cfg(cls, det_cfg) -> "DetProtocol":
+    def from_cfg(cls, det_cfg) -> DetProtocol:
         name = det_cfg["protocol"]
         protocols = det_cfg["protocols"]
         if name not in protocols:
@@ -348,7 +348,7 @@ class DetectionAccumulator:
 
 def plot_per_frame(det_result: dict, path: str | Path, title: str = "") -> Path:
     """mAP and mIoU against the frame index (PNG, written atomically)."""
-    from matplotlib.figure import Figure          # no pyplot: leaves the caller's backend alone
+    from matplotlib.figure import Figure  # no pyplot: leaves the caller's backend alone
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

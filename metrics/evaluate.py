@@ -17,8 +17,8 @@ import math
 import sys
 import time
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 from omegaconf import DictConfig, OmegaConf

@@ -12,6 +12,7 @@ B, T, h, w = 1, 3, 8, 12
 @pytest.fixture(scope="module")
 def unet(tiny_cache):
     from diffusers import UNetSpatioTemporalConditionModel
+
     from trainers.models import resolve_svd_source
     return UNetSpatioTemporalConditionModel.from_pretrained(
         resolve_svd_source(load_ctrlv_config(["model=tiny"]).model), subfolder="unet").eval()

@@ -161,6 +161,7 @@ def test_box2video_at_step_0_equals_the_backbone_svd_pipeline(runs, tmp_path):
 
 def test_inputs_from_the_benchmark_testset_layout(tmp_path):
     from PIL import Image
+
     from trainers.ctrlv.pipeline import CtrlVInputs
     clip = synthetic_clip(3, 4, 64, 96)
     (tmp_path / "first_frames").mkdir()

@@ -127,7 +127,8 @@ def write_db(root: Path, version: str = "v1.0-test") -> Path:
 def _clip_polygon(poly: np.ndarray, w: float, h: float) -> np.ndarray:
     """Sutherland-Hodgman clipping of a convex polygon to [0,w]x[0,h]."""
     for axis, bound, keep_less in ((0, 0.0, False), (0, w, True), (1, 0.0, False), (1, h, True)):
-        inside = (lambda p: p[axis] <= bound) if keep_less else (lambda p: p[axis] >= bound)
+        inside = (lambda p, axis=axis, bound=bound: p[axis] <= bound) if keep_less else \
+            (lambda p, axis=axis, bound=bound: p[axis] >= bound)
         out = []
         for a, b in zip(poly, np.roll(poly, -1, axis=0)):
             if inside(a):
@@ -147,7 +148,7 @@ def expected_boxes(j: int) -> dict[str, np.ndarray]:
     nxt = -(-j // 6)                          # index of the keyframe this frame belongs to
     prv = nxt - 1
     out = {}
-    for name, (cat, vis, poses, size) in _instances().items():
+    for name, (cat, _vis, poses, size) in _instances().items():
         if cat == "movable_object.barrier" or nxt not in poses:
             continue
         if j % 6 == 0 or prv < 0 or prv not in poses:
@@ -284,6 +285,7 @@ def test_bad_config_and_missing_frames(nusc_root, tmp_path):
 
 def test_dataset_pickles_without_the_devkit_object(nusc_root, tmp_path):
     import pickle
+
     from data.nuscenes import NuScenesClips
     ds = NuScenesClips(make_cfg(nusc_root, tmp_path, **{"cache.enabled": False}), "train")
     blob = pickle.dumps(ds)

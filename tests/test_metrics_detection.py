@@ -6,8 +6,16 @@ import numpy as np
 import pytest
 from omegaconf import OmegaConf
 
-from metrics.detection import (DetProtocol, DetectionAccumulator, coco_map, ctrlv_ap, ctrlv_frame_counts,
-                               matched_ious, miou, plot_per_frame)
+from metrics.detection import (
+    DetectionAccumulator,
+    DetProtocol,
+    coco_map,
+    ctrlv_ap,
+    ctrlv_frame_counts,
+    matched_ious,
+    miou,
+    plot_per_frame,
+)
 from metrics.detectors import Detections, FakeDetector, available_detectors, build_detector, register_detector
 
 CAR, TRUCK, PERSON = 2, 7, 0
@@ -369,6 +377,7 @@ def test_detections_on_generated_frames_are_saved_in_video_pixels(tmp_path):
     """evaluate(detections_dir=...) writes <name>.json per generated video, boxes scaled back from the
     detector's frame size to the video's (the benchmark's frame grid draws them)."""
     import json
+
     from metrics.evaluate import evaluate, load_config
 
     T = 2

@@ -23,8 +23,16 @@ from torch import nn
 
 from metrics.detectors import Detections, build_detector
 from metrics.detectors.convert_dn_detr import ConversionError, convert_checkpoint, convert_state_dict, main
-from metrics.detectors.dn_detr import (DNDETRDetector, Preprocess, inverse_sigmoid_eps, make_tiny_dn_detr,
-                                       resize_shape, select_top_k, to_frame_pixels)
+from metrics.detectors.dn_detr import (
+    DNDETRDetector,
+    Preprocess,
+    inverse_sigmoid_eps,
+    make_tiny_dn_detr,
+    resize_shape,
+    select_top_k,
+    to_frame_pixels,
+)
+
 
 @dataclass(frozen=True)
 class Dims:
@@ -653,9 +661,10 @@ def test_detrex_pth_is_converted_into_the_cache(reference, tmp_path):
 
 def test_scores_a_smoke_evaluation_like_the_yolo_backend(tmp_path):
     """metrics.evaluate with det.detector.name=dn_detr and weights=tiny: the same path YOLO takes."""
+    from omegaconf import OmegaConf
+
     from data.synthetic import synthetic_clip
     from metrics.evaluate import evaluate, load_config
-    from omegaconf import OmegaConf
     cfg = load_config("smoke", ["metrics=[det]", "det.detector.name=dn_detr", "det.detector.weights=tiny",
                                 f"cache_dir={tmp_path}"])
     OmegaConf.set_struct(cfg, False)                 # DN-DETR-only keys are not in the shared node
@@ -723,6 +732,7 @@ def test_native_detrex_backend_matches_the_converted_model(tmp_path, frames):
 def test_metric_weights_accept_a_converted_folder(tiny_folder, tmp_path):
     """metrics.weights takes a converted DN-DETR folder as det.detector.weights (not only a .pth)."""
     from omegaconf import OmegaConf
+
     from metrics.weights import resolve_weights
     cfg = OmegaConf.create({"cache_dir": str(tmp_path), "det": {"detector": {"name": "dn_detr",
                                                                              "weights": str(tiny_folder)}}})

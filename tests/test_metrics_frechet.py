@@ -6,8 +6,13 @@ import pytest
 import scipy.linalg
 import torch
 
-from metrics.frechet import (FrechetBiasWarning, frechet_distance, frechet_distance_from_stats,
-                             gaussian_stats, trace_sqrt_product)
+from metrics.frechet import (
+    FrechetBiasWarning,
+    frechet_distance,
+    frechet_distance_from_stats,
+    gaussian_stats,
+    trace_sqrt_product,
+)
 
 
 def _correlated(rng, n, d, shift=0.0, scale=1.0):

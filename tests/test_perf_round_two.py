@@ -112,8 +112,12 @@ def test_decoder_attention_switch_keeps_the_frames():
 
 
 def test_decode_checkpoint_level_same_gradient():
-    from trainers.decoder_speed import (block_checkpoint, chunk_checkpoint, decode_with_grad,
-                                       set_decoder_block_checkpointing)
+    from trainers.decoder_speed import (
+        block_checkpoint,
+        chunk_checkpoint,
+        decode_with_grad,
+        set_decoder_block_checkpointing,
+    )
     vae = _tiny_vae()
     z0 = torch.randn(1, 3, 4, 4, 6)
     grads = {}

@@ -72,6 +72,7 @@ def test_checkpoint_contents_and_summary(resumed_runs):
 
 def test_exported_unet_loads_into_the_svd_pipeline(resumed_runs, tiny_cache):
     from diffusers import StableVideoDiffusionPipeline, UNetSpatioTemporalConditionModel
+
     from trainers.models import resolve_svd_source
     one = resumed_runs[0]
     cfg = load_config(["model=tiny"])
@@ -81,8 +82,8 @@ def test_exported_unet_loads_into_the_svd_pipeline(resumed_runs, tiny_cache):
     base_unet = UNetSpatioTemporalConditionModel.from_pretrained(base, subfolder="unet")
     diff = max((p - q).abs().max().item() for p, q in zip(unet.parameters(), base_unet.parameters()))
     assert diff > 0, "training did not change the U-Net"
-    from PIL import Image
     import numpy as np
+    from PIL import Image
     image = Image.fromarray(np.full((64, 96, 3), 128, np.uint8))
     frames = pipe(image, height=64, width=96, num_frames=4, num_inference_steps=2, decode_chunk_size=4,
                   generator=torch.Generator().manual_seed(0), output_type="np").frames

@@ -6,8 +6,8 @@ import torch
 from trainers import edm
 from trainers.decoder_speed import decode_with_grad
 from trainers.losses import DiffusionLoss, DinoFeatures, SemanticAlignmentLoss
-from trainers.objective import objective_weights, select_frames
 from trainers.models import build_tiny_dino, build_tiny_svd
+from trainers.objective import objective_weights, select_frames
 
 
 class FakeEncoder:

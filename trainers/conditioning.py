@@ -11,8 +11,9 @@ time ids) and draws latent_dist.sample(). `frame_noise=False` and `latent="sampl
 from __future__ import annotations
 
 import torch
-from diffusers.pipelines.stable_video_diffusion.pipeline_stable_video_diffusion import \
-    _resize_with_antialiasing  # the pipeline's own resize, so training sees what inference sees
+from diffusers.pipelines.stable_video_diffusion.pipeline_stable_video_diffusion import (
+    _resize_with_antialiasing,  # the pipeline's own resize, so training sees what inference sees
+)
 
 
 class SVDConditioner:

@@ -15,8 +15,9 @@ naming it (struct configs). Unknown keys are refused by Hydra itself when they a
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable
+from typing import Any
 
 from data.cli import UserError
 

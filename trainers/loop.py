@@ -18,8 +18,12 @@ from data.device import resolve_device, torch_dtype
 from trainers import edm
 from trainers.adapters import apply_adapter, merged_unet
 from trainers.conditioning import SVDConditioner
-from trainers.decoder_speed import (block_checkpoint, set_channels_last, set_decoder_attention,
-                                    set_decoder_block_checkpointing)
+from trainers.decoder_speed import (
+    block_checkpoint,
+    set_channels_last,
+    set_decoder_attention,
+    set_decoder_block_checkpointing,
+)
 from trainers.ema import build_ema, ema_weights, trainable
 from trainers.losses import DiffusionLoss, DinoFeatures, SemanticAlignmentLoss
 from trainers.models import count_params, load_dino, load_svd

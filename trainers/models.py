@@ -39,8 +39,7 @@ class SVDParts:
 
 def build_tiny_svd(seed: int = 0, num_frames: int = 8):
     """Randomly initialised SVD pipeline parts of the real classes, small enough for a CPU."""
-    from diffusers import (AutoencoderKLTemporalDecoder, EulerDiscreteScheduler,
-                           UNetSpatioTemporalConditionModel)
+    from diffusers import AutoencoderKLTemporalDecoder, EulerDiscreteScheduler, UNetSpatioTemporalConditionModel
     from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModelWithProjection
 
     torch.manual_seed(seed)
@@ -143,8 +142,7 @@ def load_svd(model_cfg, unet_path: str | None = None) -> SVDParts:
 
     `unet_path` swaps in a fine-tuned U-Net (a diffusers folder written by `trainers.export`).
     """
-    from diffusers import (AutoencoderKLTemporalDecoder, EulerDiscreteScheduler,
-                           UNetSpatioTemporalConditionModel)
+    from diffusers import AutoencoderKLTemporalDecoder, EulerDiscreteScheduler, UNetSpatioTemporalConditionModel
     from transformers import CLIPImageProcessor, CLIPVisionModelWithProjection
 
     if model_cfg.svd == "full-random":

@@ -98,8 +98,8 @@ def make_full_size_metric_weights(folder: str | Path) -> dict[str, str]:
     """Randomly initialised full-size evaluation networks of the real classes, saved where the metric
     loaders read real weights from: cd-fvd's InceptionI3d (state dict), torch-fidelity's InceptionV3,
     ultralytics YOLO11x (.pt) and a DN-DETR R50 DabDetr folder (detrex dn_detr_r50 dimensions)."""
-    from metrics.detectors.convert_dn_detr import Architecture, dab_detr_config
     from data.atomic import save_pretrained_atomic
+    from metrics.detectors.convert_dn_detr import Architecture, dab_detr_config
     from metrics.detectors.yolo import make_tiny_yolo
     from metrics.fid import make_random_inception_weights
 

@@ -9,7 +9,7 @@ A name "package.module:function" builds from any importable builder without regi
 from __future__ import annotations
 
 import importlib
-from typing import Callable
+from collections.abc import Callable
 
 from data.cli import InputError
 from metrics.detectors.base import Detections, Detector, FakeDetector

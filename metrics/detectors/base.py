@@ -1,8 +1,9 @@
 """The detector interface every backend implements (DESIGN.md "Interfaces worth keeping small")."""
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Protocol, Sequence, runtime_checkable
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 from PIL import Image
@@ -35,10 +36,10 @@ class Detections:
         return len(self.boxes)
 
     @classmethod
-    def empty(cls) -> "Detections":
+    def empty(cls) -> Detections:
         return cls(np.zeros((0, 4)), np.zeros(0), np.zeros(0))
 
-    def select(self, keep: np.ndarray) -> "Detections":
+    def select(self, keep: np.ndarray) -> Detections:
         return Detections(self.boxes[keep], self.scores[keep], self.labels[keep])
 
     @property
@@ -86,7 +87,7 @@ class FakeDetector:
         return [self.fn(frame) for frame in frames]
 
     @classmethod
-    def constant(cls, boxes: Sequence, scores: Sequence, labels: Sequence) -> "FakeDetector":
+    def constant(cls, boxes: Sequence, scores: Sequence, labels: Sequence) -> FakeDetector:
         det = Detections(np.asarray(boxes, np.float32), np.asarray(scores), np.asarray(labels))
         return cls(lambda frame: det)
 

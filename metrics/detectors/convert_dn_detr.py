@@ -37,9 +37,9 @@ import json
 import pickle
 import re
 import sys
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping
 
 import torch
 
@@ -146,7 +146,7 @@ def infer_architecture(src: Mapping[str, torch.Tensor]) -> Architecture:
     d, c5 = src["input_proj.weight"].shape[:2]
     stages = sorted({int(m.group(1)) for k in src if (m := re.match(r"backbone\.res(\d+)\.", k))})
     if stages != [2, 3, 4, 5]:
-        raise ConversionError(f"backbone stages {['res%d' % s for s in stages]}; a ResNet has res2..res5")
+        raise ConversionError(f"backbone stages {[f'res{s}' for s in stages]}; a ResNet has res2..res5")
     depths = [_layer_count(src, f"backbone.res{s}.") for s in stages]
     hidden_sizes = [int(src[f"backbone.res{s}.0.conv3.weight"].shape[0]) for s in stages]
     for s, width in zip(stages, hidden_sizes):

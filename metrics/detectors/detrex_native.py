@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from metrics.detectors.base import PIL_FILTERS, Detections, OutputFilter, check_frames
 from data.device import resolve_device
+from metrics.detectors.base import PIL_FILTERS, Detections, OutputFilter, check_frames
 
 log = logging.getLogger(__name__)
 
@@ -59,9 +59,9 @@ class DetrexDNDETRDetector:
         root = _detrex_root(detrex_root, detrex_config)
         if str(root) not in sys.path:
             sys.path.insert(0, str(root))            # the config imports projects.dn_detr.modeling
+        import detectron2.data.transforms as T
         from detectron2.checkpoint import DetectionCheckpointer
         from detectron2.config import LazyConfig, instantiate
-        import detectron2.data.transforms as T
 
         path = Path(str(weights)).expanduser() if weights else None
         if path is None or not path.is_file():

@@ -20,9 +20,9 @@ import importlib.resources
 import logging
 import os
 import threading
+from collections.abc import Mapping
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Mapping
 
 import numpy as np
 import torch

@@ -38,12 +38,11 @@ if "YOLO_CONFIG_DIR" not in os.environ:
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from data.atomic import atomic_path  # noqa: E402
 from data.cli import InputError, MissingFile  # noqa: E402
 from data.device import resolve_device  # noqa: E402
 from metrics.detectors import register_detector  # noqa: E402
-from data.atomic import atomic_path  # noqa: E402
 from metrics.detectors.base import COCO_NUM_CLASSES, Detections, check_frames  # noqa: E402
-
 
 
 class YOLODetector:

@@ -85,7 +85,7 @@ class SpatioTemporalControlNet(ModelMixin, ConfigMixin):
         self.controlnet_mid_block = zero_module(nn.Conv2d(block_out_channels[-1], block_out_channels[-1], kernel_size=1))
 
     @classmethod
-    def from_unet(cls, unet, conditioning_embedding_channels=(64,)) -> "SpatioTemporalControlNet":
+    def from_unet(cls, unet, conditioning_embedding_channels=(64,)) -> SpatioTemporalControlNet:
         """A ControlNet whose encoder is a copy of `unet`'s (weights included)."""
         cfg = unet.config
         net = cls(conditioning_channels=int(cfg.out_channels),

@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -43,11 +43,11 @@ class CtrlVInputs:
     track_ids: list                    # per frame int [n] (-1 unknown)
 
     @classmethod
-    def from_clip(cls, clip) -> "CtrlVInputs":
+    def from_clip(cls, clip) -> CtrlVInputs:
         return cls(clip.frames[0], clip.boxes, clip.labels, clip.track_ids)
 
     @classmethod
-    def from_testset(cls, testset_dir: str | Path, name: str) -> "CtrlVInputs":
+    def from_testset(cls, testset_dir: str | Path, name: str) -> CtrlVInputs:
         """The benchmark's testset stage layout: first_frames/<name>.png and boxes/<name>.json."""
         root = Path(testset_dir)
         frame = np.asarray(Image.open(root / "first_frames" / f"{name}.png").convert("RGB"))
@@ -113,7 +113,7 @@ class CtrlVPipeline:
     @classmethod
     def load(cls, cfg, bbox_unet: str | Path | None, controlnet: str | Path | None,
              backbone: str | Path | None = None, device: str = "cpu",
-             dtype: torch.dtype = torch.float32) -> "CtrlVPipeline":
+             dtype: torch.dtype = torch.float32) -> CtrlVPipeline:
         """cfg: a config composed with +ctrlv=base (model.*, ctrlv.*). bbox_unet: the BBox generator's
         exported U-Net folder; controlnet: the Box2Video ControlNet folder; backbone: the video U-Net
         folder. None means model.svd's U-Net (bbox_unet, backbone) or a fresh zero-initialised ControlNet
@@ -147,7 +147,7 @@ class CtrlVPipeline:
         return cls(cfg, bbox_pipe, video_pipe, net)
 
     @classmethod
-    def from_runs(cls, cfg, bbox_run: str | Path, box2video_run: str | Path, **kw) -> "CtrlVPipeline":
+    def from_runs(cls, cfg, bbox_run: str | Path, box2video_run: str | Path, **kw) -> CtrlVPipeline:
         """From the two stages' run folders (their exports unet/ and controlnet/); the backbone is the one
         Box2Video was trained on (its run's config.yaml, ctrlv.backbone)."""
         from omegaconf import OmegaConf
@@ -286,5 +286,5 @@ def generate_ctrlv_videos(pipe: CtrlVPipeline, inputs: Sequence[CtrlVInputs], na
         if gen_cfg.get("save_mp4", True):
             write_video(out_dir / "mp4" / f"{name}.mp4", out.video, fps=float(gen_cfg.fps))
         write_frames(folder, out.video)        # last: a clip counts as done only once its frames exist
-    from trainers.timing import generation_timing   # the same timing rule as the SVD rows (Table I)
+    from trainers.timing import generation_timing  # the same timing rule as the SVD rows (Table I)
     return dict(generation_timing(times, len(names)), **pipe.num_params())

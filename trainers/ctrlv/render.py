@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import colorsys
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -35,7 +35,7 @@ class Renderer:
     min_grey: float
 
     @classmethod
-    def from_cfg(cls, ctrlv_cfg) -> "Renderer":
+    def from_cfg(cls, ctrlv_cfg) -> Renderer:
         r, rb = ctrlv_cfg.render, ctrlv_cfg.readback
         n, step = int(r.palette_size), int(r.hue_step)
         if n < 1 or math.gcd(n, step) != 1:
