@@ -5,6 +5,7 @@ paper's reference number for every cell); `benchmark` turns it into stages and r
 Paper numbers are kept as the paper's text (e.g. "80.6", "529.80", "2254 (+0%)") and parsed to a
 float for ranking, so a rendered reference cell reads exactly as in the paper.
 """
+
 from __future__ import annotations
 
 import re
@@ -24,8 +25,18 @@ CTRLV_BACKBONES = ("svd", "svd_finetuned", "lsa")
 DIRECTIONS = ("up", "down")
 SOURCES = ("evaluate", "generate")
 
-_TABLE_KEYS = {"table", "title", "label_columns", "overrides", "detector", "rank_within", "compare_to", "columns",
-               "rows", "in_paper"}
+_TABLE_KEYS = {
+    "table",
+    "title",
+    "label_columns",
+    "overrides",
+    "detector",
+    "rank_within",
+    "compare_to",
+    "columns",
+    "rows",
+    "in_paper",
+}
 _COLUMN_KEYS = {"id", "name", "key", "direction", "format", "scale", "source", "detector", "group", "per_videos"}
 _ROW_KEYS = {"name", "labels", "baseline", "overrides", "ctrlv", "paper", "detector"}
 _NUMBER = re.compile(r"^\s*([-+]?\d+(?:\.\d+)?)")
@@ -41,16 +52,16 @@ class UnknownName(UserError, KeyError):
 
 @dataclass(frozen=True)
 class Column:
-    id: str                      # unique within the table; keys the paper numbers and the JSON cells
-    name: str                    # header text
-    key: str                     # dotted path in the stage result: metrics.json (fvd.value, det.mAP, ...)
-                                 # for evaluate columns; hours / params_m for generate columns
-    direction: str               # "up": higher is better, "down": lower is better
+    id: str  # unique within the table; keys the paper numbers and the JSON cells
+    name: str  # header text
+    key: str  # dotted path in the stage result: metrics.json (fvd.value, det.mAP, ...)
+    # for evaluate columns; hours / params_m for generate columns
+    direction: str  # "up": higher is better, "down": lower is better
     format: str = "{:.2f}"
-    scale: float = 1.0           # ours = result[key] * scale (metrics/ reports mAP, mIoU in percent already)
-    source: str = "evaluate"     # which stage kind produces the value
+    scale: float = 1.0  # ours = result[key] * scale (metrics/ reports mAP, mIoU in percent already)
+    source: str = "evaluate"  # which stage kind produces the value
     detector: str | None = None  # evaluate with this detector (Table V); None = the row's / table's
-    group: str | None = None     # a spanning header above several columns
+    group: str | None = None  # a spanning header above several columns
     per_videos: int | None = None  # efficiency: time scaled to this many videos
 
     @property
@@ -60,33 +71,33 @@ class Column:
 
 @dataclass(frozen=True)
 class PaperCell:
-    text: str                    # exactly as printed in the paper
-    value: float                 # the leading number, for ranking
+    text: str  # exactly as printed in the paper
+    value: float  # the leading number, for ranking
 
 
 @dataclass(frozen=True)
 class Row:
     name: str
     labels: dict[str, str]
-    baseline: str = "none"       # none (an LSA row) | svd | svd_finetuned | ctrlv
+    baseline: str = "none"  # none (an LSA row) | svd | svd_finetuned | ctrlv
     overrides: dict[str, Any] = field(default_factory=dict)
-    ctrlv: dict[str, str] | None = None   # {variant: 1-to-0|1-to-1|3-to-1, backbone: svd|svd_finetuned|lsa}
+    ctrlv: dict[str, str] | None = None  # {variant: 1-to-0|1-to-1|3-to-1, backbone: svd|svd_finetuned|lsa}
     paper: dict[str, PaperCell] = field(default_factory=dict)
     detector: str | None = None
 
 
 @dataclass(frozen=True)
 class TableSpec:
-    name: str                    # roman numeral as in the paper: "I" ... "V"
+    name: str  # roman numeral as in the paper: "I" ... "V"
     title: str
     label_columns: tuple[str, ...]
     columns: tuple[Column, ...]
     rows: tuple[Row, ...]
-    overrides: dict[str, Any] = field(default_factory=dict)   # applied to every row (row wins)
+    overrides: dict[str, Any] = field(default_factory=dict)  # applied to every row (row wins)
     detector: str | None = None
-    rank_within: tuple[str, ...] = ()                          # label columns that split the ranking
+    rank_within: tuple[str, ...] = ()  # label columns that split the ranking
     path: Path | None = None
-    in_paper: bool = True        # false: a table of ours (Table VI): no paper numbers, the caption says so
+    in_paper: bool = True  # false: a table of ours (Table VI): no paper numbers, the caption says so
     # the baseline row(s) of the paired differences (one per rank_within group): docs/benchmark.md
     compare_to: tuple[str, ...] = ()
 
@@ -104,8 +115,19 @@ class TableSpec:
         for n in wanted:
             self.row(n)
         rows = tuple(r for r in self.rows if r.name in wanted)
-        return TableSpec(self.name, self.title, self.label_columns, self.columns, rows, self.overrides,
-                         self.detector, self.rank_within, self.path, self.in_paper, self.compare_to)
+        return TableSpec(
+            self.name,
+            self.title,
+            self.label_columns,
+            self.columns,
+            rows,
+            self.overrides,
+            self.detector,
+            self.rank_within,
+            self.path,
+            self.in_paper,
+            self.compare_to,
+        )
 
     def group_of(self, row: Row) -> tuple:
         """The row's rank_within group (its labels in those columns; () when the table is one group)."""
@@ -139,15 +161,17 @@ class TableSpec:
     def detector_of(self, row: Row, column: Column) -> str:
         d = column.detector or row.detector or self.detector
         if d is None:
-            raise SpecError(f"{self.path}: column {column.id!r} of row {row.name!r} has no detector "
-                            f"(set `detector` on the table, the row or the column)")
+            raise SpecError(
+                f"{self.path}: column {column.id!r} of row {row.name!r} has no detector "
+                f"(set `detector` on the table, the row or the column)"
+            )
         return d
 
 
 # ------------------------------------------------------------------------------------ loading
 def list_tables() -> list[str]:
     """Names of the tables with a spec, in the paper's order."""
-    names = [p.stem[len("table_"):] for p in SPEC_DIR.glob("table_*.yaml")]
+    names = [p.stem[len("table_") :] for p in SPEC_DIR.glob("table_*.yaml")]
     return sorted(names, key=_roman_value)
 
 
@@ -187,20 +211,31 @@ def parse_spec(path: Path) -> TableSpec:
             raise SpecError(f"{path}: rank_within names {lc!r}, which is not one of label_columns {label_columns}")
     compare_to = raw.get("compare_to") or ()
     compare_to = (compare_to,) if isinstance(compare_to, str) else tuple(compare_to)
-    spec = TableSpec(name=str(raw["table"]), title=str(raw["title"]), label_columns=label_columns,
-                     columns=columns, rows=rows, overrides=dict(raw.get("overrides") or {}),
-                     detector=raw.get("detector"), rank_within=rank_within, path=path, in_paper=in_paper,
-                     compare_to=compare_to)
+    spec = TableSpec(
+        name=str(raw["table"]),
+        title=str(raw["title"]),
+        label_columns=label_columns,
+        columns=columns,
+        rows=rows,
+        overrides=dict(raw.get("overrides") or {}),
+        detector=raw.get("detector"),
+        rank_within=rank_within,
+        path=path,
+        in_paper=in_paper,
+        compare_to=compare_to,
+    )
     groups = {}
     for name in compare_to:
         if name not in names:
             raise SpecError(f"{path}: compare_to names {name!r}, which is not a row; rows are {names}")
         g = spec.group_of(spec.row(name))
         if g in groups:
-            raise SpecError(f"{path}: compare_to names {groups[g]!r} and {name!r} in one rank_within group {g}; "
-                            f"give one baseline row per group")
+            raise SpecError(
+                f"{path}: compare_to names {groups[g]!r} and {name!r} in one rank_within group {g}; "
+                f"give one baseline row per group"
+            )
         groups[g] = name
-    for r in rows:                       # every evaluate column must resolve to a detector
+    for r in rows:  # every evaluate column must resolve to a detector
         spec.detectors_for(r)
     return spec
 
@@ -223,13 +258,23 @@ def _column(c: dict, path: Path, i: int) -> Column:
         fmt.format(1.0)
     except (ValueError, IndexError, KeyError) as e:
         raise SpecError(f"{where}: format {fmt!r} does not format a number ({e})") from e
-    return Column(id=str(c["id"]), name=str(c["name"]), key=str(c["key"]), direction=c["direction"],
-                  format=fmt, scale=float(c.get("scale", 1.0)), source=source, detector=c.get("detector"),
-                  group=c.get("group"), per_videos=c.get("per_videos"))
+    return Column(
+        id=str(c["id"]),
+        name=str(c["name"]),
+        key=str(c["key"]),
+        direction=c["direction"],
+        format=fmt,
+        scale=float(c.get("scale", 1.0)),
+        source=source,
+        detector=c.get("detector"),
+        group=c.get("group"),
+        per_videos=c.get("per_videos"),
+    )
 
 
-def _row(r: dict, path: Path, i: int, column_ids: list[str], label_columns: tuple[str, ...],
-         in_paper: bool = True) -> Row:
+def _row(
+    r: dict, path: Path, i: int, column_ids: list[str], label_columns: tuple[str, ...], in_paper: bool = True
+) -> Row:
     where = f"{path}: rows[{i}]" + (f" ({r.get('name')})" if isinstance(r, dict) and r.get("name") else "")
     if not isinstance(r, dict):
         raise SpecError(f"{where}: expected a mapping")
@@ -241,10 +286,15 @@ def _row(r: dict, path: Path, i: int, column_ids: list[str], label_columns: tupl
         raise SpecError(f"{where}: baseline must be one of {BASELINES}, got {baseline!r}")
     ctrlv = r.get("ctrlv")
     if baseline == "ctrlv":
-        if not isinstance(ctrlv, dict) or ctrlv.get("variant") not in CTRLV_VARIANTS \
-                or ctrlv.get("backbone") not in CTRLV_BACKBONES:
-            raise SpecError(f"{where}: a ctrlv row needs ctrlv: {{variant: one of {CTRLV_VARIANTS}, "
-                            f"backbone: one of {CTRLV_BACKBONES}}}, got {ctrlv!r}")
+        if (
+            not isinstance(ctrlv, dict)
+            or ctrlv.get("variant") not in CTRLV_VARIANTS
+            or ctrlv.get("backbone") not in CTRLV_BACKBONES
+        ):
+            raise SpecError(
+                f"{where}: a ctrlv row needs ctrlv: {{variant: one of {CTRLV_VARIANTS}, "
+                f"backbone: one of {CTRLV_BACKBONES}}}, got {ctrlv!r}"
+            )
     elif ctrlv is not None:
         raise SpecError(f"{where}: `ctrlv` is only meaningful with baseline: ctrlv")
     labels = {str(k): str(v) for k, v in (r.get("labels") or {}).items()}
@@ -261,8 +311,15 @@ def _row(r: dict, path: Path, i: int, column_ids: list[str], label_columns: tupl
     if missing:
         raise SpecError(f"{where}: no paper number for columns {missing} (every cell has a reference)")
     paper = {cid: _paper_cell(paper_raw[cid], f"{where}: paper.{cid}") for cid in column_ids if cid in paper_raw}
-    return Row(name=str(r["name"]), labels=labels, baseline=baseline, overrides=dict(r.get("overrides") or {}),
-               ctrlv=dict(ctrlv) if ctrlv else None, paper=paper, detector=r.get("detector"))
+    return Row(
+        name=str(r["name"]),
+        labels=labels,
+        baseline=baseline,
+        overrides=dict(r.get("overrides") or {}),
+        ctrlv=dict(ctrlv) if ctrlv else None,
+        paper=paper,
+        detector=r.get("detector"),
+    )
 
 
 def _paper_cell(v: Any, where: str) -> PaperCell:
@@ -291,7 +348,7 @@ def _roman_value(s: str) -> int:
 def _normalise_name(name: str | int) -> str:
     s = str(name).strip()
     if s.lower().startswith("table_"):
-        s = s[len("table_"):]
+        s = s[len("table_") :]
     if s.isdigit():
         inv = {v: k for k, v in _ROMAN.items()}
         return inv.get(int(s), s)

@@ -5,6 +5,7 @@ Each stage becomes one array task that runs `benchmark.job.run_stage` by hash (t
 (kind `merge`) that waits for them. `launcher=debug` takes the same path with submitit's in-process
 DebugExecutor. With `--no-wait` a render job draws the table once every job ended.
 """
+
 from __future__ import annotations
 
 import logging
@@ -24,32 +25,61 @@ log = logging.getLogger(__name__)
 MERGE_KIND = "merge"
 
 
-def launch_table(graph: StageGraph, store: Store, runner, launcher: str, cluster: dict | None, wait: bool, echo,
-            out_dir: Path, fake: bool, figures: bool):
+def launch_table(
+    graph: StageGraph,
+    store: Store,
+    runner,
+    launcher: str,
+    cluster: dict | None,
+    wait: bool,
+    echo,
+    out_dir: Path,
+    fake: bool,
+    figures: bool,
+):
     """The pending stages as job arrays (slurm/launch.py); each job runs `run_stage` by hash."""
     from slurm.config import kind_settings, load_cluster
     from slurm.launch import Work, launch
+
     cluster = cluster if cluster is not None else load_cluster("default")
     root = store.root.resolve()
     if launcher == "slurm":
         from slurm.records import QueueUnavailable, slurm_available
+
         why = slurm_available()
         if why:
-            raise QueueUnavailable(f"launcher=slurm: no SLURM cluster answers here ({why}); use launcher=local, or "
-                               f"start a test cluster with slurm/start-local-slurm.sh (docs/slurm.md)")
+            raise QueueUnavailable(
+                f"launcher=slurm: no SLURM cluster answers here ({why}); use launcher=local, or "
+                f"start a test cluster with slurm/start-local-slurm.sh (docs/slurm.md)"
+            )
     accel = cluster.get("accelerate") or {}
 
-    def processes(kind: str) -> int:   # one process per GPU for the kinds that train with accelerate
+    def processes(kind: str) -> int:  # one process per GPU for the kinds that train with accelerate
         return max(1, int(kind_settings(cluster, kind).get("gpus_per_task") or 0)) if kind in ACCELERATE_METHODS else 1
 
     works = stage_works(graph, store, runner, processes, accel)
-    render_work = Work(f"render-{graph.render.hash}", "render", render_job,
-                       (graph, str(root), str(Path(out_dir).resolve()), fake, figures), label=f"render table {graph.table.name}")
+    render_work = Work(
+        f"render-{graph.render.hash}",
+        "render",
+        render_job,
+        (graph, str(root), str(Path(out_dir).resolve()), fake, figures),
+        label=f"render table {graph.table.name}",
+    )
     folder = Path(cluster.get("folder") or root / ".slurm")
-    return launch(works, is_done=lambda k: work_done(store, k), cluster=cluster, executor=launcher, folder=folder,
-                  chdir=cluster.get("chdir") or os.getcwd(), pythonpath=Path(__file__).resolve().parents[1],
-                  wait=wait, kind_order=KINDS + (MERGE_KIND,), after=render_work, echo=echo,
-                  prepare=lambda k: prepare_stage(store, graph.stages[split_key(k)[0]]))
+    return launch(
+        works,
+        is_done=lambda k: work_done(store, k),
+        cluster=cluster,
+        executor=launcher,
+        folder=folder,
+        chdir=cluster.get("chdir") or os.getcwd(),
+        pythonpath=Path(__file__).resolve().parents[1],
+        wait=wait,
+        kind_order=KINDS + (MERGE_KIND,),
+        after=render_work,
+        echo=echo,
+        prepare=lambda k: prepare_stage(store, graph.stages[split_key(k)[0]]),
+    )
 
 
 def stage_works(graph: StageGraph, store: Store, runner, processes=lambda kind: 1, accel: dict | None = None):
@@ -57,20 +87,49 @@ def stage_works(graph: StageGraph, store: Store, runner, processes=lambda kind: 
     `<hash>:<i>/<N>` of its own kind and one work `<hash>` of kind `merge` waiting for them, so whatever
     needs the stage waits for its merge (the plan leaves out shards already recorded: `work_done`)."""
     from slurm.launch import Work
+
     root = str(store.root.resolve())
     works = []
     for s in graph.pending(store.is_done):
         n = stage_shards(s)
         label = f"{s.kind} {s.hash} [{s.describe()}]"
         if n == 1:
-            works.append(Work(s.hash, s.kind, run_stage, (root, s.hash, runner, processes(s.kind), accel or {}),
-                              s.deps, store.dir(s.hash), label=label))
+            works.append(
+                Work(
+                    s.hash,
+                    s.kind,
+                    run_stage,
+                    (root, s.hash, runner, processes(s.kind), accel or {}),
+                    s.deps,
+                    store.dir(s.hash),
+                    label=label,
+                )
+            )
             continue
         keys = [shard_key(s.hash, i, n) for i in range(n)]
-        works += [Work(keys[i], s.kind, run_stage, (root, s.hash, runner, 1, None, i), s.deps,
-                       store.shard_dir(s.hash, i, n), label=f"{label} shard {i + 1}/{n}") for i in range(n)]
-        works.append(Work(s.hash, MERGE_KIND, run_stage, (root, s.hash, runner, 1, None, None, True),
-                          tuple(keys), store.dir(s.hash), label=f"{label} merge of {n} shards"))
+        works += [
+            Work(
+                keys[i],
+                s.kind,
+                run_stage,
+                (root, s.hash, runner, 1, None, i),
+                s.deps,
+                store.shard_dir(s.hash, i, n),
+                label=f"{label} shard {i + 1}/{n}",
+            )
+            for i in range(n)
+        ]
+        works.append(
+            Work(
+                s.hash,
+                MERGE_KIND,
+                run_stage,
+                (root, s.hash, runner, 1, None, None, True),
+                tuple(keys),
+                store.dir(s.hash),
+                label=f"{label} merge of {n} shards",
+            )
+        )
     return works
 
 
@@ -88,10 +147,9 @@ def work_done(store: Store, key: str) -> bool:
     return store.is_done(h) or (shard is not None and store.shard_done(h, *shard))
 
 
-
 def render_job(graph: StageGraph, store_root: str, out_dir: str, fake: bool, figures: bool) -> dict:
     """The render job of `benchmark.run ... --no-wait`: the table from whatever finished."""
-    setup_logging()                 # a job's entry point: its lines go to the job's log with timestamps
+    setup_logging()  # a job's entry point: its lines go to the job's log with timestamps
     outputs = render(graph, Store(store_root), Path(out_dir), fake=fake, figures=figures)
     for k, p in outputs.items():
         log.info(f"wrote {k}: {p}")
@@ -102,14 +160,15 @@ def format_arrays(graph: StageGraph, store: Store) -> str:
     """The dry-run view of launcher=slurm: which stages form which array, and what each waits for
     (jobs already queued are not looked up in a dry run)."""
     from slurm.plan import Item, plan_arrays
+
     works = stage_works(graph, store, None)
-    arrays = plan_arrays([Item(w.key, w.kind, tuple(w.deps)) for w in works], lambda k: work_done(store, k), {},
-                         KINDS + (MERGE_KIND,))
+    arrays = plan_arrays(
+        [Item(w.key, w.kind, tuple(w.deps)) for w in works], lambda k: work_done(store, k), {}, KINDS + (MERGE_KIND,)
+    )
     lines = [f"job arrays ({len(arrays)}), each task waiting (afterok) for exactly the stages it needs:"]
     for a in arrays:
         lines.append(f"  {a.name:<16} {len(a.keys)} task(s)")
-        lines += [f"    [{i}] {k}" + (f" after {', '.join(a.needs[k])}" if a.needs[k] else "")
-                  for i, k in enumerate(a.keys)]
+        lines += [
+            f"    [{i}] {k}" + (f" after {', '.join(a.needs[k])}" if a.needs[k] else "") for i, k in enumerate(a.keys)
+        ]
     return "\n".join(lines)
-
-

@@ -4,6 +4,7 @@ Each command is the `main(argv)` of a module that also runs as `python -m <modul
 arguments, help (`lsa-bench <command> --help`) and error policy (data/cli.py: a user error is one
 line and exit 2, anything else keeps its traceback).
 """
+
 from __future__ import annotations
 
 import importlib
@@ -22,8 +23,12 @@ COMMANDS = {
 def usage() -> str:
     width = max(map(len, COMMANDS))
     lines = [f"  {name:<{width}}  {text}" for name, (_, text) in COMMANDS.items()]
-    return (__doc__.split("\n\n")[0] + "\n\ncommands:\n" + "\n".join(lines)
-            + "\n\n`lsa-bench <command> --help` shows a command's options.")
+    return (
+        __doc__.split("\n\n")[0]
+        + "\n\ncommands:\n"
+        + "\n".join(lines)
+        + "\n\n`lsa-bench <command> --help` shows a command's options."
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -38,8 +43,10 @@ def main(argv: list[str] | None = None) -> int:
     module = importlib.import_module(COMMANDS[name][0])
     entry = getattr(module, "main", None)
     if entry is None:
-        print(f"error: `lsa-bench {name}` is not available in this version ({COMMANDS[name][0]} has no main)",
-              file=sys.stderr)
+        print(
+            f"error: `lsa-bench {name}` is not available in this version ({COMMANDS[name][0]} has no main)",
+            file=sys.stderr,
+        )
         return 2
     return int(entry(rest) or 0)
 

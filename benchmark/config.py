@@ -3,6 +3,7 @@
 A row's config = `configs/train.yaml` + the profile `configs/benchmark/<profile>.yaml` (which also
 selects `configs/metrics/<...>.yaml`) + the command line's overrides + the row's overrides.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -37,27 +38,36 @@ def list_profiles(config_dir: str | Path | None = None) -> list[str]:
 class HydraResolver:
     """Resolves row overrides into plain-dict configs through Hydra's compose API."""
 
-    def __init__(self, profile: str = "smoke", overrides: Sequence[str] = (), config_dir: str | Path | None = None,
-                 config_module: str = "configs", config_name: str = "train"):
+    def __init__(
+        self,
+        profile: str = "smoke",
+        overrides: Sequence[str] = (),
+        config_dir: str | Path | None = None,
+        config_module: str = "configs",
+        config_name: str = "train",
+    ):
         self.config_dir = config_dir
         self.config_module = config_module
         self.config_name = config_name
         root = config_root(config_dir, config_module)
         if not (root / f"{config_name}.yaml").exists():
-            raise MissingFile(f"{root / (config_name + '.yaml')} not found: the benchmark composes the "
-                                    f"trainer's config tree (configs/{config_name}.yaml)")
+            raise MissingFile(
+                f"{root / (config_name + '.yaml')} not found: the benchmark composes the "
+                f"trainer's config tree (configs/{config_name}.yaml)"
+            )
         profiles = list_profiles(root)
         if profile not in profiles:
-            raise ConfigError(f"unknown profile {profile!r}; valid profiles: {', '.join(profiles)} "
-                             f"(configs/benchmark/*.yaml)")
+            raise ConfigError(
+                f"unknown profile {profile!r}; valid profiles: {', '.join(profiles)} (configs/benchmark/*.yaml)"
+            )
         self.profile = profile
         self.user_overrides = list(overrides)
         for ov in self.user_overrides:
             try:
-                split_override(ov)        # fail early on a malformed key=value
+                split_override(ov)  # fail early on a malformed key=value
             except ValueError as e:
                 raise ConfigError(str(e)) from e
-        self.foundation = {}            # foundation parts the resolved configs name (benchmark/foundation.py)
+        self.foundation = {}  # foundation parts the resolved configs name (benchmark/foundation.py)
         self.base = self.resolve([])
 
     def resolve(self, overrides: list[str]) -> dict:
@@ -73,14 +83,18 @@ class HydraResolver:
         if not any(o.startswith("+ctrlv=") for o in overrides):
             user = [o for o in user if not split_override(o)[0].startswith("ctrlv.")]
         if ignored:
-            warnings.warn(f"command-line overrides {ignored} are ignored for a row that sets these keys itself",
-                          stacklevel=2)
+            warnings.warn(
+                f"command-line overrides {ignored} are ignored for a row that sets these keys itself", stacklevel=2
+            )
         GlobalHydra.instance().clear()
-        init = (initialize_config_dir(str(Path(self.config_dir).resolve()), version_base="1.3")
-                if self.config_dir is not None else
-                initialize_config_module(self.config_module, version_base="1.3"))
+        init = (
+            initialize_config_dir(str(Path(self.config_dir).resolve()), version_base="1.3")
+            if self.config_dir is not None
+            else initialize_config_module(self.config_module, version_base="1.3")
+        )
         from hydra.errors import HydraException
         from omegaconf.errors import OmegaConfBaseException
+
         all_overrides = [f"+benchmark={self.profile}"] + user + list(overrides)
         try:
             with init:
@@ -90,6 +104,7 @@ class HydraResolver:
             raise compose_error(e, all_overrides) from e
         # foundation:<part> values (profile=mini) become the parts' content-hashed folders
         from benchmark.foundation import resolve as resolve_foundation
+
         try:
             resolved, parts = resolve_foundation(resolved)
         except ValueError as e:
@@ -102,7 +117,7 @@ class HydraResolver:
 DETECTOR_KEYS = "benchmark.eval.detectors."
 
 
-_ABSENT = object()                 # select()'s default: the key is not in the config
+_ABSENT = object()  # select()'s default: the key is not in the config
 
 
 def missing_paths(cfgs: Iterable[tuple]) -> list[str]:
@@ -126,13 +141,13 @@ def missing_paths(cfgs: Iterable[tuple]) -> list[str]:
         dataset = str(select(cfg, "data.name", ""))
         for kind in ("local", "hub_or_local"):
             for key in spec.get(kind) or []:
-                detector = key[len(DETECTOR_KEYS):].split(".")[0] if key.startswith(DETECTOR_KEYS) else None
+                detector = key[len(DETECTOR_KEYS) :].split(".")[0] if key.startswith(DETECTOR_KEYS) else None
                 if used is not None and detector is not None and detector not in used:
                     continue
                 ds = dataset if key.startswith("data.") else ""
                 value = select(cfg, key, _ABSENT)
                 if value is _ABSENT:
-                    if key.startswith("model."):     # a key of another backbone (model.svd of an LTX row)
+                    if key.startswith("model."):  # a key of another backbone (model.svd of an LTX row)
                         continue
                     problems.setdefault((kind, key, "<absent>", ds), []).append(row)
                     continue
@@ -145,13 +160,17 @@ def missing_paths(cfgs: Iterable[tuple]) -> list[str]:
         if value == "<absent>":
             why = "is not a key of the composed config (fix benchmark.check_paths or the config)"
         elif value == "<null>" and key == "data.root":
-            why = (f"is not set: benchmark.data_roots.{ds}=/path/to/{ds} (or the environment variable the "
-                   f"profile names), or data.root=/path when every row uses this dataset")
+            why = (
+                f"is not set: benchmark.data_roots.{ds}=/path/to/{ds} (or the environment variable the "
+                f"profile names), or data.root=/path when every row uses this dataset"
+            )
         elif value == "<null>":
             why = f"is not set (null): give it on the command line, {key}=/path"
         elif kind == "hub_or_local" and _looks_like_hub_id(value):
-            why = (f"= {value}: not a local path, and as a hub id not in the local Hugging Face cache "
-                   f"(HF_HUB_OFFLINE is set): `huggingface-cli download {value}`, or set {key} to a local folder")
+            why = (
+                f"= {value}: not a local path, and as a hub id not in the local Hugging Face cache "
+                f"(HF_HUB_OFFLINE is set): `huggingface-cli download {value}`, or set {key} to a local folder"
+            )
         elif key.startswith("data."):
             why = f"= {value}: dataset folder not found (docs/data.md says how to get it)"
         else:
@@ -169,11 +188,12 @@ def _present(value: str, hub: bool) -> bool:
         return True
     if hub and _looks_like_hub_id(value):
         if not os.environ.get("HF_HUB_OFFLINE") and not os.environ.get("TRANSFORMERS_OFFLINE"):
-            return True               # reachable Hub: from_pretrained downloads it on first use
+            return True  # reachable Hub: from_pretrained downloads it on first use
         try:
             from huggingface_hub import snapshot_download
+
             snapshot_download(value, local_files_only=True)
             return True
-        except Exception:             # LocalEntryNotFoundError and friends: not cached
+        except Exception:  # LocalEntryNotFoundError and friends: not cached
             return False
     return False

@@ -10,6 +10,7 @@ Inputs are files other parts write:
   ({"frames": [{"boxes": [[x1,y1,x2,y2], ...], ...}, ...]}); an evaluate stage may add
   detections/<clip>.json in the same format (with "scores") to draw the detector's boxes.
 """
+
 from __future__ import annotations
 
 import json
@@ -29,8 +30,10 @@ if TYPE_CHECKING:
 
 def _plt():
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
     return plt
 
 
@@ -96,8 +99,13 @@ def plot_loss_curves(curves: Mapping[str, Sequence[str | Path]], out_png: str | 
     return _save(fig, out_png)
 
 
-def plot_per_frame(per_frame: Mapping[str, Mapping[str, Sequence[float]]], out_png: str | Path,
-                   metrics: Sequence[str] = ("mAP", "mIoU"), scale: float = 1.0, title: str = "") -> Path | None:
+def plot_per_frame(
+    per_frame: Mapping[str, Mapping[str, Sequence[float]]],
+    out_png: str | Path,
+    metrics: Sequence[str] = ("mAP", "mIoU"),
+    scale: float = 1.0,
+    title: str = "",
+) -> Path | None:
     """mAP / mIoU by frame index (how consistency decays over the clip), one line per row; a row's
     `<metric>_low` / `<metric>_high` lists (a bootstrap interval per frame index) shade a band."""
     data = {row: pf for row, pf in per_frame.items() if pf and any(pf.get(m) for m in metrics)}
@@ -109,12 +117,17 @@ def plot_per_frame(per_frame: Mapping[str, Mapping[str, Sequence[float]]], out_p
         for row, pf in data.items():
             ys = [np.nan if v is None else v * scale for v in pf.get(m) or []]
             if ys:
-                line, = ax.plot(range(1, len(ys) + 1), ys, marker="o", markersize=2, linewidth=1, label=row)
+                (line,) = ax.plot(range(1, len(ys) + 1), ys, marker="o", markersize=2, linewidth=1, label=row)
                 lo, hi = pf.get(f"{m}_low"), pf.get(f"{m}_high")
                 if lo and hi and len(lo) == len(ys):
-                    ax.fill_between(range(1, len(ys) + 1), [np.nan if v is None else v * scale for v in lo],
-                                    [np.nan if v is None else v * scale for v in hi], color=line.get_color(),
-                                    alpha=0.2, linewidth=0)
+                    ax.fill_between(
+                        range(1, len(ys) + 1),
+                        [np.nan if v is None else v * scale for v in lo],
+                        [np.nan if v is None else v * scale for v in hi],
+                        color=line.get_color(),
+                        alpha=0.2,
+                        linewidth=0,
+                    )
         ax.set_title(f"{m} per frame index")
         ax.set_xlabel("frame index")
         ax.grid(alpha=0.3)
@@ -141,14 +154,23 @@ def _boxes(path: Path | None, j: int, min_score: float = 0.0, max_boxes: int | N
     return [b for _, b in kept[:max_boxes]]
 
 
-def plot_frame_grid(real_dir: str | Path, gen_dirs: Mapping[str, str | Path], clips: Sequence[str],
-                    out_png: str | Path, n_frames: int = 3, boxes_dir: str | Path | None = None,
-                    detections_dirs: Mapping[str, str | Path] | None = None, title: str = "",
-                    min_score: float = 0.5, max_boxes: int | None = 10) -> Path | None:
+def plot_frame_grid(
+    real_dir: str | Path,
+    gen_dirs: Mapping[str, str | Path],
+    clips: Sequence[str],
+    out_png: str | Path,
+    n_frames: int = 3,
+    boxes_dir: str | Path | None = None,
+    detections_dirs: Mapping[str, str | Path] | None = None,
+    title: str = "",
+    min_score: float = 0.5,
+    max_boxes: int | None = 10,
+) -> Path | None:
     """Rows: for each clip, the real frames then each generated version; columns: evenly spaced
     frames. Real frames get the dataset's boxes (green), generated ones the detector's (red) when
     an evaluate stage wrote detections/<clip>.json."""
     from PIL import Image
+
     real_dir = Path(real_dir)
     clips = [c for c in clips if (real_dir / c).is_dir()]
     if not clips:
@@ -181,7 +203,7 @@ def plot_frame_grid(real_dir: str | Path, gen_dirs: Mapping[str, str | Path], cl
                 for x1, y1, x2, y2 in (b[:4] for b in _boxes(box_file, j, min_score, max_boxes)):
                     ax.add_patch(plt.Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, color=color, linewidth=0.8))
     fig.suptitle(title, fontsize=9)
-    fig.tight_layout(rect=(0, 0, 1, 1 - 0.35 / (1.5 * nrows)))   # room for the two-line title only
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.35 / (1.5 * nrows)))  # room for the two-line title only
     return _save(fig, out_png)
 
 
@@ -215,19 +237,28 @@ def table_figures(graph: StageGraph, store: Store, out_dir: Path, extra: dict, n
     shaded = any(f"{m}_low" in pf for pf in per_frame.values() for m in ("mAP", "mIoU"))
     conf = float(select(graph.render.run_cfg, "benchmark.bootstrap.confidence", 0.95))
     band = f"; shaded: {100 * conf:g}% bootstrap interval over the test videos" if shaded else ""
-    made = plot_per_frame(per_frame, out_dir / f"{stem}_per_frame.png",
-                          title=f"Table {spec.name}: detection metrics per frame index{band}{note}")
+    made = plot_per_frame(
+        per_frame,
+        out_dir / f"{stem}_per_frame.png",
+        title=f"Table {spec.name}: detection metrics per frame index{band}{note}",
+    )
     if made:
         out["per_frame"] = made
     grid = grid_inputs(graph, store, int(fig_cfg.get("max_rows", 4)))
     if grid:
         ts, gens, dets = grid
-        made = plot_frame_grid(ts["frames"], gens, list(ts.get("clips", []))[: int(fig_cfg.get("grid_clips", 2))],
-                                     out_dir / f"{stem}_frames.png", n_frames=int(fig_cfg.get("grid_frames", 3)),
-                                     boxes_dir=ts.get("boxes"), detections_dirs=dets,
-                                     min_score=float(fig_cfg.get("det_min_score", 0.5)),
-                                     max_boxes=int(fig_cfg.get("det_max_boxes", 10)),
-                                     title=f"Table {spec.name}: real (dataset boxes) vs generated (detections){note}")
+        made = plot_frame_grid(
+            ts["frames"],
+            gens,
+            list(ts.get("clips", []))[: int(fig_cfg.get("grid_clips", 2))],
+            out_dir / f"{stem}_frames.png",
+            n_frames=int(fig_cfg.get("grid_frames", 3)),
+            boxes_dir=ts.get("boxes"),
+            detections_dirs=dets,
+            min_score=float(fig_cfg.get("det_min_score", 0.5)),
+            max_boxes=int(fig_cfg.get("det_max_boxes", 10)),
+            title=f"Table {spec.name}: real (dataset boxes) vs generated (detections){note}",
+        )
         if made:
             out["frames"] = made
     return out

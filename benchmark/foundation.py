@@ -11,6 +11,7 @@ finished part is never rebuilt) and the base model keeps its trainer checkpoints
 `<dir>/.work/`, so a killed build resumes. `python -m benchmark.foundation [--dry-run] [key=value]`
 builds (or lists) the mini profile's parts on their own.
 """
+
 from __future__ import annotations
 
 import json
@@ -24,7 +25,7 @@ from typing import Any
 from benchmark.stages import stage_hash
 
 PREFIX = "foundation:"
-FOUNDATION_VERSION = 1          # bump when a builder changes what it writes for the same settings
+FOUNDATION_VERSION = 1  # bump when a builder changes what it writes for the same settings
 DEPENDS = {"vae": (), "base_model": ("vae",), "yolo": (), "dn_detr": ()}
 # validation clips (reported while training, never the test clips) start at this seed in every world
 VAL_SEED = 500_000
@@ -48,19 +49,21 @@ def references(obj: Any) -> set[str]:
         return set().union(*(references(v) for v in obj.values())) if obj else set()
     if isinstance(obj, list):
         return set().union(*(references(v) for v in obj)) if obj else set()
-    return {obj[len(PREFIX):]} if isinstance(obj, str) and obj.startswith(PREFIX) else set()
+    return {obj[len(PREFIX) :]} if isinstance(obj, str) and obj.startswith(PREFIX) else set()
 
 
 def plan(cfg: dict) -> dict[str, Part]:
     """The parts `cfg` names and the parts they are built from, hashed, in dependency order."""
     node = (cfg.get("benchmark") or {}).get("foundation")
     wanted = references({k: v for k, v in cfg.items() if k != "benchmark"}) | references(
-        (cfg.get("benchmark") or {}).get("eval") or {})
+        (cfg.get("benchmark") or {}).get("eval") or {}
+    )
     if not wanted:
         return {}
     if not node:
-        raise ValueError(f"config values name foundation parts {sorted(wanted)} but the profile has no "
-                         f"benchmark.foundation node")
+        raise ValueError(
+            f"config values name foundation parts {sorted(wanted)} but the profile has no benchmark.foundation node"
+        )
     unknown = sorted(wanted - set(DEPENDS))
     if unknown:
         raise ValueError(f"foundation:{unknown[0]}: unknown part; valid: {sorted(DEPENDS)}")
@@ -71,6 +74,7 @@ def plan(cfg: dict) -> dict[str, Part]:
             visit(dep)
         if name not in order:
             order.append(name)
+
     for name in sorted(wanted):
         visit(name)
     root = Path(node.get("dir", "foundation"))
@@ -78,8 +82,12 @@ def plan(cfg: dict) -> dict[str, Part]:
     for name in order:
         if name not in node:
             raise ValueError(f"benchmark.foundation.{name}: missing (named by a foundation:{name} value)")
-        settings = {"part": node[name], "frames": node["frames"], "version": FOUNDATION_VERSION,
-                    "built_on": {d: parts[d].hash for d in DEPENDS[name]}}
+        settings = {
+            "part": node[name],
+            "frames": node["frames"],
+            "version": FOUNDATION_VERSION,
+            "built_on": {d: parts[d].hash for d in DEPENDS[name]},
+        }
         h = stage_hash(f"foundation_{name}", settings)
         suffix = ".pt" if name == "yolo" else ""
         parts[name] = Part(name, h, root / f"{name}-{h}{suffix}", settings)
@@ -93,7 +101,7 @@ def substitute(obj: Any, parts: dict[str, Part]) -> Any:
     if isinstance(obj, list):
         return [substitute(v, parts) for v in obj]
     if isinstance(obj, str) and obj.startswith(PREFIX):
-        return str(parts[obj[len(PREFIX):]].path)
+        return str(parts[obj[len(PREFIX) :]].path)
     return obj
 
 
@@ -104,8 +112,9 @@ def resolve(cfg: dict) -> tuple[dict, dict[str, Part]]:
 
 
 def describe(parts: dict[str, Part]) -> list[str]:
-    return [f"  foundation {p.name:<10} {p.hash}  {'cached' if p.done else 'pending'}  {p.path}"
-            for p in parts.values()]
+    return [
+        f"  foundation {p.name:<10} {p.hash}  {'cached' if p.done else 'pending'}  {p.path}" for p in parts.values()
+    ]
 
 
 # ----------------------------------------------------------------------------------- building
@@ -123,10 +132,19 @@ def _build_vae(part: Part, parts, log):
     from trainers.foundation.vae import train_vae
 
     s, fr = part.settings["part"], part.settings["frames"]
-    train_vae(part.path, _clips(s["worlds"], s["clips_per_world"], fr),
-              val_clips=_clips(s["worlds"], s["val_clips_per_world"], fr, VAL_SEED),
-              steps=s["steps"], batch_clips=s["batch_clips"], frames_per_clip=s["frames_per_clip"], lr=s["lr"],
-              beta_kl=s["beta_kl"], seed=s["seed"], arch=s["arch"], log=log)
+    train_vae(
+        part.path,
+        _clips(s["worlds"], s["clips_per_world"], fr),
+        val_clips=_clips(s["worlds"], s["val_clips_per_world"], fr, VAL_SEED),
+        steps=s["steps"],
+        batch_clips=s["batch_clips"],
+        frames_per_clip=s["frames_per_clip"],
+        lr=s["lr"],
+        beta_kl=s["beta_kl"],
+        seed=s["seed"],
+        arch=s["arch"],
+        log=log,
+    )
 
 
 def _build_base_model(part: Part, parts, log):
@@ -134,8 +152,14 @@ def _build_base_model(part: Part, parts, log):
 
     s, fr = part.settings["part"], part.settings["frames"]
     work = part.path.parent / ".work" / part.path.name
-    overrides = [f"data={s['data']}", f"data.height={fr['height']}", f"data.width={fr['width']}",
-                 f"data.clip_len={fr['clip_len']}", f"model.tiny_frames={fr['clip_len']}", *s["overrides"]]
+    overrides = [
+        f"data={s['data']}",
+        f"data.height={fr['height']}",
+        f"data.width={fr['width']}",
+        f"data.clip_len={fr['clip_len']}",
+        f"model.tiny_frames={fr['clip_len']}",
+        *s["overrides"],
+    ]
     pretrain_base_model(part.path, parts["vae"].path, work, overrides=overrides, unet_arch=s["arch"], seed=s["seed"])
 
 
@@ -144,23 +168,44 @@ def _build_yolo(part: Part, parts, log):
 
     s, fr = part.settings["part"], part.settings["frames"]
     work = part.path.parent / ".work" / part.path.stem
-    train_yolo(part.path, _clips(s["worlds"], s["clips_per_world"], fr),
-               _clips(s["worlds"], s["val_clips_per_world"], fr, VAL_SEED), work_dir=work, arch=s["arch"],
-               epochs=s["epochs"], imgsz=s["imgsz"], batch=s["batch"], seed=s["seed"], optimizer=s["optimizer"],
-               lr0=s["lr0"])
+    train_yolo(
+        part.path,
+        _clips(s["worlds"], s["clips_per_world"], fr),
+        _clips(s["worlds"], s["val_clips_per_world"], fr, VAL_SEED),
+        work_dir=work,
+        arch=s["arch"],
+        epochs=s["epochs"],
+        imgsz=s["imgsz"],
+        batch=s["batch"],
+        seed=s["seed"],
+        optimizer=s["optimizer"],
+        lr0=s["lr0"],
+    )
 
 
 def _build_dn_detr(part: Part, parts, log):
     from metrics.detectors.train_dn_detr import train_dn_detr
 
     s, fr = part.settings["part"], part.settings["frames"]
-    train_dn_detr(part.path, _clips(s["worlds"], s["clips_per_world"], fr), steps=s["steps"],
-                  batch_size=s["batch_size"], lr=s["lr"], seed=s["seed"],
-                  short_edge_length=s["short_edge_length"], config=s["arch"], log=log)
+    train_dn_detr(
+        part.path,
+        _clips(s["worlds"], s["clips_per_world"], fr),
+        steps=s["steps"],
+        batch_size=s["batch_size"],
+        lr=s["lr"],
+        seed=s["seed"],
+        short_edge_length=s["short_edge_length"],
+        config=s["arch"],
+        log=log,
+    )
 
 
-BUILDERS: dict[str, Callable] = {"vae": _build_vae, "base_model": _build_base_model, "yolo": _build_yolo,
-                                 "dn_detr": _build_dn_detr}
+BUILDERS: dict[str, Callable] = {
+    "vae": _build_vae,
+    "base_model": _build_base_model,
+    "yolo": _build_yolo,
+    "dn_detr": _build_dn_detr,
+}
 
 
 def ensure(parts: dict[str, Part], echo=print) -> dict[str, float]:
@@ -175,8 +220,12 @@ def ensure(parts: dict[str, Part], echo=print) -> dict[str, float]:
         BUILDERS[part.name](part, parts, echo)
         seconds[part.name] = time.time() - start
         record = part.path.parent / f"{part.path.stem}.json"
-        record.write_text(json.dumps({"part": part.name, "hash": part.hash, "seconds": seconds[part.name],
-                                      "settings": part.settings}, indent=1))
+        record.write_text(
+            json.dumps(
+                {"part": part.name, "hash": part.hash, "seconds": seconds[part.name], "settings": part.settings},
+                indent=1,
+            )
+        )
         echo(f"foundation: {part.name} built in {seconds[part.name]:.0f} s")
     return seconds
 

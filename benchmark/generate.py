@@ -25,6 +25,7 @@ Command line (the same settings as the profile's generate stage):
 
 Rerunning the same command skips the videos already written with the same model and settings.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -49,38 +50,54 @@ from trainers.timing import generation_timing
 RECORD = "generation.json"
 RECORD_VERSION = 1
 # The pipeline keyword arguments generate_video takes from `benchmark.generate` (configs/benchmark/*.yaml).
-SETTINGS = ("height", "width", "num_frames", "num_inference_steps", "fps", "motion_bucket_id",
-            "noise_aug_strength", "min_guidance_scale", "max_guidance_scale", "decode_chunk_size")
+SETTINGS = (
+    "height",
+    "width",
+    "num_frames",
+    "num_inference_steps",
+    "fps",
+    "motion_bucket_id",
+    "noise_aug_strength",
+    "min_guidance_scale",
+    "max_guidance_scale",
+    "decode_chunk_size",
+)
 
 
 def device_and_dtype(gen_cfg) -> tuple[str, torch.dtype]:
     """`benchmark.generate.device` (auto: the GPU when there is one) and `.dtype` (fp32 on the CPU),
     read as the generate stage reads them (benchmark/trainer_runner.py)."""
     from data.device import resolve_device, torch_dtype
+
     device = resolve_device(gen_cfg.get("device"))
     try:
-        return device, torch_dtype(gen_cfg.get("dtype", "fp32") if device != "cpu" else "fp32",
-                                   "benchmark.generate.dtype")
+        return device, torch_dtype(
+            gen_cfg.get("dtype", "fp32") if device != "cpu" else "fp32", "benchmark.generate.dtype"
+        )
     except ValueError as e:
         raise InputError(str(e)) from e
 
 
-def load_pipeline(model_cfg, unet_dir: str | Path | None = None, device: str = "cpu",
-                  dtype: torch.dtype = torch.float32):
+def load_pipeline(
+    model_cfg, unet_dir: str | Path | None = None, device: str = "cpu", dtype: torch.dtype = torch.float32
+):
     """The SVD pipeline of `model.svd`, with a fine-tuned U-Net folder swapped in when given."""
     from diffusers import StableVideoDiffusionPipeline, UNetSpatioTemporalConditionModel
 
     from trainers.models import resolve_svd_source
+
     if model_cfg.svd == "full-random":
-        raise UserError("model=full-random has random weights: it is for performance measurements, "
-                        "not for generating videos")
+        raise UserError(
+            "model=full-random has random weights: it is for performance measurements, not for generating videos"
+        )
     source = resolve_svd_source(model_cfg)
     kw = {} if dtype == torch.float32 else {"torch_dtype": dtype}
     if unet_dir is not None:
         kw["unet"] = UNetSpatioTemporalConditionModel.from_pretrained(unet_dir, **kw)
     try:
         pipe = StableVideoDiffusionPipeline.from_pretrained(
-            source, revision=model_cfg.get("revision"), variant=model_cfg.get("variant"), **kw)
+            source, revision=model_cfg.get("revision"), variant=model_cfg.get("variant"), **kw
+        )
     except (OSError, ValueError) as e:
         raise RuntimeError(f"could not load the SVD pipeline from model.svd={source!r}: {e}") from e
     pipe.set_progress_bar_config(disable=True)
@@ -91,18 +108,27 @@ def generate_video(pipe, frame0: np.ndarray, gen_cfg, seed: int) -> np.ndarray:
     """One video from its first frame (uint8 [H,W,3]) with the `benchmark.generate` settings and the
     given seed (a CPU generator, so a seed gives the same noise on every device): uint8 [T,H,W,3]."""
     g = torch.Generator(device="cpu").manual_seed(int(seed))
-    video = pipe(Image.fromarray(frame0), height=int(gen_cfg.height), width=int(gen_cfg.width),
-                 num_frames=int(gen_cfg.num_frames), num_inference_steps=int(gen_cfg.num_inference_steps),
-                 fps=int(gen_cfg.fps), motion_bucket_id=int(gen_cfg.motion_bucket_id),
-                 noise_aug_strength=float(gen_cfg.noise_aug_strength),
-                 min_guidance_scale=float(gen_cfg.min_guidance_scale),
-                 max_guidance_scale=float(gen_cfg.max_guidance_scale),
-                 decode_chunk_size=int(gen_cfg.decode_chunk_size), generator=g, output_type="np").frames[0]
+    video = pipe(
+        Image.fromarray(frame0),
+        height=int(gen_cfg.height),
+        width=int(gen_cfg.width),
+        num_frames=int(gen_cfg.num_frames),
+        num_inference_steps=int(gen_cfg.num_inference_steps),
+        fps=int(gen_cfg.fps),
+        motion_bucket_id=int(gen_cfg.motion_bucket_id),
+        noise_aug_strength=float(gen_cfg.noise_aug_strength),
+        min_guidance_scale=float(gen_cfg.min_guidance_scale),
+        max_guidance_scale=float(gen_cfg.max_guidance_scale),
+        decode_chunk_size=int(gen_cfg.decode_chunk_size),
+        generator=g,
+        output_type="np",
+    ).frames[0]
     return (np.clip(np.asarray(video), 0, 1) * 255).round().astype(np.uint8)
 
 
-def generate_videos(pipe, first_frames: Sequence[np.ndarray], names: Sequence[str], gen_cfg,
-                    out_dir: str | Path, video_fn=None) -> dict:
+def generate_videos(
+    pipe, first_frames: Sequence[np.ndarray], names: Sequence[str], gen_cfg, out_dir: str | Path, video_fn=None
+) -> dict:
     """first_frames: uint8 [H,W,3] per clip. Writes out_dir/frames/<name>/ (+ out_dir/videos/<name>.mp4).
 
     The k-th clip given is seeded with gen_cfg.seed + k: a shard of the test set (benchmark/shards.py)
@@ -115,7 +141,7 @@ def generate_videos(pipe, first_frames: Sequence[np.ndarray], names: Sequence[st
     """
     out_dir = Path(out_dir)
     device = pipe.device
-    times: list[float] = []   # per generated video
+    times: list[float] = []  # per generated video
     for k, (frame0, name) in enumerate(tqdm(list(zip(first_frames, names)), desc="generate", unit="video")):
         folder = out_dir / "frames" / name
         if folder.is_dir():
@@ -132,7 +158,7 @@ def generate_videos(pipe, first_frames: Sequence[np.ndarray], names: Sequence[st
         times.append(time.perf_counter() - t0)
         if gen_cfg.get("save_mp4", True):
             write_video(out_dir / "videos" / f"{name}.mp4", frames, fps=float(gen_cfg.fps))
-        write_frames(folder, frames)        # last: a clip counts as done only once its frames exist
+        write_frames(folder, frames)  # last: a clip counts as done only once its frames exist
     return generation_timing(times, len(names))
 
 
@@ -158,7 +184,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 class _Parser(argparse.ArgumentParser):
-    def error(self, message):                 # argparse exits 2 itself; keep the one error policy
+    def error(self, message):  # argparse exits 2 itself; keep the one error policy
         raise UsageError(f"{message} (python -m benchmark.generate --help)")
 
 
@@ -179,10 +205,10 @@ def resolve_model(model: str) -> dict:
     'svd': a model.svd value or None} for the --model argument."""
     path = Path(model).expanduser()
     if path.is_dir():
-        if (path / "unet" / "config.json").is_file():               # a run folder
+        if (path / "unet" / "config.json").is_file():  # a run folder
             cfg = path / "config.yaml"
             return {"kind": "run", "unet": path / "unet", "config": cfg if cfg.is_file() else None, "svd": None}
-        if (path / "model_index.json").is_file():                    # a whole diffusers pipeline
+        if (path / "model_index.json").is_file():  # a whole diffusers pipeline
             return {"kind": "pipeline", "unet": None, "config": None, "svd": str(path.resolve())}
         config = path / "config.json"
         if config.is_file():
@@ -192,13 +218,16 @@ def resolve_model(model: str) -> dict:
                 raise InputError(f"{config}:{e.lineno}: not valid JSON ({e.msg})") from e
             if cls != "UNetSpatioTemporalConditionModel":
                 raise InputError(f"--model {model}: {config} describes a {cls}, not a UNetSpatioTemporalConditionModel")
-            run_cfg = path.parent / "config.yaml"                    # <run>/unet: the run's config comes along
+            run_cfg = path.parent / "config.yaml"  # <run>/unet: the run's config comes along
             return {"kind": "unet", "unet": path, "config": run_cfg if run_cfg.is_file() else None, "svd": None}
-        raise InputError(f"--model {model}: a folder, but neither a run folder (with unet/), an exported U-Net "
-                         f"(config.json of a UNetSpatioTemporalConditionModel) nor a pipeline (model_index.json)")
+        raise InputError(
+            f"--model {model}: a folder, but neither a run folder (with unet/), an exported U-Net "
+            f"(config.json of a UNetSpatioTemporalConditionModel) nor a pipeline (model_index.json)"
+        )
     if path.exists():
         raise InputError(f"--model {model}: a file; give a run folder, a U-Net folder, a pipeline folder or a hub id")
     from benchmark.config import _looks_like_hub_id
+
     if model in ("tiny",) or _looks_like_hub_id(model):
         return {"kind": "pipeline", "unet": None, "config": None, "svd": model}
     raise MissingFile(f"--model {model}: no such folder, and not a hub id (org/name) either")
@@ -215,6 +244,7 @@ def compose(profile: str, overrides: Sequence[str], model: dict):
     from benchmark.config import list_profiles
     from trainers.config import load_config
     from trainers.config_schema import compose_error
+
     if profile not in list_profiles():
         raise UsageError(f"--profile {profile}: unknown; valid: {', '.join(list_profiles())} (configs/benchmark/)")
     cfg = load_config([f"+benchmark={profile}", *overrides])
@@ -261,8 +291,10 @@ def collect_inputs(items: Sequence[str], cfg) -> list[tuple[str, str, np.ndarray
         elif path.suffix.lower() == ".json":
             out += _test_list_inputs(path, cfg)
         else:
-            raise InputError(f"input {item}: not an image ({', '.join(FRAME_SUFFIXES)}), a folder of images or "
-                             f"a test-clip list (.json)")
+            raise InputError(
+                f"input {item}: not an image ({', '.join(FRAME_SUFFIXES)}), a folder of images or "
+                f"a test-clip list (.json)"
+            )
     seen: dict[str, str] = {}
     for name, src, _ in out:
         if name in seen:
@@ -278,6 +310,7 @@ def _test_list_overrides(items: Sequence[str], overrides: Sequence[str]) -> list
     listed clips' length), for the keys the command line does not set; lists that disagree fail."""
     from data.atomic import read_versioned_json
     from data.test_split import TEST_CLIPS_VERSION
+
     given = {o.split("=", 1)[0] for o in overrides}
     found: dict[str, tuple[object, str]] = {}
     for item in items:
@@ -289,8 +322,10 @@ def _test_list_overrides(items: Sequence[str], overrides: Sequence[str]) -> list
             if key not in params or f"data.{key}" in given:
                 continue
             if key in found and found[key][0] != params[key]:
-                raise InputError(f"test-clip lists {found[key][1]} and {path} differ in {key} ({found[key][0]} vs "
-                                 f"{params[key]}); generate them separately")
+                raise InputError(
+                    f"test-clip lists {found[key][1]} and {path} differ in {key} ({found[key][0]} vs "
+                    f"{params[key]}); generate them separately"
+                )
             found[key] = (params[key], str(path))
     return [f"data.{k}={v}" for k, (v, _) in found.items()]
 
@@ -304,16 +339,19 @@ def _test_list_inputs(path: Path, cfg) -> list[tuple[str, str, np.ndarray]]:
     from data.atomic import read_versioned_json
     from data.registry import build_dataset
     from data.test_split import TEST_CLIPS_VERSION
+
     doc = read_versioned_json(path, TEST_CLIPS_VERSION, "test clip list")
     if doc.get("dataset") != cfg.data.name:
-        raise InputError(f"{path}: lists clips of dataset {doc.get('dataset')!r} but the config's data is "
-                         f"{cfg.data.name!r}; add data={doc.get('dataset')} data.root=/path/to/it")
+        raise InputError(
+            f"{path}: lists clips of dataset {doc.get('dataset')!r} but the config's data is "
+            f"{cfg.data.name!r}; add data={doc.get('dataset')} data.root=/path/to/it"
+        )
     data = OmegaConf.create(OmegaConf.to_container(cfg.data, resolve=True))
     params = doc.get("params") or {}
     for key in ("clip_len", "stride"):
         if key in params:
             data[key] = params[key]
-    for key in ("window_step", "select"):          # in the list's params only when not the default
+    for key in ("window_step", "select"):  # in the list's params only when not the default
         data.test[key] = params.get(key)
     data.test.num_clips = int(params.get("num_clips", len(doc.get("clips", []))))
     data.test.clips_file = str(path.resolve())
@@ -337,12 +375,23 @@ def _read_record(out: Path) -> dict | None:
         raise InputError(f"{p}:{e.lineno}: not valid JSON ({e.msg}); delete it or use --overwrite") from e
 
 
-def run(inputs: Sequence[str], model: str, out: str | Path, *, profile: str = "smoke", overrides: Sequence[str] = (),
-        seed: int | None = None, frames: bool = False, overwrite: bool = False, progress: bool = True) -> dict:
+def run(
+    inputs: Sequence[str],
+    model: str,
+    out: str | Path,
+    *,
+    profile: str = "smoke",
+    overrides: Sequence[str] = (),
+    seed: int | None = None,
+    frames: bool = False,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> dict:
     """The command without its argument parsing: writes the videos and returns generation.json's content."""
     from omegaconf import OmegaConf
 
     from data.atomic import atomic_write_json
+
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise InputError(f"--out {out}: a file, not a folder")
@@ -357,13 +406,26 @@ def run(inputs: Sequence[str], model: str, out: str | Path, *, profile: str = "s
     sig = _signature(m, gen_dict, model_cfg)
     record = _read_record(out) if not overwrite else None
     if record is not None and record.get("signature") != sig:
-        raise UserError(f"--out {out}: holds videos made with another model or other settings ({out / RECORD}); "
-                        f"choose another folder, or --overwrite to replace them")
+        raise UserError(
+            f"--out {out}: holds videos made with another model or other settings ({out / RECORD}); "
+            f"choose another folder, or --overwrite to replace them"
+        )
     videos = dict((record or {}).get("videos", {}))
-    doc = {"version": RECORD_VERSION, "signature": sig, "profile": profile, "model": {
-        "argument": model, "kind": m["kind"], "unet": str(m["unet"]) if m["unet"] else None,
-        "run_config": str(m["config"]) if m["config"] else None, "svd": model_cfg.get("svd")},
-        "settings": gen_dict, "overrides": list(overrides), "videos": videos}
+    doc = {
+        "version": RECORD_VERSION,
+        "signature": sig,
+        "profile": profile,
+        "model": {
+            "argument": model,
+            "kind": m["kind"],
+            "unet": str(m["unet"]) if m["unet"] else None,
+            "run_config": str(m["config"]) if m["config"] else None,
+            "svd": model_cfg.get("svd"),
+        },
+        "settings": gen_dict,
+        "overrides": list(overrides),
+        "videos": videos,
+    }
     device, dtype = device_and_dtype(gen)
     doc["device"], doc["dtype"] = device, str(dtype).replace("torch.", "")
     pipe = None
@@ -372,8 +434,13 @@ def run(inputs: Sequence[str], model: str, out: str | Path, *, profile: str = "s
         s = int(gen.seed) + k
         mp4, folder = out / "videos" / f"{name}.mp4", out / "frames" / name
         prev = videos.get(name)
-        if (prev and prev.get("seed") == s and prev.get("input") == src and mp4.is_file()
-                and (not frames or folder.is_dir())):
+        if (
+            prev
+            and prev.get("seed") == s
+            and prev.get("input") == src
+            and mp4.is_file()
+            and (not frames or folder.is_dir())
+        ):
             continue
         if pipe is None:
             pipe = load_pipeline(cfg.model, m["unet"], device=device, dtype=dtype)
@@ -383,11 +450,17 @@ def run(inputs: Sequence[str], model: str, out: str | Path, *, profile: str = "s
         if frames:
             write_frames(folder, video)
         write_video(mp4, video, fps=float(gen.fps))
-        videos[name] = {"input": src, "seed": s, "mp4": str(mp4.relative_to(out)),
-                        "frames": str(folder.relative_to(out)) if frames else None,
-                        "num_frames": int(video.shape[0]), "height": int(video.shape[1]),
-                        "width": int(video.shape[2]), "seconds": round(seconds, 3)}
-        atomic_write_json(out / RECORD, doc)     # after each video: an interrupted run keeps its record
+        videos[name] = {
+            "input": src,
+            "seed": s,
+            "mp4": str(mp4.relative_to(out)),
+            "frames": str(folder.relative_to(out)) if frames else None,
+            "num_frames": int(video.shape[0]),
+            "height": int(video.shape[1]),
+            "width": int(video.shape[2]),
+            "seconds": round(seconds, 3),
+        }
+        atomic_write_json(out / RECORD, doc)  # after each video: an interrupted run keeps its record
     atomic_write_json(out / RECORD, doc)
     return doc
 
@@ -405,10 +478,19 @@ def main(argv: list[str] | None = None) -> int:
         raise UsageError(f"{' and '.join(missing)} required (python -m benchmark.generate --help)")
     if not inputs:
         raise UsageError("no inputs: give images, folders of images or a test-clip list")
-    doc = run(inputs, args.model, args.out, profile=args.profile, overrides=overrides, seed=args.seed,
-              frames=args.frames, overwrite=args.overwrite)
-    print(f"{len(doc['videos'])} video(s) in {Path(args.out) / 'videos'}; seeds and settings in "
-          f"{Path(args.out) / RECORD}")
+    doc = run(
+        inputs,
+        args.model,
+        args.out,
+        profile=args.profile,
+        overrides=overrides,
+        seed=args.seed,
+        frames=args.frames,
+        overwrite=args.overwrite,
+    )
+    print(
+        f"{len(doc['videos'])} video(s) in {Path(args.out) / 'videos'}; seeds and settings in {Path(args.out) / RECORD}"
+    )
     return 0
 
 

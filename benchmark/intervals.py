@@ -12,6 +12,7 @@ own interval is the baseline half of every paired run. Per-frame curves get a ba
 Results are cached in `<store>/.bootstrap/<key>.json`, the key hashing the evaluate stages and the
 settings: rerendering a table does not redo the resampling (minutes on the paper profile).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -32,10 +33,12 @@ def settings(cfg: dict) -> dict:
     """benchmark.bootstrap with its defaults, checked."""
     s = {**DEFAULTS, **(select(cfg, "benchmark.bootstrap", {}) or {})}
     from data.cli import InputError
+
     for k in ("n_resamples", "per_frame_resamples", "seed"):
         if not isinstance(s[k], int) or s[k] < (1 if k == "n_resamples" else 0):
-            raise InputError(f"benchmark.bootstrap.{k}={s[k]!r}: expected an integer >= "
-                             f"{1 if k == 'n_resamples' else 0}")
+            raise InputError(
+                f"benchmark.bootstrap.{k}={s[k]!r}: expected an integer >= {1 if k == 'n_resamples' else 0}"
+            )
     if not 0 < float(s["confidence"]) < 1:
         raise InputError(f"benchmark.bootstrap.confidence={s['confidence']!r}: expected a number in (0, 1)")
     return s
@@ -76,9 +79,13 @@ class TableIntervals:
         if pv is None:
             return {}
         if pb is not None and pb.names != pv.names:
-            pb = None                       # other test clips: no pairing
-        payload = {"a": h, "b": base if pb is not None else None, "keys": sorted(keys),
-                   **{k: o[k] for k in ("n_resamples", "confidence", "seed")}}
+            pb = None  # other test clips: no pairing
+        payload = {
+            "a": h,
+            "b": base if pb is not None else None,
+            "keys": sorted(keys),
+            **{k: o[k] for k in ("n_resamples", "confidence", "seed")},
+        }
 
         def compute():
             kw = {"n_resamples": o["n_resamples"], "seed": o["seed"], "confidence": o["confidence"]}
@@ -87,6 +94,7 @@ class TableIntervals:
                 return {k: {"interval": iv.to_json(), "diff": None} for k, iv in res.items()}
             res = paired_bootstrap(self._stat(h, keys), self._stat(base, keys), pv.n, **kw)
             return {k: {"interval": r.a.to_json(), "diff": r.diff.to_json()} for k, r in res.items()}
+
         return self._cached(payload, compute)
 
     def per_frame(self, h: str) -> dict | None:
@@ -95,19 +103,33 @@ class TableIntervals:
         pv = self._per_video(h)
         if pv is None or pv.detections is None or not o["per_frame_resamples"]:
             return None
-        payload = {"a": h, "per_frame": True, "n_resamples": o["per_frame_resamples"],
-                   **{k: o[k] for k in ("confidence", "seed")}}
+        payload = {
+            "a": h,
+            "per_frame": True,
+            "n_resamples": o["per_frame_resamples"],
+            **{k: o[k] for k in ("confidence", "seed")},
+        }
 
         def compute():
-            res = bootstrap(self._stat(h, ["det.per_frame"], per_frame=True), pv.n,
-                            n_resamples=o["per_frame_resamples"], seed=o["seed"], confidence=o["confidence"])
+            res = bootstrap(
+                self._stat(h, ["det.per_frame"], per_frame=True),
+                pv.n,
+                n_resamples=o["per_frame_resamples"],
+                seed=o["seed"],
+                confidence=o["confidence"],
+            )
             out = {}
             for m in ("mAP", "mIoU"):
-                ivs = [res[k] for k in sorted((k for k in res if k.startswith(f"det.per_frame.{m}.")),
-                                              key=lambda k: int(k.rsplit(".", 1)[1]))]
+                ivs = [
+                    res[k]
+                    for k in sorted(
+                        (k for k in res if k.startswith(f"det.per_frame.{m}.")), key=lambda k: int(k.rsplit(".", 1)[1])
+                    )
+                ]
                 out[f"{m}_low"] = [iv.low for iv in ivs]
                 out[f"{m}_high"] = [iv.high for iv in ivs]
             return out
+
         return self._cached(payload, compute)
 
 
@@ -136,8 +158,11 @@ def table_intervals(graph, store) -> tuple[dict, dict, dict]:
             for c in cols:
                 r = res.get(c.key)
                 if r:
-                    out[c.id] = {"interval": _scaled(r["interval"], c.scale), "diff": _scaled(r["diff"], c.scale),
-                                 "baseline": base_name if r["diff"] else None}
+                    out[c.id] = {
+                        "interval": _scaled(r["interval"], c.scale),
+                        "diff": _scaled(r["diff"], c.scale),
+                        "baseline": base_name if r["diff"] else None,
+                    }
             band = ti.per_frame(h) if det == spec.detector or len(plan.evaluate) == 1 else None
             if band:
                 bands.setdefault((plan.row.name, plan.seed), {})[det] = band

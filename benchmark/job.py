@@ -3,6 +3,7 @@ worker (benchmark/shards.py). The stage is saved in its folder (`prepare_stage`)
 (`load_stage`, which checks that its config still hashes to its name) and run by `execute_stage`
 (benchmark/local.py), exactly as the local loop runs it.
 """
+
 from __future__ import annotations
 
 import json
@@ -42,14 +43,30 @@ def load_stage(store: Store, stage_hash: str) -> Stage:
         raise FileNotFoundError(f"{d}: the stage was not prepared for a job ({e.filename} is missing)") from e
     config = info.get("config")
     if config is None or stage_hash_of(info["kind"], config) != stage_hash:
-        raise ValueError(f"{d / STAGE}: its config does not hash to {stage_hash} (the folder was edited, or "
-                         f"prepared by another version); delete {d} and run again")
-    return Stage(info["kind"], stage_hash, config, run_cfg, tuple(info.get("deps") or ()), info.get("params") or {},
-                 list(info.get("rows") or []))
+        raise ValueError(
+            f"{d / STAGE}: its config does not hash to {stage_hash} (the folder was edited, or "
+            f"prepared by another version); delete {d} and run again"
+        )
+    return Stage(
+        info["kind"],
+        stage_hash,
+        config,
+        run_cfg,
+        tuple(info.get("deps") or ()),
+        info.get("params") or {},
+        list(info.get("rows") or []),
+    )
 
 
-def run_stage(store_root: str, stage_hash: str, runner: StageRunner, processes: int = 1,
-              accelerate: dict | None = None, shard: int | None = None, merge_only: bool = False) -> str:
+def run_stage(
+    store_root: str,
+    stage_hash: str,
+    runner: StageRunner,
+    processes: int = 1,
+    accelerate: dict | None = None,
+    shard: int | None = None,
+    merge_only: bool = False,
+) -> str:
     """What one SLURM job runs: the stage `stage_hash` of the store, exactly as the local loop runs it.
 
     The job may be a requeued one (timeout, preemption): the stage resumes from what its folder holds.
@@ -57,7 +74,7 @@ def run_stage(store_root: str, stage_hash: str, runner: StageRunner, processes: 
     process per GPU. A stage split into shards (benchmark.shards > 1): `shard=i` runs shard i only (an
     array task, or a local GPU worker); `merge_only` merges the finished shards (the merge task).
     """
-    setup_logging()                 # a job's entry point: its progress goes to the job's log with timestamps
+    setup_logging()  # a job's entry point: its progress goes to the job's log with timestamps
     store = Store(store_root)
     if store.is_done(stage_hash):
         log.info(f"stage {stage_hash} is already done")
@@ -69,8 +86,10 @@ def run_stage(store_root: str, stage_hash: str, runner: StageRunner, processes: 
     if shard is not None:
         n = stage_shards(stage)
         if not 0 <= shard < n:
-            raise ValueError(f"stage {stage_hash} runs as {n} shard(s) (benchmark.shards in its run_config.yaml); "
-                             f"there is no shard {shard}")
+            raise ValueError(
+                f"stage {stage_hash} runs as {n} shard(s) (benchmark.shards in its run_config.yaml); "
+                f"there is no shard {shard}"
+            )
         check_inputs_done(stage, store)
         log.info(f"running {stage.kind} {stage.hash} [{stage.describe()}] shard {shard + 1} of {n}")
         run_shard(store, stage, graph, runner, shard, n)
@@ -89,7 +108,7 @@ class MultiProcess:
     def __init__(self, inner: StageRunner, method: str, processes: int, accelerate: dict):
         self.inner, self.method, self.processes, self.accelerate = inner, method, processes, accelerate
 
-    def __getattr__(self, name):          # only called for what this class does not define itself
+    def __getattr__(self, name):  # only called for what this class does not define itself
         if name.startswith("__") or name in ("inner", "method", "processes", "accelerate"):
             raise AttributeError(name)
         if name != self.method:
@@ -97,9 +116,13 @@ class MultiProcess:
         from slurm.multigpu import main_process_port, run_in_processes
 
         def launched(*args):
-            return run_in_processes(getattr(self.inner, name), args, self.processes, args[-1],
-                                    port=main_process_port(self.accelerate.get("main_process_port", "auto")),
-                                    extra_args=self.accelerate.get("extra_args") or ())
+            return run_in_processes(
+                getattr(self.inner, name),
+                args,
+                self.processes,
+                args[-1],
+                port=main_process_port(self.accelerate.get("main_process_port", "auto")),
+                extra_args=self.accelerate.get("extra_args") or (),
+            )
+
         return launched
-
-

@@ -19,6 +19,7 @@ DONE are on disk, the outputs they describe are too.
 Not listed: the manifest itself, DONE, `slurm.json` (submission bookkeeping, not an output), and
 names starting with "." (temp files of writers that were killed: never data).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -30,8 +31,8 @@ from data.atomic import atomic_write_json
 
 MANIFEST = "MANIFEST.json"
 VERSION = 1
-LARGE = 8 * 1024 * 1024          # files above this get the cheap hash
-END_BYTES = 1024 * 1024          # ... of their first and last MiB (and their size)
+LARGE = 8 * 1024 * 1024  # files above this get the cheap hash
+END_BYTES = 1024 * 1024  # ... of their first and last MiB (and their size)
 NOT_LISTED = {MANIFEST, "DONE", "slurm.json"}
 
 

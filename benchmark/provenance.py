@@ -8,6 +8,7 @@ versions; `strict` recomputes it and the stages built on it.
 A stage's hash says what was computed (its config), not with which code: a stage made before a bug
 fix keeps its hash. That is what this record is for.
 """
+
 from __future__ import annotations
 
 import functools
@@ -27,8 +28,10 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 def git_state(root: str | Path = REPO_ROOT) -> tuple[str | None, bool | None]:
     """(HEAD commit, tree dirty) of the checkout the code runs from; (None, None) outside a git checkout.
     Dirty = tracked files differ from HEAD (untracked files, e.g. a results folder, do not count)."""
+
     def git(*args):
         return subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True, timeout=60, check=False)
+
     try:
         head = git("rev-parse", "HEAD")
         if head.returncode != 0:
@@ -56,9 +59,10 @@ def device_name() -> str:
     cpu = f"cpu: {platform.processor() or platform.machine()}"
     try:
         import torch
+
         if torch.cuda.is_available():
             return f"cuda: {torch.cuda.get_device_name(0)}"
-    except RuntimeError as e:       # a broken CUDA setup must not stop a stage from being recorded
+    except RuntimeError as e:  # a broken CUDA setup must not stop a stage from being recorded
         return f"{cpu} (CUDA unusable: {e})"
     return cpu
 
@@ -70,8 +74,14 @@ def command_line() -> str:
 def current() -> dict:
     """The provenance of what this process computes now."""
     commit, dirty = git_state()
-    return {"commit": commit, "dirty": dirty, "versions": dict(library_versions()), "device": device_name(),
-            "command": command_line(), "python": platform.python_version()}
+    return {
+        "commit": commit,
+        "dirty": dirty,
+        "versions": dict(library_versions()),
+        "device": device_name(),
+        "command": command_line(),
+        "python": platform.python_version(),
+    }
 
 
 def mismatches(recorded: Mapping | None, now: Mapping) -> list[str]:
@@ -107,9 +117,12 @@ def summarize(records: Iterable[Mapping | None]) -> dict:
         for lib in LIBRARIES:
             versions[lib].add(str((r.get("versions") or {}).get(lib)))
         devices.add(str(r.get("device")))
-    return {"commits": [{"commit": c, "dirty": d} for c, d in sorted(commits.items())],
-            "versions": {lib: sorted(v) for lib, v in versions.items() if v},
-            "devices": sorted(devices), "stages_without_record": sum(1 for r in records if not r)}
+    return {
+        "commits": [{"commit": c, "dirty": d} for c, d in sorted(commits.items())],
+        "versions": {lib: sorted(v) for lib, v in versions.items() if v},
+        "devices": sorted(devices),
+        "stages_without_record": sum(1 for r in records if not r),
+    }
 
 
 def footnote(summary: Mapping) -> str:
@@ -127,6 +140,7 @@ def footnote(summary: Mapping) -> str:
 def check_mode(mode) -> str:
     if mode not in MODES:
         from data.cli import InputError
+
         raise InputError(f"benchmark.provenance={mode!r}: valid are {', '.join(MODES)}")
     return mode
 
@@ -149,7 +163,7 @@ def with_dependents(graph, flagged: Iterable[str]) -> list[str]:
     """`flagged` plus every stage of the graph built on one of them, in graph order: under `strict` a
     recomputed stage invalidates what was computed from it."""
     bad = set(flagged)
-    for s in graph.order():                  # topological: inputs first
+    for s in graph.order():  # topological: inputs first
         if any(d in bad for d in s.deps):
             bad.add(s.hash)
     return [s.hash for s in graph.order() if s.hash in bad]
@@ -161,10 +175,15 @@ def apply(graph, store, mode: str, echo=print, now: Mapping | None = None) -> di
     flagged = flag_stages(graph, store, now)
     for h, why in flagged.items():
         s = graph.stages[h]
-        action = ("it is recomputed (benchmark.provenance=strict)" if mode == "strict" else
-                  "reused; benchmark.provenance=strict recomputes it")
-        echo(f"warning: stage {s.kind} {h} (rows: {', '.join(s.rows)}) was made by other code: "
-             f"{'; '.join(why)}; {action}")
+        action = (
+            "it is recomputed (benchmark.provenance=strict)"
+            if mode == "strict"
+            else "reused; benchmark.provenance=strict recomputes it"
+        )
+        echo(
+            f"warning: stage {s.kind} {h} (rows: {', '.join(s.rows)}) was made by other code: "
+            f"{'; '.join(why)}; {action}"
+        )
     if mode == "strict":
         for h in with_dependents(graph, flagged):
             if store.is_done(h):
@@ -172,9 +191,11 @@ def apply(graph, store, mode: str, echo=print, now: Mapping | None = None) -> di
                     if store.is_done(h):
                         moved = store.set_aside(h, into=STALE)
                         if h not in flagged:
-                            echo(f"stage {graph.stages[h].kind} {h} is built on a recomputed stage: recomputed "
-                                 f"too (folder moved to {moved})")
+                            echo(
+                                f"stage {graph.stages[h].kind} {h} is built on a recomputed stage: recomputed "
+                                f"too (folder moved to {moved})"
+                            )
     return flagged
 
 
-STALE = ".stale"             # <store>/.stale/<hash>-<time>/: stages set aside by benchmark.provenance=strict
+STALE = ".stale"  # <store>/.stale/<hash>-<time>/: stages set aside by benchmark.provenance=strict

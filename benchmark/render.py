@@ -2,6 +2,7 @@
 files (benchmark/tables.py: markdown, LaTeX, JSON), the figures (benchmark/figures.py) and the
 HTML report of the table (benchmark/report.py).
 """
+
 from __future__ import annotations
 
 import json
@@ -24,7 +25,7 @@ def collect(graph: StageGraph, store: Store) -> tuple[dict, dict, list[tuple[str
     test-set sizes [(dataset, videos, frames)])."""
     spec = graph.table
     cells, extra, sizes = {}, {}, {}
-    runs: dict[str, list[tuple[int | None, dict]]] = {}     # row -> [(seed, its cells)]
+    runs: dict[str, list[tuple[int | None, dict]]] = {}  # row -> [(seed, its cells)]
     for plan in graph.rows:
         row_cells = {}
         gen = store.result(plan.generate) if plan.generate else None
@@ -44,8 +45,10 @@ def collect(graph: StageGraph, store: Store) -> tuple[dict, dict, list[tuple[str
             extra[plan.row.name]["stages"]["seeds"][str(plan.seed)] = _stages_of(plan)
             continue
         per_frame = {det: select((r or {}).get("metrics", {}), PER_FRAME_KEY, None) for det, r in evals.items()}
-        extra[plan.row.name] = {"stages": {**_stages_of(plan), "seeds": {}},
-                                "per_frame": {k: v for k, v in per_frame.items() if v}}
+        extra[plan.row.name] = {
+            "stages": {**_stages_of(plan), "seeds": {}},
+            "per_frame": {k: v for k, v in per_frame.items() if v},
+        }
         if plan.seed is None:
             del extra[plan.row.name]["stages"]["seeds"]
     for name, per_seed in runs.items():
@@ -55,9 +58,14 @@ def collect(graph: StageGraph, store: Store) -> tuple[dict, dict, list[tuple[str
         # several seeds: the table's number is the mean over seeds (None unless every seed has one)
         values = {c.id: [rc.get(c.id) for _, rc in per_seed] for c in spec.columns}
         cells[name] = {cid: (float(np.mean(v)) if all(x is not None for x in v) else None) for cid, v in values.items()}
-        extra[name]["seeds"] = {"seeds": [sd for sd, _ in per_seed], "values": values,
-                                "std": {cid: (float(np.std(v, ddof=1)) if len(v) > 1 and all(x is not None for x in v)
-                                              else None) for cid, v in values.items()}}
+        extra[name]["seeds"] = {
+            "seeds": [sd for sd, _ in per_seed],
+            "values": values,
+            "std": {
+                cid: (float(np.std(v, ddof=1)) if len(v) > 1 and all(x is not None for x in v) else None)
+                for cid, v in values.items()
+            },
+        }
     return cells, extra, list(dict.fromkeys(sizes.values()))
 
 
@@ -97,31 +105,54 @@ def efficiency(c, gen: dict | None) -> float | None:
     return float(v) * c.scale if isinstance(v, (int, float)) else None
 
 
-def render(graph: StageGraph, store: Store, out_dir: Path, *, fake: bool = False, figures: bool = True) -> dict[str, Path]:
+def render(
+    graph: StageGraph, store: Store, out_dir: Path, *, fake: bool = False, figures: bool = True
+) -> dict[str, Path]:
     from benchmark.tables import caption_text, protocol_text, render_table, uncertainty_text
+
     spec = graph.table
     cells, extra, sizes = collect(graph, store)
     stats, uncertainty = cell_statistics(graph, store, extra)
     description = str(select(graph.render.run_cfg, "benchmark.description", graph.profile))
-    protocol = protocol_text([graph.stages[p.generate].run_cfg if p.generate in graph.stages else p.cfg
-                              for p in graph.rows if p.cfg])
-    made_by = provenance.summarize(store.stage_info(s.hash).get("provenance")
-                                   for s in graph.order() if store.is_done(s.hash))
-    caption = caption_text(spec, description=description, sizes=sizes, fake=fake,
-                           notes=[protocol, *protocol_notes(graph, store), uncertainty_text(spec, uncertainty),
-                                  provenance.footnote(made_by)])
-    outputs = render_table(spec, cells, caption=caption, out_dir=out_dir, profile=graph.profile, fake=fake,
-                           extra=extra, provenance=made_by, stats=stats, uncertainty=uncertainty)
+    protocol = protocol_text(
+        [graph.stages[p.generate].run_cfg if p.generate in graph.stages else p.cfg for p in graph.rows if p.cfg]
+    )
+    made_by = provenance.summarize(
+        store.stage_info(s.hash).get("provenance") for s in graph.order() if store.is_done(s.hash)
+    )
+    caption = caption_text(
+        spec,
+        description=description,
+        sizes=sizes,
+        fake=fake,
+        notes=[
+            protocol,
+            *protocol_notes(graph, store),
+            uncertainty_text(spec, uncertainty),
+            provenance.footnote(made_by),
+        ],
+    )
+    outputs = render_table(
+        spec,
+        cells,
+        caption=caption,
+        out_dir=out_dir,
+        profile=graph.profile,
+        fake=fake,
+        extra=extra,
+        provenance=made_by,
+        stats=stats,
+        uncertainty=uncertainty,
+    )
     if figures:
         note = ("FAKE RUNNER: " if fake else "") + description
         figs = table_figures(graph, store, out_dir, extra, note=note)
         outputs.update(figs)
         # the HTML report shows the table, the figures and a few re-encoded videos (benchmark/report.py)
-        outputs.update(write_report(graph, store, out_dir, json.loads(Path(outputs["json"]).read_text()), figs,
-                                    note=note))
+        outputs.update(
+            write_report(graph, store, out_dir, json.loads(Path(outputs["json"]).read_text()), figs, note=note)
+        )
     return outputs
-
-
 
 
 def cell_statistics(graph: StageGraph, store: Store, extra: dict) -> tuple[dict, dict]:
@@ -129,6 +160,7 @@ def cell_statistics(graph: StageGraph, store: Store, extra: dict) -> tuple[dict,
     difference to its baseline row (benchmark/intervals.py; per seed when the table runs several), its
     values over seeds, and the mark. Adds the per-frame bands to extra[row]["per_frame_band"]."""
     from benchmark.intervals import excludes_zero, table_intervals
+
     spec = graph.table
     ivs, bands, opts = table_intervals(graph, store)
     seeds = graph.seeds
@@ -146,9 +178,12 @@ def cell_statistics(graph: StageGraph, store: Store, extra: dict) -> tuple[dict,
             # the mark: every seed's paired interval excludes 0, all on the same side
             signs = {(d["low"] > 0) for d in diffs if excludes_zero(d)}
             mark = all(excludes_zero(d) for d in diffs) and len(signs) == 1
-            st = {"interval": cells[0]["interval"] if cells[0] else None, "diff": diffs[0],
-                  "baseline": next((x["baseline"] for x in cells if x and x["baseline"]), None),
-                  "significant": mark}
+            st = {
+                "interval": cells[0]["interval"] if cells[0] else None,
+                "diff": diffs[0],
+                "baseline": next((x["baseline"] for x in cells if x and x["baseline"]), None),
+                "significant": mark,
+            }
             if seeds != [None]:
                 st["per_seed"] = [{"seed": sd, **(x or {})} for sd, x in zip(seeds, cells)]
             row_stats[c.id] = st
@@ -156,6 +191,10 @@ def cell_statistics(graph: StageGraph, store: Store, extra: dict) -> tuple[dict,
         if (row.name, seeds[0]) in bands and row.name in extra:
             extra[row.name]["per_frame_band"] = bands[(row.name, seeds[0])]
     show = bool(select(graph.render.run_cfg, "benchmark.intervals", True))
-    uncertainty = {"show": show, "seeds": seeds, "bootstrap": opts,
-                   "baselines": [r for r in spec.compare_to if any(x.row.name == r for x in graph.rows)]}
+    uncertainty = {
+        "show": show,
+        "seeds": seeds,
+        "bootstrap": opts,
+        "baselines": [r for r in spec.compare_to if any(x.row.name == r for x in graph.rows)],
+    }
     return stats, uncertainty

@@ -12,6 +12,7 @@ Written by `benchmark.render.render` beside the markdown, LaTeX and figures, fro
   and their times, and any further keys a stage records), shown as they are.
 Links to stage folders are relative, so the page works where results/ and the store keep their places.
 """
+
 from __future__ import annotations
 
 import html
@@ -32,8 +33,9 @@ GREEN, RED = (0, 230, 0), (255, 40, 40)
 _SHOWN = ("kind", "hash", "rows", "deps", "params", "attempts")
 
 
-def write_report(graph, store, out_dir: Path, table_json: Mapping, figures: Mapping[str, Path], *,
-                 note: str = "") -> dict[str, Path]:
+def write_report(
+    graph, store, out_dir: Path, table_json: Mapping, figures: Mapping[str, Path], *, note: str = ""
+) -> dict[str, Path]:
     """Write table_<N>.html and table_<N>_assets/ (replaced whole, atomically); returns their paths."""
     out_dir = Path(out_dir)
     stem = f"table_{graph.table.name}"
@@ -41,18 +43,25 @@ def write_report(graph, store, out_dir: Path, table_json: Mapping, figures: Mapp
     assets = out_dir / f"{stem}_assets"
     with atomic_dir(assets) as tmp:
         clips = _videos(graph, store, tmp, cfg)
-    body = [f"<h1>Table {_e(graph.table.name)}: {_e(graph.table.title)}</h1>",
-            f"<p class=note>{_e(note)}</p>" if note else "",
-            f"<p class=caption>{_e(table_json.get('caption', ''))}</p>",
-            _table(graph, store, out_dir, table_json),
-            (f"<p>Also as <a href='{stem}.md'>markdown</a>, <a href='{stem}.tex'>LaTeX</a>, "
-             f"<a href='{stem}.json'>JSON</a>.</p>"),
-            _videos_html(clips, f"{stem}_assets"),
-            _figures_html(figures, out_dir),
-            _provenance(graph, store, out_dir)]
-    page = (f"<!DOCTYPE html>\n<html lang=en><head><meta charset=utf-8><title>Table {_e(graph.table.name)} "
-            f"({_e(graph.profile)})</title><style>{CSS}</style></head>\n<body>\n"
-            + "\n".join(b for b in body if b) + "\n</body></html>\n")
+    body = [
+        f"<h1>Table {_e(graph.table.name)}: {_e(graph.table.title)}</h1>",
+        f"<p class=note>{_e(note)}</p>" if note else "",
+        f"<p class=caption>{_e(table_json.get('caption', ''))}</p>",
+        _table(graph, store, out_dir, table_json),
+        (
+            f"<p>Also as <a href='{stem}.md'>markdown</a>, <a href='{stem}.tex'>LaTeX</a>, "
+            f"<a href='{stem}.json'>JSON</a>.</p>"
+        ),
+        _videos_html(clips, f"{stem}_assets"),
+        _figures_html(figures, out_dir),
+        _provenance(graph, store, out_dir),
+    ]
+    page = (
+        f"<!DOCTYPE html>\n<html lang=en><head><meta charset=utf-8><title>Table {_e(graph.table.name)} "
+        f"({_e(graph.profile)})</title><style>{CSS}</style></head>\n<body>\n"
+        + "\n".join(b for b in body if b)
+        + "\n</body></html>\n"
+    )
     return {"html": atomic_write_text(out_dir / f"{stem}.html", page), "html_assets": assets}
 
 
@@ -89,8 +98,10 @@ def _stage_links(plan, store, out_dir: Path) -> str:
             continue
         done = store.is_done(h)
         cls = "" if done else " class=pending"
-        links.append(f"<a{cls} href='{_e(_href(store.dir(h), out_dir))}/' title='{h}"
-                     f"{'' if done else ' (not finished)'}'>{_e(label)}</a>")
+        links.append(
+            f"<a{cls} href='{_e(_href(store.dir(h), out_dir))}/' title='{h}"
+            f"{'' if done else ' (not finished)'}'>{_e(label)}</a>"
+        )
     return " &middot; ".join(links)
 
 
@@ -98,8 +109,11 @@ def _table(graph, store, out_dir: Path, doc: Mapping) -> str:
     cols = doc["columns"]
     head = "".join(f"<th rowspan=2>{_e(k)}</th>" for k in doc["label_columns"])
     arrow = {"up": "&uarr;", "down": "&darr;"}
-    head += "".join(f"<th colspan=2>{_e((c['group'] + ' ') if c.get('group') else '')}{_e(c['name'])} "
-                    f"{arrow.get(c['direction'], '')}</th>" for c in cols)
+    head += "".join(
+        f"<th colspan=2>{_e((c['group'] + ' ') if c.get('group') else '')}{_e(c['name'])} "
+        f"{arrow.get(c['direction'], '')}</th>"
+        for c in cols
+    )
     sub = "<th>ours</th><th>paper</th>" * len(cols)
     plans = {p.row.name: p for p in graph.rows}
     lines = [f"<table id=results><tr>{head}<th rowspan=2>stages</th></tr><tr>{sub}</tr>"]
@@ -107,8 +121,10 @@ def _table(graph, store, out_dir: Path, doc: Mapping) -> str:
         cells = "".join(f"<td>{_e(r['labels'].get(k, ''))}</td>" for k in doc["label_columns"])
         for c in cols:
             cell = r["cells"][c["id"]]
-            cells += (f"<td class=num>{_cell(cell['ours_text'], cell['ours_mark'])}</td>"
-                      f"<td class='num paper'>{_cell(cell['paper_text'], cell['paper_mark'])}</td>")
+            cells += (
+                f"<td class=num>{_cell(cell['ours_text'], cell['ours_mark'])}</td>"
+                f"<td class='num paper'>{_cell(cell['paper_text'], cell['paper_mark'])}</td>"
+            )
         plan = plans.get(r["name"])
         links = _stage_links(plan, store, out_dir) if plan else ""
         lines.append(f"<tr id='row-{_e(r['name'])}'>{cells}<td>{links}</td></tr>")
@@ -137,24 +153,63 @@ def _videos(graph, store, assets: Path, cfg: Mapping) -> list[dict]:
     boxes_dir = Path(ts["boxes"]) if ts.get("boxes") else None
     out = []
     for clip in names:
-        cells = [_encode_cell("real", "real (dataset boxes)", real_dir / clip,
-                              boxes_dir / f"{clip}.json" if boxes_dir else None, GREEN, assets, clip, width, fps,
-                              quality, 0.0, None)]
+        cells = [
+            _encode_cell(
+                "real",
+                "real (dataset boxes)",
+                real_dir / clip,
+                boxes_dir / f"{clip}.json" if boxes_dir else None,
+                GREEN,
+                assets,
+                clip,
+                width,
+                fps,
+                quality,
+                0.0,
+                None,
+            )
+        ]
         for p in plans:
             det = graph.table.detector if graph.table.detector in p.evaluate else next(iter(p.evaluate), None)
             det_file = store.dir(p.evaluate[det]) / "detections" / f"{clip}.json" if det else None
             label = " / ".join(str(v) for v in p.row.labels.values()) or p.row.name
             caption = f"{label} ({det} detections)" if det_file and det_file.is_file() else label
-            cells.append(_encode_cell(p.row.name, caption, Path(store.result(p.generate)["frames"]) / clip,
-                                      det_file, RED, assets, clip, width, fps, quality, min_score,
-                                      max_boxes))
+            cells.append(
+                _encode_cell(
+                    p.row.name,
+                    caption,
+                    Path(store.result(p.generate)["frames"]) / clip,
+                    det_file,
+                    RED,
+                    assets,
+                    clip,
+                    width,
+                    fps,
+                    quality,
+                    min_score,
+                    max_boxes,
+                )
+            )
         out.append({"clip": clip, "cells": cells})
     return out
 
 
-def _encode_cell(key, caption, folder: Path, box_file: Path | None, color, assets: Path, clip: str, width: int,
-                 fps: float, quality: float, min_score: float, max_boxes: int | None) -> dict:
+def _encode_cell(
+    key,
+    caption,
+    folder: Path,
+    box_file: Path | None,
+    color,
+    assets: Path,
+    clip: str,
+    width: int,
+    fps: float,
+    quality: float,
+    min_score: float,
+    max_boxes: int | None,
+) -> dict:
     from data.video_io import read_video, write_video
+
     if not folder.is_dir():
         return {"label": caption, "file": None}
     frames = read_video(folder)
@@ -171,6 +226,7 @@ def _slug(s: str) -> str:
 def _draw(frames: np.ndarray, boxes, color, width: int) -> np.ndarray:
     """Frames resized to `width` pixels (height kept in proportion; both even, as yuv420p needs), boxes drawn."""
     from PIL import Image, ImageDraw
+
     t, h, w = frames.shape[:3]
     s = width / w
     nw, nh = 2 * max(1, round(w * s / 2)), 2 * max(1, round(h * s / 2))
@@ -178,7 +234,7 @@ def _draw(frames: np.ndarray, boxes, color, width: int) -> np.ndarray:
     for j in range(t):
         img = Image.fromarray(frames[j]).resize((nw, nh), Image.NEAREST if s >= 1 else Image.BILINEAR)
         d = ImageDraw.Draw(img)
-        for b in (boxes[j] if boxes else []):
+        for b in boxes[j] if boxes else []:
             x1, y1, x2, y2 = (float(v) for v in b[:4])
             d.rectangle([x1 * nw / w, y1 * nh / h, x2 * nw / w, y2 * nh / h], outline=color, width=2)
         out.append(np.asarray(img))
@@ -195,16 +251,21 @@ def _videos_html(clips: list[dict], assets: str) -> str:
             if cell["file"] is None:
                 media = "<p>(no video)</p>"
             else:
-                media = (f"<video src='{_e(assets)}/{_e(cell['file'])}' controls muted loop autoplay "
-                         f"playsinline preload=auto></video>")
+                media = (
+                    f"<video src='{_e(assets)}/{_e(cell['file'])}' controls muted loop autoplay "
+                    f"playsinline preload=auto></video>"
+                )
             figs.append(f"<figure>{media}<figcaption>{_e(cell['label'])}</figcaption></figure>")
         parts.append(f"<h3>{_e(c['clip'])}</h3><div class=clip>{''.join(figs)}</div>")
     return "\n".join(parts)
 
 
 # ------------------------------------------------------------------------------------ figures, provenance
-_FIGURES = {"loss_curves": "Training losses", "per_frame": "Detection metrics per frame index",
-            "frames": "Real vs generated frames"}
+_FIGURES = {
+    "loss_curves": "Training losses",
+    "per_frame": "Detection metrics per frame index",
+    "frames": "Real vs generated frames",
+}
 
 
 def _figures_html(figures: Mapping[str, Path], out_dir: Path) -> str:
@@ -217,15 +278,20 @@ def _figures_html(figures: Mapping[str, Path], out_dir: Path) -> str:
 
 
 def _provenance(graph, store, out_dir: Path) -> str:
-    rows = [("<h2>Provenance</h2><p>Every stage of the table as its folder records it (stage.json, result.json)."
-             "</p><table id=provenance><tr><th>kind</th><th>stage</th><th>what</th><th>rows</th><th>status</th>"
-             "<th>attempts</th><th>record</th></tr>")]
+    rows = [
+        (
+            "<h2>Provenance</h2><p>Every stage of the table as its folder records it (stage.json, result.json)."
+            "</p><table id=provenance><tr><th>kind</th><th>stage</th><th>what</th><th>rows</th><th>status</th>"
+            "<th>attempts</th><th>record</th></tr>"
+        )
+    ]
     for s in graph.order():
         info = store.stage_info(s.hash)
         status = "done" if store.is_done(s.hash) else ("failed" if store.failure(s.hash) else "not run")
         attempts = "<br>".join(
             f"{_e(a.get('started', '?'))} &rarr; {_e(a.get('finished', '...'))}{' (resumed)' if a.get('resumed') else ''}"
-            for a in info.get("attempts", []))
+            for a in info.get("attempts", [])
+        )
         record = {k: v for k, v in info.items() if k not in _SHOWN and k != "config"}
         result = store.result(s.hash) if status == "done" else None
         details = ""
@@ -233,7 +299,9 @@ def _provenance(graph, store, out_dir: Path) -> str:
             body = json.dumps({"stage.json (other keys)": record, "result.json": result}, indent=1, default=str)
             details = f"<details><summary>record</summary><pre>{_e(body)}</pre></details>"
         folder = _e(_href(store.dir(s.hash), out_dir))
-        rows.append(f"<tr><td>{_e(s.kind)}</td><td><a href='{folder}/'>{s.hash}</a> (<a href='{folder}/run_config.yaml'>"
-                    f"config</a>)</td><td>{_e(s.describe())}</td><td>{_e(', '.join(s.rows))}</td><td>{status}</td>"
-                    f"<td>{attempts}</td><td>{details}</td></tr>")
+        rows.append(
+            f"<tr><td>{_e(s.kind)}</td><td><a href='{folder}/'>{s.hash}</a> (<a href='{folder}/run_config.yaml'>"
+            f"config</a>)</td><td>{_e(s.describe())}</td><td>{_e(', '.join(s.rows))}</td><td>{status}</td>"
+            f"<td>{attempts}</td><td>{details}</td></tr>"
+        )
     return "\n".join(rows) + "</table>"

@@ -24,6 +24,7 @@ benchmark.num_test_clips=4, train.lr=2e-5):
   groups of the trainer's config (group=option, e.g. data=kitti): {groups}
 Installed as `lsa-bench run` (`lsa-bench --help` lists the other commands).
 """
+
 from __future__ import annotations
 
 import importlib
@@ -33,11 +34,19 @@ from ablations.registry import list_tables, load_table
 from benchmark.run_table import StagesFailed
 from data.cli import UserError, command
 
-OPTIONS = {"table": None, "profile": "smoke", "launcher": "local", "rows": None, "store": "runs",
-           "results": "results", "runner": "benchmark.trainer_runner:TrainerRunner", "config_dir": None,
-           "cluster": "default"}
+OPTIONS = {
+    "table": None,
+    "profile": "smoke",
+    "launcher": "local",
+    "rows": None,
+    "store": "runs",
+    "results": "results",
+    "runner": "benchmark.trainer_runner:TrainerRunner",
+    "config_dir": None,
+    "cluster": "default",
+}
 FLAGS = {"--dry-run", "--list", "--no-wait", "-h", "--help"}
-CLUSTER_PREFIX = "slurm."       # key=value with this prefix: a cluster setting, not a Hydra override
+CLUSTER_PREFIX = "slurm."  # key=value with this prefix: a cluster setting, not a Hydra override
 
 
 class UsageError(UserError):
@@ -77,10 +86,16 @@ def usage(config_dir=None) -> str:
     from benchmark.config import config_root, list_profiles
     from benchmark.run_table import LAUNCHERS
     from trainers.config import group_choices
+
     clusters = sorted(p.stem for p in (config_root(config_dir) / "slurm").glob("*.yaml"))
     groups = "  ".join(f"{g}={'|'.join(o)}" for g, o in group_choices().items())
-    return __doc__.format(tables="|".join(list_tables()), profiles="|".join(list_profiles(config_dir)),
-                          launchers="|".join(LAUNCHERS), clusters="|".join(clusters), groups=groups)
+    return __doc__.format(
+        tables="|".join(list_tables()),
+        profiles="|".join(list_profiles(config_dir)),
+        launchers="|".join(LAUNCHERS),
+        clusters="|".join(clusters),
+        groups=groups,
+    )
 
 
 def print_configs(tables, resolver) -> None:
@@ -88,6 +103,7 @@ def print_configs(tables, resolver) -> None:
     from omegaconf import OmegaConf
 
     from benchmark.stages import expand
+
     if not tables:
         print(OmegaConf.to_yaml(resolver.base), end="")
     for spec in tables:
@@ -97,6 +113,7 @@ def print_configs(tables, resolver) -> None:
 
 def _list(config_dir) -> str:
     from benchmark.config import list_profiles
+
     lines = []
     for t in list_tables():
         spec = load_table(t)
@@ -112,6 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     Ctrl-C is one line and exit 130."""
     argv = sys.argv[1:] if argv is None else argv
     from trainers.config import print_config_flag
+
     argv, show_cfg = print_config_flag(argv)
     opts, flags, overrides = parse_args(argv)
     try:
@@ -123,17 +141,19 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if show_cfg and not opts["table"]:
             from benchmark.config import HydraResolver
+
             print_configs([], HydraResolver(opts["profile"], overrides, config_dir=opts["config_dir"]))
             return 0
         if not opts["table"]:
             raise UsageError(f"say which table: table=<name>; valid tables: {', '.join(list_tables())}")
-        tables = [load_table(t) for t in opts["table"].split(",")]   # unknown names fail here
+        tables = [load_table(t) for t in opts["table"].split(",")]  # unknown names fail here
         rows = opts["rows"].split(",") if opts["rows"] else None
         if rows:
             for t in tables:
                 t.select(rows)
         from benchmark.config import HydraResolver
         from benchmark.run_table import LAUNCHERS, run_table
+
         if opts["launcher"] not in LAUNCHERS:
             raise UsageError(f"launcher={opts['launcher']} is unknown; valid: {', '.join(LAUNCHERS)}")
         cluster_overrides = [o for o in overrides if o.startswith(CLUSTER_PREFIX)]
@@ -141,6 +161,7 @@ def main(argv: list[str] | None = None) -> int:
         cluster = None
         if opts["launcher"] != "local":
             from slurm.config import load_cluster
+
             cluster = load_cluster(opts["cluster"], cluster_overrides, config_dir=opts["config_dir"])
         elif cluster_overrides or "--no-wait" in flags:
             raise UsageError(f"{' '.join(cluster_overrides + sorted(flags & {'--no-wait'}))}: only with launcher=slurm")
@@ -150,8 +171,18 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         runner = None if "--dry-run" in flags else load_runner(opts["runner"])
         for spec in tables:
-            run_table(spec, resolver, runner, opts["launcher"], store=opts["store"], results=opts["results"],
-                      rows=rows, dry_run="--dry-run" in flags, cluster=cluster, wait="--no-wait" not in flags)
+            run_table(
+                spec,
+                resolver,
+                runner,
+                opts["launcher"],
+                store=opts["store"],
+                results=opts["results"],
+                rows=rows,
+                dry_run="--dry-run" in flags,
+                cluster=cluster,
+                wait="--no-wait" not in flags,
+            )
     except StagesFailed as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

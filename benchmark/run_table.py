@@ -11,6 +11,7 @@ store (benchmark/store.py) -> the table and figures (benchmark/render.py). Finis
 Launchers: `local` runs the pending stages here; `slurm` submits them as job arrays and by default
 waits and renders; `debug` is the same submission path with submitit's in-process DebugExecutor.
 """
+
 from __future__ import annotations
 
 import logging
@@ -42,20 +43,31 @@ LAUNCHERS = ("local", "slurm", "debug")
 @dataclass
 class TableRun:
     graph: StageGraph
-    executed: list[str] = field(default_factory=list)     # hashes run by this call
+    executed: list[str] = field(default_factory=list)  # hashes run by this call
     outputs: dict[str, Path] = field(default_factory=dict)  # md / tex / json / figures
     results_dir: Path | None = None
-    launch: object | None = None      # slurm.launch.LaunchResult (launcher slurm / debug)
+    launch: object | None = None  # slurm.launch.LaunchResult (launcher slurm / debug)
 
 
 class StagesFailed(RuntimeError):
     """Stages that ended without a result on the cluster (each named with its job and log)."""
 
 
-def run_table(table: str | TableSpec, cfg, runner: StageRunner, launcher: str = "local", *,
-              store: str | Path | Store = "runs", results: str | Path = "results", rows: Sequence[str] | None = None,
-              dry_run: bool = False, echo: Callable[[str], None] | None = None, figures: bool = True,
-              cluster: dict | None = None, wait: bool = True) -> TableRun:
+def run_table(
+    table: str | TableSpec,
+    cfg,
+    runner: StageRunner,
+    launcher: str = "local",
+    *,
+    store: str | Path | Store = "runs",
+    results: str | Path = "results",
+    rows: Sequence[str] | None = None,
+    dry_run: bool = False,
+    echo: Callable[[str], None] | None = None,
+    figures: bool = True,
+    cluster: dict | None = None,
+    wait: bool = True,
+) -> TableRun:
     """Run one table. `cfg` is a resolver (benchmark.config.HydraResolver) or a resolved base dict.
 
     launcher slurm / debug: `cluster` is the cluster config (slurm.config.load_cluster; default:
@@ -74,15 +86,15 @@ def run_table(table: str | TableSpec, cfg, runner: StageRunner, launcher: str = 
     resolver = cfg if hasattr(cfg, "resolve") else DictResolver(cfg)
     store = store if isinstance(store, Store) else Store(store)
     graph = expand(spec, resolver)
-    check_values(graph)                 # types and ranges of every row's config, before anything runs
+    check_values(graph)  # types and ranges of every row's config, before anything runs
 
-    problems = missing_paths((p.row.name, p.cfg, spec.detectors_for(p.row))
-                             for p in graph.rows if p.cfg is not None)
-    sharded = [s for s in graph.order() if stage_shards(s) > 1]     # checks benchmark.shards of every stage
+    problems = missing_paths((p.row.name, p.cfg, spec.detectors_for(p.row)) for p in graph.rows if p.cfg is not None)
+    sharded = [s for s in graph.order() if stage_shards(s) > 1]  # checks benchmark.shards of every stage
     if runner is not None and not dry_run:
         for s in sharded:
             check_can_shard(runner, s, stage_shards(s))
     from benchmark.foundation import describe, ensure
+
     foundation = getattr(resolver, "foundation", {})
     mode = provenance.check_mode(select(resolver.base, "benchmark.provenance", "record"))
     if dry_run:
@@ -95,21 +107,25 @@ def run_table(table: str | TableSpec, cfg, runner: StageRunner, launcher: str = 
             show(f"missing: {line}")
         return TableRun(graph)
     if problems:
-        raise MissingFile(f"table {spec.name}: {len(problems)} path(s) the run needs are missing; nothing "
-                          f"was started:\n  " + "\n  ".join(problems))
+        raise MissingFile(
+            f"table {spec.name}: {len(problems)} path(s) the run needs are missing; nothing "
+            f"was started:\n  " + "\n  ".join(problems)
+        )
 
     run = TableRun(graph)
-    check_finished(graph, store, echo)   # a damaged finished stage is set aside and recomputed
-    provenance.apply(graph, store, mode, echo)   # made by other code: flagged (strict: recomputed)
+    check_finished(graph, store, echo)  # a damaged finished stage is set aside and recomputed
+    provenance.apply(graph, store, mode, echo)  # made by other code: flagged (strict: recomputed)
     pending = graph.pending(store.is_done)
-    echo(f"table {spec.name}: {len(graph.stages)} stages, {len(graph.stages) - len(pending)} cached, "
-         f"{len(pending)} to run (store {store.root}/)")
+    echo(
+        f"table {spec.name}: {len(graph.stages)} stages, {len(graph.stages) - len(pending)} cached, "
+        f"{len(pending)} to run (store {store.root}/)"
+    )
     fake = bool(getattr(runner, "is_fake", False))
     out_dir = Path(results) / (graph.profile + ("-fake" if fake else ""))
     run.results_dir = out_dir
     if pending:
-        check_writable(out_dir, "results")      # before the first stage, not after the last
-        ensure(foundation, echo)                # the parts the stages load, built once (resumable)
+        check_writable(out_dir, "results")  # before the first stage, not after the last
+        ensure(foundation, echo)  # the parts the stages load, built once (resumable)
     if launcher == "local":
         bar = tqdm(pending, desc=f"table {spec.name}", unit="stage", file=sys.stderr)
         for stage in bar:
@@ -118,7 +134,7 @@ def run_table(table: str | TableSpec, cfg, runner: StageRunner, launcher: str = 
             run.executed.append(stage.hash)
         bar.close()
     elif pending:
-        wait = wait or launcher == "debug"          # the debug executor runs everything here anyway
+        wait = wait or launcher == "debug"  # the debug executor runs everything here anyway
         run.launch = launch_table(graph, store, runner, launcher, cluster, wait, echo, out_dir, fake, figures)
         run.executed = [h for h in run.launch.submitted if store.is_done(h)]
         if not wait:
@@ -129,10 +145,15 @@ def run_table(table: str | TableSpec, cfg, runner: StageRunner, launcher: str = 
         echo(f"wrote {k}: {p}")
     failed = run.launch.failed if run.launch is not None else []
     if failed:
-        raise StagesFailed(f"table {spec.name}: {len(failed)} stage(s) ended without a result (the table above "
-                           f"shows n/a for them; the next benchmark.run submits them again):\n  " + "\n  ".join(
-                               f"{graph.stages[o.key].kind} {o.key}: job {o.job_id} {o.state}"
-                               f"{' (' + o.detail + ')' if o.detail else ''}; log {o.log}" for o in failed))
+        raise StagesFailed(
+            f"table {spec.name}: {len(failed)} stage(s) ended without a result (the table above "
+            f"shows n/a for them; the next benchmark.run submits them again):\n  "
+            + "\n  ".join(
+                f"{graph.stages[o.key].kind} {o.key}: job {o.job_id} {o.state}"
+                f"{' (' + o.detail + ')' if o.detail else ''}; log {o.log}"
+                for o in failed
+            )
+        )
     return run
 
 
@@ -142,22 +163,23 @@ def check_writable(folder: Path, option: str) -> None:
         Path(folder).mkdir(parents=True, exist_ok=True)
         make_temp_file(Path(folder) / ".write-check").unlink()
     except OSError as e:
-        raise UserError(f"{option}={Path(folder).parent}: the output folder {folder} is not writable "
-                        f"({e.strerror or e}); nothing was started") from e
-
+        raise UserError(
+            f"{option}={Path(folder).parent}: the output folder {folder} is not writable "
+            f"({e.strerror or e}); nothing was started"
+        ) from e
 
 
 def check_values(graph: StageGraph) -> None:
     """Every row's resolved config against trainers/config_schema.py: one ConfigError naming each bad
     key, its value, what is allowed and the rows that have it."""
     from trainers.config_schema import problems
+
     found: dict[str, list[str]] = {}
     for p in graph.rows:
         if p.cfg is not None:
             for line in problems(p.cfg):
                 found.setdefault(line, []).append(p.row.name)
     if found:
-        raise ConfigError("\n".join(f"table {graph.table.name}: {line}  [rows: {', '.join(rows)}]"
-                                     for line, rows in found.items()))
-
-
+        raise ConfigError(
+            "\n".join(f"table {graph.table.name}: {line}  [rows: {', '.join(rows)}]" for line, rows in found.items())
+        )

@@ -10,6 +10,7 @@ does each metric separate real, generated and noise videos in this world?
 A metric "separates" when real-vs-real < every real-vs-generated < real-vs-noise; the report says
 which comparison breaks the order otherwise.
 """
+
 from __future__ import annotations
 
 import json
@@ -42,13 +43,16 @@ def detector_sanity(clips: Sequence[Clip], detectors: Mapping[str, dict], cfg, s
         c = _with(cfg, metrics=["det"], det={"reference": "dataset", "detector": dict(settings)})
         real = evaluate(list(clips), [c_.frames for c_ in clips], c, progress=False)["det"]
         fake = evaluate(list(clips), noise, c, progress=False)["det"]
-        out[name] = {"real": real["mAP"], "noise": fake["mAP"], "mIoU_real": real.get("mIoU"),
-                     "protocol": real.get("protocol")}
+        out[name] = {
+            "real": real["mAP"],
+            "noise": fake["mAP"],
+            "mIoU_real": real.get("mIoU"),
+            "protocol": real.get("protocol"),
+        }
     return out
 
 
-def frechet_sanity(clips: Sequence[Clip], generated: Mapping[str, Sequence[np.ndarray]], cfg,
-                   seed: int = 0) -> dict:
+def frechet_sanity(clips: Sequence[Clip], generated: Mapping[str, Sequence[np.ndarray]], cfg, seed: int = 0) -> dict:
     """{metric: {"real_vs_real", "real_vs_noise", "generated": {name: value}, "verdict", "n_per_side"}}.
 
     `generated[name][i]` is the generation for clip i (all clips; only the B half is used)."""
@@ -61,16 +65,25 @@ def frechet_sanity(clips: Sequence[Clip], generated: Mapping[str, Sequence[np.nd
     n = min(len(a), len(b))
     a, b = a[:n], b[:n]
     c = _with(cfg, metrics=["fvd", "fid"])
-    scores = {"real_vs_real": evaluate(a, b, c, progress=False),
-              "real_vs_noise": evaluate(a, noise_videos(b, seed), c, progress=False)}
-    gen_scores = {name: evaluate(a, [np.asarray(v) for v in list(videos)[1::2][:n]], c, progress=False)
-                  for name, videos in generated.items()}
+    scores = {
+        "real_vs_real": evaluate(a, b, c, progress=False),
+        "real_vs_noise": evaluate(a, noise_videos(b, seed), c, progress=False),
+    }
+    gen_scores = {
+        name: evaluate(a, [np.asarray(v) for v in list(videos)[1::2][:n]], c, progress=False)
+        for name, videos in generated.items()
+    }
     out = {}
     for m in ("fvd", "fid"):
         rr, rn = scores["real_vs_real"][m]["value"], scores["real_vs_noise"][m]["value"]
         gen = {name: s[m]["value"] for name, s in gen_scores.items()}
-        out[m] = {"real_vs_real": rr, "real_vs_noise": rn, "generated": gen, "n_per_side": n,
-                  "verdict": verdict(rr, gen, rn)}
+        out[m] = {
+            "real_vs_real": rr,
+            "real_vs_noise": rn,
+            "generated": gen,
+            "n_per_side": n,
+            "verdict": verdict(rr, gen, rn),
+        }
     return out
 
 
@@ -93,13 +106,22 @@ def render_markdown(report: dict) -> str:
         lines += [f"| {k} | {m} | {v} |" for k, d in report["foundation"].items() for m, v in d.items()]
         lines.append("")
     if report.get("detectors"):
-        lines += ["## Detectors on the real test frames (exact boxes as reference)", "",
-                  "| detector | mAP real (%) | mAP noise (%) |", "|---|---|---|"]
+        lines += [
+            "## Detectors on the real test frames (exact boxes as reference)",
+            "",
+            "| detector | mAP real (%) | mAP noise (%) |",
+            "|---|---|---|",
+        ]
         lines += [f"| {k} | {_fmt(d['real'])} | {_fmt(d['noise'])} |" for k, d in report["detectors"].items()]
         lines.append("")
     for m, d in (report.get("frechet") or {}).items():
-        lines += [f"## {m.upper()} ({d['n_per_side']} videos per side)", "", "| comparison | value |", "|---|---|",
-                  f"| real A vs real B | {_fmt(d['real_vs_real'])} |"]
+        lines += [
+            f"## {m.upper()} ({d['n_per_side']} videos per side)",
+            "",
+            "| comparison | value |",
+            "|---|---|",
+            f"| real A vs real B | {_fmt(d['real_vs_real'])} |",
+        ]
         lines += [f"| real A vs {name} B | {_fmt(v)} |" for name, v in d["generated"].items()]
         lines += [f"| real A vs noise B | {_fmt(d['real_vs_noise'])} |", "", f"Verdict: {d['verdict']}", ""]
     return "\n".join(lines) + "\n"
@@ -117,8 +139,13 @@ def write_report(report: dict, out_dir: str | Path) -> dict[str, Path]:
     return {"json": out_dir / "sanity.json", "md": out_dir / "sanity.md"}
 
 
-def world_report(profile: str = "mini", overrides: Sequence[str] = (), dataset: str = "mini_nuscenes",
-                 stand_ins: Sequence[str] = ("source", "kitti"), echo=print) -> dict:
+def world_report(
+    profile: str = "mini",
+    overrides: Sequence[str] = (),
+    dataset: str = "mini_nuscenes",
+    stand_ins: Sequence[str] = ("source", "kitti"),
+    echo=print,
+) -> dict:
     """The report before any table ran: the `dataset` world's test clips as real videos, and the
     test clips of other worlds (`stand_ins`, the same seeds) in place of generated videos: a
     metric that cannot tell the target world from the source world cannot rank fine-tuning.
@@ -133,13 +160,24 @@ def world_report(profile: str = "mini", overrides: Sequence[str] = (), dataset: 
     data = OmegaConf.create(cfg["data"])
     clips = [c for c in build_dataset(data, "test")]
     metrics_cfg = OmegaConf.create(cfg["metrics"])
-    others = {f"{w} world": [SyntheticDataset(len(clips), data.clip_len, data.height, data.width, data.test.seed,
-                                              data.fps, w)[i].frames for i in range(len(clips))] for w in stand_ins}
-    report = {"profile": profile, "dataset": dataset, "n_test_clips": len(clips),
-              "note": ("Before any table ran: the generated sets are other worlds' clips (stand-ins); the tables' "
-                       "generations replace them."),
-              "frechet": frechet_sanity(clips, others, metrics_cfg)}
-    cfg, _ = resolve(cfg)                   # foundation:<part> -> its folder (a no-op once substituted)
+    others = {
+        f"{w} world": [
+            SyntheticDataset(len(clips), data.clip_len, data.height, data.width, data.test.seed, data.fps, w)[i].frames
+            for i in range(len(clips))
+        ]
+        for w in stand_ins
+    }
+    report = {
+        "profile": profile,
+        "dataset": dataset,
+        "n_test_clips": len(clips),
+        "note": (
+            "Before any table ran: the generated sets are other worlds' clips (stand-ins); the tables' "
+            "generations replace them."
+        ),
+        "frechet": frechet_sanity(clips, others, metrics_cfg),
+    }
+    cfg, _ = resolve(cfg)  # foundation:<part> -> its folder (a no-op once substituted)
     dets = {}
     for name, settings in cfg["benchmark"]["eval"]["detectors"].items():
         if not Path(str(settings.get("weights"))).exists():

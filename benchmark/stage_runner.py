@@ -10,6 +10,7 @@ leaves the stage pending.
 The real implementation is `benchmark.trainer_runner.TrainerRunner` (wired to trainers/ and metrics/);
 the test double `FakeRunner` is in tests/fakes.py.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -42,8 +43,9 @@ class StageRunner(Protocol):
         out_dir/controlnet) for cfg['train']['epochs'] epochs; Box2Video steers the U-Net exported by the
         train stage folder `backbone` (None = the base model). Return {"log": <the JSONL loss log>, ...}."""
 
-    def run_generate_ctrlv(self, stage, cfg: dict, bbox_run: Path, box2video_run: Path, out_dir: Path, *,
-                           test_clips: Path) -> dict:
+    def run_generate_ctrlv(
+        self, stage, cfg: dict, bbox_run: Path, box2video_run: Path, out_dir: Path, *, test_clips: Path
+    ) -> dict:
         """As run_generate, with Ctrl-V's two-stage pipeline (BBox generator run folder `bbox_run`,
         Box2Video run folder `box2video_run`) fed each test clip's first frame and the boxes its
         variant is given; the same return keys ("seconds", "num_params" of the two-stage pipeline)."""

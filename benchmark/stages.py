@@ -12,6 +12,7 @@ A train epoch that uses the diffusion loss only leaves the feature-loss keys (va
 lambda, ...) out of its hash, so every staged row and "SVD fine-tuned" share one epoch-1 stage.
 The key lists live in config (configs/benchmark/_stage_hash.yaml), not here.
 """
+
 from __future__ import annotations
 
 import copy
@@ -111,8 +112,9 @@ class DictResolver:
     """A resolver over a plain dict, for tests and programmatic use: `group=option` picks a dict
     from `groups[group][option]`; any other `a.b=v` sets a key (v parsed as YAML)."""
 
-    def __init__(self, base: dict, groups: dict[str, dict[str, dict]] | None = None,
-                 user_overrides: Sequence[str] = ()):
+    def __init__(
+        self, base: dict, groups: dict[str, dict[str, dict]] | None = None, user_overrides: Sequence[str] = ()
+    ):
         self.groups = groups or {}
         self.user_overrides = list(user_overrides)
         self._raw = copy.deepcopy(base)
@@ -120,6 +122,7 @@ class DictResolver:
 
     def resolve(self, overrides: list[str]) -> dict:
         import yaml
+
         cfg = copy.deepcopy(self._raw)
         for ov in list(self.user_overrides) + list(overrides):
             key, value = split_override(ov)
@@ -186,10 +189,10 @@ def row_overrides(spec: TableSpec, row: Row, base: dict, user_overrides: Sequenc
 class Stage:
     kind: str
     hash: str
-    config: dict                  # what identifies the stage (hashed; saved as stage_config.yaml)
-    run_cfg: dict                 # the full resolved config the runner executes (first row using it)
+    config: dict  # what identifies the stage (hashed; saved as stage_config.yaml)
+    run_cfg: dict  # the full resolved config the runner executes (first row using it)
     deps: tuple[str, ...] = ()
-    params: dict = field(default_factory=dict)   # epoch / objective / detector / ...
+    params: dict = field(default_factory=dict)  # epoch / objective / detector / ...
     rows: list[str] = field(default_factory=list)
 
     def describe(self) -> str:
@@ -217,13 +220,13 @@ class Stage:
 @dataclass
 class RowPlan:
     row: Row
-    cfg: dict | None = None                         # resolved config
+    cfg: dict | None = None  # resolved config
     testset: str | None = None
     train: list[str] = field(default_factory=list)  # the epoch chain, epoch 1 first
     generate: str | None = None
-    evaluate: dict[str, str] = field(default_factory=dict)   # detector -> stage hash
-    seed: int | None = None                         # benchmark.seeds: this plan's seed (None: one run)
-    first_seed: bool = True                         # the plan figures draw (one per row)
+    evaluate: dict[str, str] = field(default_factory=dict)  # detector -> stage hash
+    seed: int | None = None  # benchmark.seeds: this plan's seed (None: one run)
+    first_seed: bool = True  # the plan figures draw (one per row)
 
     @property
     def label(self) -> str:
@@ -234,7 +237,7 @@ class RowPlan:
 @dataclass
 class StageGraph:
     table: TableSpec
-    stages: dict[str, Stage]      # insertion order is a topological order
+    stages: dict[str, Stage]  # insertion order is a topological order
     rows: list[RowPlan]
     render: Stage
     profile: str
@@ -254,27 +257,32 @@ class StageGraph:
         """One plan per row (its first seed's): what figures draw."""
         return [p for p in self.rows if p.first_seed]
 
-    def format(self, is_done: Callable[[str], bool], store_root: str | Path = "runs",
-               notes: dict[str, list[str]] | None = None) -> str:
+    def format(
+        self, is_done: Callable[[str], bool], store_root: str | Path = "runs", notes: dict[str, list[str]] | None = None
+    ) -> str:
         """The dry-run view: every stage, cached or pending, with its dependencies and rows; `notes`
         flag cached stages (made by other code: benchmark/provenance.py)."""
         notes = notes or {}
         stages = self.order()
         n_done = sum(is_done(s.hash) for s in stages)
-        lines = [f"Table {self.table.name} (profile {self.profile}): {len(stages)} stages in {store_root}/, "
-                 f"{n_done} cached, {len(stages) - n_done} pending; render always runs"]
+        lines = [
+            f"Table {self.table.name} (profile {self.profile}): {len(stages)} stages in {store_root}/, "
+            f"{n_done} cached, {len(stages) - n_done} pending; render always runs"
+        ]
         lines.append(f"  {'status':<8} {'kind':<15} {'hash':<{HASH_LEN}}  {'what':<40} {'deps':<27} rows")
         for s in stages + [self.render]:
             status = "always" if s.kind == "render" else ("cached" if is_done(s.hash) else "pending")
             deps = ",".join(d[:6] for d in s.deps) if s.kind != "render" else f"{len(s.deps)} stages"
             rows = ", ".join(s.rows) if s.kind != "render" else ""
-            lines.append(f"  {status:<8} {s.kind:<15} {s.hash:<{HASH_LEN}}  {s.describe():<40} {deps or '-':<27} {rows}")
+            lines.append(
+                f"  {status:<8} {s.kind:<15} {s.hash:<{HASH_LEN}}  {s.describe():<40} {deps or '-':<27} {rows}"
+            )
             if s.hash in notes:
                 lines.append(f"  {'':<8} other code made it: {'; '.join(notes[s.hash])}")
         return "\n".join(lines)
 
 
-FULL_UNET_ADAPTER = {"name": "unet"}      # configs/adapter/unet.yaml
+FULL_UNET_ADAPTER = {"name": "unet"}  # configs/adapter/unet.yaml
 
 
 def epoch_adapter(cfg: dict, objective: str) -> dict:
@@ -296,8 +304,10 @@ def with_lr_horizon(cfg: dict, epochs: int) -> dict:
     """A decaying learning-rate schedule spans the row's `epochs`, also in its per-epoch stages (each
     trains with train.epochs = its own epoch): `train.lr_schedule_epochs` is set to them when null.
     The constant schedules have no horizon and keep it null, so their rows share stages as before."""
-    if select(cfg, "train.lr_schedule_epochs", None) is not None or \
-            select(cfg, "train.lr_scheduler", "constant") in ("constant", "constant_with_warmup"):
+    if select(cfg, "train.lr_schedule_epochs", None) is not None or select(cfg, "train.lr_scheduler", "constant") in (
+        "constant",
+        "constant_with_warmup",
+    ):
         return cfg
     return with_value(cfg, "train.lr_schedule_epochs", epochs)
 
@@ -312,8 +322,10 @@ def epoch_objectives(cfg: dict, row: Row, baseline: str | None = None) -> list[s
     feat_from = select(cfg, "schedule.feat_from_epoch", None)
     objs = ["lsa" if feat_from is not None and e >= int(feat_from) else "diffusion" for e in range(1, epochs + 1)]
     if baseline == "svd_finetuned" and "lsa" in objs:
-        raise InputError(f"row {row.name} is 'SVD fine-tuned' (diffusion loss only) but its schedule "
-                         f"{select(cfg, 'schedule.name', '?')} turns the feature loss on from epoch {feat_from}")
+        raise InputError(
+            f"row {row.name} is 'SVD fine-tuned' (diffusion loss only) but its schedule "
+            f"{select(cfg, 'schedule.name', '?')} turns the feature loss on from epoch {feat_from}"
+        )
     return objs
 
 
@@ -339,18 +351,46 @@ def _ctrlv_stages(spec, row, resolver, cfg, bench, policy, testset, train_chain,
     epochs = int(select(cv, "train.epochs"))
 
     bbox_cfg = with_value(cv, "ctrlv.stage", "bbox")
-    bbox = add("ctrlv_bbox", {"epochs": epochs, "cfg": drop_keys(cv, not_train + list(policy.get("ignore_ctrlv_bbox") or []))}, bbox_cfg, [],
-               {"variant": variant, "epochs": epochs}, label)
+    bbox = add(
+        "ctrlv_bbox",
+        {"epochs": epochs, "cfg": drop_keys(cv, not_train + list(policy.get("ignore_ctrlv_bbox") or []))},
+        bbox_cfg,
+        [],
+        {"variant": variant, "epochs": epochs},
+        label,
+    )
     b2v_cfg = with_value(cv, "ctrlv.stage", "box2video")
-    b2v = add("ctrlv_box2video", {"epochs": epochs, "backbone": chain[-1] if chain else None,
-                                  "cfg": drop_keys(cv, not_train + list(policy.get("ignore_ctrlv_box2video") or []))},
-              b2v_cfg, chain[-1:], {"backbone": backbone, "epochs": epochs}, label)
-    gen_cfg = {"ctrlv_bbox": bbox, "ctrlv_box2video": b2v, "testset": testset, "model": model,
-               "ctrlv": {k: select(cv, f"ctrlv.{k}") for k in ("variant", "variants", "inference", "readback",
-                                                                  "render", "controlnet")},
-               "generate": bench["generate"]}
-    gen = add("generate", gen_cfg, cv, [bbox, b2v, testset],
-              {"ctrlv": {"variant": variant, "backbone": backbone, "bbox": bbox, "box2video": b2v}}, label)
+    b2v = add(
+        "ctrlv_box2video",
+        {
+            "epochs": epochs,
+            "backbone": chain[-1] if chain else None,
+            "cfg": drop_keys(cv, not_train + list(policy.get("ignore_ctrlv_box2video") or [])),
+        },
+        b2v_cfg,
+        chain[-1:],
+        {"backbone": backbone, "epochs": epochs},
+        label,
+    )
+    gen_cfg = {
+        "ctrlv_bbox": bbox,
+        "ctrlv_box2video": b2v,
+        "testset": testset,
+        "model": model,
+        "ctrlv": {
+            k: select(cv, f"ctrlv.{k}")
+            for k in ("variant", "variants", "inference", "readback", "render", "controlnet")
+        },
+        "generate": bench["generate"],
+    }
+    gen = add(
+        "generate",
+        gen_cfg,
+        cv,
+        [bbox, b2v, testset],
+        {"ctrlv": {"variant": variant, "backbone": backbone, "bbox": bbox, "box2video": b2v}},
+        label,
+    )
     return chain, gen
 
 
@@ -358,14 +398,17 @@ def backbone_overrides(row: Row, backbone: str) -> list[str]:
     """The overrides (all but `data`, which the Ctrl-V row sets itself) of the BACKBONE_TABLE row
     that trains `backbone` on the Ctrl-V row's dataset."""
     from ablations.registry import load_table
+
     dataset = row.overrides.get("data")
     spec = load_table(BACKBONE_TABLE)
     name = f"{dataset}_{backbone}"
     try:
         source = spec.row(name)
     except KeyError as e:
-        raise InputError(f"row {row.name}: ctrlv.backbone={backbone} on data={dataset} needs the row {name} of "
-                         f"table {BACKBONE_TABLE} (ablations/table_{BACKBONE_TABLE}.yaml)") from e
+        raise InputError(
+            f"row {row.name}: ctrlv.backbone={backbone} on data={dataset} needs the row {name} of "
+            f"table {BACKBONE_TABLE} (ablations/table_{BACKBONE_TABLE}.yaml)"
+        ) from e
     return [format_override(k, v) for k, v in source.overrides.items() if k != "data"]
 
 
@@ -376,11 +419,16 @@ def table_seeds(base: dict) -> list[int | None]:
         return [None]
     if isinstance(seeds, int) and not isinstance(seeds, bool):
         seeds = [seeds]
-    if (not isinstance(seeds, (list, tuple)) or not seeds
-            or not all(isinstance(x, int) and not isinstance(x, bool) and x >= 0 for x in seeds)
-            or len(set(seeds)) != len(seeds)):
-        raise InputError(f"benchmark.seeds={seeds!r}: expected null or a list of distinct integers >= 0, "
-                         f"e.g. benchmark.seeds=[0,1,2]")
+    if (
+        not isinstance(seeds, (list, tuple))
+        or not seeds
+        or not all(isinstance(x, int) and not isinstance(x, bool) and x >= 0 for x in seeds)
+        or len(set(seeds)) != len(seeds)
+    ):
+        raise InputError(
+            f"benchmark.seeds={seeds!r}: expected null or a list of distinct integers >= 0, "
+            f"e.g. benchmark.seeds=[0,1,2]"
+        )
     return list(seeds)
 
 
@@ -428,11 +476,21 @@ def expand(spec: TableSpec, resolver: Resolver) -> StageGraph:
         _expand_row(spec, plan, SeededResolver(resolver, seed), add)
 
     profile = str(select(base, "benchmark.profile", "custom"))
-    render_cfg = {"table": spec.name, "profile": profile,
-                  "rows": {p.label: {"generate": p.generate, "evaluate": p.evaluate} for p in plans}}
+    render_cfg = {
+        "table": spec.name,
+        "profile": profile,
+        "rows": {p.label: {"generate": p.generate, "evaluate": p.evaluate} for p in plans},
+    }
     deps = [h for p in plans for h in ([p.generate] if p.generate else []) + list(p.evaluate.values())]
-    render = Stage("render", stage_hash("render", render_cfg), canonical(render_cfg), base, tuple(deps),
-                   {"outputs": f"results/{profile}/table_{spec.name}.md/.tex/.json"}, [])
+    render = Stage(
+        "render",
+        stage_hash("render", render_cfg),
+        canonical(render_cfg),
+        base,
+        tuple(deps),
+        {"outputs": f"results/{profile}/table_{spec.name}.md/.tex/.json"},
+        [],
+    )
     return StageGraph(spec, stages, plans, render, profile)
 
 
@@ -448,8 +506,14 @@ def _expand_row(spec: TableSpec, plan: RowPlan, resolver: Resolver, add) -> None
     # the real test clips
     ts_cfg = drop_keys(cfg, always + list(policy.get("ignore_testset") or []))
     n_clips = int(bench["num_test_clips"])
-    plan.testset = add("testset", {"data": ts_cfg.get("data"), "num_clips": n_clips}, cfg, [],
-                       {"data": select(cfg, "data.name", "?"), "num_clips": n_clips}, plan.label)
+    plan.testset = add(
+        "testset",
+        {"data": ts_cfg.get("data"), "num_clips": n_clips},
+        cfg,
+        [],
+        {"data": select(cfg, "data.name", "?"), "num_clips": n_clips},
+        plan.label,
+    )
 
     def train_chain(tcfg: dict, baseline: str, row=row, always=always, policy=policy) -> list[str]:
         """One train stage per epoch, chained (epoch e starts from epoch e-1's stage); the loop's
@@ -462,51 +526,67 @@ def _expand_row(spec: TableSpec, plan: RowPlan, resolver: Resolver, add) -> None
             if objective == "diffusion":
                 ignore += list(policy.get("ignore_diffusion_only") or [])
             ecfg = epoch_adapter(tcfg, objective)
-            run_cfg = with_value(ecfg, "train.epochs", epoch)     # the trainer's "last epoch to train"
-            params = {"epoch": epoch, "objective": objective, "adapter": select(ecfg, "adapter.name", None),
-                      "variant": select(tcfg, "loss.variant", None) if objective == "lsa" else None}
-            parent = add("train", {"init_from": parent, "epoch": epoch, "objective": objective,
-                                   "cfg": drop_keys(ecfg, ignore)},
-                         run_cfg, [parent] if parent else [], params, plan.label)
+            run_cfg = with_value(ecfg, "train.epochs", epoch)  # the trainer's "last epoch to train"
+            params = {
+                "epoch": epoch,
+                "objective": objective,
+                "adapter": select(ecfg, "adapter.name", None),
+                "variant": select(tcfg, "loss.variant", None) if objective == "lsa" else None,
+            }
+            parent = add(
+                "train",
+                {"init_from": parent, "epoch": epoch, "objective": objective, "cfg": drop_keys(ecfg, ignore)},
+                run_cfg,
+                [parent] if parent else [],
+                params,
+                plan.label,
+            )
             chain.append(parent)
         return chain
 
     model = drop_keys(cfg, always + list(policy.get("ignore_diffusion_only") or [])).get("model")
     if row.baseline == "ctrlv":
-        plan.train, plan.generate = _ctrlv_stages(spec, row, resolver, cfg, bench, policy, plan.testset,
-                                                  train_chain, add, model, plan.label)
+        plan.train, plan.generate = _ctrlv_stages(
+            spec, row, resolver, cfg, bench, policy, plan.testset, train_chain, add, model, plan.label
+        )
     else:
         # training: one stage per epoch, chained; generation from the last epoch (or the base model)
         plan.train = train_chain(cfg, row.baseline) if row.baseline != "svd" else []
         parent = plan.train[-1] if plan.train else None
         gen_cfg = {"checkpoint": parent, "testset": plan.testset, "model": model, "generate": bench["generate"]}
-        plan.generate = add("generate", gen_cfg, cfg, [d for d in (parent, plan.testset) if d],
-                            {"checkpoint": parent}, plan.label)
+        plan.generate = add(
+            "generate", gen_cfg, cfg, [d for d in (parent, plan.testset) if d], {"checkpoint": parent}, plan.label
+        )
 
     # one evaluation per detector the row's columns need: the `metrics` node (what
     # metrics.evaluate reads) with metrics.det.detector set from benchmark.eval.detectors[name]
     detectors = select(bench, "eval.detectors", {}) or {}
     if "metrics" not in cfg:
-        raise ConfigKeyError(f"row {row.name}: the resolved config has no `metrics` node; the benchmark "
-                       f"profile selects one (defaults: /metrics: smoke|paper)")
+        raise ConfigKeyError(
+            f"row {row.name}: the resolved config has no `metrics` node; the benchmark "
+            f"profile selects one (defaults: /metrics: smoke|paper)"
+        )
     for det in spec.detectors_for(row):
         if det not in detectors:
-            raise ConfigKeyError(f"table {spec.name} row {row.name} needs detector {det!r}, but the profile "
-                           f"has no benchmark.eval.detectors.{det}; defined: {sorted(detectors)}")
+            raise ConfigKeyError(
+                f"table {spec.name} row {row.name} needs detector {det!r}, but the profile "
+                f"has no benchmark.eval.detectors.{det}; defined: {sorted(detectors)}"
+            )
         run_cfg = copy.deepcopy(cfg)
         node = run_cfg["metrics"].setdefault("det", {}).setdefault("detector", {})
         node.update(copy.deepcopy(detectors[det]))
         metrics = drop_keys(run_cfg, list(policy.get("ignore_evaluate") or []))["metrics"]
         ev = {"generate": plan.generate, "testset": plan.testset, "detector": det, "metrics": metrics}
-        plan.evaluate[det] = add("evaluate", ev, run_cfg, [plan.generate, plan.testset],
-                                 {"detector": det}, plan.label)
+        plan.evaluate[det] = add("evaluate", ev, run_cfg, [plan.generate, plan.testset], {"detector": det}, plan.label)
 
 
 def _bench(cfg: dict, row: Row) -> dict:
     bench = cfg.get("benchmark")
     if not isinstance(bench, dict):
-        raise ConfigKeyError(f"row {row.name}: the resolved config has no `benchmark` node; compose it with a "
-                       f"profile (+benchmark=smoke|paper, configs/benchmark/)")
+        raise ConfigKeyError(
+            f"row {row.name}: the resolved config has no `benchmark` node; compose it with a "
+            f"profile (+benchmark=smoke|paper, configs/benchmark/)"
+        )
     for k in ("num_test_clips", "generate"):
         if k not in bench:
             raise ConfigKeyError(f"row {row.name}: benchmark.{k} is missing from the profile")

@@ -13,6 +13,7 @@ A failed stage is submitted again by the next `benchmark.run`; it is never count
             its manifest (benchmark/manifest.py): a file missing, added or changed since the stage
             finished marks it damaged (the next benchmark.run recomputes it). Exit 1 if any is damaged.
 """
+
 from __future__ import annotations
 
 import sys
@@ -35,7 +36,7 @@ class StageStatus:
     hash: str
     kind: str
     what: str
-    status: str              # done | damaged | running | queued | failed | pending | unknown
+    status: str  # done | damaged | running | queued | failed | pending | unknown
     job_id: str | None = None
     detail: str = ""
     log: str | None = None
@@ -43,8 +44,9 @@ class StageStatus:
 
 def stage_statuses(graph: StageGraph, store: Store) -> list[StageStatus]:
     subs = {s.hash: last_submission(store.dir(s.hash)) for s in graph.order()}
-    slurm_ids = [sub["job_id"] for h, sub in subs.items()
-                 if sub and sub.get("executor") == "slurm" and not store.is_done(h)]
+    slurm_ids = [
+        sub["job_id"] for h, sub in subs.items() if sub and sub.get("executor") == "slurm" and not store.is_done(h)
+    ]
     try:
         states, queue_error = query_jobs(slurm_ids), None
     except QueueUnavailable as e:
@@ -60,7 +62,7 @@ def stage_statuses(graph: StageGraph, store: Store) -> list[StageStatus]:
         elif sub:
             st.status, st.detail = "failed", f"its {sub.get('executor')} run ended without a result"
         else:
-            failure = store.failure(s.hash)       # written by the runner when a local attempt raised
+            failure = store.failure(s.hash)  # written by the runner when a local attempt raised
             started = _last_attempt(store, s.hash)
             if failure and failure.get("interrupted"):
                 st.detail = f"interrupted (Ctrl-C) at {failure.get('time')}; the next benchmark.run resumes it"
@@ -71,7 +73,7 @@ def stage_statuses(graph: StageGraph, store: Store) -> list[StageStatus]:
                 st.detail = f"a local attempt started {started} did not finish (still running, or killed)"
         _add_shard_progress(st, s, store)
         out.append(st)
-    for h, why in provenance.flag_stages(graph, store).items():     # made by other code
+    for h, why in provenance.flag_stages(graph, store).items():  # made by other code
         st = next(x for x in out if x.hash == h)
         st.detail = "; ".join(x for x in (st.detail, f"other code made it: {'; '.join(why)}") if x)
     _explain_dependencies(out, graph)
@@ -94,7 +96,7 @@ def mark_damaged(statuses: list[StageStatus], store: Store) -> bool:
         damage = store.verify(st.hash)
         if damage:
             st.status, st.detail, found = "damaged", _damage_text(damage), True
-        else:       # keeps what stage_statuses said (e.g. made by other code)
+        else:  # keeps what stage_statuses said (e.g. made by other code)
             st.detail = "; ".join(x for x in (_damage_text(None) if damage is None else "verified", st.detail) if x)
     return found
 
@@ -113,14 +115,16 @@ def verify_store(store: Store) -> tuple[list[str], bool]:
             lines.append(f"  unknown  {kind:<9} {d.name}  {_damage_text(None)}")
         else:
             lines.append(f"  ok       {kind:<9} {d.name}")
-    head = (f"store {store.root}/: {len(done)} finished stage(s) checked, {damaged} damaged"
-            + (" (the next benchmark.run of a table using them recomputes them)" if damaged else ""))
+    head = f"store {store.root}/: {len(done)} finished stage(s) checked, {damaged} damaged" + (
+        " (the next benchmark.run of a table using them recomputes them)" if damaged else ""
+    )
     return [head] + lines, bool(damaged)
 
 
 def _add_shard_progress(st: StageStatus, stage, store: Store) -> None:
     """A stage split into shards (benchmark.shards) that is not done says how many have their record."""
     from benchmark.shards import stage_shards
+
     n = stage_shards(stage)
     if n > 1 and st.status != "done":
         k = sum(store.shard_done(stage.hash, i, n) for i in range(n))
@@ -136,8 +140,10 @@ def _classify_slurm(st: StageStatus, job, queue_error: str | None) -> None:
         st.status, st.detail = "queued", f"{job.state} ({job.reason})" if job.reason else job.state
     else:
         st.status = "failed"
-        st.detail = {"COMPLETED": "the job ended without the stage's result",
-                     "ENDED": "left the queue (no accounting record)"}.get(job.state, job.state)
+        st.detail = {
+            "COMPLETED": "the job ended without the stage's result",
+            "ENDED": "left the queue (no accounting record)",
+        }.get(job.state, job.state)
 
 
 def _explain_dependencies(statuses: list[StageStatus], graph: StageGraph) -> None:
@@ -156,10 +162,14 @@ def _last_attempt(store: Store, stage_hash: str) -> str | None:
 
 
 def format_statuses(graph: StageGraph, statuses: list[StageStatus], store: Store, logs: bool = False) -> str:
-    counts = {k: sum(s.status == k for s in statuses)
-              for k in ("done", "damaged", "running", "queued", "failed", "pending", "unknown")}
-    lines = [f"Table {graph.table.name} (profile {graph.profile}), store {store.root}/: {len(statuses)} stages: "
-             + ", ".join(f"{n} {k}" for k, n in counts.items() if n)]
+    counts = {
+        k: sum(s.status == k for s in statuses)
+        for k in ("done", "damaged", "running", "queued", "failed", "pending", "unknown")
+    }
+    lines = [
+        f"Table {graph.table.name} (profile {graph.profile}), store {store.root}/: {len(statuses)} stages: "
+        + ", ".join(f"{n} {k}" for k, n in counts.items() if n)
+    ]
     lines.append(f"  {'status':<8} {'kind':<9} {'hash':<{HASH_LEN}}  {'what':<42} {'job':<10} detail")
     for s in statuses:
         detail = s.detail
@@ -183,17 +193,20 @@ def main(argv: list[str] | None = None) -> int:
         print(__doc__)
         return 0
     opts, _, overrides = parse_args([a for a in argv if not a.startswith("-")])
-    overrides = [o for o in overrides if not o.startswith("slurm.")]   # cluster settings change no hash
+    overrides = [o for o in overrides if not o.startswith("slurm.")]  # cluster settings change no hash
     verify = "--verify" in flags
     if not opts["table"] and verify:
         lines, damaged = verify_store(Store(opts["store"]))
         print("\n".join(lines))
         return 1 if damaged else 0
     if not opts["table"]:
-        raise UsageError(f"say which table: table=<name> (or --verify alone for the whole store); "
-                         f"valid tables: {', '.join(list_tables())}")
+        raise UsageError(
+            f"say which table: table=<name> (or --verify alone for the whole store); "
+            f"valid tables: {', '.join(list_tables())}"
+        )
     from benchmark.config import HydraResolver
     from benchmark.stages import expand
+
     resolver = HydraResolver(opts["profile"], overrides, config_dir=opts["config_dir"])
     store = Store(opts["store"])
     rows = opts["rows"].split(",") if opts["rows"] else None

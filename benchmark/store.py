@@ -9,6 +9,7 @@ and last `DONE`. Readers trust a folder only when `DONE` exists, so a
 killed stage is never mistaken for a finished one. A stage split into shards (benchmark/shards.py)
 also has `shards/<i>-of-<n>/result.json`, each shard's record, written last by that shard.
 """
+
 from __future__ import annotations
 
 import json
@@ -28,18 +29,17 @@ from data.atomic import atomic_dir, atomic_write_json, atomic_write_text, sweep_
 
 DONE = "DONE"
 RESULT = "result.json"
-CONFIG = "stage_config.yaml"   # not config.yaml: a train stage folder is also the trainer's run folder
+CONFIG = "stage_config.yaml"  # not config.yaml: a train stage folder is also the trainer's run folder
 RUN_CONFIG = "run_config.yaml"
 STAGE = "stage.json"
-FAILED = "FAILED"              # the last attempt ended with an exception: its summary (JSON)
-SHARDS = "shards"              # runs/<hash>/shards/<i>-of-<n>/ (benchmark/shards.py)
-DAMAGED = ".damaged"           # runs/.damaged/<hash>-<time>/: finished stages found damaged, set aside
+FAILED = "FAILED"  # the last attempt ended with an exception: its summary (JSON)
+SHARDS = "shards"  # runs/<hash>/shards/<i>-of-<n>/ (benchmark/shards.py)
+DAMAGED = ".damaged"  # runs/.damaged/<hash>-<time>/: finished stages found damaged, set aside
 
 
 # ------------------------------------------------------------------------------ atomic writes
 def atomic_write_yaml(path: str | Path, obj: Any) -> Path:
     return atomic_write_text(path, yaml.safe_dump(obj, sort_keys=True, default_flow_style=False))
-
 
 
 # ------------------------------------------------------------------------------ the store
@@ -56,6 +56,7 @@ class Store:
         second waits, then finds the stage done. An OS lock (flock) on `.locks/<hash>`: it is freed
         when its process ends, however it ends, so it never goes stale."""
         import fcntl
+
         path = self.root / ".locks" / stage_hash
         path.parent.mkdir(parents=True, exist_ok=True)
         with open(path, "a+") as f:
@@ -103,8 +104,14 @@ class Store:
         atomic_write_yaml(d / CONFIG, stage.config)
         atomic_write_yaml(d / RUN_CONFIG, stage.run_cfg)
         info = self.stage_info(stage.hash)
-        info.update(kind=stage.kind, hash=stage.hash, deps=list(stage.deps), params=stage.params,
-                    rows=list(stage.rows), config=stage.config)
+        info.update(
+            kind=stage.kind,
+            hash=stage.hash,
+            deps=list(stage.deps),
+            params=stage.params,
+            rows=list(stage.rows),
+            config=stage.config,
+        )
         if attempt is not None:
             info.setdefault("attempts", []).append(attempt)
         atomic_write_json(d / STAGE, info)
@@ -118,9 +125,9 @@ class Store:
         info = self.stage_info(stage.hash)
         if info.get("attempts"):
             info["attempts"][-1]["finished"] = _now()
-        info["provenance"] = provenance.current()     # the code that made it (benchmark/provenance.py)
+        info["provenance"] = provenance.current()  # the code that made it (benchmark/provenance.py)
         atomic_write_json(d / STAGE, info)
-        write_manifest(d)             # every file's size and hash, each fsynced (benchmark/manifest.py)
+        write_manifest(d)  # every file's size and hash, each fsynced (benchmark/manifest.py)
         atomic_write_text(d / DONE, _now() + "\n")
         (d / FAILED).unlink(missing_ok=True)
         return d
@@ -131,9 +138,16 @@ class Store:
         summary = "interrupted (Ctrl-C)" if interrupted else f"{type(error).__name__}: {error}"
         if len(summary) > 500:
             summary = summary[:500] + " ..."
-        atomic_write_json(self.dir(stage_hash) / FAILED, {"time": _now(), "error": summary,
-                                                           "interrupted": interrupted, "host": socket.gethostname(),
-                                                           "pid": os.getpid()})
+        atomic_write_json(
+            self.dir(stage_hash) / FAILED,
+            {
+                "time": _now(),
+                "error": summary,
+                "interrupted": interrupted,
+                "host": socket.gethostname(),
+                "pid": os.getpid(),
+            },
+        )
 
     def failure(self, stage_hash: str) -> dict | None:
         """The FAILED record of the stage's last attempt, or None (not failed, or a later attempt runs)."""
@@ -221,12 +235,14 @@ def _relative_paths(res: dict, d: Path) -> dict:
     out = {}
     for k, v in res.items():
         if isinstance(v, Path) or (_is_path_key(k) and isinstance(v, str)):
-            p = Path(v)   # a real path (absolute, or relative to the working directory)
+            p = Path(v)  # a real path (absolute, or relative to the working directory)
             try:
                 p = p.resolve().relative_to(d.resolve())
             except ValueError:
-                raise ValueError(f"stage {d.name}: result[{k!r}] = {v} lies outside the stage folder {d}; "
-                                 f"a stage must keep its outputs inside its own folder") from None
+                raise ValueError(
+                    f"stage {d.name}: result[{k!r}] = {v} lies outside the stage folder {d}; "
+                    f"a stage must keep its outputs inside its own folder"
+                ) from None
             v = str(p)
         out[k] = v
     return out

@@ -11,6 +11,7 @@ is not marked at all: bolding 0.00 in every row as "best" would claim a ranking 
 numbers and the paper's are ranked separately.
 Missing cells: "n/a" (not computed or metric absent; never dropped, never filled in).
 """
+
 from __future__ import annotations
 
 import math
@@ -22,7 +23,7 @@ from benchmark.store import atomic_write_json, atomic_write_text
 
 NA = "n/a"
 PM = "±"
-DAGGER = "†"          # the paired difference to the baseline row excludes 0 (uncertainty_text says so)
+DAGGER = "†"  # the paired difference to the baseline row excludes 0 (uncertainty_text says so)
 BEST, SECOND = "best", "second"
 MIN_ROWS_FOR_SECOND = 3
 
@@ -76,10 +77,18 @@ def _marks(spec: TableSpec, col: Column, values: Sequence[float | None]) -> list
 
 
 # ------------------------------------------------------------------------------------ building
-def make_table(spec: TableSpec, cells: Mapping[str, Mapping[str, float | None]], *, caption: str,
-               profile: str = "", fake: bool = False,
-               extra: Mapping[str, dict] | None = None, provenance: Mapping | None = None,
-               stats: Mapping[str, Mapping[str, dict]] | None = None, uncertainty: Mapping | None = None) -> dict:
+def make_table(
+    spec: TableSpec,
+    cells: Mapping[str, Mapping[str, float | None]],
+    *,
+    caption: str,
+    profile: str = "",
+    fake: bool = False,
+    extra: Mapping[str, dict] | None = None,
+    provenance: Mapping | None = None,
+    stats: Mapping[str, Mapping[str, dict]] | None = None,
+    uncertainty: Mapping | None = None,
+) -> dict:
     """{'md': str, 'tex': str, 'json': dict} for the table. `cells[row][column id]` is our value
     (already scaled to the paper's units; the mean over seeds) or None (rendered n/a).
     `stats[row][column id]` holds the cell's bootstrap interval, paired difference to its baseline row
@@ -89,8 +98,7 @@ def make_table(spec: TableSpec, cells: Mapping[str, Mapping[str, float | None]],
     stats = stats or {}
     show = bool((uncertainty or {}).get("show"))
     rows = spec.rows
-    ours = {c.id: [(cells.get(r.name) or {}).get(c.id) for r in rows]
-            for c in spec.columns}
+    ours = {c.id: [(cells.get(r.name) or {}).get(c.id) for r in rows] for c in spec.columns}
     paper = {c.id: [r.paper[c.id].value if c.id in r.paper else None for r in rows] for c in spec.columns}
     ours_marks = {c.id: _marks(spec, c, ours[c.id]) for c in spec.columns}
     paper_marks = {c.id: _marks(spec, c, paper[c.id]) for c in spec.columns}
@@ -110,15 +118,45 @@ def make_table(spec: TableSpec, cells: Mapping[str, Mapping[str, float | None]],
                 "ours_text": _join_md(parts) if parts else NA,
                 "ours_parts": parts,
                 "ours_mark": ours_marks[c.id][i],
-                "paper": paper[c.id][i], "paper_text": r.paper[c.id].text if c.id in r.paper else NA,
-                "paper_mark": paper_marks[c.id][i], **st}
-        json_rows.append({"name": r.name, "labels": r.labels, "baseline": r.baseline, "ctrlv": r.ctrlv,
-                          "cells": row_cells, **({"extra": extra[r.name]} if extra and r.name in extra else {})})
-    doc = {"table": spec.name, "title": spec.title, "profile": profile, "fake": fake, "caption": caption,
-           "label_columns": list(spec.label_columns), "rank_within": list(spec.rank_within),
-           "columns": [{"id": c.id, "name": c.name, "key": c.key, "direction": c.direction, "group": c.group,
-                        "detector": c.detector, "source": c.source, "scale": c.scale} for c in spec.columns],
-           "rows": json_rows, **({"provenance": dict(provenance)} if provenance is not None else {})}
+                "paper": paper[c.id][i],
+                "paper_text": r.paper[c.id].text if c.id in r.paper else NA,
+                "paper_mark": paper_marks[c.id][i],
+                **st,
+            }
+        json_rows.append(
+            {
+                "name": r.name,
+                "labels": r.labels,
+                "baseline": r.baseline,
+                "ctrlv": r.ctrlv,
+                "cells": row_cells,
+                **({"extra": extra[r.name]} if extra and r.name in extra else {}),
+            }
+        )
+    doc = {
+        "table": spec.name,
+        "title": spec.title,
+        "profile": profile,
+        "fake": fake,
+        "caption": caption,
+        "label_columns": list(spec.label_columns),
+        "rank_within": list(spec.rank_within),
+        "columns": [
+            {
+                "id": c.id,
+                "name": c.name,
+                "key": c.key,
+                "direction": c.direction,
+                "group": c.group,
+                "detector": c.detector,
+                "source": c.source,
+                "scale": c.scale,
+            }
+            for c in spec.columns
+        ],
+        "rows": json_rows,
+        **({"provenance": dict(provenance)} if provenance is not None else {}),
+    }
     return {"md": _markdown(spec, doc), "tex": _latex(spec, doc), "json": doc}
 
 
@@ -132,8 +170,11 @@ def _text_parts(c: Column, v: float, st: dict, show: bool) -> dict:
             pm = seeds["std"]
         elif st.get("interval") and st["interval"].get("half_width") is not None:
             pm = st["interval"]["half_width"]
-    return {"value": c.format.format(v), "pm": None if pm is None else c.format.format(pm),
-            "mark": bool(show and st.get("significant"))}
+    return {
+        "value": c.format.format(v),
+        "pm": None if pm is None else c.format.format(pm),
+        "mark": bool(show and st.get("significant")),
+    }
 
 
 def _join_md(parts: dict) -> str:
@@ -150,32 +191,50 @@ def uncertainty_text(spec: TableSpec, u: Mapping | None) -> str:
     seeds = [s for s in u["seeds"] if s is not None]
     where = f"table_{spec.name}.json"
     if not u["show"]:
-        return (f"{conf} bootstrap intervals over the test videos and paired differences to the baseline row "
-                f"are in {where}")
+        return (
+            f"{conf} bootstrap intervals over the test videos and paired differences to the baseline row are in {where}"
+        )
     if len(seeds) > 1:
-        s = (f"Ours: mean {PM} standard deviation over {len(seeds)} seeds ({', '.join(map(str, seeds))}; each "
-             f"seed trains and generates anew; every seed's value and {conf} interval in {where}); "
-             f"bold / underline rank the means")
+        s = (
+            f"Ours: mean {PM} standard deviation over {len(seeds)} seeds ({', '.join(map(str, seeds))}; each "
+            f"seed trains and generates anew; every seed's value and {conf} interval in {where}); "
+            f"bold / underline rank the means"
+        )
     else:
-        s = (f"Ours: value {PM} half-width of its {conf} percentile bootstrap interval over the test videos "
-             f"({b['n_resamples']} resamples, seed {b['seed']}; each metric recomputed from the resampled videos)")
+        s = (
+            f"Ours: value {PM} half-width of its {conf} percentile bootstrap interval over the test videos "
+            f"({b['n_resamples']} resamples, seed {b['seed']}; each metric recomputed from the resampled videos)"
+        )
     if u.get("baselines"):
         every = " in every seed, on the same side" if len(seeds) > 1 else ""
-        s += (f". {DAGGER}: the {conf} paired bootstrap interval (same test clips, same resamples) of the "
-              f"difference to the baseline row ({', '.join(u['baselines'])}) excludes 0{every}")
+        s += (
+            f". {DAGGER}: the {conf} paired bootstrap interval (same test clips, same resamples) of the "
+            f"difference to the baseline row ({', '.join(u['baselines'])}) excludes 0{every}"
+        )
     return s
 
 
-def render_table(spec: TableSpec, cells, *, caption: str, out_dir: str | Path,
-                 profile: str = "", fake: bool = False, extra=None, **options) -> dict[str, Path]:
+def render_table(
+    spec: TableSpec,
+    cells,
+    *,
+    caption: str,
+    out_dir: str | Path,
+    profile: str = "",
+    fake: bool = False,
+    extra=None,
+    **options,
+) -> dict[str, Path]:
     """Write table_<N>.md, .tex and .json under out_dir (each atomically); returns their paths.
     `options` go to make_table (provenance, stats, uncertainty)."""
     t = make_table(spec, cells, caption=caption, profile=profile, fake=fake, extra=extra, **options)
     out = Path(out_dir)
     stem = f"table_{spec.name}"
-    return {"md": atomic_write_text(out / f"{stem}.md", t["md"]),
-            "tex": atomic_write_text(out / f"{stem}.tex", t["tex"]),
-            "json": atomic_write_json(out / f"{stem}.json", t["json"])}
+    return {
+        "md": atomic_write_text(out / f"{stem}.md", t["md"]),
+        "tex": atomic_write_text(out / f"{stem}.tex", t["tex"]),
+        "json": atomic_write_json(out / f"{stem}.json", t["json"]),
+    }
 
 
 MIOU_TEXT = {
@@ -192,9 +251,13 @@ def protocol_text(cfgs: Sequence[Mapping]) -> str:
     if not cfgs:
         return ""
     parts = []
-    models = sorted({str(c.get("model", {}).get("svd") or c.get("model", {}).get("ltx")) + (f" ({c['model']['variant']} files)"
-                                                          if c.get("model", {}).get("variant") else "")
-                     for c in cfgs})
+    models = sorted(
+        {
+            str(c.get("model", {}).get("svd") or c.get("model", {}).get("ltx"))
+            + (f" ({c['model']['variant']} files)" if c.get("model", {}).get("variant") else "")
+            for c in cfgs
+        }
+    )
     parts.append("Base model: " + ", ".join(models))
     mious = []
     for c in cfgs:
@@ -215,34 +278,46 @@ def protocol_text(cfgs: Sequence[Mapping]) -> str:
             text = "non-overlapping clips"
         else:
             span = (int(data.get("clip_len", 1)) - 1) * int(data.get("stride", 1)) + 1
-            text = (f"{data.get('clip_len')}-frame windows starting every {step} frame(s), "
-                    + ("overlapping" if int(step) < span else "non-overlapping"))
+            text = f"{data.get('clip_len')}-frame windows starting every {step} frame(s), " + (
+                "overlapping" if int(step) < span else "non-overlapping"
+            )
         text += f", {test.get('select', 'even')} selection" if data.get("name") != "synthetic" else ""
         clips[str(data.get("name"))] = text
     parts.append("Test clips: " + "; ".join(f"{d}: {t}" for d, t in sorted(clips.items())))
     if any(((c.get("ctrlv") or {}).get("inference") or {}).get("bbox", {}).get("best_of_gt") for c in cfgs):
-        parts.append("Ctrl-V: its BBox generator's box video is the best of several guidance settings, "
-                     "chosen against the ground-truth boxes of every frame (Ctrl-V's evaluation)")
+        parts.append(
+            "Ctrl-V: its BBox generator's box video is the best of several guidance settings, "
+            "chosen against the ground-truth boxes of every frame (Ctrl-V's evaluation)"
+        )
     return ". ".join(parts) + "."
 
 
-def caption_text(spec: TableSpec, *, description: str, sizes: Sequence[tuple[str, int, int]],
-                 fake: bool = False, notes: Sequence[str] = ()) -> str:
+def caption_text(
+    spec: TableSpec,
+    *,
+    description: str,
+    sizes: Sequence[tuple[str, int, int]],
+    fake: bool = False,
+    notes: Sequence[str] = (),
+) -> str:
     """'Table III (smoke). <title> N = 2 test videos x 8 frames (synthetic). <notes> <profile text>';
     `notes` are the protocol sentences (protocol_text, the metric protocols), empty ones skipped."""
     if sizes:
-        n = "; ".join(f"{nv} test videos x {nf} frames" + (f" ({d})" if len(sizes) > 1 or d else "")
-                      for d, nv, nf in sizes)
+        n = "; ".join(
+            f"{nv} test videos x {nf} frames" + (f" ({d})" if len(sizes) > 1 or d else "") for d, nv, nf in sizes
+        )
     else:
         n = "0 (no test videos generated yet)"
     rank = f" within each {' / '.join(spec.rank_within)}" if spec.rank_within else ""
     ours = "Ours beside the paper's numbers" if spec.in_paper else "Ours only: this table is not in the paper"
-    s = (f"Table {spec.name}. {spec.title} {ours}; per column{rank}, best in bold, "
-         f"second best underlined (three or more rows; a column whose values all tie is not marked). N = {n}. "
-         + "".join(f"{note.rstrip('.')}. " for note in notes if note) + f"{description.rstrip('.')}.")
+    s = (
+        f"Table {spec.name}. {spec.title} {ours}; per column{rank}, best in bold, "
+        f"second best underlined (three or more rows; a column whose values all tie is not marked). N = {n}. "
+        + "".join(f"{note.rstrip('.')}. " for note in notes if note)
+        + f"{description.rstrip('.')}."
+    )
     if fake:
-        s += (" FAKE RUNNER (tests/fakes.py): every 'ours' number is a placeholder, "
-              "not a measurement.")
+        s += " FAKE RUNNER (tests/fakes.py): every 'ours' number is a placeholder, not a measurement."
     return s
 
 
@@ -258,11 +333,15 @@ def _header(c: Column) -> str:
 
 def _markdown(spec: TableSpec, doc: dict) -> str:
     heads = list(spec.label_columns)
-    per = 2 if spec.in_paper else 1          # (ours, paper) per column, or ours alone
+    per = 2 if spec.in_paper else 1  # (ours, paper) per column, or ours alone
     for c in spec.columns:
         heads += [f"{_header(c)} (ours)", f"{_header(c)} (paper)"][:per]
-    lines = [f"**{doc['caption']}**", "", "| " + " | ".join(_md_escape(h) for h in heads) + " |",
-             "|" + "|".join([":--"] * len(spec.label_columns) + ["--:"] * (per * len(spec.columns))) + "|"]
+    lines = [
+        f"**{doc['caption']}**",
+        "",
+        "| " + " | ".join(_md_escape(h) for h in heads) + " |",
+        "|" + "|".join([":--"] * len(spec.label_columns) + ["--:"] * (per * len(spec.columns))) + "|",
+    ]
     for r in doc["rows"]:
         vals = [_md_escape(r["labels"].get(k, "")) for k in spec.label_columns]
         for c in spec.columns:
@@ -279,9 +358,20 @@ def _md_escape(s: str) -> str:
 
 
 # ------------------------------------------------------------------------------------ LaTeX
-_TEX_ESCAPES = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
-                "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
-                PM: r"$\pm$", DAGGER: r"$^\dagger$"}
+_TEX_ESCAPES = {
+    "\\": r"\textbackslash{}",
+    "&": r"\&",
+    "%": r"\%",
+    "$": r"\$",
+    "#": r"\#",
+    "_": r"\_",
+    "{": r"\{",
+    "}": r"\}",
+    "~": r"\textasciitilde{}",
+    "^": r"\textasciicircum{}",
+    PM: r"$\pm$",
+    DAGGER: r"$^\dagger$",
+}
 
 
 def tex_escape(s: str) -> str:
@@ -303,11 +393,16 @@ def _latex(spec: TableSpec, doc: dict) -> str:
     nl = len(spec.label_columns)
     per = 2 if spec.in_paper else 1
     arrow = {"up": r"$\uparrow$", "down": r"$\downarrow$"}
-    lines = [r"% generated by benchmark.tables (LSA-Bench); needs \usepackage{booktabs}",
-             r"\begin{table*}[t]", r"\centering", rf"\caption{{{tex_escape(doc['caption'])}}}",
-             rf"\label{{tab:lsa-bench-{spec.name}}}",
-             r"\begin{tabular}{" + "l" * nl + "r" * per * len(spec.columns) + "}", r"\toprule"]
-    if any(c.group for c in spec.columns):          # spanning group headers (Table I, Table V)
+    lines = [
+        r"% generated by benchmark.tables (LSA-Bench); needs \usepackage{booktabs}",
+        r"\begin{table*}[t]",
+        r"\centering",
+        rf"\caption{{{tex_escape(doc['caption'])}}}",
+        rf"\label{{tab:lsa-bench-{spec.name}}}",
+        r"\begin{tabular}{" + "l" * nl + "r" * per * len(spec.columns) + "}",
+        r"\toprule",
+    ]
+    if any(c.group for c in spec.columns):  # spanning group headers (Table I, Table V)
         cells, rules, col = [""] * nl, [], nl + 1
         i = 0
         while i < len(spec.columns):

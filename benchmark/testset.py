@@ -7,6 +7,7 @@ Layout of the stage folder (clip names `clip_0000`, ... in the test split's orde
                                  "track_ids": [...]}, ...], "meta": {...}}
   videos/<clip>.mp4              for viewing (benchmark.generate.save_mp4)
 """
+
 from __future__ import annotations
 
 import json
@@ -43,19 +44,33 @@ def write_testset(cfg: dict, out_dir: Path) -> dict:
         if shape is None:
             shape = clip.frames.shape
         elif clip.frames.shape != shape:
-            raise InputError(f"test clip {k} has shape {clip.frames.shape}, clip 0 {shape}: "
-                             f"the test clips must share frame count and size")
+            raise InputError(
+                f"test clip {k} has shape {clip.frames.shape}, clip 0 {shape}: "
+                f"the test clips must share frame count and size"
+            )
         write_frames(out_dir / "frames" / name, clip.frames)
         (out_dir / "first_frames").mkdir(parents=True, exist_ok=True)
         Image.fromarray(clip.frames[0]).save(out_dir / "first_frames" / f"{name}.png")
-        per_frame = [{"boxes": b.tolist(), "labels": lab.tolist(), "track_ids": t.tolist()}
-                     for b, lab, t in zip(clip.boxes, clip.labels, clip.track_ids)]
-        atomic_write_text(out_dir / "boxes" / f"{name}.json",
-                          json.dumps({"frames": per_frame, "meta": clip.meta}, default=str) + "\n")
+        per_frame = [
+            {"boxes": b.tolist(), "labels": lab.tolist(), "track_ids": t.tolist()}
+            for b, lab, t in zip(clip.boxes, clip.labels, clip.track_ids)
+        ]
+        atomic_write_text(
+            out_dir / "boxes" / f"{name}.json", json.dumps({"frames": per_frame, "meta": clip.meta}, default=str) + "\n"
+        )
         if save_mp4:
             write_video(out_dir / "videos" / f"{name}.mp4", clip.frames, fps=float(clip.meta.get("fps", 7.0)))
         names.append(name)
     T, H, W = int(shape[0]), int(shape[1]), int(shape[2])
-    return {"frames": out_dir / "frames", "first_frames_dir": out_dir / "first_frames", "boxes": out_dir / "boxes",
-            "clips": names, "num_videos": n, "num_frames": T, "height": H, "width": W,
-            "num_available": len(clips), "num_requested": wanted}
+    return {
+        "frames": out_dir / "frames",
+        "first_frames_dir": out_dir / "first_frames",
+        "boxes": out_dir / "boxes",
+        "clips": names,
+        "num_videos": n,
+        "num_frames": T,
+        "height": H,
+        "width": W,
+        "num_available": len(clips),
+        "num_requested": wanted,
+    }

@@ -3,6 +3,7 @@
 The contract of each method is in `benchmark.stage_runner.StageRunner`. Each stage runs in this
 process; heavy objects are dropped when a stage ends so the next one starts with free memory.
 """
+
 from __future__ import annotations
 
 import gc
@@ -44,9 +45,16 @@ def _generation_setup(cfg: dict, test_clips: Path):
 
 def _generation_result(out_dir: Path, names, gen, timing: dict, device: str, **params) -> dict:
     """What a generate stage returns, for the SVD pipeline and Ctrl-V alike (Table I reads it)."""
-    return {"frames": Path(out_dir) / "frames", "num_videos": len(names), "num_frames": int(gen.num_frames),
-            "seconds": timing["seconds"], "seconds_per_video": timing["seconds_per_video"],
-            "generated_now": timing["generated"], "device": device, **params}
+    return {
+        "frames": Path(out_dir) / "frames",
+        "num_videos": len(names),
+        "num_frames": int(gen.num_frames),
+        "seconds": timing["seconds"],
+        "seconds_per_video": timing["seconds_per_video"],
+        "generated_now": timing["generated"],
+        "device": device,
+        **params,
+    }
 
 
 def _shard_of(names: list[str], gen, shard: Shard | None):
@@ -70,11 +78,14 @@ def _merge_generation(out_dir: Path, cfg: dict, test_clips: Path, parts: list[di
     """The generate stage's result from its shards' records: every clip must be there; the timing is
     that of all generated videos together (generation_timing over every shard's per-video times)."""
     from trainers.timing import generation_timing
+
     _, gen, _, _, names = _generation_setup(cfg, test_clips)
     missing = [n for n in names if not (Path(out_dir) / "frames" / n).is_dir()]
     if missing:
-        raise FileNotFoundError(f"{Path(out_dir) / 'frames'}: the shards left no video for {missing[:5]}"
-                                f"{' ...' if len(missing) > 5 else ''}")
+        raise FileNotFoundError(
+            f"{Path(out_dir) / 'frames'}: the shards left no video for {missing[:5]}"
+            f"{' ...' if len(missing) > 5 else ''}"
+        )
     timing = generation_timing([t for p in parts for t in p["times"]], len(names))
     counts = {k: parts[0][k] for k in ("num_params", "num_params_unique") if k in parts[0]}
     return _generation_result(out_dir, names, gen, timing, parts[0]["device"], **counts, shards=len(parts))
@@ -91,6 +102,7 @@ class TrainerRunner:
         previous epoch's stage folder (the trainer takes its newest checkpoint); an interrupted
         attempt resumes from out_dir's own checkpoints."""
         from trainers.loop import train
+
         c = OmegaConf.create(cfg)
         c.train.out_dir = str(out_dir)
         c.train.init_from = str(init_from) if init_from else None
@@ -102,15 +114,21 @@ class TrainerRunner:
         # only the main process writes summary.json (several processes under `accelerate launch`)
         path = Path(out_dir) / "summary.json"
         summary = json.loads(path.read_text()) if path.exists() else {}
-        return {"log": Path(out_dir) / "log.jsonl", "unet": Path(out_dir) / "unet",
-                "steps": summary.get("global_step"), "trainable_params": summary.get("trainable_params")}
+        return {
+            "log": Path(out_dir) / "log.jsonl",
+            "unet": Path(out_dir) / "unet",
+            "steps": summary.get("global_step"),
+            "trainable_params": summary.get("trainable_params"),
+        }
 
-    def run_generate(self, stage, cfg: dict, checkpoint: Path | None, out_dir: Path, *, test_clips: Path,
-                     shard: Shard | None = None) -> dict:
+    def run_generate(
+        self, stage, cfg: dict, checkpoint: Path | None, out_dir: Path, *, test_clips: Path, shard: Shard | None = None
+    ) -> dict:
         """The test videos of a trained row (its last epoch's exported U-Net) or of the base model;
         with `shard`, only that shard's clips (same seeds), returning the shard's record."""
         from benchmark.generate import generate_videos, load_pipeline
         from trainers.backbones import backbone_name, generation
+
         c, gen, device, dtype, names = _generation_setup(cfg, test_clips)
         names, gen = _shard_of(names, gen, shard)
         svd = backbone_name(c.model) == "svd"
@@ -123,12 +141,14 @@ class TrainerRunner:
         if svd:
             pipe = load_pipeline(c.model, trained, device=device, dtype=dtype)
             nets = (pipe.unet, pipe.vae, pipe.image_encoder)
-        else:                       # another backbone (model.backbone): its own pipeline and call
+        else:  # another backbone (model.backbone): its own pipeline and call
             load, video = generation(c.model)
             pipe = load(c.model, trained, device=device, dtype=dtype)
             nets = (pipe.transformer, pipe.vae, pipe.text_encoder)
+
             def video_fn(frame0, g, pipe=pipe):
                 return video(c.model, pipe, frame0, gen, g)
+
         num_params = sum(p.numel() for m in nets for p in m.parameters())
         try:
             timing = generate_videos(pipe, firsts, names, gen, out_dir, video_fn=video_fn)
@@ -140,11 +160,12 @@ class TrainerRunner:
 
     def merge_generate(self, stage, cfg: dict, out_dir: Path, parts: list[dict], *, test_clips: Path) -> dict:
         """The stage's result once every shard generated its clips (benchmark/shards.py)."""
-        return _merge_generation(out_dir, cfg, test_clips, parts)     # SVD and Ctrl-V alike
+        return _merge_generation(out_dir, cfg, test_clips, parts)  # SVD and Ctrl-V alike
 
     def run_ctrlv_train(self, stage, cfg: dict, backbone: Path | None, out_dir: Path) -> dict:
         """One Ctrl-V stage (trainers/ctrlv) for all its epochs; Box2Video steers `backbone`/unet."""
         from trainers.ctrlv.train import train_stage
+
         c = OmegaConf.create(cfg)
         c.train.out_dir = str(out_dir)
         c.train.init_from = None
@@ -158,11 +179,21 @@ class TrainerRunner:
         export = "unet" if c.ctrlv.stage == "bbox" else "controlnet"
         return {"log": Path(out_dir) / "log.jsonl", export: Path(out_dir) / export}
 
-    def run_generate_ctrlv(self, stage, cfg: dict, bbox_run: Path, box2video_run: Path, out_dir: Path, *,
-                           test_clips: Path, shard: Shard | None = None) -> dict:
+    def run_generate_ctrlv(
+        self,
+        stage,
+        cfg: dict,
+        bbox_run: Path,
+        box2video_run: Path,
+        out_dir: Path,
+        *,
+        test_clips: Path,
+        shard: Shard | None = None,
+    ) -> dict:
         """Ctrl-V's two-stage pipeline on each test clip's first frame and given boxes (with `shard`,
         that shard's clips, as run_generate)."""
         from trainers.ctrlv.pipeline import CtrlVInputs, CtrlVPipeline, generate_ctrlv_videos
+
         c, gen, device, dtype, names = _generation_setup(cfg, test_clips)
         names, gen = _shard_of(names, gen, shard)
         inputs = [CtrlVInputs.from_testset(test_clips, n) for n in names]
@@ -172,17 +203,20 @@ class TrainerRunner:
         finally:
             del pipe
             release_memory()
-        res = _generation_result(out_dir, names, gen, r, device, num_params=r["num_params"],
-                                 num_params_unique=r.get("num_params_unique"))
+        res = _generation_result(
+            out_dir, names, gen, r, device, num_params=r["num_params"], num_params_unique=r.get("num_params_unique")
+        )
         return res if shard is None else _shard_record(res, r)
 
-    def run_evaluate(self, stage, cfg: dict, videos_dir: Path, out_dir: Path, *, real_dir: Path,
-                     shard: Shard | None = None) -> dict:
+    def run_evaluate(
+        self, stage, cfg: dict, videos_dir: Path, out_dir: Path, *, real_dir: Path, shard: Shard | None = None
+    ) -> dict:
         """metrics.evaluate on the real test clips vs the generated videos, paired by clip name; the
         per-video features and detections go to per_video.npz (bootstrap intervals of the table). With
         `shard`: the features and detections of that shard's clips (metrics.evaluate.extract_features)
         in <shard folder>/features.pkl, for merge_evaluate."""
         from metrics.evaluate import evaluate, extract_features
+
         names = [p.name for p in data_entries(real_dir, dirs=True)]
         if shard is not None:
             # blocks of whole I3D batches: FVD's batches are then those of the unsharded run
@@ -190,13 +224,20 @@ class TrainerRunner:
             names, _ = shard_names(names, shard.index, shard.count, align=int(align))
         missing = [n for n in names if not (Path(videos_dir) / n).is_dir()]
         if missing:
-            raise FileNotFoundError(f"{videos_dir}: no generated video for {missing[:5]}"
-                                    f"{' ...' if len(missing) > 5 else ''}")
+            raise FileNotFoundError(
+                f"{videos_dir}: no generated video for {missing[:5]}{' ...' if len(missing) > 5 else ''}"
+            )
         real, fake = [Path(real_dir) / n for n in names], [Path(videos_dir) / n for n in names]
         try:
             if shard is None:
-                return evaluate(real, fake, cfg, names=names, detections_dir=Path(out_dir) / "detections",
-                                per_video=Path(out_dir) / PER_VIDEO_FILE)
+                return evaluate(
+                    real,
+                    fake,
+                    cfg,
+                    names=names,
+                    detections_dir=Path(out_dir) / "detections",
+                    per_video=Path(out_dir) / PER_VIDEO_FILE,
+                )
             part = extract_features(real, fake, cfg, names=names, detections_dir=Path(out_dir) / "detections")
         finally:
             release_memory()
@@ -204,18 +245,21 @@ class TrainerRunner:
         atomic_write_bytes(path, pickle.dumps(part, protocol=pickle.HIGHEST_PROTOCOL))
         return {"features_file": path, "num_videos": len(names), "names": names}
 
-    def merge_evaluate(self, stage, cfg: dict, out_dir: Path, parts: list[dict], *, videos_dir: Path,
-                       real_dir: Path) -> dict:
+    def merge_evaluate(
+        self, stage, cfg: dict, out_dir: Path, parts: list[dict], *, videos_dir: Path, real_dir: Path
+    ) -> dict:
         """metrics.evaluate's result from the shards' features, in clip order (= the unsharded result)."""
         from metrics.evaluate import merge_features
+
         names = [p.name for p in data_entries(real_dir, dirs=True)]
         got = [n for p in parts for n in p["names"]]
         if got != names:
-            raise ValueError(f"{out_dir}: the shards scored {len(got)} videos, not the {len(names)} test clips in "
-                             f"order; delete {Path(out_dir) / 'shards'} to redo them")
+            raise ValueError(
+                f"{out_dir}: the shards scored {len(got)} videos, not the {len(names)} test clips in "
+                f"order; delete {Path(out_dir) / 'shards'} to redo them"
+            )
         features = []
         for p in parts:
             with open(p["features_file"], "rb") as f:
                 features.append(pickle.load(f))
         return merge_features(features, cfg, per_video=Path(out_dir) / PER_VIDEO_FILE)
-

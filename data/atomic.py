@@ -14,6 +14,7 @@ File modes. mkstemp / mkdtemp create 0600 / 0700 entries; our writers set the mo
 or mkdir() would give (0666 / 0777 minus the umask), so a store shared by a group works with
 `umask 002`.
 """
+
 from __future__ import annotations
 
 import json
@@ -62,7 +63,7 @@ def _owner(name: str) -> tuple[int, str] | None:
     """(pid, host) of a temp entry's name, None when the name is not of that form."""
     if not name.startswith(TEMP_PREFIX) or "~" not in name:
         return None
-    owner = name[len(TEMP_PREFIX):].split("~", 1)[0]
+    owner = name[len(TEMP_PREFIX) :].split("~", 1)[0]
     pid, _, host = owner.partition("@")
     return (int(pid), host) if pid.isdigit() and host else None
 
@@ -72,7 +73,7 @@ def _alive(pid: int) -> bool:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    except PermissionError:          # a process of another user
+    except PermissionError:  # a process of another user
         return True
     return True
 
@@ -110,7 +111,7 @@ def sweep_temps(folder: str | Path, name: str | None = None, recursive: bool = F
             if p.is_dir() and not p.is_symlink():
                 shutil.rmtree(p, ignore_errors=True)
                 if entry in subdirs:
-                    subdirs.remove(entry)          # do not walk into what was removed
+                    subdirs.remove(entry)  # do not walk into what was removed
             else:
                 p.unlink(missing_ok=True)
             removed.append(p)
@@ -119,7 +120,7 @@ def sweep_temps(folder: str | Path, name: str | None = None, recursive: bool = F
 
 def _split(folder: Path) -> tuple[list[str], list[str]]:
     subdirs, files = [], []
-    with os.scandir(folder) as it:           # the entry type comes with the listing: no stat per entry
+    with os.scandir(folder) as it:  # the entry type comes with the listing: no stat per entry
         for e in it:
             (subdirs if e.is_dir(follow_symlinks=False) else files).append(e.name)
     return subdirs, files
@@ -215,7 +216,7 @@ def atomic_path(path: str | Path, mode: int | None = None) -> Iterator[Path]:
     tmp = make_temp_file(path, suffix=path.suffix)
     try:
         yield tmp
-        os.chmod(tmp, file_mode() if mode is None else mode)   # a writer may have recreated the file
+        os.chmod(tmp, file_mode() if mode is None else mode)  # a writer may have recreated the file
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -300,5 +301,5 @@ def read_versioned_json(path: str | Path, version: int, what: str) -> dict:
         raise InputError(f"{path}:{e.lineno}: not valid JSON ({e.msg})") from e
     if not isinstance(doc, dict) or doc.get("version") != version:
         got = doc.get("version") if isinstance(doc, dict) else type(doc).__name__
-        raise InputError(f"{path}: {what} version {got!r}, expected {{\"version\": {version}, ...}}")
+        raise InputError(f'{path}: {what} version {got!r}, expected {{"version": {version}, ...}}')
     return doc

@@ -1,5 +1,6 @@
 """What every real-data loader shares: splits into clips, the frame cache, plain resize with box
 rescaling, and assembling `Clip`s. A loader implements four small hooks (see `ClipDataset`)."""
+
 from __future__ import annotations
 
 from collections import defaultdict
@@ -19,8 +20,10 @@ from data.transforms import resample_filter, rescale_boxes, resize_frame
 def require_root(cfg) -> Path:
     root = cfg.get("root")
     if not root:
-        raise InputError(f"data.root is not set: point it at the {cfg.name} dataset folder "
-                         "(see docs/data.md), e.g. data.root=/data/kitti_tracking")
+        raise InputError(
+            f"data.root is not set: point it at the {cfg.name} dataset folder "
+            "(see docs/data.md), e.g. data.root=/data/kitti_tracking"
+        )
     root = Path(str(root)).expanduser()
     if not root.is_dir():
         raise MissingFile(f"data.root={root} does not exist or is not a folder")
@@ -47,7 +50,7 @@ class ClipDataset(Sequence[Clip]):
         self.height, self.width = int(cfg.height), int(cfg.width)
         self.clip_len, self.stride = int(cfg.clip_len), int(cfg.get("stride", 1))
         self.interpolation = str(cfg.get("interpolation", "bilinear"))
-        resample_filter(self.interpolation)   # fail at construction, not in a worker
+        resample_filter(self.interpolation)  # fail at construction, not in a worker
         self.min_box_size = float(cfg.get("min_box_size", 1.0))
         self.refs: list[ClipRef] = []
         self.test_clips_file: Path | None = None
@@ -70,12 +73,18 @@ class ClipDataset(Sequence[Clip]):
         return {}
 
     # ---- setup -------------------------------------------------------------------------------
-    def _setup(self, cfg, sequences: Mapping[str, Sequence[int]], cache_key: Mapping,
-               test_params: Mapping | None = None) -> None:
+    def _setup(
+        self, cfg, sequences: Mapping[str, Sequence[int]], cache_key: Mapping, test_params: Mapping | None = None
+    ) -> None:
         cache_cfg = cfg.get("cache") or {}
         cache_dir = str(cache_cfg.get("dir") or DEFAULT_CACHE_DIR)
-        key = {"dataset": self.name, "height": self.height, "width": self.width,
-               "interpolation": self.interpolation, **dict(cache_key)}
+        key = {
+            "dataset": self.name,
+            "height": self.height,
+            "width": self.width,
+            "interpolation": self.interpolation,
+            **dict(cache_key),
+        }
         self.cache = FrameCache(cache_dir if cache_cfg.get("enabled", True) else None, key, prefix=self.name)
         if self.split == "train":
             step = int(cfg.train.get("window_step", 1)) if cfg.get("train") else 1
@@ -83,9 +92,18 @@ class ClipDataset(Sequence[Clip]):
         else:
             t = cfg.get("test") or {}
             self.refs, self.test_clips_file = load_or_create_test_clips(
-                self.name, sequences, self.clip_len, self.stride, int(t.get("num_clips", 200)),
-                t.get("clips_file"), cache_dir, test_params, root=cfg.get("root"),
-                window_step=t.get("window_step"), select=str(t.get("select") or "even"))
+                self.name,
+                sequences,
+                self.clip_len,
+                self.stride,
+                int(t.get("num_clips", 200)),
+                t.get("clips_file"),
+                cache_dir,
+                test_params,
+                root=cfg.get("root"),
+                window_step=t.get("window_step"),
+                select=str(t.get("select") or "even"),
+            )
 
     # ---- Sequence[Clip] ----------------------------------------------------------------------
     def __len__(self) -> int:
@@ -98,13 +116,22 @@ class ClipDataset(Sequence[Clip]):
 
     def __getitem__(self, i: int) -> Clip:
         ref = self._ref(i)
-        frames = self.cache.frames(ref.scene, ref.frame_ids, (self.height, self.width, 3),
-                                   lambda ids: self._decode_resized(ref.scene, ids))
+        frames = self.cache.frames(
+            ref.scene, ref.frame_ids, (self.height, self.width, 3), lambda ids: self._decode_resized(ref.scene, ids)
+        )
         boxes, labels, tracks, dropped = self._annotations(ref)
-        meta = {"dataset": self.name, "split": self.split, "scene": ref.scene,
-                "first_frame": ref.first_frame, "frame_ids": list(ref.frame_ids), "fps": self.fps(ref.scene),
-                "source_hw": list(self.source_hw(ref.scene)), "boxes_source": "labels",
-                "dropped_boxes": dropped, **self.extra_meta(ref)}
+        meta = {
+            "dataset": self.name,
+            "split": self.split,
+            "scene": ref.scene,
+            "first_frame": ref.first_frame,
+            "frame_ids": list(ref.frame_ids),
+            "fps": self.fps(ref.scene),
+            "source_hw": list(self.source_hw(ref.scene)),
+            "boxes_source": "labels",
+            "dropped_boxes": dropped,
+            **self.extra_meta(ref),
+        }
         return Clip(frames=frames, boxes=boxes, labels=labels, track_ids=tracks, meta=meta)
 
     def annotations(self, i: int) -> tuple[list[np.ndarray], list[np.ndarray], int]:
@@ -133,6 +160,7 @@ class ClipDataset(Sequence[Clip]):
         """Fill the frame cache for every clip up front (e.g. before multi-worker training).
         Returns the number of distinct frames."""
         from tqdm import tqdm
+
         per_scene: dict[str, set[int]] = defaultdict(set)
         for ref in self.refs:
             per_scene[ref.scene].update(ref.frame_ids)
@@ -141,8 +169,12 @@ class ClipDataset(Sequence[Clip]):
             for scene, ids in per_scene.items():
                 ids = sorted(ids)
                 for k in range(0, len(ids), chunk):
-                    part = ids[k:k + chunk]
-                    self.cache.frames(scene, part, (self.height, self.width, 3),
-                                      lambda missing, s=scene: self._decode_resized(s, missing))
+                    part = ids[k : k + chunk]
+                    self.cache.frames(
+                        scene,
+                        part,
+                        (self.height, self.width, 3),
+                        lambda missing, s=scene: self._decode_resized(s, missing),
+                    )
                     bar.update(len(part))
         return total

@@ -9,6 +9,7 @@ clip_len windows), so caching whole clips would store every frame clip_len times
 .npy keeps a cached read a plain file read (no zlib per epoch). Writes are atomic (temp + rename),
 so DataLoader workers racing on the same frame at worst decode it twice.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -24,7 +25,7 @@ from data.atomic import atomic_path, atomic_write_json
 # (the one place this path is written; configs/data/*.yaml leave it null).
 DEFAULT_CACHE_DIR = ".cache/lsa_data"
 
-CACHE_FORMAT = 1   # bump when the on-disk layout changes
+CACHE_FORMAT = 1  # bump when the on-disk layout changes
 
 
 def sha256_file(path: str | Path) -> str:
@@ -82,7 +83,7 @@ class FrameCache:
         except FileNotFoundError:
             return None
         except (ValueError, OSError, EOFError):
-            return None     # unreadable (e.g. a disk filled up mid-copy): rebuild it
+            return None  # unreadable (e.g. a disk filled up mid-copy): rebuild it
         if arr.dtype != np.uint8 or (shape is not None and arr.shape != tuple(shape)):
             return None
         return arr
@@ -97,8 +98,13 @@ class FrameCache:
             self._key_written = True
         atomic_save_npy(self.path(scene, frame_id), np.ascontiguousarray(frame, dtype=np.uint8))
 
-    def frames(self, scene: str, frame_ids: Iterable[int], shape: tuple[int, int, int],
-               decode: Callable[[list[int]], Iterable[tuple[int, np.ndarray]]]) -> np.ndarray:
+    def frames(
+        self,
+        scene: str,
+        frame_ids: Iterable[int],
+        shape: tuple[int, int, int],
+        decode: Callable[[list[int]], Iterable[tuple[int, np.ndarray]]],
+    ) -> np.ndarray:
         """uint8 [T,*shape] for `frame_ids`. `decode(missing ids)` yields (id, resized frame) pairs;
         it may yield more ids than asked (a video decoded from its start): those are cached too,
         one at a time, so a long video never has to fit in memory."""

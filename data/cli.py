@@ -10,6 +10,7 @@
 Only code that knows the cause raises `UserError` (or a subclass below); the message names the
 file, key or flag. Lives in `data/`, the package every other one may import.
 """
+
 from __future__ import annotations
 
 import functools
@@ -24,7 +25,7 @@ EXIT_INTERRUPTED = 130
 class UserError(Exception):
     """A mistake the user can fix; the message names the file, key or flag and what is allowed."""
 
-    def __str__(self) -> str:          # the message as given (a KeyError subclass would quote it)
+    def __str__(self) -> str:  # the message as given (a KeyError subclass would quote it)
         return str(self.args[0]) if self.args else type(self).__name__
 
 
@@ -51,8 +52,9 @@ class _TqdmHandler(logging.StreamHandler):
     def emit(self, record):
         try:
             from tqdm.auto import tqdm
+
             tqdm.write(self.format(record), file=sys.stderr)
-        except (OSError, ValueError, RuntimeError):     # logging must never raise into the program
+        except (OSError, ValueError, RuntimeError):  # logging must never raise into the program
             self.handleError(record)
 
 
@@ -76,6 +78,7 @@ def setup_logging(level: str | int | None = None) -> None:
 def command(main):
     """Decorator for a command's `main(argv) -> int`: applies the policy above to what it raises
     (and sets up logging, setup_logging)."""
+
     @functools.wraps(main)
     def wrapper(*args, **kwargs) -> int:
         setup_logging()
@@ -87,4 +90,5 @@ def command(main):
         except KeyboardInterrupt:
             print("interrupted (Ctrl-C)", file=sys.stderr)
             return EXIT_INTERRUPTED
+
     return wrapper

@@ -1,4 +1,5 @@
 """The one data type every dataset produces and every model consumes."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field

@@ -1,6 +1,7 @@
 """Where work runs and in which precision: one reading of a `device: auto | cpu | cuda[:i]` setting
 and one table of dtype names for every layer (training, generation, metrics). Lives in `data/`, the
 package every other one may import."""
+
 from __future__ import annotations
 
 import torch

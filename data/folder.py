@@ -6,6 +6,7 @@ name (`drive1.mp4` or `drive1/` -> `drive1.json`); the format is in docs/data.md
 `read_boxes_json`. A video without boxes gives clips without boxes (use data.boxes=detector to
 fill them with pseudo-labels).
 """
+
 from __future__ import annotations
 
 from collections.abc import Iterator
@@ -28,6 +29,7 @@ def _reader_plugin() -> str:
     """imageio plugin for video files: PyAV when installed (faster), else the ffmpeg binary."""
     try:
         import av  # noqa: F401
+
         return "pyav"
     except ImportError:
         return "FFMPEG"
@@ -45,8 +47,10 @@ def discover_videos(root: Path) -> dict[str, Path]:
             continue
         name = p.stem if p.is_file() else p.name
         if name in videos:
-            raise InputError(f"{root}: two videos named {name!r} ({videos[name].name} and {p.name}); "
-                             "rename one (the name also picks the boxes file <name>.json)")
+            raise InputError(
+                f"{root}: two videos named {name!r} ({videos[name].name} and {p.name}); "
+                "rename one (the name also picks the boxes file <name>.json)"
+            )
         videos[name] = p
     return videos
 
@@ -63,9 +67,10 @@ def probe(path: Path) -> tuple[int, tuple[int, int], float | None]:
             return len(files), (im.height, im.width), None
     import imageio.v3 as iio
     import imageio_ffmpeg
+
     try:
         meta = iio.immeta(path, plugin="FFMPEG")
-        n, _ = imageio_ffmpeg.count_frames_and_secs(str(path))   # exact: ffmpeg decodes to null
+        n, _ = imageio_ffmpeg.count_frames_and_secs(str(path))  # exact: ffmpeg decodes to null
     except (OSError, RuntimeError, StopIteration) as e:
         raise InputError(f"{path}: unreadable video ({e})") from e
     w, h = meta["size"]
@@ -84,7 +89,7 @@ def read_boxes_json(path: Path, num_frames: int, video_hw: tuple[int, int], keep
         raise InputError(f"{path}: image_size must be [height, width] in pixels, got {hw!r}")
     frames = doc.get("frames", {})
     if not isinstance(frames, dict):
-        raise InputError(f"{path}: 'frames' must map frame indices (\"0\", \"1\", ...) to lists of boxes")
+        raise InputError(f'{path}: \'frames\' must map frame indices ("0", "1", ...) to lists of boxes')
     out = {}
     for key, entries in frames.items():
         where = f"{path}: frames[{key!r}]"
@@ -92,7 +97,7 @@ def read_boxes_json(path: Path, num_frames: int, video_hw: tuple[int, int], keep
             raise InputError(f"{where}: frame keys are 0-based frame indices")
         f = int(key)
         if not isinstance(entries, list):
-            raise InputError(f"{where}: must be a list of {{\"box\": [x1,y1,x2,y2], \"label\": ...}}")
+            raise InputError(f'{where}: must be a list of {{"box": [x1,y1,x2,y2], "label": ...}}')
         if f >= num_frames:
             continue
         boxes, labels, tracks = [], [], []
@@ -109,8 +114,11 @@ def read_boxes_json(path: Path, num_frames: int, video_hw: tuple[int, int], keep
                 raise InputError(f"{w}: track_id must be an integer")
             if label in keep_classes:
                 boxes.append(box), labels.append(label), tracks.append(track)
-        out[f] = (np.asarray(boxes, np.float64).reshape(-1, 4), np.asarray(labels, np.int64),
-                  np.asarray(tracks, np.int64))
+        out[f] = (
+            np.asarray(boxes, np.float64).reshape(-1, 4),
+            np.asarray(labels, np.int64),
+            np.asarray(tracks, np.int64),
+        )
     return out, (hw[0], hw[1])
 
 
@@ -122,8 +130,9 @@ def split_names(cfg, split: str, available: list[str]) -> list[str]:
     if mine is not None:
         unknown = [str(n) for n in mine if str(n) not in available]
         if unknown:
-            raise InputError(f"data.{split}.videos names {unknown[:3]}, not found in data.root "
-                             f"(videos there: {available[:10]})")
+            raise InputError(
+                f"data.{split}.videos names {unknown[:3]}, not found in data.root (videos there: {available[:10]})"
+            )
         return [str(n) for n in mine]
     excluded = {str(n) for n in theirs} if theirs is not None else set()
     return [n for n in available if n not in excluded]
@@ -152,11 +161,16 @@ class VideoFolder(ClipDataset):
             self._fps[name] = float(fps or cfg.fps) / self.stride
             box_file = root / f"{name}.json"
             self.has_boxes[name] = box_file.is_file()
-            self.objects[name], self.box_hw[name] = (read_boxes_json(box_file, n, hw, keep)
-                                                     if box_file.is_file() else ({}, hw))
+            self.objects[name], self.box_hw[name] = (
+                read_boxes_json(box_file, n, hw, keep) if box_file.is_file() else ({}, hw)
+            )
         sequences = {name: list(range(n)) for name, n in self.num_frames.items()}
-        self._setup(cfg, sequences, cache_key={"root": str(root.resolve())},
-                    test_params={"max_frames": int(max_frames) if max_frames else None})
+        self._setup(
+            cfg,
+            sequences,
+            cache_key={"root": str(root.resolve())},
+            test_params={"max_frames": int(max_frames) if max_frames else None},
+        )
 
     def fps(self, scene: str) -> float:
         return self._fps[scene]
@@ -179,6 +193,7 @@ class VideoFolder(ClipDataset):
         # (the FrameCache stores them one by one), so the video is decoded once overall.
         last = self.num_frames[scene] - 1 if self.cache.enabled else max(frame_ids)
         import imageio.v3 as iio
+
         try:
             for k, frame in enumerate(iio.imiter(path, plugin=_reader_plugin())):
                 if k > last:
@@ -188,5 +203,8 @@ class VideoFolder(ClipDataset):
             raise InputError(f"{path}: unreadable video ({e})") from e
 
     def extra_meta(self, ref: ClipRef) -> dict:
-        return {"path": str(self.paths[ref.scene]), "has_boxes": self.has_boxes[ref.scene],
-                "boxes_source": "labels" if self.has_boxes[ref.scene] else "none"}
+        return {
+            "path": str(self.paths[ref.scene]),
+            "has_boxes": self.has_boxes[ref.scene],
+            "boxes_source": "labels" if self.has_boxes[ref.scene] else "none",
+        }

@@ -4,6 +4,7 @@ Prints clips per split, boxes per class and a histogram of box sizes, and saves 
 few clips with their boxes drawn (inspect.out), so a user can see the data is read right.
 Config: configs/inspect.yaml (the `data` group plus `inspect.*`).
 """
+
 from __future__ import annotations
 
 import sys
@@ -26,7 +27,7 @@ def _evenly(n: int, k: int) -> list[int]:
 
 def _clip_annotations(ds, i: int):
     if hasattr(ds, "annotations"):
-        return ds.annotations(i)       # boxes without decoding frames
+        return ds.annotations(i)  # boxes without decoding frames
     clip = ds[i]
     return clip.boxes, clip.labels, int(clip.meta.get("dropped_boxes", 0))
 
@@ -49,18 +50,31 @@ def summarize(ds, max_scan_clips: int, size_bins: Sequence[float], large_px: flo
     edges = np.asarray(list(size_bins) + [np.inf], np.float64)
     hist, _ = np.histogram(sides, bins=edges)
     scenes = {r.scene for r in getattr(ds, "refs", [])}
-    return {"clips": len(ds), "scenes": len(scenes) if scenes else None, "scanned_clips": len(scanned),
-            "frames": frames, "boxes": int(len(sides)), "per_class": dict(per_class),
-            "hist": hist.tolist(), "edges": edges.tolist(), "large": large, "dropped": dropped}
+    return {
+        "clips": len(ds),
+        "scenes": len(scenes) if scenes else None,
+        "scanned_clips": len(scanned),
+        "frames": frames,
+        "boxes": int(len(sides)),
+        "per_class": dict(per_class),
+        "hist": hist.tolist(),
+        "edges": edges.tolist(),
+        "large": large,
+        "dropped": dropped,
+    }
 
 
 def format_summary(split: str, s: dict, large_px: float) -> str:
     scenes = f" from {s['scenes']} scenes" if s["scenes"] else ""
-    lines = [f"split {split}: {s['clips']} clips{scenes}; boxes counted over {s['scanned_clips']} "
-             f"clips ({s['frames']} frames" + (", a frame in overlapping windows counts once per window)"
-                                               if split == "train" else ")")]
-    lines.append(f"  boxes: {s['boxes']} ({s['boxes'] / max(s['frames'], 1):.2f} per frame), "
-                 f"dropped as degenerate after resizing: {s['dropped']}")
+    lines = [
+        f"split {split}: {s['clips']} clips{scenes}; boxes counted over {s['scanned_clips']} "
+        f"clips ({s['frames']} frames"
+        + (", a frame in overlapping windows counts once per window)" if split == "train" else ")")
+    ]
+    lines.append(
+        f"  boxes: {s['boxes']} ({s['boxes'] / max(s['frames'], 1):.2f} per frame), "
+        f"dropped as degenerate after resizing: {s['dropped']}"
+    )
     for cid, n in sorted(s["per_class"].items(), key=lambda kv: -kv[1]):
         lines.append(f"    {coco_name(cid):<12} (coco {cid:>2}) {n}")
     lines.append("  box shorter side (px):")
@@ -77,6 +91,7 @@ def format_summary(split: str, s: dict, large_px: float) -> str:
 def draw_grid(ds, clip_indices: Sequence[int], frames_per_clip: int, out: str | Path) -> Path:
     """A grid (rows = clips, columns = frames) with every box drawn and labelled; saved atomically."""
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from matplotlib.patches import Rectangle
@@ -86,8 +101,7 @@ def draw_grid(ds, clip_indices: Sequence[int], frames_per_clip: int, out: str | 
         raise ValueError("nothing to draw: the dataset has no clips")
     cols = max(1, min(frames_per_clip, min(c.num_frames for c in clips)))
     h, w = clips[0].hw
-    fig, axes = plt.subplots(len(clips), cols, figsize=(3.2 * cols, (3.2 * h / w + 0.35) * len(clips)),
-                             squeeze=False)
+    fig, axes = plt.subplots(len(clips), cols, figsize=(3.2 * cols, (3.2 * h / w + 0.35) * len(clips)), squeeze=False)
     cmap = plt.get_cmap("tab10")
     for r, clip in enumerate(clips):
         for c, j in enumerate(_evenly(clip.num_frames, cols)):
@@ -95,13 +109,24 @@ def draw_grid(ds, clip_indices: Sequence[int], frames_per_clip: int, out: str | 
             ax.imshow(clip.frames[j])
             for b, lab in zip(clip.boxes[j], clip.labels[j]):
                 colour = cmap(int(lab) % 10)
-                ax.add_patch(Rectangle((b[0], b[1]), b[2] - b[0], b[3] - b[1], fill=False,
-                                       edgecolor=colour, linewidth=1.2))
-                ax.text(b[0], b[1], coco_name(int(lab)), color="white", fontsize=5,
-                        va="bottom", bbox=dict(facecolor=colour, alpha=0.7, pad=0.5, linewidth=0))
+                ax.add_patch(
+                    Rectangle((b[0], b[1]), b[2] - b[0], b[3] - b[1], fill=False, edgecolor=colour, linewidth=1.2)
+                )
+                ax.text(
+                    b[0],
+                    b[1],
+                    coco_name(int(lab)),
+                    color="white",
+                    fontsize=5,
+                    va="bottom",
+                    bbox=dict(facecolor=colour, alpha=0.7, pad=0.5, linewidth=0),
+                )
             m = clip.meta
-            ax.set_title(f"{m.get('scene', '?')} frame {m.get('frame_ids', list(range(clip.num_frames)))[j]}"
-                         f" ({len(clip.boxes[j])} boxes)", fontsize=7)
+            ax.set_title(
+                f"{m.get('scene', '?')} frame {m.get('frame_ids', list(range(clip.num_frames)))[j]}"
+                f" ({len(clip.boxes[j])} boxes)",
+                fontsize=7,
+            )
             ax.axis("off")
     fig.tight_layout()
     out = Path(out)
@@ -115,22 +140,26 @@ def draw_grid(ds, clip_indices: Sequence[int], frames_per_clip: int, out: str | 
 
 def compose_config(overrides: Sequence[str]):
     from hydra import compose, initialize_config_module
+
     with initialize_config_module("configs", version_base="1.3"):
         return compose("inspect", overrides=list(overrides))
 
 
 def main(argv: Sequence[str] | None = None) -> dict:
     from data.registry import build_dataset
+
     cfg = compose_config(sys.argv[1:] if argv is None else argv)
     ins = cfg.inspect
-    print(f"dataset {cfg.data.name}: root={cfg.data.get('root')} size={cfg.data.height}x{cfg.data.width} "
-          f"clip_len={cfg.data.clip_len} stride={cfg.data.get('stride', 1)} boxes={cfg.data.get('boxes', 'labels')}")
+    print(
+        f"dataset {cfg.data.name}: root={cfg.data.get('root')} size={cfg.data.height}x{cfg.data.width} "
+        f"clip_len={cfg.data.clip_len} stride={cfg.data.get('stride', 1)} boxes={cfg.data.get('boxes', 'labels')}"
+    )
     summaries, datasets = {}, {}
     for split in ins.splits:
         ds = build_dataset(cfg.data, split)
         datasets[split] = ds
         if ins.get("prepare") and hasattr(ds, "prepare"):
-            ds.prepare(progress=True)       # decode (and detect) everything once, e.g. before training
+            ds.prepare(progress=True)  # decode (and detect) everything once, e.g. before training
         summaries[split] = summarize(ds, ins.max_scan_clips, ins.size_bins, ins.large_box_px)
         print(format_summary(split, summaries[split], ins.large_box_px))
         clips_file = getattr(ds, "test_clips_file", None) or getattr(getattr(ds, "base", None), "test_clips_file", None)

@@ -6,6 +6,7 @@ Each label line: frame track_id type truncated occluded alpha x1 y1 x2 y2 h w l 
 dropped; every other type must be listed in data.classes (type -> COCO id), so a typo or an
 unexpected type is an error naming the file and line rather than a silently lost object.
 """
+
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
@@ -26,6 +27,7 @@ _INT_FIELDS = {"frame", "track_id", "occluded"}
 @dataclass(frozen=True)
 class KittiLabel:
     """One label line. `line` is the 1-based line number in its file (kept for error messages)."""
+
     frame: int
     track_id: int
     type: str
@@ -58,8 +60,9 @@ def parse_label_line(text: str, where: str = "<label>", line: int = 0) -> KittiL
     """Parse one label line; `where` (file name) and `line` appear in every error."""
     tokens = text.split()
     if len(tokens) not in (17, 18):
-        raise InputError(f"{where}:{line}: expected 17 fields (or 18 with a score), got {len(tokens)}: "
-                         f"{text.strip()[:80]!r}")
+        raise InputError(
+            f"{where}:{line}: expected 17 fields (or 18 with a score), got {len(tokens)}: {text.strip()[:80]!r}"
+        )
     names = KITTI_FIELDS + (("score",) if len(tokens) == 18 else ())
     values = {}
     for name, tok in zip(names, tokens):
@@ -110,13 +113,15 @@ def scene_frames(image_dir: Path) -> int:
         raise InputError(f"{image_dir}: no .png frames")
     missing = sorted(set(range(max(ids) + 1)) - set(ids))
     if missing:
-        raise MissingFile(f"missing frame {image_dir / f'{missing[0]:06d}.png'} "
-                                f"({len(missing)} missing in 0..{max(ids)})")
+        raise MissingFile(
+            f"missing frame {image_dir / f'{missing[0]:06d}.png'} ({len(missing)} missing in 0..{max(ids)})"
+        )
     return max(ids) + 1
 
 
-def load_scene(root: Path, split_dir: str, scene: str, classes: Mapping[str, int],
-               ignore_types: set[str]) -> KittiScene:
+def load_scene(
+    root: Path, split_dir: str, scene: str, classes: Mapping[str, int], ignore_types: set[str]
+) -> KittiScene:
     image_dir = root / split_dir / "image_02" / scene
     label_file = root / split_dir / "label_02" / f"{scene}.txt"
     n = scene_frames(image_dir)
@@ -125,16 +130,25 @@ def load_scene(root: Path, split_dir: str, scene: str, classes: Mapping[str, int
     per_frame: dict[int, list[tuple]] = {}
     for lab in read_label_file(label_file):
         if lab.frame >= n:
-            raise InputError(f"{label_file}:{lab.line}: label for frame {lab.frame}, but {image_dir} "
-                             f"has frames 0..{n - 1}")
+            raise InputError(
+                f"{label_file}:{lab.line}: label for frame {lab.frame}, but {image_dir} has frames 0..{n - 1}"
+            )
         if lab.type in ignore_types:
             continue
         if lab.type not in classes:
-            raise InputError(f"{label_file}:{lab.line}: type {lab.type!r} is neither in data.classes "
-                             f"{sorted(classes)} nor in data.ignore_types {sorted(ignore_types)}")
+            raise InputError(
+                f"{label_file}:{lab.line}: type {lab.type!r} is neither in data.classes "
+                f"{sorted(classes)} nor in data.ignore_types {sorted(ignore_types)}"
+            )
         per_frame.setdefault(lab.frame, []).append((lab.bbox, classes[lab.type], lab.track_id))
-    objects = {f: (np.stack([o[0] for o in objs]), np.array([o[1] for o in objs], np.int64),
-                   np.array([o[2] for o in objs], np.int64)) for f, objs in per_frame.items()}
+    objects = {
+        f: (
+            np.stack([o[0] for o in objs]),
+            np.array([o[1] for o in objs], np.int64),
+            np.array([o[2] for o in objs], np.int64),
+        )
+        for f, objs in per_frame.items()
+    }
     return KittiScene(scene, image_dir, n, (h, w), objects)
 
 
@@ -155,8 +169,7 @@ class KittiTracking(ClipDataset):
         ignore = set(cfg.get("ignore_types", ["DontCare"]))
         split_dir = str(cfg.get("split_dir", "training"))
         self._fps = float(cfg.fps) / self.stride
-        self.scenes = {s: load_scene(root, split_dir, s, classes, ignore)
-                       for s in scene_names(cfg[split].scenes)}
+        self.scenes = {s: load_scene(root, split_dir, s, classes, ignore) for s in scene_names(cfg[split].scenes)}
         sequences = {s: list(range(sc.num_frames)) for s, sc in self.scenes.items()}
         self._setup(cfg, sequences, cache_key={"root": str(root.resolve()), "split_dir": split_dir})
 
@@ -179,8 +192,7 @@ class KittiTracking(ClipDataset):
             img = Image.open(path).convert("RGB")
             if (img.height, img.width) != sc.hw:
                 # boxes are rescaled with the scene's size; a frame of another size would misplace them
-                raise InputError(f"{path}: {img.height}x{img.width}, but the scene's frame 0 is "
-                                 f"{sc.hw[0]}x{sc.hw[1]}")
+                raise InputError(f"{path}: {img.height}x{img.width}, but the scene's frame 0 is {sc.hw[0]}x{sc.hw[1]}")
             yield f, img
 
     def extra_meta(self, ref: ClipRef) -> dict:

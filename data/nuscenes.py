@@ -12,6 +12,7 @@ Frame sampling (data.sampling): `sweeps` takes consecutive sweep frames (Ctrl-V'
 `fps` resamples each scene to data.target_fps by timestamps (nearest frame). Frame ids are
 always indices into the full chain, so the cache and test_clips.json do not depend on it.
 """
+
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
@@ -24,20 +25,21 @@ from data.base import ClipDataset, require_root
 from data.cli import InputError, MissingFile
 from data.sampling import ClipRef
 
-_LOADED: dict[tuple[str, str], object] = {}   # one NuScenes object per (root, version) and process
+_LOADED: dict[tuple[str, str], object] = {}  # one NuScenes object per (root, version) and process
 
 
 def load_nuscenes(root: str | Path, version: str):
     try:
         from nuscenes.nuscenes import NuScenes
     except ImportError as e:
-        raise ImportError("data.name=nuscenes needs nuscenes-devkit: pip install -e '.[nuscenes]' "
-                          f"({e})") from e
+        raise ImportError(f"data.name=nuscenes needs nuscenes-devkit: pip install -e '.[nuscenes]' ({e})") from e
     key = (str(Path(root).resolve()), str(version))
     if key not in _LOADED:
         if not (Path(root) / version).is_dir():
-            raise MissingFile(f"{Path(root) / version} not found: data.version={version!r} "
-                                    f"must name a table folder under data.root={root}")
+            raise MissingFile(
+                f"{Path(root) / version} not found: data.version={version!r} "
+                f"must name a table folder under data.root={root}"
+            )
         _LOADED[key] = NuScenes(version=version, dataroot=str(root), verbose=False)
     return _LOADED[key]
 
@@ -47,11 +49,11 @@ def resolve_scene_names(spec, version: str, key: str) -> list[str]:
     On v1.0-mini, 'train' and 'val' mean the devkit's mini_train / mini_val."""
     if isinstance(spec, str):
         from nuscenes.utils.splits import create_splits_scenes
+
         splits = create_splits_scenes(verbose=False)
         name = f"mini_{spec}" if version == "v1.0-mini" and spec in ("train", "val") else spec
         if name not in splits:
-            raise InputError(f"{key}={spec!r} is not a devkit split; valid: {sorted(splits)} "
-                             "or a list of scene names")
+            raise InputError(f"{key}={spec!r} is not a devkit split; valid: {sorted(splits)} or a list of scene names")
         return list(splits[name])
     return [str(s) for s in spec]
 
@@ -92,8 +94,9 @@ def project_box(box, intrinsic: np.ndarray, imsize: tuple[int, int]):
     """The devkit's 2D export of one box already in camera coordinates: (x1,y1,x2,y2) or None."""
     from nuscenes.scripts.export_2d_annotations_as_json import post_process_coords
     from nuscenes.utils.geometry_utils import view_points
+
     corners = box.corners()
-    corners = corners[:, corners[2, :] > 0]          # only corners in front of the camera
+    corners = corners[:, corners[2, :] > 0]  # only corners in front of the camera
     if corners.shape[1] == 0:
         return None
     coords = view_points(corners, intrinsic, True).T[:, :2].tolist()
@@ -129,8 +132,10 @@ class NuScenesClips(ClipDataset):
         by_name = {s["name"]: s for s in nusc.scene}
         absent = [n for n in names if n not in by_name]
         if absent:
-            raise InputError(f"data.{split}.scenes: {len(absent)} scene(s) not in {self.root / self.version}, "
-                             f"e.g. {absent[:3]} (is data.version={self.version!r} right?)")
+            raise InputError(
+                f"data.{split}.scenes: {len(absent)} scene(s) not in {self.root / self.version}, "
+                f"e.g. {absent[:3]} (is data.version={self.version!r} right?)"
+            )
         self.tokens: dict[str, list[str]] = {}
         self.timestamps: dict[str, list[int]] = {}
         self.hw: dict[str, tuple[int, int]] = {}
@@ -140,12 +145,22 @@ class NuScenesClips(ClipDataset):
             self.tokens[n] = [sd["token"] for sd in chain]
             self.timestamps[n] = [int(sd["timestamp"]) for sd in chain]
             self.hw[n] = (int(chain[0]["height"]), int(chain[0]["width"]))
-            sequences[n] = (list(range(len(chain))) if self.sampling == "sweeps"
-                            else resample_by_time(self.timestamps[n], self.target_fps))
-        self._setup(cfg, sequences,
-                    cache_key={"root": str(self.root.resolve()), "version": self.version, "camera": self.camera},
-                    test_params={"version": self.version, "camera": self.camera, "sampling": self.sampling,
-                                 "target_fps": self.target_fps})
+            sequences[n] = (
+                list(range(len(chain)))
+                if self.sampling == "sweeps"
+                else resample_by_time(self.timestamps[n], self.target_fps)
+            )
+        self._setup(
+            cfg,
+            sequences,
+            cache_key={"root": str(self.root.resolve()), "version": self.version, "camera": self.camera},
+            test_params={
+                "version": self.version,
+                "camera": self.camera,
+                "sampling": self.sampling,
+                "target_fps": self.target_fps,
+            },
+        )
 
     # The devkit object is large; DataLoader workers get the tokens and reload it lazily if needed.
     @property
@@ -173,6 +188,7 @@ class NuScenesClips(ClipDataset):
 
     def _project_frame(self, sd_token: str):
         from nuscenes.utils.geometry_utils import BoxVisibility
+
         nusc = self.nusc
         sd = nusc.get("sample_data", sd_token)
         _, boxes, intrinsic = nusc.get_sample_data(sd_token, box_vis_level=BoxVisibility.NONE)
@@ -189,8 +205,11 @@ class NuScenesClips(ClipDataset):
             out_boxes.append(xyxy)
             out_labels.append(self.classes[box.name])
             out_tracks.append(nusc.getind("instance", ann["instance_token"]))
-        return (np.asarray(out_boxes, np.float64).reshape(-1, 4), np.asarray(out_labels, np.int64),
-                np.asarray(out_tracks, np.int64))
+        return (
+            np.asarray(out_boxes, np.float64).reshape(-1, 4),
+            np.asarray(out_labels, np.int64),
+            np.asarray(out_tracks, np.int64),
+        )
 
     def decode(self, scene: str, frame_ids: list[int]) -> Iterator[tuple[int, Image.Image]]:
         for f in frame_ids:
@@ -200,14 +219,20 @@ class NuScenesClips(ClipDataset):
                 raise MissingFile(f"missing frame {path} (scene {scene}, sample_data {sd['token']})")
             img = Image.open(path).convert("RGB")
             if (img.height, img.width) != self.hw[scene]:
-                raise InputError(f"{path}: {img.height}x{img.width}, its sample_data record says "
-                                 f"{sd['height']}x{sd['width']}")
+                raise InputError(
+                    f"{path}: {img.height}x{img.width}, its sample_data record says {sd['height']}x{sd['width']}"
+                )
             yield f, img
 
     def extra_meta(self, ref: ClipRef) -> dict:
         ts = self.timestamps[ref.scene]
         t0, t1 = ts[ref.frame_ids[0]], ts[ref.frame_ids[-1]]
         measured = (len(ref.frame_ids) - 1) / ((t1 - t0) / 1e6) if t1 > t0 else None
-        return {"sampling": self.sampling, "target_fps": self.target_fps, "fps_measured": measured,
-                "camera": self.camera, "version": self.version,
-                "sample_data_tokens": [self.tokens[ref.scene][f] for f in ref.frame_ids]}
+        return {
+            "sampling": self.sampling,
+            "target_fps": self.target_fps,
+            "fps_measured": measured,
+            "camera": self.camera,
+            "version": self.version,
+            "sample_data_tokens": [self.tokens[ref.scene][f] for f in ref.frame_ids],
+        }

@@ -10,6 +10,7 @@ Every frame's raw detections are cached under <data.cache.dir>/pseudo_boxes/<det
 keyed by a hash of the frame's pixels: overlapping training windows share frames, and the score
 threshold / class filter apply after the cache, so changing them needs no new detection run.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -39,20 +40,33 @@ def frame_key(frame: np.ndarray) -> str:
 class PseudoBoxes(Sequence[Clip]):
     """Wraps a dataset of clips and replaces their boxes by filtered detections."""
 
-    def __init__(self, base: Sequence[Clip], detector=None, detector_cfg=None,
-                 score_threshold: float = 0.5, classes: Sequence[int] | None = None,
-                 batch_size: int = 8, cache_dir: str | Path | None = None, min_box_size: float = 1.0,
-                 cache_key: str | None = None):
+    def __init__(
+        self,
+        base: Sequence[Clip],
+        detector=None,
+        detector_cfg=None,
+        score_threshold: float = 0.5,
+        classes: Sequence[int] | None = None,
+        batch_size: int = 8,
+        cache_dir: str | Path | None = None,
+        min_box_size: float = 1.0,
+        cache_key: str | None = None,
+    ):
         if detector is None and detector_cfg is None:
-            raise InputError("data.boxes=detector needs data.pseudo_boxes.detector: a node with a "
-                             "_target_ building the detector (see docs/data.md)")
+            raise InputError(
+                "data.boxes=detector needs data.pseudo_boxes.detector: a node with a "
+                "_target_ building the detector (see docs/data.md)"
+            )
         self.base, self._detector, self.detector_cfg = base, detector, detector_cfg
         self.score_threshold = float(score_threshold)
         self.classes = None if classes is None else {int(c) for c in classes}
         self.batch_size, self.min_box_size = int(batch_size), float(min_box_size)
         if cache_key is None:
-            cache_key = config_hash(self._cfg_container()) if detector_cfg is not None \
+            cache_key = (
+                config_hash(self._cfg_container())
+                if detector_cfg is not None
                 else f"{type(detector).__module__}.{type(detector).__qualname__}"
+            )
         self.cache_key = config_hash(cache_key)[:16]
         self.cache_dir = None if cache_dir is None else Path(cache_dir) / "pseudo_boxes" / self.cache_key
 
@@ -60,17 +74,24 @@ class PseudoBoxes(Sequence[Clip]):
     def from_config(cls, base: Sequence[Clip], cfg) -> PseudoBoxes:
         pb = cfg.get("pseudo_boxes")
         if pb is None:
-            raise InputError("data.boxes=detector needs a data.pseudo_boxes node "
-                             "(e.g. +data/pseudo_boxes=default, see docs/data.md)")
+            raise InputError(
+                "data.boxes=detector needs a data.pseudo_boxes node (e.g. +data/pseudo_boxes=default, see docs/data.md)"
+            )
         cache_cfg = cfg.get("cache") or {}
         cache_dir = cache_cfg.get("dir") or DEFAULT_CACHE_DIR
-        return cls(base, detector_cfg=pb.get("detector"), score_threshold=pb.get("score_threshold", 0.5),
-                   classes=pb.get("classes"), batch_size=pb.get("batch_size", 8),
-                   cache_dir=cache_dir if pb.get("cache", True) else None,
-                   min_box_size=cfg.get("min_box_size", 1.0))
+        return cls(
+            base,
+            detector_cfg=pb.get("detector"),
+            score_threshold=pb.get("score_threshold", 0.5),
+            classes=pb.get("classes"),
+            batch_size=pb.get("batch_size", 8),
+            cache_dir=cache_dir if pb.get("cache", True) else None,
+            min_box_size=cfg.get("min_box_size", 1.0),
+        )
 
     def _cfg_container(self):
         from omegaconf import DictConfig, OmegaConf
+
         c = self.detector_cfg
         return OmegaConf.to_container(c, resolve=True) if isinstance(c, DictConfig) else c
 
@@ -78,16 +99,18 @@ class PseudoBoxes(Sequence[Clip]):
     def detector(self):
         if self._detector is None:
             from hydra.utils import instantiate
+
             self._detector = instantiate(self.detector_cfg)
             if not hasattr(self._detector, "detect"):
-                raise TypeError(f"data.pseudo_boxes.detector built {type(self._detector).__name__}, "
-                                "which has no .detect(frames)")
+                raise TypeError(
+                    f"data.pseudo_boxes.detector built {type(self._detector).__name__}, which has no .detect(frames)"
+                )
         return self._detector
 
     def __getstate__(self):
         state = dict(self.__dict__)
         if self.detector_cfg is not None:
-            state["_detector"] = None      # workers rebuild it from the config if they need it
+            state["_detector"] = None  # workers rebuild it from the config if they need it
         return state
 
     def __len__(self) -> int:
@@ -101,18 +124,30 @@ class PseudoBoxes(Sequence[Clip]):
             keep = s >= self.score_threshold
             if self.classes is not None:
                 keep &= np.isin(lab, list(self.classes))
-            b, ok = rescale_boxes(b[keep], hw, hw, self.min_box_size)   # clip to the frame only
+            b, ok = rescale_boxes(b[keep], hw, hw, self.min_box_size)  # clip to the frame only
             boxes.append(b[ok])
             labels.append(lab[keep][ok])
-        meta = {**clip.meta, "boxes_source": "detector",
-                "pseudo_boxes": {"detector": self.cache_key, "score_threshold": self.score_threshold,
-                                 "classes": sorted(self.classes) if self.classes is not None else None}}
-        return Clip(frames=clip.frames, boxes=boxes, labels=labels,
-                    track_ids=[np.full(len(b), -1, np.int64) for b in boxes], meta=meta)
+        meta = {
+            **clip.meta,
+            "boxes_source": "detector",
+            "pseudo_boxes": {
+                "detector": self.cache_key,
+                "score_threshold": self.score_threshold,
+                "classes": sorted(self.classes) if self.classes is not None else None,
+            },
+        }
+        return Clip(
+            frames=clip.frames,
+            boxes=boxes,
+            labels=labels,
+            track_ids=[np.full(len(b), -1, np.int64) for b in boxes],
+            meta=meta,
+        )
 
     def prepare(self, progress: bool = True) -> None:
         """Run the detector on every clip's frames now (fills the detection cache)."""
         from tqdm import tqdm
+
         if hasattr(self.base, "prepare"):
             self.base.prepare(progress)
         for i in tqdm(range(len(self)), desc="pseudo boxes", disable=not progress, unit="clip"):
@@ -124,13 +159,12 @@ class PseudoBoxes(Sequence[Clip]):
         out = [self._load(k) for k in keys]
         missing = [j for j, d in enumerate(out) if d is None]
         for start in range(0, len(missing), self.batch_size):
-            idx = missing[start:start + self.batch_size]
+            idx = missing[start : start + self.batch_size]
             dets = self.detector.detect(np.ascontiguousarray(frames[idx]))
             if len(dets) != len(idx):
                 raise ValueError(f"detector returned {len(dets)} results for {len(idx)} frames")
             for j, d in zip(idx, dets):
-                out[j] = (_numpy(d.boxes, np.float32, (4,)), _numpy(d.scores, np.float32),
-                          _numpy(d.labels, np.int64))
+                out[j] = (_numpy(d.boxes, np.float32, (4,)), _numpy(d.scores, np.float32), _numpy(d.labels, np.int64))
                 self._save(keys[j], out[j])
         return out
 

@@ -1,4 +1,5 @@
 """Build a dataset of `Clip`s from the `data` config group (configs/data/*.yaml)."""
+
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
@@ -13,6 +14,7 @@ def register(name: str):
     def deco(fn):
         _BUILDERS[name] = fn
         return fn
+
     return deco
 
 
@@ -33,6 +35,7 @@ def with_box_source(cfg, dataset: Sequence[Clip]) -> Sequence[Clip]:
         return dataset
     if source == "detector":
         from data.pseudo_boxes import PseudoBoxes
+
         return PseudoBoxes.from_config(dataset, cfg)
     raise InputError(f"data.boxes={source!r} is unknown; valid: labels, detector")
 
@@ -40,24 +43,35 @@ def with_box_source(cfg, dataset: Sequence[Clip]) -> Sequence[Clip]:
 @register("synthetic")
 def _synthetic(cfg, split):
     from data.synthetic import SyntheticDataset
+
     s = cfg[split]
-    return SyntheticDataset(num_clips=s.num_clips, num_frames=cfg.clip_len, height=cfg.height,
-                            width=cfg.width, seed=s.seed, fps=cfg.fps, world=cfg.get("world", "default"))
+    return SyntheticDataset(
+        num_clips=s.num_clips,
+        num_frames=cfg.clip_len,
+        height=cfg.height,
+        width=cfg.width,
+        seed=s.seed,
+        fps=cfg.fps,
+        world=cfg.get("world", "default"),
+    )
 
 
 @register("kitti")
 def _kitti(cfg, split):
     from data.kitti import KittiTracking
+
     return KittiTracking(cfg, split)
 
 
 @register("nuscenes")
 def _nuscenes(cfg, split):
     from data.nuscenes import NuScenesClips
+
     return NuScenesClips(cfg, split)
 
 
 @register("folder")
 def _folder(cfg, split):
     from data.folder import VideoFolder
+
     return VideoFolder(cfg, split)

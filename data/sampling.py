@@ -4,6 +4,7 @@ A scene's *sequence* is the ordered list of frame ids the clips may use (KITTI: 
 indices of the CAM_FRONT sample_data chain, possibly resampled to a target fps). Training windows
 start every `window_step` positions and may overlap; test windows are disjoint (step = span).
 """
+
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
@@ -15,6 +16,7 @@ from data.cli import InputError
 @dataclass(frozen=True)
 class ClipRef:
     """Where a clip comes from: a scene and the frame ids (in the scene's own numbering)."""
+
     scene: str
     frame_ids: tuple[int, ...]
 
@@ -35,18 +37,17 @@ def windows(sequence: Sequence[int], clip_len: int, stride: int, step: int) -> l
         raise ValueError(f"window step must be >= 1, got {step}")
     span = clip_span(clip_len, stride)
     seq = list(sequence)
-    return [tuple(seq[s:s + span:stride]) for s in range(0, len(seq) - span + 1, step)]
+    return [tuple(seq[s : s + span : stride]) for s in range(0, len(seq) - span + 1, step)]
 
 
-def train_refs(sequences: Mapping[str, Sequence[int]], clip_len: int, stride: int,
-               window_step: int) -> list[ClipRef]:
+def train_refs(sequences: Mapping[str, Sequence[int]], clip_len: int, stride: int, window_step: int) -> list[ClipRef]:
     """Every window of every scene, starting each `window_step` positions (overlap allowed)."""
-    return [ClipRef(scene, ids) for scene, seq in sequences.items()
-            for ids in windows(seq, clip_len, stride, window_step)]
+    return [
+        ClipRef(scene, ids) for scene, seq in sequences.items() for ids in windows(seq, clip_len, stride, window_step)
+    ]
 
 
 def disjoint_refs(sequences: Mapping[str, Sequence[int]], clip_len: int, stride: int) -> list[ClipRef]:
     """Non-overlapping windows of every scene, in scene order then time order."""
     span = clip_span(clip_len, stride)
-    return [ClipRef(scene, ids) for scene, seq in sequences.items()
-            for ids in windows(seq, clip_len, stride, span)]
+    return [ClipRef(scene, ids) for scene, seq in sequences.items() for ids in windows(seq, clip_len, stride, span)]

@@ -14,6 +14,7 @@ colours, speeds, traffic). `WORLDS` names them:
 - `nuscenes`, `kitti`: the mini profile's target worlds, the stand-ins for the two paper datasets:
   each its own camera, road and palette, with one distinct colour per vehicle class.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -34,27 +35,27 @@ class World:
     """
 
     cam_h: float = 1.5
-    horizon: float = 0.42                        # horizon row as a fraction of the height
-    focal: float = 0.8                           # focal length as a fraction of the width
-    lanes: tuple = (-3.6, 0.0, 3.6)              # lane centres
-    lane_lines: tuple = (-1.8, 1.8)              # dashed markings
+    horizon: float = 0.42  # horizon row as a fraction of the height
+    focal: float = 0.8  # focal length as a fraction of the width
+    lanes: tuple = (-3.6, 0.0, 3.6)  # lane centres
+    lane_lines: tuple = (-1.8, 1.8)  # dashed markings
     road_half_width: float = 5.4
     dash_period: float = 9.0
     dash_len: float = 3.0
     ego_speed: tuple = (8.0, 20.0)
-    num_vehicles: tuple = (1, 5)                 # [low, high) vehicles per clip
+    num_vehicles: tuple = (1, 5)  # [low, high) vehicles per clip
     truck_prob: float = 0.25
     lateral_jitter: float = 0.3
-    depth: tuple = (8.0, 45.0)                   # initial distance of a vehicle
-    v_rel: tuple = (-6.0, 6.0)                   # speed relative to the ego car
-    min_depth: float = 3.0                       # closer vehicles have left the view
+    depth: tuple = (8.0, 45.0)  # initial distance of a vehicle
+    v_rel: tuple = (-6.0, 6.0)  # speed relative to the ego car
+    min_depth: float = 3.0  # closer vehicles have left the view
     palette: dict | None = None
     colour_jitter: int = 12
     sky_top: tuple = (110, 160, 225)
     sky_bottom: tuple = (200, 220, 240)
     ground: tuple = (70, 120, 60)
     asphalt: tuple = (85, 85, 90)
-    ground_gain: tuple = (0.8, 1.1)              # per-clip brightness of ground and road
+    ground_gain: tuple = (0.8, 1.1)  # per-clip brightness of ground and road
     asphalt_gain: tuple = (0.8, 1.2)
     marking: int = 235
     dims: dict = field(default_factory=lambda: {COCO_CAR: (1.8, 1.5), COCO_TRUCK: (2.5, 3.2)})  # width, height
@@ -62,22 +63,59 @@ class World:
 
 WORLDS: dict[str, World] = {
     "default": World(),
-    "source": World(cam_h=2.6, horizon=0.34, focal=0.9, lanes=(-1.8, 1.8), lane_lines=(0.0,),
-                    road_half_width=3.6, ego_speed=(14.0, 26.0), num_vehicles=(1, 4), truck_prob=0.35,
-                    depth=(7.0, 30.0), v_rel=(-9.0, 9.0), sky_top=(170, 150, 200), sky_bottom=(235, 215, 190),
-                    ground=(150, 125, 80), asphalt=(110, 100, 95)),
-    "nuscenes": World(cam_h=1.5, horizon=0.45, focal=1.0, lanes=(-1.75, 1.75), lane_lines=(0.0,),
-                      road_half_width=3.5, ego_speed=(3.0, 9.0), num_vehicles=(1, 4), truck_prob=0.3,
-                      depth=(6.0, 22.0), v_rel=(-4.0, 4.0),
-                      palette={COCO_CAR: (200, 40, 40), COCO_TRUCK: (40, 70, 200)},
-                      sky_top=(150, 160, 170), sky_bottom=(205, 205, 200), ground=(125, 125, 120),
-                      asphalt=(70, 70, 75)),
-    "kitti": World(cam_h=1.65, horizon=0.40, focal=0.9, lanes=(-3.5, 0.0, 3.5), lane_lines=(-1.75, 1.75),
-                   road_half_width=5.25, ego_speed=(6.0, 14.0), num_vehicles=(1, 4), truck_prob=0.3,
-                   depth=(6.0, 24.0), v_rel=(-5.0, 5.0),
-                   palette={COCO_CAR: (230, 200, 40), COCO_TRUCK: (240, 240, 240)},
-                   sky_top=(120, 170, 230), sky_bottom=(215, 230, 245), ground=(60, 130, 50),
-                   asphalt=(90, 90, 95)),
+    "source": World(
+        cam_h=2.6,
+        horizon=0.34,
+        focal=0.9,
+        lanes=(-1.8, 1.8),
+        lane_lines=(0.0,),
+        road_half_width=3.6,
+        ego_speed=(14.0, 26.0),
+        num_vehicles=(1, 4),
+        truck_prob=0.35,
+        depth=(7.0, 30.0),
+        v_rel=(-9.0, 9.0),
+        sky_top=(170, 150, 200),
+        sky_bottom=(235, 215, 190),
+        ground=(150, 125, 80),
+        asphalt=(110, 100, 95),
+    ),
+    "nuscenes": World(
+        cam_h=1.5,
+        horizon=0.45,
+        focal=1.0,
+        lanes=(-1.75, 1.75),
+        lane_lines=(0.0,),
+        road_half_width=3.5,
+        ego_speed=(3.0, 9.0),
+        num_vehicles=(1, 4),
+        truck_prob=0.3,
+        depth=(6.0, 22.0),
+        v_rel=(-4.0, 4.0),
+        palette={COCO_CAR: (200, 40, 40), COCO_TRUCK: (40, 70, 200)},
+        sky_top=(150, 160, 170),
+        sky_bottom=(205, 205, 200),
+        ground=(125, 125, 120),
+        asphalt=(70, 70, 75),
+    ),
+    "kitti": World(
+        cam_h=1.65,
+        horizon=0.40,
+        focal=0.9,
+        lanes=(-3.5, 0.0, 3.5),
+        lane_lines=(-1.75, 1.75),
+        road_half_width=5.25,
+        ego_speed=(6.0, 14.0),
+        num_vehicles=(1, 4),
+        truck_prob=0.3,
+        depth=(6.0, 24.0),
+        v_rel=(-5.0, 5.0),
+        palette={COCO_CAR: (230, 200, 40), COCO_TRUCK: (240, 240, 240)},
+        sky_top=(120, 170, 230),
+        sky_bottom=(215, 230, 245),
+        ground=(60, 130, 50),
+        asphalt=(90, 90, 95),
+    ),
 }
 
 
@@ -93,9 +131,15 @@ def _vehicles(rng: np.random.Generator, w: World) -> list[dict]:
         is_truck = rng.random() < w.truck_prob
         label = COCO_TRUCK if is_truck else COCO_CAR
         width, height = w.dims[label]
-        v = dict(track_id=k, label=label,
-                 X=float(rng.choice(w.lanes)) + rng.uniform(-w.lateral_jitter, w.lateral_jitter),
-                 Z0=rng.uniform(*w.depth), v_rel=rng.uniform(*w.v_rel), width=width, height=height)
+        v = dict(
+            track_id=k,
+            label=label,
+            X=float(rng.choice(w.lanes)) + rng.uniform(-w.lateral_jitter, w.lateral_jitter),
+            Z0=rng.uniform(*w.depth),
+            v_rel=rng.uniform(*w.v_rel),
+            width=width,
+            height=height,
+        )
         if w.palette is None:
             v["colour"] = rng.integers(40, 230, size=3).astype(np.uint8)
         else:
@@ -105,13 +149,19 @@ def _vehicles(rng: np.random.Generator, w: World) -> list[dict]:
     return vehicles
 
 
-def synthetic_clip(seed: int, num_frames: int = 25, height: int = 320, width: int = 512,
-                   fps: float = 10.0, world: str | World = "default") -> Clip:
+def synthetic_clip(
+    seed: int,
+    num_frames: int = 25,
+    height: int = 320,
+    width: int = 512,
+    fps: float = 10.0,
+    world: str | World = "default",
+) -> Clip:
     w = get_world(world) if isinstance(world, str) else world
     rng = np.random.default_rng(seed)
     H, W = height, width
-    f = w.focal * W                              # focal length in pixels
-    y_h = w.horizon * H                          # horizon row
+    f = w.focal * W  # focal length in pixels
+    y_h = w.horizon * H  # horizon row
     cam_h = w.cam_h
     ego_speed = rng.uniform(*w.ego_speed)
     dt = 1.0 / fps
@@ -125,8 +175,10 @@ def synthetic_clip(seed: int, num_frames: int = 25, height: int = 320, width: in
     rows = np.arange(H, dtype=np.float32)[:, None] + 0.5
     cols = np.arange(W, dtype=np.float32)[None, :] + 0.5
     below = rows > y_h
-    Z = np.where(below, f * cam_h / np.maximum(rows - y_h, 1e-3), 1e9)  # depth of each ground pixel (far above the horizon)
-    X = (cols - W / 2) * Z / f                                               # lateral offset
+    Z = np.where(
+        below, f * cam_h / np.maximum(rows - y_h, 1e-3), 1e9
+    )  # depth of each ground pixel (far above the horizon)
+    X = (cols - W / 2) * Z / f  # lateral offset
 
     frames = np.empty((num_frames, H, W, 3), np.uint8)
     boxes, labels, tracks = [], [], []
@@ -162,8 +214,12 @@ def synthetic_clip(seed: int, num_frames: int = 25, height: int = 320, width: in
             img[r0:r1, c0:c1] = v["colour"]
             # windows and a shadow make the object more than a flat rectangle
             wr1 = r0 + max(1, (r1 - r0) // 3)
-            img[r0 + max(1, (r1 - r0) // 8):wr1, c0 + max(1, (c1 - c0) // 8):c1 - max(1, (c1 - c0) // 8)] = (40, 50, 60)
-            img[max(r1 - max(1, (r1 - r0) // 10), r0):r1, c0:c1] = (25, 25, 25)
+            img[r0 + max(1, (r1 - r0) // 8) : wr1, c0 + max(1, (c1 - c0) // 8) : c1 - max(1, (c1 - c0) // 8)] = (
+                40,
+                50,
+                60,
+            )
+            img[max(r1 - max(1, (r1 - r0) // 10), r0) : r1, c0:c1] = (25, 25, 25)
             frame_boxes.append(bx)
             frame_labels.append(v["label"])
             frame_tracks.append(v["track_id"])
@@ -173,20 +229,32 @@ def synthetic_clip(seed: int, num_frames: int = 25, height: int = 320, width: in
         tracks.append(np.array(frame_tracks, np.int64))
 
     name = "synthetic" if w is WORLDS["default"] else f"synthetic-{world if isinstance(world, str) else 'custom'}"
-    return Clip(frames=frames, boxes=boxes, labels=labels, track_ids=tracks,
-                meta=dict(dataset=name, scene=f"seed{seed}", seed=seed, fps=fps,
-                          frame_ids=list(range(num_frames))))
+    return Clip(
+        frames=frames,
+        boxes=boxes,
+        labels=labels,
+        track_ids=tracks,
+        meta=dict(dataset=name, scene=f"seed{seed}", seed=seed, fps=fps, frame_ids=list(range(num_frames))),
+    )
 
 
 class SyntheticDataset:
     """`num_clips` synthetic clips of one world; clip i uses seed `seed + i` (train and test use
     disjoint seeds)."""
 
-    def __init__(self, num_clips: int = 8, num_frames: int = 25, height: int = 320, width: int = 512,
-                 seed: int = 0, fps: float = 10.0, world: str = "default"):
+    def __init__(
+        self,
+        num_clips: int = 8,
+        num_frames: int = 25,
+        height: int = 320,
+        width: int = 512,
+        seed: int = 0,
+        fps: float = 10.0,
+        world: str = "default",
+    ):
         self.num_clips, self.num_frames, self.height, self.width = num_clips, num_frames, height, width
         self.seed, self.fps, self.world = seed, fps, world
-        get_world(world)                         # an unknown name fails here, not at the first clip
+        get_world(world)  # an unknown name fails here, not at the first clip
 
     def __len__(self) -> int:
         return self.num_clips

@@ -15,6 +15,7 @@ File format (version 1):
      "num_candidates": 75,
      "clips": [{"dataset": "kitti", "scene": "0019", "first_frame": 0, "frame_ids": [0, 1, ...]}, ...]}
 """
+
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
@@ -52,8 +53,9 @@ def select_clips(candidates: Sequence[ClipRef], num_clips: int, rule: str = "eve
     return select_evenly(candidates, num_clips)
 
 
-def test_candidates(sequences: Mapping[str, Sequence[int]], clip_len: int, stride: int,
-                    window_step: int | None = None) -> list[ClipRef]:
+def test_candidates(
+    sequences: Mapping[str, Sequence[int]], clip_len: int, stride: int, window_step: int | None = None
+) -> list[ClipRef]:
     """Every test window: non-overlapping (window_step None) or one starting every window_step positions."""
     if window_step is None:
         return disjoint_refs(sequences, clip_len, stride)
@@ -68,32 +70,43 @@ def default_clips_file(cache_dir: str | Path, dataset: str, params: Mapping) -> 
     return Path(cache_dir) / "test_clips" / f"{dataset}-{config_hash(dict(params))[:10]}.json"
 
 
-def write_test_clips(path: str | Path, dataset: str, params: Mapping, clips: Sequence[ClipRef],
-                     num_candidates: int | None = None) -> Path:
+def write_test_clips(
+    path: str | Path, dataset: str, params: Mapping, clips: Sequence[ClipRef], num_candidates: int | None = None
+) -> Path:
     doc = {
         "version": TEST_CLIPS_VERSION,
         "dataset": dataset,
         "params": dict(params),
         "num_candidates": num_candidates,
-        "clips": [{"dataset": dataset, "scene": c.scene, "first_frame": c.first_frame,
-                   "frame_ids": list(c.frame_ids)} for c in clips],
+        "clips": [
+            {"dataset": dataset, "scene": c.scene, "first_frame": c.first_frame, "frame_ids": list(c.frame_ids)}
+            for c in clips
+        ],
     }
     return atomic_write_json(Path(path), doc, sort_keys=False)
 
 
-def read_test_clips(path: str | Path, dataset: str | None = None, params: Mapping | None = None,
-                    sequences: Mapping[str, Sequence[int]] | None = None,
-                    overlap_ok: bool = False) -> list[ClipRef]:
+def read_test_clips(
+    path: str | Path,
+    dataset: str | None = None,
+    params: Mapping | None = None,
+    sequences: Mapping[str, Sequence[int]] | None = None,
+    overlap_ok: bool = False,
+) -> list[ClipRef]:
     """Read and check a test_clips.json; every problem names the file (and the clip index)."""
     path = Path(path)
     doc = read_versioned_json(path, TEST_CLIPS_VERSION, "test clip list")
     if dataset is not None and doc.get("dataset") != dataset:
-        raise InputError(f"{path}: lists clips of dataset {doc.get('dataset')!r}, not {dataset!r} "
-                         "(set data.test.clips_file to another file)")
+        raise InputError(
+            f"{path}: lists clips of dataset {doc.get('dataset')!r}, not {dataset!r} "
+            "(set data.test.clips_file to another file)"
+        )
     for k, v in (params or {}).items():
         if doc.get("params", {}).get(k) != v:
-            raise InputError(f"{path}: was made with {k}={doc.get('params', {}).get(k)!r} but the config "
-                             f"has {k}={v!r}; delete the file or set data.test.clips_file elsewhere")
+            raise InputError(
+                f"{path}: was made with {k}={doc.get('params', {}).get(k)!r} but the config "
+                f"has {k}={v!r}; delete the file or set data.test.clips_file elsewhere"
+            )
     clips = []
     for k, c in enumerate(doc.get("clips", [])):
         where = f"{path}: clips[{k}]"
@@ -108,8 +121,7 @@ def read_test_clips(path: str | Path, dataset: str | None = None, params: Mappin
             raise InputError(f"{where}: {len(ref.frame_ids)} frames, data.clip_len is {params['clip_len']}")
         if sequences is not None:
             if ref.scene not in sequences:
-                raise InputError(f"{where}: scene {ref.scene!r} is not among the test scenes "
-                                 f"{sorted(sequences)[:10]}")
+                raise InputError(f"{where}: scene {ref.scene!r} is not among the test scenes {sorted(sequences)[:10]}")
             absent = set(ref.frame_ids) - set(sequences[ref.scene])
             if absent:
                 raise InputError(f"{where}: scene {ref.scene} has no frames {sorted(absent)[:5]}")
@@ -127,33 +139,44 @@ def _check_disjoint(clips: Sequence[ClipRef], path: Path) -> None:
         spans.sort()
         for (_a0, a1, ka), (b0, _b1, kb) in zip(spans, spans[1:]):
             if b0 <= a1:
-                raise InputError(f"{path}: clips[{ka}] and clips[{kb}] overlap in scene {scene} "
-                                 "(test clips must not overlap)")
+                raise InputError(
+                    f"{path}: clips[{ka}] and clips[{kb}] overlap in scene {scene} (test clips must not overlap)"
+                )
 
 
-def load_or_create_test_clips(dataset: str, sequences: Mapping[str, Sequence[int]], clip_len: int,
-                              stride: int, num_clips: int, clips_file: str | Path | None,
-                              cache_dir: str | Path, extra_params: Mapping | None = None,
-                              root: str | Path | None = None, window_step: int | None = None,
-                              select: str = "even") -> tuple[list[ClipRef], Path]:
+def load_or_create_test_clips(
+    dataset: str,
+    sequences: Mapping[str, Sequence[int]],
+    clip_len: int,
+    stride: int,
+    num_clips: int,
+    clips_file: str | Path | None,
+    cache_dir: str | Path,
+    extra_params: Mapping | None = None,
+    root: str | Path | None = None,
+    window_step: int | None = None,
+    select: str = "even",
+) -> tuple[list[ClipRef], Path]:
     """The test clips of `sequences` (test scenes -> frame ids): read from the saved list when it
     exists, otherwise selected deterministically and saved. Returns (clips, file).
 
     The default file name hashes the parameters, the dataset root and the test scenes with their
     lengths (another root or another scene list gets its own file); the root is not checked on
     read, so a moved dataset keeps its list when data.test.clips_file points at it."""
-    clip_span(clip_len, stride)   # validates clip_len / stride
+    clip_span(clip_len, stride)  # validates clip_len / stride
     if select not in SELECT_RULES:
         raise InputError(f"data.test.select={select!r}: valid are {', '.join(SELECT_RULES)}")
-    params = {"clip_len": int(clip_len), "stride": int(stride), "num_clips": int(num_clips),
-              **dict(extra_params or {})}
+    params = {"clip_len": int(clip_len), "stride": int(stride), "num_clips": int(num_clips), **dict(extra_params or {})}
     # only a departure from the default enters the params, so existing lists keep their file names
     if window_step is not None:
         params["window_step"] = int(window_step)
     if select != "even":
         params["select"] = str(select)
-    name_key = {**params, "root": str(Path(root).resolve()) if root else None,
-                "scenes": {str(k): len(v) for k, v in sorted(sequences.items())}}
+    name_key = {
+        **params,
+        "root": str(Path(root).resolve()) if root else None,
+        "scenes": {str(k): len(v) for k, v in sorted(sequences.items())},
+    }
     path = Path(clips_file) if clips_file else default_clips_file(cache_dir, dataset, name_key)
     if path.exists():
         return read_test_clips(path, dataset, params, sequences), path

@@ -1,4 +1,5 @@
 """Clips as training tensors for a torch DataLoader."""
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -35,8 +36,7 @@ def collate_clips(batch: list[dict]) -> dict:
     the number of boxes varies; index becomes an int64 tensor [B]."""
     shapes = {tuple(b["frames"].shape) for b in batch}
     if len(shapes) > 1:
-        raise ValueError(f"cannot batch clips of different shapes {sorted(shapes)}; "
-                         "check data.height/width/clip_len")
+        raise ValueError(f"cannot batch clips of different shapes {sorted(shapes)}; check data.height/width/clip_len")
     return {
         "frames": torch.stack([b["frames"] for b in batch]),
         "boxes": [b["boxes"] for b in batch],

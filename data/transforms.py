@@ -1,4 +1,5 @@
 """Plain resize (no crop) of frames and the matching rescale of their boxes."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -22,8 +23,9 @@ def resample_filter(name: str) -> Image.Resampling:
     return _RESAMPLE[name]
 
 
-def resize_frame(frame: np.ndarray | Image.Image, height: int, width: int,
-                 interpolation: str = "bilinear") -> np.ndarray:
+def resize_frame(
+    frame: np.ndarray | Image.Image, height: int, width: int, interpolation: str = "bilinear"
+) -> np.ndarray:
     """uint8 [H0,W0,3] (or a PIL image) -> uint8 [height,width,3].
 
     PIL's filters widen their support when downsampling (anti-aliased), which matters for
@@ -36,8 +38,9 @@ def resize_frame(frame: np.ndarray | Image.Image, height: int, width: int,
     return np.asarray(img, dtype=np.uint8)
 
 
-def rescale_boxes(boxes: np.ndarray, src_hw: tuple[int, int], dst_hw: tuple[int, int],
-                  min_size: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+def rescale_boxes(
+    boxes: np.ndarray, src_hw: tuple[int, int], dst_hw: tuple[int, int], min_size: float = 1.0
+) -> tuple[np.ndarray, np.ndarray]:
     """Scale xyxy boxes from a src_hw image to dst_hw, clip them to the image, and flag the
     ones that became degenerate (narrower or shorter than `min_size` pixels).
 

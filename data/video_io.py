@@ -1,4 +1,5 @@
 """Reading and writing videos as uint8 [T,H,W,3] RGB arrays: mp4 files or folders of frames."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -27,9 +28,13 @@ def read_frame(path: str | Path) -> np.ndarray:
     look for a HEIF plugin and fail with ModuleNotFoundError pi_heif). An empty, damaged or
     mislabelled file is an InputError naming it."""
     from PIL import JpegImagePlugin, PngImagePlugin
+
     path = Path(path)
-    opener = {".png": PngImagePlugin.PngImageFile, ".jpg": JpegImagePlugin.JpegImageFile,
-              ".jpeg": JpegImagePlugin.JpegImageFile}.get(path.suffix.lower())
+    opener = {
+        ".png": PngImagePlugin.PngImageFile,
+        ".jpg": JpegImagePlugin.JpegImageFile,
+        ".jpeg": JpegImagePlugin.JpegImageFile,
+    }.get(path.suffix.lower())
     if opener is None:
         raise InputError(f"{path}: not a frame image (valid suffixes: {', '.join(FRAME_SUFFIXES)})")
     size = path.stat().st_size
@@ -38,7 +43,7 @@ def read_frame(path: str | Path) -> np.ndarray:
     try:
         with opener(str(path)) as img:
             return np.asarray(img.convert("RGB"))
-    except (OSError, SyntaxError, ValueError) as e:    # PIL's ways of saying "damaged" or "not this format"
+    except (OSError, SyntaxError, ValueError) as e:  # PIL's ways of saying "damaged" or "not this format"
         raise InputError(f"{path}: damaged or not a {path.suffix[1:].upper()} image ({size} bytes; {e})") from e
 
 
@@ -70,6 +75,7 @@ def read_video(path: str | Path, max_frames: int | None = None) -> np.ndarray:
         return np.stack(frames)
     try:
         import imageio.v3 as iio
+
         frames = []
         for k, frame in enumerate(iio.imiter(path, plugin="pyav" if _has_pyav() else "FFMPEG")):
             if max_frames and k >= max_frames:
@@ -84,8 +90,10 @@ def read_video(path: str | Path, max_frames: int | None = None) -> np.ndarray:
         count, how = declared
         slack = max(FRAME_COUNT_TOLERANCE[0], FRAME_COUNT_TOLERANCE[1] * count)
         if len(frames) < count - slack:
-            raise InputError(f"{path}: truncated or damaged video: {len(frames)} frames decoded, but the file "
-                             f"declares {count:.0f} ({how}); replace or re-encode it")
+            raise InputError(
+                f"{path}: truncated or damaged video: {len(frames)} frames decoded, but the file "
+                f"declares {count:.0f} ({how}); replace or re-encode it"
+            )
     return np.stack(frames).astype(np.uint8)
 
 
@@ -93,6 +101,7 @@ def container_frames(path: Path) -> tuple[float, str] | None:
     """(frame count the container declares, how it was found), or None when it does not say."""
     if _has_pyav():
         import av
+
         with av.open(str(path)) as c:
             s = c.streams.video[0]
             if s.frames:
@@ -101,6 +110,7 @@ def container_frames(path: Path) -> tuple[float, str] | None:
                 return float(s.duration * s.time_base * s.average_rate), "duration x frame rate"
         return None
     import imageio.v3 as iio
+
     meta = iio.immeta(path, plugin="FFMPEG")
     n, duration, fps = meta.get("nframes"), meta.get("duration"), meta.get("fps")
     if isinstance(n, (int, float)) and np.isfinite(n) and n > 0:
@@ -113,6 +123,7 @@ def container_frames(path: Path) -> tuple[float, str] | None:
 def _has_pyav() -> bool:
     try:
         import av  # noqa: F401
+
         return True
     except ImportError:
         return False
@@ -122,13 +133,21 @@ def write_video(path: str | Path, frames: np.ndarray, fps: float = 7.0, quality:
     """Write an mp4 (H.264, yuv420p: what browsers play) atomically: a reader never sees a half-written
     file. `quality`: imageio's 0-10 scale (10 = the largest files)."""
     import imageio.v2 as imageio
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     frames = np.asarray(frames, dtype=np.uint8)
     with atomic_path(path) as tmp:
         # macro_block_size=1 keeps odd sizes (e.g. 320x512 is fine, tiny smoke sizes too)
-        with imageio.get_writer(str(tmp), fps=fps, codec="libx264", quality=quality, macro_block_size=1,
-                                ffmpeg_log_level="error", pixelformat="yuv420p") as w:
+        with imageio.get_writer(
+            str(tmp),
+            fps=fps,
+            codec="libx264",
+            quality=quality,
+            macro_block_size=1,
+            ffmpeg_log_level="error",
+            pixelformat="yuv420p",
+        ) as w:
             for frame in frames:
                 w.append_data(frame)
     return path

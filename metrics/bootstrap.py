@@ -16,6 +16,7 @@ where the statistic is undefined (mAP without a reference box) is left out and c
 Paired difference (row minus baseline): the same indices for both rows, so per-clip difficulty
 cancels; `Interval.excludes_zero` is the mark of the tables (docs/benchmark.md).
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
@@ -23,17 +24,17 @@ from dataclasses import dataclass
 
 import numpy as np
 
-Statistic = Callable[[np.ndarray], Mapping[str, float | None]]   # video indices -> {metric key: value}
+Statistic = Callable[[np.ndarray], Mapping[str, float | None]]  # video indices -> {metric key: value}
 
 
 @dataclass(frozen=True)
 class Interval:
-    value: float | None          # the statistic on all N videos (the table's number)
+    value: float | None  # the statistic on all N videos (the table's number)
     low: float | None
     high: float | None
     confidence: float
-    n_resamples: int             # resamples drawn
-    n_defined: int               # resamples where the statistic was defined (used for the quantiles)
+    n_resamples: int  # resamples drawn
+    n_defined: int  # resamples where the statistic was defined (used for the quantiles)
 
     @property
     def half_width(self) -> float | None:
@@ -45,8 +46,15 @@ class Interval:
         return self.low is not None and (self.low > 0.0 or self.high < 0.0)
 
     def to_json(self) -> dict:
-        return {"value": self.value, "low": self.low, "high": self.high, "half_width": self.half_width,
-                "confidence": self.confidence, "n_resamples": self.n_resamples, "n_defined": self.n_defined}
+        return {
+            "value": self.value,
+            "low": self.low,
+            "high": self.high,
+            "half_width": self.half_width,
+            "confidence": self.confidence,
+            "n_resamples": self.n_resamples,
+            "n_defined": self.n_defined,
+        }
 
 
 def resample_indices(n: int, n_resamples: int, seed: int) -> np.ndarray:
@@ -82,8 +90,9 @@ def _distributions(statistics: Mapping[str, Statistic], indices: np.ndarray) -> 
     return out
 
 
-def bootstrap(statistic: Statistic, n: int, *, n_resamples: int, seed: int,
-              confidence: float = 0.95) -> dict[str, Interval]:
+def bootstrap(
+    statistic: Statistic, n: int, *, n_resamples: int, seed: int, confidence: float = 0.95
+) -> dict[str, Interval]:
     """Percentile intervals of every metric `statistic` returns, resampling the n videos."""
     full = dict(statistic(np.arange(n)))
     dist = _distributions({"a": statistic}, resample_indices(n, n_resamples, seed))["a"]
@@ -92,13 +101,14 @@ def bootstrap(statistic: Statistic, n: int, *, n_resamples: int, seed: int,
 
 @dataclass(frozen=True)
 class Paired:
-    a: Interval                  # the row
-    b: Interval                  # the baseline row
-    diff: Interval               # a - b, from the same resamples
+    a: Interval  # the row
+    b: Interval  # the baseline row
+    diff: Interval  # a - b, from the same resamples
 
 
-def paired_bootstrap(stat_a: Statistic, stat_b: Statistic, n: int, *, n_resamples: int, seed: int,
-                     confidence: float = 0.95) -> dict[str, Paired]:
+def paired_bootstrap(
+    stat_a: Statistic, stat_b: Statistic, n: int, *, n_resamples: int, seed: int, confidence: float = 0.95
+) -> dict[str, Paired]:
     """Intervals of two rows scored on the same n test clips (index i is the same clip in both) and of
     their difference a - b, every resample applying the same video indices to both rows."""
     full_a, full_b = dict(stat_a(np.arange(n))), dict(stat_b(np.arange(n)))
@@ -110,8 +120,11 @@ def paired_bootstrap(stat_a: Statistic, stat_b: Statistic, n: int, *, n_resample
         da, db = dist["a"].get(k, []), dist["b"].get(k, [])
         dd = [None if x is None or y is None else x - y for x, y in zip(da, db)]
         fb = full_b[k]
-        out[k] = Paired(_interval(fa, da, confidence, n_resamples), _interval(fb, db, confidence, n_resamples),
-                        _interval(None if fa is None or fb is None else fa - fb, dd, confidence, n_resamples))
+        out[k] = Paired(
+            _interval(fa, da, confidence, n_resamples),
+            _interval(fb, db, confidence, n_resamples),
+            _interval(None if fa is None or fb is None else fa - fb, dd, confidence, n_resamples),
+        )
     return out
 
 

@@ -21,6 +21,7 @@ reference and prediction boxes on 1 - IoU, within a class when class-aware. Then
 Everything is also computed per frame index (how consistency decays along the video). mAP and
 mIoU are reported in percent, like the paper's tables.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -36,11 +37,20 @@ from data.atomic import atomic_path
 from data.cli import InputError
 from metrics.detectors.base import Detections
 
-PROTOCOL_KEYS = ("classes", "class_aware", "ref_conf", "min_box_px", "min_box_frac", "max_frames",
-                 "pred_conf", "miou_pred_conf", "ap")
+PROTOCOL_KEYS = (
+    "classes",
+    "class_aware",
+    "ref_conf",
+    "min_box_px",
+    "min_box_frac",
+    "max_frames",
+    "pred_conf",
+    "miou_pred_conf",
+    "ap",
+)
 # COCO's IoU thresholds .50:.05:.95, built in float64 exactly as pycocotools' Params builds them
 COCO_IOU_THRESHOLDS = np.linspace(0.5, 0.95, int(np.round((0.95 - 0.5) / 0.05)) + 1, endpoint=True)
-CTRLV_CONF_GRID = np.linspace(0.0, 1.0, 101)        # np.arange(0, 1.01, 0.01) in Ctrl-V
+CTRLV_CONF_GRID = np.linspace(0.0, 1.0, 101)  # np.arange(0, 1.01, 0.01) in Ctrl-V
 MIOU_DEFINITIONS = ("hungarian_ref", "matched_mean")
 
 
@@ -56,8 +66,8 @@ class DetProtocol:
     pred_conf: float
     miou_pred_conf: float
     ap: str
-    miou: str = "hungarian_ref"          # det.miou: hungarian_ref | matched_mean
-    miou_match_iou: float = 0.5          # det.miou_match_iou: a matched_mean pair counts from this IoU
+    miou: str = "hungarian_ref"  # det.miou: hungarian_ref | matched_mean
+    miou_match_iou: float = 0.5  # det.miou_match_iou: a matched_mean pair counts from this IoU
 
     @classmethod
     def from_cfg(cls, det_cfg) -> DetProtocol:
@@ -78,11 +88,20 @@ class DetProtocol:
         if not 0.0 <= match_iou <= 1.0:
             raise InputError(f"det.miou_match_iou={match_iou}: must lie in [0, 1]")
         tup = lambda v: None if v is None else tuple(v)  # noqa: E731
-        return cls(name=name, classes=tup(p["classes"]), class_aware=bool(p["class_aware"]),
-                   ref_conf=float(p["ref_conf"]), min_box_px=tup(p["min_box_px"]),
-                   min_box_frac=tup(p["min_box_frac"]), max_frames=p["max_frames"],
-                   pred_conf=float(p["pred_conf"]), miou_pred_conf=float(p["miou_pred_conf"]), ap=p["ap"],
-                   miou=miou_def, miou_match_iou=match_iou)
+        return cls(
+            name=name,
+            classes=tup(p["classes"]),
+            class_aware=bool(p["class_aware"]),
+            ref_conf=float(p["ref_conf"]),
+            min_box_px=tup(p["min_box_px"]),
+            min_box_frac=tup(p["min_box_frac"]),
+            max_frames=p["max_frames"],
+            pred_conf=float(p["pred_conf"]),
+            miou_pred_conf=float(p["miou_pred_conf"]),
+            ap=p["ap"],
+            miou=miou_def,
+            miou_match_iou=match_iou,
+        )
 
     def select(self, d: Detections, frame_hw: tuple[int, int], min_conf: float = 0.0) -> Detections:
         """Keep the protocol's classes, boxes passing the size rule and scores >= min_conf;
@@ -109,6 +128,7 @@ def _iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 # ---------------------------------------------------------------- mIoU
 
+
 def matched_ious(ref: Detections, pred: Detections, class_aware: bool = True) -> np.ndarray:
     """IoU of each reference box with its Hungarian partner (0 when unmatched), per class."""
     out = np.zeros(len(ref))
@@ -124,8 +144,13 @@ def matched_ious(ref: Detections, pred: Detections, class_aware: bool = True) ->
     return out
 
 
-def miou(refs: Sequence[Detections], preds: Sequence[Detections], class_aware: bool = True,
-         definition: str = "hungarian_ref", match_iou: float = 0.5) -> float | None:
+def miou(
+    refs: Sequence[Detections],
+    preds: Sequence[Detections],
+    class_aware: bool = True,
+    definition: str = "hungarian_ref",
+    match_iou: float = 0.5,
+) -> float | None:
     """mIoU in [0, 1] (module docstring). hungarian_ref: mean over all reference boxes of their
     matched IoU (0 when unmatched), None without reference boxes. matched_mean: mean IoU of the
     Hungarian pairs with IoU >= match_iou (a zero-overlap assignment is no match), None without one."""
@@ -139,6 +164,7 @@ def miou(refs: Sequence[Detections], preds: Sequence[Detections], class_aware: b
 
 
 # ---------------------------------------------------------------- COCO mAP
+
 
 def coco_map(refs: Sequence[Detections], preds: Sequence[Detections]) -> dict:
     """COCO mAP@[.50:.95], mAP@.50 and @.75 in [0,1], computed by pycocotools' COCOeval itself (its own
@@ -170,16 +196,20 @@ def coco_evaluate(refs: Sequence[Detections], preds: Sequence[Detections]):
     images = [{"id": i} for i in range(len(refs))]
     labels = sorted({int(c) for d in (*refs, *preds) for c in d.labels})
     categories = [{"id": c} for c in labels]
-    gt_anns = [dict(_coco_box(b), id=k, image_id=i, category_id=int(c), iscrowd=0)
-               for k, (i, b, c, _) in enumerate(_boxes(refs), start=1)]
-    dt_anns = [dict(_coco_box(b), id=k, image_id=i, category_id=int(c), iscrowd=0, score=float(s))
-               for k, (i, b, c, s) in enumerate(_boxes(preds), start=1)]
+    gt_anns = [
+        dict(_coco_box(b), id=k, image_id=i, category_id=int(c), iscrowd=0)
+        for k, (i, b, c, _) in enumerate(_boxes(refs), start=1)
+    ]
+    dt_anns = [
+        dict(_coco_box(b), id=k, image_id=i, category_id=int(c), iscrowd=0, score=float(s))
+        for k, (i, b, c, s) in enumerate(_boxes(preds), start=1)
+    ]
     if not gt_anns:
         return None
     gt, dt = COCO(), COCO()
     gt.dataset = {"images": images, "annotations": gt_anns, "categories": categories}
-    dt.dataset = {"images": images, "annotations": dt_anns, "categories": categories}   # as COCO.loadRes builds it
-    with contextlib.redirect_stdout(io.StringIO()):     # pycocotools prints its progress
+    dt.dataset = {"images": images, "annotations": dt_anns, "categories": categories}  # as COCO.loadRes builds it
+    with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints its progress
         gt.createIndex()
         dt.createIndex()
         ev = COCOeval(gt, dt, "bbox")
@@ -192,7 +222,7 @@ def coco_summary(ev) -> dict:
     import contextlib
     import io
 
-    with contextlib.redirect_stdout(io.StringIO()):     # pycocotools prints its progress and summary
+    with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints its progress and summary
         ev.accumulate()
         ev.summarize()
     value = lambda v: None if v < 0 else float(v)  # noqa: E731   (-1 = undefined)
@@ -213,6 +243,7 @@ def _coco_box(b: np.ndarray) -> dict:
 
 # ---------------------------------------------------------------- Ctrl-V's confidence sweep
 
+
 def _count_matches(iou: np.ndarray, thr: float) -> int:
     """Matches as the ultralytics ConfusionMatrix of Ctrl-V's time (8.0-8.2) made them: pairs with
     IoU > thr, best IoU first, each prediction then each reference used once. Re-written here
@@ -222,7 +253,7 @@ def _count_matches(iou: np.ndarray, thr: float) -> int:
         return 0
     order = np.argsort(-iou[r, p], kind="stable")
     r, p = r[order], p[order]
-    _, first = np.unique(p, return_index=True)       # each prediction keeps its best reference
+    _, first = np.unique(p, return_index=True)  # each prediction keeps its best reference
     # each reference then keeps its best remaining prediction: one match per distinct reference
     return len(np.unique(r[first]))
 
@@ -240,15 +271,19 @@ def ctrlv_frame_counts(iou: np.ndarray, n_kept: int, thr: float) -> tuple[int, i
     return tp, fp, n_ref - tp
 
 
-def ctrlv_ap(refs: Sequence[Detections], preds: Sequence[Detections],
-             iou_thresholds=COCO_IOU_THRESHOLDS, conf_grid=CTRLV_CONF_GRID) -> dict:
+def ctrlv_ap(
+    refs: Sequence[Detections],
+    preds: Sequence[Detections],
+    iou_thresholds=COCO_IOU_THRESHOLDS,
+    conf_grid=CTRLV_CONF_GRID,
+) -> dict:
     """Ctrl-V's mAP: for each IoU threshold, TP/FP/FN summed over frames with predictions of score
     > c for each c of the grid (class-agnostic), then the area under (recall, precision)."""
     n_ref = sum(len(r) for r in refs)
     if n_ref == 0:
         return {"map": None, "ap_per_iou": [None] * len(iou_thresholds)}
-    frames = []                                     # per frame: IoU matrix (predictions by score) and
-    for ref, pred in zip(refs, preds):              # how many predictions each grid threshold keeps
+    frames = []  # per frame: IoU matrix (predictions by score) and
+    for ref, pred in zip(refs, preds):  # how many predictions each grid threshold keeps
         order = np.argsort(-pred.scores, kind="stable")
         k = (pred.scores[order][None, :] > conf_grid[:, None]).sum(axis=1)
         uk, inv = np.unique(k, return_inverse=True)
@@ -262,8 +297,8 @@ def ctrlv_ap(refs: Sequence[Detections], preds: Sequence[Detections],
             fp += counts[inv, 1]
         with np.errstate(invalid="ignore", divide="ignore"):
             precision = tp / (tp + fp)
-        recall = tp / n_ref                         # TP + FN = all reference boxes
-        valid = ~np.isnan(precision)                # Ctrl-V skips thresholds where precision is NaN
+        recall = tp / n_ref  # TP + FN = all reference boxes
+        valid = ~np.isnan(precision)  # Ctrl-V skips thresholds where precision is NaN
         aps.append(_ctrlv_area(recall[valid], precision[valid]))
     return {"map": float(np.mean(aps)), "ap_per_iou": aps}
 
@@ -275,7 +310,7 @@ def _ctrlv_area(recall: np.ndarray, precision: np.ndarray) -> float:
     at any threshold, where Ctrl-V's script would stop with an IndexError) the AP is 0."""
     if len(recall) == 0:
         return 0.0
-    order = np.argsort(-recall, kind="stable")      # Python's sort(reverse=True) is stable too
+    order = np.argsort(-recall, kind="stable")  # Python's sort(reverse=True) is stable too
     r, p = recall[order], precision[order]
     last_r, max_p, area = r[0], p[0], 0.0
     for ri, pi in zip(r, p):
@@ -287,6 +322,7 @@ def _ctrlv_area(recall: np.ndarray, precision: np.ndarray) -> float:
 
 # ---------------------------------------------------------------- accumulation over videos
 
+
 class DetectionAccumulator:
     """Collects per-frame references and predictions of every video, then computes the totals and
     the per-frame-index curves. Frames are scored video by video (video 0's frames, then video 1's):
@@ -294,15 +330,20 @@ class DetectionAccumulator:
 
     def __init__(self, protocol: DetProtocol):
         self.protocol = protocol
-        self.refs: list[list[Detections]] = []      # [video][frame index]
+        self.refs: list[list[Detections]] = []  # [video][frame index]
         self.preds: list[list[Detections]] = []
 
     @property
     def num_videos(self) -> int:
         return len(self.refs)
 
-    def add_video(self, ref_frames: Sequence[Detections], pred_frames: Sequence[Detections],
-                  frame_hw: tuple[int, int], ref_from_dataset: bool = False) -> None:
+    def add_video(
+        self,
+        ref_frames: Sequence[Detections],
+        pred_frames: Sequence[Detections],
+        frame_hw: tuple[int, int],
+        ref_from_dataset: bool = False,
+    ) -> None:
         if len(ref_frames) != len(pred_frames):
             raise ValueError(f"{len(ref_frames)} reference frames vs {len(pred_frames)} generated frames")
         p = self.protocol
@@ -321,8 +362,12 @@ class DetectionAccumulator:
         miou_preds = [d.select(d.scores >= p.miou_pred_conf) for d in preds]
         m = miou(refs, miou_preds, p.class_aware, p.miou, p.miou_match_iou)
         pct = lambda v: None if v is None else 100.0 * v  # noqa: E731
-        out = {"mAP": pct(ap["map"]), "mIoU": pct(m),
-               "n_ref_boxes": int(sum(len(r) for r in refs)), "n_pred_boxes": int(sum(len(d) for d in preds))}
+        out = {
+            "mAP": pct(ap["map"]),
+            "mIoU": pct(m),
+            "n_ref_boxes": int(sum(len(r) for r in refs)),
+            "n_pred_boxes": int(sum(len(d) for d in preds)),
+        }
         if "map_50" in ap:
             out.update(mAP_50=pct(ap["map_50"]), mAP_75=pct(ap["map_75"]))
         if "ap_per_iou" in ap:
@@ -335,13 +380,20 @@ class DetectionAccumulator:
             raise ValueError("no video was added to the detection metrics")
         all_refs = [d for video in self.refs for d in video]
         all_preds = [d for video in self.preds for d in video]
-        result = {"protocol": self.protocol.name, "units": "percent", "n_videos": self.num_videos,
-                  "n_frames": len(all_refs), **self._scores(all_refs, all_preds)}
+        result = {
+            "protocol": self.protocol.name,
+            "units": "percent",
+            "n_videos": self.num_videos,
+            "n_frames": len(all_refs),
+            **self._scores(all_refs, all_preds),
+        }
         if not per_frame:
             return result
         num_frames = max(len(video) for video in self.refs)
-        curves = [self._scores([v[j] for v in self.refs if j < len(v)], [v[j] for v in self.preds if j < len(v)])
-                  for j in range(num_frames)]
+        curves = [
+            self._scores([v[j] for v in self.refs if j < len(v)], [v[j] for v in self.preds if j < len(v)])
+            for j in range(num_frames)
+        ]
         result["per_frame"] = {k: [f[k] for f in curves] for k in ("mAP", "mIoU", "n_ref_boxes")}
         return result
 
@@ -366,8 +418,10 @@ def plot_per_frame(det_result: dict, path: str | Path, title: str = "") -> Path:
         ax.set_xlabel("frame index")
         ax.set_ylabel(f"{key} (%)")
         ax.grid(alpha=0.3)
-    fig.suptitle(title or f"detection consistency per frame ({det_result['protocol']} protocol, "
-                          f"N={det_result['n_videos']})", fontsize=10)
+    fig.suptitle(
+        title or f"detection consistency per frame ({det_result['protocol']} protocol, N={det_result['n_videos']})",
+        fontsize=10,
+    )
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=120)

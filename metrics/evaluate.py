@@ -9,6 +9,7 @@ CLI:     python -m metrics.evaluate --real DIR --gen DIR --metrics fvd,fid,det -
 Everything is streamed video by video (memory stays flat for 200 x 25 frames), feature
 extraction and detection are batched and run on the GPU when there is one.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -31,6 +32,7 @@ METRICS = ("fvd", "fid", "det")
 
 
 # ---------------------------------------------------------------- inputs
+
 
 def _metrics_node(cfg) -> DictConfig:
     cfg = cfg if isinstance(cfg, DictConfig) else OmegaConf.create(cfg)
@@ -59,7 +61,7 @@ def _load(item, name: str):
         except (ValueError, FileNotFoundError, OSError) as e:
             raise InputError(f"video {name}: cannot be read ({e})") from e
         return frames, None, None
-    if hasattr(item, "frames") and hasattr(item, "boxes"):                  # a data.Clip
+    if hasattr(item, "frames") and hasattr(item, "boxes"):  # a data.Clip
         return np.asarray(item.frames), item.boxes, item.labels
     frames = np.asarray(item)
     if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[-1] != 3:
@@ -69,38 +71,63 @@ def _load(item, name: str):
 
 def _check_pair(real: np.ndarray, gen: np.ndarray, name: str, expected_t: int | None) -> None:
     if real.shape != gen.shape:
-        raise InputError(f"video {name}: real is {real.shape[0]} frames of {real.shape[1]}x{real.shape[2]}, "
-                         f"generated is {gen.shape[0]} frames of {gen.shape[1]}x{gen.shape[2]}; they must match")
+        raise InputError(
+            f"video {name}: real is {real.shape[0]} frames of {real.shape[1]}x{real.shape[2]}, "
+            f"generated is {gen.shape[0]} frames of {gen.shape[1]}x{gen.shape[2]}; they must match"
+        )
     if expected_t is not None and real.shape[0] != expected_t:
-        raise InputError(f"video {name}: {real.shape[0]} frames, the first pair had {expected_t}; all videos "
-                         f"must have the same length (per-frame curves, FVD)")
+        raise InputError(
+            f"video {name}: {real.shape[0]} frames, the first pair had {expected_t}; all videos "
+            f"must have the same length (per-frame curves, FVD)"
+        )
 
 
 # ---------------------------------------------------------------- building the metrics
+
 
 def _build(cfg: DictConfig, metrics, weights: dict, device: str, detector):
     built = {}
     if "fid" in metrics:
         from metrics.fid import FIDMetric, InceptionFeatures
-        ext = InceptionFeatures(weights["fid.weights"], device=device, batch_size=cfg.fid.batch_size,
-                                feature_dim=cfg.fid.feature_dim, antialias=cfg.fid.antialias,
-                                protocol=cfg.fid.get("protocol", "torchmetrics"))
+
+        ext = InceptionFeatures(
+            weights["fid.weights"],
+            device=device,
+            batch_size=cfg.fid.batch_size,
+            feature_dim=cfg.fid.feature_dim,
+            antialias=cfg.fid.antialias,
+            protocol=cfg.fid.get("protocol", "torchmetrics"),
+        )
         built["fid"] = FIDMetric(ext, cfg.frame_size, cfg.resize_method)
     if "fvd" in metrics:
         from metrics.fvd import FVDMetric, I3DFeatures
+
         ext = I3DFeatures(weights["fvd.weights"], fmt=cfg.fvd.format, device=device, feature_dim=cfg.fvd.feature_dim)
-        built["fvd"] = FVDMetric(ext, cfg.frame_size, cfg.resize_method, crop=cfg.fvd.crop,
-                                 resolution=cfg.fvd.resolution, center_interp=cfg.fvd.center_interp,
-                                 num_frames=cfg.fvd.num_frames, batch_size=cfg.fvd.batch_size)
+        built["fvd"] = FVDMetric(
+            ext,
+            cfg.frame_size,
+            cfg.resize_method,
+            crop=cfg.fvd.crop,
+            resolution=cfg.fvd.resolution,
+            center_interp=cfg.fvd.center_interp,
+            num_frames=cfg.fvd.num_frames,
+            batch_size=cfg.fvd.batch_size,
+        )
     if "det" in metrics:
         from metrics.detection import DetProtocol
+
         protocol = DetProtocol.from_cfg(cfg.det)
         if detector is None:
             from metrics.detectors import build_detector
+
             det_cfg = OmegaConf.to_container(cfg.det.detector, resolve=True)
             det_cfg.update(cfg.det.protocols[protocol.name].get("detector_overrides") or {})
-            det_cfg.update(weights=weights["det.detector.weights"], classes=list(protocol.classes or []) or None,
-                           device=device, cache_dir=cfg.cache_dir)
+            det_cfg.update(
+                weights=weights["det.detector.weights"],
+                classes=list(protocol.classes or []) or None,
+                device=device,
+                cache_dir=cfg.cache_dir,
+            )
             detector = build_detector(det_cfg)
         built["det"] = detector
     return built
@@ -114,10 +141,16 @@ def _scale_boxes(boxes, src_hw, dst_hw):
 def _write_detections(path: Path, dets, src_hw, det_hw) -> None:
     """The generated frames' detections, boxes in pixels of the video as stored (for figures)."""
     sy, sx = src_hw[0] / det_hw[0], src_hw[1] / det_hw[1]
-    frames = [{"boxes": (np.asarray(d.boxes, np.float32).reshape(-1, 4) * [sx, sy, sx, sy]).round(2).tolist(),
-               "scores": np.asarray(d.scores, np.float32).round(4).tolist(),
-               "labels": np.asarray(d.labels).astype(int).tolist()} for d in dets]
+    frames = [
+        {
+            "boxes": (np.asarray(d.boxes, np.float32).reshape(-1, 4) * [sx, sy, sx, sy]).round(2).tolist(),
+            "scores": np.asarray(d.scores, np.float32).round(4).tolist(),
+            "labels": np.asarray(d.labels).astype(int).tolist(),
+        }
+        for d in dets
+    ]
     from data.atomic import atomic_write_json
+
     atomic_write_json(path, {"frames": frames}, indent=None)
 
 
@@ -135,14 +168,15 @@ def _detect_pair(detector, cfg, real, gen, boxes, labels, save_to: Path | None =
         refs = [Detections(b, np.ones(len(b)), lab) for b, lab in zip(_scale_boxes(boxes, src_hw, hw), labels)]
         preds = detector.detect(gen_d)
     else:
-        both = detector.detect(np.concatenate([real_d, gen_d]))    # one batched pass over 2T frames
-        refs, preds = both[:len(real_d)], both[len(real_d):]
+        both = detector.detect(np.concatenate([real_d, gen_d]))  # one batched pass over 2T frames
+        refs, preds = both[: len(real_d)], both[len(real_d) :]
     if save_to is not None:
         _write_detections(save_to, preds, src_hw, hw)
     return list(refs), list(preds), tuple(int(v) for v in hw)
 
 
 # ---------------------------------------------------------------- the entry point
+
 
 def _check_inputs(cfg: DictConfig, real_videos: Sequence, gen_videos: Sequence) -> list[str]:
     """The metrics to compute; config and input errors before any weights are made or loaded."""
@@ -154,6 +188,7 @@ def _check_inputs(cfg: DictConfig, real_videos: Sequence, gen_videos: Sequence) 
         raise InputError(f"{len(real_videos)} real videos but {len(gen_videos)} generated videos")
     if "det" in metrics:
         from metrics.detection import DetProtocol
+
         DetProtocol.from_cfg(cfg.det)
         if cfg.det.reference not in ("detector", "dataset"):
             raise InputError(f"det.reference={cfg.det.reference!r}: valid are 'detector', 'dataset'")
@@ -165,9 +200,16 @@ def _check_count(metrics, n: int) -> None:
         raise InputError(f"FVD and FID need at least 2 videos per side (a covariance), got {n}")
 
 
-def evaluate(real_videos: Sequence, gen_videos: Sequence, cfg, names: Sequence[str] | None = None,
-             detector=None, progress: bool = True, detections_dir: str | Path | None = None,
-             per_video: str | Path | None = None) -> dict:
+def evaluate(
+    real_videos: Sequence,
+    gen_videos: Sequence,
+    cfg,
+    names: Sequence[str] | None = None,
+    detector=None,
+    progress: bool = True,
+    detections_dir: str | Path | None = None,
+    per_video: str | Path | None = None,
+) -> dict:
     """Score `gen_videos[i]` against `real_videos[i]` for every i with the metrics in `cfg.metrics`.
 
     `detector` overrides the configured one (tests pass a FakeDetector). With `detections_dir`, the
@@ -182,13 +224,21 @@ def evaluate(real_videos: Sequence, gen_videos: Sequence, cfg, names: Sequence[s
     """
     cfg = _metrics_node(cfg)
     _check_count(_check_inputs(cfg, real_videos, gen_videos), len(real_videos))
-    part = extract_features(real_videos, gen_videos, cfg, names=names, detector=detector, progress=progress,
-                            detections_dir=detections_dir)
+    part = extract_features(
+        real_videos, gen_videos, cfg, names=names, detector=detector, progress=progress, detections_dir=detections_dir
+    )
     return merge_features([part], cfg, per_video=per_video)
 
 
-def extract_features(real_videos: Sequence, gen_videos: Sequence, cfg, names: Sequence[str] | None = None,
-                     detector=None, progress: bool = True, detections_dir: str | Path | None = None) -> dict:
+def extract_features(
+    real_videos: Sequence,
+    gen_videos: Sequence,
+    cfg,
+    names: Sequence[str] | None = None,
+    detector=None,
+    progress: bool = True,
+    detections_dir: str | Path | None = None,
+) -> dict:
     """The per-video part of `evaluate`: I3D and Inception features and detections of these video
     pairs (any number, even 0 or 1), as a picklable dict for `merge_features`.
 
@@ -207,11 +257,12 @@ def extract_features(real_videos: Sequence, gen_videos: Sequence, cfg, names: Se
 
     seconds = {m: 0.0 for m in metrics}
     num_frames, video_hw = None, None
-    detections = []                          # per video: (references, predictions, frame size)
+    detections = []  # per video: (references, predictions, frame size)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        for real_item, gen_item, name in tqdm(list(zip(real_videos, gen_videos, names)), desc="scoring videos",
-                                              unit="video", disable=not progress):
+        for real_item, gen_item, name in tqdm(
+            list(zip(real_videos, gen_videos, names)), desc="scoring videos", unit="video", disable=not progress
+        ):
             real, boxes, labels = _load(real_item, f"{name} (real)")
             gen, _, _ = _load(gen_item, f"{name} (generated)")
             _check_pair(real, gen, name, num_frames)
@@ -221,21 +272,39 @@ def extract_features(real_videos: Sequence, gen_videos: Sequence, cfg, names: Se
             for m in metrics:
                 t0 = time.perf_counter()
                 if m == "det":
-                    detections.append(_detect_pair(built["det"], cfg, real, gen, boxes, labels,
-                                                   save_to=Path(detections_dir) / f"{name}.json" if detections_dir
-                                                   else None))
+                    detections.append(
+                        _detect_pair(
+                            built["det"],
+                            cfg,
+                            real,
+                            gen,
+                            boxes,
+                            labels,
+                            save_to=Path(detections_dir) / f"{name}.json" if detections_dir else None,
+                        )
+                    )
                 else:
                     built[m].update(real, real=True)
                     built[m].update(gen, real=False)
                 seconds[m] += time.perf_counter() - t0
-        if "fvd" in built:                   # the last, partial I3D batch of each side
+        if "fvd" in built:  # the last, partial I3D batch of each side
             t0 = time.perf_counter()
             built["fvd"].flush()
             seconds["fvd"] += time.perf_counter() - t0
     _reemit(caught)
-    part = {"names": names, "metrics": metrics, "n_videos": len(names), "num_frames": num_frames,
-            "video_size": list(map(int, video_hw)) if video_hw else None, "device": device, "seconds": seconds,
-            "warnings": sorted({str(w.message) for w in caught}), "weights": weights, "features": {}, "info": {}}
+    part = {
+        "names": names,
+        "metrics": metrics,
+        "n_videos": len(names),
+        "num_frames": num_frames,
+        "video_size": list(map(int, video_hw)) if video_hw else None,
+        "device": device,
+        "seconds": seconds,
+        "warnings": sorted({str(w.message) for w in caught}),
+        "weights": weights,
+        "features": {},
+        "info": {},
+    }
     for m in ("fvd", "fid"):
         if m in built:
             part["features"][m] = {"real": list(built[m].features[True]), "gen": list(built[m].features[False])}
@@ -243,15 +312,20 @@ def extract_features(real_videos: Sequence, gen_videos: Sequence, cfg, names: Se
         part["info"]["fvd"] = {"protocol": built["fvd"].protocol}
     if "fid" in built:
         from metrics.fid import FID_PROTOCOLS
+
         b = built["fid"]
         size = "x".join(map(str, b.frame_size)) if b.frame_size else "as read"
         if b.extractor.protocol == "torchmetrics":
             to_299 = f"torchmetrics, 299x299 {'antialiased' if b.extractor.net.use_antialias else 'TF1 bilinear'}"
         else:
             to_299 = FID_PROTOCOLS[b.extractor.protocol]
-        part["info"]["fid"] = {"protocol": (
-            f"Inception 2015-12-05 pool3 ({b.extractor.feature_dim}-d), frames {size} ({b.resize_method}), "
-            f"then {to_299}"), "preprocessing": b.extractor.protocol}
+        part["info"]["fid"] = {
+            "protocol": (
+                f"Inception 2015-12-05 pool3 ({b.extractor.feature_dim}-d), frames {size} ({b.resize_method}), "
+                f"then {to_299}"
+            ),
+            "preprocessing": b.extractor.protocol,
+        }
     if "det" in built:
         det = built["det"]
         part["info"]["det"] = {"detector": getattr(det, "name", type(det).__name__)}
@@ -279,8 +353,10 @@ def merge_features(parts: Sequence[dict], cfg, per_video: str | Path | None = No
     _check_count(metrics, n)
     shapes = {(p["num_frames"], tuple(p["video_size"])) for p in parts if p["n_videos"]}
     if len(shapes) > 1:
-        raise InputError(f"merge_features: the parts' videos differ in length or size {sorted(shapes)}; all videos "
-                         f"must have the same length (per-frame curves, FVD)")
+        raise InputError(
+            f"merge_features: the parts' videos differ in length or size {sorted(shapes)}; all videos "
+            f"must have the same length (per-frame curves, FVD)"
+        )
     first = next(p for p in parts if p["n_videos"])
     num_frames, video_size = first["num_frames"], first["video_size"]
     info = parts[0]["info"]
@@ -297,20 +373,31 @@ def merge_features(parts: Sequence[dict], cfg, per_video: str | Path | None = No
                         acc.add_video(refs, preds, hw, ref_from_dataset=cfg.det.reference == "dataset")
                 results["det"] = acc.compute()
             else:
-                real, gen = (np.concatenate([a for p in parts for a in p["features"][m][side]])
-                             for side in ("real", "gen"))
+                real, gen = (
+                    np.concatenate([a for p in parts for a in p["features"][m][side]]) for side in ("real", "gen")
+                )
                 r = frechet_distance(real, gen)
                 results[m] = {"value": r.value, "n_real": r.n_real, "n_gen": r.n_gen, "dim": r.dim, **info[m]}
             seconds[m] += time.perf_counter() - t0
     _reemit(caught)
     weights = parts[0]["weights"]
-    out = {"profile": cfg.get("name"), "n_videos": n, "num_frames": num_frames, "video_size": video_size,
-           "device": parts[0]["device"], **results,
-           "timing": {m: {"seconds": round(seconds[m], 3),
-                          "frames_per_s": round(2 * n * num_frames / seconds[m], 2) if seconds[m] > 0 else None}
-                      for m in metrics},
-           "warnings": sorted(set().union(*(p["warnings"] for p in parts), (str(w.message) for w in caught))),
-           "config": OmegaConf.to_container(cfg, resolve=True)}
+    out = {
+        "profile": cfg.get("name"),
+        "n_videos": n,
+        "num_frames": num_frames,
+        "video_size": video_size,
+        "device": parts[0]["device"],
+        **results,
+        "timing": {
+            m: {
+                "seconds": round(seconds[m], 3),
+                "frames_per_s": round(2 * n * num_frames / seconds[m], 2) if seconds[m] > 0 else None,
+            }
+            for m in metrics
+        },
+        "warnings": sorted(set().union(*(p["warnings"] for p in parts), (str(w.message) for w in caught))),
+        "config": OmegaConf.to_container(cfg, resolve=True),
+    }
     if "det" in metrics:
         det = out["det"]
         det["detector"] = info["det"]["detector"]
@@ -322,6 +409,7 @@ def merge_features(parts: Sequence[dict], cfg, per_video: str | Path | None = No
             out[m]["weights"] = weights[key]
     if per_video is not None:
         from metrics.per_video import PerVideo
+
         PerVideo.from_parts(parts).save(per_video)
     return out
 
@@ -336,6 +424,7 @@ def _reemit(caught) -> None:
 
 
 # ---------------------------------------------------------------- writing results
+
 
 def _json_safe(obj):
     if isinstance(obj, float) and not math.isfinite(obj):
@@ -352,10 +441,12 @@ def _json_safe(obj):
 def write_json(result: dict, path: str | Path) -> Path:
     """Atomic: a reader never sees a half-written file."""
     from data.atomic import atomic_write_text
+
     return atomic_write_text(path, json.dumps(_json_safe(result), indent=2, allow_nan=False))
 
 
 # ---------------------------------------------------------------- CLI
+
 
 def pair_videos(real_dir: str | Path, gen_dir: str | Path) -> tuple[list[Path], list[Path], list[str]]:
     """Videos (mp4 files or frame folders) of two folders, paired by name; errors name what is unpaired."""
@@ -381,9 +472,17 @@ def pair_videos(real_dir: str | Path, gen_dir: str | Path) -> tuple[list[Path], 
     only_real, only_gen = sorted(set(real) - set(gen)), sorted(set(gen) - set(real))
     if only_real or only_gen:
         show = lambda xs: ", ".join(xs[:5]) + (f" (+{len(xs) - 5} more)" if len(xs) > 5 else "")  # noqa: E731
-        raise InputError("unpaired videos: " + "; ".join(
-            s for s in (f"only in {real_dir}: {show(only_real)}" if only_real else "",
-                        f"only in {gen_dir}: {show(only_gen)}" if only_gen else "") if s))
+        raise InputError(
+            "unpaired videos: "
+            + "; ".join(
+                s
+                for s in (
+                    f"only in {real_dir}: {show(only_real)}" if only_real else "",
+                    f"only in {gen_dir}: {show(only_gen)}" if only_gen else "",
+                )
+                if s
+            )
+        )
     names = sorted(real)
     return [real[k] for k in names], [gen[k] for k in names], names
 
@@ -398,8 +497,9 @@ def load_config(profile: str = "default", overrides: Sequence[str] = ()) -> Dict
     group = "default" if path.suffix in (".yaml", ".yml") else profile
     # `+key=v` / `++key=v` (a key the YAML lacks, e.g. a DN-DETR-only detector setting) keep their prefix
     hydra_overrides = [f"+metrics={group}"] + [
-        f"{o[:len(o) - len(o.lstrip('+'))]}metrics.{o.lstrip('+')}" for o in overrides]
-    if GlobalHydra.instance().is_initialized():      # inside a caller's Hydra context: use its search path
+        f"{o[: len(o) - len(o.lstrip('+'))]}metrics.{o.lstrip('+')}" for o in overrides
+    ]
+    if GlobalHydra.instance().is_initialized():  # inside a caller's Hydra context: use its search path
         cfg = compose(overrides=hydra_overrides).metrics
     else:
         with initialize_config_module("configs", version_base=None):
@@ -407,21 +507,26 @@ def load_config(profile: str = "default", overrides: Sequence[str] = ()) -> Dict
     if path.suffix in (".yaml", ".yml"):
         if not path.is_file():
             raise MissingFile(f"--config {path}: no such file")
-        OmegaConf.set_struct(cfg, False)             # a user YAML may add backend-specific keys
-        cfg = OmegaConf.merge(cfg, OmegaConf.load(path),
-                              OmegaConf.from_dotlist([o.lstrip("+") for o in overrides]))
+        OmegaConf.set_struct(cfg, False)  # a user YAML may add backend-specific keys
+        cfg = OmegaConf.merge(cfg, OmegaConf.load(path), OmegaConf.from_dotlist([o.lstrip("+") for o in overrides]))
     return cfg
 
 
 def _parse_args(argv):
-    p = argparse.ArgumentParser(prog="python -m metrics.evaluate", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m metrics.evaluate",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--real", required=True, help="folder of real videos (mp4 or frame folders)")
     p.add_argument("--gen", required=True, help="folder of generated videos, same names as --real")
     p.add_argument("--metrics", default=None, help="comma list of fvd,fid,det (default: the config's)")
     p.add_argument("--out", required=True, help="JSON file to write (atomically)")
-    p.add_argument("--config", default="default",
-                   help="metrics profile: default | paper | smoke (configs/metrics/), or a YAML file")
+    p.add_argument(
+        "--config",
+        default="default",
+        help="metrics profile: default | paper | smoke (configs/metrics/), or a YAML file",
+    )
     p.add_argument("--i3d", help="FVD weights (StyleGAN-V i3d_torchscript.pt or cd-fvd i3d_pretrained_400.pt)")
     p.add_argument("--inception", help="FID weights (torch-fidelity weights-inception-2015-12-05-6726825d.pth)")
     p.add_argument("--detector", help="detector backend name (yolo11, dn_detr, ...)")
@@ -429,13 +534,24 @@ def _parse_args(argv):
     p.add_argument("--protocol", help="detection protocol: lsa (paper) | ctrlv")
     p.add_argument("--fvd-crop", choices=("center", "squash"), help="FVD resize: center (Ctrl-V) | squash (TF FVD)")
     p.add_argument("--device", help="auto | cpu | cuda | cuda:1 ...")
-    p.add_argument("--per-video", help="also save the per-video features and detections here (.npz, for "
-                                       "bootstrap intervals: metrics/per_video.py)")
+    p.add_argument(
+        "--per-video",
+        help="also save the per-video features and detections here (.npz, for "
+        "bootstrap intervals: metrics/per_video.py)",
+    )
     p.add_argument("--plot", help="PNG of the per-frame mAP/mIoU curves (default: beside --out when det.plot)")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="any config override, relative to the metrics node (e.g. det.protocols.lsa.ref_conf=0.5)")
-    p.add_argument("--trust-pickle", action="store_true",
-                   help="DN-DETR: allow full unpickling of a detrex .pth holding more than tensors (trusted files only)")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="any config override, relative to the metrics node (e.g. det.protocols.lsa.ref_conf=0.5)",
+    )
+    p.add_argument(
+        "--trust-pickle",
+        action="store_true",
+        help="DN-DETR: allow full unpickling of a detrex .pth holding more than tensors (trusted files only)",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     return p.parse_args(argv)
 
@@ -444,6 +560,7 @@ def _load_config_or_user_error(profile: str, overrides: Sequence[str]) -> DictCo
     """load_config; Hydra's and OmegaConf's complaints about --config / --set are user errors."""
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
+
     try:
         return load_config(profile, overrides)
     except (HydraException, OmegaConfBaseException) as e:
@@ -454,16 +571,22 @@ def _load_config_or_user_error(profile: str, overrides: Sequence[str]) -> DictCo
 def main(argv=None) -> int:
     args = _parse_args(argv)
     overrides = list(args.set)
-    for flag, key in ((args.i3d, "fvd.weights"), (args.inception, "fid.weights"),
-                      (args.detector, "det.detector.name"), (args.detector_weights, "det.detector.weights"),
-                      (args.protocol, "det.protocol"), (args.fvd_crop, "fvd.crop"), (args.device, "device")):
+    for flag, key in (
+        (args.i3d, "fvd.weights"),
+        (args.inception, "fid.weights"),
+        (args.detector, "det.detector.name"),
+        (args.detector_weights, "det.detector.weights"),
+        (args.protocol, "det.protocol"),
+        (args.fvd_crop, "fvd.crop"),
+        (args.device, "device"),
+    ):
         if flag:
-            quote = '"' if "'" in flag else "'"     # quoted: paths may hold characters Hydra's grammar uses
+            quote = '"' if "'" in flag else "'"  # quoted: paths may hold characters Hydra's grammar uses
             overrides.append(f"{key}={quote}{flag}{quote}")
     if args.metrics:
         overrides.append(f"metrics=[{args.metrics}]")
     if args.trust_pickle:
-        overrides.append("++det.detector.trust_pickle=true")     # a DN-DETR key: not in the shared node
+        overrides.append("++det.detector.trust_pickle=true")  # a DN-DETR key: not in the shared node
     cfg = _load_config_or_user_error(args.config, overrides)
     real, gen, names = pair_videos(args.real, args.gen)
     result = evaluate(real, gen, cfg, names=names, progress=not args.quiet, per_video=args.per_video)
@@ -471,9 +594,13 @@ def main(argv=None) -> int:
     out = write_json(result, args.out)
     if "det" in result and (args.plot or cfg.det.plot):
         from metrics.detection import plot_per_frame
+
         plot_per_frame(result["det"], args.plot or Path(args.out).with_suffix(".png"))
-    summary = {m: (result[m]["value"] if m != "det" else {k: result[m][k] for k in ("mAP", "mIoU")})
-               for m in METRICS if m in result}
+    summary = {
+        m: (result[m]["value"] if m != "det" else {k: result[m][k] for k in ("mAP", "mIoU")})
+        for m in METRICS
+        if m in result
+    }
     print(f"N={result['n_videos']} videos x {result['num_frames']} frames -> {out}: {json.dumps(_json_safe(summary))}")
     return 0
 

@@ -13,6 +13,7 @@ and its weights are the same for all three (the libraries give identical feature
   clipped to 0..255, then (x-128)/128.
 The distance is metrics.frechet (float64, symmetric form), not torchmetrics' eigvals(S1 S2).
 """
+
 from __future__ import annotations
 
 import tempfile
@@ -27,7 +28,7 @@ from data.cli import InputError, MissingFile
 from metrics.frames import resize_frames
 from metrics.frechet import FrechetResult, frechet_distance
 
-INCEPTION_FEATURE_NAME = "inception-v3-compat"   # torch-fidelity's name for the TF-ported network
+INCEPTION_FEATURE_NAME = "inception-v3-compat"  # torch-fidelity's name for the TF-ported network
 FID_PROTOCOLS = {
     "torchmetrics": "torchmetrics / torch-fidelity preprocessing (TF1 bilinear resize to 299, (x-128)/128)",
     "pytorch_fid": "pytorch-fid preprocessing (x/255, torch bilinear resize to 299, 2x-1)",
@@ -36,16 +37,41 @@ FID_PROTOCOLS = {
 # torch-fidelity's pool3 path after its input scaling (FeatureExtractorInceptionV3.forward), run
 # here for the protocols that scale the input themselves: the library has no entry point that takes
 # an already resized and scaled float input.
-_POOL3_LAYERS = ("Conv2d_1a_3x3", "Conv2d_2a_3x3", "Conv2d_2b_3x3", "MaxPool_1", "Conv2d_3b_1x1", "Conv2d_4a_3x3",
-                 "MaxPool_2", "Mixed_5b", "Mixed_5c", "Mixed_5d", "Mixed_6a", "Mixed_6b", "Mixed_6c", "Mixed_6d",
-                 "Mixed_6e", "Mixed_7a", "Mixed_7b", "Mixed_7c", "AvgPool")
+_POOL3_LAYERS = (
+    "Conv2d_1a_3x3",
+    "Conv2d_2a_3x3",
+    "Conv2d_2b_3x3",
+    "MaxPool_1",
+    "Conv2d_3b_1x1",
+    "Conv2d_4a_3x3",
+    "MaxPool_2",
+    "Mixed_5b",
+    "Mixed_5c",
+    "Mixed_5d",
+    "Mixed_6a",
+    "Mixed_6b",
+    "Mixed_6c",
+    "Mixed_6d",
+    "Mixed_6e",
+    "Mixed_7a",
+    "Mixed_7b",
+    "Mixed_7c",
+    "AvgPool",
+)
 
 
 class InceptionFeatures:
     """uint8 frames [N,H,W,3] -> float32 features [N, feature_dim], batched, on `device`."""
 
-    def __init__(self, weights: str | Path, device: str = "cpu", batch_size: int = 32,
-                 feature_dim: int = 2048, antialias: bool = False, protocol: str = "torchmetrics"):
+    def __init__(
+        self,
+        weights: str | Path,
+        device: str = "cpu",
+        batch_size: int = 32,
+        feature_dim: int = 2048,
+        antialias: bool = False,
+        protocol: str = "torchmetrics",
+    ):
         from torchmetrics.image.fid import NoTrainInceptionV3
 
         if protocol not in FID_PROTOCOLS:
@@ -61,12 +87,18 @@ class InceptionFeatures:
                 # a wrong file that is TorchScript makes torch.load warn before it fails: the error says it all
                 warnings.filterwarnings("ignore", message=".*TorchScript archive.*")
                 warnings.filterwarnings("ignore", category=FutureWarning, message=r".*torch\.jit.*")
-                self.net = NoTrainInceptionV3(name=INCEPTION_FEATURE_NAME, features_list=[str(feature_dim)],
-                                              feature_extractor_weights_path=str(path), antialias=antialias)
+                self.net = NoTrainInceptionV3(
+                    name=INCEPTION_FEATURE_NAME,
+                    features_list=[str(feature_dim)],
+                    feature_extractor_weights_path=str(path),
+                    antialias=antialias,
+                )
         except Exception as e:  # torch.load / load_state_dict errors, whatever their type
-            raise InputError(f"fid.weights={str(path)!r} is not a torch-fidelity InceptionV3 state dict "
-                             f"(weights-inception-2015-12-05-6726825d.pth): {type(e).__name__}: "
-                             f"{str(e)[:300]}") from e
+            raise InputError(
+                f"fid.weights={str(path)!r} is not a torch-fidelity InceptionV3 state dict "
+                f"(weights-inception-2015-12-05-6726825d.pth): {type(e).__name__}: "
+                f"{str(e)[:300]}"
+            ) from e
         self.net = self.net.to(device)
         self.device, self.batch_size, self.feature_dim = device, int(batch_size), int(feature_dim)
         self.weights = str(path)
@@ -75,9 +107,9 @@ class InceptionFeatures:
     def __call__(self, frames: np.ndarray) -> np.ndarray:
         feats = []
         for start in range(0, len(frames), self.batch_size):
-            batch = np.ascontiguousarray(frames[start:start + self.batch_size])
+            batch = np.ascontiguousarray(frames[start : start + self.batch_size])
             if self.protocol == "torchmetrics":
-                x = torch.from_numpy(batch).permute(0, 3, 1, 2).to(self.device)      # uint8 [B,3,H,W]
+                x = torch.from_numpy(batch).permute(0, 3, 1, 2).to(self.device)  # uint8 [B,3,H,W]
                 feats.append(self.net(x).float().cpu().numpy())
             else:
                 feats.append(self.pool3(preprocess(batch, self.protocol).to(self.device)).float().cpu().numpy())
@@ -93,7 +125,7 @@ class InceptionFeatures:
 def preprocess(frames: np.ndarray, protocol: str) -> torch.Tensor:
     """uint8 frames [B,H,W,3] -> the network input [B,3,299,299] of `pytorch_fid` or `clean_fid`."""
     if protocol == "pytorch_fid":
-        x = torch.from_numpy(frames).permute(0, 3, 1, 2).float() / 255.0          # torchvision's ToTensor
+        x = torch.from_numpy(frames).permute(0, 3, 1, 2).float() / 255.0  # torchvision's ToTensor
         x = torch.nn.functional.interpolate(x, size=(299, 299), mode="bilinear", align_corners=False)
         return 2 * x - 1
     if protocol == "clean_fid":
@@ -138,7 +170,7 @@ def make_random_inception_weights(path: str | Path, seed: int = 0, calib_images:
 
     class _KeepRandomInit(FeatureExtractorInceptionV3):
         def load_state_dict(self, state_dict, strict=True, assign=False):
-            return None             # torch-fidelity always loads a file: keep the random init instead
+            return None  # torch-fidelity always loads a file: keep the random init instead
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -150,7 +182,7 @@ def make_random_inception_weights(path: str | Path, seed: int = 0, calib_images:
             net = _KeepRandomInit(INCEPTION_FEATURE_NAME, ["2048"], feature_extractor_weights_path=str(empty))
             for bn in (m for m in net.modules() if isinstance(m, torch.nn.BatchNorm2d)):
                 bn.reset_running_stats()
-                bn.momentum = None                  # cumulative average over the one calibration pass
+                bn.momentum = None  # cumulative average over the one calibration pass
             smooth = torch.rand(calib_images, 3, 16, 16) * 255
             calib = torch.nn.functional.interpolate(smooth, size=(299, 299), mode="bilinear").to(torch.uint8)
             net.train()

@@ -4,6 +4,7 @@ The paper (following Ctrl-V) resizes frames to 256x410 before FVD and FID. Ctrl-
 PIL's `Image.resize`, whose default filter for RGB images is bicubic, so PIL is used here too
 (it also has a proper antialiasing filter when shrinking, which plain `F.interpolate` lacks).
 """
+
 from __future__ import annotations
 
 import numpy as np

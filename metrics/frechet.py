@@ -15,6 +15,7 @@ congruent-similar to sqrt(S_1) S_2 sqrt(S_1): both have the eigenvalues of S_1 S
 costs n^3/3 flops against ~9 n^3 for an eigen-decomposition with vectors, which halves the time at
 d=2048 (see benchmark/perf/metrics.py). Neither scipy nor torchmetrics offers this symmetric form.
 """
+
 from __future__ import annotations
 
 import warnings
@@ -27,8 +28,8 @@ from scipy.linalg.lapack import dpstrf
 
 class FrechetResult(NamedTuple):
     value: float
-    n_real: int      # samples behind (mu_1, S_1)
-    n_gen: int       # samples behind (mu_2, S_2)
+    n_real: int  # samples behind (mu_1, S_1)
+    n_gen: int  # samples behind (mu_2, S_2)
     dim: int
 
     @property
@@ -57,24 +58,24 @@ def gaussian_stats(features) -> tuple[np.ndarray, np.ndarray, int]:
 
 def trace_sqrt_product(sigma1: np.ndarray, sigma2: np.ndarray) -> float:
     """tr sqrt(sqrt(S_1) S_2 sqrt(S_1)) for symmetric PSD S_1, S_2 (float64)."""
-    s1 = np.array(sigma1, dtype=np.float64, order="F")     # pstrf overwrites its own copy
+    s1 = np.array(sigma1, dtype=np.float64, order="F")  # pstrf overwrites its own copy
     s2 = np.asarray(sigma2, dtype=np.float64)
     c, piv, rank, info = dpstrf(s1, lower=1)
     if info < 0:
         raise ValueError(f"LAPACK dpstrf: argument {-info} is invalid")
-    if rank == 0:                                           # S_1 = 0: the cross term vanishes
+    if rank == 0:  # S_1 = 0: the cross term vanishes
         return 0.0
-    p = piv - 1                                             # P^T S_1 P = L L^T
+    p = piv - 1  # P^T S_1 P = L L^T
     s2p = s2[np.ix_(p, p)]
     if rank == s1.shape[0]:
         # triangular multiplies (half the flops of dense products); they read only the lower
         # triangle of `c`, so the garbage pstrf leaves above the diagonal needs no clearing
-        K = dtrmm(1.0, c, s2p, side=1, lower=1)                    # S_2' L
-        M = dtrmm(1.0, c, K, side=0, lower=1, trans_a=1)           # L^T S_2' L
+        K = dtrmm(1.0, c, s2p, side=1, lower=1)  # S_2' L
+        M = dtrmm(1.0, c, K, side=0, lower=1, trans_a=1)  # L^T S_2' L
     else:
         L = np.tril(c)[:, :rank]
         M = L.T @ s2p @ L
-    eig = np.linalg.eigvalsh(M)                             # reads one triangle: M is symmetric by construction
+    eig = np.linalg.eigvalsh(M)  # reads one triangle: M is symmetric by construction
     return float(np.sqrt(np.clip(eig, 0.0, None)).sum())
 
 
@@ -85,9 +86,13 @@ def frechet_distance_from_stats(mu1, sigma1, n1: int, mu2, sigma2, n2: int) -> F
     if mu2.shape != (d,) or sigma1.shape != (d, d) or sigma2.shape != (d, d):
         raise ValueError(f"shape mismatch: mu {mu1.shape} vs {mu2.shape}, sigma {sigma1.shape} vs {sigma2.shape}")
     if min(n1, n2) < d:
-        warnings.warn(f"Frechet distance from N={min(n1, n2)} samples in d={d} dimensions: the covariance "
-                      f"is rank deficient and the value is biased upwards (~1/N); compare only numbers "
-                      f"with the same N", FrechetBiasWarning, stacklevel=2)
+        warnings.warn(
+            f"Frechet distance from N={min(n1, n2)} samples in d={d} dimensions: the covariance "
+            f"is rank deficient and the value is biased upwards (~1/N); compare only numbers "
+            f"with the same N",
+            FrechetBiasWarning,
+            stacklevel=2,
+        )
     diff = mu1 - mu2
     value = diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2.0 * trace_sqrt_product(sigma1, sigma2)
     # a tiny negative value is rounding of a zero distance

@@ -12,6 +12,7 @@ Preprocessing (docs/metrics.md): frames resized to 256x410, scaled to [-1, 1], t
 F.interpolate without a mode) and a centre crop; or `squash` (the original TF FVD): 224x224
 bilinear, TF1-style (torch-fidelity's port of tf.image.resize_bilinear).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -42,7 +43,7 @@ class I3DFeatures:
             raise MissingFile(f"fvd.weights={str(weights)!r}: no such file (see docs/metrics.md)")
         self.weights, self.device, self.feature_dim = str(path), device, int(feature_dim)
         errors = {}
-        for candidate in (("torchscript", "cdfvd") if fmt == "auto" else (fmt,)):
+        for candidate in ("torchscript", "cdfvd") if fmt == "auto" else (fmt,):
             try:
                 self.net = _LOADERS[candidate](path, device)
                 self.format = candidate
@@ -51,9 +52,11 @@ class I3DFeatures:
                 errors[candidate] = f"{type(e).__name__}: {str(e).strip().splitlines()[0][:200]}"
         else:
             tried = "; ".join(f"as {k}: {v}" for k, v in errors.items())
-            raise InputError(f"fvd.weights={str(path)!r} is not an I3D this code can load ({tried}). Expected "
-                             f"StyleGAN-V's i3d_torchscript.pt (TorchScript) or cd-fvd's i3d_pretrained_400.pt "
-                             f"(InceptionI3d state dict); see docs/metrics.md")
+            raise InputError(
+                f"fvd.weights={str(path)!r} is not an I3D this code can load ({tried}). Expected "
+                f"StyleGAN-V's i3d_torchscript.pt (TorchScript) or cd-fvd's i3d_pretrained_400.pt "
+                f"(InceptionI3d state dict); see docs/metrics.md"
+            )
 
     @torch.no_grad()
     def __call__(self, x: torch.Tensor) -> np.ndarray:
@@ -64,11 +67,15 @@ class I3DFeatures:
             else:
                 out = self.net(x)
         except Exception as e:
-            raise RuntimeError(f"I3D {self.weights} ({self.format}) failed on input {tuple(x.shape)}: "
-                               f"{type(e).__name__}: {str(e)[:300]}") from e
+            raise RuntimeError(
+                f"I3D {self.weights} ({self.format}) failed on input {tuple(x.shape)}: "
+                f"{type(e).__name__}: {str(e)[:300]}"
+            ) from e
         if out.ndim != 2 or out.shape != (x.shape[0], self.feature_dim):
-            raise ValueError(f"I3D {self.weights} returned {tuple(out.shape)}, expected "
-                             f"({x.shape[0]}, {self.feature_dim}) (fvd.feature_dim)")
+            raise ValueError(
+                f"I3D {self.weights} returned {tuple(out.shape)}, expected "
+                f"({x.shape[0]}, {self.feature_dim}) (fvd.feature_dim)"
+            )
         return out.float().cpu().numpy()
 
 
@@ -106,10 +113,11 @@ def _load_cdfvd(path: Path, device: str):
 _LOADERS = {"torchscript": _load_torchscript, "cdfvd": _load_cdfvd}
 
 
-def to_i3d_input(frames: np.ndarray, crop: str = "center", resolution: int = 224,
-                 center_interp: str = "nearest") -> torch.Tensor:
+def to_i3d_input(
+    frames: np.ndarray, crop: str = "center", resolution: int = 224, center_interp: str = "nearest"
+) -> torch.Tensor:
     """uint8 [T,H,W,3] (already at 256x410) -> float [3,T,res,res] in [-1,1]."""
-    x = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).float()   # [T,3,H,W]
+    x = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).float()  # [T,3,H,W]
     if crop == "center":
         x = x / 127.5 - 1.0
         h, w = x.shape[-2:]
@@ -118,22 +126,31 @@ def to_i3d_input(frames: np.ndarray, crop: str = "center", resolution: int = 224
         kwargs = {} if center_interp in ("nearest", "area") else {"align_corners": False}
         x = F.interpolate(x, size=size, mode=center_interp, **kwargs).clamp(-1.0, 1.0)
         top, left = (x.shape[-2] - resolution) // 2, (x.shape[-1] - resolution) // 2
-        x = x[..., top:top + resolution, left:left + resolution]
+        x = x[..., top : top + resolution, left : left + resolution]
     elif crop == "squash":
         from torch_fidelity.interpolate_compat_tensorflow import interpolate_bilinear_2d_like_tensorflow1x
+
         x = interpolate_bilinear_2d_like_tensorflow1x(x, size=(resolution, resolution), align_corners=False)
         x = x / 127.5 - 1.0
     else:
         raise InputError(f"fvd.crop={crop!r} is unknown; valid: center, squash")
-    return x.permute(1, 0, 2, 3).contiguous()                                          # [3,T,h,w]
+    return x.permute(1, 0, 2, 3).contiguous()  # [3,T,h,w]
 
 
 class FVDMetric:
     """Accumulates I3D features of real and generated videos (batched); `compute()` gives the FVD."""
 
-    def __init__(self, extractor: I3DFeatures, frame_size=(256, 410), resize_method: str = "bicubic",
-                 crop: str = "center", resolution: int = 224, center_interp: str = "nearest",
-                 num_frames: int | None = None, batch_size: int = 8):
+    def __init__(
+        self,
+        extractor: I3DFeatures,
+        frame_size=(256, 410),
+        resize_method: str = "bicubic",
+        crop: str = "center",
+        resolution: int = 224,
+        center_interp: str = "nearest",
+        num_frames: int | None = None,
+        batch_size: int = 8,
+    ):
         self.extractor, self.frame_size, self.resize_method = extractor, frame_size, resize_method
         self.crop, self.resolution, self.center_interp = crop, int(resolution), center_interp
         self.num_frames, self.batch_size = num_frames, int(batch_size)
@@ -145,7 +162,7 @@ class FVDMetric:
         if self.num_frames:
             if len(video) < self.num_frames:
                 raise InputError(f"fvd.num_frames={self.num_frames} but a video has only {len(video)} frames")
-            video = video[:self.num_frames]
+            video = video[: self.num_frames]
         video = resize_frames(video, self.frame_size, self.resize_method)
         self.pending[bool(real)].append(to_i3d_input(video, self.crop, self.resolution, self.center_interp))
         self.num_videos += 1
@@ -169,8 +186,11 @@ class FVDMetric:
 
     @property
     def protocol(self) -> str:
-        crop = (f"shorter side {self.resolution} ({self.center_interp}) + centre crop" if self.crop == "center"
-                else f"squash to {self.resolution}x{self.resolution} (TF1 bilinear)")
+        crop = (
+            f"shorter side {self.resolution} ({self.center_interp}) + centre crop"
+            if self.crop == "center"
+            else f"squash to {self.resolution}x{self.resolution} (TF1 bilinear)"
+        )
         size = "x".join(map(str, self.frame_size)) if self.frame_size else "as read"
         return f"I3D {self.extractor.format} logits; frames {size} ({self.resize_method}), {crop}, [-1,1]"
 
@@ -188,9 +208,10 @@ class _TinyI3D(torch.nn.Module):
         self.conv = torch.nn.Conv3d(3, width, kernel_size=(3, 7, 7), stride=(1, 4, 4), padding=(1, 3, 3))
         self.head = torch.nn.Linear(width, feature_dim - 6)
 
-    def forward(self, x: torch.Tensor, rescale: bool = False, resize: bool = False,
-                return_features: bool = False) -> torch.Tensor:
-        if rescale:                                   # the real net's option: [0,255] -> [-1,1]
+    def forward(
+        self, x: torch.Tensor, rescale: bool = False, resize: bool = False, return_features: bool = False
+    ) -> torch.Tensor:
+        if rescale:  # the real net's option: [0,255] -> [-1,1]
             x = x / 127.5 - 1.0
         if resize:
             x = F.interpolate(x, size=[x.shape[2], 224, 224], mode="trilinear", align_corners=False)

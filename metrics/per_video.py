@@ -7,6 +7,7 @@ per frame grouped by video (FID), and the detector's raw boxes on every real and
 the same numbers as metrics.evaluate for `np.arange(N)` (tested), keyed like the table columns
 (`fvd.value`, `fid.value`, `det.mAP`, `det.mIoU`).
 """
+
 from __future__ import annotations
 
 import warnings
@@ -26,8 +27,8 @@ _SIDES = ("ref", "pred")
 @dataclass
 class PerVideo:
     names: list[str]
-    fvd: dict[str, np.ndarray] = field(default_factory=dict)      # {"real", "gen"}: [N, d]
-    fid: dict[str, np.ndarray] = field(default_factory=dict)      # {"real", "gen"}: [N, T, d]
+    fvd: dict[str, np.ndarray] = field(default_factory=dict)  # {"real", "gen"}: [N, d]
+    fid: dict[str, np.ndarray] = field(default_factory=dict)  # {"real", "gen"}: [N, T, d]
     detections: list[tuple[list[Detections], list[Detections], tuple[int, int]]] | None = None
 
     @property
@@ -65,7 +66,9 @@ class PerVideo:
                 frames = [d for video in self.detections for d in video[k]]
                 arrays[f"det_{side}_frames"] = np.asarray([len(video[k]) for video in self.detections], np.int64)
                 arrays[f"det_{side}_counts"] = np.asarray([len(d) for d in frames], np.int64)
-                arrays[f"det_{side}_boxes"] = np.concatenate([d.boxes for d in frames] or [np.zeros((0, 4), np.float32)])
+                arrays[f"det_{side}_boxes"] = np.concatenate(
+                    [d.boxes for d in frames] or [np.zeros((0, 4), np.float32)]
+                )
                 arrays[f"det_{side}_scores"] = np.concatenate([d.scores for d in frames] or [np.zeros(0, np.float32)])
                 arrays[f"det_{side}_labels"] = np.concatenate([d.labels for d in frames] or [np.zeros(0, np.int64)])
         path = Path(path)
@@ -89,9 +92,10 @@ class PerVideo:
                     boxes, scores, labels = (z[f"det_{side}_{k}"] for k in ("boxes", "scores", "labels"))
                     frames = [Detections(boxes[a:b], scores[a:b], labels[a:b]) for a, b in zip(starts, ends)]
                     ends = np.cumsum(z[f"det_{side}_frames"])
-                    sides.append([frames[b - n:b] for b, n in zip(ends, z[f"det_{side}_frames"])])
-                pv.detections = [(list(r), list(p), (int(hw[0]), int(hw[1])))
-                                 for r, p, hw in zip(sides[0], sides[1], z["det_hw"])]
+                    sides.append([frames[b - n : b] for b, n in zip(ends, z[f"det_{side}_frames"])])
+                pv.detections = [
+                    (list(r), list(p), (int(hw[0]), int(hw[1]))) for r, p, hw in zip(sides[0], sides[1], z["det_hw"])
+                ]
         return pv
 
 
@@ -108,18 +112,21 @@ class DetectionResampler:
 
     def __init__(self, detections, protocol, from_dataset: bool = False):
         from metrics.detection import DetectionAccumulator, coco_evaluate, matched_ious
+
         self.detections, self.protocol, self.from_dataset = detections, protocol, from_dataset
         acc = DetectionAccumulator(protocol)
         for refs, preds, hw in detections:
             acc.add_video(refs, preds, hw, ref_from_dataset=from_dataset)
-        self.refs, self.preds = acc.refs, acc.preds                         # [video][frame], selected
+        self.refs, self.preds = acc.refs, acc.preds  # [video][frame], selected
         lengths = [len(v) for v in self.refs]
         self.start = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(int)
         self.length = np.asarray(lengths, int)
         frames_r = [d for v in self.refs for d in v]
         frames_p = [d for v in self.preds for d in v]
-        self.ious = [matched_ious(r, p.select(p.scores >= protocol.miou_pred_conf), protocol.class_aware)
-                     for r, p in zip(frames_r, frames_p)]
+        self.ious = [
+            matched_ious(r, p.select(p.scores >= protocol.miou_pred_conf), protocol.class_aware)
+            for r, p in zip(frames_r, frames_p)
+        ]
         self.n_ref = np.asarray([len(r) for r in frames_r])
         self.coco = coco_evaluate(frames_r, frames_p) if protocol.ap == "coco" else None
         if self.coco is not None:
@@ -134,6 +141,7 @@ class DetectionResampler:
     def scores(self, idx, frame: int | None = None) -> dict:
         """{"mAP", "mIoU"} in percent of the videos `idx` (all frames, or frame index `frame` only)."""
         from metrics.detection import coco_summary
+
         p = self.protocol
         frames = self._frames(np.asarray(idx, int), frame)
         if self.coco is not None:
@@ -141,8 +149,9 @@ class DetectionResampler:
             if self.n_ref[frames].sum() == 0:
                 ap = None
             else:
-                ev.evalImgs = [self._records[k * a_n * i_n + a * i_n + f]
-                               for k in range(k_n) for a in range(a_n) for f in frames]
+                ev.evalImgs = [
+                    self._records[k * a_n * i_n + a * i_n + f] for k in range(k_n) for a in range(a_n) for f in frames
+                ]
                 ev.params.imgIds = ev._paramsEval.imgIds = list(range(len(frames)))
                 ap = coco_summary(ev)["map"]
         else:
@@ -156,13 +165,14 @@ class DetectionResampler:
 
     def _naive(self, idx, frame):
         from metrics.detection import DetectionAccumulator
+
         acc = DetectionAccumulator(self.protocol)
         for i in idx:
             refs, preds, hw = self.detections[int(i)]
             if frame is not None:
                 if frame >= len(refs):
                     continue
-                refs, preds = refs[frame:frame + 1], preds[frame:frame + 1]
+                refs, preds = refs[frame : frame + 1], preds[frame : frame + 1]
             acc.add_video(refs, preds, hw, ref_from_dataset=self.from_dataset)
         if not acc.refs:
             return {"mAP": None, "mIoU": None}
@@ -182,12 +192,13 @@ def statistic(pv: PerVideo, det_cfg=None, per_frame: bool = False, keys=None):
     want = (lambda k: True) if keys is None else (lambda k: any(x.split(".")[0] == k for x in keys))  # noqa: E731
     det = None
     if pv.detections is not None and det_cfg is not None and want("det"):
-        det = DetectionResampler(pv.detections, DetProtocol.from_cfg(det_cfg),
-                                 from_dataset=det_cfg.get("reference") == "dataset")
+        det = DetectionResampler(
+            pv.detections, DetProtocol.from_cfg(det_cfg), from_dataset=det_cfg.get("reference") == "dataset"
+        )
     num_frames = max((len(v[0]) for v in pv.detections), default=0) if det is not None else 0
 
     def stat(idx: np.ndarray) -> dict:
-        with warnings.catch_warnings():     # N < d is reported once by the evaluation itself
+        with warnings.catch_warnings():  # N < d is reported once by the evaluation itself
             warnings.simplefilter("ignore", FrechetBiasWarning)
             return _stat(np.asarray(idx))
 

@@ -7,6 +7,7 @@ Hydra's override grammar and set with OmegaConf.update. What one stage kind gets
 with `kinds.<kind>`. Unknown keys are errors naming the file or the override, so a typo never
 silently falls back to a default.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -16,10 +17,33 @@ from pathlib import Path
 from data.cli import UserError
 
 GROUP = "slurm"
-TOP_KEYS = {"folder", "chdir", "python", "array_parallelism", "poll_s", "max_num_timeout",
-            "per_task_dependencies", "kill_on_invalid_dep", "job", "kinds", "accelerate"}
-JOB_KEYS = {"partition", "account", "qos", "constraint", "exclude", "time_min", "cpus_per_task", "gpus_per_task",
-            "mem_gb", "signal_delay_s", "setup", "additional"}
+TOP_KEYS = {
+    "folder",
+    "chdir",
+    "python",
+    "array_parallelism",
+    "poll_s",
+    "max_num_timeout",
+    "per_task_dependencies",
+    "kill_on_invalid_dep",
+    "job",
+    "kinds",
+    "accelerate",
+}
+JOB_KEYS = {
+    "partition",
+    "account",
+    "qos",
+    "constraint",
+    "exclude",
+    "time_min",
+    "cpus_per_task",
+    "gpus_per_task",
+    "mem_gb",
+    "signal_delay_s",
+    "setup",
+    "additional",
+}
 ACCELERATE_KEYS = {"main_process_port", "extra_args"}
 PREFIX = "slurm."
 
@@ -44,17 +68,22 @@ def list_clusters(config_dir: str | Path | None = None) -> list[str]:
 def load_cluster(name: str = "default", overrides: Sequence[str] = (), config_dir: str | Path | None = None) -> dict:
     """The cluster settings `name` (configs/slurm/<name>.yaml) with `slurm.key=value` overrides."""
     from omegaconf import OmegaConf
+
     folder = config_folder(config_dir)
     cfg = OmegaConf.create(_compose(config_root(config_dir), name))
     for ov in overrides:
         key, value = _parse_override(ov)
         try:
-            OmegaConf.update(cfg, key[len(PREFIX):], value, merge=False)
-        except Exception as e:          # a scalar on the path: omegaconf says which
+            OmegaConf.update(cfg, key[len(PREFIX) :], value, merge=False)
+        except Exception as e:  # a scalar on the path: omegaconf says which
             raise ClusterConfigError(f"override {ov!r}: {e}") from e
     cfg = OmegaConf.to_container(cfg, resolve=True)
-    _validate(cfg, where=f"{folder / (name + '.yaml')} with overrides {list(overrides)}" if overrides
-              else str(folder / f"{name}.yaml"))
+    _validate(
+        cfg,
+        where=f"{folder / (name + '.yaml')} with overrides {list(overrides)}"
+        if overrides
+        else str(folder / f"{name}.yaml"),
+    )
     cfg["name"] = name
     return cfg
 
@@ -66,8 +95,15 @@ def kind_settings(cluster: dict, kind: str) -> dict:
     return out
 
 
-def executor_parameters(settings: dict, *, name: str, array_parallelism: int, chdir: str | Path,
-                        pythonpath: str | Path, kill_on_invalid_dep: bool) -> dict:
+def executor_parameters(
+    settings: dict,
+    *,
+    name: str,
+    array_parallelism: int,
+    chdir: str | Path,
+    pythonpath: str | Path,
+    kill_on_invalid_dep: bool,
+) -> dict:
     """submitit AutoExecutor.update_parameters(...) for one array of one stage kind.
 
     One task per job on one node: the GPUs of that task are asked for per node (--gpus-per-node),
@@ -78,12 +114,22 @@ def executor_parameters(settings: dict, *, name: str, array_parallelism: int, ch
         additional["kill-on-invalid-dep"] = "yes"
     additional.update(settings.get("additional") or {})
     # The job's python must import the project wherever it starts; its torch uses the CPUs it was given.
-    setup = [f"export PYTHONPATH={_sh_quote(str(pythonpath))}${{PYTHONPATH:+:$PYTHONPATH}}",
-             "export OMP_NUM_THREADS=${SLURM_CPUS_PER_TASK:-1}"] + list(settings.get("setup") or [])
-    params = {"name": name, "timeout_min": int(settings["time_min"]), "nodes": 1, "tasks_per_node": 1,
-              "cpus_per_task": int(settings["cpus_per_task"]), "mem_gb": settings["mem_gb"],
-              "slurm_signal_delay_s": int(settings["signal_delay_s"]), "slurm_setup": setup,
-              "slurm_array_parallelism": int(array_parallelism), "slurm_additional_parameters": additional}
+    setup = [
+        f"export PYTHONPATH={_sh_quote(str(pythonpath))}${{PYTHONPATH:+:$PYTHONPATH}}",
+        "export OMP_NUM_THREADS=${SLURM_CPUS_PER_TASK:-1}",
+    ] + list(settings.get("setup") or [])
+    params = {
+        "name": name,
+        "timeout_min": int(settings["time_min"]),
+        "nodes": 1,
+        "tasks_per_node": 1,
+        "cpus_per_task": int(settings["cpus_per_task"]),
+        "mem_gb": settings["mem_gb"],
+        "slurm_signal_delay_s": int(settings["signal_delay_s"]),
+        "slurm_setup": setup,
+        "slurm_array_parallelism": int(array_parallelism),
+        "slurm_additional_parameters": additional,
+    }
     gpus = int(settings.get("gpus_per_task") or 0)
     if gpus:
         params["gpus_per_node"] = gpus
@@ -101,6 +147,7 @@ def _compose(root: Path, name: str) -> dict:
     from hydra.errors import HydraException
     from omegaconf import OmegaConf
     from omegaconf.errors import OmegaConfBaseException
+
     path = root / GROUP / f"{name}.yaml"
     if not path.is_file():
         raise ClusterConfigError(f"cluster={name}: {path} not found; clusters: {', '.join(list_clusters(root))}")
@@ -123,6 +170,7 @@ def _parse_override(ov: str):
     """`slurm.<key>=<value>` -> (key, value), the value parsed by Hydra's override grammar."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import HydraException
+
     key, sep, _ = ov.partition("=")
     if not sep or not key.startswith(PREFIX):
         raise ClusterConfigError(f"override {ov!r}: cluster settings are given as slurm.<key>=<value>")
@@ -146,15 +194,19 @@ def _validate(cfg: dict, where: str, partial: bool = False) -> None:
             raise ClusterConfigError(f"{where}: unknown key(s) {sorted(bad)} in {label}; valid: {sorted(JOB_KEYS)}")
     bad = set(cfg.get("accelerate") or {}) - ACCELERATE_KEYS
     if bad:
-        raise ClusterConfigError(f"{where}: unknown key(s) {sorted(bad)} in accelerate; valid: {sorted(ACCELERATE_KEYS)}")
+        raise ClusterConfigError(
+            f"{where}: unknown key(s) {sorted(bad)} in accelerate; valid: {sorted(ACCELERATE_KEYS)}"
+        )
     if partial:
         return
     missing = [k for k in ("time_min", "cpus_per_task", "mem_gb", "signal_delay_s") if k not in (cfg.get("job") or {})]
     if missing:
-        raise ClusterConfigError(f"{where}: job.{', job.'.join(missing)} missing (`defaults: [default, _self_]` "
-                                 f"gives them)")
+        raise ClusterConfigError(
+            f"{where}: job.{', job.'.join(missing)} missing (`defaults: [default, _self_]` gives them)"
+        )
 
 
 def _sh_quote(s: str) -> str:
     import shlex
+
     return shlex.quote(s)

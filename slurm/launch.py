@@ -17,6 +17,7 @@ Executors: `slurm` (submitit AutoExecutor on the cluster: everything is submitte
 orders it) and `debug` (submitit's DebugExecutor: each job runs in this process when waited for, so
 arrays go one after the other, in dependency order; for tests and debugging).
 """
+
 from __future__ import annotations
 
 import subprocess
@@ -39,8 +40,17 @@ from slurm.records import QueueUnavailable, add_submission, last_submission, que
 EXECUTORS = ("slurm", "debug")
 # squeue reasons of a pending job that just has to wait its turn; any other reason is shown once,
 # since it often means the job can never start (PartitionConfig, InvalidQOS, ReqNodeNotAvail, ...)
-ORDINARY_REASONS = {"None", "Dependency", "Priority", "Resources", "BeginTime", "JobArrayTaskLimit", "Prolog",
-                    "NodeDown", "ReqNodeNotAvail"}
+ORDINARY_REASONS = {
+    "None",
+    "Dependency",
+    "Priority",
+    "Resources",
+    "BeginTime",
+    "JobArrayTaskLimit",
+    "Prolog",
+    "NodeDown",
+    "ReqNodeNotAvail",
+}
 
 
 class SubmissionError(UserError, RuntimeError):
@@ -49,33 +59,33 @@ class SubmissionError(UserError, RuntimeError):
 
 @dataclass
 class Work:
-    key: str                       # unique (a stage hash)
-    kind: str                      # resources: configs/slurm kinds.<kind>; one array per kind (and level)
-    call: Callable                 # run in the job as call(*args); must pickle (cloudpickle)
+    key: str  # unique (a stage hash)
+    kind: str  # resources: configs/slurm kinds.<kind>; one array per kind (and level)
+    call: Callable  # run in the job as call(*args); must pickle (cloudpickle)
     args: tuple = ()
-    deps: tuple[str, ...] = ()     # keys of the work this needs
-    folder: Path | None = None     # where its slurm.json record goes
-    label: str = ""                # for messages
+    deps: tuple[str, ...] = ()  # keys of the work this needs
+    folder: Path | None = None  # where its slurm.json record goes
+    label: str = ""  # for messages
 
 
 @dataclass
 class Outcome:
     key: str
-    status: str                    # done | failed | queued (submitted or already queued, not waited for)
+    status: str  # done | failed | queued (submitted or already queued, not waited for)
     job_id: str | None = None
-    state: str = ""                # SLURM's last state
-    log: str | None = None         # stderr of the job
+    state: str = ""  # SLURM's last state
+    log: str | None = None  # stderr of the job
     detail: str = ""
 
 
 @dataclass
 class LaunchResult:
     arrays: list[ArrayPlan] = field(default_factory=list)
-    job_ids: dict[str, str] = field(default_factory=dict)      # key -> job id (submitted now or adopted)
-    submitted: list[str] = field(default_factory=list)         # keys submitted by this call
-    adopted: list[str] = field(default_factory=list)           # keys already queued / running
+    job_ids: dict[str, str] = field(default_factory=dict)  # key -> job id (submitted now or adopted)
+    submitted: list[str] = field(default_factory=list)  # keys submitted by this call
+    adopted: list[str] = field(default_factory=list)  # keys already queued / running
     outcomes: dict[str, Outcome] = field(default_factory=dict)
-    after_job: str | None = None                               # the job run after everything (no-wait)
+    after_job: str | None = None  # the job run after everything (no-wait)
 
     @property
     def failed(self) -> list[Outcome]:
@@ -96,17 +106,32 @@ class Requeueable(submitit.helpers.Checkpointable):
 
 def make_executor(executor: str, folder: str | Path, cluster: dict) -> submitit.AutoExecutor:
     if executor == "slurm":
-        return submitit.AutoExecutor(folder=folder, cluster="slurm", slurm_python=cluster.get("python") or sys.executable,
-                                     slurm_max_num_timeout=int(cluster.get("max_num_timeout", 3)))
+        return submitit.AutoExecutor(
+            folder=folder,
+            cluster="slurm",
+            slurm_python=cluster.get("python") or sys.executable,
+            slurm_max_num_timeout=int(cluster.get("max_num_timeout", 3)),
+        )
     if executor == "debug":
         return submitit.AutoExecutor(folder=folder, cluster="debug")
     raise ValueError(f"executor {executor!r} is unknown; valid: {', '.join(EXECUTORS)}")
 
 
-def launch(works: Sequence[Work], *, is_done: Callable[[str], bool], cluster: dict, executor: str = "slurm",
-           folder: str | Path, chdir: str | Path, pythonpath: str | Path, wait: bool = True,
-           kind_order: Sequence[str] = (), after: Work | None = None,
-           prepare: Callable[[str], Any] | None = None, echo: Callable[[str], None] = print) -> LaunchResult:
+def launch(
+    works: Sequence[Work],
+    *,
+    is_done: Callable[[str], bool],
+    cluster: dict,
+    executor: str = "slurm",
+    folder: str | Path,
+    chdir: str | Path,
+    pythonpath: str | Path,
+    wait: bool = True,
+    kind_order: Sequence[str] = (),
+    after: Work | None = None,
+    prepare: Callable[[str], Any] | None = None,
+    echo: Callable[[str], None] = print,
+) -> LaunchResult:
     """Submit what is neither done nor queued, then (wait=True) wait until all of it ended.
 
     `prepare(key)` runs just before a work is submitted (e.g. writing what its job will read);
@@ -131,22 +156,31 @@ def launch(works: Sequence[Work], *, is_done: Callable[[str], bool], cluster: di
             prepare(k)
         try:
             _submit_array(plan, works_by_key, res.job_ids, base, cluster, executor, chdir, pythonpath, echo)
-        except (OSError, subprocess.SubprocessError, submitit.core.utils.FailedJobError,
-                submitit.core.utils.FailedSubmissionError) as e:
+        except (
+            OSError,
+            subprocess.SubprocessError,
+            submitit.core.utils.FailedJobError,
+            submitit.core.utils.FailedSubmissionError,
+        ) as e:
             queued = sorted({j.split("_")[0] for j in res.job_ids.values()})
             raise SubmissionError(
                 f"sbatch refused the {plan.name} array ({len(plan.keys)} stage(s)) with the cluster settings of "
                 f"kinds.{plan.kind} in configs/slurm/{cluster.get('name', '?')}.yaml: {str(e).strip()[-800:]}\n"
-                + (f"Jobs submitted before it stay queued ({', '.join(queued)}): the next benchmark.run waits for "
-                   f"them instead of submitting them again; `scancel {' '.join(queued)}` drops them." if queued
-                   else "Nothing was submitted.")) from e
+                + (
+                    f"Jobs submitted before it stay queued ({', '.join(queued)}): the next benchmark.run waits for "
+                    f"them instead of submitting them again; `scancel {' '.join(queued)}` drops them."
+                    if queued
+                    else "Nothing was submitted."
+                )
+            ) from e
         res.submitted += plan.keys
     if not wait:
         for key in res.job_ids:
             res.outcomes[key] = Outcome(key, "queued", res.job_ids[key])
         if after is not None and res.job_ids:
-            res.after_job = _submit_after(after, list(res.job_ids.values()), base, cluster, executor, chdir,
-                                          pythonpath, echo)
+            res.after_job = _submit_after(
+                after, list(res.job_ids.values()), base, cluster, executor, chdir, pythonpath, echo
+            )
         return res
     _wait(res, works_by_key, is_done, float(cluster.get("poll_s", 30)), echo)
     return res
@@ -168,20 +202,35 @@ def _adopt(works: dict[str, Work], is_done, executor: str) -> dict[str, str]:
     return {key: job for key, job in last.items() if states[job].live}
 
 
-def _executor_for(plan_kind: str, name: str, base: Path, cluster: dict, executor: str, chdir, pythonpath,
-                  dependency: str | None):
+def _executor_for(
+    plan_kind: str, name: str, base: Path, cluster: dict, executor: str, chdir, pythonpath, dependency: str | None
+):
     ex = make_executor(executor, base / "%j", cluster)
-    params = executor_parameters(kind_settings(cluster, plan_kind), name=name,
-                                 array_parallelism=int(cluster.get("array_parallelism", 32)), chdir=chdir,
-                                 pythonpath=pythonpath, kill_on_invalid_dep=bool(cluster.get("kill_on_invalid_dep", True)))
+    params = executor_parameters(
+        kind_settings(cluster, plan_kind),
+        name=name,
+        array_parallelism=int(cluster.get("array_parallelism", 32)),
+        chdir=chdir,
+        pythonpath=pythonpath,
+        kill_on_invalid_dep=bool(cluster.get("kill_on_invalid_dep", True)),
+    )
     if dependency:
         params["slurm_additional_parameters"] = {**params["slurm_additional_parameters"], "dependency": dependency}
     ex.update_parameters(**params)
     return ex
 
 
-def _submit_array(plan: ArrayPlan, works: dict[str, Work], job_ids: dict[str, str], base: Path, cluster: dict,
-                  executor: str, chdir, pythonpath, echo) -> None:
+def _submit_array(
+    plan: ArrayPlan,
+    works: dict[str, Work],
+    job_ids: dict[str, str],
+    base: Path,
+    cluster: dict,
+    executor: str,
+    chdir,
+    pythonpath,
+    echo,
+) -> None:
     union = dependency_string(job_ids[k] for k in plan.union())
     ex = _executor_for(plan.kind, f"lsa-{plan.name}", base, cluster, executor, chdir, pythonpath, union)
     with ex.batch():
@@ -190,13 +239,21 @@ def _submit_array(plan: ArrayPlan, works: dict[str, Work], job_ids: dict[str, st
         job_ids[k] = job.job_id
         waits = [job_ids[d] for d in plan.needs[k]]
         if works[k].folder is not None:
-            add_submission(works[k].folder, {
-                "job_id": job.job_id, "array": plan.name, "executor": executor, "kind": plan.kind,
-                "stdout": str(job.paths.stdout), "stderr": str(job.paths.stderr), "depends_on": waits,
-                "cluster": cluster.get("name")})
+            add_submission(
+                works[k].folder,
+                {
+                    "job_id": job.job_id,
+                    "array": plan.name,
+                    "executor": executor,
+                    "kind": plan.kind,
+                    "stdout": str(job.paths.stdout),
+                    "stderr": str(job.paths.stderr),
+                    "depends_on": waits,
+                    "cluster": cluster.get("name"),
+                },
+            )
     first = submitted[0].job_id.split("_")[0]
-    echo(f"submitted {plan.name}: {len(plan.keys)} task(s) as job {first}"
-         + (f" after {union}" if union else ""))
+    echo(f"submitted {plan.name}: {len(plan.keys)} task(s) as job {first}" + (f" after {union}" if union else ""))
     if cluster.get("per_task_dependencies", True) and len(plan.keys) > 1:
         _narrow(plan, job_ids, union, echo)
 
@@ -210,27 +267,32 @@ def _narrow(plan: ArrayPlan, job_ids: dict[str, str], union: str | None, echo) -
         cmd = ["scontrol", "update", f"JobId={job_ids[k]}", f"Dependency={own or ''}"]
         r = subprocess.run(cmd, capture_output=True, text=True)
         if r.returncode != 0:
-            echo(f"warning: {' '.join(cmd)} failed ({r.stderr.strip()}); task {job_ids[k]} keeps the "
-                 f"array's dependency {union}")
+            echo(
+                f"warning: {' '.join(cmd)} failed ({r.stderr.strip()}); task {job_ids[k]} keeps the "
+                f"array's dependency {union}"
+            )
 
 
-def _submit_after(work: Work, job_ids: list[str], base: Path, cluster: dict, executor: str, chdir, pythonpath,
-                  echo) -> str:
+def _submit_after(
+    work: Work, job_ids: list[str], base: Path, cluster: dict, executor: str, chdir, pythonpath, echo
+) -> str:
     dep = dependency_string(job_ids, "afterany")
     ex = _executor_for(work.kind, f"lsa-{work.kind}", base, cluster, executor, chdir, pythonpath, dep)
     job = ex.submit(Requeueable(work.call), *work.args)
-    echo(f"submitted {work.label or work.kind} as job {job.job_id}, after every job above (afterany); "
-         f"log {job.paths.stdout}")
+    echo(
+        f"submitted {work.label or work.kind} as job {job.job_id}, after every job above (afterany); "
+        f"log {job.paths.stdout}"
+    )
     return job.job_id
 
 
 # ------------------------------------------------------------------------------------ waiting
 def _wait(res: LaunchResult, works: dict[str, Work], is_done, poll_s: float, echo) -> None:
-    waiting = dict(res.job_ids)            # key -> job id
+    waiting = dict(res.job_ids)  # key -> job id
     bar = tqdm(total=len(waiting), desc="slurm", unit="stage", file=sys.stderr)
     plain_echo = echo
 
-    def echo(msg: str) -> None:            # lines above the progress bar, not through it
+    def echo(msg: str) -> None:  # lines above the progress bar, not through it
         with tqdm.external_write_mode(file=sys.stderr):
             plain_echo(msg)
 
@@ -255,23 +317,29 @@ def _wait(res: LaunchResult, works: dict[str, Work], is_done, poll_s: float, ech
                 st = states[job]
                 if st.live and st.reason and st.reason not in ORDINARY_REASONS and (job, st.reason) not in reasons_seen:
                     reasons_seen.add((job, st.reason))
-                    echo(f"note: job {job} ({works[key].label or key}) is {st.state} because {st.reason}: it may "
-                         f"never start; check the cluster settings (partition, account, qos, cpus, mem, gpus)")
-                if st.live or is_done(key):          # is_done again: it may have finished meanwhile
+                    echo(
+                        f"note: job {job} ({works[key].label or key}) is {st.state} because {st.reason}: it may "
+                        f"never start; check the cluster settings (partition, account, qos, cpus, mem, gpus)"
+                    )
+                if st.live or is_done(key):  # is_done again: it may have finished meanwhile
                     continue
                 waiting.pop(key)
                 res.outcomes[key] = _failure(key, job, st.state, works, res)
                 o = res.outcomes[key]
-                echo(f"FAILED: {works[key].label or key} (job {job}, {o.state}{', ' + o.detail if o.detail else ''}); "
-                     f"log {o.log}")
+                echo(
+                    f"FAILED: {works[key].label or key} (job {job}, {o.state}{', ' + o.detail if o.detail else ''}); "
+                    f"log {o.log}"
+                )
                 bar.update(1)
             bar.set_postfix_str(_summary(states, waiting))
             if waiting:
                 time.sleep(poll_s)
     except KeyboardInterrupt:
-        echo("interrupted: the jobs stay queued on the cluster. `python -m benchmark.status ...` shows them; "
-             "running the same benchmark.run again waits for them (nothing is submitted twice); "
-             f"scancel {' '.join(sorted({j.split('_')[0] for j in waiting.values()}))} stops them.")
+        echo(
+            "interrupted: the jobs stay queued on the cluster. `python -m benchmark.status ...` shows them; "
+            "running the same benchmark.run again waits for them (nothing is submitted twice); "
+            f"scancel {' '.join(sorted({j.split('_')[0] for j in waiting.values()}))} stops them."
+        )
         raise
     finally:
         bar.close()
@@ -299,12 +367,16 @@ def _failure(key: str, job: str, state: str, works: dict[str, Work], res: Launch
 
 
 # ------------------------------------------------------------------------------------ debug executor
-def _run_in_process(res: LaunchResult, works: dict[str, Work], base: Path, cluster: dict, chdir, pythonpath,
-                    prepare, echo):
+def _run_in_process(
+    res: LaunchResult, works: dict[str, Work], base: Path, cluster: dict, chdir, pythonpath, prepare, echo
+):
     """submitit's DebugExecutor: each job runs here when asked for; arrays in dependency order."""
     for plan in res.arrays:
-        ready = [k for k in plan.keys if not any(res.outcomes.get(d) and res.outcomes[d].status == "failed"
-                                                  for d in plan.needs[k])]
+        ready = [
+            k
+            for k in plan.keys
+            if not any(res.outcomes.get(d) and res.outcomes[d].status == "failed" for d in plan.needs[k])
+        ]
         for k in set(plan.keys) - set(ready):
             res.outcomes[k] = _failure(k, "", "NOT_RUN", works, res)
         if not ready:
@@ -318,18 +390,27 @@ def _run_in_process(res: LaunchResult, works: dict[str, Work], base: Path, clust
         for k, job in zip(ready, jobs):
             res.job_ids[k] = job.job_id
             if works[k].folder is not None:
-                add_submission(works[k].folder, {"job_id": job.job_id, "array": plan.name, "executor": "debug",
-                                                 "kind": plan.kind, "stdout": str(job.paths.stdout),
-                                                 "stderr": str(job.paths.stderr),
-                                                 "depends_on": [res.job_ids.get(d, d) for d in plan.needs[k]]})
+                add_submission(
+                    works[k].folder,
+                    {
+                        "job_id": job.job_id,
+                        "array": plan.name,
+                        "executor": "debug",
+                        "kind": plan.kind,
+                        "stdout": str(job.paths.stdout),
+                        "stderr": str(job.paths.stderr),
+                        "depends_on": [res.job_ids.get(d, d) for d in plan.needs[k]],
+                    },
+                )
         echo(f"running {plan.name}: {len(ready)} task(s) in this process (debug executor)")
         for k, job in zip(ready, jobs):
-            error = job.exception()          # runs the job (DebugJob.result() would open pdb on an error)
+            error = job.exception()  # runs the job (DebugJob.result() would open pdb on an error)
             if error is None:
                 res.outcomes[k] = Outcome(k, "done", job.job_id, "COMPLETED")
-            else:    # the debug executor logs nothing by itself: keep the traceback where status looks
+            else:  # the debug executor logs nothing by itself: keep the traceback where status looks
                 job.paths.stderr.parent.mkdir(parents=True, exist_ok=True)
                 job.paths.stderr.write_text("".join(traceback.format_exception(error)))
-                res.outcomes[k] = Outcome(k, "failed", job.job_id, "FAILED", str(job.paths.stderr),
-                                          f"{type(error).__name__}: {error}"[:300])
+                res.outcomes[k] = Outcome(
+                    k, "failed", job.job_id, "FAILED", str(job.paths.stderr), f"{type(error).__name__}: {error}"[:300]
+                )
                 echo(f"FAILED: {works[k].label or k}: {res.outcomes[k].detail}")

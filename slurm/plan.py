@@ -14,6 +14,7 @@ Each task waits for exactly the items it needs (`Task.needs`); those are either 
 of this plan or already queued / running on the cluster (`running`, item -> job id), which is then
 waited for instead of being submitted again.
 """
+
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
@@ -23,17 +24,17 @@ from graphlib import CycleError, TopologicalSorter
 
 @dataclass(frozen=True)
 class Item:
-    key: str                      # e.g. a stage hash
-    kind: str                     # stage kind: resources (configs/slurm kinds.<kind>) and array grouping
-    deps: tuple[str, ...] = ()    # keys of the items this one needs
+    key: str  # e.g. a stage hash
+    kind: str  # stage kind: resources (configs/slurm kinds.<kind>) and array grouping
+    deps: tuple[str, ...] = ()  # keys of the items this one needs
 
 
 @dataclass
 class ArrayPlan:
     kind: str
     level: int
-    keys: list[str] = field(default_factory=list)          # task i runs keys[i]
-    needs: dict[str, list[str]] = field(default_factory=dict)   # key -> keys it waits for (not done)
+    keys: list[str] = field(default_factory=list)  # task i runs keys[i]
+    needs: dict[str, list[str]] = field(default_factory=dict)  # key -> keys it waits for (not done)
 
     @property
     def name(self) -> str:
@@ -44,8 +45,9 @@ class ArrayPlan:
         return list(dict.fromkeys(k for key in self.keys for k in self.needs[key]))
 
 
-def plan_arrays(items: Iterable[Item], is_done, running: Mapping[str, str] | None = None,
-                kind_order: Iterable[str] = ()) -> list[ArrayPlan]:
+def plan_arrays(
+    items: Iterable[Item], is_done, running: Mapping[str, str] | None = None, kind_order: Iterable[str] = ()
+) -> list[ArrayPlan]:
     """Arrays for the items that are neither done nor running, in submission order.
 
     `is_done(key)`: finished (no waiting); `running`: key -> job id of work already queued or

@@ -5,6 +5,7 @@ the jobs it waited for, when. It is written by the submitting process only (atom
 never races with it. The live state of a job comes from `squeue` (queued / running, with SLURM's
 reason) and, once it left the queue, from `sacct` (COMPLETED, FAILED, TIMEOUT, CANCELLED, ...).
 """
+
 from __future__ import annotations
 
 import getpass
@@ -49,16 +50,14 @@ def last_submission(folder: str | Path) -> dict | None:
     return subs[-1] if subs else None
 
 
-
-
 # ------------------------------------------------------------------------------------ job states
 @dataclass(frozen=True)
 class JobState:
     job_id: str
-    state: str              # SLURM's state (PENDING, RUNNING, COMPLETED, FAILED, TIMEOUT, ...) or UNKNOWN
-    live: bool              # still in the queue (pending, held, running, requeued)
-    reason: str = ""        # squeue's reason while pending (Dependency, Resources, JobHeldUser, ...)
-    exit_code: str = ""     # sacct's ExitCode once finished
+    state: str  # SLURM's state (PENDING, RUNNING, COMPLETED, FAILED, TIMEOUT, ...) or UNKNOWN
+    live: bool  # still in the queue (pending, held, running, requeued)
+    reason: str = ""  # squeue's reason while pending (Dependency, Resources, JobHeldUser, ...)
+    exit_code: str = ""  # sacct's ExitCode once finished
 
     @property
     def running(self) -> bool:
@@ -127,14 +126,14 @@ def _sacct(ids: list[str]) -> dict[str, JobState]:
     except subprocess.TimeoutExpired:
         return {}
     if r.returncode != 0:
-        return {}               # accounting disabled: the caller sees ENDED
+        return {}  # accounting disabled: the caller sees ENDED
     out = {}
-    for line in r.stdout.splitlines():   # a requeued job has several lines: the last is the latest run
+    for line in r.stdout.splitlines():  # a requeued job has several lines: the last is the latest run
         parts = line.strip().split("|")
         if len(parts) == 3 and parts[0] in ids:
-            state = parts[1].split()[0] if parts[1] else "UNKNOWN"     # "CANCELLED by 0" -> CANCELLED
+            state = parts[1].split()[0] if parts[1] else "UNKNOWN"  # "CANCELLED by 0" -> CANCELLED
             if state in RUNNING_STATES | {"PENDING", "REQUEUED", "SUSPENDED"}:
-                state = "ENDED"      # gone from the queue; the accounting has not caught up yet
+                state = "ENDED"  # gone from the queue; the accounting has not caught up yet
             out[parts[0]] = JobState(parts[0], state, False, exit_code=parts[2])
     return out
 

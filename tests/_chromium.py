@@ -5,6 +5,7 @@ file descriptor 3 and writes replies and events to descriptor 4, the transport P
 websocket client is needed. Used by tests/test_report_html.py to load the HTML report, collect console
 errors, wait for every <video> to become playable and take a screenshot.
 """
+
 from __future__ import annotations
 
 import base64
@@ -45,19 +46,35 @@ class Chromium:
         self._profile = tempfile.mkdtemp(prefix="lsa-chromium-")
         to_browser_r, self._to_browser = os.pipe()
         self._from_browser, from_browser_w = os.pipe()
-        args = [self.binary, "--headless=new", "--remote-debugging-pipe", f"--user-data-dir={self._profile}",
-                "--no-first-run", "--no-default-browser-check", "--disable-gpu", "--mute-audio",
-                "--autoplay-policy=no-user-gesture-required", f"--window-size={self.width},{self.height}",
-                "about:blank"]
+        args = [
+            self.binary,
+            "--headless=new",
+            "--remote-debugging-pipe",
+            f"--user-data-dir={self._profile}",
+            "--no-first-run",
+            "--no-default-browser-check",
+            "--disable-gpu",
+            "--mute-audio",
+            "--autoplay-policy=no-user-gesture-required",
+            f"--window-size={self.width},{self.height}",
+            "about:blank",
+        ]
         if hasattr(os, "geteuid") and os.geteuid() == 0:
-            args.insert(1, "--no-sandbox")        # Chromium refuses to run as root with its sandbox
+            args.insert(1, "--no-sandbox")  # Chromium refuses to run as root with its sandbox
         self._log = Path(self._profile) / "stderr.log"
         # posix_spawn places the pipe ends at the browser's fd 3 (commands in) and 4 (replies out)
         # without running Python in the child (a preexec_fn is unsafe in a process with threads)
-        self.pid = os.posix_spawn(self.binary, args, dict(os.environ), file_actions=[
-            (os.POSIX_SPAWN_DUP2, to_browser_r, 3), (os.POSIX_SPAWN_DUP2, from_browser_w, 4),
-            (os.POSIX_SPAWN_OPEN, 1, os.devnull, os.O_WRONLY, 0),
-            (os.POSIX_SPAWN_OPEN, 2, str(self._log), os.O_WRONLY | os.O_CREAT, 0o600)])
+        self.pid = os.posix_spawn(
+            self.binary,
+            args,
+            dict(os.environ),
+            file_actions=[
+                (os.POSIX_SPAWN_DUP2, to_browser_r, 3),
+                (os.POSIX_SPAWN_DUP2, from_browser_w, 4),
+                (os.POSIX_SPAWN_OPEN, 1, os.devnull, os.O_WRONLY, 0),
+                (os.POSIX_SPAWN_OPEN, 2, str(self._log), os.O_WRONLY | os.O_CREAT, 0o600),
+            ],
+        )
         os.close(to_browser_r)
         os.close(from_browser_w)
         return self
@@ -134,12 +151,13 @@ class Chromium:
         page = Page(self, session)
         for domain in ("Page", "Runtime", "Log"):
             page.send(f"{domain}.enable")
-        page.send("Emulation.setDeviceMetricsOverride", {"width": self.width, "height": self.height,
-                                                         "deviceScaleFactor": 1, "mobile": False})
+        page.send(
+            "Emulation.setDeviceMetricsOverride",
+            {"width": self.width, "height": self.height, "deviceScaleFactor": 1, "mobile": False},
+        )
         page.send("Page.navigate", {"url": url})
         deadline = time.monotonic() + timeout
-        while not any(e.get("method") == "Page.loadEventFired" and e.get("sessionId") == session
-                      for e in self.events):
+        while not any(e.get("method") == "Page.loadEventFired" and e.get("sessionId") == session for e in self.events):
             if time.monotonic() > deadline:
                 raise ProtocolError(f"{url}: no load event within {timeout} s")
             self.pump(0.2)
@@ -177,22 +195,29 @@ class Page:
 
     def wait_videos(self, timeout: float = 30) -> list[dict]:
         """Every <video>'s state once all can play through (readyState >= 3) or one failed or time ran out."""
-        js = ("Array.from(document.querySelectorAll('video')).map(v => ({src: v.currentSrc || v.src, "
-              "readyState: v.readyState, error: v.error ? v.error.code + ' ' + v.error.message : null, "
-              "width: v.videoWidth, height: v.videoHeight, duration: v.duration}))")
+        js = (
+            "Array.from(document.querySelectorAll('video')).map(v => ({src: v.currentSrc || v.src, "
+            "readyState: v.readyState, error: v.error ? v.error.code + ' ' + v.error.message : null, "
+            "width: v.videoWidth, height: v.videoHeight, duration: v.duration}))"
+        )
         deadline = time.monotonic() + timeout
         while True:
             states = self.evaluate(js)
-            if all(s["readyState"] >= 3 for s in states) or any(s["error"] for s in states) \
-                    or time.monotonic() > deadline:
+            if (
+                all(s["readyState"] >= 3 for s in states)
+                or any(s["error"] for s in states)
+                or time.monotonic() > deadline
+            ):
                 return states
             self.browser.pump(0.25)
 
     def screenshot(self, path: str | Path) -> Path:
         """A PNG of the whole page (the viewport grown to the page's height)."""
         height = int(self.evaluate("document.documentElement.scrollHeight"))
-        self.send("Emulation.setDeviceMetricsOverride", {"width": self.browser.width, "height": max(height, 100),
-                                                         "deviceScaleFactor": 1, "mobile": False})
+        self.send(
+            "Emulation.setDeviceMetricsOverride",
+            {"width": self.browser.width, "height": max(height, 100), "deviceScaleFactor": 1, "mobile": False},
+        )
         data = self.send("Page.captureScreenshot", {"format": "png", "captureBeyondViewport": True})["data"]
         path = Path(path)
         path.write_bytes(base64.b64decode(data))

@@ -1,5 +1,6 @@
 """Run by tests/test_trainer_ddp.py under `accelerate launch --num_processes 2`: process 1 sees a
 non-finite loss, process 0 a finite one; each writes what Trainer.check_finite did to it."""
+
 import sys
 from pathlib import Path
 from types import SimpleNamespace
@@ -19,4 +20,4 @@ try:
 except FloatingPointError as e:
     said = str(e)
 (out / f"rank{acc.process_index}.txt").write_text(said)
-acc.end_training()       # leaves the process group: gloo's threads must not outlive the interpreter
+acc.end_training()  # leaves the process group: gloo's threads must not outlive the interpreter

@@ -1,4 +1,5 @@
 """Test-wide settings: offline hubs, small thread counts, tiny models cached once per session."""
+
 import os
 from pathlib import Path
 

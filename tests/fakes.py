@@ -3,6 +3,7 @@ files instead of training / generating / scoring and counts its calls; everythin
 numbers says FAKE. Tests import it as `from fakes import FakeRunner` (pytest puts tests/ on sys.path)
 and the command line takes it as `runner=fakes:FakeRunner`.
 """
+
 from __future__ import annotations
 
 import json
@@ -28,15 +29,22 @@ class FakeRunner:
 
     is_fake = True
 
-    def __init__(self, fail_at: int | None = None, sleep: float | None = None, log: str | Path | None = None,
-                 frame_hw: tuple[int, int] = (16, 24), num_frames: int = 3, fail_row: str | None = None):
+    def __init__(
+        self,
+        fail_at: int | None = None,
+        sleep: float | None = None,
+        log: str | Path | None = None,
+        frame_hw: tuple[int, int] = (16, 24),
+        num_frames: int = 3,
+        fail_row: str | None = None,
+    ):
         self.fail_at, self.fail_row = fail_at, fail_row
         self.sleep = float(os.environ.get("LSA_FAKE_RUNNER_SLEEP", 0.0)) if sleep is None else sleep
         log = log if log is not None else os.environ.get("LSA_FAKE_RUNNER_LOG")
         self.log = Path(log) if log else None
         self.frame_hw, self.num_frames = frame_hw, num_frames
-        self.calls: Counter = Counter()     # kind -> number of calls
-        self.history: list[tuple[str, str]] = []   # (kind, hash) in call order
+        self.calls: Counter = Counter()  # kind -> number of calls
+        self.history: list[tuple[str, str]] = []  # (kind, hash) in call order
 
     # ------------------------------------------------------------------ bookkeeping
     def _enter(self, stage):
@@ -70,8 +78,15 @@ class FakeRunner:
             (out_dir / "boxes").mkdir(parents=True, exist_ok=True)
             (out_dir / "boxes" / f"{name}.json").write_text(json.dumps({"frames": boxes}))
         self._log("end", stage)
-        return {"frames": out_dir / "frames", "boxes": out_dir / "boxes", "clips": clips, "num_videos": n,
-                "num_frames": self.num_frames, "height": h, "width": w}
+        return {
+            "frames": out_dir / "frames",
+            "boxes": out_dir / "boxes",
+            "clips": clips,
+            "num_videos": n,
+            "num_frames": self.num_frames,
+            "height": h,
+            "width": w,
+        }
 
     def run_train(self, stage, cfg, init_from, out_dir):
         if self.fail_row in stage.rows and stage.params["epoch"] == 2:
@@ -88,14 +103,25 @@ class FakeRunner:
             for s in range(start + 1, start + steps + 1):
                 diff = float(rng.uniform(0.1, 1.0))
                 feat = float(rng.uniform(0.0, 0.01)) if stage.params["objective"] == "lsa" else 0.0
-                f.write(json.dumps({"step": s, "epoch": stage.params["epoch"], "loss": diff + feat,
-                                    "loss_diff": diff, "loss_feat": feat}) + "\n")
+                f.write(
+                    json.dumps(
+                        {
+                            "step": s,
+                            "epoch": stage.params["epoch"],
+                            "loss": diff + feat,
+                            "loss_diff": diff,
+                            "loss_feat": feat,
+                        }
+                    )
+                    + "\n"
+                )
         (out_dir / "weights.json").write_text(json.dumps({"chain": chain + [stage.hash], "steps": start + steps}))
         self._log("end", stage)
         return {"log": out_dir / "log.jsonl", "checkpoint": out_dir / "weights.json"}
 
     def run_generate(self, stage, cfg, checkpoint, out_dir, *, test_clips, shard=None):
         from benchmark.shards import shard_names
+
         self._enter(stage)
         t0 = time.perf_counter()
         real = Path(test_clips) / "frames"
@@ -105,19 +131,28 @@ class FakeRunner:
             names, start = shard_names(names, shard.index, shard.count)
         for k, name in enumerate(names, start=start):
             if (out_dir / "frames" / name).is_dir():
-                continue                      # resumed: this clip is done
-            rng = np.random.default_rng([int(stage.hash, 16) % (2**32), k])    # per clip, as real seeds
+                continue  # resumed: this clip is done
+            rng = np.random.default_rng([int(stage.hash, 16) % (2**32), k])  # per clip, as real seeds
             src = _read_frames(real / name)
             noisy = np.clip(src.astype(int) + rng.integers(-30, 30, src.shape), 0, 255).astype(np.uint8)
             _write_frames(out_dir / "frames" / name, noisy)
         self._log("end", stage)
-        return {"frames": out_dir / "frames", "num_videos": len(names), "num_frames": self.num_frames,
-                "seconds": time.perf_counter() - t0, "num_params": 1234567,
-                "checkpoint_used": None if checkpoint is None else Path(checkpoint).name}
+        return {
+            "frames": out_dir / "frames",
+            "num_videos": len(names),
+            "num_frames": self.num_frames,
+            "seconds": time.perf_counter() - t0,
+            "num_params": 1234567,
+            "checkpoint_used": None if checkpoint is None else Path(checkpoint).name,
+        }
 
     def merge_generate(self, stage, cfg, out_dir, parts, *, test_clips):
-        return {**parts[0], "num_videos": sum(p["num_videos"] for p in parts),
-                "seconds": sum(p["seconds"] for p in parts), "frames": out_dir / "frames"}
+        return {
+            **parts[0],
+            "num_videos": sum(p["num_videos"] for p in parts),
+            "seconds": sum(p["seconds"] for p in parts),
+            "frames": out_dir / "frames",
+        }
 
     def run_ctrlv_train(self, stage, cfg, backbone, out_dir):
         self._enter(stage)
@@ -126,18 +161,20 @@ class FakeRunner:
             for s in range(1, 4):
                 loss = float(rng.uniform(0.1, 1.0))
                 f.write(json.dumps({"step": s, "epoch": 1, "loss": loss, "loss_diff": loss}) + "\n")
-        (out_dir / "weights.json").write_text(json.dumps({"stage": cfg["ctrlv"]["stage"],
-                                                          "backbone": None if backbone is None else Path(backbone).name}))
+        (out_dir / "weights.json").write_text(
+            json.dumps({"stage": cfg["ctrlv"]["stage"], "backbone": None if backbone is None else Path(backbone).name})
+        )
         self._log("end", stage)
         return {"log": out_dir / "log.jsonl", "checkpoint": out_dir / "weights.json"}
 
     def run_generate_ctrlv(self, stage, cfg, bbox_run, box2video_run, out_dir, *, test_clips, shard=None):
         res = self.run_generate(stage, cfg, box2video_run, out_dir, test_clips=test_clips, shard=shard)
-        res["num_params"] = 2 * res["num_params"]      # two pipelines, as Ctrl-V's count
+        res["num_params"] = 2 * res["num_params"]  # two pipelines, as Ctrl-V's count
         return res
 
     def run_evaluate(self, stage, cfg, videos_dir, out_dir, *, real_dir, shard=None):
         from benchmark.shards import shard_names
+
         self._enter(stage)
         names = [p.name for p in data_entries(videos_dir, dirs=True)]
         if shard is not None:
@@ -157,12 +194,16 @@ class FakeRunner:
         as per_video.npz, and the metrics computed from them by the code the bootstrap uses
         (metrics/per_video.py), so a fake table's intervals surround its numbers."""
         from metrics.per_video import PER_VIDEO_FILE, PerVideo, statistic
+
         rng = self._rng(stage)
         n, t, d = len(names), self.num_frames, 4
-        shift = rng.uniform(0.0, 2.0)                       # how far this fake row's videos are from the real ones
+        shift = rng.uniform(0.0, 2.0)  # how far this fake row's videos are from the real ones
         real = rng.normal(size=(n, t + 1, d))
-        pv = PerVideo(list(names), fvd={"real": real[:, 0], "gen": real[:, 0] + rng.normal(shift, 1.0, (n, d))},
-                      fid={"real": real[:, 1:], "gen": real[:, 1:] + rng.normal(shift, 1.0, (n, t, d))})
+        pv = PerVideo(
+            list(names),
+            fvd={"real": real[:, 0], "gen": real[:, 0] + rng.normal(shift, 1.0, (n, d))},
+            fid={"real": real[:, 1:], "gen": real[:, 1:] + rng.normal(shift, 1.0, (n, t, d))},
+        )
         det_cfg = (cfg.get("metrics") or {}).get("det") or {}
         if "protocols" in det_cfg:
             h, w = self.frame_hw
@@ -173,24 +214,36 @@ class FakeRunner:
                     xy = rng.uniform(0, [w / 2, h / 2], (3, 2))
                     boxes = np.concatenate([xy, xy + [w / 2, h / 2]], axis=1)
                     refs.append(Detections(boxes, np.full(3, 0.95), np.full(3, 2)))
-                    preds.append(Detections(boxes + rng.normal(0, 2 * shift, boxes.shape), rng.uniform(0.3, 1, 3),
-                                            np.full(3, 2)))
+                    preds.append(
+                        Detections(boxes + rng.normal(0, 2 * shift, boxes.shape), rng.uniform(0.3, 1, 3), np.full(3, 2))
+                    )
                 pv.detections.append((refs, preds, (h, w)))
         pv.save(Path(out_dir) / PER_VIDEO_FILE)
         full = statistic(pv, det_cfg if pv.detections is not None else None, per_frame=True)(np.arange(n))
         # the shape metrics.evaluate.evaluate returns (metrics/evaluate.py), with placeholder values
-        metrics = {"n_videos": n, "num_frames": t, "fake": True,
-                   "fvd": {"value": full["fvd.value"], "n_real": n, "n_gen": n},
-                   "fid": {"value": full["fid.value"], "n_real": n * t, "n_gen": n * t}}
+        metrics = {
+            "n_videos": n,
+            "num_frames": t,
+            "fake": True,
+            "fvd": {"value": full["fvd.value"], "n_real": n, "n_gen": n},
+            "fid": {"value": full["fid.value"], "n_real": n * t, "n_gen": n * t},
+        }
         if pv.detections is not None:
             per_frame = {k: [full[f"det.per_frame.{k}.{j}"] for j in range(t)] for k in ("mAP", "mIoU")}
-            metrics["det"] = {"mAP": full["det.mAP"], "mIoU": full["det.mIoU"], "units": "percent", "n_videos": n,
-                              "detector": det_cfg["detector"]["name"], "per_frame": per_frame}
+            metrics["det"] = {
+                "mAP": full["det.mAP"],
+                "mIoU": full["det.mIoU"],
+                "units": "percent",
+                "n_videos": n,
+                "detector": det_cfg["detector"]["name"],
+                "per_frame": per_frame,
+            }
         return metrics
 
 
 def _write_frames(folder: Path, frames: np.ndarray) -> None:
     from PIL import Image
+
     folder.mkdir(parents=True, exist_ok=True)
     for j, fr in enumerate(frames):
         Image.fromarray(fr).save(folder / f"{j:06d}.png")
@@ -198,4 +251,7 @@ def _write_frames(folder: Path, frames: np.ndarray) -> None:
 
 def _read_frames(folder: Path) -> np.ndarray:
     from PIL import Image
-    return np.stack([np.asarray(Image.open(p).convert("RGB")) for p in data_entries(folder, dirs=False) if p.suffix == ".png"])
+
+    return np.stack(
+        [np.asarray(Image.open(p).convert("RGB")) for p in data_entries(folder, dirs=False) if p.suffix == ".png"]
+    )

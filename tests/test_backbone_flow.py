@@ -1,6 +1,7 @@
 """Flow-matching maths (trainers/flow.py) against diffusers' own FlowMatchEulerDiscreteScheduler,
 configured as the LTX-Video release (as tests/test_trainer_edm.py checks the EDM maths against
 EulerDiscreteScheduler)."""
+
 import numpy as np
 import pytest
 import torch
@@ -11,21 +12,22 @@ from trainers import flow
 from trainers.backbones.ltx import LTX_SCHEDULER_CONFIG
 
 STEPS = 20
-SEQ_LEN = 4 * 10 * 16      # latent tokens of a 25 x 320 x 512 video through LTX's 8 x 32 x 32 VAE
+SEQ_LEN = 4 * 10 * 16  # latent tokens of a 25 x 320 x 512 video through LTX's 8 x 32 x 32 VAE
 
 
 def _scheduler():
     s = FlowMatchEulerDiscreteScheduler.from_config(LTX_SCHEDULER_CONFIG)
     mu = flow.dynamic_shift(SEQ_LEN, s.config)
-    s.set_timesteps(sigmas=np.linspace(1.0, 1 / STEPS, STEPS), mu=mu)   # as LTXImageToVideoPipeline
+    s.set_timesteps(sigmas=np.linspace(1.0, 1 / STEPS, STEPS), mu=mu)  # as LTXImageToVideoPipeline
     return s
 
 
 def test_dynamic_shift_is_the_pipelines():
     cfg = FlowMatchEulerDiscreteScheduler.from_config(LTX_SCHEDULER_CONFIG).config
     for n in (64, 640, 1024, 6000):
-        assert flow.dynamic_shift(n, cfg) == pytest.approx(calculate_shift(
-            n, cfg.base_image_seq_len, cfg.max_image_seq_len, cfg.base_shift, cfg.max_shift))
+        assert flow.dynamic_shift(n, cfg) == pytest.approx(
+            calculate_shift(n, cfg.base_image_seq_len, cfg.max_image_seq_len, cfg.base_shift, cfg.max_shift)
+        )
 
 
 def test_time_shift_is_the_schedulers():
@@ -80,6 +82,6 @@ def test_sigma_sampler():
     u = flow.FlowSigmaSampler("uniform")(20000, g)
     assert 0 < u.min() and u.max() < 1 and abs(u.mean().item() - 0.5) < 0.02
     shifted = flow.FlowSigmaSampler("uniform", mu=1.5)(20000, g)
-    assert shifted.mean() > 0.6        # a positive shift moves training towards high noise
+    assert shifted.mean() > 0.6  # a positive shift moves training towards high noise
     with pytest.raises(ValueError, match="model.flow.sigma_dist"):
         flow.FlowSigmaSampler("lognormal")

@@ -1,4 +1,5 @@
 """Table specs, stage expansion (sharing, hashing), the store, and resume after a crash or a kill."""
+
 from __future__ import annotations
 
 import json
@@ -36,7 +37,7 @@ def by_kind(graph, kind):
 
 # ------------------------------------------------------------------------------------ specs
 def test_every_table_loads_and_unknown_names_list_valid_ones():
-    assert list_tables() == ["I", "II", "III", "IV", "V", "VI"]      # VI: ours, not in the paper
+    assert list_tables() == ["I", "II", "III", "IV", "V", "VI"]  # VI: ours, not in the paper
     with pytest.raises(KeyError, match="valid tables: I, II, III, IV, V, VI"):
         load_table("VII")
     with pytest.raises(KeyError, match="valid rows: svd_finetuned, global, box, hybrid"):
@@ -78,8 +79,8 @@ def test_ctrlv_stages_share_the_backbone_rows_training(smoke):
 
 def _table_block(text: str, name: str) -> str:
     start = text.index(f"TABLE {name}\n")
-    nxt = re.search(r"\nTABLE [IVX]+\n", text[start + 8:])
-    return text[start: start + 8 + nxt.start()] if nxt else text[start:]
+    nxt = re.search(r"\nTABLE [IVX]+\n", text[start + 8 :])
+    return text[start : start + 8 + nxt.start()] if nxt else text[start:]
 
 
 @pytest.mark.skipif(not PAPER.exists(), reason=f"paper text not found at {PAPER}")
@@ -93,7 +94,7 @@ def test_paper_numbers_are_copied_exactly_in_column_order(name):
     spec = load_table(name)
     for row in spec.rows:
         want = [row.paper[c.id].text for c in spec.columns]
-        found = any(ln[i:i + len(want)] == want for ln in lines for i in range(len(ln)))
+        found = any(ln[i : i + len(want)] == want for ln in lines for i in range(len(ln)))
         assert found, f"table {name} row {row.name}: {want} not found as one line of the paper's table"
 
 
@@ -103,8 +104,10 @@ def test_bad_specs_fail_naming_file_and_entry(tmp_path):
         "direction: up, format": ("direction: sideways, format", "direction must be one of"),
         'map: "24.92"': ("map: 24.92", "quoted string"),
         "baseline: svd_finetuned": ("baseline: svd_tuned", "baseline must be one of"),
-        "    labels: {Model: \"SVD + LSA (Ours)\", Feature loss version: \"Box-only\"}":
-            ("    labelz: {}", "unknown keys ['labelz']"),
+        '    labels: {Model: "SVD + LSA (Ours)", Feature loss version: "Box-only"}': (
+            "    labelz: {}",
+            "unknown keys ['labelz']",
+        ),
     }
     for old, (new, msg) in cases.items():
         p = tmp_path / "table_X.yaml"
@@ -129,9 +132,11 @@ def test_hash_is_stable_across_processes(smoke):
     """Python's hash randomisation and dict insertion order must not reach the stage hash."""
     graph = expand(load_table("III"), smoke)
     here = [s.hash for s in graph.order()]
-    code = ("from benchmark.config import HydraResolver; from benchmark.stages import expand; "
-            "from ablations import load_table; "
-            "print(' '.join(s.hash for s in expand(load_table('III'), HydraResolver('smoke')).order()))")
+    code = (
+        "from benchmark.config import HydraResolver; from benchmark.stages import expand; "
+        "from ablations import load_table; "
+        "print(' '.join(s.hash for s in expand(load_table('III'), HydraResolver('smoke')).order()))"
+    )
     env = {**os.environ, "PYTHONHASHSEED": "12345"}
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, check=True)
     assert out.stdout.split() == here
@@ -204,13 +209,15 @@ def test_hash_follows_only_the_keys_that_influence_a_stage():
     plain = {p.row.name: p for p in expand(load_table("III"), HydraResolver("smoke")).rows}
     alpha = {p.row.name: p for p in expand(load_table("III"), HydraResolver("smoke", ["loss.alpha=5"])).rows}
     lr = {p.row.name: p for p in expand(load_table("III"), HydraResolver("smoke", ["train.lr=2e-5"])).rows}
-    clips = {p.row.name: p for p in expand(load_table("III"), HydraResolver("smoke", ["benchmark.num_test_clips=1"])).rows}
+    clips = {
+        p.row.name: p for p in expand(load_table("III"), HydraResolver("smoke", ["benchmark.num_test_clips=1"])).rows
+    }
     h = "hybrid"
-    assert alpha[h].train[0] == plain[h].train[0]          # diffusion-only epoch: alpha is not read
-    assert alpha[h].train[1] != plain[h].train[1]          # the LSA epoch reads it
+    assert alpha[h].train[0] == plain[h].train[0]  # diffusion-only epoch: alpha is not read
+    assert alpha[h].train[1] != plain[h].train[1]  # the LSA epoch reads it
     assert alpha["svd_finetuned"].train == plain["svd_finetuned"].train
-    assert lr[h].train[0] != plain[h].train[0]             # the learning rate changes every epoch
-    assert clips[h].train == plain[h].train                # test clips never change training
+    assert lr[h].train[0] != plain[h].train[0]  # the learning rate changes every epoch
+    assert clips[h].train == plain[h].train  # test clips never change training
     assert clips[h].testset != plain[h].testset and clips[h].generate != plain[h].generate
 
 
@@ -220,11 +227,17 @@ def test_paper_profile_trains_in_the_setting_measured_to_fit_80gb():
     is decoded (no approximation) in the paper profile."""
     rows = {p.row.name: p for p in expand(load_table("III"), HydraResolver("paper")).rows}
     for cfg in (rows["hybrid"].cfg, rows["svd_finetuned"].cfg):
-        assert (cfg["train"]["mixed_precision"], cfg["train"]["grad_checkpointing"], cfg["train"]["adam_fused"]) \
-            == ("bf16", True, True)
+        assert (cfg["train"]["mixed_precision"], cfg["train"]["grad_checkpointing"], cfg["train"]["adam_fused"]) == (
+            "bf16",
+            True,
+            True,
+        )
         assert list(cfg["train"]["compile"]) == ["vae_decoder", "dino"]
-        assert (cfg["loss"]["decode_checkpoint"], cfg["loss"]["decode_chunk"], cfg["loss"]["decode_frames"]) \
-            == (True, 5, "all")
+        assert (cfg["loss"]["decode_checkpoint"], cfg["loss"]["decode_chunk"], cfg["loss"]["decode_frames"]) == (
+            True,
+            5,
+            "all",
+        )
         assert (cfg["data"]["clip_len"], cfg["data"]["height"], cfg["data"]["width"]) == (25, 320, 512)
 
 
@@ -234,12 +247,21 @@ def test_command_line_data_replaces_every_rows_dataset(smoke):
 
 
 def test_svd_finetuned_with_a_feature_loss_schedule_is_rejected():
-    base = {"train": {"epochs": 2}, "schedule": {"name": "diffusion", "feat_from_epoch": None},
-            "benchmark": {"num_test_clips": 1, "generate": {}, "eval": {"detectors": {"dn_detr": {}}}},
-            "metrics": {}, "data": {"name": "x"}}
-    groups = {"schedule": {"diffusion": {"name": "diffusion", "feat_from_epoch": None},
-                           "staged": {"name": "staged", "feat_from_epoch": 2}},
-              "adapter": {"unet": {"name": "unet"}}, "data": {"nuscenes": {"name": "nuscenes"}}}
+    base = {
+        "train": {"epochs": 2},
+        "schedule": {"name": "diffusion", "feat_from_epoch": None},
+        "benchmark": {"num_test_clips": 1, "generate": {}, "eval": {"detectors": {"dn_detr": {}}}},
+        "metrics": {},
+        "data": {"name": "x"},
+    }
+    groups = {
+        "schedule": {
+            "diffusion": {"name": "diffusion", "feat_from_epoch": None},
+            "staged": {"name": "staged", "feat_from_epoch": 2},
+        },
+        "adapter": {"unet": {"name": "unet"}},
+        "data": {"nuscenes": {"name": "nuscenes"}},
+    }
     spec = load_table("III").select(["svd_finetuned"])
     expand(spec, DictResolver(base, groups))
     bad = DictResolver(base, {**groups, "schedule": {"diffusion": groups["schedule"]["staged"]}})
@@ -258,10 +280,11 @@ def test_store_atomic_dir_and_relative_paths(tmp_path):
             (tmp / "b.txt").write_text("2")
             raise RuntimeError("crash mid-write")
     assert sorted(p.name for p in target.iterdir()) == ["a.txt"]
-    assert [p.name for p in tmp_path.iterdir()] == ["videos"]      # no temp folder left behind
+    assert [p.name for p in tmp_path.iterdir()] == ["videos"]  # no temp folder left behind
 
     class S:
         kind, hash, config, run_cfg, deps, params, rows = "train", "abc123", {"x": 1}, {"x": 1}, (), {}, ["r"]
+
     store = Store(tmp_path / "runs")
     d = store.begin(S)
     assert not store.is_done("abc123") and store.result("abc123") is None
@@ -304,16 +327,32 @@ def test_resume_after_a_crash_does_not_redo_finished_stages(smoke, tmp_path):
 
 
 def test_train_stages_chain_their_checkpoints(smoke, tmp_path):
-    run_table("III", smoke, FakeRunner(), store=tmp_path, results=tmp_path / "res", echo=lambda s: None,
-              figures=False, rows=["hybrid"])
+    run_table(
+        "III",
+        smoke,
+        FakeRunner(),
+        store=tmp_path,
+        results=tmp_path / "res",
+        echo=lambda s: None,
+        figures=False,
+        rows=["hybrid"],
+    )
     g = expand(load_table("III").select(["hybrid"]), smoke)
     e1, e2 = g.rows[0].train
     assert json.loads((tmp_path / e2 / "weights.json").read_text())["chain"] == [e1, e2]
 
 
 def test_dry_run_marks_cached_and_pending_without_running(smoke, tmp_path):
-    run_table("III", smoke, FakeRunner(), store=tmp_path, results=tmp_path / "res", echo=lambda s: None,
-              figures=False, rows=["svd_finetuned"])
+    run_table(
+        "III",
+        smoke,
+        FakeRunner(),
+        store=tmp_path,
+        results=tmp_path / "res",
+        echo=lambda s: None,
+        figures=False,
+        rows=["svd_finetuned"],
+    )
     lines = []
     runner = FakeRunner()
     run_table("III", smoke, runner, store=tmp_path, dry_run=True, echo=lines.append)
@@ -327,7 +366,8 @@ def test_dry_run_marks_cached_and_pending_without_running(smoke, tmp_path):
 
 def test_slurm_launcher_needs_a_cluster(smoke, tmp_path, monkeypatch):
     from slurm.records import QueueUnavailable
-    monkeypatch.setenv("PATH", str(tmp_path))            # no squeue / sbatch
+
+    monkeypatch.setenv("PATH", str(tmp_path))  # no squeue / sbatch
     with pytest.raises(QueueUnavailable, match="no SLURM cluster answers here"):
         run_table("III", smoke, FakeRunner(), launcher="slurm", store=tmp_path)
 
@@ -339,21 +379,30 @@ def test_paper_profile_names_every_missing_path_before_any_work(tmp_path, monkey
     monkeypatch.delenv("LSA_NUSCENES_ROOT", raising=False)
     runner = FakeRunner()
     with pytest.raises(FileNotFoundError) as e:
-        run_table("I", HydraResolver("paper", ["model.svd=" + str(tmp_path / "no-svd")]), runner, store=tmp_path / "runs")
+        run_table(
+            "I", HydraResolver("paper", ["model.svd=" + str(tmp_path / "no-svd")]), runner, store=tmp_path / "runs"
+        )
     msg = str(e.value)
-    for key in ("data.root (data=nuscenes) is not set", f"data.root (data=kitti) = {tmp_path / 'no-kitti'}",
-                "metrics.fvd.weights", "metrics.fid.weights", "detectors.dn_detr.weights",
-                f"model.svd = {tmp_path / 'no-svd'}", "model.dino = facebook/dinov2-base"):
+    for key in (
+        "data.root (data=nuscenes) is not set",
+        f"data.root (data=kitti) = {tmp_path / 'no-kitti'}",
+        "metrics.fvd.weights",
+        "metrics.fid.weights",
+        "detectors.dn_detr.weights",
+        f"model.svd = {tmp_path / 'no-svd'}",
+        "model.dino = facebook/dinov2-base",
+    ):
         assert key in msg, f"{key!r} not named in:\n{msg}"
-    assert "detectors.yolo" not in msg            # Table I scores with DN-DETR only
+    assert "detectors.yolo" not in msg  # Table I scores with DN-DETR only
     assert runner.history == [] and not (tmp_path / "runs").exists()
-    with pytest.raises(FileNotFoundError) as e:    # Table V scores with both detectors
+    with pytest.raises(FileNotFoundError) as e:  # Table V scores with both detectors
         run_table("V", HydraResolver("paper", []), runner, store=tmp_path / "runs")
     assert "detectors.yolo.weights" in str(e.value) and "detectors.dn_detr.weights" in str(e.value)
 
 
 def test_cli_errors_and_dry_run(capsys, tmp_path, monkeypatch):
     from benchmark.run import main
+
     assert main(["table=VII"]) == 2
     assert "valid tables: I, II, III, IV, V, VI" in capsys.readouterr().err
     assert main(["table=III", "rows=nope"]) == 2
@@ -384,11 +433,19 @@ def test_resume_after_the_process_is_killed(tmp_path):
     """Kill `python -m benchmark.run` mid-table with SIGKILL, run the same command: it finishes
     without redoing the stages that were done."""
     store, results = tmp_path / "runs", tmp_path / "results"
-    cmd = [sys.executable, "-m", "benchmark.run", "table=V", f"store={store}", f"results={results}",
-           "runner=fakes:FakeRunner"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "benchmark.run",
+        "table=V",
+        f"store={store}",
+        f"results={results}",
+        "runner=fakes:FakeRunner",
+    ]
     env = _fake_env(LSA_FAKE_RUNNER_SLEEP="0.4", LSA_FAKE_RUNNER_LOG=str(tmp_path / "first.log"))
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
     deadline = time.time() + 60
     while len(_done(store)) < 3 and time.time() < deadline and proc.poll() is None:
         time.sleep(0.05)
@@ -399,7 +456,9 @@ def test_resume_after_the_process_is_killed(tmp_path):
 
     env.update(LSA_FAKE_RUNNER_SLEEP="0", LSA_FAKE_RUNNER_LOG=str(tmp_path / "second.log"))
     subprocess.run(cmd, cwd=ROOT, env=env, check=True, capture_output=True)
-    started_again = {ln.split()[2] for ln in (tmp_path / "second.log").read_text().splitlines() if ln.startswith("start")}
+    started_again = {
+        ln.split()[2] for ln in (tmp_path / "second.log").read_text().splitlines() if ln.startswith("start")
+    }
     assert not started_again & done_at_kill, "stages finished before the kill were recomputed"
     assert len(_done(store)) == 10 and len(started_again) == 10 - len(done_at_kill)
     assert (results / "smoke-fake" / "table_V.md").exists()
@@ -412,14 +471,24 @@ def test_two_runs_sharing_stages_run_each_stage_once(tmp_path):
     procs = []
     for table in ("III", "IV"):
         env = _fake_env(LSA_FAKE_RUNNER_SLEEP="0.3", LSA_FAKE_RUNNER_LOG=str(tmp_path / f"{table}.log"))
-        cmd = [sys.executable, "-m", "benchmark.run", f"table={table}", f"store={store}", f"results={results}",
-               "runner=fakes:FakeRunner"]
-        procs.append(subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                      text=True))
+        cmd = [
+            sys.executable,
+            "-m",
+            "benchmark.run",
+            f"table={table}",
+            f"store={store}",
+            f"results={results}",
+            "runner=fakes:FakeRunner",
+        ]
+        procs.append(
+            subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        )
     outs = [p.communicate(timeout=300)[0] for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outs
-    started = [{ln.split()[2] for ln in (tmp_path / f"{t}.log").read_text().splitlines() if ln.startswith("start")}
-               for t in ("III", "IV")]
+    started = [
+        {ln.split()[2] for ln in (tmp_path / f"{t}.log").read_text().splitlines() if ln.startswith("start")}
+        for t in ("III", "IV")
+    ]
     assert not started[0] & started[1], "a shared stage ran in both processes"
     assert started[0] | started[1] == _done(store)
     assert any("was done by another process" in o or "waiting for it" in o for o in outs), outs
@@ -436,15 +505,16 @@ def test_a_decaying_lr_schedule_spans_the_rows_epochs_in_every_stage():
     assert {s.run_cfg["train"]["epochs"] for s in train} == {1, 2}
     constant = expand(load_table("III"), HydraResolver("smoke"))
     assert all(s.run_cfg["train"]["lr_schedule_epochs"] is None for s in constant.stages.values() if s.kind == "train")
-    assert len([s for s in constant.stages.values() if s.kind == "train"]) == len(train)   # same sharing
+    assert len([s for s in constant.stages.values() if s.kind == "train"]) == len(train)  # same sharing
 
 
 def test_tracking_and_validation_keys_stay_out_of_stage_hashes():
     """A run with TensorBoard and validation videos reuses every stage of a plain run (and vice versa)."""
     plain = expand(load_table("III"), HydraResolver("smoke"))
-    tracked = expand(load_table("III"), HydraResolver("smoke", ["train.report_to=tensorboard",
-                                                                "train.validation_every=5"]))
+    tracked = expand(
+        load_table("III"), HydraResolver("smoke", ["train.report_to=tensorboard", "train.validation_every=5"])
+    )
     assert set(plain.stages) == set(tracked.stages)
     ema = expand(load_table("III"), HydraResolver("smoke", ["train.ema.enabled=true"]))
     trains = {h for h, s in plain.stages.items() if s.kind == "train"}
-    assert not trains & set(ema.stages)                  # EMA changes what a train stage exports
+    assert not trains & set(ema.stages)  # EMA changes what a train stage exports

@@ -1,4 +1,5 @@
 """Rendering tables (bold / underline per direction, missing cells, md + LaTeX + JSON) and figures."""
+
 from __future__ import annotations
 
 import json
@@ -44,18 +45,18 @@ def cells(doc, row):
 def test_rank_marks_follow_the_direction():
     assert rank_marks([3.0, 1.0, 2.0], "up") == ["best", None, "second"]
     assert rank_marks([3.0, 1.0, 2.0], "down") == [None, "best", "second"]
-    assert rank_marks([1.0, 1.0, 2.0, None], "down") == ["best", "best", "second", None]   # ties share
-    assert rank_marks([1.0, 2.0], "up") == [None, "best"]          # two values: no "second"
+    assert rank_marks([1.0, 1.0, 2.0, None], "down") == ["best", "best", "second", None]  # ties share
+    assert rank_marks([1.0, 2.0], "up") == [None, "best"]  # two values: no "second"
     assert rank_marks([None, float("nan")], "up") == [None, None]
 
 
 def test_a_column_whose_values_all_tie_is_not_marked(spec):
     assert rank_marks([0.0, 0.0, 0.0], "up") == [None, None, None]
     assert rank_marks([5.0, None, 5.0], "down") == [None, None, None]
-    assert rank_marks([7.0, None], "up") == [None, None]               # a single value ranks nothing
+    assert rank_marks([7.0, None], "up") == [None, None]  # a single value ranks nothing
     ours = {"a": {"fvd": 1.0, "map": 0.0}, "b": {"fvd": 2.0, "map": 0.0}, "c": {"fvd": 3.0, "map": 0.001}}
     t = make_table(spec, ours, caption="c")
-    assert all(cells(t["json"], r)["map"]["ours_mark"] is None for r in "abc")     # all print 0.00
+    assert all(cells(t["json"], r)["map"]["ours_mark"] is None for r in "abc")  # all print 0.00
     assert "**0.00**" not in t["md"] and r"\textbf{0.00}" not in t["tex"]
     assert cells(t["json"], "a")["fvd"]["ours_mark"] == "best"
 
@@ -75,7 +76,7 @@ def test_markdown_latex_json_marks_and_missing_cells(spec):
     # missing value or a row without results -> n/a, never dropped, paper still shown
     assert cells(doc, "b")["map"]["ours_text"] == "n/a" and cells(doc, "b")["map"]["ours"] is None
     assert all(c["ours_text"] == "n/a" and c["ours"] is None for c in cells(doc, "d").values())
-    assert md.count("n/a") == 3 and tex.count("n/a") == 3     # b mAP, d FVD, d mAP
+    assert md.count("n/a") == 3 and tex.count("n/a") == 3  # b mAP, d FVD, d mAP
     # LaTeX escaping of labels
     assert r"D \& 50\% \#1" in tex and r"\begin{tabular}{lrrrr}" in tex
     assert len(doc["rows"]) == 4 and json.loads(json.dumps(doc)) == doc
@@ -84,7 +85,7 @@ def test_markdown_latex_json_marks_and_missing_cells(spec):
 def test_marks_use_the_printed_values(spec):
     ours = {"a": {"fvd": 1.004, "map": 1}, "b": {"fvd": 1.001, "map": 2}, "c": {"fvd": 9.0, "map": 3}}
     doc = make_table(spec, ours, caption="c")["json"]
-    assert cells(doc, "a")["fvd"]["ours_mark"] == cells(doc, "b")["fvd"]["ours_mark"] == "best"   # both "1.00"
+    assert cells(doc, "a")["fvd"]["ours_mark"] == cells(doc, "b")["fvd"]["ours_mark"] == "best"  # both "1.00"
 
 
 def test_rank_within_groups_and_paper_texts_of_table_I():
@@ -100,21 +101,23 @@ def test_rank_within_groups_and_paper_texts_of_table_I():
     assert all(c["ours_text"] == "n/a" for c in cells(doc, "nuscenes_lsa").values())
     tex = make_table(spec, {}, caption="c")["tex"]
     assert r"\multicolumn{4}{c}{Visual quality}" in tex and r"\cmidrule(lr){3-6}" in tex
-    assert tex.count(r"\midrule") == 2          # header rule + the nuScenes/KITTI split
+    assert tex.count(r"\midrule") == 2  # header rule + the nuScenes/KITTI split
 
 
 def test_caption_states_n_frames_and_profile():
     spec = load_table("III")
-    cap = caption_text(spec, description="smoke: tiny random models, synthetic clips; checks the machinery, "
-                                         "not the science", sizes=[("synthetic", 2, 8)])
+    cap = caption_text(
+        spec,
+        description="smoke: tiny random models, synthetic clips; checks the machinery, not the science",
+        sizes=[("synthetic", 2, 8)],
+    )
     assert "N = 2 test videos x 8 frames" in cap and cap.endswith("checks the machinery, not the science.")
     fake = caption_text(spec, description="d", sizes=[], fake=True)
     assert "FAKE RUNNER" in fake and "N = 0 (no test videos" in fake
 
 
 def test_render_table_writes_md_tex_json(spec, tmp_path):
-    out = render_table(spec, {"a": {"fvd": 1.0, "map": 2.0}}, caption="cap", out_dir=tmp_path / "res",
-                       profile="smoke")
+    out = render_table(spec, {"a": {"fvd": 1.0, "map": 2.0}}, caption="cap", out_dir=tmp_path / "res", profile="smoke")
     assert sorted(p.name for p in (tmp_path / "res").iterdir()) == ["table_X.json", "table_X.md", "table_X.tex"]
     assert json.loads(out["json"].read_text())["profile"] == "smoke"
     assert out["md"].read_text().startswith("**cap**")
@@ -123,17 +126,26 @@ def test_render_table_writes_md_tex_json(spec, tmp_path):
 # ------------------------------------------------------------------------------------ figures
 def _png_ok(path: Path):
     from PIL import Image
+
     assert path.exists() and Image.open(path).size[0] > 100
 
 
 def test_loss_curves_from_jsonl_logs(tmp_path):
     e1, e2 = tmp_path / "e1.jsonl", tmp_path / "e2.jsonl"
-    e1.write_text("".join(json.dumps({"step": s, "epoch": 1, "loss": 1.0 / s, "loss_diff": 1.0 / s,
-                                      "loss_feat": 0.0}) + "\n" for s in (1, 2, 3)))
-    e2.write_text("".join(json.dumps({"step": s, "epoch": 2, "loss": 0.5, "loss_diff": 0.4,
-                                      "loss_feat": 0.1}) + "\n" for s in (1, 2)) + "\n")
+    e1.write_text(
+        "".join(
+            json.dumps({"step": s, "epoch": 1, "loss": 1.0 / s, "loss_diff": 1.0 / s, "loss_feat": 0.0}) + "\n"
+            for s in (1, 2, 3)
+        )
+    )
+    e2.write_text(
+        "".join(
+            json.dumps({"step": s, "epoch": 2, "loss": 0.5, "loss_diff": 0.4, "loss_feat": 0.1}) + "\n" for s in (1, 2)
+        )
+        + "\n"
+    )
     recs = figures.concat_logs([e1, e2])
-    assert [r["step"] for r in recs] == [1, 2, 3, 4, 5]           # a restarted count continues
+    assert [r["step"] for r in recs] == [1, 2, 3, 4, 5]  # a restarted count continues
     _png_ok(figures.plot_loss_curves({"hybrid": [e1, e2]}, tmp_path / "loss.png"))
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"step": 1, "loss": 1}\n{oops\n')
@@ -144,19 +156,33 @@ def test_loss_curves_from_jsonl_logs(tmp_path):
 
 def test_per_frame_and_frame_grid(tmp_path):
     from PIL import Image
-    _png_ok(figures.plot_per_frame({"a": {"mAP": [30, 20, 10], "mIoU": [80, 70, 60]},
-                                  "b": {"mAP": [20, 20, None], "mIoU": [50, 50, 50]}}, tmp_path / "pf.png"))
+
+    _png_ok(
+        figures.plot_per_frame(
+            {"a": {"mAP": [30, 20, 10], "mIoU": [80, 70, 60]}, "b": {"mAP": [20, 20, None], "mIoU": [50, 50, 50]}},
+            tmp_path / "pf.png",
+        )
+    )
     rng = np.random.default_rng(0)
     for root in ("real", "gen"):
         for clip in ("clip_0000", "clip_0001"):
             (tmp_path / root / clip).mkdir(parents=True)
             for j in range(4):
                 Image.fromarray(rng.integers(0, 255, (20, 30, 3), dtype=np.uint8)).save(
-                    tmp_path / root / clip / f"{j:06d}.png")
+                    tmp_path / root / clip / f"{j:06d}.png"
+                )
     (tmp_path / "boxes").mkdir()
     (tmp_path / "boxes" / "clip_0000.json").write_text(json.dumps({"frames": [{"boxes": [[2, 2, 9, 9]]}] * 4}))
-    _png_ok(figures.plot_frame_grid(tmp_path / "real", {"lsa": tmp_path / "gen"}, ["clip_0000", "clip_0001"],
-                                  tmp_path / "grid.png", n_frames=3, boxes_dir=tmp_path / "boxes"))
+    _png_ok(
+        figures.plot_frame_grid(
+            tmp_path / "real",
+            {"lsa": tmp_path / "gen"},
+            ["clip_0000", "clip_0001"],
+            tmp_path / "grid.png",
+            n_frames=3,
+            boxes_dir=tmp_path / "boxes",
+        )
+    )
 
 
 # ------------------------------------------------------------------------------------ end to end
@@ -167,8 +193,15 @@ def test_smoke_table_end_to_end_with_the_fake_runner(tmp_path):
 
     from benchmark.config import HydraResolver
     from benchmark.run_table import run_table
-    run = run_table("III", HydraResolver("smoke"), FakeRunner(), store=tmp_path / "runs",
-                    results=tmp_path / "results", echo=lambda s: None)
+
+    run = run_table(
+        "III",
+        HydraResolver("smoke"),
+        FakeRunner(),
+        store=tmp_path / "runs",
+        results=tmp_path / "results",
+        echo=lambda s: None,
+    )
     out = tmp_path / "results" / "smoke-fake"
     assert set(run.outputs) == {"md", "tex", "json", "loss_curves", "per_frame", "frames", "html", "html_assets"}
     doc = json.loads((out / "table_III.json").read_text())
@@ -186,15 +219,23 @@ def test_table_I_measures_efficiency_including_ctrlv(tmp_path):
 
     from benchmark.config import HydraResolver
     from benchmark.run_table import run_table
-    run_table("I", HydraResolver("smoke"), FakeRunner(), store=tmp_path / "runs", results=tmp_path / "res",
-              echo=lambda s: None, figures=False)
+
+    run_table(
+        "I",
+        HydraResolver("smoke"),
+        FakeRunner(),
+        store=tmp_path / "runs",
+        results=tmp_path / "res",
+        echo=lambda s: None,
+        figures=False,
+    )
     doc = json.loads((tmp_path / "res" / "smoke-fake" / "table_I.json").read_text())
     rows = {r["name"]: r for r in doc["rows"]}
     assert len(rows) == 8
     lsa = rows["nuscenes_lsa"]["cells"]
-    assert lsa["params_m"]["ours"] == pytest.approx(1.234567)       # FakeRunner's num_params / 1e6
-    assert 0 < lsa["time_h"]["ours"] < 1                              # measured seconds -> h per 200 videos
-    ctrlv = rows["kitti_ctrlv_1to0"]["cells"]                         # the two-stage pipeline's count
+    assert lsa["params_m"]["ours"] == pytest.approx(1.234567)  # FakeRunner's num_params / 1e6
+    assert 0 < lsa["time_h"]["ours"] < 1  # measured seconds -> h per 200 videos
+    ctrlv = rows["kitti_ctrlv_1to0"]["cells"]  # the two-stage pipeline's count
     assert ctrlv["params_m"]["ours"] == pytest.approx(2 * 1.234567) and ctrlv["fvd"]["ours"] is not None
 
 
@@ -203,10 +244,25 @@ def test_smoke_table_end_to_end_with_the_real_runner(tmp_path, tiny_cache):
     from benchmark.config import HydraResolver
     from benchmark.run_table import run_table
     from benchmark.trainer_runner import TrainerRunner
-    resolver = HydraResolver("smoke", ["benchmark.num_test_clips=2", "benchmark.generate.num_inference_steps=1",
-                                       "data.train.num_clips=1", "data.clip_len=4"])
-    run = run_table("III", resolver, TrainerRunner(), store=tmp_path / "runs", results=tmp_path / "res",
-                    rows=["svd_finetuned", "hybrid"], echo=lambda s: None)
+
+    resolver = HydraResolver(
+        "smoke",
+        [
+            "benchmark.num_test_clips=2",
+            "benchmark.generate.num_inference_steps=1",
+            "data.train.num_clips=1",
+            "data.clip_len=4",
+        ],
+    )
+    run = run_table(
+        "III",
+        resolver,
+        TrainerRunner(),
+        store=tmp_path / "runs",
+        results=tmp_path / "res",
+        rows=["svd_finetuned", "hybrid"],
+        echo=lambda s: None,
+    )
     doc = json.loads(run.outputs["json"].read_text())
     assert not doc["fake"] and [r["name"] for r in doc["rows"]] == ["svd_finetuned", "hybrid"]
     cells = {r["name"]: r["cells"] for r in doc["rows"]}
@@ -230,8 +286,12 @@ def test_smoke_table_end_to_end_with_the_real_runner(tmp_path, tiny_cache):
     # every stage finished with its files, and every output was written
     store = tmp_path / "runs"
     for stages in extra.values():
-        for h in [stages["stages"]["testset"], *stages["stages"]["train"], stages["stages"]["generate"],
-                  *stages["stages"]["evaluate"].values()]:
+        for h in [
+            stages["stages"]["testset"],
+            *stages["stages"]["train"],
+            stages["stages"]["generate"],
+            *stages["stages"]["evaluate"].values(),
+        ]:
             assert (store / h / "DONE").is_file() and (store / h / "MANIFEST.json").is_file(), h
         for h in stages["stages"]["evaluate"].values():
             metrics = json.loads((store / h / "metrics.json").read_text())

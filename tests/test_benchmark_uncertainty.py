@@ -1,6 +1,7 @@
 """Seeds, intervals and marks in the tables (benchmark.seeds, benchmark.intervals, benchmark/intervals.py)
 on the FakeRunner: seeds expand into their own stages shared within a seed, the JSON keeps every seed's
 value, cells read value ± half-width or mean ± std, and the dagger follows the paired interval."""
+
 from __future__ import annotations
 
 import json
@@ -45,13 +46,14 @@ def test_seeds_expand_to_their_own_stages_shared_within_a_seed(smoke):
     for kind in ("train", "generate", "evaluate"):
         assert not seed1[kind] & seed0[kind] and len(seed1[kind]) == len(seed0[kind]), kind
     epoch1 = {p.train[0] for p in two.rows if p.seed == 1}
-    assert len(epoch1) == 1                                  # every row of seed 1 shares its epoch 1
+    assert len(epoch1) == 1  # every row of seed 1 shares its epoch 1
     assert two.stages[epoch1.pop()].rows == [f"{r.name} (seed 1)" for r in spec.rows]
     # what seed 1 changes: train.seed + 1, generation seeds + seed_stride
     p0, p1 = (next(p for p in two.rows if p.row.name == "hybrid" and p.seed == s) for s in (0, 1))
     assert p1.cfg["train"]["seed"] == p0.cfg["train"]["seed"] + 1
-    assert p1.cfg["benchmark"]["generate"]["seed"] == (p0.cfg["benchmark"]["generate"]["seed"]
-                                                       + p0.cfg["benchmark"]["seed_stride"])
+    assert p1.cfg["benchmark"]["generate"]["seed"] == (
+        p0.cfg["benchmark"]["generate"]["seed"] + p0.cfg["benchmark"]["seed_stride"]
+    )
 
 
 @pytest.mark.parametrize("bad", ["[0,0]", "[-1]", "['a']"])
@@ -62,8 +64,16 @@ def test_bad_seeds_are_user_errors(bad):
 
 def test_a_table_over_seeds_shows_mean_and_std_and_keeps_every_seed(tmp_path):
     runner = FakeRunner()
-    run = run_table("III", HydraResolver("smoke", ["benchmark.seeds=[0,1,2]"]), runner, store=tmp_path / "runs",
-                    results=tmp_path / "res", rows=["svd_finetuned", "hybrid"], echo=lambda s: None, figures=False)
+    run = run_table(
+        "III",
+        HydraResolver("smoke", ["benchmark.seeds=[0,1,2]"]),
+        runner,
+        store=tmp_path / "runs",
+        results=tmp_path / "res",
+        rows=["svd_finetuned", "hybrid"],
+        echo=lambda s: None,
+        figures=False,
+    )
     assert runner.calls["testset"] == 1 and runner.calls["generate"] == 6 and runner.calls["evaluate"] == 6
     doc = json.loads(run.outputs["json"].read_text())
     hybrid = next(r for r in doc["rows"] if r["name"] == "hybrid")["cells"]["map"]
@@ -72,15 +82,20 @@ def test_a_table_over_seeds_shows_mean_and_std_and_keeps_every_seed(tmp_path):
     assert hybrid["ours"] == pytest.approx(np.mean(values))
     assert hybrid["ours_text"].startswith(f"{np.mean(values):.2f} ± {np.std(values, ddof=1):.2f}")
     assert [s["seed"] for s in hybrid["per_seed"]] == [0, 1, 2] and all(s["interval"] for s in hybrid["per_seed"])
-    marked = all(s["diff"]["low"] > 0 for s in hybrid["per_seed"]) or all(s["diff"]["high"] < 0
-                                                                          for s in hybrid["per_seed"])
+    marked = all(s["diff"]["low"] > 0 for s in hybrid["per_seed"]) or all(
+        s["diff"]["high"] < 0 for s in hybrid["per_seed"]
+    )
     assert hybrid["significant"] == marked and hybrid["ours_text"].endswith("†") == marked
     assert "mean ± standard deviation over 3 seeds (0, 1, 2" in doc["caption"]
 
 
 def test_intervals_marks_switch_and_cache(tmp_path):
-    kw = {"store": tmp_path / "runs", "rows": ["svd_finetuned", "global", "hybrid"], "echo": lambda s: None,
-          "figures": False}
+    kw = {
+        "store": tmp_path / "runs",
+        "rows": ["svd_finetuned", "global", "hybrid"],
+        "echo": lambda s: None,
+        "figures": False,
+    }
     run = run_table("III", HydraResolver("smoke"), FakeRunner(), results=tmp_path / "a", **kw)
     doc = json.loads(run.outputs["json"].read_text())
     md, tex = run.outputs["md"].read_text(), run.outputs["tex"].read_text()
@@ -100,11 +115,14 @@ def test_intervals_marks_switch_and_cache(tmp_path):
     cached = sorted(p.name for p in (tmp_path / "runs" / ".bootstrap").iterdir())
     assert cached
     # the paper's style: no ± and no mark in md / tex; the JSON keeps the intervals; the cache is reused
-    run = run_table("III", HydraResolver("smoke", ["benchmark.intervals=false"]), FakeRunner(), results=tmp_path / "b",
-                    **kw)
+    run = run_table(
+        "III", HydraResolver("smoke", ["benchmark.intervals=false"]), FakeRunner(), results=tmp_path / "b", **kw
+    )
     doc_b = json.loads(run.outputs["json"].read_text())
     md_b, tex_b = run.outputs["md"].read_text().split("\n", 1)[1], run.outputs["tex"].read_text()
     assert "±" not in md_b and "†" not in md_b and r"\pm" not in tex_b.split(r"\midrule")[1]
     hybrid_b = next(r for r in doc_b["rows"] if r["name"] == "hybrid")["cells"]["map"]
-    assert hybrid_b["ours_text"] == f"{hybrid_b['ours']:.2f}" and hybrid_b["interval"] == rows["hybrid"]["map"]["interval"]
+    assert (
+        hybrid_b["ours_text"] == f"{hybrid_b['ours']:.2f}" and hybrid_b["interval"] == rows["hybrid"]["map"]["interval"]
+    )
     assert sorted(p.name for p in (tmp_path / "runs" / ".bootstrap").iterdir()) == cached

@@ -1,5 +1,6 @@
 """The command line: the `lsa-bench` entry point (benchmark/commands.py), `--cfg job`, help texts read
 from the config groups, and the error policy seen from a shell (data/cli.py)."""
+
 import os
 import shutil
 import subprocess
@@ -31,12 +32,19 @@ class KeyErrorInsideTraining(FakeRunner):
 
 
 def test_an_exception_inside_a_stage_reaches_the_user_with_its_traceback(tmp_path):
-    r = _sh("-m", "benchmark.commands", "run", "table=V", f"store={tmp_path / 'runs'}",
-            f"results={tmp_path / 'results'}", f"runner={__name__}:KeyErrorInsideTraining")
+    r = _sh(
+        "-m",
+        "benchmark.commands",
+        "run",
+        "table=V",
+        f"store={tmp_path / 'runs'}",
+        f"results={tmp_path / 'results'}",
+        f"runner={__name__}:KeyErrorInsideTraining",
+    )
     assert r.returncode == 1, r.stderr[-2000:]
     assert "Traceback (most recent call last)" in r.stderr
     assert "KeyError: 'key_that_a_bug_forgot'" in r.stderr
-    assert "in lookup" in r.stderr                      # the frame that raised, not only the message
+    assert "in lookup" in r.stderr  # the frame that raised, not only the message
     assert not r.stderr.lstrip().startswith("error:")
 
 
@@ -56,6 +64,7 @@ def test_entry_point_is_declared_and_every_command_has_a_main():
     import importlib
 
     from benchmark.commands import COMMANDS
+
     assert set(COMMANDS) >= {"run", "status", "train", "generate", "evaluate"}
     missing = [n for n, (mod, _) in COMMANDS.items() if not hasattr(importlib.import_module(mod), "main")]
     if missing:
@@ -68,8 +77,9 @@ def test_installed_entry_point_runs(tmp_path):
         pytest.skip("the lsa-bench script is not installed (pip install -e .)")
     r = subprocess.run([exe, "--help"], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0 and "train" in r.stdout and "generate" in r.stdout
-    r = subprocess.run([exe, "train", "loss.alpha=3.5", "--cfg", "job"], cwd=tmp_path, capture_output=True,
-                       text=True, timeout=300)
+    r = subprocess.run(
+        [exe, "train", "loss.alpha=3.5", "--cfg", "job"], cwd=tmp_path, capture_output=True, text=True, timeout=300
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     assert OmegaConf.create(r.stdout).loss.alpha == 3.5
 
@@ -87,6 +97,7 @@ def test_train_cfg_job_prints_the_resolved_config_and_trains_nothing(tmp_path):
 
 def test_run_cfg_job_prints_each_rows_config(capsys):
     from benchmark.run import main
+
     assert main(["table=III", "loss.alpha=4", "--cfg", "job"]) == 0
     text = capsys.readouterr().out
     rows = [ln for ln in text.splitlines() if ln.startswith("# table III, row ")]
@@ -100,6 +111,7 @@ def test_run_cfg_job_prints_each_rows_config(capsys):
 def test_help_lists_every_option_of_the_config_groups(capsys):
     """The group listings come from configs/<group>/; model=full-random was missing from a hand-written list."""
     from trainers.train import main
+
     assert main(["--help"]) == 0
     text = capsys.readouterr().out
     for group in ("model", "data", "schedule", "adapter"):
@@ -108,6 +120,7 @@ def test_help_lists_every_option_of_the_config_groups(capsys):
         assert sorted(line.strip().split("=", 1)[1].split("|")) == options, line
     assert "full-random" in text
     from benchmark.run import main as run_main
+
     assert run_main(["--help"]) == 0
     text = capsys.readouterr().out
     assert "I|II|III|IV|V" in text and "paper|smoke" in text and "local|slurm|debug" in text

@@ -1,4 +1,5 @@
 """The Box2Video ControlNet (a copy of the SVD U-Net encoder) and the hooks that feed both Ctrl-V stages."""
+
 import pytest
 import torch
 
@@ -14,15 +15,20 @@ def unet(tiny_cache):
     from diffusers import UNetSpatioTemporalConditionModel
 
     from trainers.models import resolve_svd_source
+
     return UNetSpatioTemporalConditionModel.from_pretrained(
-        resolve_svd_source(load_ctrlv_config(["model=tiny"]).model), subfolder="unet").eval()
+        resolve_svd_source(load_ctrlv_config(["model=tiny"]).model), subfolder="unet"
+    ).eval()
 
 
 def _inputs(batch=B, seed=0):
     g = torch.Generator().manual_seed(seed)
-    return dict(sample=torch.randn(batch, T, 8, h, w, generator=g), timestep=torch.tensor([0.3]),
-                encoder_hidden_states=torch.randn(batch, 1, 32, generator=g),
-                added_time_ids=torch.tensor([[6.0, 127.0, 0.02]]).repeat(batch, 1))
+    return dict(
+        sample=torch.randn(batch, T, 8, h, w, generator=g),
+        timestep=torch.tensor([0.3]),
+        encoder_hidden_states=torch.randn(batch, 1, 32, generator=g),
+        added_time_ids=torch.tensor([[6.0, 127.0, 0.02]]).repeat(batch, 1),
+    )
 
 
 def _box_latents(batch=B, seed=1):
@@ -41,7 +47,9 @@ def _identity_outputs(net):
 def _capture_skips(unet, store):
     def hook(i, module, args, kwargs):
         store[i] = [r.clone() for r in kwargs["res_hidden_states_tuple"]]
+
     from functools import partial
+
     return [b.register_forward_pre_hook(partial(hook, i), with_kwargs=True) for i, b in enumerate(unet.up_blocks)]
 
 
@@ -51,8 +59,11 @@ def test_controlnet_is_a_copy_of_the_unet_encoder_with_zero_outputs(unet):
     copied = [k for k in net.state_dict() if not k.startswith("controlnet_")]
     assert copied and all(torch.equal(net.state_dict()[k], u[k]) for k in copied)
     assert any(k.startswith("down_blocks.1.") for k in copied) and any(k.startswith("mid_block.") for k in copied)
-    zero = [p for n, p in net.named_parameters() if n.startswith(("controlnet_down_blocks", "controlnet_mid_block",
-                                                                  "controlnet_cond_embedding.conv_out"))]
+    zero = [
+        p
+        for n, p in net.named_parameters()
+        if n.startswith(("controlnet_down_blocks", "controlnet_mid_block", "controlnet_cond_embedding.conv_out"))
+    ]
     assert zero and all((p == 0).all() for p in zero)
     assert net.num_residuals == sum(len(b.resnets) for b in unet.up_blocks)
 
@@ -84,18 +95,18 @@ def test_zero_initialised_controlnet_changes_nothing_and_hooks_are_removed(unet)
         base = unet(**x).sample
         with ControlledUNet(unet, net, _box_latents()):
             controlled = unet(**x).sample
-        assert torch.equal(controlled, base)                     # residuals are exactly zero at step 0
+        assert torch.equal(controlled, base)  # residuals are exactly zero at step 0
         torch.manual_seed(0)
         for conv in net.controlnet_down_blocks:
             torch.nn.init.normal_(conv.weight, std=0.1)
         with ControlledUNet(unet, net, _box_latents()):
             assert not torch.allclose(unet(**x).sample, base)
-        assert torch.equal(unet(**x).sample, base)               # outside the block: the plain backbone
+        assert torch.equal(unet(**x).sample, base)  # outside the block: the plain backbone
 
 
 def test_residuals_reach_the_right_skips_and_mid_block(unet):
     net = SpatioTemporalControlNet.from_unet(unet, (16,)).eval()
-    _identity_outputs(net)                     # residual = the skip feature itself, so each skip doubles
+    _identity_outputs(net)  # residual = the skip feature itself, so each skip doubles
     base, mids_base = {}, []
     handles = _capture_skips(unet, base) + [unet.mid_block.register_forward_hook(lambda m, a, o: mids_base.append(o))]
     x = _inputs()
@@ -156,7 +167,7 @@ def test_frame_conditioning_hook_composes_like_training(unet):
     expected = torch.cat([torch.zeros(B, T, 4, h, w), compose_conditioning(frame0, box, frames, T)])
     assert torch.equal(seen[0][:, :, 4:], expected)
     assert torch.equal(seen[0][:, :, :4], noisy)
-    assert torch.equal(x["sample"][:, :, 4:], cond)              # the caller's tensor is not modified
+    assert torch.equal(x["sample"][:, :, 4:], cond)  # the caller's tensor is not modified
 
 
 def test_full_size_parameter_count_matches_the_papers_ctrlv_column():
@@ -165,10 +176,11 @@ def test_full_size_parameter_count_matches_the_papers_ctrlv_column():
     from unittest import mock
 
     from trainers.models import build_full_random_svd, count_params
+
     with torch.device("meta"), mock.patch("diffusers.EulerDiscreteScheduler.from_config", return_value=None):
         parts = build_full_random_svd()
         net = SpatioTemporalControlNet.from_unet(parts["unet"])
     svd = sum(count_params(parts[k]) for k in ("unet", "vae", "image_encoder"))
-    assert abs(svd / 1e6 - 2254.4) < 0.1                        # Table I's SVD row
+    assert abs(svd / 1e6 - 2254.4) < 0.1  # Table I's SVD row
     assert abs(count_params(net) / 1e6 - 681.1) < 0.1
     assert abs((2 * svd + count_params(net)) / 1e6 - 5189) < 2

@@ -1,4 +1,5 @@
 """Both Ctrl-V stages trained a few steps on tiny parts and synthetic clips, then the two-stage pipeline."""
+
 import contextlib
 import io
 import json
@@ -13,9 +14,22 @@ from data.synthetic import synthetic_clip
 from trainers.ctrlv.train import load_ctrlv_config
 
 COMMON = ["model=tiny", "data=synthetic", "data.clip_len=4", "data.train.num_clips=2", "train.max_steps=2"]
-GEN = OmegaConf.create(dict(height=64, width=96, num_frames=4, num_inference_steps=2, fps=7, motion_bucket_id=127,
-                            noise_aug_strength=0.02, min_guidance_scale=1.0, max_guidance_scale=3.0,
-                            decode_chunk_size=4, seed=0, save_mp4=True))
+GEN = OmegaConf.create(
+    dict(
+        height=64,
+        width=96,
+        num_frames=4,
+        num_inference_steps=2,
+        fps=7,
+        motion_bucket_id=127,
+        noise_aug_strength=0.02,
+        min_guidance_scale=1.0,
+        max_guidance_scale=3.0,
+        decode_chunk_size=4,
+        seed=0,
+        save_mp4=True,
+    )
+)
 FAST = ["ctrlv.inference.bbox.num_inference_steps=2", "ctrlv.inference.box2video.num_inference_steps=2"]
 
 
@@ -24,6 +38,7 @@ def runs(tiny_cache, tmp_path_factory):
     """The BBox generator (1-to-1) through the CLI's main (in-process: a subprocess would spend most of
     its time importing), Box2Video through its trainer class; 2 optimizer steps each."""
     from trainers.ctrlv.train import main
+
     base = tmp_path_factory.mktemp("ctrlv")
     bbox, b2v = base / "bbox", base / "box2video"
     out = io.StringIO()
@@ -31,14 +46,15 @@ def runs(tiny_cache, tmp_path_factory):
         assert main(["stage=bbox", "variant=1-to-1", *COMMON, "train.lr=1e-3", f"train.out_dir={bbox}"]) == 0
     assert f"run folder: {bbox.resolve()}" in out.getvalue()
     from trainers.ctrlv.box2video import Box2VideoTrainer
-    trainer = Box2VideoTrainer(load_ctrlv_config(["stage=box2video", *COMMON, "train.lr=1e-3",
-                                                  f"train.out_dir={b2v}"]))
+
+    trainer = Box2VideoTrainer(load_ctrlv_config(["stage=box2video", *COMMON, "train.lr=1e-3", f"train.out_dir={b2v}"]))
     trainer.train()
     return bbox, b2v, trainer
 
 
 def _base_unet_weights():
     from trainers.models import load_svd
+
     return load_svd(load_ctrlv_config(["model=tiny"]).model).unet.state_dict()
 
 
@@ -57,15 +73,16 @@ def test_bbox_stage_trains_the_unet_and_exports_it(runs):
 
 def test_box2video_trains_only_the_controlnet(runs):
     from trainers.ctrlv.box2video import SpatioTemporalControlNet
+
     _, b2v, trainer = runs
     summary = json.loads((b2v / "summary.json").read_text())
     assert summary["controlnet_params"] == summary["trainable_params"] and summary["global_step"] == 2
     net = SpatioTemporalControlNet.from_pretrained(str(b2v / "controlnet"))
-    assert net.controlnet_mid_block.weight.abs().sum() > 0           # zero-initialised, then trained
+    assert net.controlnet_mid_block.weight.abs().sum() > 0  # zero-initialised, then trained
     assert all(conv.weight.abs().sum() > 0 for conv in net.controlnet_down_blocks)
     base = _base_unet_weights()
     backbone = trainer.backbone.state_dict()
-    assert all(torch.equal(backbone[k], base[k]) for k in base)      # the backbone stays frozen
+    assert all(torch.equal(backbone[k], base[k]) for k in base)  # the backbone stays frozen
 
 
 def test_bbox_generator_conditioning_and_target(tiny_cache, tmp_path):
@@ -74,8 +91,10 @@ def test_bbox_generator_conditioning_and_target(tiny_cache, tmp_path):
     from trainers.ctrlv.bbox_generator import BBoxGeneratorTrainer
     from trainers.ctrlv.render import encode_box_latents
     from trainers.loop import step_generator
-    cfg = load_ctrlv_config(["stage=bbox", "variant=3-to-1", *COMMON, "data.clip_len=6", "cond.dropout=0",
-                             f"train.out_dir={tmp_path}"])
+
+    cfg = load_ctrlv_config(
+        ["stage=bbox", "variant=3-to-1", *COMMON, "data.clip_len=6", "cond.dropout=0", f"train.out_dir={tmp_path}"]
+    )
     trainer = BBoxGeneratorTrainer(cfg)
     seen = {}
     real_loss = trainer.diff_loss
@@ -83,6 +102,7 @@ def test_bbox_generator_conditioning_and_target(tiny_cache, tmp_path):
     def capture(unet, z0, cond, embeds, time_ids, generator):
         seen.update(z0=z0, cond=cond)
         return real_loss(unet, z0, cond, embeds, time_ids, generator)
+
     trainer.diff_loss = capture
     batch = next(iter(trainer.loader))
     trainer.compute_loss(batch, step_generator(0, 0))
@@ -100,14 +120,18 @@ def test_bbox_generator_conditioning_and_target(tiny_cache, tmp_path):
     assert ((seen["z0"] - mean).abs() <= 6 * std + 1e-4).all()
 
 
-@pytest.mark.parametrize("overrides,match", [
-    (["stage=bbox", "schedule=staged"], "diffusion loss only"),
-    (["stage=box2video", "adapter=lora"], "adapter=unet"),
-    (["stage=bbox", "variant=2-to-5"], "ctrlv.variant"),
-    (["stage=bbox", "variant=3-to-1"], "data.clip_len"),        # 4 frames leave nothing to generate
-])
+@pytest.mark.parametrize(
+    "overrides,match",
+    [
+        (["stage=bbox", "schedule=staged"], "diffusion loss only"),
+        (["stage=box2video", "adapter=lora"], "adapter=unet"),
+        (["stage=bbox", "variant=2-to-5"], "ctrlv.variant"),
+        (["stage=bbox", "variant=3-to-1"], "data.clip_len"),  # 4 frames leave nothing to generate
+    ],
+)
 def test_stage_config_errors_name_the_key(tiny_cache, tmp_path, overrides, match):
     from trainers.ctrlv.train import trainer_for
+
     with pytest.raises(ValueError, match=match):
         trainer_for(load_ctrlv_config([*overrides, *COMMON, f"train.out_dir={tmp_path}"])).train()
 
@@ -115,6 +139,7 @@ def test_stage_config_errors_name_the_key(tiny_cache, tmp_path, overrides, match
 def test_two_stage_pipeline_end_to_end(runs, tmp_path):
     from data.video_io import read_video
     from trainers.ctrlv.pipeline import CtrlVInputs, CtrlVPipeline, generate_ctrlv_videos
+
     bbox, b2v, _ = runs
     cfg = load_ctrlv_config(["model=tiny", "variant=1-to-1", *FAST])
     pipe = CtrlVPipeline.from_runs(cfg, bbox, b2v)
@@ -127,16 +152,23 @@ def test_two_stage_pipeline_end_to_end(runs, tmp_path):
     assert read_video(tmp_path / "a" / "box_frames" / "c0").shape == (4, 64, 96, 3)
     tracks = json.loads((tmp_path / "a" / "boxes" / "c0.json").read_text())["frames"]
     assert len(tracks) == 4
-    for j in (0, 3):                                     # 1-to-1: the given frames keep their boxes
+    for j in (0, 3):  # 1-to-1: the given frames keep their boxes
         assert np.allclose(tracks[j]["boxes"], clips[0].boxes[j])
         assert tracks[j]["track_ids"] == clips[0].track_ids[j].tolist()
     # parameters: per pipeline (U-Net + VAE + image encoder) as for SVD, plus the ControlNet
     from trainers.models import count_params
+
     p = pipe.num_params()
-    assert r["num_params"] == p["num_params"] == (count_params(pipe.bbox_pipe.unet) + count_params(pipe.video_pipe.unet)
-                                                  + count_params(pipe.controlnet)
-                                                  + 2 * (count_params(pipe.video_pipe.vae)
-                                                         + count_params(pipe.video_pipe.image_encoder)))
+    assert (
+        r["num_params"]
+        == p["num_params"]
+        == (
+            count_params(pipe.bbox_pipe.unet)
+            + count_params(pipe.video_pipe.unet)
+            + count_params(pipe.controlnet)
+            + 2 * (count_params(pipe.video_pipe.vae) + count_params(pipe.video_pipe.image_encoder))
+        )
+    )
     assert p["num_params_unique"] == p["num_params"] - p["vae"] - p["image_encoder"]
     # resume: a finished clip is not generated again (seeding: see the step-0 test below)
     (tmp_path / "a" / "frames" / "c1").rename(tmp_path / "c1_done")
@@ -151,6 +183,7 @@ def test_box2video_at_step_0_equals_the_backbone_svd_pipeline(runs, tmp_path):
     from benchmark.generate import generate_videos, load_pipeline
     from data.video_io import read_video
     from trainers.ctrlv.pipeline import CtrlVInputs, CtrlVPipeline
+
     cfg = load_ctrlv_config(["model=tiny", "variant=1-to-0", *FAST])
     pipe = CtrlVPipeline.load(cfg, runs[0] / "unet", controlnet=None, backbone=None)
     clip = synthetic_clip(1_000_000, 4, 64, 96)
@@ -163,12 +196,15 @@ def test_inputs_from_the_benchmark_testset_layout(tmp_path):
     from PIL import Image
 
     from trainers.ctrlv.pipeline import CtrlVInputs
+
     clip = synthetic_clip(3, 4, 64, 96)
     (tmp_path / "first_frames").mkdir()
     (tmp_path / "boxes").mkdir()
     Image.fromarray(clip.frames[0]).save(tmp_path / "first_frames" / "clip_0000.png")
-    per_frame = [{"boxes": b.tolist(), "labels": lab.tolist(), "track_ids": t.tolist()}
-                 for b, lab, t in zip(clip.boxes, clip.labels, clip.track_ids)]
+    per_frame = [
+        {"boxes": b.tolist(), "labels": lab.tolist(), "track_ids": t.tolist()}
+        for b, lab, t in zip(clip.boxes, clip.labels, clip.track_ids)
+    ]
     (tmp_path / "boxes" / "clip_0000.json").write_text(json.dumps({"frames": per_frame, "meta": {}}))
     x = CtrlVInputs.from_testset(tmp_path, "clip_0000")
     assert np.array_equal(x.first_frame, clip.frames[0]) and len(x.boxes) == 4

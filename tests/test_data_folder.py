@@ -1,5 +1,6 @@
 """Folder-of-videos loader (data/folder.py): the real dash-cam mp4 (first 10 frames only) and
 frame folders written here, with and without boxes JSON."""
+
 from __future__ import annotations
 
 import json
@@ -45,12 +46,17 @@ def test_real_mp4_with_boxes_json(tmp_path):
     root = tmp_path / "videos"
     root.mkdir()
     (root / "drive.mp4").symlink_to(DASHCAM)
-    write_boxes(root / "drive.json", {
-        "0": [{"box": [480, 270, 720, 405], "label": "car", "track_id": 4},
-              {"box": [10, 10, 30, 60], "label": 9}],                      # traffic light: not dynamic
-        "2": [{"box": [900, 500, 1000, 600], "label": 7}],                 # clipped at the right edge
-        "40": [{"box": [1, 1, 5, 5], "label": "car"}],                     # beyond max_frames: ignored
-    })
+    write_boxes(
+        root / "drive.json",
+        {
+            "0": [
+                {"box": [480, 270, 720, 405], "label": "car", "track_id": 4},
+                {"box": [10, 10, 30, 60], "label": 9},
+            ],  # traffic light: not dynamic
+            "2": [{"box": [900, 500, 1000, 600], "label": 7}],  # clipped at the right edge
+            "40": [{"box": [1, 1, 5, 5], "label": "car"}],  # beyond max_frames: ignored
+        },
+    )
     ds = VideoFolder(folder_cfg(root, tmp_path), "train")
     assert len(ds) == 10 - 4 + 1 and ds.fps("drive") == pytest.approx(25.0)
     clip = ds[0]
@@ -79,11 +85,10 @@ def test_frame_folders_splits_and_box_image_size(tmp_path):
     tr, te = VideoFolder(cfg, "train"), VideoFolder(cfg, "test")
     assert {r.scene for r in tr.refs} == {"a"} and {r.scene for r in te.refs} == {"b"}
     assert tr.fps("a") == 2.5 and [r.frame_ids for r in tr.refs] == [(0, 2), (1, 3), (2, 4), (3, 5)]
-    clip = tr[1]                                      # frames 1, 3
-    np.testing.assert_allclose(clip.boxes[0], [[40 * 96 / 160, 30 * 64 / 120, 80 * 96 / 160, 90 * 64 / 120]],
-                               atol=1e-4)
+    clip = tr[1]  # frames 1, 3
+    np.testing.assert_allclose(clip.boxes[0], [[40 * 96 / 160, 30 * 64 / 120, 80 * 96 / 160, 90 * 64 / 120]], atol=1e-4)
     assert clip.labels[0].tolist() == [0] and len(clip.boxes[1]) == 0
-    assert clip.frames[1, 0, 0, 0] == 30               # frame 3 was written with red 10 * 3
+    assert clip.frames[1, 0, 0, 0] == 30  # frame 3 was written with red 10 * 3
     assert [r.frame_ids for r in te.refs] == [(0, 2)]  # disjoint: (0,2) then (3,5) does not fit 5 frames
     nobox = te[0]
     assert nobox.meta["boxes_source"] == "none" and all(len(b) == 0 for b in nobox.boxes)
@@ -92,14 +97,20 @@ def test_frame_folders_splits_and_box_image_size(tmp_path):
     assert {r.scene for r in VideoFolder(cfg2, "test").refs} == {"b"}
 
 
-@pytest.mark.parametrize("doc, msg", [
-    ({"version": 1, "frames": {"0": [{"box": [1, 2, 3], "label": 2}]}}, r"frames\['0'\]\[0\]: 'box' must be"),
-    ({"version": 1, "frames": {"0": [{"box": [5, 2, 3, 4], "label": 2}]}}, r"frames\['0'\]\[0\]: box .* x2 < x1"),
-    ({"version": 1, "frames": {"0": [{"box": [1, 2, 3, 4], "label": "lorry"}]}}, r"frames\['0'\]\[0\]: label 'lorry'"),
-    ({"version": 1, "frames": {"x": []}}, r"frames\['x'\]: frame keys are 0-based"),
-    ({"frames": {}}, r"boxes file version None"),
-    ({"version": 1, "image_size": [60], "frames": {}}, r"image_size must be \[height, width\]"),
-])
+@pytest.mark.parametrize(
+    "doc, msg",
+    [
+        ({"version": 1, "frames": {"0": [{"box": [1, 2, 3], "label": 2}]}}, r"frames\['0'\]\[0\]: 'box' must be"),
+        ({"version": 1, "frames": {"0": [{"box": [5, 2, 3, 4], "label": 2}]}}, r"frames\['0'\]\[0\]: box .* x2 < x1"),
+        (
+            {"version": 1, "frames": {"0": [{"box": [1, 2, 3, 4], "label": "lorry"}]}},
+            r"frames\['0'\]\[0\]: label 'lorry'",
+        ),
+        ({"version": 1, "frames": {"x": []}}, r"frames\['x'\]: frame keys are 0-based"),
+        ({"frames": {}}, r"boxes file version None"),
+        ({"version": 1, "image_size": [60], "frames": {}}, r"image_size must be \[height, width\]"),
+    ],
+)
 def test_bad_boxes_json_names_file_and_entry(tmp_path, doc, msg):
     root = tmp_path / "videos"
     write_frames(root / "a", 3)

@@ -7,6 +7,7 @@ camera, a pedestrian that appears only from the second keyframe, and a barrier (
 Expected 2D boxes are computed independently of the devkit (scipy rotations and slerp, a convex
 hull and polygon clipping written here) and compared with the loader's.
 """
+
 from __future__ import annotations
 
 import json
@@ -23,13 +24,14 @@ from data.nuscenes import resample_by_time
 
 W, H = 1600, 900
 K = np.array([[1266.4, 0.0, 816.3], [0.0, 1266.4, 491.5], [0.0, 0.0, 1.0]])
-KEY_T = [0.0, 0.5, 1.0]                   # keyframe times (s)
-SWEEP_T = [round(k / 12.0 * 1e6) / 1e6 for k in range(13)]   # CAM_FRONT frames (whole µs); 0, 6, 12 are keyframes
+KEY_T = [0.0, 0.5, 1.0]  # keyframe times (s)
+SWEEP_T = [round(k / 12.0 * 1e6) / 1e6 for k in range(13)]  # CAM_FRONT frames (whole µs); 0, 6, 12 are keyframes
 T0_US = 1_600_000_000_000_000
 CAM_T = np.array([1.70, 0.02, 1.51])
 # camera axes (x right, y down, z forward) in the ego frame (x forward, y left, z up), slightly yawed
 CAM_R = Rotation.from_euler("z", 1.5, degrees=True) * Rotation.from_matrix(
-    np.array([[0.0, 0.0, 1.0], [-1.0, 0.0, 0.0], [0.0, -1.0, 0.0]]))
+    np.array([[0.0, 0.0, 1.0], [-1.0, 0.0, 0.0], [0.0, -1.0, 0.0]])
+)
 
 
 def ego_pose(t):
@@ -44,7 +46,7 @@ def ego_to_global(p_ego, t):
 
 
 def _q(rot: Rotation) -> list[float]:
-    x, y, z, w = rot.as_quat()   # scipy is scalar-last; nuScenes stores [w, x, y, z]
+    x, y, z, w = rot.as_quat()  # scipy is scalar-last; nuScenes stores [w, x, y, z]
     return [float(w), float(x), float(y), float(z)]
 
 
@@ -52,55 +54,130 @@ def _q(rot: Rotation) -> list[float]:
 def _instances():
     def at(ego_xyz, t, yaw_rel):
         return ego_to_global(np.array(ego_xyz, float), t), 30.0 + 4.0 * t + yaw_rel
+
     return {
-        "car_ahead": ("vehicle.car", "4", {k: at([14.0 + 2.0 * t, 1.0, 0.8], t, 20.0 * t) for k, t in enumerate(KEY_T)},
-                      [1.9, 4.5, 1.6]),
-        "car_edge": ("vehicle.truck", "3", {k: at([9.0, -6.5, 1.2], t, 0.0) for k, t in enumerate(KEY_T)},
-                     [2.5, 7.0, 3.0]),
-        "car_straddle": ("vehicle.car", "2", {k: at([0.05, -1.2, 0.8], t, 0.0) for k, t in enumerate(KEY_T)},
-                         [1.9, 4.5, 1.6]),
-        "car_behind": ("vehicle.car", "4", {k: at([-10.0, 0.0, 0.8], t, 0.0) for k, t in enumerate(KEY_T)},
-                       [1.9, 4.5, 1.6]),
-        "ped_late": ("human.pedestrian.adult", "1", {k: at([20.0, 3.0, 0.9], KEY_T[k], 0.0) for k in (1, 2)},
-                     [0.6, 0.7, 1.8]),
-        "barrier": ("movable_object.barrier", "4", {k: at([12.0, -2.0, 0.5], t, 0.0) for k, t in enumerate(KEY_T)},
-                    [2.0, 0.5, 1.0]),
+        "car_ahead": (
+            "vehicle.car",
+            "4",
+            {k: at([14.0 + 2.0 * t, 1.0, 0.8], t, 20.0 * t) for k, t in enumerate(KEY_T)},
+            [1.9, 4.5, 1.6],
+        ),
+        "car_edge": (
+            "vehicle.truck",
+            "3",
+            {k: at([9.0, -6.5, 1.2], t, 0.0) for k, t in enumerate(KEY_T)},
+            [2.5, 7.0, 3.0],
+        ),
+        "car_straddle": (
+            "vehicle.car",
+            "2",
+            {k: at([0.05, -1.2, 0.8], t, 0.0) for k, t in enumerate(KEY_T)},
+            [1.9, 4.5, 1.6],
+        ),
+        "car_behind": (
+            "vehicle.car",
+            "4",
+            {k: at([-10.0, 0.0, 0.8], t, 0.0) for k, t in enumerate(KEY_T)},
+            [1.9, 4.5, 1.6],
+        ),
+        "ped_late": (
+            "human.pedestrian.adult",
+            "1",
+            {k: at([20.0, 3.0, 0.9], KEY_T[k], 0.0) for k in (1, 2)},
+            [0.6, 0.7, 1.8],
+        ),
+        "barrier": (
+            "movable_object.barrier",
+            "4",
+            {k: at([12.0, -2.0, 0.5], t, 0.0) for k, t in enumerate(KEY_T)},
+            [2.0, 0.5, 1.0],
+        ),
     }
 
 
 def write_db(root: Path, version: str = "v1.0-test") -> Path:
     """A tiny but complete nuScenes database (the JSON tables the devkit loads, frames, a map)."""
-    tables: dict[str, list] = {n: [] for n in ["category", "attribute", "visibility", "instance", "sensor",
-                                               "calibrated_sensor", "ego_pose", "log", "scene", "sample",
-                                               "sample_data", "sample_annotation", "map"]}
+    tables: dict[str, list] = {
+        n: []
+        for n in [
+            "category",
+            "attribute",
+            "visibility",
+            "instance",
+            "sensor",
+            "calibrated_sensor",
+            "ego_pose",
+            "log",
+            "scene",
+            "sample",
+            "sample_data",
+            "sample_annotation",
+            "map",
+        ]
+    }
     tables["log"].append(dict(token="log0", logfile="l", vehicle="v", date_captured="2020-01-01", location="x"))
     (root / "maps").mkdir(parents=True)
     Image.fromarray(np.zeros((4, 4), np.uint8)).save(root / "maps" / "m.png")
     tables["map"].append(dict(token="map0", log_tokens=["log0"], category="semantic_prior", filename="maps/m.png"))
     tables["visibility"] = [dict(token=str(v), level=f"v{v}", description="") for v in range(1, 5)]
     tables["sensor"].append(dict(token="sensor_cf", channel="CAM_FRONT", modality="camera"))
-    tables["calibrated_sensor"].append(dict(token="cs_cf", sensor_token="sensor_cf", translation=CAM_T.tolist(),
-                                            rotation=_q(CAM_R), camera_intrinsic=K.tolist()))
+    tables["calibrated_sensor"].append(
+        dict(
+            token="cs_cf",
+            sensor_token="sensor_cf",
+            translation=CAM_T.tolist(),
+            rotation=_q(CAM_R),
+            camera_intrinsic=K.tolist(),
+        )
+    )
     samples = [f"sample{k}" for k in range(len(KEY_T))]
     for k, t in enumerate(KEY_T):
-        tables["sample"].append(dict(token=samples[k], timestamp=T0_US + int(round(t * 1e6)), scene_token="scene0",
-                                     prev=samples[k - 1] if k else "", next=samples[k + 1] if k + 1 < len(KEY_T) else ""))
-    tables["scene"].append(dict(token="scene0", log_token="log0", nbr_samples=len(KEY_T), name="scene-0001",
-                                description="tiny", first_sample_token=samples[0], last_sample_token=samples[-1]))
+        tables["sample"].append(
+            dict(
+                token=samples[k],
+                timestamp=T0_US + int(round(t * 1e6)),
+                scene_token="scene0",
+                prev=samples[k - 1] if k else "",
+                next=samples[k + 1] if k + 1 < len(KEY_T) else "",
+            )
+        )
+    tables["scene"].append(
+        dict(
+            token="scene0",
+            log_token="log0",
+            nbr_samples=len(KEY_T),
+            name="scene-0001",
+            description="tiny",
+            first_sample_token=samples[0],
+            last_sample_token=samples[-1],
+        )
+    )
     for j, t in enumerate(SWEEP_T):
         key = j % 6 == 0
         pos, rot = ego_pose(t)
-        tables["ego_pose"].append(dict(token=f"ep{j}", timestamp=T0_US + int(round(t * 1e6)),
-                                       translation=pos.tolist(), rotation=_q(rot)))
+        tables["ego_pose"].append(
+            dict(token=f"ep{j}", timestamp=T0_US + int(round(t * 1e6)), translation=pos.tolist(), rotation=_q(rot))
+        )
         folder = "samples" if key else "sweeps"
         fname = f"{folder}/CAM_FRONT/frame{j:02d}.jpg"
         (root / fname).parent.mkdir(parents=True, exist_ok=True)
         Image.fromarray(np.full((H, W, 3), 10 * j + 5, np.uint8)).save(root / fname, quality=95)
-        tables["sample_data"].append(dict(
-            token=f"sd{j}", sample_token=samples[-(-j // 6)],   # a sweep belongs to the next keyframe
-            ego_pose_token=f"ep{j}", calibrated_sensor_token="cs_cf", timestamp=T0_US + int(round(t * 1e6)),
-            fileformat="jpg", is_key_frame=key, height=H, width=W, filename=fname,
-            prev=f"sd{j - 1}" if j else "", next=f"sd{j + 1}" if j + 1 < len(SWEEP_T) else ""))
+        tables["sample_data"].append(
+            dict(
+                token=f"sd{j}",
+                sample_token=samples[-(-j // 6)],  # a sweep belongs to the next keyframe
+                ego_pose_token=f"ep{j}",
+                calibrated_sensor_token="cs_cf",
+                timestamp=T0_US + int(round(t * 1e6)),
+                fileformat="jpg",
+                is_key_frame=key,
+                height=H,
+                width=W,
+                filename=fname,
+                prev=f"sd{j - 1}" if j else "",
+                next=f"sd{j + 1}" if j + 1 < len(SWEEP_T) else "",
+            )
+        )
     cats = {}
     for name, (cat, vis, poses, size) in _instances().items():
         if cat not in cats:
@@ -108,15 +185,33 @@ def write_db(root: Path, version: str = "v1.0-test") -> Path:
             tables["category"].append(dict(token=cats[cat], name=cat, description=""))
         keys = sorted(poses)
         ann = [f"ann_{name}_{k}" for k in keys]
-        tables["instance"].append(dict(token=f"inst_{name}", category_token=cats[cat], nbr_annotations=len(keys),
-                                       first_annotation_token=ann[0], last_annotation_token=ann[-1]))
+        tables["instance"].append(
+            dict(
+                token=f"inst_{name}",
+                category_token=cats[cat],
+                nbr_annotations=len(keys),
+                first_annotation_token=ann[0],
+                last_annotation_token=ann[-1],
+            )
+        )
         for i, k in enumerate(keys):
             centre, yaw = poses[k]
-            tables["sample_annotation"].append(dict(
-                token=ann[i], sample_token=samples[k], instance_token=f"inst_{name}", visibility_token=vis,
-                attribute_tokens=[], translation=centre.tolist(), size=size,
-                rotation=_q(Rotation.from_euler("z", yaw, degrees=True)), prev=ann[i - 1] if i else "",
-                next=ann[i + 1] if i + 1 < len(keys) else "", num_lidar_pts=10, num_radar_pts=0))
+            tables["sample_annotation"].append(
+                dict(
+                    token=ann[i],
+                    sample_token=samples[k],
+                    instance_token=f"inst_{name}",
+                    visibility_token=vis,
+                    attribute_tokens=[],
+                    translation=centre.tolist(),
+                    size=size,
+                    rotation=_q(Rotation.from_euler("z", yaw, degrees=True)),
+                    prev=ann[i - 1] if i else "",
+                    next=ann[i + 1] if i + 1 < len(keys) else "",
+                    num_lidar_pts=10,
+                    num_radar_pts=0,
+                )
+            )
     (root / version).mkdir(parents=True)
     for name, rows in tables.items():
         (root / version / f"{name}.json").write_text(json.dumps(rows))
@@ -127,8 +222,11 @@ def write_db(root: Path, version: str = "v1.0-test") -> Path:
 def _clip_polygon(poly: np.ndarray, w: float, h: float) -> np.ndarray:
     """Sutherland-Hodgman clipping of a convex polygon to [0,w]x[0,h]."""
     for axis, bound, keep_less in ((0, 0.0, False), (0, w, True), (1, 0.0, False), (1, h, True)):
-        inside = (lambda p, axis=axis, bound=bound: p[axis] <= bound) if keep_less else \
-            (lambda p, axis=axis, bound=bound: p[axis] >= bound)
+        inside = (
+            (lambda p, axis=axis, bound=bound: p[axis] <= bound)
+            if keep_less
+            else (lambda p, axis=axis, bound=bound: p[axis] >= bound)
+        )
         out = []
         for a, b in zip(poly, np.roll(poly, -1, axis=0)):
             if inside(a):
@@ -145,7 +243,7 @@ def _clip_polygon(poly: np.ndarray, w: float, h: float) -> np.ndarray:
 def expected_boxes(j: int) -> dict[str, np.ndarray]:
     """Category-mapped dynamic objects visible in CAM_FRONT frame j -> xyxy in 1600x900 pixels."""
     t = SWEEP_T[j]
-    nxt = -(-j // 6)                          # index of the keyframe this frame belongs to
+    nxt = -(-j // 6)  # index of the keyframe this frame belongs to
     prv = nxt - 1
     out = {}
     for name, (cat, _vis, poses, size) in _instances().items():
@@ -198,8 +296,9 @@ def make_cfg(root, tmp_path, **over):
 
 def test_projected_boxes_match_an_independent_computation(nusc_root, tmp_path):
     from data.nuscenes import NuScenesClips
+
     ds = NuScenesClips(make_cfg(nusc_root, tmp_path), "train")
-    inst_rank = {f"inst_{n}": i for i, n in enumerate(_instances())}   # instance table order = track id
+    inst_rank = {f"inst_{n}": i for i, n in enumerate(_instances())}  # instance table order = track id
     seen = set()
     for j in range(len(SWEEP_T)):
         boxes, labels, tracks = ds.source_annotations("scene-0001", j)
@@ -214,14 +313,17 @@ def test_projected_boxes_match_an_independent_computation(nusc_root, tmp_path):
             seen.add(n)
     # the scenario exercises what it claims to: clipping at the edge, interpolation, late instance
     assert seen == {"car_ahead", "car_edge", "car_straddle", "ped_late"}
-    edge = ds.source_annotations("scene-0001", 3)[0][ds.source_annotations("scene-0001", 3)[2] == inst_rank["inst_car_edge"]]
+    edge = ds.source_annotations("scene-0001", 3)[0][
+        ds.source_annotations("scene-0001", 3)[2] == inst_rank["inst_car_edge"]
+    ]
     assert edge[0, 2] == pytest.approx(W)
     b0, b3, b6 = (ds.source_annotations("scene-0001", j)[0][0] for j in (0, 3, 6))
-    assert not np.allclose(b3, b0) and not np.allclose(b3, b6)   # a sweep box lies between keyframes
+    assert not np.allclose(b3, b0) and not np.allclose(b3, b6)  # a sweep box lies between keyframes
 
 
 def test_clips_frames_boxes_and_meta(nusc_root, tmp_path):
     from data.nuscenes import NuScenesClips
+
     ds = NuScenesClips(make_cfg(nusc_root, tmp_path), "train")
     assert len(ds) == len(SWEEP_T) - 5 + 1
     clip = ds[2]
@@ -230,8 +332,9 @@ def test_clips_frames_boxes_and_meta(nusc_root, tmp_path):
     np.testing.assert_allclose(clip.frames.reshape(5, -1).mean(1), [10 * j + 5 for j in range(2, 7)], atol=2)
     for j, (b, lab) in enumerate(zip(clip.boxes, clip.labels)):
         src = ds.source_annotations("scene-0001", 2 + j)[0]
-        np.testing.assert_allclose(b, np.clip(src * [160 / W, 90 / H, 160 / W, 90 / H], 0, [160, 90, 160, 90]),
-                                   atol=1e-3)
+        np.testing.assert_allclose(
+            b, np.clip(src * [160 / W, 90 / H, 160 / W, 90 / H], 0, [160, 90, 160, 90]), atol=1e-3
+        )
         assert set(lab.tolist()) <= {0, 2, 7}
     m = clip.meta
     assert m["sampling"] == "sweeps" and m["frame_ids"] == [2, 3, 4, 5, 6]
@@ -244,8 +347,8 @@ def test_clips_frames_boxes_and_meta(nusc_root, tmp_path):
 
 def test_visibility_filter_and_classes_from_config(nusc_root, tmp_path):
     from data.nuscenes import NuScenesClips
-    ds = NuScenesClips(make_cfg(nusc_root, tmp_path, visibilities=["3", "4"],
-                                classes={"vehicle.car": 2}), "train")
+
+    ds = NuScenesClips(make_cfg(nusc_root, tmp_path, visibilities=["3", "4"], classes={"vehicle.car": 2}), "train")
     _, labels, tracks = ds.source_annotations("scene-0001", 12)
     # only car_ahead: car_straddle has visibility 2, the truck and pedestrian are not in classes
     assert labels.tolist() == [2] and tracks.tolist() == [0]
@@ -253,18 +356,20 @@ def test_visibility_filter_and_classes_from_config(nusc_root, tmp_path):
 
 def test_fps_resampling_and_the_test_list(nusc_root, tmp_path):
     from data.nuscenes import NuScenesClips
+
     cfg = make_cfg(nusc_root, tmp_path, sampling="fps", target_fps=4.0, clip_len=2)
     tr = NuScenesClips(cfg, "train")
     assert [r.frame_ids for r in tr.refs] == [(0, 3), (3, 6), (6, 9), (9, 12)]
     assert tr[0].meta["sampling"] == "fps" and tr.fps("scene-0001") == 4.0
     te = NuScenesClips(cfg, "test")
-    assert [r.frame_ids for r in te.refs] == [(0, 3), (6, 9)]          # disjoint windows
+    assert [r.frame_ids for r in te.refs] == [(0, 3), (6, 9)]  # disjoint windows
     doc = json.loads(te.test_clips_file.read_text())
     assert doc["params"]["sampling"] == "fps" and doc["params"]["target_fps"] == 4.0
 
 
 def test_bad_config_and_missing_frames(nusc_root, tmp_path):
     from data.nuscenes import NuScenesClips, resolve_scene_names
+
     with pytest.raises(ValueError, match="data.train.scenes.*scene-9999"):
         NuScenesClips(make_cfg(nusc_root, tmp_path, **{"train.scenes": ["scene-9999"]}), "train")
     with pytest.raises(ValueError, match="data.sampling"):
@@ -287,6 +392,7 @@ def test_dataset_pickles_without_the_devkit_object(nusc_root, tmp_path):
     import pickle
 
     from data.nuscenes import NuScenesClips
+
     ds = NuScenesClips(make_cfg(nusc_root, tmp_path, **{"cache.enabled": False}), "train")
     blob = pickle.dumps(ds)
     assert len(blob) < 200_000
@@ -296,7 +402,7 @@ def test_dataset_pickles_without_the_devkit_object(nusc_root, tmp_path):
 def test_resample_by_time():
     ts = [int(round(k / 12.0 * 1e6)) for k in range(25)]
     assert resample_by_time(ts, 6.0) == list(range(0, 25, 2))
-    assert resample_by_time(ts, 100.0) == list(range(25))     # no repeated frames when upsampling
+    assert resample_by_time(ts, 100.0) == list(range(25))  # no repeated frames when upsampling
     assert resample_by_time(ts[:1], 7.0) == [0]
     with pytest.raises(ValueError, match="target_fps"):
         resample_by_time(ts, 0.0)

@@ -1,4 +1,5 @@
 """The synthetic worlds of the mini profile (data/synthetic.py): deterministic, exact boxes, distinct domains."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -49,9 +50,9 @@ def test_boxes_enclose_exactly_the_vehicle_pixels(world):
                 checked += 1
                 # the shadow stripe at the bottom of each vehicle is (25,25,25), which no background has
                 assert (frame[r1 - 1, c0:c1] == 25).all()
-                if r1 < 64:     # the row below the box is background, not shadow
+                if r1 < 64:  # the row below the box is background, not shadow
                     assert not (frame[r1, c0:c1] == 25).all()
-                if c1 < 96:     # nor the column right of it
+                if c1 < 96:  # nor the column right of it
                     assert not (frame[r1 - 1, c1] == 25).all()
     assert checked > 10
 
@@ -85,8 +86,10 @@ def test_target_worlds_give_each_class_one_colour():
 
 def test_worlds_differ_in_look():
     """Source and targets are different domains: their mean colours are far apart."""
-    means = {w: np.mean([synthetic_clip(s, 2, 64, 96, world=w).frames.mean((0, 1, 2)) for s in range(4)], 0)
-             for w in MINI_WORLDS}
+    means = {
+        w: np.mean([synthetic_clip(s, 2, 64, 96, world=w).frames.mean((0, 1, 2)) for s in range(4)], 0)
+        for w in MINI_WORLDS
+    }
     for a in MINI_WORLDS:
         for b in MINI_WORLDS:
             if a < b:
@@ -112,8 +115,18 @@ def test_data_config_selects_the_world():
 
     from data.registry import build_dataset
 
-    cfg = OmegaConf.create({"name": "synthetic", "world": "kitti", "height": 32, "width": 48, "clip_len": 3,
-                            "fps": 10.0, "train": {"num_clips": 2, "seed": 0}, "test": {"num_clips": 1, "seed": 99}})
+    cfg = OmegaConf.create(
+        {
+            "name": "synthetic",
+            "world": "kitti",
+            "height": 32,
+            "width": 48,
+            "clip_len": 3,
+            "fps": 10.0,
+            "train": {"num_clips": 2, "seed": 0},
+            "test": {"num_clips": 1, "seed": 99},
+        }
+    )
     clip = build_dataset(cfg, "train")[1]
     assert clip.meta["dataset"] == "synthetic-kitti"
     assert np.array_equal(clip.frames, synthetic_clip(1, 3, 32, 48, 10.0, "kitti").frames)

@@ -1,5 +1,6 @@
 """Faults and bad inputs (docs/benchmark.md "Faults and bad inputs"): each test is one case, killed
 writers, two runs at once, damaged files, and the one error policy of every command."""
+
 from __future__ import annotations
 
 import os
@@ -24,10 +25,12 @@ def _run(args, **kw):
 
 def _kill_inside_atomic_dir(target: Path) -> None:
     """A process killed with SIGKILL while its atomic_dir writes `target` (half the frames written)."""
-    code = ("import os, sys\nfrom data.atomic import atomic_dir\n"
-            "with atomic_dir(sys.argv[1]) as tmp:\n"
-            "    open(os.path.join(tmp, '000000.png'), 'wb').write(b'half')\n"
-            "    os.kill(os.getpid(), 9)\n")
+    code = (
+        "import os, sys\nfrom data.atomic import atomic_dir\n"
+        "with atomic_dir(sys.argv[1]) as tmp:\n"
+        "    open(os.path.join(tmp, '000000.png'), 'wb').write(b'half')\n"
+        "    os.kill(os.getpid(), 9)\n"
+    )
     r = _run(["-c", code, str(target)])
     assert r.returncode == -signal.SIGKILL
 
@@ -37,6 +40,7 @@ def test_killed_folder_writer_leftovers_are_not_clips_and_are_swept(tmp_path, mo
     """A SIGKILL inside the atomic folder writer leaves a hidden temp folder beside the clips: the
     evaluate stage must not take it for a clip, and the next writer of that clip sweeps it."""
     from benchmark.trainer_runner import TrainerRunner
+
     real, gen = tmp_path / "real" / "frames", tmp_path / "gen" / "frames"
     for d in (real, gen):
         for name in ("clip_0000", "clip_0001"):
@@ -52,6 +56,7 @@ def test_killed_folder_writer_leftovers_are_not_clips_and_are_swept(tmp_path, mo
     def fake_evaluate(real_videos, gen_videos, cfg, names, detections_dir, per_video=None):
         seen["names"] = names
         return {"n_videos": len(names)}
+
     monkeypatch.setattr("metrics.evaluate.evaluate", fake_evaluate)
     TrainerRunner().run_evaluate(None, {}, gen, tmp_path / "out", real_dir=real)
     assert seen["names"] == ["clip_0000", "clip_0001"]
@@ -67,6 +72,7 @@ def test_stage_start_sweeps_dead_temps_but_not_live_ones(tmp_path):
     writer (another shard, another run) stay."""
     from benchmark.stages import Stage
     from benchmark.store import Store
+
     store = Store(tmp_path / "runs")
     stage = Stage("testset", "abc123", {"k": 1}, {"k": 1}, (), {}, ["row"])
     out = store.begin(stage)
@@ -83,6 +89,7 @@ def test_two_renders_of_one_figure_at_once_both_succeed(tmp_path):
     """Run B saves the figure while run A is between its savefig and its rename (as two processes
     rendering one table interleave): with a shared temp name A's rename failed."""
     from benchmark import figures
+
     plt = figures._plt()
     out = tmp_path / "table_III_loss.png"
     fig_a, fig_b = plt.figure(), plt.figure()
@@ -92,7 +99,8 @@ def test_two_renders_of_one_figure_at_once_both_succeed(tmp_path):
 
     def savefig_then_other_run(*args, **kw):
         savefig(*args, **kw)
-        figures._save(fig_b, out)               # the other run, complete, in between
+        figures._save(fig_b, out)  # the other run, complete, in between
+
     fig_a.savefig = savefig_then_other_run
     assert figures._save(fig_a, out) == out
     assert out.stat().st_size > 0 and [p.name for p in tmp_path.iterdir()] == [out.name]
@@ -106,6 +114,7 @@ from data.cli import UserError  # noqa: E402
 
 class _Raising(FakeRunner):
     """Its first stage (the test set) raises `error`."""
+
     error: BaseException = RuntimeError("boom")
 
     def run_testset(self, stage, cfg, out_dir):
@@ -129,29 +138,36 @@ class RuntimeErrorRunner(_Raising):
 
 
 def _bench(tmp_path, runner, *extra):
-    return ["table=V", f"store={tmp_path / 'runs'}", f"results={tmp_path / 'results'}",
-            f"runner={__name__}:{runner}", *extra]
+    return [
+        "table=V",
+        f"store={tmp_path / 'runs'}",
+        f"results={tmp_path / 'results'}",
+        f"runner={__name__}:{runner}",
+        *extra,
+    ]
 
 
 def test_run_keeps_tracebacks_of_unexpected_errors_and_one_line_for_user_errors(tmp_path, capsys):
     """An OSError from a stage was printed as `error: 2` (exit 2): it is not a user error, so it
     keeps its traceback (it propagates: exit 1). A UserError is one line, exit 2."""
     from benchmark.run import main
+
     with pytest.raises(FileNotFoundError, match="inside.bin"):
         main(_bench(tmp_path, "OSErrorRunner"))
     capsys.readouterr()
     assert main(_bench(tmp_path, "UserErrorRunner")) == 2
-    err = capsys.readouterr().err           # the progress logged before the stage ran, then the error line
+    err = capsys.readouterr().err  # the progress logged before the stage ran, then the error line
     assert err.strip().splitlines()[-1] == "error: data.root=/nope: no such folder"
     assert "Traceback" not in err and err.count("error:") == 1
 
 
 def test_ctrl_c_is_one_line_and_exit_130(tmp_path, capsys):
     from benchmark.run import main
+
     assert main(_bench(tmp_path, "CtrlCRunner")) == 130
-    err = capsys.readouterr().err.strip().splitlines()      # logged progress, then one line
+    err = capsys.readouterr().err.strip().splitlines()  # logged progress, then one line
     assert err[-1] == "interrupted (Ctrl-C)" and not any("Traceback" in ln for ln in err), err
-    assert all(" INFO " in ln or " WARNING " in ln for ln in err[:-1]), err     # only logged status before it
+    assert all(" INFO " in ln or " WARNING " in ln for ln in err[:-1]), err  # only logged status before it
 
 
 def test_metrics_evaluate_keeps_the_traceback_of_a_bug(tmp_path, monkeypatch, capsys):
@@ -159,16 +175,28 @@ def test_metrics_evaluate_keeps_the_traceback_of_a_bug(tmp_path, monkeypatch, ca
     a KeyError from deep inside is a bug and must keep its traceback."""
     from data.video_io import write_frames
     from metrics import evaluate as ev
+
     for side in ("real", "gen"):
         for k in range(2):
             write_frames(tmp_path / side / f"v{k}", np.zeros((2, 8, 8, 3), np.uint8))
 
     def broken(*a, **kw):
         raise KeyError("some_internal_key")
+
     monkeypatch.setattr(ev, "evaluate", broken)
     with pytest.raises(KeyError, match="some_internal_key"):
-        ev.main(["--real", str(tmp_path / "real"), "--gen", str(tmp_path / "gen"), "--out", str(tmp_path / "o.json"),
-                 "--config", "smoke"])
+        ev.main(
+            [
+                "--real",
+                str(tmp_path / "real"),
+                "--gen",
+                str(tmp_path / "gen"),
+                "--out",
+                str(tmp_path / "o.json"),
+                "--config",
+                "smoke",
+            ]
+        )
 
 
 # ------------------------------------------------------------------------ 5. empty or damaged frame images
@@ -181,6 +209,7 @@ def test_damaged_png_is_a_clear_error_naming_the_file(tmp_path, content):
     from data.cli import InputError
     from data.video_io import write_frames
     from metrics.evaluate import _load
+
     clip = write_frames(tmp_path / "gen" / "clip_0000", np.zeros((3, 8, 8, 3), np.uint8))
     (clip / "000001.png").write_bytes(content)
     with pytest.raises(InputError, match=r"clip_0000/000001\.png: (empty|damaged)"):
@@ -192,32 +221,36 @@ def test_truncated_mp4_is_an_error_not_a_shorter_video(tmp_path, shared_data):
     """A byte cut of a 221-frame mp4 whose header survives decodes as a shorter video: reported."""
     from data.cli import InputError
     from data.video_io import read_video
+
     src = shared_data / "dashcam" / "solidWhiteRight.mp4"
     cut = tmp_path / "solidWhiteRight.mp4"
     data = src.read_bytes()
     cut.write_bytes(data[: len(data) // 3])
     with pytest.raises(InputError, match=r"solidWhiteRight\.mp4: truncated .*decoded, but the file declares 221"):
         read_video(cut)
-    assert read_video(cut, max_frames=5).shape[0] == 5            # asking for the first frames is fine
+    assert read_video(cut, max_frames=5).shape[0] == 5  # asking for the first frames is fine
 
 
 # ------------------------------------------------------------------------ 9. a torn last line of log.jsonl
 def _log_owner(tmp_path, text: str, step: int):
     from types import SimpleNamespace
+
     path = tmp_path / "log.jsonl"
     path.write_text(text)
     printed = []
-    return SimpleNamespace(log_path=path, state={"global_step": step},
-                           say=lambda message, level=None: printed.append(message)), printed
+    return SimpleNamespace(
+        log_path=path, state={"global_step": step}, say=lambda message, level=None: printed.append(message)
+    ), printed
 
 
 def test_resume_drops_a_torn_last_log_line_and_names_other_bad_lines(tmp_path):
     from data.cli import InputError
     from trainers.loop import Trainer
+
     good = "".join(f'{{"step": {s}, "loss": 0.5}}\n' for s in (1, 2, 3))
     owner, printed = _log_owner(tmp_path, good + '{"step": 4, "lo', step=2)
     Trainer._truncate_log(owner)
-    assert owner.log_path.read_text() == good.rsplit("\n", 2)[0] + "\n"          # steps 1, 2
+    assert owner.log_path.read_text() == good.rsplit("\n", 2)[0] + "\n"  # steps 1, 2
     assert len(printed) == 1 and "log.jsonl:4: dropped a torn last line" in printed[0]
 
     owner, _ = _log_owner(tmp_path, '{"step": 1}\n{"st\n{"step": 2}\n', step=2)
@@ -253,11 +286,33 @@ def test_trust_pickle_advice_names_what_each_command_accepts(tmp_path, capsys):
 
     for side in ("real", "gen"):
         write_frames(tmp_path / side / "v", np.full((2, 64, 96, 3), 128, np.uint8))
-    args = ["--real", str(tmp_path / "real"), "--gen", str(tmp_path / "gen"), "--out", str(tmp_path / "m.json"),
-            "--config", "smoke", "--metrics", "det", "--detector", "dn_detr", "--detector-weights", str(ckpt),
-            "--quiet", "--set", f"cache_dir={tmp_path / 'cache'}", "--set", f"+det.detector.num_heads={heads}",
-            "--set", "+det.detector.cache_dir=" + str(tmp_path / "cache"),
-            "--set", "+det.detector.short_edge_length=64", "--set", "+det.detector.max_size=96"]
+    args = [
+        "--real",
+        str(tmp_path / "real"),
+        "--gen",
+        str(tmp_path / "gen"),
+        "--out",
+        str(tmp_path / "m.json"),
+        "--config",
+        "smoke",
+        "--metrics",
+        "det",
+        "--detector",
+        "dn_detr",
+        "--detector-weights",
+        str(ckpt),
+        "--quiet",
+        "--set",
+        f"cache_dir={tmp_path / 'cache'}",
+        "--set",
+        f"+det.detector.num_heads={heads}",
+        "--set",
+        "+det.detector.cache_dir=" + str(tmp_path / "cache"),
+        "--set",
+        "+det.detector.short_edge_length=64",
+        "--set",
+        "+det.detector.max_size=96",
+    ]
     capsys.readouterr()
     assert evaluate(args) == 2
     assert "--trust-pickle" in capsys.readouterr().err
@@ -272,6 +327,7 @@ def test_trust_pickle_advice_names_what_each_command_accepts(tmp_path, capsys):
 def test_status_shows_a_stage_that_raised_as_failed(tmp_path, capsys):
     from benchmark.run import main as run
     from benchmark.status import main as status
+
     with pytest.raises(RuntimeError, match="caught fire"):
         run(_bench(tmp_path, "RuntimeErrorRunner"))
     capsys.readouterr()
@@ -287,6 +343,7 @@ def test_records_tables_and_folders_respect_the_umask(tmp_path):
     from benchmark import figures
     from data.atomic import atomic_write_json
     from data.video_io import write_frames
+
     old = os.umask(0o002)
     try:
         rec = atomic_write_json(tmp_path / "result.json", {"a": 1})
@@ -302,9 +359,10 @@ def test_records_tables_and_folders_respect_the_umask(tmp_path):
 
 def test_unwritable_results_folder_is_found_before_the_first_stage(tmp_path, capsys):
     from benchmark.run import main
+
     blocker = tmp_path / "results"
     blocker.write_text("a file where the results folder should be")
-    assert main(_bench(tmp_path, "RuntimeErrorRunner")) == 2        # the runner would raise if a stage ran
+    assert main(_bench(tmp_path, "RuntimeErrorRunner")) == 2  # the runner would raise if a stage ran
     err = capsys.readouterr().err
     assert "results=" in err and "not writable" in err and "nothing was started" in err
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").glob("*/stage.json"))

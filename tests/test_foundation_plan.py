@@ -1,4 +1,5 @@
 """Foundation parts (benchmark/foundation.py): hashing, dependencies, substitution, the mini profile."""
+
 from __future__ import annotations
 
 import copy
@@ -7,19 +8,24 @@ import pytest
 
 from benchmark.foundation import describe, plan, references, resolve
 
-NODE = {"dir": "fdn", "frames": {"height": 64, "width": 96, "clip_len": 8},
-        "vae": {"steps": 10}, "base_model": {"steps": 20}, "yolo": {"epochs": 1}, "dn_detr": {"steps": 5}}
+NODE = {
+    "dir": "fdn",
+    "frames": {"height": 64, "width": 96, "clip_len": 8},
+    "vae": {"steps": 10},
+    "base_model": {"steps": 20},
+    "yolo": {"epochs": 1},
+    "dn_detr": {"steps": 5},
+}
 
 
 def _cfg(**top):
     detectors = {"yolo": {"weights": "foundation:yolo"}}
-    return {"benchmark": {"foundation": copy.deepcopy(NODE), "eval": {"detectors": detectors}},
-            **top}
+    return {"benchmark": {"foundation": copy.deepcopy(NODE), "eval": {"detectors": detectors}}, **top}
 
 
 def test_named_parts_and_their_dependencies_in_order():
     parts = plan(_cfg(model={"svd": "foundation:base_model"}))
-    assert list(parts) == ["vae", "base_model", "yolo"]          # dn_detr is not named: not planned
+    assert list(parts) == ["vae", "base_model", "yolo"]  # dn_detr is not named: not planned
     assert str(parts["yolo"].path).endswith(".pt") and parts["vae"].path.parent.name == "fdn"
     assert references({"a": ["x", "foundation:vae"], "b": {"c": "foundation:yolo"}}) == {"vae", "yolo"}
 
@@ -30,7 +36,7 @@ def test_hash_follows_settings_and_the_parts_built_on():
     cfg["benchmark"]["foundation"]["vae"]["steps"] = 11
     changed = plan(cfg)
     assert changed["vae"].hash != base["vae"].hash
-    assert changed["base_model"].hash != base["base_model"].hash      # built on the changed VAE
+    assert changed["base_model"].hash != base["base_model"].hash  # built on the changed VAE
     assert changed["yolo"].hash == base["yolo"].hash
 
 

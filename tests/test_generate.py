@@ -1,4 +1,5 @@
 """Generation with the diffusers SVD pipeline: fixed seeds per clip, frame folders + mp4, resume."""
+
 import numpy as np
 from omegaconf import OmegaConf
 
@@ -7,9 +8,22 @@ from data.synthetic import synthetic_clip
 from data.video_io import read_video
 from trainers.config import load_config
 
-GEN = OmegaConf.create(dict(height=64, width=96, num_frames=4, num_inference_steps=2, fps=7,
-                            motion_bucket_id=127, noise_aug_strength=0.02, min_guidance_scale=1.0,
-                            max_guidance_scale=3.0, decode_chunk_size=4, seed=0, save_mp4=True))
+GEN = OmegaConf.create(
+    dict(
+        height=64,
+        width=96,
+        num_frames=4,
+        num_inference_steps=2,
+        fps=7,
+        motion_bucket_id=127,
+        noise_aug_strength=0.02,
+        min_guidance_scale=1.0,
+        max_guidance_scale=3.0,
+        decode_chunk_size=4,
+        seed=0,
+        save_mp4=True,
+    )
+)
 
 
 def test_generate_is_seeded_per_clip_and_resumes(tiny_cache, tmp_path):
@@ -22,6 +36,7 @@ def test_generate_is_seeded_per_clip_and_resumes(tiny_cache, tmp_path):
     assert read_video(tmp_path / "a" / "videos" / "c0.mp4").shape == (4, 64, 96, 3)
     # same seeds -> same videos in another folder; a finished clip is not generated again
     import shutil
+
     shutil.rmtree(tmp_path / "a" / "frames" / "c1")
     again = generate_videos(pipe, firsts, ["c0", "c1"], GEN, tmp_path / "a")
     assert again["generated"] == 1

@@ -7,6 +7,7 @@ Slow (about 10 minutes on a 2-core CPU shared with other jobs; user time about 1
 run): the smallest settings the smoke profile allows (frames 32x48, 4 frames per clip, 2 training
 and 2 test clips, detection metrics only), and the uninterrupted run alongside the killed ones.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -21,16 +22,30 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-SMALL = ["table=III", "rows=hybrid", "data.height=32", "data.width=48", "data.clip_len=4", "data.train.num_clips=2",
-         "metrics.metrics=[det]", "train.checkpoint_every=1"]
+SMALL = [
+    "table=III",
+    "rows=hybrid",
+    "data.height=32",
+    "data.width=48",
+    "data.clip_len=4",
+    "data.train.num_clips=2",
+    "metrics.metrics=[det]",
+    "train.checkpoint_every=1",
+]
 # what must be the same bytes in each stage folder (records with times, logs and checkpoints aside)
 COMPARED = ("unet", "frames", "first_frames", "boxes", "detections")
 TIMEOUT = 900
 
 
 def _cmd(tmp: Path, name: str) -> list[str]:
-    return [sys.executable, "-m", "benchmark.run", *SMALL, f"store={tmp / name / 'runs'}",
-            f"results={tmp / name / 'results'}"]
+    return [
+        sys.executable,
+        "-m",
+        "benchmark.run",
+        *SMALL,
+        f"store={tmp / name / 'runs'}",
+        f"results={tmp / name / 'results'}",
+    ]
 
 
 def _env() -> dict:
@@ -44,7 +59,7 @@ def _stages(store: Path) -> list[tuple[str, Path]]:
         try:
             out.append((json.loads(info.read_text())["kind"], info.parent))
         except (OSError, ValueError, KeyError):
-            pass                                    # being replaced right now: the next poll sees it
+            pass  # being replaced right now: the next poll sees it
     return out
 
 
@@ -65,14 +80,15 @@ KILL_AT = {
 
 def _kill_when(cmd: list[str], store: Path, kind: str, log: Path) -> None:
     with open(log, "ab") as out:
-        proc = subprocess.Popen(cmd, cwd=ROOT, env=_env(), stdout=out, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=_env(), stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     deadline = time.time() + TIMEOUT
     try:
         while proc.poll() is None and time.time() < deadline and not KILL_AT[kind](store):
-            time.sleep(0.01 if kind == "testset" else 0.05)     # the test set stage lasts about a second
-        assert proc.poll() is None, (f"the run ended before a kill during {kind} (rc {proc.returncode}):\n"
-                                     + log.read_text(errors="replace")[-3000:])
+            time.sleep(0.01 if kind == "testset" else 0.05)  # the test set stage lasts about a second
+        assert proc.poll() is None, (
+            f"the run ended before a kill during {kind} (rc {proc.returncode}):\n"
+            + log.read_text(errors="replace")[-3000:]
+        )
         assert time.time() < deadline, f"no {kind} stage under way after {TIMEOUT} s; see {log}"
     finally:
         if proc.poll() is None:
@@ -113,10 +129,11 @@ def test_kill_at_every_stage_kind_then_rerun_is_bit_identical(tmp_path):
         log = tmp_path / "killed.log"
         for kind in ("testset", "train", "generate", "evaluate", "render"):
             _kill_when(_cmd(tmp_path, "killed"), tmp_path / "killed" / "runs", kind, log)
-        last = subprocess.run(_cmd(tmp_path, "killed"), cwd=ROOT, env=_env(), capture_output=True, text=True,
-                              timeout=TIMEOUT)
+        last = subprocess.run(
+            _cmd(tmp_path, "killed"), cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=TIMEOUT
+        )
         assert last.returncode == 0, last.stdout[-3000:] + last.stderr[-3000:]
-        assert "is damaged" not in last.stdout, last.stdout      # killed stages were never DONE, so never trusted
+        assert "is damaged" not in last.stdout, last.stdout  # killed stages were never DONE, so never trusted
         assert whole.wait(timeout=TIMEOUT) == 0, whole_log.read_text(errors="replace")[-3000:]
     finally:
         if whole.poll() is None:

@@ -1,6 +1,7 @@
 """Manifests of finished stages (benchmark/manifest.py): written before DONE, checked before a
 finished stage is reused (a damaged one is set aside and recomputed, naming the damaged file), and
 by `python -m benchmark.status --verify`."""
+
 from __future__ import annotations
 
 import json
@@ -33,16 +34,16 @@ def _folder(tmp_path: Path) -> Path:
 
 def test_verify_names_missing_extra_and_changed_files(tmp_path):
     d = _folder(tmp_path)
-    assert manifest.verify(d) is None                       # no manifest yet: not checkable
+    assert manifest.verify(d) is None  # no manifest yet: not checkable
     manifest.write_manifest(d)
     assert manifest.verify(d) == []
-    (d / ".frames.tmp123").mkdir()                          # a killed writer's temp folder: never data
+    (d / ".frames.tmp123").mkdir()  # a killed writer's temp folder: never data
     (d / "frames" / ".000003.png.tmp").write_bytes(b"x")
     (d / DONE).write_text("now\n")
     (d / "slurm.json").write_text("{}")
     assert manifest.verify(d) == []
     (d / "frames" / "clip_0000" / "000001.png").unlink()
-    (d / "frames" / "clip_0000" / "000002.png").write_bytes(b"\x07" * 100)      # same size, other bytes
+    (d / "frames" / "clip_0000" / "000002.png").write_bytes(b"\x07" * 100)  # same size, other bytes
     (d / "result.json").write_text('{"a": 1}\n')
     (d / "frames" / "clip_0001").mkdir()
     (d / "frames" / "clip_0001" / "000000.png").write_bytes(b"x")
@@ -52,9 +53,11 @@ def test_verify_names_missing_extra_and_changed_files(tmp_path):
         "changed frames/clip_0000/000002.png (content differs from its recorded hash)",
         "changed result.json (size 9 bytes, recorded 3)",
     ]
-    assert manifest.verify(d, hashes=False) == [              # the cheap mode: names and sizes only
-        "missing frames/clip_0000/000001.png", "extra frames/clip_0001/000000.png",
-        "changed result.json (size 9 bytes, recorded 3)"]
+    assert manifest.verify(d, hashes=False) == [  # the cheap mode: names and sizes only
+        "missing frames/clip_0000/000001.png",
+        "extra frames/clip_0001/000000.png",
+        "changed result.json (size 9 bytes, recorded 3)",
+    ]
 
 
 def test_large_files_get_the_cheap_hash_of_size_and_ends(tmp_path, monkeypatch):
@@ -67,10 +70,10 @@ def test_large_files_get_the_cheap_hash_of_size_and_ends(tmp_path, monkeypatch):
     manifest.write_manifest(d)
     entry = json.loads((d / manifest.MANIFEST).read_text())["files"]["unet.safetensors"]
     assert entry["size"] == 10_000 and entry["hash"].startswith("ends-sha256:")
-    data[5000] ^= 0xFF                                      # the middle: not read (documented limit)
+    data[5000] ^= 0xFF  # the middle: not read (documented limit)
     (d / "unet.safetensors").write_bytes(bytes(data))
     assert manifest.verify(d) == []
-    data[-1] ^= 0xFF                                        # the end: found
+    data[-1] ^= 0xFF  # the end: found
     (d / "unet.safetensors").write_bytes(bytes(data))
     assert manifest.verify(d) == ["changed unet.safetensors (content differs from its recorded hash)"]
 
@@ -87,10 +90,11 @@ def test_commit_writes_the_manifest_before_done(tmp_path, monkeypatch):
     (out / "frames" / "x.png").write_bytes(b"png")
     order = []
     real = manifest.write_manifest
-    monkeypatch.setattr("benchmark.store.write_manifest",
-                        lambda d: (order.append(("manifest", (Path(d) / DONE).exists())), real(d))[1])
+    monkeypatch.setattr(
+        "benchmark.store.write_manifest", lambda d: (order.append(("manifest", (Path(d) / DONE).exists())), real(d))[1]
+    )
     store.commit(st, {"frames": out / "frames"})
-    assert order == [("manifest", False)]                   # DONE did not exist when the manifest was written
+    assert order == [("manifest", False)]  # DONE did not exist when the manifest was written
     files = json.loads((out / manifest.MANIFEST).read_text())["files"]
     assert {"frames/x.png", "result.json", "stage.json", "stage_config.yaml", "run_config.yaml"} <= set(files)
     assert store.verify(st.hash) == []
@@ -114,7 +118,7 @@ def test_damaged_finished_stage_is_recomputed_not_trusted(smoke, tmp_path):
     msg = next(m for m in said if "is damaged" in m)
     assert f"stage generate {gen_hash}" in msg and f"missing {rel}" in msg and "recomputed" in msg
     assert (store / gen_hash / rel).is_file() and Store(store).verify(gen_hash) == []
-    assert len(list((store / ".damaged").glob(f"{gen_hash}-*"))) == 1       # kept aside, not deleted
+    assert len(list((store / ".damaged").glob(f"{gen_hash}-*"))) == 1  # kept aside, not deleted
     assert json.loads((tmp_path / "res" / "smoke-fake" / "table_III.json").read_text())
 
 
@@ -122,6 +126,7 @@ def test_the_runner_checks_sizes_and_status_verify_checks_hashes(smoke, tmp_path
     """Before reuse the runner compares names and sizes (fast on any store); a same-size change of
     content is what `benchmark.status --verify` finds by hashing."""
     from benchmark.status import main
+
     store = tmp_path / "runs"
     kw = dict(store=store, results=tmp_path / "res", rows=["global"], figures=False)
     run = run_table("III", smoke, FakeRunner(), echo=lambda m: None, **kw)
@@ -142,7 +147,7 @@ def test_stage_without_manifest_is_trusted_with_a_warning(smoke, tmp_path):
     kw = dict(store=store, results=tmp_path / "res", rows=["global"], figures=False)
     first = run_table("III", smoke, FakeRunner(), echo=lambda m: None, **kw)
     ts = next(s for s in first.graph.order() if s.kind == "testset")
-    (store / ts.hash / manifest.MANIFEST).unlink()          # as a stage finished by an older version
+    (store / ts.hash / manifest.MANIFEST).unlink()  # as a stage finished by an older version
     said, runner = [], FakeRunner()
     run_table("III", smoke, runner, echo=said.append, **kw)
     assert sum(runner.calls.values()) == 0
@@ -151,9 +156,18 @@ def test_stage_without_manifest_is_trusted_with_a_warning(smoke, tmp_path):
 
 def test_status_verify_reports_damaged_stages(smoke, tmp_path, capsys):
     from benchmark.status import main
+
     store = tmp_path / "runs"
-    run = run_table("III", smoke, FakeRunner(), echo=lambda m: None, store=store, results=tmp_path / "res",
-                    rows=["global"], figures=False)
+    run = run_table(
+        "III",
+        smoke,
+        FakeRunner(),
+        echo=lambda m: None,
+        store=store,
+        results=tmp_path / "res",
+        rows=["global"],
+        figures=False,
+    )
     assert main(["--verify", f"store={store}"]) == 0
     assert f"{len(run.graph.stages)} finished stage(s) checked, 0 damaged" in capsys.readouterr().out
     gen_hash, rel = _damage_a_frame(store, run)
@@ -163,4 +177,4 @@ def test_status_verify_reports_damaged_stages(smoke, tmp_path, capsys):
     assert main(["table=III", "rows=global", "--verify", f"store={store}"]) == 1
     out = capsys.readouterr().out
     assert f"damaged  generate  {gen_hash}" in out and f"missing {rel}" in out
-    assert main(["table=III", "rows=global", f"store={store}"]) == 0        # without --verify: no check
+    assert main(["table=III", "rows=global", f"store={store}"]) == 0  # without --verify: no check

@@ -1,6 +1,7 @@
 """Bootstrap intervals over test videos (metrics/bootstrap.py) and the per-video quantities they
 resample (metrics/per_video.py): equal to scipy.stats.bootstrap on the same values and generator,
 paired differences on constructed cases, the mark, and the per-video statistic = metrics.evaluate."""
+
 import numpy as np
 import pytest
 from scipy import stats
@@ -18,10 +19,11 @@ from metrics.per_video import PerVideo, statistic
 
 
 def test_interval_equals_scipy_percentile_bootstrap_on_a_mean():
-    x = np.random.default_rng(7).gamma(2.0, 3.0, size=40)        # per-video values, skewed
+    x = np.random.default_rng(7).gamma(2.0, 3.0, size=40)  # per-video values, skewed
     ours = bootstrap(lambda idx: {"m": float(x[idx].mean())}, len(x), n_resamples=500, seed=11)["m"]
-    ref = stats.bootstrap((x,), np.mean, n_resamples=500, method="percentile", confidence_level=0.95,
-                          rng=np.random.default_rng(11))
+    ref = stats.bootstrap(
+        (x,), np.mean, n_resamples=500, method="percentile", confidence_level=0.95, rng=np.random.default_rng(11)
+    )
     # the same draws (Generator.integers(0, n, (B, n))) and the same quantile rule: equal to rounding
     assert ours.low == pytest.approx(ref.confidence_interval.low, rel=1e-12)
     assert ours.high == pytest.approx(ref.confidence_interval.high, rel=1e-12)
@@ -38,9 +40,17 @@ def test_frechet_interval_equals_scipy_on_the_same_video_features():
     gen = real + rng.normal(0.5, 1.0, size=(12, 4))
     fd = lambda i: frechet_distance(real[i], gen[i]).value
     ours = bootstrap(lambda idx: {"fvd": fd(idx)}, 12, n_resamples=60, seed=5)["fvd"]
-    ref = stats.bootstrap((np.arange(12),), lambda i: fd(i.astype(int)), vectorized=False, n_resamples=60,
-                          method="percentile", rng=np.random.default_rng(5))
-    assert (ours.low, ours.high) == pytest.approx((ref.confidence_interval.low, ref.confidence_interval.high), rel=1e-12)
+    ref = stats.bootstrap(
+        (np.arange(12),),
+        lambda i: fd(i.astype(int)),
+        vectorized=False,
+        n_resamples=60,
+        method="percentile",
+        rng=np.random.default_rng(5),
+    )
+    assert (ours.low, ours.high) == pytest.approx(
+        (ref.confidence_interval.low, ref.confidence_interval.high), rel=1e-12
+    )
 
 
 def test_paired_difference_on_a_constructed_case():
@@ -50,18 +60,26 @@ def test_paired_difference_on_a_constructed_case():
     difficulty = rng.normal(0, 10, size=50)
     b = difficulty
     a = difficulty + 0.5 + rng.normal(0, 0.1, size=50)
-    res = paired_bootstrap(lambda i: {"m": float(a[i].mean())}, lambda i: {"m": float(b[i].mean())}, 50,
-                           n_resamples=400, seed=1)["m"]
-    assert res.a.low < res.b.high and res.b.low < res.a.high          # unpaired: they overlap
+    res = paired_bootstrap(
+        lambda i: {"m": float(a[i].mean())}, lambda i: {"m": float(b[i].mean())}, 50, n_resamples=400, seed=1
+    )["m"]
+    assert res.a.low < res.b.high and res.b.low < res.a.high  # unpaired: they overlap
     assert res.diff.excludes_zero and res.diff.low < 0.5 < res.diff.high
     assert res.diff.value == pytest.approx(float((a - b).mean()))
     # the paired interval is scipy's paired bootstrap of mean(a) - mean(b)
-    ref = stats.bootstrap((a, b), lambda x, y, axis=-1: x.mean(axis) - y.mean(axis), paired=True, n_resamples=400,
-                          method="percentile", rng=np.random.default_rng(1))
+    ref = stats.bootstrap(
+        (a, b),
+        lambda x, y, axis=-1: x.mean(axis) - y.mean(axis),
+        paired=True,
+        n_resamples=400,
+        method="percentile",
+        rng=np.random.default_rng(1),
+    )
     assert (res.diff.low, res.diff.high) == pytest.approx(tuple(ref.confidence_interval), rel=1e-12)
     # identical rows: the difference is exactly 0 in every resample, never marked
-    same = paired_bootstrap(lambda i: {"m": float(b[i].mean())}, lambda i: {"m": float(b[i].mean())}, 50,
-                            n_resamples=50, seed=1)["m"]
+    same = paired_bootstrap(
+        lambda i: {"m": float(b[i].mean())}, lambda i: {"m": float(b[i].mean())}, 50, n_resamples=50, seed=1
+    )["m"]
     assert same.diff.low == same.diff.high == 0.0 and not same.diff.excludes_zero
 
 
@@ -84,6 +102,7 @@ def _det(boxes, scores=None, label=2):
 
 def _det_cfg():
     from metrics.evaluate import load_config
+
     return load_config("smoke").det
 
 
@@ -113,21 +132,36 @@ def _parts(rng, n, t=3, d=5):
         k = len(names)
         dets = []
         for _ in names:
-            refs = [_det(rng.uniform(0, 30, (2, 2)).repeat(2, 1) + [0, 0, 20, 20], rng.uniform(0.5, 1, 2)) for _ in range(t)]
+            refs = [
+                _det(rng.uniform(0, 30, (2, 2)).repeat(2, 1) + [0, 0, 20, 20], rng.uniform(0.5, 1, 2)) for _ in range(t)
+            ]
             preds = [_det(r.boxes + rng.normal(0, 3, r.boxes.shape), rng.uniform(0, 1, len(r))) for r in refs]
             dets.append((refs, preds, (64, 96)))
-        parts.append({"names": names, "metrics": ["fvd", "fid", "det"], "n_videos": k, "num_frames": t,
-                      "video_size": [64, 96], "device": "cpu", "seconds": {"fvd": 0, "fid": 0, "det": 0},
-                      "warnings": [], "weights": {"fvd.weights": "w", "fid.weights": "w"}, "info": {"fvd": {}, "fid": {}, "det": {"detector": "fake"}},
-                      "features": {"fvd": {s: [rng.normal(size=(k, d)).astype(np.float32)] for s in ("real", "gen")},
-                                   "fid": {s: [rng.normal(size=(t, d)).astype(np.float32) for _ in names]
-                                           for s in ("real", "gen")}},
-                      "detections": dets})
+        parts.append(
+            {
+                "names": names,
+                "metrics": ["fvd", "fid", "det"],
+                "n_videos": k,
+                "num_frames": t,
+                "video_size": [64, 96],
+                "device": "cpu",
+                "seconds": {"fvd": 0, "fid": 0, "det": 0},
+                "warnings": [],
+                "weights": {"fvd.weights": "w", "fid.weights": "w"},
+                "info": {"fvd": {}, "fid": {}, "det": {"detector": "fake"}},
+                "features": {
+                    "fvd": {s: [rng.normal(size=(k, d)).astype(np.float32)] for s in ("real", "gen")},
+                    "fid": {s: [rng.normal(size=(t, d)).astype(np.float32) for _ in names] for s in ("real", "gen")},
+                },
+                "detections": dets,
+            }
+        )
     return parts
 
 
 def test_per_video_statistic_equals_the_evaluation_and_survives_a_file(tmp_path):
     from metrics.evaluate import load_config, merge_features
+
     cfg = load_config("smoke")
     parts = _parts(np.random.default_rng(4), 6)
     merged = merge_features(parts, cfg)
@@ -147,10 +181,14 @@ def test_resampled_detection_scores_equal_a_fresh_accumulation(miou):
     DetectionAccumulator computes from scratch on the resampled videos, repeats included."""
     from metrics.detection import DetectionAccumulator, DetProtocol
     from metrics.per_video import DetectionResampler
+
     cfg = _det_cfg()
     cfg.miou = miou
     protocol = DetProtocol.from_cfg(cfg)
-    dets = _parts(np.random.default_rng(9), 6, t=3)[0]["detections"] + _parts(np.random.default_rng(10), 6, t=3)[1]["detections"]
+    dets = (
+        _parts(np.random.default_rng(9), 6, t=3)[0]["detections"]
+        + _parts(np.random.default_rng(10), 6, t=3)[1]["detections"]
+    )
     fast = DetectionResampler(dets, protocol)
     for idx in ([0, 1, 2, 3, 4, 5], [5, 5, 0, 2, 2, 2], [3, 1, 4, 1, 5, 0]):
         acc = DetectionAccumulator(protocol)

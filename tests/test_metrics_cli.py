@@ -1,4 +1,5 @@
 """`python -m metrics.evaluate` on folders of videos: the smoke profile end to end, and its errors."""
+
 import json
 import subprocess
 import sys
@@ -51,15 +52,33 @@ def test_ensure_smoke_weights_is_idempotent(cache):
     stamps = {k: p.stat().st_mtime_ns for k, p in paths.items()}
     ensure_smoke_weights(cache)
     assert stamps == {k: p.stat().st_mtime_ns for k, p in paths.items()}
-    assert not [p for p in cache.iterdir() if p.name.startswith("tmp")]       # no temp files left
+    assert not [p for p in cache.iterdir() if p.name.startswith("tmp")]  # no temp files left
 
 
 def test_cli_smoke_profile_all_metrics(folders, cache, tmp_path, capsys):
     out = tmp_path / "res" / "metrics.json"
     plot = tmp_path / "res" / "curves.png"
-    rc, io = _run(["--real", str(folders / "real"), "--gen", str(folders / "gen"), "--metrics", "fvd,fid,det",
-                   "--out", str(out), "--config", "smoke", "--set", f"cache_dir={cache}",
-                   "--set", "fid.batch_size=8", "--plot", str(plot)], capsys)
+    rc, io = _run(
+        [
+            "--real",
+            str(folders / "real"),
+            "--gen",
+            str(folders / "gen"),
+            "--metrics",
+            "fvd,fid,det",
+            "--out",
+            str(out),
+            "--config",
+            "smoke",
+            "--set",
+            f"cache_dir={cache}",
+            "--set",
+            "fid.batch_size=8",
+            "--plot",
+            str(plot),
+        ],
+        capsys,
+    )
     assert rc == 0, io.err
     res = json.loads(out.read_text())
     assert res["n_videos"] == 3 and res["num_frames"] == T and res["profile"] == "smoke"
@@ -71,14 +90,32 @@ def test_cli_smoke_profile_all_metrics(folders, cache, tmp_path, capsys):
     assert det["n_ref_boxes"] > 0 and 0 <= det["mIoU"] <= 100
     assert all(res["timing"][m]["frames_per_s"] > 0 for m in ("fvd", "fid", "det"))
     assert plot.stat().st_size > 1000 and "N=3 videos" in io.out
-    assert not [p for p in out.parent.iterdir() if p.suffix == ".json" and p != out]   # atomic write
+    assert not [p for p in out.parent.iterdir() if p.suffix == ".json" and p != out]  # atomic write
 
 
 def test_cli_ctrlv_protocol_and_squash(folders, cache, tmp_path, capsys):
     out = tmp_path / "m.json"
-    rc, io = _run(["--real", str(folders / "real"), "--gen", str(folders / "gen"), "--metrics", "fvd,det",
-                   "--out", str(out), "--config", "smoke", "--set", f"cache_dir={cache}",
-                   "--protocol", "ctrlv", "--fvd-crop", "squash"], capsys)
+    rc, io = _run(
+        [
+            "--real",
+            str(folders / "real"),
+            "--gen",
+            str(folders / "gen"),
+            "--metrics",
+            "fvd,det",
+            "--out",
+            str(out),
+            "--config",
+            "smoke",
+            "--set",
+            f"cache_dir={cache}",
+            "--protocol",
+            "ctrlv",
+            "--fvd-crop",
+            "squash",
+        ],
+        capsys,
+    )
     assert rc == 0, io.err
     res = json.loads(out.read_text())
     assert res["det"]["protocol"] == "ctrlv" and res["det"]["settings"]["class_aware"] is False
@@ -98,8 +135,10 @@ def test_unpaired_videos_are_named(folders, tmp_path, capsys):
     gen.mkdir()
     write_video(gen / "clip_b.mp4", synthetic_clip(0, T, H, W).frames)
     write_video(gen / "other.mp4", synthetic_clip(1, T, H, W).frames)
-    rc, io = _run(["--real", str(folders / "real"), "--gen", str(gen), "--out", str(tmp_path / "x.json"),
-                   "--config", "smoke"], capsys)
+    rc, io = _run(
+        ["--real", str(folders / "real"), "--gen", str(gen), "--out", str(tmp_path / "x.json"), "--config", "smoke"],
+        capsys,
+    )
     assert rc == 2
     assert "unpaired videos" in io.err and "clip_a" in io.err and "clip_c" in io.err and "other" in io.err
     assert not (tmp_path / "x.json").exists()
@@ -108,12 +147,42 @@ def test_unpaired_videos_are_named(folders, tmp_path, capsys):
 def test_mismatched_frame_count_and_size(tmp_path, cache, capsys):
     for sub, frames in (("real", synthetic_clip(0, T, H, W).frames), ("gen", synthetic_clip(0, T + 1, H, W).frames)):
         write_frames(tmp_path / sub / "v", frames)
-    rc, io = _run(["--real", str(tmp_path / "real"), "--gen", str(tmp_path / "gen"), "--metrics", "det",
-                   "--out", str(tmp_path / "x.json"), "--config", "smoke", "--set", f"cache_dir={cache}"], capsys)
+    rc, io = _run(
+        [
+            "--real",
+            str(tmp_path / "real"),
+            "--gen",
+            str(tmp_path / "gen"),
+            "--metrics",
+            "det",
+            "--out",
+            str(tmp_path / "x.json"),
+            "--config",
+            "smoke",
+            "--set",
+            f"cache_dir={cache}",
+        ],
+        capsys,
+    )
     assert rc == 2 and "video v" in io.err and f"{T} frames" in io.err and f"{T + 1} frames" in io.err
     write_frames(tmp_path / "gen" / "v", synthetic_clip(0, T, H, W + 8).frames)
-    rc, io = _run(["--real", str(tmp_path / "real"), "--gen", str(tmp_path / "gen"), "--metrics", "det",
-                   "--out", str(tmp_path / "x.json"), "--config", "smoke", "--set", f"cache_dir={cache}"], capsys)
+    rc, io = _run(
+        [
+            "--real",
+            str(tmp_path / "real"),
+            "--gen",
+            str(tmp_path / "gen"),
+            "--metrics",
+            "det",
+            "--out",
+            str(tmp_path / "x.json"),
+            "--config",
+            "smoke",
+            "--set",
+            f"cache_dir={cache}",
+        ],
+        capsys,
+    )
     assert rc == 2 and f"{H}x{W}" in io.err and f"{H}x{W + 8}" in io.err
 
 
@@ -121,17 +190,46 @@ def test_unreadable_video(tmp_path, cache, capsys):
     write_video(tmp_path / "real" / "v.mp4", synthetic_clip(0, T, H, W).frames)
     (tmp_path / "gen").mkdir()
     (tmp_path / "gen" / "v.mp4").write_bytes(b"this is not an mp4 file at all")
-    rc, io = _run(["--real", str(tmp_path / "real"), "--gen", str(tmp_path / "gen"), "--metrics", "det",
-                   "--out", str(tmp_path / "x.json"), "--config", "smoke", "--set", f"cache_dir={cache}"], capsys)
+    rc, io = _run(
+        [
+            "--real",
+            str(tmp_path / "real"),
+            "--gen",
+            str(tmp_path / "gen"),
+            "--metrics",
+            "det",
+            "--out",
+            str(tmp_path / "x.json"),
+            "--config",
+            "smoke",
+            "--set",
+            f"cache_dir={cache}",
+        ],
+        capsys,
+    )
     assert rc == 2 and "v.mp4" in io.err and "cannot be read" in io.err
 
 
 def test_paper_profile_without_weights_names_the_keys(folders, tmp_path, capsys):
-    rc, io = _run(["--real", str(folders / "real"), "--gen", str(folders / "gen"),
-                   "--out", str(tmp_path / "x.json"), "--config", "paper"], capsys)
+    rc, io = _run(
+        [
+            "--real",
+            str(folders / "real"),
+            "--gen",
+            str(folders / "gen"),
+            "--out",
+            str(tmp_path / "x.json"),
+            "--config",
+            "paper",
+        ],
+        capsys,
+    )
     assert rc == 2
-    for key, hint in (("fvd.weights", "i3d_torchscript.pt"), ("fid.weights", "weights-inception-2015-12-05"),
-                      ("det.detector.weights", "yolo11x.pt")):
+    for key, hint in (
+        ("fvd.weights", "i3d_torchscript.pt"),
+        ("fid.weights", "weights-inception-2015-12-05"),
+        ("det.detector.weights", "yolo11x.pt"),
+    ):
         assert key in io.err and hint in io.err
 
 
@@ -142,16 +240,33 @@ def test_weights_pointing_nowhere(tmp_path):
 
 
 def test_bad_override_is_a_clear_error(folders, tmp_path, capsys):
-    rc, io = _run(["--real", str(folders / "real"), "--gen", str(folders / "gen"), "--out", str(tmp_path / "x.json"),
-                   "--config", "smoke", "--set", "det.protocol=nope", "--metrics", "det",
-                   "--set", f"cache_dir={tmp_path / 'unused'}"], capsys)
+    rc, io = _run(
+        [
+            "--real",
+            str(folders / "real"),
+            "--gen",
+            str(folders / "gen"),
+            "--out",
+            str(tmp_path / "x.json"),
+            "--config",
+            "smoke",
+            "--set",
+            "det.protocol=nope",
+            "--metrics",
+            "det",
+            "--set",
+            f"cache_dir={tmp_path / 'unused'}",
+        ],
+        capsys,
+    )
     assert rc == 2 and "det.protocol='nope'" in io.err
-    assert not (tmp_path / "unused").exists()                    # failed before making any weights
+    assert not (tmp_path / "unused").exists()  # failed before making any weights
 
 
 def test_module_entry_point_help():
-    r = subprocess.run([sys.executable, "-m", "metrics.evaluate", "--help"], cwd=ROOT, capture_output=True,
-                       text=True, timeout=120)
+    r = subprocess.run(
+        [sys.executable, "-m", "metrics.evaluate", "--help"], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
     assert r.returncode == 0 and "--real" in r.stdout and "--protocol" in r.stdout
 
 
@@ -163,12 +278,30 @@ def test_real_dashcam_footage(tmp_path, cache, capsys):
     frames = read_video(mp4, max_frames=12)
     assert frames.shape[1:] == (540, 960, 3)
     for k in range(2):
-        write_video(tmp_path / "real" / f"drive{k}.mp4", frames[k * 4:k * 4 + 4])
-        write_video(tmp_path / "gen" / f"drive{k}.mp4", frames[k * 4 + 2:k * 4 + 6])
+        write_video(tmp_path / "real" / f"drive{k}.mp4", frames[k * 4 : k * 4 + 4])
+        write_video(tmp_path / "gen" / f"drive{k}.mp4", frames[k * 4 + 2 : k * 4 + 6])
     out = tmp_path / "m.json"
-    rc, io = _run(["--real", str(tmp_path / "real"), "--gen", str(tmp_path / "gen"), "--metrics", "fvd,det",
-                   "--out", str(out), "--config", "smoke", "--set", f"cache_dir={cache}",
-                   "--set", "det.frame_size=[320,512]", "--set", "det.detector.imgsz=320"], capsys)
+    rc, io = _run(
+        [
+            "--real",
+            str(tmp_path / "real"),
+            "--gen",
+            str(tmp_path / "gen"),
+            "--metrics",
+            "fvd,det",
+            "--out",
+            str(out),
+            "--config",
+            "smoke",
+            "--set",
+            f"cache_dir={cache}",
+            "--set",
+            "det.frame_size=[320,512]",
+            "--set",
+            "det.detector.imgsz=320",
+        ],
+        capsys,
+    )
     assert rc == 0, io.err
     res = json.loads(out.read_text())
     assert res["video_size"] == [540, 960] and res["n_videos"] == 2 and np.isfinite(res["fvd"]["value"])
@@ -181,5 +314,5 @@ def test_config_accepts_backend_specific_keys(tmp_path):
     assert cfg.det.detector.short_edge_length == 640 and cfg.det.detector.name == "dn_detr"
     user = tmp_path / "mine.yaml"
     user.write_text("det:\n  detector:\n    name: dn_detr\n    backend: transformers\n")
-    cfg = load_config(str(user), ["++det.detector.max_det=50"])      # ++: add or override
+    cfg = load_config(str(user), ["++det.detector.max_det=50"])  # ++: add or override
     assert cfg.det.detector.backend == "transformers" and cfg.det.detector.max_det == 50

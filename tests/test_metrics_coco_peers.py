@@ -1,6 +1,7 @@
 """COCO mAP equal to the reference implementations: pycocotools (reading a COCO json written video by
 video, as a user would) and faster-coco-eval, on cases that sit exactly on IoU thresholds, with score
 ties, empty frames, frames with only references and frames with only predictions."""
+
 import json
 
 import numpy as np
@@ -27,8 +28,16 @@ def _write_coco_json(refs, preds, folder):
     for i, (r, p) in enumerate(zip(refs, preds)):
         for b, c in zip(r.boxes.tolist(), r.labels.tolist()):
             w, h = b[2] - b[0], b[3] - b[1]
-            anns.append({"id": len(anns) + 1, "image_id": i, "category_id": c, "iscrowd": 0,
-                         "bbox": [b[0], b[1], w, h], "area": w * h})
+            anns.append(
+                {
+                    "id": len(anns) + 1,
+                    "image_id": i,
+                    "category_id": c,
+                    "iscrowd": 0,
+                    "bbox": [b[0], b[1], w, h],
+                    "area": w * h,
+                }
+            )
         for b, s, c in zip(p.boxes.tolist(), p.scores.tolist(), p.labels.tolist()):
             dets.append({"image_id": i, "category_id": c, "score": s, "bbox": [b[0], b[1], b[2] - b[0], b[3] - b[1]]})
     gt_file, dt_file = folder / "gt.json", folder / "dt.json"
@@ -43,7 +52,7 @@ def _pycocotools(refs, preds, folder):
 
     gt_file, dt_file, dets = _write_coco_json(refs, preds, folder)
     gt = COCO(str(gt_file))
-    if not dets:                     # COCO.loadRes cannot read an empty result list
+    if not dets:  # COCO.loadRes cannot read an empty result list
         return None
     ev = COCOeval(gt, gt.loadRes(str(dt_file)), "bbox")
     ev.evaluate()
@@ -53,7 +62,9 @@ def _pycocotools(refs, preds, folder):
 
 
 def _faster_coco_eval(refs, preds, folder):
-    fce = pytest.importorskip("faster_coco_eval", reason="faster-coco-eval is a test dependency (pip install -e .[test])")
+    fce = pytest.importorskip(
+        "faster_coco_eval", reason="faster-coco-eval is a test dependency (pip install -e .[test])"
+    )
     gt_file, dt_file, dets = _write_coco_json(refs, preds, folder)
     gt = fce.COCO(str(gt_file))
     if not dets:
@@ -72,7 +83,7 @@ def _assert_equal_to_peers(refs, preds, tmp_path, capsys=None):
         folder = tmp_path / peer.__name__
         folder.mkdir(exist_ok=True)
         theirs = peer(refs, preds, folder)
-        theirs = np.where(np.asarray(theirs, float) < 0, np.nan, theirs)      # -1 = undefined
+        theirs = np.where(np.asarray(theirs, float) < 0, np.nan, theirs)  # -1 = undefined
         np.testing.assert_allclose(ours, theirs, atol=1e-6, err_msg=peer.__name__)
     return ours
 
@@ -80,6 +91,7 @@ def _assert_equal_to_peers(refs, preds, tmp_path, capsys=None):
 def test_thresholds_are_pycocotools_float64():
     assert COCO_IOU_THRESHOLDS.dtype == np.float64
     from pycocotools.cocoeval import Params
+
     np.testing.assert_array_equal(COCO_IOU_THRESHOLDS, Params(iouType="bbox").iouThrs)
 
 
@@ -91,16 +103,20 @@ def test_iou_exactly_on_a_threshold_is_a_match(tmp_path):
 
 
 def test_thresholds_ties_empty_and_one_sided_frames(tmp_path):
-    refs = [D([[0, 0, 10, 10], [20, 20, 40, 40]], labels=[CAR, TRUCK]),   # both classes
-            D([]),                                                        # empty frame
-            D([[0, 0, 20, 20]]),                                          # only references
-            D([]),                                                        # only predictions
-            D([[0, 0, 10, 10], [50, 0, 70, 20]])]
-    preds = [D([[0, 0, 10, 6], [20, 20, 40, 35]], scores=[0.5, 0.5], labels=[CAR, TRUCK]),  # IoU .6 and .75
-             D([]),
-             D([]),
-             D([[0, 0, 10, 10], [5, 5, 9, 9]], scores=[0.5, 0.7]),        # false positives, one tie
-             D([[0, 0, 10, 10], [50, 0, 70, 15], [0, 0, 10, 8]], scores=[0.5, 0.5, 0.5])]  # ties, .75, .8
+    refs = [
+        D([[0, 0, 10, 10], [20, 20, 40, 40]], labels=[CAR, TRUCK]),  # both classes
+        D([]),  # empty frame
+        D([[0, 0, 20, 20]]),  # only references
+        D([]),  # only predictions
+        D([[0, 0, 10, 10], [50, 0, 70, 20]]),
+    ]
+    preds = [
+        D([[0, 0, 10, 6], [20, 20, 40, 35]], scores=[0.5, 0.5], labels=[CAR, TRUCK]),  # IoU .6 and .75
+        D([]),
+        D([]),
+        D([[0, 0, 10, 10], [5, 5, 9, 9]], scores=[0.5, 0.7]),  # false positives, one tie
+        D([[0, 0, 10, 10], [50, 0, 70, 15], [0, 0, 10, 8]], scores=[0.5, 0.5, 0.5]),
+    ]  # ties, .75, .8
     ours = _assert_equal_to_peers(refs, preds, tmp_path)
     assert 0.05 < ours[0] < 0.95
 
@@ -138,8 +154,10 @@ def test_accumulator_scores_frames_video_by_video(tmp_path):
     p = DetProtocol("lsa", None, True, 0.0, None, None, None, 0.0, 0.6, "coco")
     ref = D([[0, 0, 10, 10]])
     videos_ref = [[ref, D([])], [ref, ref]]
-    videos_pred = [[D([[0, 0, 10, 10]], [0.5]), D([[0, 0, 5, 5]], [0.5])],
-                   [D([[0, 0, 10, 6]], [0.5]), D([[0, 0, 10, 10]], [0.5])]]
+    videos_pred = [
+        [D([[0, 0, 10, 10]], [0.5]), D([[0, 0, 5, 5]], [0.5])],
+        [D([[0, 0, 10, 6]], [0.5]), D([[0, 0, 10, 10]], [0.5])],
+    ]
     acc = DetectionAccumulator(p)
     for r, pr in zip(videos_ref, videos_pred):
         acc.add_video(r, pr, (64, 96))
@@ -148,6 +166,7 @@ def test_accumulator_scores_frames_video_by_video(tmp_path):
     flat_pred = [d for v in videos_pred for d in v]
     peers = _assert_equal_to_peers(flat_ref, flat_pred, tmp_path)
     assert result["mAP"] == pytest.approx(100 * peers[0], abs=1e-4)
-    frame_first = coco_map([videos_ref[v][j] for j in range(2) for v in range(2)],
-                           [videos_pred[v][j] for j in range(2) for v in range(2)])
-    assert frame_first["map"] != pytest.approx(peers[0])          # the order matters on this case
+    frame_first = coco_map(
+        [videos_ref[v][j] for j in range(2) for v in range(2)], [videos_pred[v][j] for j in range(2) for v in range(2)]
+    )
+    assert frame_first["map"] != pytest.approx(peers[0])  # the order matters on this case

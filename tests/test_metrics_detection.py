@@ -1,5 +1,6 @@
 """Detection metrics (mAP, mIoU, Ctrl-V's sweep) with scripted detections, the YOLO backend on an
 untrained YOLO11n saved and reloaded by path, and the detector registry."""
+
 import os
 
 import numpy as np
@@ -35,6 +36,7 @@ def det_cfg():
 
 # ---------------------------------------------------------------- Detections / protocol filters
 
+
 def test_detections_validate_lengths():
     with pytest.raises(ValueError, match="2 boxes, 1 scores"):
         Detections(np.zeros((2, 4)), np.zeros(1), np.zeros(2))
@@ -44,10 +46,13 @@ def test_detections_validate_lengths():
 
 def test_lsa_protocol_keeps_vehicles_of_76px(det_cfg):
     p = DetProtocol.from_cfg(det_cfg)
-    d = D([[0, 0, 80, 80], [0, 0, 75, 200], [0, 0, 100, 100], [0, 0, 100, 100], [0, 0, 90, 90]],
-          scores=[0.9, 0.9, 0.9, 0.5, 0.7], labels=[CAR, CAR, PERSON, TRUCK, 5])
+    d = D(
+        [[0, 0, 80, 80], [0, 0, 75, 200], [0, 0, 100, 100], [0, 0, 100, 100], [0, 0, 90, 90]],
+        scores=[0.9, 0.9, 0.9, 0.5, 0.7],
+        labels=[CAR, CAR, PERSON, TRUCK, 5],
+    )
     kept = p.select(d, (320, 512), min_conf=0.6)
-    np.testing.assert_array_equal(kept.labels, [CAR, 5])          # narrow box, person, low score dropped
+    np.testing.assert_array_equal(kept.labels, [CAR, 5])  # narrow box, person, low score dropped
     assert p.name == "lsa" and p.class_aware and p.ref_conf == 0.6 and p.ap == "coco"
 
 
@@ -55,7 +60,7 @@ def test_ctrlv_protocol_is_class_agnostic_with_relative_size(det_cfg):
     cfg = OmegaConf.merge(det_cfg, {"protocol": "ctrlv"})
     p = DetProtocol.from_cfg(cfg)
     d = D([[0, 0, 41, 26], [0, 0, 40, 26], [0, 0, 50, 50]], labels=[CAR, TRUCK, TRUCK])
-    kept = p.select(d, (320, 512))                                 # 8% of 512 = 40.96, of 320 = 25.6
+    kept = p.select(d, (320, 512))  # 8% of 512 = 40.96, of 320 = 25.6
     np.testing.assert_array_equal(kept.labels, [0, 0])
     assert len(kept) == 2 and p.max_frames == 16
 
@@ -70,6 +75,7 @@ def test_unknown_protocol_and_missing_keys(det_cfg):
 
 
 # ---------------------------------------------------------------- mIoU
+
 
 def test_miou_hand_computed_class_aware_and_agnostic():
     ref = D([[0, 0, 10, 10], [20, 20, 40, 40]], labels=[CAR, TRUCK])
@@ -93,11 +99,12 @@ def test_miou_unmatched_references_score_zero_and_none_without_references():
     ref = D([[0, 0, 10, 10], [50, 50, 60, 60], [100, 0, 110, 10]])
     pred = D([[0, 0, 10, 10]])
     assert miou([ref], [pred]) == pytest.approx(1 / 3)
-    assert miou([ref, D([])], [pred, pred]) == pytest.approx(1 / 3)   # mean over reference boxes
+    assert miou([ref, D([])], [pred, pred]) == pytest.approx(1 / 3)  # mean over reference boxes
     assert miou([D([])], [pred]) is None
 
 
 # ---------------------------------------------------------------- COCO mAP vs pycocotools
+
 
 def _random_frames(seed, n_frames=6):
     rng = np.random.default_rng(seed)
@@ -126,11 +133,25 @@ def _pycocotools_map(refs, preds):
         images.append({"id": i})
         for b, c in zip(r.boxes, r.labels):
             w, h = float(b[2] - b[0]), float(b[3] - b[1])
-            anns.append({"id": len(anns) + 1, "image_id": i, "category_id": int(c), "iscrowd": 0,
-                         "bbox": [float(b[0]), float(b[1]), w, h], "area": w * h})
+            anns.append(
+                {
+                    "id": len(anns) + 1,
+                    "image_id": i,
+                    "category_id": int(c),
+                    "iscrowd": 0,
+                    "bbox": [float(b[0]), float(b[1]), w, h],
+                    "area": w * h,
+                }
+            )
         for b, s, c in zip(p.boxes, p.scores, p.labels):
-            dets.append({"image_id": i, "category_id": int(c), "score": float(s),
-                         "bbox": [float(b[0]), float(b[1]), float(b[2] - b[0]), float(b[3] - b[1])]})
+            dets.append(
+                {
+                    "image_id": i,
+                    "category_id": int(c),
+                    "score": float(s),
+                    "bbox": [float(b[0]), float(b[1]), float(b[2] - b[0]), float(b[3] - b[1])],
+                }
+            )
     gt = COCO()
     gt.dataset = {"images": images, "annotations": anns, "categories": [{"id": c} for c in range(80)]}
     gt.createIndex()
@@ -147,7 +168,7 @@ def test_coco_map_equals_pycocotools_cocoeval(capsys):
     theirs_map, theirs_50 = _pycocotools_map(refs, preds)
     assert ours["map"] == pytest.approx(theirs_map, abs=1e-6)
     assert ours["map_50"] == pytest.approx(theirs_50, abs=1e-6)
-    assert 0.05 < ours["map"] < 0.95                           # a case that tests something
+    assert 0.05 < ours["map"] < 0.95  # a case that tests something
 
 
 def test_coco_map_perfect_and_undefined():
@@ -157,6 +178,7 @@ def test_coco_map_perfect_and_undefined():
 
 
 # ---------------------------------------------------------------- Ctrl-V's confidence sweep
+
 
 def test_ctrlv_ap_hand_computed():
     ref = D([[0, 0, 10, 10]], labels=[0])
@@ -176,17 +198,17 @@ def test_ctrlv_ap_duplicates_and_precision():
 
 
 def test_ctrlv_frame_counts_follow_the_old_confusion_matrix():
-    iou = np.array([[0.9, 0.7, 0.0],
-                    [0.8, 0.0, 0.0]])                    # 2 references x 3 predictions (by score)
+    iou = np.array([[0.9, 0.7, 0.0], [0.8, 0.0, 0.0]])  # 2 references x 3 predictions (by score)
     # both references want prediction 0; it goes to reference 0 (best IoU), reference 1 is missed
     assert ctrlv_frame_counts(iou, 3, 0.5) == (1, 2, 1)
     assert ctrlv_frame_counts(iou, 1, 0.5) == (1, 0, 1)
     assert ctrlv_frame_counts(iou, 0, 0.5) == (0, 0, 2)
-    assert ctrlv_frame_counts(iou, 3, 0.95) == (0, 0, 2)   # no match: predictions not counted as FP
+    assert ctrlv_frame_counts(iou, 3, 0.95) == (0, 0, 2)  # no match: predictions not counted as FP
     assert ctrlv_frame_counts(np.zeros((0, 2)), 2, 0.5) == (0, 2, 0)
 
 
 # ---------------------------------------------------------------- accumulation and evaluate()
+
 
 def _coded_frames(video_id, n_frames, h=64, w=96):
     """Frames that carry (video, frame) in pixel (0,0): a FakeDetector can script boxes per frame."""
@@ -209,7 +231,7 @@ def test_evaluate_with_fake_detector_per_frame_curves(tmp_path):
         j = int(frame[0, 0, 1])
         return D([[10 + 2 * j, 10, 30 + 2 * j, 30]], scores=[0.8])
 
-    class Router:          # real frames have red value 0, generated ones 1
+    class Router:  # real frames have red value 0, generated ones 1
         name = "fake"
 
         def detect(self, frames):
@@ -248,11 +270,13 @@ def test_dataset_reference_boxes_are_rescaled_to_the_detector_frame():
     clips = [Clip(frames=_coded_frames(0, T), boxes=boxes, labels=[np.array([CAR])] * T) for _ in range(2)]
     # the detector sees frames at 128x192 (twice the video size): the dataset boxes must be doubled
     fake = FakeDetector(lambda f: D([[20, 20, 80, 60]], scores=[0.9]))
-    cfg = load_config("default", ["metrics=[det]", "det.reference=dataset", "det.frame_size=[128,192]",
-                                  "det.protocols.lsa.min_box_px=[8,8]"])
+    cfg = load_config(
+        "default",
+        ["metrics=[det]", "det.reference=dataset", "det.frame_size=[128,192]", "det.protocols.lsa.min_box_px=[8,8]"],
+    )
     r = evaluate(clips, [_coded_frames(1, T)] * 2, cfg, detector=fake, progress=False)["det"]
     assert r["mAP"] == pytest.approx(100.0) and r["mIoU"] == pytest.approx(100.0)
-    assert fake.calls == 2 * T                                   # only the generated frames were detected
+    assert fake.calls == 2 * T  # only the generated frames were detected
     assert r["reference"] == "dataset"
 
 
@@ -261,11 +285,13 @@ def test_dataset_reference_needs_boxes():
 
     cfg = load_config("default", ["metrics=[det]", "det.reference=dataset"])
     with pytest.raises(ValueError, match="det.reference=dataset needs Clips"):
-        evaluate([_coded_frames(0, 2)], [_coded_frames(1, 2)], cfg, detector=FakeDetector(lambda f: D([])),
-                 progress=False)
+        evaluate(
+            [_coded_frames(0, 2)], [_coded_frames(1, 2)], cfg, detector=FakeDetector(lambda f: D([])), progress=False
+        )
 
 
 # ---------------------------------------------------------------- registry
+
 
 def test_registry_builds_fake_and_custom_and_rejects_unknown():
     fake = build_detector({"name": "fake", "boxes": [[0, 0, 5, 5]], "scores": [0.5], "labels": [CAR]})
@@ -286,15 +312,18 @@ def test_registry_builds_fake_and_custom_and_rejects_unknown():
 
 # ---------------------------------------------------------------- YOLOv11 backend (untrained, by path)
 
+
 @pytest.fixture(scope="module")
 def tiny_yolo(tmp_path_factory):
     from metrics.detectors.yolo import make_tiny_yolo
+
     return make_tiny_yolo(tmp_path_factory.mktemp("yolo") / "yolo11n_random.pt")
 
 
 @pytest.fixture(scope="module")
 def road_frames():
     from data.synthetic import synthetic_clip
+
     return synthetic_clip(3, 4, 64, 96).frames
 
 
@@ -306,11 +335,19 @@ def test_yolo_offline_environment_is_set_by_the_project(tmp_path):
 
     env = {k: v for k, v in os.environ.items() if not k.startswith("YOLO_")}
     env["LSA_BENCH_CACHE"] = str(tmp_path)
-    code = ("import os, metrics.detectors.yolo\n"
-            "from ultralytics.utils import AUTOINSTALL, is_online\n"
-            "print(os.environ['YOLO_OFFLINE'], AUTOINSTALL, is_online(), os.environ['YOLO_CONFIG_DIR'])")
-    r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120,
-                       cwd=os.path.join(os.path.dirname(__file__), ".."))
+    code = (
+        "import os, metrics.detectors.yolo\n"
+        "from ultralytics.utils import AUTOINSTALL, is_online\n"
+        "print(os.environ['YOLO_OFFLINE'], AUTOINSTALL, is_online(), os.environ['YOLO_CONFIG_DIR'])"
+    )
+    r = subprocess.run(
+        [sys.executable, "-c", code],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=os.path.join(os.path.dirname(__file__), ".."),
+    )
     assert r.returncode == 0, r.stderr
     offline, autoinstall, online, config_dir = r.stdout.split()
     assert (offline, autoinstall, online) == ("1", "False", "False")
@@ -318,8 +355,9 @@ def test_yolo_offline_environment_is_set_by_the_project(tmp_path):
 
 
 def test_yolo_backend_loads_by_path_and_detects(tiny_yolo, road_frames):
-    det = build_detector({"name": "yolo11", "weights": str(tiny_yolo), "imgsz": 128, "min_conf": 0.3,
-                          "batch_size": 3, "device": "cpu"})
+    det = build_detector(
+        {"name": "yolo11", "weights": str(tiny_yolo), "imgsz": 128, "min_conf": 0.3, "batch_size": 3, "device": "cpu"}
+    )
     out = det.detect(road_frames)
     assert len(out) == len(road_frames)
     assert all(isinstance(d, Detections) for d in out) and sum(len(d) for d in out) > 0
@@ -339,28 +377,48 @@ def _same_boxes(a, b, atol=1e-2):
 def test_yolo_reads_rgb_and_batching_is_invisible(tiny_yolo, road_frames):
     from ultralytics import YOLO
 
-    det = build_detector({"name": "yolo11", "weights": str(tiny_yolo), "imgsz": 128, "min_conf": 0.3,
-                          "batch_size": 1, "device": "cpu"})
+    det = build_detector(
+        {"name": "yolo11", "weights": str(tiny_yolo), "imgsz": 128, "min_conf": 0.3, "batch_size": 1, "device": "cpu"}
+    )
     ours = det.detect(road_frames)
     raw = YOLO(str(tiny_yolo))
     bgr = raw.predict([f[..., ::-1].copy() for f in road_frames], imgsz=128, conf=0.3, verbose=False, device="cpu")
     rgb_as_bgr = raw.predict([f.copy() for f in road_frames], imgsz=128, conf=0.3, verbose=False, device="cpu")
     for d, r in zip(ours, bgr):
         _same_boxes(d.boxes, r.boxes.xyxy.numpy())
-    assert any(len(d) != len(r.boxes) or not np.allclose(d.scores, r.boxes.conf.numpy(), atol=1e-4)
-               for d, r in zip(ours, rgb_as_bgr)), "the net should see a difference between RGB and BGR"
-    batched = build_detector({"name": "yolo11", "weights": str(tiny_yolo), "imgsz": 128, "min_conf": 0.3,
-                              "batch_size": 4, "device": "cpu"}).detect(road_frames)
+    assert any(
+        len(d) != len(r.boxes) or not np.allclose(d.scores, r.boxes.conf.numpy(), atol=1e-4)
+        for d, r in zip(ours, rgb_as_bgr)
+    ), "the net should see a difference between RGB and BGR"
+    batched = build_detector(
+        {"name": "yolo11", "weights": str(tiny_yolo), "imgsz": 128, "min_conf": 0.3, "batch_size": 4, "device": "cpu"}
+    ).detect(road_frames)
     for a, b in zip(ours, batched):
         _same_boxes(a.boxes, b.boxes)
 
 
 def test_yolo_class_filter(tiny_yolo, road_frames):
-    only_trucks = build_detector({"name": "yolo11", "weights": str(tiny_yolo), "imgsz": 128, "min_conf": 0.05,
-                                  "classes": [TRUCK], "device": "cpu"}).detect(road_frames)
-    assert sum(len(d) for d in only_trucks) == 0                # the tiny net only reports cars
-    cars = build_detector({"name": "yolo11", "weights": str(tiny_yolo), "imgsz": 128, "min_conf": 0.05,
-                           "classes": [CAR, TRUCK], "device": "cpu"}).detect(road_frames)
+    only_trucks = build_detector(
+        {
+            "name": "yolo11",
+            "weights": str(tiny_yolo),
+            "imgsz": 128,
+            "min_conf": 0.05,
+            "classes": [TRUCK],
+            "device": "cpu",
+        }
+    ).detect(road_frames)
+    assert sum(len(d) for d in only_trucks) == 0  # the tiny net only reports cars
+    cars = build_detector(
+        {
+            "name": "yolo11",
+            "weights": str(tiny_yolo),
+            "imgsz": 128,
+            "min_conf": 0.05,
+            "classes": [CAR, TRUCK],
+            "device": "cpu",
+        }
+    ).detect(road_frames)
     assert all((d.labels == CAR).all() for d in cars) and sum(len(d) for d in cars) > 0
 
 
@@ -381,11 +439,18 @@ def test_detections_on_generated_frames_are_saved_in_video_pixels(tmp_path):
     from metrics.evaluate import evaluate, load_config
 
     T = 2
-    fake = FakeDetector(lambda f: D([[20, 20, 80, 60]], scores=[0.9]))   # in 128x192 detector pixels
+    fake = FakeDetector(lambda f: D([[20, 20, 80, 60]], scores=[0.9]))  # in 128x192 detector pixels
     cfg = load_config("default", ["metrics=[det]", "det.frame_size=[128,192]", "det.protocols.lsa.min_box_px=[8,8]"])
-    evaluate([_coded_frames(0, T)] * 2, [_coded_frames(1, T)] * 2, cfg, names=["a", "b"], detector=fake,
-             progress=False, detections_dir=tmp_path / "det")
+    evaluate(
+        [_coded_frames(0, T)] * 2,
+        [_coded_frames(1, T)] * 2,
+        cfg,
+        names=["a", "b"],
+        detector=fake,
+        progress=False,
+        detections_dir=tmp_path / "det",
+    )
     saved = json.loads((tmp_path / "det" / "a.json").read_text())["frames"]
     assert len(saved) == T and (tmp_path / "det" / "b.json").exists()
-    assert saved[0]["boxes"] == [[10.0, 10.0, 40.0, 30.0]]      # the 64x96 video's pixels
+    assert saved[0]["boxes"] == [[10.0, 10.0, 40.0, 30.0]]  # the 64x96 video's pixels
     assert saved[0]["scores"] == [pytest.approx(0.9)] and saved[0]["labels"] == [CAR]

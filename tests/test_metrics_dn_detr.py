@@ -10,6 +10,7 @@ FrozenBN buffers), at scaled-down widths. Its forward is an independent referenc
 converted transformers model. detrex's get_sine_pos_embed hard-codes 128 features per coordinate
 (= d/2 at detrex's d=256); the scaled-down reference uses d/2, as transformers does.
 """
+
 import json
 import math
 import re
@@ -49,19 +50,25 @@ class Dims:
 
 
 TINY = Dims()
-R50 = Dims(d=256, heads=8, ffn=2048, queries=300, stem=64, widths=(256, 512, 1024, 2048), depths=(3, 4, 6, 3),
-           enc=6, dec=6)                                  # detrex's dn_detr_r50
+R50 = Dims(
+    d=256, heads=8, ffn=2048, queries=300, stem=64, widths=(256, 512, 1024, 2048), depths=(3, 4, 6, 3), enc=6, dec=6
+)  # detrex's dn_detr_r50
 D_MODEL, HEADS, CLASSES = TINY.d, TINY.heads, TINY.classes
 CAR = 2
 
 
 # ======================================================================= detrex-like reference
 
-class FrozenBN(nn.Module):          # detectron2.layers.FrozenBatchNorm2d: four buffers, eps 1e-5
+
+class FrozenBN(nn.Module):  # detectron2.layers.FrozenBatchNorm2d: four buffers, eps 1e-5
     def __init__(self, n):
         super().__init__()
-        for name, init in (("weight", torch.ones), ("bias", torch.zeros), ("running_mean", torch.zeros),
-                           ("running_var", torch.ones)):
+        for name, init in (
+            ("weight", torch.ones),
+            ("bias", torch.zeros),
+            ("running_mean", torch.zeros),
+            ("running_var", torch.ones),
+        ):
             self.register_buffer(name, init(n))
 
     def forward(self, x):
@@ -69,7 +76,7 @@ class FrozenBN(nn.Module):          # detectron2.layers.FrozenBatchNorm2d: four 
         return x * scale[:, None, None] + (self.bias - self.running_mean * scale)[:, None, None]
 
 
-class Conv(nn.Conv2d):              # detectron2.layers.Conv2d with norm= : weight + `.norm`
+class Conv(nn.Conv2d):  # detectron2.layers.Conv2d with norm= : weight + `.norm`
     def __init__(self, cin, cout, k, stride=1):
         super().__init__(cin, cout, k, stride=stride, padding=k // 2, bias=False)
         self.norm = FrozenBN(cout)
@@ -78,11 +85,15 @@ class Conv(nn.Conv2d):              # detectron2.layers.Conv2d with norm= : weig
         return self.norm(super().forward(x))
 
 
-class Bottleneck(nn.Module):        # stride_in_1x1=False: the stride sits in the 3x3 conv
+class Bottleneck(nn.Module):  # stride_in_1x1=False: the stride sits in the 3x3 conv
     def __init__(self, cin, cout, stride):
         super().__init__()
         self.shortcut = Conv(cin, cout, 1, stride) if cin != cout else None
-        self.conv1, self.conv2, self.conv3 = Conv(cin, cout // 4, 1), Conv(cout // 4, cout // 4, 3, stride), Conv(cout // 4, cout, 1)
+        self.conv1, self.conv2, self.conv3 = (
+            Conv(cin, cout // 4, 1),
+            Conv(cout // 4, cout // 4, 3, stride),
+            Conv(cout // 4, cout, 1),
+        )
 
     def forward(self, x):
         y = self.conv3(F.relu(self.conv2(F.relu(self.conv1(x)))))
@@ -123,12 +134,15 @@ class MLP(nn.Module):
         return x
 
 
-class FFN(nn.Module):               # the PReLU is both `activation` and layers.0.1
+class FFN(nn.Module):  # the PReLU is both `activation` and layers.0.1
     def __init__(self, dm):
         super().__init__()
         self.activation = nn.PReLU()
-        self.layers = nn.Sequential(nn.Sequential(nn.Linear(dm.d, dm.ffn), self.activation, nn.Dropout(0.0)),
-                                    nn.Linear(dm.ffn, dm.d), nn.Dropout(0.0))
+        self.layers = nn.Sequential(
+            nn.Sequential(nn.Linear(dm.d, dm.ffn), self.activation, nn.Dropout(0.0)),
+            nn.Linear(dm.ffn, dm.d),
+            nn.Dropout(0.0),
+        )
 
     def forward(self, x):
         return x + self.layers(x)
@@ -139,14 +153,14 @@ class EncoderAttention(nn.Module):  # detrex MultiheadAttention wrapping torch's
         super().__init__()
         self.attn = nn.MultiheadAttention(dm.d, dm.heads)
 
-    def forward(self, x, pos):      # x, pos: [N, L, d]
+    def forward(self, x, pos):  # x, pos: [N, L, d]
         q = (x + pos).transpose(0, 1)
         return x + self.attn(q, q, x.transpose(0, 1))[0].transpose(0, 1)
 
 
 def _heads(x, heads):
     n, length, width = x.shape
-    return x.reshape(n, length, heads, width // heads).transpose(1, 2)   # [N, h, L, width/h]
+    return x.reshape(n, length, heads, width // heads).transpose(1, 2)  # [N, h, L, width/h]
 
 
 def _merge(x):
@@ -157,7 +171,14 @@ class ConditionalSelfAttention(nn.Module):
     def __init__(self, dm):
         super().__init__()
         self.heads = dm.heads
-        for name in ("query_content_proj", "query_pos_proj", "key_content_proj", "key_pos_proj", "value_proj", "out_proj"):
+        for name in (
+            "query_content_proj",
+            "query_pos_proj",
+            "key_content_proj",
+            "key_pos_proj",
+            "value_proj",
+            "out_proj",
+        ):
             self.add_module(name, nn.Linear(dm.d, dm.d))
 
     def forward(self, x, pos):
@@ -171,8 +192,15 @@ class ConditionalCrossAttention(nn.Module):
     def __init__(self, dm):
         super().__init__()
         self.heads = dm.heads
-        for name in ("query_content_proj", "query_pos_proj", "query_pos_sine_proj", "key_content_proj",
-                     "key_pos_proj", "value_proj", "out_proj"):
+        for name in (
+            "query_content_proj",
+            "query_pos_proj",
+            "query_pos_sine_proj",
+            "key_content_proj",
+            "key_pos_proj",
+            "value_proj",
+            "out_proj",
+        ):
             self.add_module(name, nn.Linear(dm.d, dm.d))
 
     def forward(self, x, memory, key_pos, query_pos, sine, first):
@@ -187,7 +215,7 @@ class ConditionalCrossAttention(nn.Module):
         return x + self.out_proj(_merge(attn @ _heads(self.value_proj(memory), self.heads)))
 
 
-class Layer(nn.Module):             # detrex BaseTransformerLayer: attentions / ffns / norms
+class Layer(nn.Module):  # detrex BaseTransformerLayer: attentions / ffns / norms
     def __init__(self, dm, attentions, num_norms):
         super().__init__()
         self.attentions = nn.ModuleList(attentions)
@@ -215,11 +243,11 @@ def sine_embed(coords, num_feats, temperature):
     for c in coords.unbind(-1):
         v = c[..., None] * 2 * math.pi / dim_t
         parts.append(torch.stack([v[..., 0::2].sin(), v[..., 1::2].cos()], -1).flatten(-2))
-    parts[0], parts[1] = parts[1], parts[0]                # exchange_xy: (y, x, w, h)
+    parts[0], parts[1] = parts[1], parts[0]  # exchange_xy: (y, x, w, h)
     return torch.cat(parts, -1)
 
 
-def inverse_sigmoid(x, eps=1e-3):   # detrex.utils.inverse_sigmoid
+def inverse_sigmoid(x, eps=1e-3):  # detrex.utils.inverse_sigmoid
     x = x.clamp(0, 1)
     return torch.log(x.clamp(min=eps) / (1 - x).clamp(min=eps))
 
@@ -228,10 +256,11 @@ class Decoder(nn.Module):
     def __init__(self, dm):
         super().__init__()
         self.d = dm.d
-        self.layers = nn.ModuleList(Layer(dm, [ConditionalSelfAttention(dm), ConditionalCrossAttention(dm)], 3)
-                                    for _ in range(dm.dec))
+        self.layers = nn.ModuleList(
+            Layer(dm, [ConditionalSelfAttention(dm), ConditionalCrossAttention(dm)], 3) for _ in range(dm.dec)
+        )
         for layer in self.layers[1:]:
-            layer.attentions[1].query_pos_proj = None       # as detrex does (keep_query_pos=False)
+            layer.attentions[1].query_pos_proj = None  # as detrex does (keep_query_pos=False)
         self.query_scale = MLP(dm.d, dm.d, dm.d, 2)
         self.ref_point_head = MLP(2 * dm.d, dm.d, dm.d, 2)
         self.ref_anchor_head = MLP(dm.d, dm.d, 2, 2)
@@ -244,10 +273,15 @@ class Decoder(nn.Module):
         for i, layer in enumerate(self.layers):
             sine = sine_embed(ref, half, 10000)
             query_pos = self.ref_point_head(sine)
-            sine = sine[..., :self.d] * (1 if i == 0 else self.query_scale(tgt))
-            hw = self.ref_anchor_head(tgt).sigmoid()         # modulate_hw_attn
-            sine = torch.cat([sine[..., :half] * (hw[..., 1] / ref[..., 3])[..., None],
-                              sine[..., half:] * (hw[..., 0] / ref[..., 2])[..., None]], -1)
+            sine = sine[..., : self.d] * (1 if i == 0 else self.query_scale(tgt))
+            hw = self.ref_anchor_head(tgt).sigmoid()  # modulate_hw_attn
+            sine = torch.cat(
+                [
+                    sine[..., :half] * (hw[..., 1] / ref[..., 3])[..., None],
+                    sine[..., half:] * (hw[..., 0] / ref[..., 2])[..., None],
+                ],
+                -1,
+            )
             tgt = layer.norms[0](layer.attentions[0](tgt, query_pos))
             tgt = layer.norms[1](layer.attentions[1](tgt, memory, key_pos, query_pos, sine, i == 0))
             tgt = layer.norms[2](layer.ffns[0](tgt))
@@ -265,7 +299,7 @@ class Transformer(nn.Module):
 class Denoising(nn.Module):
     def __init__(self, dm):
         super().__init__()
-        self.label_encoder = nn.Embedding(dm.classes + 1, dm.d - 1)   # one dim left for the indicator
+        self.label_encoder = nn.Embedding(dm.classes + 1, dm.d - 1)  # one dim left for the indicator
 
 
 class DetrexLikeDNDETR(nn.Module):
@@ -279,7 +313,7 @@ class DetrexLikeDNDETR(nn.Module):
         self.anchor_box_embed = nn.Embedding(dm.queries, 4)
         self.class_embed = nn.Linear(dm.d, dm.classes)
         self.bbox_embed = MLP(dm.d, dm.d, 4, 3)
-        self.transformer.decoder.bbox_embed = self.bbox_embed         # shared, as in DNDETR.__init__
+        self.transformer.decoder.bbox_embed = self.bbox_embed  # shared, as in DNDETR.__init__
 
     @torch.no_grad()
     def forward(self, images):
@@ -289,7 +323,7 @@ class DetrexLikeDNDETR(nn.Module):
         n, _, h, w = feat.shape
         ys = torch.arange(1, h + 1, dtype=torch.float32)[:, None].expand(h, w) / (h + 1e-6)
         xs = torch.arange(1, w + 1, dtype=torch.float32)[None, :].expand(h, w) / (w + 1e-6)
-        pos = sine_embed(torch.stack([xs, ys], -1), dm.d // 2, 20)   # (y, x) order, temperature 20
+        pos = sine_embed(torch.stack([xs, ys], -1), dm.d // 2, 20)  # (y, x) order, temperature 20
         pos = pos.reshape(1, h * w, dm.d).expand(n, -1, -1)
         memory = self.transformer.encoder(feat.flatten(2).transpose(1, 2), pos)
         # the matching part's content query: label_encoder("no object" = num_classes) ++ indicator 0
@@ -316,7 +350,7 @@ def make_reference(seed=0, dm: Dims = TINY) -> DetrexLikeDNDETR:
                 m.weight.uniform_(0.8, 1.2), m.bias.uniform_(-0.1, 0.1)
         model.denoising_generator.label_encoder.weight.normal_()
         model.anchor_box_embed.weight.uniform_(-1.5, 1.5)
-        model.anchor_box_embed.weight[:2, 2:] = -9.0          # widths/heights of 1e-4
+        model.anchor_box_embed.weight[:2, 2:] = -9.0  # widths/heights of 1e-4
         for layer in model.bbox_embed.layers:
             layer.weight.mul_(0.3)
     return model
@@ -338,14 +372,15 @@ def reference():
 def converted(reference, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("dn_detr")
     ckpt = save_detrex_checkpoint(reference, tmp / "dn_detr_tiny.pth")
-    assert main([str(ckpt), str(tmp / "converted"), "--num-heads", str(HEADS)]) == 0     # the CLI
+    assert main([str(ckpt), str(tmp / "converted"), "--num-heads", str(HEADS)]) == 0  # the CLI
     return tmp / "converted", json.loads((tmp / "converted" / "conversion.json").read_text())
 
 
 @pytest.fixture(scope="module")
 def frames():
     from data.synthetic import synthetic_clip
-    return synthetic_clip(5, 3, 72, 104).frames          # uint8 [3, 72, 104, 3] RGB
+
+    return synthetic_clip(5, 3, 72, 104).frames  # uint8 [3, 72, 104, 3] RGB
 
 
 SMALL = {"short_edge_length": 96, "max_size": 160, "device": "cpu"}
@@ -353,16 +388,24 @@ SMALL = {"short_edge_length": 96, "max_size": 160, "device": "cpu"}
 
 # ======================================================================= converter
 
+
 def test_reference_state_dict_has_detrex_key_names(reference):
     keys = set(reference.state_dict())
-    for k in ["backbone.stem.conv1.weight", "backbone.stem.conv1.norm.running_var",
-              "backbone.res2.0.shortcut.norm.weight", "backbone.res3.1.conv2.norm.bias",
-              "transformer.encoder.layers.0.attentions.0.attn.in_proj_weight",
-              "transformer.encoder.layers.1.ffns.0.activation.weight", "transformer.encoder.layers.1.ffns.0.layers.0.1.weight",
-              "transformer.decoder.layers.0.attentions.1.query_pos_proj.weight",
-              "transformer.decoder.layers.1.attentions.1.query_pos_sine_proj.bias",
-              "transformer.decoder.bbox_embed.layers.2.bias", "bbox_embed.layers.2.bias",
-              "denoising_generator.label_encoder.weight", "anchor_box_embed.weight"]:
+    for k in [
+        "backbone.stem.conv1.weight",
+        "backbone.stem.conv1.norm.running_var",
+        "backbone.res2.0.shortcut.norm.weight",
+        "backbone.res3.1.conv2.norm.bias",
+        "transformer.encoder.layers.0.attentions.0.attn.in_proj_weight",
+        "transformer.encoder.layers.1.ffns.0.activation.weight",
+        "transformer.encoder.layers.1.ffns.0.layers.0.1.weight",
+        "transformer.decoder.layers.0.attentions.1.query_pos_proj.weight",
+        "transformer.decoder.layers.1.attentions.1.query_pos_sine_proj.bias",
+        "transformer.decoder.bbox_embed.layers.2.bias",
+        "bbox_embed.layers.2.bias",
+        "denoising_generator.label_encoder.weight",
+        "anchor_box_embed.weight",
+    ]:
         assert k in keys, k
     assert "transformer.decoder.layers.1.attentions.1.query_pos_proj.weight" not in keys
 
@@ -384,22 +427,55 @@ def _fingerprinted():
 # target name -> source name, for representative keys (chunk = row block of the packed q/k/v)
 EXPECTED_SOURCE = {
     "model.backbone.conv_encoder.model.embedder.embedder.convolution.weight": ("backbone.stem.conv1.weight", None),
-    "model.backbone.conv_encoder.model.embedder.embedder.normalization.running_var": ("backbone.stem.conv1.norm.running_var", None),
-    "model.backbone.conv_encoder.model.encoder.stages.1.layers.0.shortcut.convolution.weight": ("backbone.res3.0.shortcut.weight", None),
-    "model.backbone.conv_encoder.model.encoder.stages.1.layers.1.layer.2.normalization.bias": ("backbone.res3.1.conv3.norm.bias", None),
+    "model.backbone.conv_encoder.model.embedder.embedder.normalization.running_var": (
+        "backbone.stem.conv1.norm.running_var",
+        None,
+    ),
+    "model.backbone.conv_encoder.model.encoder.stages.1.layers.0.shortcut.convolution.weight": (
+        "backbone.res3.0.shortcut.weight",
+        None,
+    ),
+    "model.backbone.conv_encoder.model.encoder.stages.1.layers.1.layer.2.normalization.bias": (
+        "backbone.res3.1.conv3.norm.bias",
+        None,
+    ),
     "model.input_projection.weight": ("input_proj.weight", None),
-    "model.encoder.layers.1.self_attn.q_proj.weight": ("transformer.encoder.layers.1.attentions.0.attn.in_proj_weight", 0),
+    "model.encoder.layers.1.self_attn.q_proj.weight": (
+        "transformer.encoder.layers.1.attentions.0.attn.in_proj_weight",
+        0,
+    ),
     "model.encoder.layers.1.self_attn.k_proj.bias": ("transformer.encoder.layers.1.attentions.0.attn.in_proj_bias", 1),
-    "model.encoder.layers.0.self_attn.v_proj.weight": ("transformer.encoder.layers.0.attentions.0.attn.in_proj_weight", 2),
-    "model.encoder.layers.0.self_attn.out_proj.weight": ("transformer.encoder.layers.0.attentions.0.attn.out_proj.weight", None),
+    "model.encoder.layers.0.self_attn.v_proj.weight": (
+        "transformer.encoder.layers.0.attentions.0.attn.in_proj_weight",
+        2,
+    ),
+    "model.encoder.layers.0.self_attn.out_proj.weight": (
+        "transformer.encoder.layers.0.attentions.0.attn.out_proj.weight",
+        None,
+    ),
     "model.encoder.layers.0.final_layer_norm.weight": ("transformer.encoder.layers.0.norms.1.weight", None),
     "model.encoder.layers.1.fc2.bias": ("transformer.encoder.layers.1.ffns.0.layers.1.bias", None),
     "model.decoder.layers.1.mlp.activation_fn.weight": ("transformer.decoder.layers.1.ffns.0.layers.0.1.weight", None),
-    "model.decoder.layers.0.self_attn.self_attn_key_pos_proj.weight": ("transformer.decoder.layers.0.attentions.0.key_pos_proj.weight", None),
-    "model.decoder.layers.0.self_attn.self_attn.output_proj.bias": ("transformer.decoder.layers.0.attentions.0.out_proj.bias", None),
-    "model.decoder.layers.0.cross_attn.cross_attn_query_pos_proj.weight": ("transformer.decoder.layers.0.attentions.1.query_pos_proj.weight", None),
-    "model.decoder.layers.1.cross_attn.cross_attn_query_pos_sine_proj.weight": ("transformer.decoder.layers.1.attentions.1.query_pos_sine_proj.weight", None),
-    "model.decoder.layers.1.cross_attn.cross_attn.output_proj.weight": ("transformer.decoder.layers.1.attentions.1.out_proj.weight", None),
+    "model.decoder.layers.0.self_attn.self_attn_key_pos_proj.weight": (
+        "transformer.decoder.layers.0.attentions.0.key_pos_proj.weight",
+        None,
+    ),
+    "model.decoder.layers.0.self_attn.self_attn.output_proj.bias": (
+        "transformer.decoder.layers.0.attentions.0.out_proj.bias",
+        None,
+    ),
+    "model.decoder.layers.0.cross_attn.cross_attn_query_pos_proj.weight": (
+        "transformer.decoder.layers.0.attentions.1.query_pos_proj.weight",
+        None,
+    ),
+    "model.decoder.layers.1.cross_attn.cross_attn_query_pos_sine_proj.weight": (
+        "transformer.decoder.layers.1.attentions.1.query_pos_sine_proj.weight",
+        None,
+    ),
+    "model.decoder.layers.1.cross_attn.cross_attn.output_proj.weight": (
+        "transformer.decoder.layers.1.attentions.1.out_proj.weight",
+        None,
+    ),
     "model.decoder.layers.1.cross_attn.cross_attn_layer_norm.bias": ("transformer.decoder.layers.1.norms.1.bias", None),
     "model.decoder.layers.0.mlp.final_layer_norm.weight": ("transformer.decoder.layers.0.norms.2.weight", None),
     "model.decoder.ref_anchor_head.layers.1.weight": ("transformer.decoder.ref_anchor_head.layers.1.weight", None),
@@ -435,7 +511,9 @@ def test_every_tensor_lands_where_it_should():
         name = ids[int(source_ids[0])]
         offsets = flat - source_ids[0] * 10000
         start = int(offsets[0])
-        assert torch.equal(offsets, start + torch.arange(flat.numel(), dtype=torch.float32)), f"{target}: not a contiguous copy"
+        assert torch.equal(offsets, start + torch.arange(flat.numel(), dtype=torch.float32)), (
+            f"{target}: not a contiguous copy"
+        )
         if target in EXPECTED_SOURCE:
             exp_name, chunk = EXPECTED_SOURCE[target]
             assert _canonical(name) == exp_name, (target, name)
@@ -449,8 +527,10 @@ def test_every_tensor_lands_where_it_should():
 
 
 def test_converter_fails_listing_unused_and_missing_keys(reference, tmp_path):
-    extra = {"transformer.decoder.layers.1.attentions.1.query_pos_proj.weight": torch.zeros(D_MODEL, D_MODEL),
-             "some_new_head.weight": torch.zeros(3)}
+    extra = {
+        "transformer.decoder.layers.1.attentions.1.query_pos_proj.weight": torch.zeros(D_MODEL, D_MODEL),
+        "some_new_head.weight": torch.zeros(3),
+    }
     ckpt = save_detrex_checkpoint(reference, tmp_path / "extra.pth", extra=extra, drop=("class_embed.bias",))
     with pytest.raises(ConversionError) as err:
         convert_checkpoint(ckpt, tmp_path / "out")
@@ -458,14 +538,16 @@ def test_converter_fails_listing_unused_and_missing_keys(reference, tmp_path):
     assert "unused source keys (2)" in msg and "some_new_head.weight" in msg
     assert "transformer.decoder.layers.1.attentions.1.query_pos_proj.weight" in msg
     assert "missing source keys (1)" in msg and "class_embed.bias  (for class_embed.bias)" in msg
-    assert not (tmp_path / "out").exists()                 # nothing written on failure
+    assert not (tmp_path / "out").exists()  # nothing written on failure
     # the CLI reports the same and exits with 2 (a user error: data/cli.py)
     assert main([str(ckpt), str(tmp_path / "out")]) == 2
 
 
 def test_converter_explicit_ignores_and_shared_copies(reference, tmp_path):
-    ignored = {"criterion.empty_weight": torch.ones(CLASSES + 1),
-               "backbone.res2.0.conv1.norm.num_batches_tracked": torch.tensor(5)}
+    ignored = {
+        "criterion.empty_weight": torch.ones(CLASSES + 1),
+        "backbone.res2.0.conv1.norm.num_batches_tracked": torch.tensor(5),
+    }
     config, _, report = convert_state_dict({**reference.state_dict(), **ignored}, num_heads=HEADS)
     assert set(report["ignored_source_keys"]) == set(ignored)
     assert config.num_patterns == 1 and config.num_labels == CLASSES and config.id2label[CAR] == "car"
@@ -504,17 +586,23 @@ def test_converted_model_matches_the_detrex_like_forward(reference, converted):
         plain = model(pixel_values=images)
     assert not torch.allclose(plain.pred_boxes[:, :2], want_boxes[:, :2], atol=1e-5)
     from transformers.models.dab_detr import modeling_dab_detr
-    assert modeling_dab_detr.inverse_sigmoid.__name__ == "inverse_sigmoid"      # restored
+
+    assert modeling_dab_detr.inverse_sigmoid.__name__ == "inverse_sigmoid"  # restored
 
 
 def test_full_size_r50_checkpoint_converts_and_matches():
     """detrex's real sizes (ResNet-50, 6+6 layers, d=256, 8 heads, 300 queries, 80 classes): every key
     maps with the default --num-heads 8 and the converted network gives the reference's outputs."""
     from transformers import DabDetrForObjectDetection
+
     reference = make_reference(seed=3, dm=R50)
     config, state, report = convert_state_dict(reference.state_dict())
     assert (config.hidden_size, config.encoder_layers, config.decoder_layers, config.num_queries) == (256, 6, 6, 300)
-    assert (config.encoder_attention_heads, config.encoder_ffn_dim, config.backbone_config.depths) == (8, 2048, [3, 4, 6, 3])
+    assert (config.encoder_attention_heads, config.encoder_ffn_dim, config.backbone_config.depths) == (
+        8,
+        2048,
+        [3, 4, 6, 3],
+    )
     assert report["source_keys"] == len(reference.state_dict()) and report["ignored_source_keys"] == {}
     model = DabDetrForObjectDetection(config).eval()
     model.load_state_dict(state, strict=True)
@@ -527,19 +615,21 @@ def test_full_size_r50_checkpoint_converts_and_matches():
 
 # ======================================================================= pre / post-processing
 
+
 def test_resize_shape_matches_detectron2_rounding():
-    assert resize_shape(320, 512, 800, 1333) == (800, 1280)          # the paper's detector frames
-    assert resize_shape(375, 1242, 800, 1333) == (402, 1333)         # KITTI: capped by max_size
+    assert resize_shape(320, 512, 800, 1333) == (800, 1280)  # the paper's detector frames
+    assert resize_shape(375, 1242, 800, 1333) == (402, 1333)  # KITTI: capped by max_size
     assert resize_shape(540, 960, 800, 1333) == (750, 1333)
-    assert resize_shape(1000, 600, 800, 1333) == (1333, 800)         # portrait
+    assert resize_shape(1000, 600, 800, 1333) == (1333, 800)  # portrait
     assert resize_shape(800, 1200, 800, 1333) == (800, 1200)
 
 
 def test_preprocess_is_pil_bilinear_then_0_255_normalisation(frames):
     from PIL import Image
+
     pre = Preprocess(96, 160, "bilinear", [123.675, 116.28, 103.53], [58.395, 57.12, 57.375])
     x = pre(frames)
-    assert x.shape == (3, 3, 96, 139)                                  # 72x104 -> 96x138.67 -> 139
+    assert x.shape == (3, 3, 96, 139)  # 72x104 -> 96x138.67 -> 139
     want = np.asarray(Image.fromarray(frames[1]).resize((139, 96), Image.BILINEAR)).astype(np.float32)
     want = (want - np.array([123.675, 116.28, 103.53])) / np.array([58.395, 57.12, 57.375])
     np.testing.assert_allclose(x[1].permute(1, 2, 0).numpy(), want, rtol=1e-5, atol=1e-5)
@@ -547,24 +637,27 @@ def test_preprocess_is_pil_bilinear_then_0_255_normalisation(frames):
 
 def test_top_k_spans_queries_and_classes_without_nms():
     logits = torch.full((1, 3, 4), -10.0)
-    logits[0, 0, 1], logits[0, 0, 2], logits[0, 2, 3] = 3.0, 2.0, 1.0   # query 0 twice, with two classes
+    logits[0, 0, 1], logits[0, 0, 2], logits[0, 2, 3] = 3.0, 2.0, 1.0  # query 0 twice, with two classes
     boxes = torch.tensor([[[0.5, 0.5, 0.2, 0.4], [0.1, 0.1, 0.1, 0.1], [0.25, 0.75, 0.5, 0.5]]])
     scores, labels, xyxy = select_top_k(logits, boxes, 3)
     np.testing.assert_allclose(scores[0], torch.sigmoid(torch.tensor([3.0, 2.0, 1.0])), rtol=1e-6)
     assert labels[0].tolist() == [1, 2, 3]
-    torch.testing.assert_close(xyxy[0], torch.tensor([[0.4, 0.3, 0.6, 0.7], [0.4, 0.3, 0.6, 0.7], [0.0, 0.5, 0.5, 1.0]]))
-    assert select_top_k(logits, boxes, 300)[0].shape == (1, 12)        # k capped at queries x classes
+    torch.testing.assert_close(
+        xyxy[0], torch.tensor([[0.4, 0.3, 0.6, 0.7], [0.4, 0.3, 0.6, 0.7], [0.0, 0.5, 0.5, 1.0]])
+    )
+    assert select_top_k(logits, boxes, 300)[0].shape == (1, 12)  # k capped at queries x classes
 
 
 def test_boxes_scaled_to_the_input_frame_clipped_and_empty_dropped():
     xyxy = np.array([[0.1, 0.2, 0.5, 0.6], [-0.1, 0.9, 0.3, 1.2], [1.05, 0.1, 1.2, 0.3]], np.float32)
     boxes, keep = to_frame_pixels(xyxy, (800, 1280), (320, 512))
     np.testing.assert_allclose(boxes[0], [51.2, 64, 256, 192], rtol=1e-5)
-    np.testing.assert_allclose(boxes[1], [0, 288, 153.6, 320], rtol=1e-5)   # clipped to the frame
-    assert keep.tolist() == [True, True, False]                               # outside: width 0
+    np.testing.assert_allclose(boxes[1], [0, 288, 153.6, 320], rtol=1e-5)  # clipped to the frame
+    assert keep.tolist() == [True, True, False]  # outside: width 0
 
 
 # ======================================================================= the transformers backend
+
 
 def test_backend_equals_reference_pipeline_end_to_end(reference, converted, frames):
     """detect() == resize + normalise + detrex-like forward + detrex's inference post-processing."""
@@ -582,12 +675,15 @@ def test_backend_equals_reference_pipeline_end_to_end(reference, converted, fram
         xyxy[:, 0::2], xyxy[:, 1::2] = xyxy[:, 0::2].clamp(0, 104), xyxy[:, 1::2].clamp(0, 72)
         ok = (xyxy[:, 2] > xyxy[:, 0]) & (xyxy[:, 3] > xyxy[:, 1])
         want_s, want_b, want_c = scores[ok].numpy(), xyxy[ok].numpy(), c[ok].numpy()
-        assert abs(len(d) - len(want_s)) <= 1                  # a near-tie may cross the top-300 border
+        assert abs(len(d) - len(want_s)) <= 1  # a near-tie may cross the top-300 border
         np.testing.assert_allclose(d.scores[:50], want_s[:50], rtol=1e-4, atol=1e-5)
         # each detection is one of the reference's: same class, same score, same box (order may
         # differ between near-equal scores, so match by content rather than by rank)
-        same = ((want_c[None] == d.labels[:, None]) & (np.abs(want_s[None] - d.scores[:, None]) < 1e-4)
-                & (np.abs(want_b[None] - d.boxes[:, None]).max(-1) < 2e-3))
+        same = (
+            (want_c[None] == d.labels[:, None])
+            & (np.abs(want_s[None] - d.scores[:, None]) < 1e-4)
+            & (np.abs(want_b[None] - d.boxes[:, None]).max(-1) < 2e-3)
+        )
         assert same.any(1).mean() > 0.99, same.any(1).mean()
 
 
@@ -599,8 +695,18 @@ def tiny_folder(tmp_path_factory):
 def test_output_format_is_the_detector_contract(tiny_folder, frames):
     """Same contract as the YOLO backend: one Detections per frame, float32 xyxy boxes inside the
     input frame, float32 scores sorted high to low, int64 COCO-80 labels, at most max_det."""
-    det = build_detector({"name": "dn_detr", "weights": str(tiny_folder), "imgsz": 640, "nms_iou": 0.7,
-                          "min_conf": 0.01, "max_det": 50, "batch_size": 2, **SMALL})
+    det = build_detector(
+        {
+            "name": "dn_detr",
+            "weights": str(tiny_folder),
+            "imgsz": 640,
+            "nms_iou": 0.7,
+            "min_conf": 0.01,
+            "max_det": 50,
+            "batch_size": 2,
+            **SMALL,
+        }
+    )
     assert det.name == "dn_detr" and det.backend == "transformers"
     out = det.detect(frames)
     assert len(out) == len(frames) and all(isinstance(d, Detections) for d in out)
@@ -612,7 +718,7 @@ def test_output_format_is_the_detector_contract(tiny_folder, frames):
         assert (d.boxes[:, [0, 2]] >= 0).all() and (d.boxes[:, [0, 2]] <= 104).all()
         assert (d.boxes[:, [1, 3]] >= 0).all() and (d.boxes[:, [1, 3]] <= 72).all()
         assert (d.widths > 0).all() and (d.heights > 0).all()
-    assert out[0].labels[0] == CAR                         # the tiny model favours cars (as the tiny YOLO)
+    assert out[0].labels[0] == CAR  # the tiny model favours cars (as the tiny YOLO)
 
 
 def test_batching_is_invisible_and_class_filter(tiny_folder, frames):
@@ -626,8 +732,9 @@ def test_batching_is_invisible_and_class_filter(tiny_folder, frames):
         np.testing.assert_allclose(a.boxes, b.boxes, atol=1e-3)
         np.testing.assert_allclose(a.scores, b.scores, atol=1e-5)
     full = build_detector({"name": "dn_detr", "weights": str(tiny_folder), "min_conf": 0.0, **SMALL}).detect(frames)
-    vehicles = build_detector({"name": "dn_detr", "weights": str(tiny_folder), "classes": [2, 3, 7],
-                               "min_conf": 0.0, **SMALL}).detect(frames)
+    vehicles = build_detector(
+        {"name": "dn_detr", "weights": str(tiny_folder), "classes": [2, 3, 7], "min_conf": 0.0, **SMALL}
+    ).detect(frames)
     for d, f in zip(vehicles, full):
         assert set(d.labels.tolist()) <= {2, 3, 7} and len(d) < len(f)
         # the filter applies to detrex's top-300 (it does not promote lower-ranked boxes)
@@ -638,6 +745,7 @@ def test_batching_is_invisible_and_class_filter(tiny_folder, frames):
 
 def test_real_road_image(tiny_folder, shared_data):
     from PIL import Image
+
     img = np.asarray(Image.open(shared_data / "dashcam" / "images" / "solidWhiteRight.jpg").convert("RGB"))
     det = build_detector({"name": "dn_detr", "weights": str(tiny_folder), "min_conf": 0.0, **SMALL})
     (d,) = det.detect(img[None])
@@ -653,8 +761,9 @@ def test_tiny_weights_are_made_once_in_the_cache(tmp_path, frames):
 
 def test_detrex_pth_is_converted_into_the_cache(reference, tmp_path):
     ckpt = save_detrex_checkpoint(reference, tmp_path / "dn_detr_tiny.pth")
-    det = build_detector({"name": "dn_detr", "weights": str(ckpt), "num_heads": HEADS,
-                          "cache_dir": str(tmp_path / "cache"), **SMALL})
+    det = build_detector(
+        {"name": "dn_detr", "weights": str(ckpt), "num_heads": HEADS, "cache_dir": str(tmp_path / "cache"), **SMALL}
+    )
     (folder,) = (tmp_path / "cache" / "dn_detr").iterdir()
     assert folder.name.startswith("dn_detr_tiny-") and det.weights == str(folder)
 
@@ -665,15 +774,17 @@ def test_scores_a_smoke_evaluation_like_the_yolo_backend(tmp_path):
 
     from data.synthetic import synthetic_clip
     from metrics.evaluate import evaluate, load_config
-    cfg = load_config("smoke", ["metrics=[det]", "det.detector.name=dn_detr", "det.detector.weights=tiny",
-                                f"cache_dir={tmp_path}"])
-    OmegaConf.set_struct(cfg, False)                 # DN-DETR-only keys are not in the shared node
+
+    cfg = load_config(
+        "smoke", ["metrics=[det]", "det.detector.name=dn_detr", "det.detector.weights=tiny", f"cache_dir={tmp_path}"]
+    )
+    OmegaConf.set_struct(cfg, False)  # DN-DETR-only keys are not in the shared node
     cfg.det.detector.update(short_edge_length=128, max_size=200)
     real = [synthetic_clip(i, 3, 64, 96).frames for i in range(2)]
     gen = [synthetic_clip(i + 10, 3, 64, 96).frames for i in range(2)]
     out = evaluate(real, gen, cfg, progress=False)["det"]
     assert out["detector"] == "dn_detr" and out["n_frames"] == 6
-    assert out["n_ref_boxes"] > 0 and out["mIoU"] is not None          # the tiny net gives cars >= 0.6
+    assert out["n_ref_boxes"] > 0 and out["mIoU"] is not None  # the tiny net gives cars >= 0.6
 
 
 def test_bad_settings_name_the_config_key(tmp_path, tiny_folder):
@@ -692,6 +803,7 @@ def test_bad_settings_name_the_config_key(tmp_path, tiny_folder):
 
 def test_defaults_are_detrex_test_settings():
     from metrics.detectors.dn_detr import default_settings
+
     s = default_settings()
     assert (s["short_edge_length"], s["max_size"], s["top_k"], s["interp"]) == (800, 1333, 300, "bilinear")
     assert s["pixel_mean"] == [123.675, 116.28, 103.53] and s["pixel_std"] == [58.395, 57.12, 57.375]
@@ -699,6 +811,7 @@ def test_defaults_are_detrex_test_settings():
 
 
 # ======================================================================= the native detrex backend
+
 
 def test_native_detrex_backend_matches_the_converted_model(tmp_path, frames):
     """Runs only where detrex + detectron2 are built (they are not on PyPI): detrex's own DN-DETR with
@@ -708,12 +821,14 @@ def test_native_detrex_backend_matches_the_converted_model(tmp_path, frames):
     from detectron2.config import LazyConfig, instantiate
 
     from metrics.detectors.detrex_native import _detrex_root
+
     config = "projects/dn_detr/configs/dn_detr_r50_50ep.py"
     try:
         root = _detrex_root(None, config)
     except FileNotFoundError as e:
         pytest.skip(f"detrex is importable but its projects/ folder was not found: {e}")
     import sys
+
     sys.path.insert(0, str(root))
     cfg = LazyConfig.load(str(root / config))
     cfg.model.device = "cpu"
@@ -721,8 +836,16 @@ def test_native_detrex_backend_matches_the_converted_model(tmp_path, frames):
     model = instantiate(cfg.model).eval()
     ckpt = tmp_path / "random_dn_detr.pth"
     torch.save({"model": model.state_dict()}, ckpt)
-    common = {"name": "dn_detr", "weights": str(ckpt), "device": "cpu", "min_conf": 0.0, "max_det": 50,
-              "short_edge_length": 320, "max_size": 512, "cache_dir": str(tmp_path / "cache")}
+    common = {
+        "name": "dn_detr",
+        "weights": str(ckpt),
+        "device": "cpu",
+        "min_conf": 0.0,
+        "max_det": 50,
+        "short_edge_length": 320,
+        "max_size": 512,
+        "cache_dir": str(tmp_path / "cache"),
+    }
     native = build_detector({**common, "backend": "detrex"}).detect(frames[:1])[0]
     ours = build_detector({**common, "backend": "transformers"}).detect(frames[:1])[0]
     np.testing.assert_allclose(ours.scores, native.scores, rtol=1e-3, atol=1e-4)
@@ -734,9 +857,11 @@ def test_metric_weights_accept_a_converted_folder(tiny_folder, tmp_path):
     from omegaconf import OmegaConf
 
     from metrics.weights import resolve_weights
-    cfg = OmegaConf.create({"cache_dir": str(tmp_path), "det": {"detector": {"name": "dn_detr",
-                                                                             "weights": str(tiny_folder)}}})
+
+    cfg = OmegaConf.create(
+        {"cache_dir": str(tmp_path), "det": {"detector": {"name": "dn_detr", "weights": str(tiny_folder)}}}
+    )
     assert resolve_weights(cfg, ["det"]) == {"det.detector.weights": str(tiny_folder)}
-    cfg.det.detector.weights = str(tmp_path)          # a folder that is no converted model
+    cfg.det.detector.weights = str(tmp_path)  # a folder that is no converted model
     with pytest.raises(FileNotFoundError, match="det.detector.weights"):
         resolve_weights(cfg, ["det"])

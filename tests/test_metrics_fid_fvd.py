@@ -2,6 +2,7 @@
 
 Inception runs at 299x299 on CPU (~0.1-0.3 s a frame): the FID tests use a handful of frames.
 """
+
 import warnings
 
 import numpy as np
@@ -31,6 +32,7 @@ def _frames(seed, n=4, h=64, w=96):
 
 # ---------------------------------------------------------------- FID
 
+
 def test_fid_equals_torchmetrics_on_same_frames_and_weights(inception_path):
     from torchmetrics.image.fid import FrechetInceptionDistance
 
@@ -48,8 +50,9 @@ def test_fid_equals_torchmetrics_on_same_frames_and_weights(inception_path):
     theirs = tm.compute().item()
     # the same features: torchmetrics keeps their sums
     for is_real, tm_sum in ((True, tm.real_features_sum), (False, tm.fake_features_sum)):
-        np.testing.assert_allclose(np.concatenate(ours.features[is_real]).astype(np.float64).sum(0),
-                                   tm_sum.numpy(), rtol=1e-6, atol=1e-6)
+        np.testing.assert_allclose(
+            np.concatenate(ours.features[is_real]).astype(np.float64).sum(0), tm_sum.numpy(), rtol=1e-6, atol=1e-6
+        )
     assert np.concatenate(ours.features[True]).std() > 0
     assert (r.n_real, r.n_gen, r.dim) == (3, 3, 2048)
     assert r.value > 1.0
@@ -73,7 +76,7 @@ def test_fid_weights_errors(tmp_path, i3d_path):
     with pytest.raises(FileNotFoundError, match="fid.weights"):
         InceptionFeatures(tmp_path / "missing.pth")
     with pytest.raises(ValueError, match="torch-fidelity InceptionV3"):
-        InceptionFeatures(i3d_path)                     # a TorchScript file is not an Inception state dict
+        InceptionFeatures(i3d_path)  # a TorchScript file is not an Inception state dict
 
 
 def test_random_inception_file_has_the_real_keys(inception_path):
@@ -86,6 +89,7 @@ def test_random_inception_file_has_the_real_keys(inception_path):
 
 
 # ---------------------------------------------------------------- FVD
+
 
 def test_tiny_i3d_loads_through_the_real_loader(i3d_path):
     ext = I3DFeatures(i3d_path)
@@ -113,11 +117,11 @@ def test_fvd_features_of_known_input(i3d_path, crop):
 
 def test_center_crop_drops_the_sides_squash_keeps_them():
     frames = np.zeros((2, 256, 410, 3), np.uint8)
-    frames[:, :, :40] = 255                           # a white band on the far left only
+    frames[:, :, :40] = 255  # a white band on the far left only
     centre = to_i3d_input(frames, crop="center")
     squash = to_i3d_input(frames, crop="squash")
     assert centre.shape == squash.shape == (3, 2, 224, 224)
-    assert centre.max() == -1.0                       # the band lies outside the centre crop
+    assert centre.max() == -1.0  # the band lies outside the centre crop
     assert squash.max() == pytest.approx(1.0)
     assert centre.min() >= -1.0 and centre.max() <= 1.0
 
@@ -161,9 +165,9 @@ def test_cdfvd_state_dict_loader(tmp_path):
     torch.manual_seed(0)
     path = tmp_path / "i3d_pretrained_400.pt"
     torch.save(InceptionI3d(400, in_channels=3).state_dict(), path)
-    ext = I3DFeatures(path)                            # auto: TorchScript fails, the state dict loads
+    ext = I3DFeatures(path)  # auto: TorchScript fails, the state dict loads
     assert ext.format == "cdfvd"
-    out = ext(torch.rand(1, 3, 9, 224, 224) * 2 - 1)   # the real net needs T >= 9 at 224x224
+    out = ext(torch.rand(1, 3, 9, 224, 224) * 2 - 1)  # the real net needs T >= 9 at 224x224
     assert out.shape == (1, 400) and np.isfinite(out).all()
 
 
@@ -173,7 +177,7 @@ def test_wrong_i3d_files_give_clear_errors(tmp_path, inception_path, i3d_path):
     with pytest.raises(ValueError, match="not an I3D this code can load.*i3d_torchscript.pt"):
         I3DFeatures(text)
     with pytest.raises(ValueError, match="as torchscript.*as cdfvd"):
-        I3DFeatures(inception_path)                    # a state dict of another network
+        I3DFeatures(inception_path)  # a state dict of another network
     with pytest.raises(ValueError, match="as cdfvd"):
         I3DFeatures(i3d_path, fmt="cdfvd")
     with pytest.raises(FileNotFoundError, match="fvd.weights"):

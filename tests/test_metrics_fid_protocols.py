@@ -1,6 +1,7 @@
 """FID preprocessing protocols (`fid.protocol`): torchmetrics' (default), pytorch-fid's and clean-fid's.
 Each protocol's resize and scaling is checked against the library's own code on real dash-cam frames;
 the network path after the scaling is checked against torch-fidelity's forward."""
+
 import numpy as np
 import pytest
 import torch
@@ -25,7 +26,7 @@ def test_clean_fid_preprocessing_equals_clean_fid(dashcam_frames):
     resize = pytest.importorskip("cleanfid.resize", reason="clean-fid is a test dependency (pip install -e .[test])")
     clean = resize.build_resizer("clean")
     theirs = np.stack([clean(f).transpose(2, 0, 1) for f in dashcam_frames[:2]])
-    theirs = (torch.from_numpy(theirs) - 128) / 128                # clean-fid's InceptionV3W, resize_inside=False
+    theirs = (torch.from_numpy(theirs) - 128) / 128  # clean-fid's InceptionV3W, resize_inside=False
     torch.testing.assert_close(preprocess(dashcam_frames[:2], "clean_fid"), theirs, rtol=0, atol=0)
 
 
@@ -40,7 +41,7 @@ def test_pytorch_fid_preprocessing_equals_pytorch_fid(dashcam_frames):
     net.resize_input, net.normalize_input = True, True
     net.output_blocks, net.last_needed_block = [0], 0
     net.blocks = torch.nn.ModuleList([torch.nn.Identity()])
-    x = torch.stack([to_tensor(f) for f in dashcam_frames[:2]])     # pytorch-fid's dataset: ToTensor
+    x = torch.stack([to_tensor(f) for f in dashcam_frames[:2]])  # pytorch-fid's dataset: ToTensor
     theirs = net(x)[0]
     torch.testing.assert_close(preprocess(dashcam_frames[:2], "pytorch_fid"), theirs, rtol=0, atol=0)
 

@@ -1,4 +1,5 @@
 """metrics.frechet against its peers (scipy's sqrtm formula, torchmetrics) and closed forms."""
+
 import warnings
 
 import numpy as np

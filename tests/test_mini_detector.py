@@ -2,6 +2,7 @@
 ultralytics' trainer, a few epochs) scores non-zero mAP through the evaluate path
 (metrics.evaluate, det.reference=dataset) on real frames, and about zero on noise. If the
 detection metrics ever regress to zero (or score noise as well as real frames), this fails."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -23,17 +24,28 @@ def trained_yolo(tmp_path_factory):
 
     work = tmp_path_factory.mktemp("mini_yolo")
     train = [synthetic_clip(s, 4, 64, 96, world=REDUCED) for s in range(24)]
-    return train_yolo(work / "yolo.pt", train, train[:2], work_dir=work / "work", epochs=EPOCHS, imgsz=96, batch=8,
-                      mosaic=0.0, close_mosaic=0, extra={"val": False})
+    return train_yolo(
+        work / "yolo.pt",
+        train,
+        train[:2],
+        work_dir=work / "work",
+        epochs=EPOCHS,
+        imgsz=96,
+        batch=8,
+        mosaic=0.0,
+        close_mosaic=0,
+        extra={"val": False},
+    )
 
 
 def test_evaluate_gives_nonzero_map_on_real_frames_and_about_zero_on_noise(trained_yolo):
     from benchmark.sanity import detector_sanity
     from metrics.evaluate import load_config
 
-    test = [synthetic_clip(1_000_000 + s, 4, 64, 96, world=REDUCED) for s in range(4)]   # seeds never trained on
+    test = [synthetic_clip(1_000_000 + s, 4, 64, 96, world=REDUCED) for s in range(4)]  # seeds never trained on
     cfg = load_config("smoke")
-    result = detector_sanity(test, {"yolo": {"name": "yolo11", "weights": str(trained_yolo), "imgsz": 96,
-                                             "max_det": 50}}, cfg)["yolo"]
-    assert result["real"] is not None and result["real"] > 5.0, result      # percent
+    result = detector_sanity(
+        test, {"yolo": {"name": "yolo11", "weights": str(trained_yolo), "imgsz": 96, "max_det": 50}}, cfg
+    )["yolo"]
+    assert result["real"] is not None and result["real"] > 5.0, result  # percent
     assert result["noise"] is not None and result["noise"] < 1.0, result

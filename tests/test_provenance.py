@@ -1,6 +1,7 @@
 """Provenance of stages (benchmark/provenance.py): recorded when a stage finishes, carried into the
 table, and a cached stage made by another commit or other library versions is flagged by
 --dry-run and benchmark.status, and recomputed (with what was built on it) under strict."""
+
 from __future__ import annotations
 
 import json
@@ -25,7 +26,7 @@ def test_current_record_and_mismatches():
     now = provenance.current()
     assert set(now["versions"]) == set(provenance.LIBRARIES) and now["versions"]["torch"]
     assert now["device"] and now["command"]
-    if now["commit"] is not None:                      # a git checkout (the usual case)
+    if now["commit"] is not None:  # a git checkout (the usual case)
         assert len(now["commit"]) == 40 and now["dirty"] in (True, False)
     assert provenance.mismatches(now, now) == []
     other = {**now, "commit": "0" * 40, "versions": {**now["versions"], "diffusers": "0.0.1"}}
@@ -41,6 +42,7 @@ def _age(store: Store, h: str, commit: str = "0" * 40) -> None:
     """Make stage h look as if another commit made it (its stage.json is part of its manifest, so
     the manifest is rewritten too: the stage stays intact, only older)."""
     from benchmark.manifest import write_manifest
+
     p = store.dir(h) / STAGE
     info = json.loads(p.read_text())
     info["provenance"]["commit"] = commit
@@ -53,19 +55,20 @@ def test_stage_from_another_commit_is_flagged_and_recomputed_under_strict(smoke,
     kw = {"store": store, "results": tmp_path / "res", "rows": ["svd_finetuned", "hybrid"], "figures": False}
     first = run_table("III", smoke, FakeRunner(), echo=lambda s: None, **kw)
     graph = first.graph
-    for s in graph.order():                             # every finished stage carries its provenance
+    for s in graph.order():  # every finished stage carries its provenance
         rec = store.stage_info(s.hash)["provenance"]
         assert rec["versions"] == provenance.current()["versions"] and rec["command"]
     doc = json.loads((tmp_path / "res" / "smoke-fake" / "table_III.json").read_text())
     assert doc["provenance"]["commits"] and "Code: commit" in doc["caption"]
 
-    gen = graph.rows[1].generate                        # hybrid's generate stage
+    gen = graph.rows[1].generate  # hybrid's generate stage
     _age(store, gen)
     # --dry-run and benchmark.status name it, with the commit
     lines = []
     run_table("III", smoke, None, dry_run=True, echo=lines.append, **kw)
     assert "other code made it: commit 0000000000 (now" in lines[0]
     from benchmark.status import main as status_main
+
     status_main(["table=III", "rows=svd_finetuned,hybrid", f"store={store.root}"])
     out = capsys.readouterr().out
     line = next(ln for ln in out.splitlines() if gen in ln)
@@ -90,6 +93,13 @@ def test_stage_from_another_commit_is_flagged_and_recomputed_under_strict(smoke,
 
 def test_unknown_provenance_mode_is_a_user_error(tmp_path):
     from data.cli import UserError
+
     with pytest.raises(UserError, match="benchmark.provenance='sloppy'"):
-        run_table("III", HydraResolver("smoke", ["benchmark.provenance=sloppy"]), FakeRunner(),
-                  store=tmp_path / "runs", results=tmp_path / "res", echo=lambda s: None)
+        run_table(
+            "III",
+            HydraResolver("smoke", ["benchmark.provenance=sloppy"]),
+            FakeRunner(),
+            store=tmp_path / "runs",
+            results=tmp_path / "res",
+            echo=lambda s: None,
+        )

@@ -1,4 +1,5 @@
 """The sanity report (benchmark/sanity.py): halves, verdicts, files."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -32,13 +33,25 @@ def test_frechet_sanity_on_smoke_weights_orders_real_blurred_and_noise():
 
 
 def test_report_files(tmp_path):
-    report = {"profile": "mini", "note": "n", "detectors": {"yolo": {"real": 50.0, "noise": 0.0}},
-              "frechet": {"fvd": {"real_vs_real": 1.0, "real_vs_noise": 9.0, "generated": {"g": 4.0},
-                                  "n_per_side": 8, "verdict": "separates"}}}
+    report = {
+        "profile": "mini",
+        "note": "n",
+        "detectors": {"yolo": {"real": 50.0, "noise": 0.0}},
+        "frechet": {
+            "fvd": {
+                "real_vs_real": 1.0,
+                "real_vs_noise": 9.0,
+                "generated": {"g": 4.0},
+                "n_per_side": 8,
+                "verdict": "separates",
+            }
+        },
+    }
     paths = write_report(report, tmp_path)
     text = paths["md"].read_text()
     assert "| yolo | 50 | 0 |" in text and "| real A vs g B | 4 |" in text and "Verdict: separates" in text
     assert render_markdown(report) == text
     with pytest.raises(ValueError):
         from benchmark.sanity import frechet_sanity
+
         frechet_sanity([], {}, None)

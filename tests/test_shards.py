@@ -1,6 +1,7 @@
 """Generate / evaluate stages split into shards of test clips (benchmark.shards, benchmark/shards.py):
 the same hashes, bit-identical frames and identical metrics as one unsharded stage, resume of a
 killed shard, local worker processes, and the SLURM plan (shard tasks + a merge task)."""
+
 from __future__ import annotations
 
 import json
@@ -46,20 +47,21 @@ def cells(path: Path) -> dict:
 def test_shards_cover_every_clip_once_in_order_aligned(total, count, align):
     names = [f"c{k:03d}" for k in range(total)]
     blocks = [shard_names(names, i, count, align) for i in range(count)]
-    assert [n for b, _ in blocks for n in b] == names                      # all, once, in order
+    assert [n for b, _ in blocks for n in b] == names  # all, once, in order
     for b, start in blocks:
         assert start % align == 0 or not b
-        assert names[start:start + len(b)] == b
+        assert names[start : start + len(b)] == b
     sizes = [len(b) for b, _ in blocks]
-    assert max(sizes) - min(sizes) <= 2 * align                             # as even as the alignment allows
+    assert max(sizes) - min(sizes) <= 2 * align  # as even as the alignment allows
     with pytest.raises(ValueError):
         shard_bounds(total, count, count)
 
 
 def test_shards_key_is_not_hashed_and_bad_values_name_it(smoke, smoke2, tmp_path, capsys):
     a, b = expand(load_table("III"), smoke), expand(load_table("III"), smoke2)
-    assert list(a.stages) == list(b.stages)                     # sharding never changes a stage's identity
+    assert list(a.stages) == list(b.stages)  # sharding never changes a stage's identity
     from benchmark.run import main
+
     for bad in ("0", "two", "true", "1.5"):
         assert main(["table=III", f"benchmark.shards={bad}", f"store={tmp_path}", "--dry-run"]) == 2
         err = capsys.readouterr().err
@@ -84,6 +86,7 @@ def test_sharded_table_equals_unsharded_and_a_failed_shard_resumes_alone(smoke, 
     ev = g.rows[0].evaluate["dn_detr"]
     assert store.shard_done(ev, 0, 2) and not store.shard_done(ev, 1, 2) and not store.is_done(ev)
     from benchmark.status import stage_statuses
+
     st = {x.hash: x for x in stage_statuses(g, store)}[ev]
     # the attempt raised: the runner recorded it (FAILED), status says so with the shard count
     assert st.status == "failed" and "RuntimeError: shard killed" in st.detail, st
@@ -93,7 +96,7 @@ def test_sharded_table_equals_unsharded_and_a_failed_shard_resumes_alone(smoke, 
     assert cells(two.outputs["json"]) == cells(one.outputs["json"])
     # only shard 1 of that stage ran again (then the other 3 rows' generate + evaluate, 2 shards each)
     assert again.history.count(("evaluate", ev)) == 1 and again.calls["evaluate"] == 1 + 3 * 2
-    for h in g.stages:                                   # the same frames as the unsharded run
+    for h in g.stages:  # the same frames as the unsharded run
         if g.stages[h].kind == "generate":
             a, b = (sorted((tmp_path / s / h / "frames").rglob("*.png")) for s in ("a", "b"))
             assert [p.relative_to(tmp_path / "a") for p in a] == [p.relative_to(tmp_path / "b") for p in b]
@@ -107,17 +110,25 @@ def test_local_workers_one_process_per_device(smoke2, tmp_path, monkeypatch):
     log = tmp_path / "events.log"
     monkeypatch.setenv("LSA_FAKE_RUNNER_LOG", str(log))
     monkeypatch.setattr(shards_mod, "local_devices", lambda: [None, None])
-    run = run_table("III", smoke2, FakeRunner(), store=tmp_path / "runs", results=tmp_path / "r", rows=["hybrid"],
-                    **quiet)
+    run = run_table(
+        "III", smoke2, FakeRunner(), store=tmp_path / "runs", results=tmp_path / "r", rows=["hybrid"], **quiet
+    )
     gen = run.graph.rows[0].generate
     store = Store(tmp_path / "runs")
     assert store.is_done(gen) and store.shard_done(gen, 0, 2) and store.shard_done(gen, 1, 2)
     assert (store.shard_dir(gen, 1, 2) / "worker.log").is_file()
     events = log.read_text().splitlines()
-    assert events.count(f"start generate {gen}") == 2         # one line per shard, written by the workers
+    assert events.count(f"start generate {gen}") == 2  # one line per shard, written by the workers
     assert store.result(gen)["num_videos"] == 2
-    single = run_table("III", HydraResolver("smoke"), FakeRunner(), store=tmp_path / "one", results=tmp_path / "r1",
-                       rows=["hybrid"], **quiet)
+    single = run_table(
+        "III",
+        HydraResolver("smoke"),
+        FakeRunner(),
+        store=tmp_path / "one",
+        results=tmp_path / "r1",
+        rows=["hybrid"],
+        **quiet,
+    )
     assert cells(run.outputs["json"]) == cells(single.outputs["json"])
 
 
@@ -139,9 +150,10 @@ def test_a_failing_worker_is_named_with_its_log(smoke2, tmp_path, monkeypatch):
 def test_runner_without_merge_cannot_be_split(smoke2, tmp_path):
     class Plain(FakeRunner):
         merge_generate = None
+
     with pytest.raises(ValueError, match="benchmark.shards=2.*no merge_generate"):
         run_table("III", smoke2, Plain(), store=tmp_path / "runs", results=tmp_path / "r", **quiet)
-    assert not list((tmp_path / "runs").glob("*/DONE"))              # checked before any work
+    assert not list((tmp_path / "runs").glob("*/DONE"))  # checked before any work
 
 
 # ------------------------------------------------------------------------------------ SLURM
@@ -149,22 +161,24 @@ def test_slurm_plan_shard_tasks_then_a_merge_task(smoke2, tmp_path):
     g = expand(load_table("III"), smoke2)
     store = Store(tmp_path)
     works = stage_works(g, store, None)
-    arrays = plan_arrays([Item(w.key, w.kind, tuple(w.deps)) for w in works], lambda k: work_done(store, k), {},
-                         KINDS + ("merge",))
+    arrays = plan_arrays(
+        [Item(w.key, w.kind, tuple(w.deps)) for w in works], lambda k: work_done(store, k), {}, KINDS + ("merge",)
+    )
     by = {a.name: a for a in arrays}
     assert [a.name for a in arrays] == ["testset", "train", "train-2", "generate", "merge", "evaluate", "merge-2"]
     assert [len(by[k].keys) for k in ("generate", "merge", "evaluate", "merge-2")] == [8, 4, 8, 4]
     for p in g.rows:
         gen, ev = p.generate, p.evaluate["dn_detr"]
-        assert by["generate"].needs[f"{gen}:0/2"] == [p.train[-1], p.testset]   # a shard: the stage's inputs
-        assert by["merge"].needs[gen] == [f"{gen}:0/2", f"{gen}:1/2"]          # the merge: its shards
-        assert by["evaluate"].needs[f"{ev}:1/2"] == [gen, p.testset]          # dependants: the merge
+        assert by["generate"].needs[f"{gen}:0/2"] == [p.train[-1], p.testset]  # a shard: the stage's inputs
+        assert by["merge"].needs[gen] == [f"{gen}:0/2", f"{gen}:1/2"]  # the merge: its shards
+        assert by["evaluate"].needs[f"{ev}:1/2"] == [gen, p.testset]  # dependants: the merge
         assert by["merge-2"].needs[ev] == [f"{ev}:0/2", f"{ev}:1/2"]
     # a recorded shard is not planned again
     store.commit_shard(g.rows[0].generate, 0, 2, {"num_videos": 1})
     works = stage_works(g, store, None)
-    arrays = plan_arrays([Item(w.key, w.kind, tuple(w.deps)) for w in works], lambda k: work_done(store, k), {},
-                         KINDS + ("merge",))
+    arrays = plan_arrays(
+        [Item(w.key, w.kind, tuple(w.deps)) for w in works], lambda k: work_done(store, k), {}, KINDS + ("merge",)
+    )
     gen_array = next(a for a in arrays if a.name == "generate")
     assert f"{g.rows[0].generate}:0/2" not in gen_array.keys and len(gen_array.keys) == 7
     merge = next(a for a in arrays if a.name == "merge")
@@ -175,8 +189,16 @@ def test_slurm_plan_shard_tasks_then_a_merge_task(smoke2, tmp_path):
 def test_debug_launcher_shards_give_the_local_numbers(smoke, smoke2, tmp_path):
     local = run_table("III", smoke, FakeRunner(), store=tmp_path / "a", results=tmp_path / "ra", **quiet)
     runner = FakeRunner()
-    debug = run_table("III", smoke2, runner, "debug", store=tmp_path / "b", results=tmp_path / "rb",
-                      cluster=load_cluster("local"), **quiet)
+    debug = run_table(
+        "III",
+        smoke2,
+        runner,
+        "debug",
+        store=tmp_path / "b",
+        results=tmp_path / "rb",
+        cluster=load_cluster("local"),
+        **quiet,
+    )
     assert cells(debug.outputs["json"]) == cells(local.outputs["json"])
     store = Store(tmp_path / "b")
     gen = debug.graph.rows[0].generate
@@ -184,9 +206,12 @@ def test_debug_launcher_shards_give_the_local_numbers(smoke, smoke2, tmp_path):
     rec = json.loads((store.dir(gen) / "slurm.json").read_text())["submissions"][0]
     shard_rec = json.loads((store.shard_dir(gen, 1, 2) / "slurm.json").read_text())["submissions"][0]
     assert rec["array"] == "merge" and rec["kind"] == "merge" and shard_rec["array"] == "generate"
-    assert sorted(rec["depends_on"]) == sorted([shard_rec["job_id"],
-                                               json.loads((store.shard_dir(gen, 0, 2) / "slurm.json").read_text())
-                                               ["submissions"][0]["job_id"]])
+    assert sorted(rec["depends_on"]) == sorted(
+        [
+            shard_rec["job_id"],
+            json.loads((store.shard_dir(gen, 0, 2) / "slurm.json").read_text())["submissions"][0]["job_id"],
+        ]
+    )
 
 
 # ------------------------------------------------------------------------------------ the real runner
@@ -196,8 +221,14 @@ def test_real_runner_sharded_equals_unsharded_bit_for_bit(tiny_cache, tmp_path, 
     metric identical; shard 1 killed after one of its two clips resumes with the other one only."""
     import benchmark.generate as gen_mod
     from benchmark.trainer_runner import TrainerRunner
-    over = ["benchmark.num_test_clips=3", "benchmark.generate.num_inference_steps=1", "data.clip_len=2",
-            "metrics.fvd.batch_size=2", "benchmark.generate.save_mp4=false"]
+
+    over = [
+        "benchmark.num_test_clips=3",
+        "benchmark.generate.num_inference_steps=1",
+        "data.clip_len=2",
+        "metrics.fvd.batch_size=2",
+        "benchmark.generate.save_mp4=false",
+    ]
     store = Store(tmp_path / "runs")
     kw = dict(store=store, results=tmp_path / "res", rows=["nuscenes_svd"], **quiet)
     one = run_table("I", HydraResolver("smoke", over), TrainerRunner(), **kw)
@@ -212,7 +243,7 @@ def test_real_runner_sharded_equals_unsharded_bit_for_bit(tiny_cache, tmp_path, 
     written = []
     real_write = gen_mod.write_frames
 
-    def crash_on_third(folder, frames):       # shard 0 writes clip 0, shard 1 clip 1, then dies on clip 2
+    def crash_on_third(folder, frames):  # shard 0 writes clip 0, shard 1 clip 1, then dies on clip 2
         if len(written) == 2:
             raise RuntimeError("killed")
         written.append(Path(folder).name)
@@ -223,12 +254,15 @@ def test_real_runner_sharded_equals_unsharded_bit_for_bit(tiny_cache, tmp_path, 
     with pytest.raises(RuntimeError, match="killed"):
         run_table("I", sharded, TrainerRunner(), **kw)
     assert store.shard_done(gen, 0, 2) and not store.shard_done(gen, 1, 2)
-    monkeypatch.setattr(gen_mod, "write_frames", lambda folder, frames: (written.append(Path(folder).name),
-                                                                         real_write(folder, frames))[1])
+    monkeypatch.setattr(
+        gen_mod,
+        "write_frames",
+        lambda folder, frames: (written.append(Path(folder).name), real_write(folder, frames))[1],
+    )
     two = run_table("I", sharded, TrainerRunner(), **kw)
     assert two.graph.rows[0].generate == gen and store.is_done(ev)
     names = sorted(d.name for d in (ref / "frames").iterdir())
-    assert written == names                    # each clip generated once: the rerun made only the third
+    assert written == names  # each clip generated once: the rerun made only the third
     for n in names:
         a, b = sorted((ref / "frames" / n).glob("*.png")), sorted((store.dir(gen) / "frames" / n).glob("*.png"))
         assert len(a) == 2 and [x.read_bytes() for x in a] == [y.read_bytes() for y in b]
@@ -239,6 +273,7 @@ def test_real_runner_sharded_equals_unsharded_bit_for_bit(tiny_cache, tmp_path, 
         assert metrics_two[key]["value"] == metrics_one[key]["value"]
         assert metrics_two[key]["n_real"] == metrics_one[key]["n_real"] == (3 if key == "fvd" else 6)
     assert metrics_two["det"] == metrics_one["det"]
-    assert {k: v for k, v in metrics_two.items() if k not in ("timing", "warnings")} == \
-        {k: v for k, v in metrics_one.items() if k not in ("timing", "warnings")}
+    assert {k: v for k, v in metrics_two.items() if k not in ("timing", "warnings")} == {
+        k: v for k, v in metrics_one.items() if k not in ("timing", "warnings")
+    }
     assert sorted(os.listdir(store.dir(ev) / "detections")) == [f"{n}.json" for n in names]

@@ -1,4 +1,5 @@
 """SVD conditioning: identical to what StableVideoDiffusionPipeline computes at inference."""
+
 import numpy as np
 import pytest
 import torch
@@ -12,6 +13,7 @@ from trainers.models import build_tiny_svd
 @pytest.fixture(scope="module")
 def pipe():
     from diffusers import StableVideoDiffusionPipeline
+
     return StableVideoDiffusionPipeline(**build_tiny_svd(seed=0))
 
 
@@ -37,8 +39,9 @@ def test_clip_embedding_and_frame_latent_match_pipeline(pipe):
 
 
 def test_time_ids_match_pipeline(pipe):
-    cond = SVDConditioner(pipe.vae, pipe.image_encoder, pipe.feature_extractor, fps=7, motion_bucket_id=127,
-                          noise_aug=0.02)
+    cond = SVDConditioner(
+        pipe.vae, pipe.image_encoder, pipe.feature_extractor, fps=7, motion_bucket_id=127, noise_aug=0.02
+    )
     # the pipeline passes fps - 1 to _get_add_time_ids
     ref = pipe._get_add_time_ids(7 - 1, 127, 0.02, torch.float32, 2, 1, False)
     assert torch.equal(cond.time_ids(2), ref)
@@ -50,8 +53,8 @@ def test_conditioning_dropout_rates():
     n = 20000
     e, l = cond.apply_dropout(torch.ones(n, 1, 4), torch.ones(n, 4, 2, 2), torch.Generator().manual_seed(0))
     e_drop, l_drop = (e[:, 0, 0] == 0), (l[:, 0, 0, 0] == 0)
-    assert abs(e_drop.float().mean() - 0.2) < 0.02      # image embedding: p < 0.2
-    assert abs(l_drop.float().mean() - 0.2) < 0.02      # frame latent: 0.1 <= p < 0.3
+    assert abs(e_drop.float().mean() - 0.2) < 0.02  # image embedding: p < 0.2
+    assert abs(l_drop.float().mean() - 0.2) < 0.02  # frame latent: 0.1 <= p < 0.3
     assert abs((e_drop & l_drop).float().mean() - 0.1) < 0.02
 
 

@@ -3,6 +3,7 @@ docs/slurm.md gives for several GPUs: `accelerate launch --multi_gpu --num_proce
 trainers.train` (without GPUs accelerate runs it as MULTI_CPU). One log line per optimizer step, the
 clips split between the processes, every process's state in the checkpoint, and a resumed
 two-process run equal to an uninterrupted one."""
+
 import json
 import os
 import socket
@@ -17,8 +18,16 @@ from safetensors.torch import load_file
 from trainers.loop import EpochSampler
 
 ROOT = Path(__file__).resolve().parents[1]
-COMMON = ["model=tiny", "data=synthetic", "data.train.num_clips=4", "data.clip_len=4", "schedule=joint",
-          "train.checkpoint_every=100", "train.epochs=2", "train.seed=7"]
+COMMON = [
+    "model=tiny",
+    "data=synthetic",
+    "data.train.num_clips=4",
+    "data.clip_len=4",
+    "schedule=joint",
+    "train.checkpoint_every=100",
+    "train.epochs=2",
+    "train.seed=7",
+]
 
 
 def _free_port() -> int:
@@ -29,12 +38,28 @@ def _free_port() -> int:
 
 def _launch(out_dir, *overrides, nproc=2) -> str:
     env = dict(os.environ, TQDM_DISABLE="1")
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(nproc),
-           "--num_machines", "1", "--num_cpu_threads_per_process", "1", "--main_process_port", str(_free_port()),
-           "-m", "trainers.train", *COMMON, f"train.out_dir={out_dir}", *overrides]
+    cmd = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--multi_gpu",
+        "--num_processes",
+        str(nproc),
+        "--num_machines",
+        "1",
+        "--num_cpu_threads_per_process",
+        "1",
+        "--main_process_port",
+        str(_free_port()),
+        "-m",
+        "trainers.train",
+        *COMMON,
+        f"train.out_dir={out_dir}",
+        *overrides,
+    ]
     res = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
-    return res.stdout + res.stderr          # the run folder on stdout, progress (logging) on stderr
+    return res.stdout + res.stderr  # the run folder on stdout, progress (logging) on stderr
 
 
 def _log(run_dir):
@@ -75,7 +100,7 @@ def test_every_process_state_is_in_the_checkpoint(ddp_runs):
 
 def test_a_resumed_two_process_run_equals_an_uninterrupted_one(ddp_runs):
     one, two, out = ddp_runs
-    assert out.count("resumed from") == 1 and "step-00000002" in out      # printed by the main process only
+    assert out.count("resumed from") == 1 and "step-00000002" in out  # printed by the main process only
     assert out.count("run folder:") == 1
     assert [r["clips"] for r in _log(one)] == [r["clips"] for r in _log(two)]
     assert [r["loss"] for r in _log(one)] == [r["loss"] for r in _log(two)]
@@ -88,9 +113,22 @@ def test_a_non_finite_loss_on_one_process_stops_every_process(tmp_path):
     """Process 1 alone sees NaN: both stop with a clear error instead of process 0 waiting in the
     gradient all-reduce until the communication times out."""
     env = dict(os.environ, PYTHONPATH=str(ROOT))
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-           "--num_machines", "1", "--num_cpu_threads_per_process", "1", "--main_process_port", str(_free_port()),
-           str(ROOT / "tests" / "_ddp_check_finite.py"), str(tmp_path)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--num_cpu_threads_per_process",
+        "1",
+        "--main_process_port",
+        str(_free_port()),
+        str(ROOT / "tests" / "_ddp_check_finite.py"),
+        str(tmp_path),
+    ]
     res = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     said = {r: (tmp_path / f"rank{r}.txt").read_text() for r in (0, 1)}

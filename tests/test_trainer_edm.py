@@ -1,4 +1,5 @@
 """EDM maths against diffusers' own EulerDiscreteScheduler (SVD config)."""
+
 import pytest
 import torch
 from diffusers import EulerDiscreteScheduler
@@ -34,7 +35,7 @@ def test_preconditioning_matches_euler_scheduler(i):
 def test_loss_weight_at_known_sigmas():
     """w(sigma) = (sigma^2 + sigma_data^2) / (sigma sigma_data)^2 (EDM, sigma_data = 1), by hand."""
     sigma = torch.tensor([0.1, 0.5, 1.0, 2.0, 10.0])
-    expected = torch.tensor([101.0, 5.0, 2.0, 1.25, 1.01])      # 1.01/0.01, 1.25/0.25, 2/1, 5/4, 101/100
+    expected = torch.tensor([101.0, 5.0, 2.0, 1.25, 1.01])  # 1.01/0.01, 1.25/0.25, 2/1, 5/4, 101/100
     torch.testing.assert_close(edm.loss_weight(sigma), expected, rtol=1e-6, atol=0)
     # EDM's unit-variance property c_skip + c_out^2 = 1 for sigma_data = 1: 1/(1+s^2) + s^2/(1+s^2)
     torch.testing.assert_close(edm.c_skip(sigma) + edm.c_out(sigma) ** 2, torch.ones(5))
@@ -43,6 +44,7 @@ def test_loss_weight_at_known_sigmas():
 def test_loss_weight_is_snr_plus_one_of_diffusers():
     """In x0 space the v-prediction loss weighs 1 + SNR(t) (SNR from diffusers' compute_snr)."""
     from diffusers.training_utils import compute_snr
+
     sched = EulerDiscreteScheduler.from_config(SVD_SCHEDULER_CONFIG)
     t = torch.tensor([0, 99, 499, 999])
     sigma = edm.scheduler_sigmas(sched)[t]
@@ -54,13 +56,14 @@ def test_weighted_x0_loss_equals_v_prediction_mse(t):
     """w(sigma) ||z0_hat - z0||^2 is the plain MSE of the U-Net output against diffusers' v target
     (DDPMScheduler.get_velocity on the SVD betas): L_diff trains what SVD's v-prediction trains."""
     from diffusers import DDPMScheduler
+
     cfg = {k: SVD_SCHEDULER_CONFIG[k] for k in ("beta_start", "beta_end", "beta_schedule", "num_train_timesteps")}
     ddpm = DDPMScheduler(**cfg, prediction_type="v_prediction")
     abar = ddpm.alphas_cumprod[t].double()
     sigma = ((1 - abar) / abar).sqrt().reshape(1)
     g = torch.Generator().manual_seed(t)
     z0, eps, F = (torch.randn(1, 2, 4, 3, 5, generator=g, dtype=torch.float64) for _ in range(3))
-    x_t = z0 + sigma.view(1, 1, 1, 1, 1) * eps                    # EDM's noised latent
+    x_t = z0 + sigma.view(1, 1, 1, 1, 1) * eps  # EDM's noised latent
     v = ddpm.get_velocity(z0, eps, torch.tensor([t])).double()
     ours = edm.loss_weight(sigma) * ((edm.denoise(F, x_t, sigma) - z0) ** 2).mean()
     torch.testing.assert_close(ours, ((F - v) ** 2).mean().reshape(1), rtol=1e-6, atol=1e-9)

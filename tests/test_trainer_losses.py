@@ -1,4 +1,5 @@
 """DiffusionLoss and SemanticAlignmentLoss (Eq. 2-5) on tiny models and hand-made features."""
+
 import numpy as np
 import pytest
 import torch
@@ -22,13 +23,15 @@ class FakeEncoder:
 def test_feature_loss_hand_computed_each_variant():
     x0 = torch.zeros(1, 2, 3, 20, 30)
     x_hat = torch.zeros_like(x0)
-    x_hat[0, 0, :, :10, :10] = 1.0        # frame 0: patch (0,0) differs by 1
-    x_hat[0, 1, :, 10:, 20:] = 0.5        # frame 1: patch (1,2) differs by 0.5
-    boxes = [[np.array([[0, 0, 5, 5]]), np.zeros((0, 4))]]   # box covers patch (0,0) in frame 0 only
-    n = 2 * 6 * 1   # frames x patches x channels
-    expect = {"global": (1.0 + 0.25) / n,
-              "box": (10 ** 2 * 1.0 + 0) / n,            # frame 1 has no box: masked out entirely
-              "hybrid": (10 ** 2 * 1.0 + 0.25) / n}      # alpha multiplies before squaring
+    x_hat[0, 0, :, :10, :10] = 1.0  # frame 0: patch (0,0) differs by 1
+    x_hat[0, 1, :, 10:, 20:] = 0.5  # frame 1: patch (1,2) differs by 0.5
+    boxes = [[np.array([[0, 0, 5, 5]]), np.zeros((0, 4))]]  # box covers patch (0,0) in frame 0 only
+    n = 2 * 6 * 1  # frames x patches x channels
+    expect = {
+        "global": (1.0 + 0.25) / n,
+        "box": (10**2 * 1.0 + 0) / n,  # frame 1 has no box: masked out entirely
+        "hybrid": (10**2 * 1.0 + 0.25) / n,
+    }  # alpha multiplies before squaring
     for variant, value in expect.items():
         loss = SemanticAlignmentLoss(FakeEncoder(), variant, alpha=10)(x_hat, x0, boxes)
         assert loss.item() == pytest.approx(value, rel=1e-6), variant
@@ -46,7 +49,7 @@ def test_real_side_has_no_grad_and_generated_side_has():
 
 def test_dino_input_size_auto():
     dino = DinoFeatures(build_tiny_dino())
-    assert dino.input_size(320, 512) == (322, 518)      # 23 x 37 patches (docs/perf.md)
+    assert dino.input_size(320, 512) == (322, 518)  # 23 x 37 patches (docs/perf.md)
     feats, grid = dino(torch.zeros(2, 3, 64, 96))
     assert grid == (5, 7) and feats.shape == (2, 35, 32)
 
@@ -69,6 +72,7 @@ def test_decode_chunked_and_checkpointed_agree():
 
 def test_channels_last_decoder_gives_the_same_frames_and_gradients():
     from trainers.decoder_speed import set_channels_last
+
     vae = build_tiny_svd()["vae"].requires_grad_(False)
     z = torch.randn(1, 3, 4, 8, 12, requires_grad=True)
     outs, grads = [], []
@@ -83,7 +87,7 @@ def test_channels_last_decoder_gives_the_same_frames_and_gradients():
         grads.append(z.grad.clone())
     torch.testing.assert_close(outs[1], outs[0], atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(grads[1], grads[0], atol=1e-5, rtol=1e-5)
-    assert torch.equal(outs[2], outs[0])            # switching back restores the NCHW computation
+    assert torch.equal(outs[2], outs[0])  # switching back restores the NCHW computation
 
 
 def test_diffusion_loss_matches_formula():
@@ -108,10 +112,10 @@ def test_diffusion_loss_matches_formula():
 
 
 def test_schedules_and_frame_selection():
-    assert objective_weights(1, 2, 0.9, 60) == (1.0, 0.0)       # staged, epoch 1
-    assert objective_weights(2, 2, 0.9, 60) == (0.9, 60)        # staged, epoch 2
-    assert objective_weights(1, 1, 0.9, 100) == (0.9, 100)      # joint
-    assert objective_weights(2, None, 0.9, 100) == (1.0, 0.0)   # diffusion only
+    assert objective_weights(1, 2, 0.9, 60) == (1.0, 0.0)  # staged, epoch 1
+    assert objective_weights(2, 2, 0.9, 60) == (0.9, 60)  # staged, epoch 2
+    assert objective_weights(1, 1, 0.9, 100) == (0.9, 100)  # joint
+    assert objective_weights(2, None, 0.9, 100) == (1.0, 0.0)  # diffusion only
     assert select_frames(5, "all") == [0, 1, 2, 3, 4]
     assert select_frames(5, "every_k:2") == [0, 2, 4]
     with pytest.raises(ValueError, match="decode_frames"):

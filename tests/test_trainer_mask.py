@@ -1,4 +1,5 @@
 """patch_mask (Eq. 4), hand-computed."""
+
 import numpy as np
 import pytest
 import torch
@@ -14,24 +15,30 @@ def test_global_is_all_ones_whatever_the_boxes():
 
 
 def test_hybrid_box_inside_one_patch_and_across_patches():
-    boxes = [np.array([[12, 3, 18, 7]]),          # inside patch (row 0, col 1)
-             np.array([[15, 15, 35, 22]])]        # rows 1-2, cols 1-3
+    boxes = [
+        np.array([[12, 3, 18, 7]]),  # inside patch (row 0, col 1)
+        np.array([[15, 15, 35, 22]]),
+    ]  # rows 1-2, cols 1-3
     m = patch_mask(boxes, (4, 6), (40, 60), "hybrid", 10)
-    expected0 = torch.ones(4, 6); expected0[0, 1] = 10
-    expected1 = torch.ones(4, 6); expected1[1:3, 1:4] = 10
+    expected0 = torch.ones(4, 6)
+    expected0[0, 1] = 10
+    expected1 = torch.ones(4, 6)
+    expected1[1:3, 1:4] = 10
     assert torch.equal(m[0], expected0) and torch.equal(m[1], expected1)
 
 
 def test_box_only_zero_outside():
     m = patch_mask([np.array([[12, 3, 18, 7]])], (4, 6), (40, 60), "box", 10)
-    expected = torch.zeros(4, 6); expected[0, 1] = 10
+    expected = torch.zeros(4, 6)
+    expected[0, 1] = 10
     assert torch.equal(m[0], expected)
 
 
 def test_box_on_patch_borders_does_not_spill():
     # exactly patches (1..2, 2..3): edges on borders touch the neighbours but do not overlap them
     m = patch_mask([np.array([[20, 10, 40, 30]])], (4, 6), (40, 60), "box", 1)
-    expected = torch.zeros(4, 6); expected[1:3, 2:4] = 1
+    expected = torch.zeros(4, 6)
+    expected[1:3, 2:4] = 1
     assert torch.equal(m[0], expected)
     # a hair over the border reaches the next patch
     m = patch_mask([np.array([[20, 10, 40.01, 30]])], (4, 6), (40, 60), "box", 1)
@@ -42,7 +49,8 @@ def test_box_on_patch_borders_does_not_spill():
 def test_boxes_outside_frame_and_partially_outside():
     boxes = [np.array([[-30, -20, -5, -1], [70, 0, 90, 10], [55, 35, 80, 60]])]
     m = patch_mask(boxes, (4, 6), (40, 60), "hybrid", 10)
-    expected = torch.ones(4, 6); expected[3, 5] = 10   # only the last box reaches in (bottom-right patch)
+    expected = torch.ones(4, 6)
+    expected[3, 5] = 10  # only the last box reaches in (bottom-right patch)
     assert torch.equal(m[0], expected)
 
 

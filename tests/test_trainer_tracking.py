@@ -1,6 +1,7 @@
 """Training tracking (trainers/tracking.py, trainers/validation.py), learning-rate schedules and EMA
 (trainers/optim.py, trainers/ema.py) on tiny models: what the trackers hold, read back from their
 files, and a resumed run with EMA and a decaying schedule equal to an uninterrupted one."""
+
 import importlib.util
 import io
 import json
@@ -20,8 +21,16 @@ from trainers.config import load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 # diffusion-only (no DINOv2 pass): the cheapest real step; 2 clips of 4 frames = 2 steps per epoch
-COMMON = ["model=tiny", "data=synthetic", "data.train.num_clips=2", "data.test.num_clips=1", "data.clip_len=4",
-          "schedule=diffusion", "train.epochs=2", "train.checkpoint_every=100"]
+COMMON = [
+    "model=tiny",
+    "data=synthetic",
+    "data.train.num_clips=2",
+    "data.test.num_clips=1",
+    "data.clip_len=4",
+    "schedule=diffusion",
+    "train.epochs=2",
+    "train.checkpoint_every=100",
+]
 FAST_VALIDATION = ["train.validation.num_videos=1", "train.validation.num_inference_steps=2"]
 
 
@@ -43,9 +52,16 @@ def test_tensorboard_holds_config_loss_terms_and_a_validation_video(tiny_cache, 
     _need("tensorboard")
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
     from tensorboard.util.tensor_util import make_ndarray
+
     run = tmp_path / "tb"
-    _train(run, "train.max_steps=2", "train.report_to=tensorboard", "train.validation_every=2", *FAST_VALIDATION,
-           "loss.alpha=7.5")
+    _train(
+        run,
+        "train.max_steps=2",
+        "train.report_to=tensorboard",
+        "train.validation_every=2",
+        *FAST_VALIDATION,
+        "loss.alpha=7.5",
+    )
     ea = EventAccumulator(str(run / "lsa"), size_guidance={"images": 0, "tensors": 0, "scalars": 0})
     ea.Reload()
     # the full resolved config, as text: a key far from the defaults' top (loss.alpha) with its override
@@ -62,6 +78,7 @@ def test_tensorboard_holds_config_loss_terms_and_a_validation_video(tiny_cache, 
     assert all(r["grad_norm"] > 0 and r["w_diff"] == 1.0 and r["w_feat"] == 0.0 for r in log)
     # the validation video: an animated image of clip_len frames at the data size, and the mp4 beside it
     from PIL import Image
+
     (image,) = ea.Images("validation/00")
     assert (image.step, image.width, image.height) == (2, 96, 64)
     gif = Image.open(io.BytesIO(image.encoded_image_string))
@@ -91,15 +108,16 @@ def _wandb_records(path: Path):
     import struct
 
     from wandb.proto import wandb_internal_pb2 as pb
+
     d, pos, buf, block = path.read_bytes(), 7, b"", 32768
     assert d[:4] == b":W&B"
     while pos + 7 <= len(d):
         left = block - pos % block
-        _crc, length, kind = struct.unpack("<IHB", d[pos:pos + 7]) if left >= 7 else (0, 0, 0)
-        if kind == 0:                      # block padding
+        _crc, length, kind = struct.unpack("<IHB", d[pos : pos + 7]) if left >= 7 else (0, 0, 0)
+        if kind == 0:  # block padding
             pos += left
             continue
-        data, pos = d[pos + 7:pos + 7 + length], pos + 7 + length
+        data, pos = d[pos + 7 : pos + 7 + length], pos + 7 + length
         buf = data if kind in (1, 2) else buf + data
         if kind in (1, 4):
             rec = pb.Record()
@@ -110,8 +128,15 @@ def _wandb_records(path: Path):
 def test_wandb_offline_writes_its_run_folder(tiny_cache, tmp_path):
     _need("wandb")
     run = tmp_path / "wb"
-    out = _train(run, "train.max_steps=1", "train.report_to=wandb", "train.validation_every=1", *FAST_VALIDATION,
-                 "loss.alpha=7.5", env={"WANDB_MODE": "offline", "WANDB_API_KEY": "", "WANDB_DISABLE_GIT": "true"})
+    out = _train(
+        run,
+        "train.max_steps=1",
+        "train.report_to=wandb",
+        "train.validation_every=1",
+        *FAST_VALIDATION,
+        "loss.alpha=7.5",
+        env={"WANDB_MODE": "offline", "WANDB_API_KEY": "", "WANDB_DISABLE_GIT": "true"},
+    )
     (folder,) = (run / "wandb").glob("offline-run-*")
     (records,) = folder.glob("run-*.wandb")
     assert list(folder.glob("files/media/videos/validation/*.mp4")), out[-2000:]
@@ -137,6 +162,7 @@ def test_lr_schedule_follows_diffusers_and_ignores_the_step_cap():
     from diffusers.optimization import get_scheduler
 
     from trainers.optim import build_lr_scheduler
+
     cfg = load_config(["train.lr_scheduler=cosine", "train.lr_warmup_steps=3", "train.epochs=2"])
 
     def lrs(t, n=10):
@@ -148,6 +174,7 @@ def test_lr_schedule_follows_diffusers_and_ignores_the_step_cap():
             sched.step()
             out.append(sched.get_last_lr()[0])
         return out
+
     ours = lrs(cfg.train)
     opt = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=cfg.train.lr)
     ref = get_scheduler("cosine", optimizer=opt, num_warmup_steps=3, num_training_steps=10)
@@ -157,16 +184,19 @@ def test_lr_schedule_follows_diffusers_and_ignores_the_step_cap():
         ref.step()
         want.append(ref.get_last_lr()[0])
     assert ours == want and ours[-1] == 0.0 and ours[0] < ours[2]
-    capped = load_config(["train.lr_scheduler=cosine", "train.lr_warmup_steps=3", "train.epochs=2",
-                          "train.max_steps=4"])
-    assert lrs(capped.train, 4) == want[:4]             # a cap stops a run, it does not squeeze the schedule
-    longer = load_config(["train.lr_scheduler=cosine", "train.lr_warmup_steps=3", "train.epochs=1",
-                          "train.lr_schedule_epochs=2"])
+    capped = load_config(
+        ["train.lr_scheduler=cosine", "train.lr_warmup_steps=3", "train.epochs=2", "train.max_steps=4"]
+    )
+    assert lrs(capped.train, 4) == want[:4]  # a cap stops a run, it does not squeeze the schedule
+    longer = load_config(
+        ["train.lr_scheduler=cosine", "train.lr_warmup_steps=3", "train.epochs=1", "train.lr_schedule_epochs=2"]
+    )
     assert lrs(longer.train) == want
 
 
 def test_constant_schedule_refuses_a_warmup():
     from trainers.config_schema import ConfigError, validate
+
     with pytest.raises(ConfigError, match="constant_with_warmup"):
         validate(load_config(["train.lr_warmup_steps=10"]))
     validate(load_config(["train.lr_warmup_steps=10", "train.lr_scheduler=constant_with_warmup"]))
@@ -217,6 +247,7 @@ def test_ema_export_is_the_average_not_the_weights(ema_runs):
     state = torch.load(ckpt / "custom_checkpoint_0.pkl", weights_only=False)
     assert state["optimization_step"] == 4 and state["decay"] == 0.9
     from diffusers import UNetSpatioTemporalConditionModel
+
     unet = UNetSpatioTemporalConditionModel.from_pretrained(one / "unet_ema")
     shadow = state["shadow_params"]
     params = [p for p in unet.parameters()]

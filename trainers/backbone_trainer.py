@@ -5,6 +5,7 @@ so the same LSA objective, schedules, adapters, checkpoints and resume train any
 Only the set-up and one step differ from that Trainer: checkpoints, resume, logging and the loop
 are inherited unchanged.
 """
+
 from __future__ import annotations
 
 import torch
@@ -31,7 +32,7 @@ from trainers.optim import build_optimizer
 
 
 class BackboneTrainer(Trainer):
-    def __init__(self, cfg):      # Trainer.__init__ with the backbone in place of the SVD parts
+    def __init__(self, cfg):  # Trainer.__init__ with the backbone in place of the SVD parts
         from pathlib import Path
 
         from accelerate import Accelerator
@@ -47,8 +48,12 @@ class BackboneTrainer(Trainer):
             self._refuse_adapter_switch()
         AcceleratorState._reset_state()
         on_cpu = resolve_device(t.device) == "cpu"
-        self.acc = Accelerator(mixed_precision=t.mixed_precision, gradient_accumulation_steps=t.grad_accum,
-                               cpu=on_cpu, project_dir=str(self.run_dir))
+        self.acc = Accelerator(
+            mixed_precision=t.mixed_precision,
+            gradient_accumulation_steps=t.grad_accum,
+            cpu=on_cpu,
+            project_dir=str(self.run_dir),
+        )
         set_seed(t.seed)
         torch.backends.cudnn.benchmark = bool(t.cudnn_benchmark)
         self.weight_dtype = torch_dtype(t.mixed_precision, "train.mixed_precision")
@@ -59,6 +64,7 @@ class BackboneTrainer(Trainer):
             dino = load_dino(cfg.model) if uses_feat else None
             from data.registry import build_dataset
             from data.torch_dataset import ClipTorchDataset, collate_clips
+
             self.dataset = ClipTorchDataset(build_dataset(cfg.data, "train"))
         try:
             self.backbone.check_frames(int(cfg.data.clip_len), int(cfg.data.height), int(cfg.data.width))
@@ -73,28 +79,47 @@ class BackboneTrainer(Trainer):
             set_decoder_block_checkpointing(self.backbone.parts.vae, block_checkpoint(cfg.loss))
             feat_loss = SemanticAlignmentLoss(
                 DinoFeatures(self.dino, _size(cfg.loss.dino_size), cfg.loss.dino_mean, cfg.loss.dino_std),
-                cfg.loss.variant, cfg.loss.alpha, cache_real=bool(cfg.loss.real_feature_cache),
-                reduction=cfg.loss.get("feat_reduction", "mean"), mask=cfg.loss.get("feat_mask", "diff"))
+                cfg.loss.variant,
+                cfg.loss.alpha,
+                cache_real=bool(cfg.loss.real_feature_cache),
+                reduction=cfg.loss.get("feat_reduction", "mean"),
+                mask=cfg.loss.get("feat_mask", "diff"),
+            )
         # the LSA objective of trainers/objective.py, its noise draw and decode through the backbone
         self.objective = BackboneObjective(self.backbone, feat_loss, cfg.loss, cfg.schedule)
 
         model = self.build_model(self.backbone)
-        compile_parts([n for n in cfg.train.compile if n != "unet_blocks"], unet=model,
-                      vae_decoder=self.backbone.parts.vae.decoder, dino=self.dino)
+        compile_parts(
+            [n for n in cfg.train.compile if n != "unet_blocks"],
+            unet=model,
+            vae_decoder=self.backbone.parts.vae.decoder,
+            dino=self.dino,
+        )
         params = [p for p in model.parameters() if p.requires_grad]
         self.n_trainable = sum(p.numel() for p in params)
         optimizer = build_optimizer(params, t)
         from diffusers.optimization import get_scheduler
+
         lr_scheduler = get_scheduler("constant", optimizer=optimizer)
         if len(self.dataset) == 0:
             raise InputError(f"data={cfg.data.name}: the training split is empty (check data.root and the split)")
         self.sampler = EpochSampler(len(self.dataset), t.seed)
-        loader = torch.utils.data.DataLoader(self.dataset, batch_size=t.batch_size, sampler=self.sampler,
-                                             collate_fn=collate_clips, num_workers=t.num_workers, drop_last=True)
+        loader = torch.utils.data.DataLoader(
+            self.dataset,
+            batch_size=t.batch_size,
+            sampler=self.sampler,
+            collate_fn=collate_clips,
+            num_workers=t.num_workers,
+            drop_last=True,
+        )
         if len(loader) == 0:
-            raise InputError(f"train.batch_size={t.batch_size} is larger than the training split ({len(self.dataset)} clips)")
+            raise InputError(
+                f"train.batch_size={t.batch_size} is larger than the training split ({len(self.dataset)} clips)"
+            )
         # `self.unet` is the trained network whatever the backbone (the inherited loop reads that name)
-        self.unet, self.optimizer, self.loader, self.lr_scheduler = self.acc.prepare(model, optimizer, loader, lr_scheduler)
+        self.unet, self.optimizer, self.loader, self.lr_scheduler = self.acc.prepare(
+            model, optimizer, loader, lr_scheduler
+        )
         self.export_name = self.backbone.export_name
         self.state = dict(global_step=0, micro_step=0, epoch=1, batch_in_epoch=0)
         self.loss_scale: dict = {}
@@ -105,14 +130,20 @@ class BackboneTrainer(Trainer):
         from pathlib import Path
 
         from omegaconf import OmegaConf
+
         run = Path(self.cfg.train.init_from)
         if (run / "trainer_state.json").exists():
             run = run.parent.parent
-        parent = (OmegaConf.load(run / "config.yaml").get("adapter") or {}).get("name") \
-            if (run / "config.yaml").exists() else None
+        parent = (
+            (OmegaConf.load(run / "config.yaml").get("adapter") or {}).get("name")
+            if (run / "config.yaml").exists()
+            else None
+        )
         if parent is not None and parent != self.cfg.adapter.name:
-            raise InputError(f"train.init_from={self.cfg.train.init_from}: trained with adapter={parent}; switching "
-                             f"to adapter={self.cfg.adapter.name} is supported for SVD only")
+            raise InputError(
+                f"train.init_from={self.cfg.train.init_from}: trained with adapter={parent}; switching "
+                f"to adapter={self.cfg.adapter.name} is supported for SVD only"
+            )
 
     def build_model(self, backbone) -> torch.nn.Module:
         net = backbone.trainable()
@@ -127,12 +158,13 @@ class BackboneTrainer(Trainer):
         the same terms and log as the SVD Trainer. The random draws come in the Trainer's order:
         latents, conditioning, noise."""
         cfg, acc, bb = self.cfg, self.acc, self.backbone
-        frames = batch["frames"].to(acc.device)                       # [B,T,3,H,W] in [-1,1]
+        frames = batch["frames"].to(acc.device)  # [B,T,3,H,W] in [-1,1]
         z0 = bb.encode(frames.to(self.weight_dtype), generator)
         cond = bb.condition(frames.to(self.weight_dtype), z0, generator, train=True)
         with acc.autocast(), sdpa_context(cfg.train.get("sdpa_backend", "auto")):
-            loss, terms, sigma = self.objective(self.unet, z0, cond, frames, batch["boxes"], batch["index"],
-                                                self.state["epoch"], generator)
+            loss, terms, sigma = self.objective(
+                self.unet, z0, cond, frames, batch["boxes"], batch["index"], self.state["epoch"], generator
+            )
         self.check_finite(terms, sigma)
         return loss, {k: float(v.detach()) for k, v in terms.items()} | {"sigma": float(sigma.mean())}
 

@@ -8,6 +8,7 @@
 Ctrl-V's training differs (docs/protocol.md): it encodes the clean frame 0 (noise_aug only enters the
 time ids) and draws latent_dist.sample(). `frame_noise=False` and `latent="sample"` select that.
 """
+
 from __future__ import annotations
 
 import torch
@@ -17,9 +18,18 @@ from diffusers.pipelines.stable_video_diffusion.pipeline_stable_video_diffusion 
 
 
 class SVDConditioner:
-    def __init__(self, vae, image_encoder, feature_extractor, fps: int = 7, motion_bucket_id: int = 127,
-                 noise_aug: float = 0.02, dropout: float = 0.1, frame_noise: bool = True,
-                 latent: str = "mode"):
+    def __init__(
+        self,
+        vae,
+        image_encoder,
+        feature_extractor,
+        fps: int = 7,
+        motion_bucket_id: int = 127,
+        noise_aug: float = 0.02,
+        dropout: float = 0.1,
+        frame_noise: bool = True,
+        latent: str = "mode",
+    ):
         if latent not in ("mode", "sample"):
             raise ValueError(f"cond.latent={latent!r}: valid are 'mode', 'sample'")
         self.vae, self.image_encoder = vae, image_encoder
@@ -40,7 +50,7 @@ class SVDConditioner:
     def cond_latents(self, frame0: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         """[B,3,H,W] in [-1,1] -> unscaled latent (mode, or a sample) of the frame, noise-augmented
         when frame_noise, [B,4,h,w]."""
-        noise = torch.randn(frame0.shape, generator=generator).to(frame0)   # drawn either way: same RNG stream
+        noise = torch.randn(frame0.shape, generator=generator).to(frame0)  # drawn either way: same RNG stream
         x = (frame0 + self.noise_aug * noise) if self.frame_noise else frame0
         dist = self.vae.encode(x.to(self.vae.dtype)).latent_dist
         return dist.mode() if self.latent == "mode" else dist.sample(generator=generator)

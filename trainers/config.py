@@ -1,4 +1,5 @@
 """Composing the Hydra config tree in `configs/` (compose API: no working-dir changes, no output dirs)."""
+
 from __future__ import annotations
 
 from hydra import compose, initialize_config_module
@@ -29,8 +30,9 @@ def group_choices(config_name: str = "train") -> dict[str, list[str]]:
         cfg = compose(config_name=config_name, return_hydra_config=True)
         loader = GlobalHydra.instance().config_loader()
         # Hydra lists the choices last-selected first: reversed, they follow the defaults list
-        chosen = {g: c for g, c in reversed(list(cfg.hydra.runtime.choices.items()))
-                  if not g.startswith("hydra/") and c}
+        chosen = {
+            g: c for g, c in reversed(list(cfg.hydra.runtime.choices.items())) if not g.startswith("hydra/") and c
+        }
         return {g: [c] + [o for o in loader.get_group_options(g) if o != c] for g, c in chosen.items()}
 
 
@@ -38,9 +40,10 @@ def print_config_flag(argv: list[str]) -> tuple[list[str], str | None]:
     """Hydra's `--cfg job` convention: (argv without the flag, "job") when it is there, else (argv, None).
     `--cfg` takes `job` only (the compose API has no Hydra runtime config to show)."""
     from data.cli import InputError
+
     if "--cfg" not in argv:
         return argv, None
     i = argv.index("--cfg")
     if i + 1 >= len(argv) or argv[i + 1] != "job":
         raise InputError("--cfg takes one value: job (print the resolved config and stop)")
-    return argv[:i] + argv[i + 2:], "job"
+    return argv[:i] + argv[i + 2 :], "job"

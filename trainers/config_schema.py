@@ -12,6 +12,7 @@ rank, only `data=kitti|folder|nuscenes` a stride), and a missing key already fai
 naming it (struct configs). Unknown keys are refused by Hydra itself when they are overridden
 (`loss.alfa=3`: "Key 'alfa' is not in struct"). `*` in a rule's key matches every child of a mapping.
 """
+
 from __future__ import annotations
 
 import math
@@ -28,9 +29,9 @@ class ConfigError(UserError, ValueError):
 
 @dataclass(frozen=True)
 class Rule:
-    key: str                          # dotted path; `*` = every child of a mapping
+    key: str  # dotted path; `*` = every child of a mapping
     ok: Callable[[Any], bool]
-    allowed: str                      # what is allowed, as the error message says it
+    allowed: str  # what is allowed, as the error message says it
 
 
 # ----------------------------------------------------------------------------- value kinds
@@ -42,18 +43,39 @@ def _is_num(v) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
-def num(key: str, *, gt=None, ge=None, le=None, lt=None, integer: bool = False, null: bool = False,
-        multiple_of: int | None = None, why: str = "") -> Rule:
+def num(
+    key: str,
+    *,
+    gt=None,
+    ge=None,
+    le=None,
+    lt=None,
+    integer: bool = False,
+    null: bool = False,
+    multiple_of: int | None = None,
+    why: str = "",
+) -> Rule:
     """A number (an integer with `integer`) in a range; `null` also allows null."""
+
     def ok(v):
         if v is None:
             return null
         if not (_is_int(v) if integer else _is_num(v)):
             return False
-        return ((gt is None or v > gt) and (ge is None or v >= ge) and (le is None or v <= le)
-                and (lt is None or v < lt) and (multiple_of is None or v % multiple_of == 0))
-    bounds = [f"> {gt}" if gt is not None else "", f">= {ge}" if ge is not None else "",
-              f"< {lt}" if lt is not None else "", f"<= {le}" if le is not None else ""]
+        return (
+            (gt is None or v > gt)
+            and (ge is None or v >= ge)
+            and (le is None or v <= le)
+            and (lt is None or v < lt)
+            and (multiple_of is None or v % multiple_of == 0)
+        )
+
+    bounds = [
+        f"> {gt}" if gt is not None else "",
+        f">= {ge}" if ge is not None else "",
+        f"< {lt}" if lt is not None else "",
+        f"<= {le}" if le is not None else "",
+    ]
     text = ("an integer" if integer else "a number") + " " + " and ".join(b for b in bounds if b)
     if multiple_of:
         text += f", a multiple of {multiple_of}" + (f" ({why})" if why else "")
@@ -65,8 +87,11 @@ def prob(key: str, null: bool = False) -> Rule:
 
 
 def choice(key: str, *values, null: bool = False) -> Rule:
-    return Rule(key, lambda v: v in values or (null and v is None),
-                "one of " + " | ".join(map(str, values)) + (", or null" if null else ""))
+    return Rule(
+        key,
+        lambda v: v in values or (null and v is None),
+        "one of " + " | ".join(map(str, values)) + (", or null" if null else ""),
+    )
 
 
 def boolean(key: str) -> Rule:
@@ -74,22 +99,30 @@ def boolean(key: str) -> Rule:
 
 
 def text(key: str, null: bool = False) -> Rule:
-    return Rule(key, lambda v: (isinstance(v, str) and v != "") or (null and v is None),
-                "a non-empty string" + (", or null" if null else ""))
+    return Rule(
+        key,
+        lambda v: (isinstance(v, str) and v != "") or (null and v is None),
+        "a non-empty string" + (", or null" if null else ""),
+    )
 
 
 def pair(key: str, item: Callable[[Any], bool], what: str, null: bool = False, n: int = 2) -> Rule:
     """A list of `n` items, each passing `item`."""
+
     def ok(v):
         if v is None:
             return null
         return isinstance(v, (list, tuple)) and len(v) == n and all(item(x) for x in v)
+
     return Rule(key, ok, f"a list of {n} {what}" + (", or null" if null else ""))
 
 
 def subset(key: str, *values) -> Rule:
-    return Rule(key, lambda v: isinstance(v, (list, tuple)) and all(x in values for x in v),
-                f"a list of any of {', '.join(values)}")
+    return Rule(
+        key,
+        lambda v: isinstance(v, (list, tuple)) and all(x in values for x in v),
+        f"a list of any of {', '.join(values)}",
+    )
 
 
 def _device(v) -> bool:
@@ -106,8 +139,9 @@ def _decode_frames(v) -> bool:
 
 
 def _dino_size(v) -> bool:
-    return v == "auto" or (isinstance(v, (list, tuple)) and len(v) == 2
-                           and all(_is_int(x) and x >= PATCH and x % PATCH == 0 for x in v))
+    return v == "auto" or (
+        isinstance(v, (list, tuple)) and len(v) == 2 and all(_is_int(x) and x >= PATCH and x % PATCH == 0 for x in v)
+    )
 
 
 # The VAE of SVD (the real one and the tiny one: 4 blocks, 3 downsamplings) makes 1/8-size latents,
@@ -117,7 +151,7 @@ VAE_FACTOR = 8
 PATCH = 14
 RESAMPLE = ("nearest", "bilinear", "bicubic", "lanczos", "box")
 _pos_int = lambda x: _is_int(x) and x >= 1  # noqa: E731
-_nonneg = lambda x: _is_num(x) and x >= 0   # noqa: E731
+_nonneg = lambda x: _is_num(x) and x >= 0  # noqa: E731
 
 RULES: list[Rule] = [
     # ---- loss (Eq. 4 and the LSA feature loss)
@@ -173,8 +207,15 @@ RULES: list[Rule] = [
     text("train.init_from", null=True),
     text("train.out_dir"),
     Rule("train.device", _device, "auto | cpu | cuda | cuda:<index>"),
-    choice("train.lr_scheduler", "constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts",
-           "polynomial"),
+    choice(
+        "train.lr_scheduler",
+        "constant",
+        "constant_with_warmup",
+        "linear",
+        "cosine",
+        "cosine_with_restarts",
+        "polynomial",
+    ),
     num("train.lr_warmup_steps", ge=0, integer=True),
     num("train.lr_schedule_epochs", ge=1, integer=True, null=True),
     boolean("train.ema.enabled"),
@@ -211,8 +252,11 @@ RULES: list[Rule] = [
     choice("model.flow.sigma_dist", "logit_normal", "uniform"),
     num("model.flow.logit_mean"),
     num("model.flow.logit_std", gt=0),
-    Rule("model.flow.shift", lambda v: v is None or v == "auto" or _is_num(v),
-         "auto (the pipeline's shift for the clip's latent length), a number, or null (no shift)"),
+    Rule(
+        "model.flow.shift",
+        lambda v: v is None or v == "auto" or _is_num(v),
+        "auto (the pipeline's shift for the clip's latent length), a number, or null (no shift)",
+    ),
     # ---- data (every dataset group; keys a group lacks are skipped)
     text("data.name"),
     choice("data.world", "default", "source", "nuscenes", "kitti"),
@@ -242,8 +286,11 @@ RULES: list[Rule] = [
     num("adapter.lora_alpha", gt=0),
     num("adapter.dropout", ge=0, lt=1),
     choice("adapter.lora_epochs", "lsa", "all"),
-    Rule("adapter.target_modules", lambda v: isinstance(v, (list, tuple)) and len(v) > 0
-         and all(isinstance(x, str) for x in v), "a non-empty list of module names"),
+    Rule(
+        "adapter.target_modules",
+        lambda v: isinstance(v, (list, tuple)) and len(v) > 0 and all(isinstance(x, str) for x in v),
+        "a non-empty list of module names",
+    ),
     # ---- metrics (composed by the benchmark profiles and metrics.evaluate)
     subset("metrics.metrics", "fvd", "fid", "det"),
     Rule("metrics.device", _device, "auto | cpu | cuda | cuda:<index>"),
@@ -278,18 +325,20 @@ RULES: list[Rule] = [
     prob("metrics.det.protocols.*.pred_conf"),
     prob("metrics.det.protocols.*.miou_pred_conf"),
     pair("metrics.det.protocols.*.min_box_px", _nonneg, "numbers >= 0 [w, h]", null=True),
-    pair("metrics.det.protocols.*.min_box_frac", lambda x: _is_num(x) and 0 <= x <= 1, "numbers in [0, 1] [w, h]",
-         null=True),
+    pair(
+        "metrics.det.protocols.*.min_box_frac",
+        lambda x: _is_num(x) and 0 <= x <= 1,
+        "numbers in [0, 1] [w, h]",
+        null=True,
+    ),
     num("metrics.det.protocols.*.max_frames", ge=1, integer=True, null=True),
     choice("metrics.det.protocols.*.ap", "coco", "ctrlv"),
     # ---- the benchmark profile's own keys (configs/benchmark/<profile>.yaml)
     num("benchmark.num_test_clips", ge=1, integer=True),
     # (benchmark.shards is checked where it is read: benchmark/shards.stage_shards)
     num("benchmark.generate.num_frames", ge=1, integer=True),
-    num("benchmark.generate.height", ge=VAE_FACTOR, integer=True, multiple_of=VAE_FACTOR,
-        why="the SVD pipeline's VAE"),
-    num("benchmark.generate.width", ge=VAE_FACTOR, integer=True, multiple_of=VAE_FACTOR,
-        why="the SVD pipeline's VAE"),
+    num("benchmark.generate.height", ge=VAE_FACTOR, integer=True, multiple_of=VAE_FACTOR, why="the SVD pipeline's VAE"),
+    num("benchmark.generate.width", ge=VAE_FACTOR, integer=True, multiple_of=VAE_FACTOR, why="the SVD pipeline's VAE"),
     num("benchmark.generate.num_inference_steps", ge=1, integer=True),
     num("benchmark.generate.min_guidance_scale", ge=0),
     num("benchmark.generate.max_guidance_scale", ge=0),
@@ -315,7 +364,7 @@ def _plain(cfg) -> Any:
     """A DictConfig as plain containers (interpolations resolved); a dict as it is."""
     try:
         from omegaconf import DictConfig, OmegaConf
-    except ImportError:                   # pragma: no cover (omegaconf comes with hydra)
+    except ImportError:  # pragma: no cover (omegaconf comes with hydra)
         return cfg
     return OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else cfg
 
@@ -351,17 +400,23 @@ def _cross_checks(cfg: dict) -> list[str]:
     det = (cfg.get("metrics") or {}).get("det") if isinstance(cfg.get("metrics"), dict) else None
     if isinstance(det, dict) and "protocol" in det and isinstance(det.get("protocols"), dict):
         if det["protocol"] not in det["protocols"]:
-            out.append(f"metrics.det.protocol={det['protocol']!r}: expected one of "
-                       f"{' | '.join(det['protocols'])} (the keys of metrics.det.protocols)")
+            out.append(
+                f"metrics.det.protocol={det['protocol']!r}: expected one of "
+                f"{' | '.join(det['protocols'])} (the keys of metrics.det.protocols)"
+            )
     gen = (cfg.get("benchmark") or {}).get("generate") if isinstance(cfg.get("benchmark"), dict) else None
     if isinstance(gen, dict) and _is_num(gen.get("min_guidance_scale")) and _is_num(gen.get("max_guidance_scale")):
         if gen["min_guidance_scale"] > gen["max_guidance_scale"]:
-            out.append(f"benchmark.generate.min_guidance_scale={gen['min_guidance_scale']!r}: expected <= "
-                       f"benchmark.generate.max_guidance_scale ({gen['max_guidance_scale']!r})")
+            out.append(
+                f"benchmark.generate.min_guidance_scale={gen['min_guidance_scale']!r}: expected <= "
+                f"benchmark.generate.max_guidance_scale ({gen['max_guidance_scale']!r})"
+            )
     t = cfg.get("train") if isinstance(cfg.get("train"), dict) else {}
     if t.get("lr_scheduler") == "constant" and _is_int(t.get("lr_warmup_steps")) and t["lr_warmup_steps"] > 0:
-        out.append(f"train.lr_warmup_steps={t['lr_warmup_steps']!r}: expected 0 with train.lr_scheduler=constant "
-                   "(it has no warm-up; use train.lr_scheduler=constant_with_warmup)")
+        out.append(
+            f"train.lr_warmup_steps={t['lr_warmup_steps']!r}: expected 0 with train.lr_scheduler=constant "
+            "(it has no warm-up; use train.lr_scheduler=constant_with_warmup)"
+        )
     return out
 
 
@@ -378,9 +433,12 @@ def compose_error(e: Exception, overrides) -> ConfigError:
     """Hydra's composition error as one clear line. For an override of a key the config lacks, Hydra
     suggests `+key=value`, which would add a key nothing reads: say instead that the key is unknown."""
     import re
+
     msg = str(e)
     m = re.match(r"Could not override '([^']+)'", msg)
     if m:
-        return ConfigError(f"{m.group(1)}: no such config key (an override can only change a key of the composed "
-                           f"config; check its spelling against configs/train.yaml and the groups in configs/)")
+        return ConfigError(
+            f"{m.group(1)}: no such config key (an override can only change a key of the composed "
+            f"config; check its spelling against configs/train.yaml and the groups in configs/)"
+        )
     return ConfigError(f"composing the config with overrides {list(overrides)} failed: {' '.join(msg.split())}")

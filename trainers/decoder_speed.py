@@ -1,6 +1,7 @@
 """Speed devices of the decoder that L_feat differentiates through: channels-last weights, activation
 checkpointing (per chunk or per block), the attention kernel, and decoding in chunks with the graph
 kept. None of them changes what is computed, only how fast and in how much memory."""
+
 from __future__ import annotations
 
 import torch
@@ -52,6 +53,7 @@ def set_decoder_attention(vae, kind: str) -> None:
     """The temporal VAE's attention (the decoder's mid block): sdpa = diffusers' AttnProcessor2_0
     (F.scaled_dot_product_attention, its default), eager = AttnProcessor (explicit matmuls + softmax)."""
     from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
+
     procs = {"sdpa": AttnProcessor2_0, "eager": AttnProcessor}
     if kind not in procs:
         raise ValueError(f"loss.decode_attention={kind!r}: valid are {', '.join(procs)}")
@@ -61,13 +63,21 @@ def set_decoder_attention(vae, kind: str) -> None:
 def decoder_attention(vae) -> str:
     """Which of set_decoder_attention's kinds the VAE uses now (or the processor's class name)."""
     from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
+
     kinds = {type(p) for p in vae.attn_processors.values()}
     return {frozenset({AttnProcessor2_0}): "sdpa", frozenset({AttnProcessor}): "eager"}.get(
-        frozenset(kinds), ",".join(sorted(k.__name__ for k in kinds)))
+        frozenset(kinds), ",".join(sorted(k.__name__ for k in kinds))
+    )
 
 
-def decode_with_grad(vae, z0_hat: torch.Tensor, latent_scale: float, chunk: int = 8,
-                     use_checkpoint: bool = False, channels_last: bool = False) -> torch.Tensor:
+def decode_with_grad(
+    vae,
+    z0_hat: torch.Tensor,
+    latent_scale: float,
+    chunk: int = 8,
+    use_checkpoint: bool = False,
+    channels_last: bool = False,
+) -> torch.Tensor:
     """Decode z0_hat [B,T,4,h,w] with the frozen temporal decoder, keeping the graph: [B,T,3,H,W].
 
     Frames are decoded `chunk` at a time (as the SVD pipeline does at inference); with
@@ -85,7 +95,7 @@ def decode_with_grad(vae, z0_hat: torch.Tensor, latent_scale: float, chunk: int 
     for b in range(B):
         z = z0_hat[b] / latent_scale
         for s in range(0, T, chunk):
-            zc = z[s:s + chunk]
+            zc = z[s : s + chunk]
             n = zc.shape[0]
             outs.append(checkpoint(run, zc, n, use_reentrant=False) if use_checkpoint else run(zc, n))
     return torch.cat(outs).float().view(B, T, *outs[0].shape[1:])

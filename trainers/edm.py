@@ -3,21 +3,22 @@
 x_t = z0 + sigma * eps;  F = U(c_in x_t, c_noise);  z0_hat = c_skip x_t + c_out F  (Eq. 1)
 L_diff = w(sigma) ||z0_hat - z0||^2 with w(sigma) = (1 + sigma^2) / sigma^2      (Eq. 2)
 """
+
 from __future__ import annotations
 
 import torch
 
 
 def c_in(sigma: torch.Tensor) -> torch.Tensor:
-    return 1.0 / (sigma ** 2 + 1.0).sqrt()
+    return 1.0 / (sigma**2 + 1.0).sqrt()
 
 
 def c_skip(sigma: torch.Tensor) -> torch.Tensor:
-    return 1.0 / (sigma ** 2 + 1.0)
+    return 1.0 / (sigma**2 + 1.0)
 
 
 def c_out(sigma: torch.Tensor) -> torch.Tensor:
-    return -sigma / (sigma ** 2 + 1.0).sqrt()
+    return -sigma / (sigma**2 + 1.0).sqrt()
 
 
 def c_noise(sigma: torch.Tensor) -> torch.Tensor:
@@ -26,7 +27,7 @@ def c_noise(sigma: torch.Tensor) -> torch.Tensor:
 
 
 def loss_weight(sigma: torch.Tensor) -> torch.Tensor:
-    return (1.0 + sigma ** 2) / sigma ** 2
+    return (1.0 + sigma**2) / sigma**2
 
 
 def denoise(F: torch.Tensor, x_t: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
@@ -48,8 +49,9 @@ def scheduler_sigmas(scheduler) -> torch.Tensor:
 class SigmaSampler:
     """Training noise levels: ln sigma ~ N(p_mean, p_std^2), or uniform by index (Ctrl-V)."""
 
-    def __init__(self, dist: str = "lognormal", p_mean: float = 0.7, p_std: float = 1.6,
-                 sigmas: torch.Tensor | None = None):
+    def __init__(
+        self, dist: str = "lognormal", p_mean: float = 0.7, p_std: float = 1.6, sigmas: torch.Tensor | None = None
+    ):
         if dist not in ("lognormal", "uniform_index"):
             raise ValueError(f"edm.sigma_dist={dist!r}: valid are 'lognormal', 'uniform_index'")
         if dist == "uniform_index" and sigmas is None:

@@ -7,6 +7,7 @@ is registered with accelerate, so it is saved in and restored from every checkpo
 weights and the optimizer. At the end of a run the averaged weights are exported beside the
 trained ones as `<run>/unet_ema` (LoRA merged, the same diffusers folder as `<run>/unet`).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -20,6 +21,7 @@ def build_ema(params, t, device):
     if not ema_cfg.get("enabled", False):
         return None
     from diffusers.training_utils import EMAModel
+
     ema = EMAModel(list(params), decay=float(ema_cfg.get("decay", 0.9999)))
     ema.to(device)
     return ema

@@ -13,6 +13,7 @@ uniform, then optionally shifted with the scheduler's exponential time shift
 sigma' = e^mu / (e^mu + 1/sigma - 1), where mu is the shift the pipeline uses at inference for the
 same latent sequence length (`shift: auto`) or a fixed number.
 """
+
 from __future__ import annotations
 
 import math
@@ -63,8 +64,14 @@ def _bcast(sigma: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
 class FlowSigmaSampler:
     """Training noise levels in (0, 1): logit-normal or uniform, then shifted by mu (None: no shift)."""
 
-    def __init__(self, dist: str = "logit_normal", logit_mean: float = 0.0, logit_std: float = 1.0,
-                 mu: float | None = None, eps: float = 1e-5):
+    def __init__(
+        self,
+        dist: str = "logit_normal",
+        logit_mean: float = 0.0,
+        logit_std: float = 1.0,
+        mu: float | None = None,
+        eps: float = 1e-5,
+    ):
         if dist not in SIGMA_DISTS:
             raise ValueError(f"model.flow.sigma_dist={dist!r}: valid are {', '.join(SIGMA_DISTS)}")
         self.dist, self.logit_mean, self.logit_std, self.mu, self.eps = dist, logit_mean, logit_std, mu, eps

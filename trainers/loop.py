@@ -1,4 +1,5 @@
 """The training loop (accelerate): steps of an objective (trainers/objective.py), checkpoints, resume, export."""
+
 from __future__ import annotations
 
 import json
@@ -67,8 +68,10 @@ def checkpoints(run_dir: Path) -> list[Path]:
     folder = Path(run_dir) / "checkpoints"
     if not folder.is_dir():
         return []
-    return sorted((p for p in folder.iterdir() if p.name.startswith("step-") and (p / STATE_FILE).exists()),
-                  key=lambda p: int(p.name.split("-")[1]))
+    return sorted(
+        (p for p in folder.iterdir() if p.name.startswith("step-") and (p / STATE_FILE).exists()),
+        key=lambda p: int(p.name.split("-")[1]),
+    )
 
 
 def newest_checkpoint(run_dir: Path) -> Path | None:
@@ -77,8 +80,8 @@ def newest_checkpoint(run_dir: Path) -> Path | None:
 
 
 class Trainer:
-    export_name = "unet"   # folder (under the run) the trained module is exported to; summary keys follow it
-    validates = True       # can render validation videos with the SVD pipeline (train.validation_every)
+    export_name = "unet"  # folder (under the run) the trained module is exported to; summary keys follow it
+    validates = True  # can render validation videos with the SVD pipeline (train.validation_every)
 
     def __init__(self, cfg):
         from accelerate import Accelerator
@@ -94,12 +97,18 @@ class Trainer:
         # the same process (benchmark stages, tests) must be free to choose its own precision.
         # The distributed (PartialState) part is kept, so `accelerate launch` runs are unaffected.
         from accelerate.state import AcceleratorState
+
         AcceleratorState._reset_state()
         # device=auto on a machine without CUDA is the CPU: say so to accelerate, which otherwise runs
         # N independent copies (each its own "main process") under a distributed launcher
         on_cpu = resolve_device(t.device) == "cpu"
-        self.acc = Accelerator(mixed_precision=t.mixed_precision, gradient_accumulation_steps=t.grad_accum,
-                               cpu=on_cpu, log_with=trackers, project_dir=str(self.run_dir))
+        self.acc = Accelerator(
+            mixed_precision=t.mixed_precision,
+            gradient_accumulation_steps=t.grad_accum,
+            cpu=on_cpu,
+            log_with=trackers,
+            project_dir=str(self.run_dir),
+        )
         set_seed(t.seed)
         torch.backends.cudnn.benchmark = bool(t.cudnn_benchmark)
         self.weight_dtype = torch_dtype(t.mixed_precision, "train.mixed_precision")
@@ -113,6 +122,7 @@ class Trainer:
             dino = load_dino(cfg.model) if uses_feat else None
             from data.registry import build_dataset
             from data.torch_dataset import ClipTorchDataset, collate_clips
+
             self.dataset = ClipTorchDataset(build_dataset(cfg.data, "train"))
         self.parts = parts
         for m in (parts.vae, parts.image_encoder):
@@ -127,10 +137,15 @@ class Trainer:
             set_decoder_block_checkpointing(parts.vae, block_checkpoint(cfg.loss))
             feat_loss = SemanticAlignmentLoss(
                 DinoFeatures(self.dino, _size(cfg.loss.dino_size), cfg.loss.dino_mean, cfg.loss.dino_std),
-                cfg.loss.variant, cfg.loss.alpha, cache_real=bool(cfg.loss.real_feature_cache),
-                reduction=cfg.loss.get("feat_reduction", "mean"), mask=cfg.loss.get("feat_mask", "diff"))
-        self.conditioner = SVDConditioner(parts.vae, parts.image_encoder, parts.feature_extractor,
-                                          **OmegaConf.to_container(cfg.cond))
+                cfg.loss.variant,
+                cfg.loss.alpha,
+                cache_real=bool(cfg.loss.real_feature_cache),
+                reduction=cfg.loss.get("feat_reduction", "mean"),
+                mask=cfg.loss.get("feat_mask", "diff"),
+            )
+        self.conditioner = SVDConditioner(
+            parts.vae, parts.image_encoder, parts.feature_extractor, **OmegaConf.to_container(cfg.cond)
+        )
         sigmas = edm.scheduler_sigmas(parts.scheduler) if cfg.edm.sigma_dist == "uniform_index" else None
         self.diff_loss = DiffusionLoss(edm.SigmaSampler(cfg.edm.sigma_dist, cfg.edm.p_mean, cfg.edm.p_std, sigmas))
         self.objective = LSAObjective(self.diff_loss, feat_loss, parts.vae, parts.latent_scale, cfg.loss, cfg.schedule)
@@ -144,16 +159,24 @@ class Trainer:
         if len(self.dataset) == 0:
             raise InputError(f"data={cfg.data.name}: the training split is empty (check data.root and the split)")
         self.sampler = EpochSampler(len(self.dataset), t.seed)
-        loader = torch.utils.data.DataLoader(self.dataset, batch_size=t.batch_size, sampler=self.sampler,
-                                             collate_fn=collate_clips, num_workers=t.num_workers, drop_last=True)
+        loader = torch.utils.data.DataLoader(
+            self.dataset,
+            batch_size=t.batch_size,
+            sampler=self.sampler,
+            collate_fn=collate_clips,
+            num_workers=t.num_workers,
+            drop_last=True,
+        )
         if len(loader) == 0:
-            raise InputError(f"train.batch_size={t.batch_size} is larger than the training split ({len(self.dataset)} clips)")
+            raise InputError(
+                f"train.batch_size={t.batch_size} is larger than the training split ({len(self.dataset)} clips)"
+            )
         self.unet, self.optimizer, self.loader = self.acc.prepare(unet, optimizer, loader)
         # the schedule's horizon counts optimizer steps per epoch of this process's (prepared) loader
         lr_scheduler = build_lr_scheduler(optimizer, t, len(self.loader) // t.grad_accum, self.acc.num_processes)
         self.lr_scheduler = self.acc.prepare(lr_scheduler)
         self.ema = build_ema(trainable(self.acc.unwrap_model(self.unet)), t, self.acc.device)
-        if self.ema is not None:       # saved in and restored from every checkpoint (custom_checkpoint_0.pkl)
+        if self.ema is not None:  # saved in and restored from every checkpoint (custom_checkpoint_0.pkl)
             self.acc.register_for_checkpointing(self.ema)
         self.tracker = Tracker(self.acc, cfg, self.run_dir)
         self.validator = None
@@ -161,10 +184,13 @@ class Trainer:
             if self.validates:
                 self.validator = Validator(cfg, parts, self.run_dir)
             else:
-                self.say(f"train.validation_every={t.validation_every}: {type(self).__name__} has no "
-                         "validation videos; skipped", logging.WARNING)
+                self.say(
+                    f"train.validation_every={t.validation_every}: {type(self).__name__} has no "
+                    "validation videos; skipped",
+                    logging.WARNING,
+                )
         self.state = dict(global_step=0, micro_step=0, epoch=1, batch_in_epoch=0)
-        self.loss_scale: dict = {}       # per LSA epoch: weighted terms at its first step and their means
+        self.loss_scale: dict = {}  # per LSA epoch: weighted terms at its first step and their means
         self.log_path = self.run_dir / "log.jsonl"
 
     def say(self, message: str, level: int = logging.INFO) -> None:
@@ -195,7 +221,7 @@ class Trainer:
         if not t.init_from or t.resume not in ("auto", "never", None) or (t.resume == "auto" and own):
             return None
         run = Path(t.init_from)
-        if (run / STATE_FILE).exists():          # a checkpoint folder: <run>/checkpoints/step-N
+        if (run / STATE_FILE).exists():  # a checkpoint folder: <run>/checkpoints/step-N
             run = run.parent.parent
         cfg_file = run / "config.yaml"
         if not cfg_file.exists():
@@ -204,9 +230,11 @@ class Trainer:
         if parent is None or parent == self.cfg.adapter.name:
             return None
         if not (run / "unet").is_dir():
-            raise MissingFile(f"train.init_from={t.init_from}: trained with adapter={parent}, this run "
-                                    f"with adapter={self.cfg.adapter.name}; that needs its exported U-Net "
-                                    f"{run / 'unet'} (the run did not finish)")
+            raise MissingFile(
+                f"train.init_from={t.init_from}: trained with adapter={parent}, this run "
+                f"with adapter={self.cfg.adapter.name}; that needs its exported U-Net "
+                f"{run / 'unet'} (the run did not finish)"
+            )
         return run / "unet"
 
     def build_model(self, parts) -> torch.nn.Module:
@@ -225,7 +253,7 @@ class Trainer:
         acc = self.acc
         folder = self.run_dir / "checkpoints"
         final = folder / f"step-{self.state['global_step']:08d}"
-        tmp = folder / f"{TEMP_PREFIX}{final.name}"   # one name: every process writes into it
+        tmp = folder / f"{TEMP_PREFIX}{final.name}"  # one name: every process writes into it
         acc.wait_for_everyone()
         if acc.is_main_process:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -235,16 +263,18 @@ class Trainer:
         if acc.is_main_process:
             (tmp / STATE_FILE).write_text(json.dumps(self.state, indent=1))
             publish_dir(tmp, final)
-            for old in checkpoints(self.run_dir)[:-max(1, int(self.cfg.train.keep_checkpoints))]:
+            for old in checkpoints(self.run_dir)[: -max(1, int(self.cfg.train.keep_checkpoints))]:
                 remove_dir(old)
         acc.wait_for_everyone()
 
     def load_checkpoint(self, folder: Path):
         if self.ema is not None and not (Path(folder) / "custom_checkpoint_0.pkl").exists():
-            raise InputError(f"{folder}: this checkpoint holds no EMA weights (its run had train.ema.enabled="
-                             "false); resume it with train.ema.enabled=false")
+            raise InputError(
+                f"{folder}: this checkpoint holds no EMA weights (its run had train.ema.enabled="
+                "false); resume it with train.ema.enabled=false"
+            )
         self.acc.load_state(str(folder))
-        if self.ema is not None:       # accelerate loads custom states onto the CPU
+        if self.ema is not None:  # accelerate loads custom states onto the CPU
             self.ema.to(self.acc.device)
         self.state = json.loads((Path(folder) / STATE_FILE).read_text())
         self.say(f"resumed from {folder} (step {self.state['global_step']}, epoch {self.state['epoch']})")
@@ -257,15 +287,17 @@ class Trainer:
         elif t.resume == "auto" and own is not None:
             self.load_checkpoint(own)
         elif t.init_from:
-            src = Path(t.init_from)   # a checkpoint folder, or a run folder (its newest checkpoint)
+            src = Path(t.init_from)  # a checkpoint folder, or a run folder (its newest checkpoint)
             if not (src / STATE_FILE).exists():
                 src = newest_checkpoint(src)
             if src is None:
                 raise MissingFile(f"train.init_from={t.init_from}: no checkpoint ({STATE_FILE}) found there")
-            if self.switch_unet is not None:     # weights came in through load_parts; only the loop position
+            if self.switch_unet is not None:  # weights came in through load_parts; only the loop position
                 self.state = json.loads((src / STATE_FILE).read_text())
-                self.say(f"started from the U-Net exported at {self.switch_unet} (adapter "
-                         f"{self.cfg.adapter.name} added, fresh optimizer), epoch {self.state['epoch']}")
+                self.say(
+                    f"started from the U-Net exported at {self.switch_unet} (adapter "
+                    f"{self.cfg.adapter.name} added, fresh optimizer), epoch {self.state['epoch']}"
+                )
             else:
                 self.load_checkpoint(src)
         self._truncate_log()
@@ -288,11 +320,16 @@ class Trainer:
                 step = rec["step"]
             except (json.JSONDecodeError, KeyError, TypeError) as e:
                 if n == last:
-                    self.say(f"{self.log_path}:{n + 1}: dropped a torn last line (the run was killed while "
-                             f"writing it): {ln[:80]!r}", logging.WARNING)
+                    self.say(
+                        f"{self.log_path}:{n + 1}: dropped a torn last line (the run was killed while "
+                        f"writing it): {ln[:80]!r}",
+                        logging.WARNING,
+                    )
                     continue
-                raise InputError(f"{self.log_path}:{n + 1}: not a training log record ({type(e).__name__}: {e}); "
-                                 f"fix or delete that line to resume") from e
+                raise InputError(
+                    f"{self.log_path}:{n + 1}: not a training log record ({type(e).__name__}: {e}); "
+                    f"fix or delete that line to resume"
+                ) from e
             if step <= self.state["global_step"]:
                 keep.append(ln)
         self.log_path.write_text("".join(ln + "\n" for ln in keep))
@@ -300,15 +337,23 @@ class Trainer:
     # ---------------------------------------------------------------- one step
     def compute_loss(self, batch, generator):
         cfg, acc = self.cfg, self.acc
-        frames = batch["frames"].to(acc.device)                       # [B,T,3,H,W] in [-1,1]
+        frames = batch["frames"].to(acc.device)  # [B,T,3,H,W] in [-1,1]
         B, T = frames.shape[:2]
         with torch.no_grad():
             lat = self.parts.vae.encode(frames.flatten(0, 1).to(self.weight_dtype)).latent_dist
             z0 = (lat.sample(generator=generator) * self.parts.latent_scale).float().view(B, T, *lat.mean.shape[1:])
         embeds, cond, time_ids = self.conditioner(frames.to(self.weight_dtype), generator, train=True)
         with acc.autocast(), sdpa_context(cfg.train.get("sdpa_backend", "auto")):
-            loss, terms, sigma = self.objective(self.unet, z0, (cond, embeds, time_ids), frames, batch["boxes"],
-                                                batch["index"], self.state["epoch"], generator)
+            loss, terms, sigma = self.objective(
+                self.unet,
+                z0,
+                (cond, embeds, time_ids),
+                frames,
+                batch["boxes"],
+                batch["index"],
+                self.state["epoch"],
+                generator,
+            )
         self.check_finite(terms, sigma)
         return loss, {k: float(v.detach()) for k, v in terms.items()} | {"sigma": float(sigma.mean())}
 
@@ -320,12 +365,16 @@ class Trainer:
         bad = next(((name, value) for name, value in terms.items() if not torch.isfinite(value)), None)
         ranks = [acc.process_index] if bad else []
         if acc.num_processes > 1:
-            ranks = [i for i, f in enumerate(acc.gather(torch.tensor([bad is not None], device=acc.device)).tolist()) if f]
+            ranks = [
+                i for i, f in enumerate(acc.gather(torch.tensor([bad is not None], device=acc.device)).tolist()) if f
+            ]
         if not ranks:
             return
-        where = (f"at step {self.state['global_step'] + 1} (epoch {self.state['epoch']}, sigma {sigma.tolist()}) "
-                 f"in {self.run_dir}; the run stops here, its last checkpoint is {newest_checkpoint(self.run_dir)}. "
-                 "Try mixed_precision=no or a lower train.lr.")
+        where = (
+            f"at step {self.state['global_step'] + 1} (epoch {self.state['epoch']}, sigma {sigma.tolist()}) "
+            f"in {self.run_dir}; the run stops here, its last checkpoint is {newest_checkpoint(self.run_dir)}. "
+            "Try mixed_precision=no or a lower train.lr."
+        )
         what = f"non-finite {bad[0]} = {bad[1].item()}" if bad else f"non-finite loss on process(es) {ranks}"
         if bad and acc.num_processes > 1:
             what += f" (process {acc.process_index} of {acc.num_processes})"
@@ -341,16 +390,25 @@ class Trainer:
         max_steps = t.max_steps if t.max_steps is not None else math.inf
         steps_per_epoch = len(self.loader) // t.grad_accum
         total = min(max_steps, steps_per_epoch * t.epochs)
-        bar = tqdm(total=total, initial=self.state["global_step"], desc=f"train {self.run_dir.name}",
-                   disable=not acc.is_main_process, dynamic_ncols=True)
+        bar = tqdm(
+            total=total,
+            initial=self.state["global_step"],
+            desc=f"train {self.run_dir.name}",
+            disable=not acc.is_main_process,
+            dynamic_ncols=True,
+        )
         start = time.time()
         while self.state["epoch"] <= t.epochs and self.state["global_step"] < max_steps:
             epoch = self.state["epoch"]
             self.sampler.use_epoch(epoch)
             from accelerate import skip_first_batches
-            loader = skip_first_batches(self.loader, self.state["batch_in_epoch"]) \
-                if self.state["batch_in_epoch"] else self.loader
-            clips = []                     # dataset indices of this optimizer step (this process)
+
+            loader = (
+                skip_first_batches(self.loader, self.state["batch_in_epoch"])
+                if self.state["batch_in_epoch"]
+                else self.loader
+            )
+            clips = []  # dataset indices of this optimizer step (this process)
             for batch in loader:
                 clips += batch["index"].tolist()
                 g = step_generator(t.seed, self.state["micro_step"], acc.process_index)
@@ -359,7 +417,7 @@ class Trainer:
                     acc.backward(loss)
                     if acc.sync_gradients:
                         terms["grad_norm"] = self.clip_gradients()
-                        terms["lr"] = self.lr_scheduler.get_last_lr()[0]     # the rate this step uses
+                        terms["lr"] = self.lr_scheduler.get_last_lr()[0]  # the rate this step uses
                     self.optimizer.step()
                     self.lr_scheduler.step()
                     self.optimizer.zero_grad(set_to_none=True)
@@ -384,7 +442,7 @@ class Trainer:
                 self.state.update(epoch=epoch + 1, batch_in_epoch=0)
                 self.save_checkpoint()
                 continue
-            self.save_checkpoint()   # stopped by max_steps
+            self.save_checkpoint()  # stopped by max_steps
         bar.close()
         self.tracker.end()
         finished = self.state["epoch"] > t.epochs or self.state["global_step"] >= max_steps
@@ -394,9 +452,14 @@ class Trainer:
             if self.ema is not None:
                 ema_name = f"{self.export_name}_ema"
                 ema[ema_name] = str(self.export(self.run_dir / ema_name, ema=True)[0])
-            summary = dict(self.state, trainable_params=self.n_trainable, checkpoint=str(newest_checkpoint(self.run_dir)),
-                           **({"loss_scale": self.loss_scale} if self.loss_scale else {}),
-                           **{f"{self.export_name}_params": n_params, self.export_name: str(out)}, **ema)
+            summary = dict(
+                self.state,
+                trainable_params=self.n_trainable,
+                checkpoint=str(newest_checkpoint(self.run_dir)),
+                **({"loss_scale": self.loss_scale} if self.loss_scale else {}),
+                **{f"{self.export_name}_params": n_params, self.export_name: str(out)},
+                **ema,
+            )
             atomic_write_json(self.run_dir / "summary.json", summary)
         return self.run_dir
 
@@ -410,10 +473,12 @@ class Trainer:
         if sc["first_step"] is None:
             sc["first_step"] = dict(pair, step=self.state["global_step"])
             ratio = pair["weighted_feat"] / pair["weighted_diff"] if pair["weighted_diff"] else math.inf
-            self.say(f"LSA epoch {epoch}, step {self.state['global_step']}: weighted terms "
-                     f"{self.cfg.loss.diff_weight} L_diff = {pair['weighted_diff']:.4g}, "
-                     f"lambda L_feat = {pair['weighted_feat']:.4g} (ratio {ratio:.3g}; reduction "
-                     f"{self.cfg.loss.get('feat_reduction', 'mean')}, mask {self.cfg.loss.get('feat_mask', 'diff')})")
+            self.say(
+                f"LSA epoch {epoch}, step {self.state['global_step']}: weighted terms "
+                f"{self.cfg.loss.diff_weight} L_diff = {pair['weighted_diff']:.4g}, "
+                f"lambda L_feat = {pair['weighted_feat']:.4g} (ratio {ratio:.3g}; reduction "
+                f"{self.cfg.loss.get('feat_reduction', 'mean')}, mask {self.cfg.loss.get('feat_mask', 'diff')})"
+            )
         n = sc["steps"]
         sc["mean"] = {k: (sc["mean"].get(k, 0.0) * n + v) / (n + 1) for k, v in pair.items()}
         sc["steps"] = n + 1
@@ -422,7 +487,7 @@ class Trainer:
         """One line per optimizer step: the loss terms averaged over the processes, and the clips
         every process trained on (in process order)."""
         acc = self.acc
-        if acc.num_processes > 1:      # collectives: every process calls them
+        if acc.num_processes > 1:  # collectives: every process calls them
             names = [k for k, v in terms.items() if v is not None]
             mean = acc.reduce(torch.tensor([terms[k] for k in names], device=acc.device), reduction="mean")
             terms = terms | dict(zip(names, mean.tolist()))
@@ -430,8 +495,15 @@ class Trainer:
         if not acc.is_main_process:
             return terms
         w_diff, w_feat = self.objective.weights(epoch)
-        rec = dict(step=self.state["global_step"], epoch=epoch, time=round(time.time() - start, 3), clips=clips,
-                   **terms, w_diff=w_diff, w_feat=w_feat)
+        rec = dict(
+            step=self.state["global_step"],
+            epoch=epoch,
+            time=round(time.time() - start, 3),
+            clips=clips,
+            **terms,
+            w_diff=w_diff,
+            w_feat=w_feat,
+        )
         with open(self.log_path, "a") as f:
             f.write(json.dumps(rec) + "\n")
         self.tracker.log({k: v for k, v in rec.items() if k not in ("step", "clips")}, step=rec["step"])
@@ -461,6 +533,7 @@ class Trainer:
         """The trained U-Net (LoRA merged) as a diffusers folder, written atomically; (folder, #params).
         With `ema`, the EMA of its trained weights instead."""
         import copy
+
         unet = copy.deepcopy(self.acc.unwrap_model(self.unet))
         if ema:
             self.ema.copy_to(trainable(unet))
@@ -490,7 +563,9 @@ def compile_parts(names, **modules) -> list[str]:
     if bad:
         raise InputError(f"train.compile={names}: unknown part(s) {bad}; valid are {list(COMPILABLE)}")
     if "unet" in names and "unet_blocks" in names:
-        raise InputError(f"train.compile={names}: unet (the whole U-Net) and unet_blocks (its blocks) exclude each other")
+        raise InputError(
+            f"train.compile={names}: unet (the whole U-Net) and unet_blocks (its blocks) exclude each other"
+        )
     done = []
     for n in names:
         if n == "unet_blocks":
@@ -523,11 +598,17 @@ def sdpa_context(backend: str):
     flash (FlashAttention-2, bf16/fp16), efficient (memory-efficient), cudnn, math (the reference
     matmuls). `auto` leaves PyTorch's choice. The backward pass uses the kernel of its forward."""
     import contextlib
+
     if backend in ("auto", None):
         return contextlib.nullcontext()
     from torch.nn.attention import SDPBackend, sdpa_kernel
-    kinds = {"flash": SDPBackend.FLASH_ATTENTION, "efficient": SDPBackend.EFFICIENT_ATTENTION,
-             "cudnn": SDPBackend.CUDNN_ATTENTION, "math": SDPBackend.MATH}
+
+    kinds = {
+        "flash": SDPBackend.FLASH_ATTENTION,
+        "efficient": SDPBackend.EFFICIENT_ATTENTION,
+        "cudnn": SDPBackend.CUDNN_ATTENTION,
+        "math": SDPBackend.MATH,
+    }
     if backend not in kinds:
         raise ValueError(f"train.sdpa_backend={backend!r}: valid are {', '.join(SDPA_BACKENDS)}")
     return sdpa_kernel(kinds[backend])
@@ -537,7 +618,7 @@ def set_attention(model, implementation: str) -> None:
     """DINOv2's attention kernel (loss.dino_attention): sdpa (PyTorch's fused SDPA) or eager."""
     if implementation not in ("sdpa", "eager"):
         raise InputError(f"loss.dino_attention={implementation!r}: valid are 'sdpa', 'eager'")
-    if hasattr(model, "set_attn_implementation"):           # transformers >= 4.56
+    if hasattr(model, "set_attn_implementation"):  # transformers >= 4.56
         model.set_attn_implementation(implementation)
     else:
         model.config._attn_implementation = implementation
@@ -555,7 +636,9 @@ def _size(v):
 
 def train(cfg) -> Path:
     from trainers.backbones import backbone_name
-    if backbone_name(cfg.model) != "svd":          # another backbone: the same loop through its interface
+
+    if backbone_name(cfg.model) != "svd":  # another backbone: the same loop through its interface
         from trainers.backbone_trainer import BackboneTrainer
+
         return BackboneTrainer(cfg).train()
     return Trainer(cfg).train()

@@ -1,4 +1,5 @@
 """The two losses of the LSA objective: DiffusionLoss (Eq. 2) and SemanticAlignmentLoss (Eq. 3-5)."""
+
 from __future__ import annotations
 
 import torch
@@ -23,8 +24,12 @@ class DiffusionLoss:
         x_t = z0 + s * eps
         unet_in = torch.cat([edm.c_in(s) * x_t, cond_latents.to(x_t)], dim=2)
         dtype = next(unet.parameters()).dtype
-        F_out = unet(unet_in.to(dtype), edm.c_noise(sigma).to(dtype), encoder_hidden_states=clip_embeds.to(dtype),
-                     added_time_ids=time_ids.to(dtype)).sample
+        F_out = unet(
+            unet_in.to(dtype),
+            edm.c_noise(sigma).to(dtype),
+            encoder_hidden_states=clip_embeds.to(dtype),
+            added_time_ids=time_ids.to(dtype),
+        ).sample
         z0_hat = edm.denoise(F_out.float(), x_t.float(), sigma.float())
         per_sample = edm.loss_weight(sigma.float()) * ((z0_hat - z0.float()) ** 2).mean(dim=(1, 2, 3, 4))
         return per_sample.mean(), z0_hat, sigma
@@ -57,7 +62,7 @@ def patch_mask(boxes, grid_hw, image_hw, variant: str = "hybrid", alpha: float =
             continue
         x1, x2 = b[:, 0].clamp(0, W), b[:, 2].clamp(0, W)
         y1, y2 = b[:, 1].clamp(0, H), b[:, 3].clamp(0, H)
-        valid = (x2 > x1) & (y2 > y1)            # boxes outside the frame clip to nothing
+        valid = (x2 > x1) & (y2 > y1)  # boxes outside the frame clip to nothing
         rows = (y1[:, None] < row_edges[None, 1:]) & (y2[:, None] > row_edges[None, :-1])
         cols = (x1[:, None] < col_edges[None, 1:]) & (x2[:, None] > col_edges[None, :-1])
         hit = rows[valid][:, :, None] & cols[valid][:, None, :]
@@ -81,7 +86,7 @@ class DinoFeatures:
 
     def input_size(self, H: int, W: int) -> tuple[int, int]:
         if self.size == "auto" or self.size is None:
-            p = self.patch   # nearest multiple of the patch size: 320x512 -> 322x518 (23x37 patches)
+            p = self.patch  # nearest multiple of the patch size: 320x512 -> 322x518 (23x37 patches)
             return max(p, round(H / p) * p), max(p, round(W / p) * p)
         return int(self.size[0]), int(self.size[1])
 
@@ -95,7 +100,7 @@ class DinoFeatures:
         x = F.interpolate(x.float(), size=(h, w), mode="bilinear", align_corners=False)
         x = ((x + 1) / 2 - self.mean.to(x)) / self.std.to(x)
         dtype = next(self.encoder.parameters()).dtype
-        tokens = self.encoder(pixel_values=x.to(dtype)).last_hidden_state[:, self.n_skip:]
+        tokens = self.encoder(pixel_values=x.to(dtype)).last_hidden_state[:, self.n_skip :]
         return tokens.float(), self.grid(H, W)
 
 
@@ -116,8 +121,15 @@ class SemanticAlignmentLoss:
     The real frames' features are computed under no_grad.
     """
 
-    def __init__(self, encoder: DinoFeatures, variant: str = "hybrid", alpha: float = 10.0,
-                 cache_real: bool = False, reduction: str = "mean", mask: str = "diff"):
+    def __init__(
+        self,
+        encoder: DinoFeatures,
+        variant: str = "hybrid",
+        alpha: float = 10.0,
+        cache_real: bool = False,
+        reduction: str = "mean",
+        mask: str = "diff",
+    ):
         if variant not in VARIANTS:
             raise ValueError(f"loss.variant={variant!r}: valid are {VARIANTS}")
         if reduction not in FEAT_REDUCTIONS:

@@ -4,6 +4,7 @@ One call denoises (L_diff, Eq. 2), decodes the predicted clean latent z0_hat to 
 DINOv2 features of x_hat and of the real frames, weighs their difference with the patch mask M and
 reduces it to L_feat (Eq. 3-5). The training loop calls the objective and knows nothing of LSA.
 """
+
 from __future__ import annotations
 
 import math
@@ -45,22 +46,31 @@ class LSAObjective:
     run never switches the feature loss on.
     """
 
-    def __init__(self, L_diff: DiffusionLoss, L_feat: SemanticAlignmentLoss | None, vae, latent_scale: float,
-                 loss_cfg, schedule_cfg):
+    def __init__(
+        self,
+        L_diff: DiffusionLoss,
+        L_feat: SemanticAlignmentLoss | None,
+        vae,
+        latent_scale: float,
+        loss_cfg,
+        schedule_cfg,
+    ):
         self.L_diff, self.L_feat = L_diff, L_feat
         self.vae, self.latent_scale = vae, latent_scale
         self.loss_cfg, self.schedule_cfg = loss_cfg, schedule_cfg
 
     def weights(self, epoch: int) -> tuple[float, float]:
         """(w, lambda) in `epoch`."""
-        return objective_weights(epoch, self.schedule_cfg.feat_from_epoch, self.loss_cfg.diff_weight,
-                                 self.loss_cfg.lambda_feat)
+        return objective_weights(
+            epoch, self.schedule_cfg.feat_from_epoch, self.loss_cfg.diff_weight, self.loss_cfg.lambda_feat
+        )
 
     def decode(self, z0_hat: torch.Tensor) -> torch.Tensor:
         """x_hat [B,T,3,H,W] from z0_hat [B,T,4,h,w], differentiable (the frozen temporal decoder)."""
         c = self.loss_cfg
-        return decode_with_grad(self.vae, z0_hat, self.latent_scale, int(c.decode_chunk), chunk_checkpoint(c),
-                                bool(c.decode_channels_last))
+        return decode_with_grad(
+            self.vae, z0_hat, self.latent_scale, int(c.decode_chunk), chunk_checkpoint(c), bool(c.decode_channels_last)
+        )
 
     def denoise(self, net, z0, cond, generator: torch.Generator):
         """(L_diff, z0_hat, sigma) of one noise draw; cond: (cond_latents, clip_embeds, time_ids)."""
@@ -83,7 +93,7 @@ class LSAObjective:
             idx = select_frames(frames.shape[1], self.loss_cfg.decode_frames)
             x_hat = self.decoded(z0_hat, idx)
             boxes = [[b[j] for j in idx] for b in boxes]
-            keys = [(int(i), tuple(idx)) for i in clips]       # clip of the dataset, frames
+            keys = [(int(i), tuple(idx)) for i in clips]  # clip of the dataset, frames
             terms["loss_feat"] = self.L_feat(x_hat, frames[:, idx], boxes, keys)
         L = w * terms["loss_diff"] + (lambda_feat * terms["loss_feat"] if lambda_feat > 0 else 0.0)
         if lambda_feat > 0:

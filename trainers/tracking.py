@@ -12,6 +12,7 @@ W&B runs offline by default (`train.wandb_mode`): nothing leaves the machine, th
 under `<run>/wandb/` and `wandb sync` uploads it later. Both trackers are the `tracking` extra
 (`pip install -e .[tracking]`); asking for one that is not installed is a config error.
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -24,7 +25,7 @@ from omegaconf import OmegaConf
 from data.cli import InputError
 
 REPORT_TO = ("none", "tensorboard", "wandb")
-PROJECT = "lsa"        # the tracker's project; TensorBoard writes under <run>/lsa/
+PROJECT = "lsa"  # the tracker's project; TensorBoard writes under <run>/lsa/
 
 
 def tracker_choice(t) -> str | None:
@@ -35,8 +36,10 @@ def tracker_choice(t) -> str | None:
     if choice == "none":
         return None
     if importlib.util.find_spec(choice) is None:
-        raise InputError(f"train.report_to={choice} needs the package {choice!r}, which is not installed: "
-                         "pip install -e .[tracking], or train.report_to=none")
+        raise InputError(
+            f"train.report_to={choice} needs the package {choice!r}, which is not installed: "
+            "pip install -e .[tracking], or train.report_to=none"
+        )
     return choice
 
 
@@ -52,6 +55,7 @@ def flat_config(cfg) -> dict:
         else:
             key = prefix[:-1]
             out[key] = node if isinstance(node, (bool, int, float, str)) else str(node)
+
     walk(OmegaConf.to_container(cfg, resolve=True), "")
     return out
 
@@ -59,10 +63,12 @@ def flat_config(cfg) -> dict:
 def gif_bytes(frames: np.ndarray, fps: float) -> bytes:
     """uint8 [T,H,W,3] as an animated GIF (looping), the format of TensorBoard's video summaries."""
     from PIL import Image
+
     images = [Image.fromarray(f) for f in frames]
     buf = io.BytesIO()
-    images[0].save(buf, format="GIF", save_all=True, append_images=images[1:],
-                   duration=max(1, round(1000 / fps)), loop=0)
+    images[0].save(
+        buf, format="GIF", save_all=True, append_images=images[1:], duration=max(1, round(1000 / fps)), loop=0
+    )
     return buf.getvalue()
 
 
@@ -79,8 +85,15 @@ class Tracker:
 
     def init_kwargs(self) -> dict:
         if self.kind == "wandb":
-            return {"wandb": {"dir": str(self.run_dir), "mode": self.cfg.train.get("wandb_mode", "offline"),
-                              "name": self.run_dir.name, "resume": "allow", "id": _wandb_id(self.run_dir)}}
+            return {
+                "wandb": {
+                    "dir": str(self.run_dir),
+                    "mode": self.cfg.train.get("wandb_mode", "offline"),
+                    "name": self.run_dir.name,
+                    "resume": "allow",
+                    "id": _wandb_id(self.run_dir),
+                }
+            }
         return {}
 
     def start(self) -> None:
@@ -91,7 +104,7 @@ class Tracker:
         self.acc.init_trackers(PROJECT, config=flat_config(self.cfg), init_kwargs=self.init_kwargs())
         if not self.acc.is_main_process:
             return
-        if self.kind == "tensorboard":      # W&B keeps the config itself (files/config.yaml of its run)
+        if self.kind == "tensorboard":  # W&B keeps the config itself (files/config.yaml of its run)
             yaml = OmegaConf.to_yaml(self.cfg, resolve=True)
             # markdown: indented by 4 spaces, TensorBoard's text dashboard shows it as code
             self.writer.add_text("config", "\n".join("    " + ln for ln in yaml.splitlines()), global_step=0)
@@ -107,8 +120,9 @@ class Tracker:
 
     def log(self, values: dict, step: int) -> None:
         if self.on:
-            self.acc.log({k: v for k, v in values.items() if isinstance(v, (int, float)) and not isinstance(v, bool)},
-                         step=step)
+            self.acc.log(
+                {k: v for k, v in values.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}, step=step
+            )
 
     def log_videos(self, videos: list[tuple[str, np.ndarray, Path]], fps: float, step: int) -> None:
         """videos: (name, uint8 frames [T,H,W,3], mp4 path) per validation video."""
@@ -116,6 +130,7 @@ class Tracker:
             return
         if self.kind == "tensorboard":
             from tensorboard.compat.proto.summary_pb2 import Summary
+
             values = []
             for name, frames, _ in videos:
                 _, H, W, C = frames.shape
@@ -125,8 +140,10 @@ class Tracker:
             self.writer.flush()
         else:
             import wandb
-            self.run.log({f"validation/{name}": wandb.Video(str(path), format="mp4") for name, _, path in videos},
-                         step=step)
+
+            self.run.log(
+                {f"validation/{name}": wandb.Video(str(path), format="mp4") for name, _, path in videos}, step=step
+            )
 
     def end(self) -> None:
         if self.kind != "none":
@@ -140,6 +157,7 @@ def _wandb_id(run_dir: Path) -> str:
         return f.read_text().strip()
     import hashlib
     import time
+
     rid = hashlib.sha1(f"{run_dir.resolve()}{time.time_ns()}".encode()).hexdigest()[:12]
     f.write_text(rid + "\n")
     return rid

@@ -11,6 +11,7 @@ Generation draws its noise from its own generators and runs without gradients: t
 randomness (trainers/loop.step_generator) and so the trained weights are the same with validation on
 or off.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -22,6 +23,7 @@ import torch
 def first_frames(data_cfg, split: str, n: int) -> list[np.ndarray]:
     """uint8 [H,W,3] first frames of the first `n` clips of `split` (fewer if the split is smaller)."""
     from data.registry import build_dataset
+
     clips = build_dataset(data_cfg, split)
     return [np.asarray(clips[k].frames[0]) for k in range(min(n, len(clips)))]
 
@@ -46,10 +48,15 @@ class Validator:
         from PIL import Image
 
         from data.video_io import write_video
+
         p, cfg, v = self.parts, self.cfg, self.v
-        pipe = StableVideoDiffusionPipeline(vae=p.vae, image_encoder=p.image_encoder, unet=unet,
-                                            scheduler=EulerDiscreteScheduler.from_config(p.scheduler.config),
-                                            feature_extractor=p.feature_extractor)
+        pipe = StableVideoDiffusionPipeline(
+            vae=p.vae,
+            image_encoder=p.image_encoder,
+            unet=unet,
+            scheduler=EulerDiscreteScheduler.from_config(p.scheduler.config),
+            feature_extractor=p.feature_extractor,
+        )
         pipe.set_progress_bar_config(disable=True)
         was_training = unet.training
         unet.eval()
@@ -58,13 +65,21 @@ class Validator:
             for k, frame0 in enumerate(self.frames0):
                 g = torch.Generator(device="cpu").manual_seed(int(v.seed) + k)
                 with autocast():
-                    out = pipe(Image.fromarray(frame0), height=int(cfg.data.height), width=int(cfg.data.width),
-                               num_frames=int(cfg.data.clip_len), num_inference_steps=int(v.num_inference_steps),
-                               fps=int(cfg.cond.fps), motion_bucket_id=int(cfg.cond.motion_bucket_id),
-                               noise_aug_strength=float(cfg.cond.noise_aug),
-                               min_guidance_scale=float(v.min_guidance_scale),
-                               max_guidance_scale=float(v.max_guidance_scale),
-                               decode_chunk_size=int(v.decode_chunk_size), generator=g, output_type="np")
+                    out = pipe(
+                        Image.fromarray(frame0),
+                        height=int(cfg.data.height),
+                        width=int(cfg.data.width),
+                        num_frames=int(cfg.data.clip_len),
+                        num_inference_steps=int(v.num_inference_steps),
+                        fps=int(cfg.cond.fps),
+                        motion_bucket_id=int(cfg.cond.motion_bucket_id),
+                        noise_aug_strength=float(cfg.cond.noise_aug),
+                        min_guidance_scale=float(v.min_guidance_scale),
+                        max_guidance_scale=float(v.max_guidance_scale),
+                        decode_chunk_size=int(v.decode_chunk_size),
+                        generator=g,
+                        output_type="np",
+                    )
                 frames = (np.clip(np.asarray(out.frames[0], dtype=np.float32), 0, 1) * 255).round().astype(np.uint8)
                 name = f"{k:02d}"
                 path = write_video(self.out / f"step-{step:08d}" / f"{name}.mp4", frames, fps=float(cfg.cond.fps))

@@ -1,4 +1,5 @@
 """`python -m benchmark.perf ...` is the harness (benchmark/perf/harness.py)."""
+
 from benchmark.perf.harness import main
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@
 2. Frames per second of each metric (FVD, FID, detection) on synthetic traffic videos, through
    `metrics.evaluate.evaluate`, so it includes resizing, batching and the model.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -73,22 +74,28 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
 
     import torch
+
     result = {"threads": torch.get_num_threads()}
     if not args.skip_frechet:
         fr = bench_frechet(repeat=args.repeat)
         result["frechet"] = fr
-        print(f"Frechet distance d={fr['d']} N={fr['n']} (CPU, {result['threads']} threads): "
-              f"stats {fr['stats_s']:.3f} s, distance {fr['distance_s']:.3f} s")
+        print(
+            f"Frechet distance d={fr['d']} N={fr['n']} (CPU, {result['threads']} threads): "
+            f"stats {fr['stats_s']:.3f} s, distance {fr['distance_s']:.3f} s"
+        )
     h, w = (int(v) for v in args.size.lower().split("x"))
     cfg = load_config(args.config, args.set)
     per = bench_metrics(cfg, args.videos, args.frames, (h, w), [m for m in args.metrics.split(",") if m])
     result["metrics"] = per
-    print(f"{'metric':8s} {'device':8s} {'frames/s':>10s} {'seconds':>9s}   ({args.videos}+{args.videos} videos x "
-          f"{args.frames} frames at {h}x{w}, profile {cfg.name})")
+    print(
+        f"{'metric':8s} {'device':8s} {'frames/s':>10s} {'seconds':>9s}   ({args.videos}+{args.videos} videos x "
+        f"{args.frames} frames at {h}x{w}, profile {cfg.name})"
+    )
     for m, t in per.items():
         print(f"{m:8s} {t['device']:8s} {t['frames_per_s']:10.1f} {t['seconds']:9.2f}")
     if args.out:
         from metrics.evaluate import write_json
+
         write_json(result, args.out)
     return 0
 

@@ -9,6 +9,7 @@ Examples: the tiny CPU model (default: model=tiny, 8 x 64 x 96), or paper scale 
 Reports the median step time (forward + backward + optimizer step) of each, their ratio, and peak
 memory: CUDA max allocated on a GPU, peak RSS of the process on the CPU (reset between the two).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -50,6 +51,7 @@ def memory_kind(device: torch.device) -> str:
 def versions() -> dict:
     import diffusers
     import transformers
+
     v = dict(torch=torch.__version__, diffusers=diffusers.__version__, transformers=transformers.__version__)
     if torch.cuda.is_available():
         v["cuda"] = torch.version.cuda
@@ -71,11 +73,13 @@ def _peak_bytes(device) -> int:
     except OSError:
         pass
     import resource
+
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 def time_steps(trainer, batch, steps: int, warmup: int = 1) -> tuple[list[float], int]:
     from trainers.loop import step_generator
+
     acc, device = trainer.acc, trainer.acc.device
     times = []
     _reset_peak(device)
@@ -98,31 +102,59 @@ def time_steps(trainer, batch, steps: int, warmup: int = 1) -> tuple[list[float]
 def _measure(trainer, batch, steps: int, warmup: int = 1) -> dict:
     times, peak = time_steps(trainer, batch, steps, warmup)
     reserved = _peak_reserved_bytes(trainer.acc.device)
-    return dict(median_s=statistics.median(times), times_s=times, peak_mem_gib=peak / 2 ** 30,
-                peak_reserved_gib=reserved / 2 ** 30 if reserved is not None else None)
+    return dict(
+        median_s=statistics.median(times),
+        times_s=times,
+        peak_mem_gib=peak / 2**30,
+        peak_reserved_gib=reserved / 2**30 if reserved is not None else None,
+    )
 
 
-SWITCHES = ("loss.decode_checkpoint", "loss.decode_chunk", "train.grad_checkpointing", "loss.dino_attention",
-            "loss.real_feature_cache", "train.cudnn_benchmark", "loss.decode_channels_last",
-            "loss.decode_checkpoint_level", "loss.decode_attention", "train.sdpa_backend", "train.optimizer",
-            "loss.decode_frames", "loss.dino_size", "train.compile", "train.adam_fused")
+SWITCHES = (
+    "loss.decode_checkpoint",
+    "loss.decode_chunk",
+    "train.grad_checkpointing",
+    "loss.dino_attention",
+    "loss.real_feature_cache",
+    "train.cudnn_benchmark",
+    "loss.decode_channels_last",
+    "loss.decode_checkpoint_level",
+    "loss.decode_attention",
+    "train.sdpa_backend",
+    "train.optimizer",
+    "loss.decode_frames",
+    "loss.dino_size",
+    "train.compile",
+    "train.adam_fused",
+)
 # what the sweep can flip (`sweep_only` picks some: a switch name, or name=value for one of its rows)
-APPROXIMATIONS = ("loss.decode_frames", "loss.dino_size")   # rows that change the loss: gradient compared to the baseline
+APPROXIMATIONS = (
+    "loss.decode_frames",
+    "loss.dino_size",
+)  # rows that change the loss: gradient compared to the baseline
 
 
-def bench(overrides: list[str], steps: int = 5, sweep: bool = False, sweep_steps: int = 3,
-          sweep_only: list[str] | None = None, profile_decoder: bool = False) -> dict:
+def bench(
+    overrides: list[str],
+    steps: int = 5,
+    sweep: bool = False,
+    sweep_steps: int = 3,
+    sweep_only: list[str] | None = None,
+    profile_decoder: bool = False,
+) -> dict:
     """Both steps timed on one trainer; `sweep`: then each switch flipped in turn; `profile_decoder`:
     then a torch.profiler table of the decoder's backward pass (before the sweep: it is cheap, and a
     time limit that ends the sweep leaves it)."""
     from trainers.loop import Trainer
+
     if sweep_only is not None and (bad := [k for k in sweep_only if k.split("=", 1)[0] not in SWITCHES]):
         raise ValueError(f"--sweep-only: unknown switch(es) {bad}; valid are {', '.join(SWITCHES)}")
-    resident = torch.cuda.memory_allocated() / 2 ** 30 if torch.cuda.is_available() else None
+    resident = torch.cuda.memory_allocated() / 2**30 if torch.cuda.is_available() else None
     t0 = time.perf_counter()
     cfg = load_config(["model=tiny", "schedule=joint", "train.out_dir=runs/bench_step", *overrides])
     from trainers.backbone_trainer import BackboneTrainer
     from trainers.backbones import backbone_name
+
     # model=ltx-tiny|ltx-full-random: the same two steps through the backbone interface
     trainer = (Trainer if backbone_name(cfg.model) == "svd" else BackboneTrainer)(cfg)
     build_s = time.perf_counter() - t0
@@ -133,30 +165,43 @@ def bench(overrides: list[str], steps: int = 5, sweep: bool = False, sweep_steps
         result[name] = _measure(trainer, batch, steps)
     if profile_decoder:
         from benchmark.perf.decoder_profile import profile_decoder_backward
+
         try:
             result["decoder_profile"] = profile_decoder_backward(trainer, batch)
-        except KeyboardInterrupt:          # a time limit: keep the step figures
+        except KeyboardInterrupt:  # a time limit: keep the step figures
             result["decoder_profile"] = {"error": "interrupted (time limit)"}
             sweep = False
     if sweep:
         result["sweep"] = sweep_switches(trainer, batch, sweep_steps, sweep_only)
     result["build_s"] = build_s
-    result["resident_before_gib"] = resident      # GPU memory still held from earlier work (should be ~0)
+    result["resident_before_gib"] = resident  # GPU memory still held from earlier work (should be ~0)
     device = trainer.acc.device
     frames = batch["frames"]
     result["lsa_over_diffusion"] = result["lsa"]["median_s"] / result["diffusion"]["median_s"]
     result["setting"] = dict(
-        model=cfg.model.name, frames=list(frames.shape[1:]), batch=frames.shape[0], adapter=cfg.adapter.name,
-        mixed_precision=cfg.train.mixed_precision, grad_checkpointing=cfg.train.grad_checkpointing,
-        decode_chunk=cfg.loss.decode_chunk, decode_checkpoint=cfg.loss.decode_checkpoint,
-        decode_frames=cfg.loss.decode_frames, dino_attention=cfg.loss.dino_attention,
+        model=cfg.model.name,
+        frames=list(frames.shape[1:]),
+        batch=frames.shape[0],
+        adapter=cfg.adapter.name,
+        mixed_precision=cfg.train.mixed_precision,
+        grad_checkpointing=cfg.train.grad_checkpointing,
+        decode_chunk=cfg.loss.decode_chunk,
+        decode_checkpoint=cfg.loss.decode_checkpoint,
+        decode_frames=cfg.loss.decode_frames,
+        dino_attention=cfg.loss.dino_attention,
         decode_channels_last=cfg.loss.decode_channels_last,
         cudnn_benchmark=cfg.train.cudnn_benchmark,
-        real_feature_cache=cfg.loss.real_feature_cache, adam_fused=cfg.train.adam_fused,
-        optimizer=cfg.train.optimizer, sdpa_backend=cfg.train.sdpa_backend,
-        decode_attention=cfg.loss.decode_attention, decode_checkpoint_level=cfg.loss.decode_checkpoint_level,
+        real_feature_cache=cfg.loss.real_feature_cache,
+        adam_fused=cfg.train.adam_fused,
+        optimizer=cfg.train.optimizer,
+        sdpa_backend=cfg.train.sdpa_backend,
+        decode_attention=cfg.loss.decode_attention,
+        decode_checkpoint_level=cfg.loss.decode_checkpoint_level,
         dino_size=list(trainer.feat_loss.encoder.input_size(*frames.shape[-2:])),
-        compile=list(cfg.train.compile), steps=steps, overrides=overrides)
+        compile=list(cfg.train.compile),
+        steps=steps,
+        overrides=overrides,
+    )
     result["device"] = device_name(device)
     result["memory_kind"] = memory_kind(device)
     result["versions"] = versions()
@@ -165,9 +210,11 @@ def bench(overrides: list[str], steps: int = 5, sweep: bool = False, sweep_steps
 
 # ------------------------------------------------------------------ one switch at a time
 
+
 def _unet_module(trainer):
     """The diffusers U-Net inside the (accelerate / peft) wrappers: it holds the checkpointing switch."""
     from diffusers import UNetSpatioTemporalConditionModel
+
     return next(m for m in trainer.unet.modules() if isinstance(m, UNetSpatioTemporalConditionModel))
 
 
@@ -180,6 +227,7 @@ def _variants(trainer):
     """(name, setting, apply(), undo()) for each switch of docs/perf.md, flipped from the configured
     setting of the LSA step. Each runs on the same trainer, model and batch as the baseline."""
     from trainers.loop import set_attention
+
     cfg, loss = trainer.cfg, trainer.cfg.loss
     T = trainer.cfg.data.clip_len
 
@@ -192,14 +240,23 @@ def _variants(trainer):
     chunk = T if int(loss.decode_chunk) != T else 8
     yield ("loss.decode_chunk", chunk, *set_key(loss, "decode_chunk", chunk))
     gc_on = bool(cfg.train.grad_checkpointing)
-    yield ("train.grad_checkpointing", not gc_on,
-           lambda: _set_grad_checkpointing(trainer, not gc_on), lambda: _set_grad_checkpointing(trainer, gc_on))
+    yield (
+        "train.grad_checkpointing",
+        not gc_on,
+        lambda: _set_grad_checkpointing(trainer, not gc_on),
+        lambda: _set_grad_checkpointing(trainer, gc_on),
+    )
     attn = loss.dino_attention
     other = "eager" if attn == "sdpa" else "sdpa"
-    yield ("loss.dino_attention", other, lambda: set_attention(trainer.dino, other),
-           lambda: set_attention(trainer.dino, attn))
+    yield (
+        "loss.dino_attention",
+        other,
+        lambda: set_attention(trainer.dino, other),
+        lambda: set_attention(trainer.dino, attn),
+    )
     fl = trainer.feat_loss
     if not fl.cache_real:
+
         def cache_on():
             fl.cache_real = True
             fl.cache.clear()
@@ -207,21 +264,29 @@ def _variants(trainer):
         def cache_off():
             fl.cache_real = False
             fl.cache.clear()
-        yield ("loss.real_feature_cache", True, cache_on, cache_off)     # the warm-up step fills it
+
+        yield ("loss.real_feature_cache", True, cache_on, cache_off)  # the warm-up step fills it
     bench_on = bool(cfg.train.cudnn_benchmark)
 
     def cudnn(on):
         return lambda: setattr(torch.backends.cudnn, "benchmark", on)
+
     yield ("train.cudnn_benchmark", not bench_on, cudnn(not bench_on), cudnn(bench_on))
     from trainers.decoder_speed import set_channels_last
+
     decoder = trainer.parts.vae.decoder
     cl = bool(loss.decode_channels_last)
     apply_cl, undo_cl = set_key(loss, "decode_channels_last", not cl)
-    yield ("loss.decode_channels_last", not cl, lambda: (apply_cl(), set_channels_last(decoder, not cl)),
-           lambda: (undo_cl(), set_channels_last(decoder, cl)))
+    yield (
+        "loss.decode_channels_last",
+        not cl,
+        lambda: (apply_cl(), set_channels_last(decoder, not cl)),
+        lambda: (undo_cl(), set_channels_last(decoder, cl)),
+    )
     from trainers.decoder_speed import block_checkpoint, set_decoder_attention, set_decoder_block_checkpointing
+
     vae = trainer.parts.vae
-    if loss.decode_checkpoint:            # the level matters only when the decoder is checkpointed
+    if loss.decode_checkpoint:  # the level matters only when the decoder is checkpointed
         level = loss.decode_checkpoint_level
         other = "blocks" if level == "chunk" else "chunk"
 
@@ -229,17 +294,23 @@ def _variants(trainer):
             def apply():
                 loss.decode_checkpoint_level = v
                 set_decoder_block_checkpointing(vae, block_checkpoint(loss))
+
             return apply
+
         yield ("loss.decode_checkpoint_level", other, set_level(other), set_level(level))
     att = loss.decode_attention
     other = "eager" if att == "sdpa" else "sdpa"
-    yield ("loss.decode_attention", other, lambda: set_decoder_attention(vae, other),
-           lambda: set_decoder_attention(vae, att))
+    yield (
+        "loss.decode_attention",
+        other,
+        lambda: set_decoder_attention(vae, other),
+        lambda: set_decoder_attention(vae, att),
+    )
     # a compiled part keeps the attention kernel it was traced with: only an eager setting can say
     # what restricting the kernels changes
     if not cfg.train.compile:
         backend = cfg.train.sdpa_backend
-        for other in (("flash", "efficient", "cudnn") if trainer.acc.device.type == "cuda" else ("math",)):
+        for other in ("flash", "efficient", "cudnn") if trainer.acc.device.type == "cuda" else ("math",):
             if other != backend:
                 yield ("train.sdpa_backend", other, *set_key(cfg.train, "sdpa_backend", other))
     # the optimizer's states (the offloading optimizer hooks every parameter for good: not a sweep row)
@@ -257,13 +328,15 @@ def _variants(trainer):
     size = enc.size
     h, w = enc.input_size(int(cfg.data.height), int(cfg.data.width))
     p = enc.patch
-    small = [max(p, round(h / 2 ** 0.5 / p) * p), max(p, round(w / 2 ** 0.5 / p) * p)]
+    small = [max(p, round(h / 2**0.5 / p) * p), max(p, round(w / 2**0.5 / p) * p)]
 
     def set_size(v):
         def apply():
             enc.size = v
-            fl.cache.clear()          # cached real features are of the other size
+            fl.cache.clear()  # cached real features are of the other size
+
         return apply
+
     yield ("loss.dino_size", small, set_size(small), set_size(size))
     # compilation last: a compiled part stays compiled, so each row adds one part to the previous
     # (the decoder first: it dominates the added time)
@@ -281,6 +354,7 @@ def _swap_optimizer(trainer, choice: str):
     from omegaconf import OmegaConf
 
     from trainers.optim import build_optimizer
+
     old, held = trainer.optimizer, {}
 
     def move(device):
@@ -294,7 +368,7 @@ def _swap_optimizer(trainer, choice: str):
         params = [p for p in trainer.unet.parameters() if p.requires_grad]
         held["device"] = params[0].device
         t = OmegaConf.merge(trainer.cfg.train, {"optimizer": choice})
-        new = build_optimizer(params, t)          # may raise (a missing extra): nothing changed yet
+        new = build_optimizer(params, t)  # may raise (a missing extra): nothing changed yet
         move("cpu")
         trainer.optimizer = new
 
@@ -304,10 +378,11 @@ def _swap_optimizer(trainer, choice: str):
             trainer.optimizer = old
             if "device" in held:
                 move(held["device"])
+
     return apply, undo
 
 
-GRAD_STEP = 10 ** 6      # the micro-step whose randomness (sigma, noise, dropout) every gradient comparison uses
+GRAD_STEP = 10**6  # the micro-step whose randomness (sigma, noise, dropout) every gradient comparison uses
 
 
 def lsa_gradients(trainer, batch, offload: bool = False) -> dict:
@@ -316,6 +391,7 @@ def lsa_gradients(trainer, batch, offload: bool = False) -> dict:
     are taken out of the parameters (no copy; `offload`: moved to the CPU, so that a reference held
     across later timed steps does not count in their peak memory); nothing is stepped."""
     from trainers.loop import step_generator
+
     cfg = trainer.cfg
     params = [p for p in trainer.unet.parameters() if p.requires_grad]
     out = {}
@@ -354,9 +430,11 @@ def gradient_fidelity(reference: dict, other: dict) -> dict:
     randomness: cosine similarity of the flattened U-Net gradients (of the trained objective, and of
     the L_feat term alone) and the relative difference of L_feat."""
     ref_f = reference["loss_feat"]
-    return dict(grad_cosine=_cosine(reference["total"], other["total"]),
-                feat_grad_cosine=_cosine(reference["feat"], other["feat"]),
-                loss_feat_rel_diff=abs(other["loss_feat"] - ref_f) / abs(ref_f) if ref_f else float("nan"))
+    return dict(
+        grad_cosine=_cosine(reference["total"], other["total"]),
+        feat_grad_cosine=_cosine(reference["feat"], other["feat"]),
+        loss_feat_rel_diff=abs(other["loss_feat"] - ref_f) / abs(ref_f) if ref_f else float("nan"),
+    )
 
 
 def time_optimizer(trainer, fused: bool, steps: int = 3) -> dict:
@@ -402,49 +480,68 @@ def sweep_switches(trainer, batch, steps: int, only: list[str] | None = None) ->
             continue
         row = dict(switch=name, value=value)
         try:
-            if name in APPROXIMATIONS and reference is None:     # the baseline's gradient, once
+            if name in APPROXIMATIONS and reference is None:  # the baseline's gradient, once
                 reference = lsa_gradients(trainer, batch, offload=True)
             t0 = time.perf_counter()
             apply()
             row.update(_measure(trainer, batch, steps))
-            row["first_step_s"] = time.perf_counter() - t0 - sum(row["times_s"])   # incl. compilation
+            row["first_step_s"] = time.perf_counter() - t0 - sum(row["times_s"])  # incl. compilation
             if name in APPROXIMATIONS:
                 row["approximation"] = True
                 row.update(gradient_fidelity(reference, lsa_gradients(trainer, batch)))
         except torch.cuda.OutOfMemoryError as e:
             row.update(error=f"out of memory: {str(e).splitlines()[0]}")
             trainer.optimizer.zero_grad(set_to_none=True)
-        except (ImportError, ValueError, RuntimeError) as e:     # a missing extra, a kernel that does not apply
+        except (ImportError, ValueError, RuntimeError) as e:  # a missing extra, a kernel that does not apply
             row.update(error=f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
             trainer.optimizer.zero_grad(set_to_none=True)
-        except KeyboardInterrupt:      # a time limit (timeout --signal=INT): keep the rows measured so far
+        except KeyboardInterrupt:  # a time limit (timeout --signal=INT): keep the rows measured so far
             out.append(dict(row, error="interrupted (time limit)"))
-            return out                 # (after `finally` has undone the flip)
+            return out  # (after `finally` has undone the flip)
         finally:
             undo()
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
         out.append(row)
-        fid = (f", grad cosine {row['grad_cosine']:.4f} (L_feat alone {row['feat_grad_cosine']:.4f}), "
-               f"L_feat {row['loss_feat_rel_diff']:.2%} off" if "grad_cosine" in row else "")
-        print(f"  sweep {name}={value}: " + (f"{row['median_s'] * 1e3:.1f} ms, peak {row['peak_mem_gib']:.2f} GiB{fid}"
-                                            if "median_s" in row else row["error"]), flush=True)
+        fid = (
+            f", grad cosine {row['grad_cosine']:.4f} (L_feat alone {row['feat_grad_cosine']:.4f}), "
+            f"L_feat {row['loss_feat_rel_diff']:.2%} off"
+            if "grad_cosine" in row
+            else ""
+        )
+        print(
+            f"  sweep {name}={value}: "
+            + (
+                f"{row['median_s'] * 1e3:.1f} ms, peak {row['peak_mem_gib']:.2f} GiB{fid}"
+                if "median_s" in row
+                else row["error"]
+            ),
+            flush=True,
+        )
     del reference
-    if trainer.acc.device.type == "cuda" and (only is None or "train.adam_fused" in only):   # CUDA-only kernel
+    if trainer.acc.device.type == "cuda" and (only is None or "train.adam_fused" in only):  # CUDA-only kernel
         fused = bool(trainer.cfg.train.adam_fused)
         for f in (fused, not fused):
             try:
                 out.append(dict(switch="train.adam_fused", value=f, optimizer_step=True, **time_optimizer(trainer, f)))
             except torch.cuda.OutOfMemoryError as e:
-                out.append(dict(switch="train.adam_fused", value=f, optimizer_step=True,
-                                error=f"out of memory: {str(e).splitlines()[0]}"))
+                out.append(
+                    dict(
+                        switch="train.adam_fused",
+                        value=f,
+                        optimizer_step=True,
+                        error=f"out of memory: {str(e).splitlines()[0]}",
+                    )
+                )
             torch.cuda.empty_cache()
     return out
 
 
 @command
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m benchmark.perf.step", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        prog="python -m benchmark.perf.step", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--out", default=None, help="write the result as JSON here")
     args, overrides = ap.parse_known_args(argv)
@@ -456,6 +553,7 @@ def main(argv=None) -> int:
     print(f"LSA / diffusion: {r['lsa_over_diffusion']:.2f}x")
     if args.out:
         from data.atomic import atomic_write_json
+
         out = atomic_write_json(args.out, r)
         print(f"wrote {out}")
     return 0

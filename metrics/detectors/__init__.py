@@ -6,6 +6,7 @@ when their name is asked for (ultralytics is heavy), listed in `_BACKEND_MODULES
 module added later (the DN-DETR one) only needs an entry there and a decorated builder.
 A name "package.module:function" builds from any importable builder without registering it.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -14,8 +15,7 @@ from collections.abc import Callable
 from data.cli import InputError
 from metrics.detectors.base import Detections, Detector, FakeDetector
 
-__all__ = ["Detections", "Detector", "FakeDetector", "register_detector", "build_detector",
-           "available_detectors"]
+__all__ = ["Detections", "Detector", "FakeDetector", "register_detector", "build_detector", "available_detectors"]
 
 _BUILDERS: dict[str, Callable] = {}
 _BACKEND_MODULES = {
@@ -31,6 +31,7 @@ def register_detector(*names: str):
         for name in names:
             _BUILDERS[name] = builder
         return builder
+
     return deco
 
 
@@ -48,8 +49,9 @@ def build_detector(cfg) -> Detector:
         try:
             importlib.import_module(_BACKEND_MODULES[name])
         except ModuleNotFoundError as e:
-            raise InputError(f"det.detector.name={name!r}: its backend module "
-                             f"{_BACKEND_MODULES[name]} cannot be imported ({e})") from e
+            raise InputError(
+                f"det.detector.name={name!r}: its backend module {_BACKEND_MODULES[name]} cannot be imported ({e})"
+            ) from e
     if name not in _BUILDERS:
         raise InputError(f"det.detector.name={name!r} is unknown; valid: {available_detectors()}")
     return _BUILDERS[name](cfg)

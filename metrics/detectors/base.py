@@ -1,4 +1,5 @@
 """The detector interface every backend implements (DESIGN.md "Interfaces worth keeping small")."""
+
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
@@ -29,8 +30,9 @@ class Detections:
         self.scores = np.asarray(self.scores, dtype=np.float32).reshape(-1)
         self.labels = np.asarray(self.labels, dtype=np.int64).reshape(-1)
         if not len(self.boxes) == len(self.scores) == len(self.labels):
-            raise ValueError(f"Detections: {len(self.boxes)} boxes, {len(self.scores)} scores, "
-                             f"{len(self.labels)} labels")
+            raise ValueError(
+                f"Detections: {len(self.boxes)} boxes, {len(self.scores)} scores, {len(self.labels)} labels"
+            )
 
     def __len__(self) -> int:
         return len(self.boxes)
@@ -79,7 +81,7 @@ class FakeDetector:
 
     def __init__(self, fn: Callable[[np.ndarray], Detections]):
         self.fn = fn
-        self.calls = 0          # number of frames seen, for tests of batching
+        self.calls = 0  # number of frames seen, for tests of batching
 
     def detect(self, frames: np.ndarray) -> list[Detections]:
         frames = check_frames(frames)
@@ -104,8 +106,10 @@ class OutputFilter:
         self.min_conf, self.max_det = float(min_conf), int(max_det)
         self.label_map = {int(k): int(v) for k, v in (label_map or {}).items()}
         if not self.label_map and num_classes != COCO_NUM_CLASSES:
-            raise InputError(f"{where}: the model has {num_classes} classes, not the 80 COCO classes; "
-                             f"set det.detector.label_map to map its ids to COCO ids")
+            raise InputError(
+                f"{where}: the model has {num_classes} classes, not the 80 COCO classes; "
+                f"set det.detector.label_map to map its ids to COCO ids"
+            )
         self.classes = None if classes is None else np.array(sorted({int(c) for c in classes}), np.int64)
 
     def __call__(self, boxes: np.ndarray, scores: np.ndarray, labels: np.ndarray) -> Detections:
@@ -117,5 +121,5 @@ class OutputFilter:
         if self.classes is not None:
             keep &= np.isin(labels, self.classes)
         det = Detections(boxes[keep], scores[keep], labels[keep])
-        order = np.argsort(-det.scores, kind="stable")[: self.max_det]   # already sorted; stays stable
+        order = np.argsort(-det.scores, kind="stable")[: self.max_det]  # already sorted; stays stable
         return det.select(order)

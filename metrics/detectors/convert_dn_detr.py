@@ -30,6 +30,7 @@ label encoder embed noised ground-truth labels in training only and are dropped 
 converter fails listing unused source keys, missing or extra target keys, wrong shapes, and shared
 modules whose two copies differ. The saved folder is reloaded and compared tensor by tensor.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -52,8 +53,8 @@ IGNORED: dict[str, str] = {
 }
 LABEL_ENCODER = "denoising_generator.label_encoder.weight"
 # Architecture settings that weights cannot reveal: values of detrex's projects/dn_detr/configs/models/dn_detr_r50.py
-DETREX_NUM_HEADS = 8              # encoder/decoder num_heads
-DETREX_POS_TEMPERATURE = 20       # PositionEmbeddingSine(temperature=20, normalize=True)
+DETREX_NUM_HEADS = 8  # encoder/decoder num_heads
+DETREX_POS_TEMPERATURE = 20  # PositionEmbeddingSine(temperature=20, normalize=True)
 BACKBONE = "model.backbone.conv_encoder.model."
 
 
@@ -66,9 +67,11 @@ class OutputExists(UserError, FileExistsError):
 
 
 # Where full unpickling is switched on, by each command that may load a detrex checkpoint
-TRUST_PICKLE_ADVICE = ("If you trust the file, rerun with --trust-pickle (python -m metrics.detectors.convert_dn_detr "
-                       "and python -m metrics.evaluate take it), or set det.detector.trust_pickle=true in the metrics "
-                       "config (python -m benchmark.run: add +metrics.det.detector.trust_pickle=true)")
+TRUST_PICKLE_ADVICE = (
+    "If you trust the file, rerun with --trust-pickle (python -m metrics.detectors.convert_dn_detr "
+    "and python -m metrics.evaluate take it), or set det.detector.trust_pickle=true in the metrics "
+    "config (python -m benchmark.run: add +metrics.det.detector.trust_pickle=true)"
+)
 
 
 @dataclass
@@ -100,6 +103,7 @@ class Architecture:
 
 # ----------------------------------------------------------------------------------- loading
 
+
 def load_detrex_state_dict(path: str | Path, trust_pickle: bool = False) -> dict[str, torch.Tensor]:
     """The 'model' state dict of a detrex / detectron2 checkpoint (.pth), as CPU tensors."""
     path = Path(path)
@@ -109,17 +113,18 @@ def load_detrex_state_dict(path: str | Path, trust_pickle: bool = False) -> dict
         obj = torch.load(path, map_location="cpu", weights_only=not trust_pickle)
     except pickle.UnpicklingError as e:
         raise ConversionError(
-            f"{path}: holds Python objects beyond tensors, which safe loading refuses ({e}). {TRUST_PICKLE_ADVICE}") from e
+            f"{path}: holds Python objects beyond tensors, which safe loading refuses ({e}). {TRUST_PICKLE_ADVICE}"
+        ) from e
     state = obj.get("model", obj) if isinstance(obj, Mapping) else None
     if not isinstance(state, Mapping) or not state:
         raise ConversionError(f"{path}: no state dict found (expected a dict with a 'model' entry)")
-    if all(k.startswith("module.") for k in state):      # saved from a DistributedDataParallel wrapper
-        state = {k[len("module."):]: v for k, v in state.items()}
+    if all(k.startswith("module.") for k in state):  # saved from a DistributedDataParallel wrapper
+        state = {k[len("module.") :]: v for k, v in state.items()}
     out = {}
     for k, v in state.items():
         if not isinstance(v, torch.Tensor):
             try:
-                v = torch.as_tensor(v)                    # detectron2 .pkl-style numpy arrays
+                v = torch.as_tensor(v)  # detectron2 .pkl-style numpy arrays
             except Exception as e:
                 raise ConversionError(f"{path}: entry {k!r} is a {type(v).__name__}, not a tensor") from e
         out[k] = v
@@ -127,6 +132,7 @@ def load_detrex_state_dict(path: str | Path, trust_pickle: bool = False) -> dict
 
 
 # ------------------------------------------------------------------------------ architecture
+
 
 def _layer_count(src: Mapping, prefix: str) -> int:
     found = {int(m.group(1)) for k in src if (m := re.match(re.escape(prefix) + r"(\d+)\.", k))}
@@ -137,9 +143,15 @@ def _layer_count(src: Mapping, prefix: str) -> int:
 
 def infer_architecture(src: Mapping[str, torch.Tensor]) -> Architecture:
     """Sizes read from the tensors' shapes (layer counts, widths, queries, classes)."""
-    anchors = ["input_proj.weight", "anchor_box_embed.weight", "class_embed.weight", LABEL_ENCODER,
-               "backbone.stem.conv1.weight", "transformer.encoder.layers.0.ffns.0.layers.0.0.weight",
-               "transformer.decoder.layers.0.ffns.0.layers.0.0.weight"]
+    anchors = [
+        "input_proj.weight",
+        "anchor_box_embed.weight",
+        "class_embed.weight",
+        LABEL_ENCODER,
+        "backbone.stem.conv1.weight",
+        "transformer.encoder.layers.0.ffns.0.layers.0.0.weight",
+        "transformer.decoder.layers.0.ffns.0.layers.0.0.weight",
+    ]
     absent = [k for k in anchors if k not in src]
     if absent:
         raise ConversionError(f"not a detrex DN-DETR state dict: missing {absent}")
@@ -152,26 +164,36 @@ def infer_architecture(src: Mapping[str, torch.Tensor]) -> Architecture:
     for s, width in zip(stages, hidden_sizes):
         bottleneck = int(src[f"backbone.res{s}.0.conv1.weight"].shape[0])
         if bottleneck * 4 != width:
-            raise ConversionError(f"backbone.res{s}: bottleneck width {bottleneck} is not 1/4 of {width}; "
-                                  f"transformers' ResNet bottleneck needs a reduction of 4")
+            raise ConversionError(
+                f"backbone.res{s}: bottleneck width {bottleneck} is not 1/4 of {width}; "
+                f"transformers' ResNet bottleneck needs a reduction of 4"
+            )
     num_classes = int(src["class_embed.weight"].shape[0])
     label_shape = tuple(src[LABEL_ENCODER].shape)
     if label_shape != (num_classes + 1, d - 1):
-        raise ConversionError(f"{LABEL_ENCODER} has shape {label_shape}; DN-DETR with the indicator "
-                              f"(with_indicator=True) has ({num_classes + 1}, {d - 1})")
+        raise ConversionError(
+            f"{LABEL_ENCODER} has shape {label_shape}; DN-DETR with the indicator "
+            f"(with_indicator=True) has ({num_classes + 1}, {d - 1})"
+        )
     return Architecture(
-        hidden_size=int(d), backbone_channels=int(c5), embedding_size=int(src["backbone.stem.conv1.weight"].shape[0]),
-        depths=depths, hidden_sizes=hidden_sizes,
+        hidden_size=int(d),
+        backbone_channels=int(c5),
+        embedding_size=int(src["backbone.stem.conv1.weight"].shape[0]),
+        depths=depths,
+        hidden_sizes=hidden_sizes,
         encoder_layers=_layer_count(src, "transformer.encoder.layers."),
         decoder_layers=_layer_count(src, "transformer.decoder.layers."),
         encoder_ffn_dim=int(src["transformer.encoder.layers.0.ffns.0.layers.0.0.weight"].shape[0]),
         decoder_ffn_dim=int(src["transformer.decoder.layers.0.ffns.0.layers.0.0.weight"].shape[0]),
-        num_queries=int(src["anchor_box_embed.weight"].shape[0]), num_classes=num_classes,
-        encoder_post_norm="transformer.encoder.post_norm_layer.weight" in src)
+        num_queries=int(src["anchor_box_embed.weight"].shape[0]),
+        num_classes=num_classes,
+        encoder_post_norm="transformer.encoder.post_norm_layer.weight" in src,
+    )
 
 
-def dab_detr_config(arch: Architecture, num_heads: int = DETREX_NUM_HEADS,
-                    pos_temperature: int = DETREX_POS_TEMPERATURE):
+def dab_detr_config(
+    arch: Architecture, num_heads: int = DETREX_NUM_HEADS, pos_temperature: int = DETREX_POS_TEMPERATURE
+):
     from transformers import DabDetrConfig, ResNetConfig
 
     from data.coco import COCO_NAMES
@@ -179,23 +201,43 @@ def dab_detr_config(arch: Architecture, num_heads: int = DETREX_NUM_HEADS,
     if arch.hidden_size % num_heads:
         raise ConversionError(f"hidden size {arch.hidden_size} is not divisible by --num-heads {num_heads}")
     names = list(COCO_NAMES) if arch.num_classes == len(COCO_NAMES) else [f"class{i}" for i in range(arch.num_classes)]
-    backbone = ResNetConfig(embedding_size=arch.embedding_size, hidden_sizes=arch.hidden_sizes, depths=arch.depths,
-                            layer_type="bottleneck", downsample_in_first_stage=False,
-                            downsample_in_bottleneck=False,   # detrex: stride_in_1x1=False (stride in the 3x3)
-                            out_features=[f"stage{len(arch.depths)}"])
+    backbone = ResNetConfig(
+        embedding_size=arch.embedding_size,
+        hidden_sizes=arch.hidden_sizes,
+        depths=arch.depths,
+        layer_type="bottleneck",
+        downsample_in_first_stage=False,
+        downsample_in_bottleneck=False,  # detrex: stride_in_1x1=False (stride in the 3x3)
+        out_features=[f"stage{len(arch.depths)}"],
+    )
     return DabDetrConfig(
-        backbone_config=backbone, hidden_size=arch.hidden_size, num_queries=arch.num_queries,
-        encoder_layers=arch.encoder_layers, decoder_layers=arch.decoder_layers,
-        encoder_ffn_dim=arch.encoder_ffn_dim, decoder_ffn_dim=arch.decoder_ffn_dim,
-        encoder_attention_heads=num_heads, decoder_attention_heads=num_heads,
-        activation_function="prelu", num_patterns=1, keep_query_pos=False, query_dim=4,
-        normalize_before=arch.encoder_post_norm,     # transformers' only use of it: a final encoder LayerNorm
-        temperature_height=pos_temperature, temperature_width=pos_temperature,
-        dropout=0.0, attention_dropout=0.0, activation_dropout=0.0, auxiliary_loss=False,
-        id2label=dict(enumerate(names)), label2id={n: i for i, n in enumerate(names)})
+        backbone_config=backbone,
+        hidden_size=arch.hidden_size,
+        num_queries=arch.num_queries,
+        encoder_layers=arch.encoder_layers,
+        decoder_layers=arch.decoder_layers,
+        encoder_ffn_dim=arch.encoder_ffn_dim,
+        decoder_ffn_dim=arch.decoder_ffn_dim,
+        encoder_attention_heads=num_heads,
+        decoder_attention_heads=num_heads,
+        activation_function="prelu",
+        num_patterns=1,
+        keep_query_pos=False,
+        query_dim=4,
+        normalize_before=arch.encoder_post_norm,  # transformers' only use of it: a final encoder LayerNorm
+        temperature_height=pos_temperature,
+        temperature_width=pos_temperature,
+        dropout=0.0,
+        attention_dropout=0.0,
+        activation_dropout=0.0,
+        auxiliary_loss=False,
+        id2label=dict(enumerate(names)),
+        label2id={n: i for i, n in enumerate(names)},
+    )
 
 
 # ------------------------------------------------------------------------------------ rules
+
 
 def _linear(rules: list, src: str, tgt: str, **kw):
     rules += [Rule(f"{tgt}.weight", f"{src}.weight", **kw), Rule(f"{tgt}.bias", f"{src}.bias", **kw)]
@@ -229,7 +271,7 @@ def _backbone_rules(rules: list, arch: Architecture):
         for b in range(depth):
             src, tgt = f"backbone.res{s + 2}.{b}", f"{BACKBONE}encoder.stages.{s}.layers.{b}"
             stride = 2 if (s > 0 and b == 0) else 1
-            if in_ch != out_ch or stride != 1:          # where transformers' bottleneck has a projection
+            if in_ch != out_ch or stride != 1:  # where transformers' bottleneck has a projection
                 _conv_bn(rules, f"{src}.shortcut", f"{tgt}.shortcut")
             for j in range(3):
                 _conv_bn(rules, f"{src}.conv{j + 1}", f"{tgt}.layer.{j}")
@@ -240,7 +282,7 @@ def _encoder_rules(rules: list, arch: Architecture):
     _mlp(rules, "transformer.encoder.query_scale", "model.encoder.query_scale", 2)
     for layer in range(arch.encoder_layers):
         src, tgt = f"transformer.encoder.layers.{layer}", f"model.encoder.layers.{layer}"
-        mha = f"{src}.attentions.0.attn"                # torch.nn.MultiheadAttention, packed q/k/v
+        mha = f"{src}.attentions.0.attn"  # torch.nn.MultiheadAttention, packed q/k/v
         for i, name in enumerate("qkv"):
             rules.append(Rule(f"{tgt}.self_attn.{name}_proj.weight", f"{mha}.in_proj_weight", op=("chunk", i)))
             rules.append(Rule(f"{tgt}.self_attn.{name}_proj.bias", f"{mha}.in_proj_bias", op=("chunk", i)))
@@ -291,15 +333,16 @@ def build_rules(arch: Architecture) -> list[Rule]:
 def _apply(op: tuple, tensor: torch.Tensor) -> torch.Tensor:
     if op[0] == "copy":
         return tensor.clone()
-    if op[0] == "chunk":                 # nn.MultiheadAttention packs [q; k; v] along dim 0
+    if op[0] == "chunk":  # nn.MultiheadAttention packs [q; k; v] along dim 0
         return tensor.chunk(3, dim=0)[op[1]].clone()
-    if op[0] == "pattern":               # DN-DETR's matching-part query: label_encoder(num_classes) ++ indicator 0
+    if op[0] == "pattern":  # DN-DETR's matching-part query: label_encoder(num_classes) ++ indicator 0
         row = tensor[op[1]]
         return torch.cat([row, row.new_zeros(1)])[None].clone()
     raise AssertionError(op)
 
 
 # ------------------------------------------------------------------------------- conversion
+
 
 def _is_ignored(key: str) -> str | None:
     return next((why for pattern, why in IGNORED.items() if re.search(pattern, key)), None)
@@ -311,8 +354,9 @@ def _listing(title: str, items: list) -> str:
     return f"  {title} ({len(items)}):\n{shown}{more}"
 
 
-def convert_state_dict(src: Mapping[str, torch.Tensor], num_heads: int = DETREX_NUM_HEADS,
-                       pos_temperature: int = DETREX_POS_TEMPERATURE):
+def convert_state_dict(
+    src: Mapping[str, torch.Tensor], num_heads: int = DETREX_NUM_HEADS, pos_temperature: int = DETREX_POS_TEMPERATURE
+):
     """detrex DN-DETR state dict -> (DabDetrConfig, transformers state dict, report dict).
 
     Raises ConversionError listing every unused source key, missing source / target key, extra
@@ -322,7 +366,7 @@ def convert_state_dict(src: Mapping[str, torch.Tensor], num_heads: int = DETREX_
 
     arch = infer_architecture(src)
     config = dab_detr_config(arch, num_heads, pos_temperature)
-    with torch.device("meta"):                     # shapes and names only, no memory, no init
+    with torch.device("meta"):  # shapes and names only, no memory, no init
         expected = {k: tuple(v.shape) for k, v in DabDetrForObjectDetection(config).state_dict().items()}
 
     out, used = {}, set()
@@ -347,23 +391,44 @@ def convert_state_dict(src: Mapping[str, torch.Tensor], num_heads: int = DETREX_
     unused = sorted(k for k in src if k not in used and not _is_ignored(k))
     missing_tgt = sorted(set(expected) - set(out))
     extra_tgt = sorted(set(out) - set(expected))
-    problems = [(t, x) for t, x in [("unused source keys", unused), ("missing source keys", missing_src),
-                                    ("missing target keys", missing_tgt), ("unexpected target keys", extra_tgt),
-                                    ("shape mismatches", shapes), ("shared-module copies that differ", shared)] if x]
+    problems = [
+        (t, x)
+        for t, x in [
+            ("unused source keys", unused),
+            ("missing source keys", missing_src),
+            ("missing target keys", missing_tgt),
+            ("unexpected target keys", extra_tgt),
+            ("shape mismatches", shapes),
+            ("shared-module copies that differ", shared),
+        ]
+        if x
+    ]
     if problems:
-        raise ConversionError("the detrex checkpoint does not map onto DabDetrForObjectDetection:\n"
-                              + "\n".join(_listing(t, x) for t, x in problems))
-    report = {"source_keys": len(src), "used_source_keys": len(used), "target_keys": len(out),
-              "ignored_source_keys": {k: _is_ignored(k) for k in ignored},
-              "label_encoder_rows_dropped": f"0..{arch.num_classes - 1} (noised-label embeddings, training only)",
-              "architecture": {k: v for k, v in vars(arch).items() if k != "notes"},
-              "num_heads": num_heads, "pos_temperature": pos_temperature}
+        raise ConversionError(
+            "the detrex checkpoint does not map onto DabDetrForObjectDetection:\n"
+            + "\n".join(_listing(t, x) for t, x in problems)
+        )
+    report = {
+        "source_keys": len(src),
+        "used_source_keys": len(used),
+        "target_keys": len(out),
+        "ignored_source_keys": {k: _is_ignored(k) for k in ignored},
+        "label_encoder_rows_dropped": f"0..{arch.num_classes - 1} (noised-label embeddings, training only)",
+        "architecture": {k: v for k, v in vars(arch).items() if k != "notes"},
+        "num_heads": num_heads,
+        "pos_temperature": pos_temperature,
+    }
     return config, out, report
 
 
-def convert_checkpoint(ckpt: str | Path, out_dir: str | Path, num_heads: int = DETREX_NUM_HEADS,
-                       pos_temperature: int = DETREX_POS_TEMPERATURE, trust_pickle: bool = False,
-                       overwrite: bool = False) -> dict:
+def convert_checkpoint(
+    ckpt: str | Path,
+    out_dir: str | Path,
+    num_heads: int = DETREX_NUM_HEADS,
+    pos_temperature: int = DETREX_POS_TEMPERATURE,
+    trust_pickle: bool = False,
+    overwrite: bool = False,
+) -> dict:
     """Convert, save with save_pretrained (atomically), reload and compare every tensor."""
     from transformers import DabDetrForObjectDetection
 
@@ -376,10 +441,16 @@ def convert_checkpoint(ckpt: str | Path, out_dir: str | Path, num_heads: int = D
     config, state, report = convert_state_dict(load_detrex_state_dict(ckpt, trust_pickle), num_heads, pos_temperature)
     model = DabDetrForObjectDetection(config)
     model.load_state_dict(state, strict=True)
-    report.update({"source": str(ckpt.resolve()), "sha256": sha256_file(ckpt),
-                   "converter": "python -m metrics.detectors.convert_dn_detr"})
-    save_pretrained_atomic(model.eval(), out_dir,
-                           extra_files={"conversion.json": json.dumps(report, indent=2, sort_keys=True)})
+    report.update(
+        {
+            "source": str(ckpt.resolve()),
+            "sha256": sha256_file(ckpt),
+            "converter": "python -m metrics.detectors.convert_dn_detr",
+        }
+    )
+    save_pretrained_atomic(
+        model.eval(), out_dir, extra_files={"conversion.json": json.dumps(report, indent=2, sort_keys=True)}
+    )
     reloaded = DabDetrForObjectDetection.from_pretrained(str(out_dir), local_files_only=True).state_dict()
     differ = sorted(k for k, v in state.items() if k not in reloaded or not torch.equal(reloaded[k], v))
     if differ:
@@ -389,20 +460,29 @@ def convert_checkpoint(ckpt: str | Path, out_dir: str | Path, num_heads: int = D
 
 @command
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m metrics.detectors.convert_dn_detr", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m metrics.detectors.convert_dn_detr", description=__doc__.split("\n")[0]
+    )
     parser.add_argument("checkpoint", help="detrex checkpoint, e.g. dn_detr_r50_50ep.pth")
     parser.add_argument("out_dir", help="folder to write (config.json + model.safetensors + conversion.json)")
     parser.add_argument("--num-heads", type=int, default=DETREX_NUM_HEADS, help="attention heads (detrex: 8)")
-    parser.add_argument("--pos-temperature", type=int, default=DETREX_POS_TEMPERATURE,
-                        help="sine position embedding temperature (detrex DN-DETR: 20)")
+    parser.add_argument(
+        "--pos-temperature",
+        type=int,
+        default=DETREX_POS_TEMPERATURE,
+        help="sine position embedding temperature (detrex DN-DETR: 20)",
+    )
     parser.add_argument("--trust-pickle", action="store_true", help="allow full unpickling (trusted files only)")
     parser.add_argument("--overwrite", action="store_true", help="replace a non-empty out_dir")
     args = parser.parse_args(argv)
-    report = convert_checkpoint(args.checkpoint, args.out_dir, args.num_heads, args.pos_temperature,
-                                args.trust_pickle, args.overwrite)
-    print(f"wrote {args.out_dir}: {report['target_keys']} tensors from {report['used_source_keys']} of "
-          f"{report['source_keys']} source keys; ignored: {sorted(report['ignored_source_keys']) or 'none'}; "
-          f"label_encoder rows {report['label_encoder_rows_dropped']} dropped")
+    report = convert_checkpoint(
+        args.checkpoint, args.out_dir, args.num_heads, args.pos_temperature, args.trust_pickle, args.overwrite
+    )
+    print(
+        f"wrote {args.out_dir}: {report['target_keys']} tensors from {report['used_source_keys']} of "
+        f"{report['source_keys']} source keys; ignored: {sorted(report['ignored_source_keys']) or 'none'}; "
+        f"label_encoder rows {report['label_encoder_rows_dropped']} dropped"
+    )
     return 0
 
 

@@ -7,6 +7,7 @@ own ResizeShortestEdge and passed as detectron2 inputs, so pre- and post-process
 The only shared code with the transformers backend is the final filter (classes, min_conf,
 max_det), so the two backends can be compared output for output.
 """
+
 from __future__ import annotations
 
 import logging
@@ -29,7 +30,8 @@ def _import_detrex():
     except ImportError as e:
         raise ValueError(
             f"det.detector.backend=detrex: detrex / detectron2 cannot be imported ({e}). They are not on "
-            f"PyPI: build them from source (docs/dn_detr.md) or use backend: transformers") from e
+            f"PyPI: build them from source (docs/dn_detr.md) or use backend: transformers"
+        ) from e
     return detrex
 
 
@@ -40,7 +42,8 @@ def _detrex_root(detrex_root, detrex_config: str) -> Path:
     if not (root / detrex_config).is_file():
         raise FileNotFoundError(
             f"det.detector.detrex_config={detrex_config!r} not found under {root}; set det.detector.detrex_root "
-            f"to your detrex checkout (the folder with projects/dn_detr)")
+            f"to your detrex checkout (the folder with projects/dn_detr)"
+        )
     return root
 
 
@@ -50,23 +53,39 @@ class DetrexDNDETRDetector:
     name = "dn_detr"
     backend = "detrex"
 
-    def __init__(self, weights, *, detrex_root=None,
-                 detrex_config: str = "projects/dn_detr/configs/dn_detr_r50_50ep.py",
-                 short_edge_length: int = 800, max_size: int = 1333, interp: str = "bilinear",
-                 pixel_mean=(123.675, 116.28, 103.53), pixel_std=(58.395, 57.12, 57.375), top_k: int = 300,
-                 min_conf: float = 0.0, max_det: int = 300, classes=None, label_map=None,
-                 batch_size: int = 8, device: str = "auto", half: bool = False):
+    def __init__(
+        self,
+        weights,
+        *,
+        detrex_root=None,
+        detrex_config: str = "projects/dn_detr/configs/dn_detr_r50_50ep.py",
+        short_edge_length: int = 800,
+        max_size: int = 1333,
+        interp: str = "bilinear",
+        pixel_mean=(123.675, 116.28, 103.53),
+        pixel_std=(58.395, 57.12, 57.375),
+        top_k: int = 300,
+        min_conf: float = 0.0,
+        max_det: int = 300,
+        classes=None,
+        label_map=None,
+        batch_size: int = 8,
+        device: str = "auto",
+        half: bool = False,
+    ):
         root = _detrex_root(detrex_root, detrex_config)
         if str(root) not in sys.path:
-            sys.path.insert(0, str(root))            # the config imports projects.dn_detr.modeling
+            sys.path.insert(0, str(root))  # the config imports projects.dn_detr.modeling
         import detectron2.data.transforms as T
         from detectron2.checkpoint import DetectionCheckpointer
         from detectron2.config import LazyConfig, instantiate
 
         path = Path(str(weights)).expanduser() if weights else None
         if path is None or not path.is_file():
-            raise FileNotFoundError(f"det.detector.weights={weights!r}: the detrex backend needs a detrex "
-                                    f"checkpoint file (dn_detr_r50_50ep.pth); see docs/dn_detr.md")
+            raise FileNotFoundError(
+                f"det.detector.weights={weights!r}: the detrex backend needs a detrex "
+                f"checkpoint file (dn_detr_r50_50ep.pth); see docs/dn_detr.md"
+            )
         if interp not in PIL_FILTERS:
             raise ValueError(f"det.detector.interp={interp!r}; valid: {sorted(PIL_FILTERS)}")
         if half:
@@ -86,9 +105,14 @@ class DetrexDNDETRDetector:
     def _inputs(self, frames: np.ndarray) -> list[dict]:
         inputs = []
         for frame in frames:
-            image = self.resize.get_transform(frame).apply_image(frame)     # detectron2's own test resize
-            inputs.append({"image": torch.as_tensor(np.ascontiguousarray(image.transpose(2, 0, 1))),
-                           "height": frame.shape[0], "width": frame.shape[1]})
+            image = self.resize.get_transform(frame).apply_image(frame)  # detectron2's own test resize
+            inputs.append(
+                {
+                    "image": torch.as_tensor(np.ascontiguousarray(image.transpose(2, 0, 1))),
+                    "height": frame.shape[0],
+                    "width": frame.shape[1],
+                }
+            )
         return inputs
 
     @torch.no_grad()
@@ -96,8 +120,13 @@ class DetrexDNDETRDetector:
         frames = check_frames(frames)
         out: list[Detections] = []
         for start in range(0, len(frames), self.batch_size):
-            for result in self.model(self._inputs(frames[start:start + self.batch_size])):
+            for result in self.model(self._inputs(frames[start : start + self.batch_size])):
                 inst = result["instances"].to("cpu")
-                out.append(self.filter(inst.pred_boxes.tensor.numpy().astype(np.float32),
-                                       inst.scores.numpy().astype(np.float32), inst.pred_classes.numpy()))
+                out.append(
+                    self.filter(
+                        inst.pred_boxes.tensor.numpy().astype(np.float32),
+                        inst.scores.numpy().astype(np.float32),
+                        inst.pred_classes.numpy(),
+                    )
+                )
         return out

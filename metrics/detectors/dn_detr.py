@@ -14,6 +14,7 @@ post-processing follow detrex's test path exactly (docs/dn_detr.md lists what is
 `backend: detrex` runs the native detrex model instead (metrics/detectors/detrex_native.py).
 Settings come from configs/metrics/detector/dn_detr.yaml, overridden by the `det.detector` node.
 """
+
 from __future__ import annotations
 
 import importlib.resources
@@ -44,6 +45,7 @@ _OTHER_BACKENDS_KEYS = {"imgsz", "nms_iou", "boxes", "scores", "labels"}
 
 # ----------------------------------------------------------------------------------------- config
 
+
 def default_settings() -> dict:
     """configs/metrics/detector/dn_detr.yaml as a plain dict (the source of every default)."""
     from omegaconf import OmegaConf
@@ -56,6 +58,7 @@ def merged_settings(cfg) -> dict:
     """The defaults file overridden by the `det.detector` node; unknown keys are an error."""
     try:
         from omegaconf import DictConfig, OmegaConf
+
         if isinstance(cfg, DictConfig):
             cfg = OmegaConf.to_container(cfg, resolve=True)
     except ImportError:  # pragma: no cover - omegaconf comes with hydra, a dependency
@@ -63,13 +66,16 @@ def merged_settings(cfg) -> dict:
     settings = default_settings()
     unknown = sorted(set(cfg) - set(settings) - _OTHER_BACKENDS_KEYS)
     if unknown:
-        raise InputError(f"det.detector: unknown key(s) {unknown} for name=dn_detr; valid keys: "
-                         f"{sorted(settings)} (configs/metrics/detector/dn_detr.yaml)")
+        raise InputError(
+            f"det.detector: unknown key(s) {unknown} for name=dn_detr; valid keys: "
+            f"{sorted(settings)} (configs/metrics/detector/dn_detr.yaml)"
+        )
     settings.update({k: v for k, v in cfg.items() if k not in _OTHER_BACKENDS_KEYS})
     return settings
 
 
 # ------------------------------------------------------------------------------ pre-processing
+
 
 def resize_shape(height: int, width: int, short_edge_length: int, max_size: int) -> tuple[int, int]:
     """Output (h, w) of detectron2's ResizeShortestEdge.get_output_shape (rounding included)."""
@@ -85,8 +91,7 @@ def resize_shape(height: int, width: int, short_edge_length: int, max_size: int)
 class Preprocess:
     """detrex's test-time input pipeline: resize (PIL, uint8) and normalisation (0-255 scale)."""
 
-    def __init__(self, short_edge_length: int, max_size: int, interp: str,
-                 pixel_mean, pixel_std):
+    def __init__(self, short_edge_length: int, max_size: int, interp: str, pixel_mean, pixel_std):
         if interp not in PIL_FILTERS:
             raise InputError(f"det.detector.interp={interp!r}; valid: {sorted(PIL_FILTERS)}")
         if len(pixel_mean) != 3 or len(pixel_std) != 3:
@@ -113,6 +118,7 @@ class Preprocess:
 
 
 # ----------------------------------------------------------------------------- post-processing
+
 
 def select_top_k(logits: torch.Tensor, boxes_cxcywh: torch.Tensor, k: int):
     """DNDETR.inference: sigmoid scores, top-k over queries x classes, boxes of the chosen queries.
@@ -145,14 +151,16 @@ def to_frame_pixels(xyxy_norm: np.ndarray, resized_hw: tuple[int, int], frame_hw
 
 # ------------------------------------------------------------------------------------- weights
 
+
 def cache_root() -> Path:
     base = os.environ.get("LSA_BENCH_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "lsa-bench")
+        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "lsa-bench"
+    )
     return Path(base)
 
 
 TINY = "tiny"
-TINY_FOLDER = "tiny_dn_detr_v2"     # bump the version when make_tiny_dn_detr changes what it writes
+TINY_FOLDER = "tiny_dn_detr_v2"  # bump the version when make_tiny_dn_detr changes what it writes
 
 
 def resolve_weights(weights, cache_dir=None, trust_pickle: bool = False, num_heads: int = 8) -> Path:
@@ -163,8 +171,10 @@ def resolve_weights(weights, cache_dir=None, trust_pickle: bool = False, num_hea
     Cached folders live in `<cache_dir>/dn_detr/` (cache_dir null = $LSA_BENCH_CACHE or ~/.cache/lsa-bench).
     """
     if weights in (None, ""):
-        raise InputError("det.detector.weights is not set: give a converted DN-DETR folder or detrex's "
-                         "dn_detr_r50_50ep.pth (docs/dn_detr.md)")
+        raise InputError(
+            "det.detector.weights is not set: give a converted DN-DETR folder or detrex's "
+            "dn_detr_r50_50ep.pth (docs/dn_detr.md)"
+        )
     root = (Path(cache_dir).expanduser() if cache_dir else cache_root()) / "dn_detr"
     if str(weights) == TINY:
         target = root / TINY_FOLDER
@@ -174,13 +184,16 @@ def resolve_weights(weights, cache_dir=None, trust_pickle: bool = False, num_hea
     path = Path(str(weights)).expanduser()
     if path.is_dir():
         if not (path / "config.json").is_file():
-            raise MissingFile(f"det.detector.weights={str(path)!r}: folder has no config.json; convert a "
-                                    f"detrex checkpoint with `python -m metrics.detectors.convert_dn_detr`")
+            raise MissingFile(
+                f"det.detector.weights={str(path)!r}: folder has no config.json; convert a "
+                f"detrex checkpoint with `python -m metrics.detectors.convert_dn_detr`"
+            )
         return path
     if not path.is_file():
         raise MissingFile(
             f"det.detector.weights={str(weights)!r}: no such file or folder. DN-DETR weights are read from a "
-            f"local path only (a hub name would start a download); see docs/dn_detr.md")
+            f"local path only (a hub name would start a download); see docs/dn_detr.md"
+        )
     from metrics.detectors.convert_dn_detr import convert_checkpoint
 
     target = root / f"{path.stem}-{sha256_file(path)[:16]}"
@@ -210,10 +223,12 @@ def inverse_sigmoid_eps(eps: float | None):
 
     original = getattr(mdd, "inverse_sigmoid", None)
     if original is None:
-        raise RuntimeError("this transformers version has no modeling_dab_detr.inverse_sigmoid; set "
-                           "det.detector.inverse_sigmoid_eps=null to run with transformers' own eps")
+        raise RuntimeError(
+            "this transformers version has no modeling_dab_detr.inverse_sigmoid; set "
+            "det.detector.inverse_sigmoid_eps=null to run with transformers' own eps"
+        )
 
-    def detrex_inverse_sigmoid(x, *args, **kwargs):   # every call site gets detrex's eps
+    def detrex_inverse_sigmoid(x, *args, **kwargs):  # every call site gets detrex's eps
         return original(x, eps=eps)
 
     with _PATCH_LOCK:
@@ -230,12 +245,28 @@ class DNDETRDetector:
     name = "dn_detr"
     backend = "transformers"
 
-    def __init__(self, weights, *, short_edge_length: int = 800, max_size: int = 1333,
-                 interp: str = "bilinear", pixel_mean=(123.675, 116.28, 103.53),
-                 pixel_std=(58.395, 57.12, 57.375), top_k: int = 300,
-                 inverse_sigmoid_eps: float | None = 1e-3, min_conf: float = 0.0, max_det: int = 300,
-                 classes=None, label_map=None, batch_size: int = 8, device: str = "auto",
-                 half: bool = False, cache_dir=None, trust_pickle: bool = False, num_heads: int = 8):
+    def __init__(
+        self,
+        weights,
+        *,
+        short_edge_length: int = 800,
+        max_size: int = 1333,
+        interp: str = "bilinear",
+        pixel_mean=(123.675, 116.28, 103.53),
+        pixel_std=(58.395, 57.12, 57.375),
+        top_k: int = 300,
+        inverse_sigmoid_eps: float | None = 1e-3,
+        min_conf: float = 0.0,
+        max_det: int = 300,
+        classes=None,
+        label_map=None,
+        batch_size: int = 8,
+        device: str = "auto",
+        half: bool = False,
+        cache_dir=None,
+        trust_pickle: bool = False,
+        num_heads: int = 8,
+    ):
         # (defaults repeat configs/metrics/detector/dn_detr.yaml for direct use; the builder passes all)
         from transformers import DabDetrForObjectDetection
 
@@ -243,16 +274,22 @@ class DNDETRDetector:
         try:
             self.model = DabDetrForObjectDetection.from_pretrained(str(folder), local_files_only=True)
         except Exception as e:  # transformers raises many types for a bad folder
-            raise InputError(f"det.detector.weights={str(folder)!r} is not a DabDetrForObjectDetection "
-                             f"checkpoint: {type(e).__name__}: {e}") from e
+            raise InputError(
+                f"det.detector.weights={str(folder)!r} is not a DabDetrForObjectDetection "
+                f"checkpoint: {type(e).__name__}: {e}"
+            ) from e
         if self.model.config.num_patterns != 1:
-            log.warning("%s: num_patterns=%s; a converted DN-DETR has 1 (the shared content query)",
-                        folder, self.model.config.num_patterns)
+            log.warning(
+                "%s: num_patterns=%s; a converted DN-DETR has 1 (the shared content query)",
+                folder,
+                self.model.config.num_patterns,
+            )
         self.weights = str(folder)
         self.preprocess = Preprocess(short_edge_length, max_size, interp, pixel_mean, pixel_std)
         self.top_k, self.eps = int(top_k), inverse_sigmoid_eps
-        self.filter = OutputFilter(min_conf, max_det, classes, label_map, self.model.config.num_labels,
-                                   where=str(folder))
+        self.filter = OutputFilter(
+            min_conf, max_det, classes, label_map, self.model.config.num_labels, where=str(folder)
+        )
         self.batch_size = int(batch_size)
         self.device = resolve_device(device, indexed=True)
         self.half = bool(half) and self.device.startswith("cuda")
@@ -263,7 +300,7 @@ class DNDETRDetector:
         frames = check_frames(frames)
         out: list[Detections] = []
         for start in range(0, len(frames), self.batch_size):
-            out.extend(self._detect_batch(frames[start:start + self.batch_size]))
+            out.extend(self._detect_batch(frames[start : start + self.batch_size]))
         return out
 
     def _detect_batch(self, frames: np.ndarray) -> list[Detections]:
@@ -281,8 +318,21 @@ class DNDETRDetector:
 
 def _kwargs(settings: Mapping) -> dict:
     """The constructor arguments shared by both backends, from merged settings."""
-    keys = ("short_edge_length", "max_size", "interp", "pixel_mean", "pixel_std", "top_k", "min_conf",
-            "max_det", "classes", "label_map", "batch_size", "device", "half")
+    keys = (
+        "short_edge_length",
+        "max_size",
+        "interp",
+        "pixel_mean",
+        "pixel_std",
+        "top_k",
+        "min_conf",
+        "max_det",
+        "classes",
+        "label_map",
+        "batch_size",
+        "device",
+        "half",
+    )
     return {k: settings[k] for k in keys}
 
 
@@ -304,14 +354,24 @@ def build_dn_detr(cfg):
     if backend == "detrex":
         from metrics.detectors.detrex_native import DetrexDNDETRDetector
 
-        return DetrexDNDETRDetector(settings["weights"], detrex_root=settings["detrex_root"],
-                                    detrex_config=settings["detrex_config"], **_kwargs(settings))
-    return DNDETRDetector(settings["weights"], inverse_sigmoid_eps=settings["inverse_sigmoid_eps"],
-                          cache_dir=settings["cache_dir"], trust_pickle=settings["trust_pickle"],
-                          num_heads=settings["num_heads"], **_kwargs(settings))
+        return DetrexDNDETRDetector(
+            settings["weights"],
+            detrex_root=settings["detrex_root"],
+            detrex_config=settings["detrex_config"],
+            **_kwargs(settings),
+        )
+    return DNDETRDetector(
+        settings["weights"],
+        inverse_sigmoid_eps=settings["inverse_sigmoid_eps"],
+        cache_dir=settings["cache_dir"],
+        trust_pickle=settings["trust_pickle"],
+        num_heads=settings["num_heads"],
+        **_kwargs(settings),
+    )
 
 
 # ------------------------------------------------------------------------------ smoke weights
+
 
 def tiny_config(num_queries: int = 20):
     """A tiny DN-DETR-shaped DabDetrConfig (ResNet bottleneck backbone, 2+2 layers, width 32)."""
@@ -319,18 +379,40 @@ def tiny_config(num_queries: int = 20):
 
     from data.coco import COCO_NAMES
 
-    backbone = ResNetConfig(embedding_size=8, hidden_sizes=[16, 32, 64, 128], depths=[1, 1, 1, 1],
-                            layer_type="bottleneck", out_features=["stage4"])
-    return DabDetrConfig(backbone_config=backbone, hidden_size=32, encoder_layers=2, decoder_layers=2,
-                         encoder_ffn_dim=64, decoder_ffn_dim=64, encoder_attention_heads=4,
-                         decoder_attention_heads=4, num_queries=num_queries, num_patterns=1,
-                         id2label=dict(enumerate(COCO_NAMES)), label2id={n: i for i, n in enumerate(COCO_NAMES)},
-                         dropout=0.0)
+    backbone = ResNetConfig(
+        embedding_size=8,
+        hidden_sizes=[16, 32, 64, 128],
+        depths=[1, 1, 1, 1],
+        layer_type="bottleneck",
+        out_features=["stage4"],
+    )
+    return DabDetrConfig(
+        backbone_config=backbone,
+        hidden_size=32,
+        encoder_layers=2,
+        decoder_layers=2,
+        encoder_ffn_dim=64,
+        decoder_ffn_dim=64,
+        encoder_attention_heads=4,
+        decoder_attention_heads=4,
+        num_queries=num_queries,
+        num_patterns=1,
+        id2label=dict(enumerate(COCO_NAMES)),
+        label2id={n: i for i, n in enumerate(COCO_NAMES)},
+        dropout=0.0,
+    )
 
 
-def make_tiny_dn_detr(path: str | Path, seed: int = 0, confident_class: int = 2, logit: float = 0.8,
-                      logit_std: float = 0.5, box_std: float = 0.05, num_queries: int = 20,
-                      calib_size: tuple[int, int] = (128, 192)) -> Path:
+def make_tiny_dn_detr(
+    path: str | Path,
+    seed: int = 0,
+    confident_class: int = 2,
+    logit: float = 0.8,
+    logit_std: float = 0.5,
+    box_std: float = 0.05,
+    num_queries: int = 20,
+    calib_size: tuple[int, int] = (128, 192),
+) -> Path:
     """Save a randomly initialised tiny DabDetrForObjectDetection folder (smoke runs and tests).
 
     Straight from its initialisation the net ignores its input (the decoder state is dominated by
@@ -350,11 +432,16 @@ def make_tiny_dn_detr(path: str | Path, seed: int = 0, confident_class: int = 2,
         torch.manual_seed(seed)
         model = DabDetrForObjectDetection(tiny_config(num_queries)).eval()
         h, w = calib_size
-        calib = torch.nn.functional.interpolate(torch.rand(8, 3, 8, 12), size=(h, w), mode="bilinear",
-                                                align_corners=False) * 4 - 2     # roughly normalised pixels
+        calib = (
+            torch.nn.functional.interpolate(torch.rand(8, 3, 8, 12), size=(h, w), mode="bilinear", align_corners=False)
+            * 4
+            - 2
+        )  # roughly normalised pixels
         with torch.no_grad():
             # anchors spread over the frame (a fresh model's are all the same box)
-            anchors = torch.rand(num_queries, 4) * torch.tensor([0.6, 0.6, 0.4, 0.4]) + torch.tensor([0.2, 0.2, 0.2, 0.2])
+            anchors = torch.rand(num_queries, 4) * torch.tensor([0.6, 0.6, 0.4, 0.4]) + torch.tensor(
+                [0.2, 0.2, 0.2, 0.2]
+            )
             model.model.query_refpoint_embeddings.weight.copy_(torch.logit(anchors))
             for layer in model.model.decoder.layers:
                 layer.cross_attn.cross_attn_value_proj.weight.mul_(20.0)
@@ -362,7 +449,7 @@ def make_tiny_dn_detr(path: str | Path, seed: int = 0, confident_class: int = 2,
             model.bbox_predictor.layers[-1].weight.normal_()
             model.class_embed.bias.fill_(-6.0)
             model.class_embed.bias[confident_class] = 0.0
-            hidden = model.model(pixel_values=calib).last_hidden_state            # [8, Q, d], layer-normed
+            hidden = model.model(pixel_values=calib).last_hidden_state  # [8, Q, d], layer-normed
             raw = hidden @ model.class_embed.weight[confident_class]
             scale = logit_std / raw.std().clamp(min=1e-8)
             model.class_embed.weight[confident_class] *= scale

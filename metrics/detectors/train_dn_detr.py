@@ -10,6 +10,7 @@ Frames go through the detector's own test-time preprocessing (`Preprocess`: resi
 DN-DETR's denoising queries are a training-time device of detrex that transformers' DabDetr has
 no head for; this trains the plain DAB-DETR objective on the same network (docs/mini.md says so).
 """
+
 from __future__ import annotations
 
 import json
@@ -25,8 +26,13 @@ from data.clip import Clip
 from metrics.detectors.dn_detr import Preprocess
 
 
-def mini_config(hidden_size: int = 64, layers: int = 3, num_queries: int = 16,
-                hidden_sizes=(16, 32, 64, 128), out_stage: str = "stage3"):
+def mini_config(
+    hidden_size: int = 64,
+    layers: int = 3,
+    num_queries: int = 16,
+    hidden_sizes=(16, 32, 64, 128),
+    out_stage: str = "stage3",
+):
     """A small DN-DETR-shaped DabDetrConfig: ResNet bottleneck backbone read at `out_stage`
     (stage3 = stride 16, so a 128 px short edge gives an 8 x 12 feature map), `layers` encoder and
     decoder layers, one shared pattern (DN-DETR's content query), the 80 COCO labels."""
@@ -34,13 +40,29 @@ def mini_config(hidden_size: int = 64, layers: int = 3, num_queries: int = 16,
 
     from data.coco import COCO_NAMES
 
-    backbone = ResNetConfig(embedding_size=hidden_sizes[0], hidden_sizes=list(hidden_sizes), depths=[1, 1, 1, 1],
-                            layer_type="bottleneck", out_features=[out_stage])
-    return DabDetrConfig(backbone_config=backbone, hidden_size=hidden_size, encoder_layers=layers,
-                         decoder_layers=layers, encoder_ffn_dim=2 * hidden_size, decoder_ffn_dim=2 * hidden_size,
-                         encoder_attention_heads=4, decoder_attention_heads=4, num_queries=num_queries,
-                         num_patterns=1, auxiliary_loss=True, dropout=0.0,
-                         id2label=dict(enumerate(COCO_NAMES)), label2id={n: i for i, n in enumerate(COCO_NAMES)})
+    backbone = ResNetConfig(
+        embedding_size=hidden_sizes[0],
+        hidden_sizes=list(hidden_sizes),
+        depths=[1, 1, 1, 1],
+        layer_type="bottleneck",
+        out_features=[out_stage],
+    )
+    return DabDetrConfig(
+        backbone_config=backbone,
+        hidden_size=hidden_size,
+        encoder_layers=layers,
+        decoder_layers=layers,
+        encoder_ffn_dim=2 * hidden_size,
+        decoder_ffn_dim=2 * hidden_size,
+        encoder_attention_heads=4,
+        decoder_attention_heads=4,
+        num_queries=num_queries,
+        num_patterns=1,
+        auxiliary_loss=True,
+        dropout=0.0,
+        id2label=dict(enumerate(COCO_NAMES)),
+        label2id={n: i for i, n in enumerate(COCO_NAMES)},
+    )
 
 
 def _targets(clip_boxes: Sequence[np.ndarray], clip_labels: Sequence[np.ndarray], hw: tuple[int, int]):
@@ -49,8 +71,15 @@ def _targets(clip_boxes: Sequence[np.ndarray], clip_labels: Sequence[np.ndarray]
     out = []
     for b, lab in zip(clip_boxes, clip_labels):
         b = torch.as_tensor(b, dtype=torch.float32).reshape(-1, 4)
-        cxcywh = torch.stack([(b[:, 0] + b[:, 2]) / 2 / W, (b[:, 1] + b[:, 3]) / 2 / H,
-                              (b[:, 2] - b[:, 0]) / W, (b[:, 3] - b[:, 1]) / H], -1)
+        cxcywh = torch.stack(
+            [
+                (b[:, 0] + b[:, 2]) / 2 / W,
+                (b[:, 1] + b[:, 3]) / 2 / H,
+                (b[:, 2] - b[:, 0]) / W,
+                (b[:, 3] - b[:, 1]) / H,
+            ],
+            -1,
+        )
         out.append({"class_labels": torch.as_tensor(lab, dtype=torch.long), "boxes": cxcywh})
     return out
 
@@ -66,10 +95,22 @@ def _flip(frames: np.ndarray, targets: list[dict], flip: np.ndarray):
     return frames, targets
 
 
-def train_dn_detr(out: str | Path, train_clips: Sequence[Clip], *, steps: int = 2000, batch_size: int = 8,
-                  lr: float = 2e-4, weight_decay: float = 1e-4, grad_clip: float = 0.1, seed: int = 0,
-                  short_edge_length: int = 128, max_size: int = 1333, config: dict | None = None,
-                  log_every: int = 100, log=print) -> Path:
+def train_dn_detr(
+    out: str | Path,
+    train_clips: Sequence[Clip],
+    *,
+    steps: int = 2000,
+    batch_size: int = 8,
+    lr: float = 2e-4,
+    weight_decay: float = 1e-4,
+    grad_clip: float = 0.1,
+    seed: int = 0,
+    short_edge_length: int = 128,
+    max_size: int = 1333,
+    config: dict | None = None,
+    log_every: int = 100,
+    log=print,
+) -> Path:
     """Train from scratch for `steps` AdamW steps (cosine decay) on every frame of `train_clips`;
     save the model folder at `out` with `train_log.json` (loss every `log_every` steps, seconds)."""
     from transformers import DabDetrForObjectDetection

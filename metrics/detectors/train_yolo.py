@@ -7,6 +7,7 @@ COCO numbering the suite uses), then `YOLO(<arch>.yaml).train(...)` trains from 
 ultralytics is imported), without plots (they would fetch a font). The best checkpoint is copied to
 `out` atomically; `metrics.detectors.yolo.YOLODetector` loads it like any YOLO11 checkpoint.
 """
+
 from __future__ import annotations
 
 import shutil
@@ -40,15 +41,31 @@ def write_yolo_dataset(splits: dict[str, Sequence[Clip]], folder: str | Path) ->
                 (folder / "labels" / split / f"{stem}.txt").write_text("\n".join(lines) + ("\n" if lines else ""))
     names = "\n".join(f"  {i}: {n}" for i, n in enumerate(COCO_NAMES))
     val = "val" if "val" in splits else next(iter(splits))
-    (folder / "data.yaml").write_text(f"path: {folder.resolve()}\ntrain: images/{next(iter(splits))}\n"
-                                      f"val: images/{val}\nnames:\n{names}\n")
+    (folder / "data.yaml").write_text(
+        f"path: {folder.resolve()}\ntrain: images/{next(iter(splits))}\nval: images/{val}\nnames:\n{names}\n"
+    )
     return folder / "data.yaml"
 
 
-def train_yolo(out: str | Path, train_clips: Sequence[Clip], val_clips: Sequence[Clip], *, work_dir: str | Path,
-               arch: str = "yolo11n.yaml", epochs: int = 10, imgsz: int = 96, batch: int = 16, seed: int = 0,
-               optimizer: str = "AdamW", lr0: float = 0.002, warmup_epochs: float = 1.0, workers: int = 0,
-               mosaic: float = 1.0, close_mosaic: int = 2, extra: dict | None = None) -> Path:
+def train_yolo(
+    out: str | Path,
+    train_clips: Sequence[Clip],
+    val_clips: Sequence[Clip],
+    *,
+    work_dir: str | Path,
+    arch: str = "yolo11n.yaml",
+    epochs: int = 10,
+    imgsz: int = 96,
+    batch: int = 16,
+    seed: int = 0,
+    optimizer: str = "AdamW",
+    lr0: float = 0.002,
+    warmup_epochs: float = 1.0,
+    workers: int = 0,
+    mosaic: float = 1.0,
+    close_mosaic: int = 2,
+    extra: dict | None = None,
+) -> Path:
     """Train `arch` from scratch on the clips' frames and boxes; save the last weights at `out` (.pt).
 
     `val_clips` are the validation frames ultralytics reports on while training; they must not be
@@ -60,11 +77,29 @@ def train_yolo(out: str | Path, train_clips: Sequence[Clip], val_clips: Sequence
     out, work_dir = Path(out), Path(work_dir)
     data_yaml = write_yolo_dataset({"train": train_clips, "val": val_clips}, work_dir / "dataset")
     model = YOLO(arch, task="detect")
-    model.train(data=str(data_yaml), epochs=int(epochs), imgsz=int(imgsz), batch=int(batch), seed=int(seed),
-                optimizer=optimizer, lr0=float(lr0), warmup_epochs=float(warmup_epochs), workers=int(workers),
-                mosaic=float(mosaic), close_mosaic=int(close_mosaic),
-                device="cpu", project=str(work_dir), name="train", exist_ok=True, plots=False, amp=False,
-                deterministic=True, verbose=False, pretrained=False, **({"val": True} | (extra or {})))
+    model.train(
+        data=str(data_yaml),
+        epochs=int(epochs),
+        imgsz=int(imgsz),
+        batch=int(batch),
+        seed=int(seed),
+        optimizer=optimizer,
+        lr0=float(lr0),
+        warmup_epochs=float(warmup_epochs),
+        workers=int(workers),
+        mosaic=float(mosaic),
+        close_mosaic=int(close_mosaic),
+        device="cpu",
+        project=str(work_dir),
+        name="train",
+        exist_ok=True,
+        plots=False,
+        amp=False,
+        deterministic=True,
+        verbose=False,
+        pretrained=False,
+        **({"val": True} | (extra or {})),
+    )
     weights = Path(model.trainer.last)
     if not weights.is_file():
         raise RuntimeError(f"ultralytics wrote no weights under {work_dir}")

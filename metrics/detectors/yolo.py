@@ -5,6 +5,7 @@ name such as "yolo11x.pt" is downloaded, missing packages are pip-installed, set
 home folder). The environment below is set before ultralytics is first imported, with
 `setdefault` so a user's own choice wins; weights are accepted only as a path to an existing file.
 """
+
 from __future__ import annotations
 
 import os
@@ -14,7 +15,8 @@ from pathlib import Path
 
 def _cache_root() -> Path:
     base = os.environ.get("LSA_BENCH_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "lsa-bench")
+        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "lsa-bench"
+    )
     return Path(base)
 
 
@@ -29,8 +31,8 @@ def _writable_config_dir() -> str:
     return tempfile.mkdtemp(prefix="lsa-bench-ultralytics-")
 
 
-os.environ.setdefault("YOLO_OFFLINE", "1")           # no connectivity checks, no hub calls
-os.environ.setdefault("YOLO_AUTOINSTALL", "false")   # never pip-install at run time
+os.environ.setdefault("YOLO_OFFLINE", "1")  # no connectivity checks, no hub calls
+os.environ.setdefault("YOLO_AUTOINSTALL", "false")  # never pip-install at run time
 os.environ.setdefault("YOLO_VERBOSE", "false")
 if "YOLO_CONFIG_DIR" not in os.environ:
     os.environ["YOLO_CONFIG_DIR"] = _writable_config_dir()
@@ -50,28 +52,42 @@ class YOLODetector:
 
     name = "yolo11"
 
-    def __init__(self, weights: str | Path, imgsz: int = 640, min_conf: float = 0.001,
-                 nms_iou: float = 0.7, max_det: int = 300, batch_size: int = 16,
-                 classes: list[int] | None = None, device: str = "auto", half: bool = False,
-                 label_map: dict | None = None):
+    def __init__(
+        self,
+        weights: str | Path,
+        imgsz: int = 640,
+        min_conf: float = 0.001,
+        nms_iou: float = 0.7,
+        max_det: int = 300,
+        batch_size: int = 16,
+        classes: list[int] | None = None,
+        device: str = "auto",
+        half: bool = False,
+        label_map: dict | None = None,
+    ):
         from ultralytics import YOLO
 
         path = Path(str(weights)).expanduser()
         if not path.is_file():
             raise MissingFile(
                 f"det.detector.weights={weights!r}: no such file. YOLO weights are read from a local "
-                f"path only (a bare name like 'yolo11x.pt' would start a download); see docs/metrics.md")
+                f"path only (a bare name like 'yolo11x.pt' would start a download); see docs/metrics.md"
+            )
         try:
             self.model = YOLO(str(path), task="detect")
         except Exception as e:  # ultralytics raises many types for a bad file
-            raise InputError(f"det.detector.weights={str(path)!r} is not an ultralytics YOLO detection "
-                             f"checkpoint: {type(e).__name__}: {e}") from e
+            raise InputError(
+                f"det.detector.weights={str(path)!r} is not an ultralytics YOLO detection "
+                f"checkpoint: {type(e).__name__}: {e}"
+            ) from e
         if self.model.task != "detect":
             raise InputError(f"{path}: a YOLO '{self.model.task}' model, not a detection model")
         self.label_map = {int(k): int(v) for k, v in (label_map or {}).items()}
         if not self.label_map and len(self.model.names) != COCO_NUM_CLASSES:
-            raise InputError(f"{path}: the model has {len(self.model.names)} classes, not the 80 COCO classes; "
-                             f"set det.detector.label_map to map its ids to COCO ids")
+            raise InputError(
+                f"{path}: the model has {len(self.model.names)} classes, not the 80 COCO classes; "
+                f"set det.detector.label_map to map its ids to COCO ids"
+            )
         self.weights, self.imgsz, self.min_conf, self.nms_iou = str(path), int(imgsz), float(min_conf), float(nms_iou)
         self.max_det, self.batch_size, self.half = int(max_det), int(batch_size), bool(half)
         self.device = resolve_device(device, indexed=True)
@@ -87,10 +103,18 @@ class YOLODetector:
         out: list[Detections] = []
         for start in range(0, len(frames), self.batch_size):
             # ultralytics reads numpy images as BGR (OpenCV order): flip the channels
-            bgr = [np.ascontiguousarray(f[..., ::-1]) for f in frames[start:start + self.batch_size]]
-            results = self.model.predict(bgr, imgsz=self.imgsz, conf=self.min_conf, iou=self.nms_iou,
-                                         max_det=self.max_det, classes=self.model_classes,
-                                         device=self.device, half=self.half, verbose=False)
+            bgr = [np.ascontiguousarray(f[..., ::-1]) for f in frames[start : start + self.batch_size]]
+            results = self.model.predict(
+                bgr,
+                imgsz=self.imgsz,
+                conf=self.min_conf,
+                iou=self.nms_iou,
+                max_det=self.max_det,
+                classes=self.model_classes,
+                device=self.device,
+                half=self.half,
+                verbose=False,
+            )
             out.extend(self._to_detections(r) for r in results)
         return out
 
@@ -106,15 +130,29 @@ class YOLODetector:
 
 @register_detector("yolo11", "yolo")
 def build_yolo(cfg) -> YOLODetector:
-    return YOLODetector(weights=cfg["weights"], imgsz=cfg.get("imgsz", 640), min_conf=cfg.get("min_conf", 0.001),
-                        nms_iou=cfg.get("nms_iou", 0.7), max_det=cfg.get("max_det", 300),
-                        batch_size=cfg.get("batch_size", 16), classes=cfg.get("classes"),
-                        device=cfg.get("device", "auto"), half=cfg.get("half", False),
-                        label_map=cfg.get("label_map"))
+    return YOLODetector(
+        weights=cfg["weights"],
+        imgsz=cfg.get("imgsz", 640),
+        min_conf=cfg.get("min_conf", 0.001),
+        nms_iou=cfg.get("nms_iou", 0.7),
+        max_det=cfg.get("max_det", 300),
+        batch_size=cfg.get("batch_size", 16),
+        classes=cfg.get("classes"),
+        device=cfg.get("device", "auto"),
+        half=cfg.get("half", False),
+        label_map=cfg.get("label_map"),
+    )
 
 
-def make_tiny_yolo(path: str | Path, seed: int = 0, confident_class: int = 2, logit: float = 0.45,
-                   score_spread: float = 0.2, calib_size: int = 128, model_yaml: str = "yolo11n.yaml") -> Path:
+def make_tiny_yolo(
+    path: str | Path,
+    seed: int = 0,
+    confident_class: int = 2,
+    logit: float = 0.45,
+    score_spread: float = 0.2,
+    calib_size: int = 128,
+    model_yaml: str = "yolo11n.yaml",
+) -> Path:
     """Save an untrained YOLO11n (built from ultralytics' yolo11n.yaml, offline) as a .pt file.
 
     `model_yaml` builds another size the same way (yolo11x.yaml: the full-size detector whose
@@ -140,18 +178,19 @@ def make_tiny_yolo(path: str | Path, seed: int = 0, confident_class: int = 2, lo
         net = model.model
         for bn in (m for m in net.modules() if isinstance(m, torch.nn.BatchNorm2d)):
             bn.reset_running_stats()
-            bn.momentum = None                          # cumulative average over the calibration pass
-        calib = torch.nn.functional.interpolate(torch.rand(8, 3, 8, 8), size=(calib_size, calib_size),
-                                                mode="bilinear", align_corners=False)
+            bn.momentum = None  # cumulative average over the calibration pass
+        calib = torch.nn.functional.interpolate(
+            torch.rand(8, 3, 8, 8), size=(calib_size, calib_size), mode="bilinear", align_corners=False
+        )
         net.train()
         with torch.no_grad():
             net(calib)
         net.eval()
-        for branch in net.model[-1].cv3:                # per-scale class branches; last layer is a Conv2d
+        for branch in net.model[-1].cv3:  # per-scale class branches; last layer is a Conv2d
             with torch.no_grad():
                 branch[-1].bias.fill_(-6.0)
                 branch[-1].bias[confident_class] = logit
-                branch[-1].weight.mul_(score_spread)    # input-dependent part of the logit
+                branch[-1].weight.mul_(score_spread)  # input-dependent part of the logit
     with atomic_path(path) as tmp:
         model.save(str(tmp))
     return path

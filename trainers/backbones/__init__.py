@@ -1,6 +1,7 @@
 """Video diffusion backbones behind one interface (trainers/backbones/base.py): `svd` (the paper's
 Stable Video Diffusion) and `ltx` (LTX-Video image-to-video, a flow-matching video DiT).
 `model.backbone` picks one; configs without the key are SVD."""
+
 from __future__ import annotations
 
 BACKBONES = ("svd", "ltx")
@@ -19,6 +20,7 @@ def generation(model_cfg):
     name = backbone_name(model_cfg)
     if name == "ltx":
         from trainers.backbones.ltx import ltx_generate, ltx_pipeline
+
         return ltx_pipeline, ltx_generate
     raise ValueError(f"model.backbone={name}: generation goes through benchmark/generate.py's SVD pipeline")
 
@@ -28,6 +30,8 @@ def load_backbone(cfg, trained: str | None = None):
     name = backbone_name(cfg.model)
     if name == "ltx":
         from trainers.backbones.ltx import LTXBackbone
+
         return LTXBackbone(cfg.model, transformer_path=trained)
     from trainers.backbones.svd import SVDBackbone
+
     return SVDBackbone(cfg, unet_path=trained)

@@ -6,6 +6,7 @@ the x0 prediction, its conditioning, the decode of a predicted clean latent WITH
 decoded frames line up with the video frames (and so with the boxes of the mask), the export of the
 trained network and generation through its diffusers pipeline.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -21,14 +22,15 @@ import torch
 class DiffusionTerms:
     """One diffusion step on a batch: the loss L_diff, the predicted clean latent z0_hat (the latent
     layout of the backbone, graph kept) and the noise level per video."""
+
     loss: torch.Tensor
     z0_hat: torch.Tensor
     sigma: torch.Tensor
 
 
 class Backbone(Protocol):
-    name: str                   # "svd", "ltx"
-    export_name: str            # folder under the run the trained network is exported to ("unet", "transformer")
+    name: str  # "svd", "ltx"
+    export_name: str  # folder under the run the trained network is exported to ("unet", "transformer")
 
     # ---- networks
     def trainable(self) -> torch.nn.Module:
@@ -47,8 +49,9 @@ class Backbone(Protocol):
     def condition(self, frames: torch.Tensor, z0: torch.Tensor, generator: torch.Generator, train: bool = True) -> Any:
         """The conditioning of a batch (image, text, micro-conditions), opaque to the trainer."""
 
-    def diffusion_loss(self, model: torch.nn.Module, z0: torch.Tensor, cond: Any,
-                       generator: torch.Generator) -> DiffusionTerms:
+    def diffusion_loss(
+        self, model: torch.nn.Module, z0: torch.Tensor, cond: Any, generator: torch.Generator
+    ) -> DiffusionTerms:
         """Draw a noise level and noise, run `model`, return L_diff and z0_hat."""
 
     def decode(self, z0_hat: torch.Tensor, loss_cfg) -> torch.Tensor:
@@ -62,8 +65,7 @@ class Backbone(Protocol):
     def export(self, model: torch.nn.Module, folder: Path) -> int:
         """Save the trained network (adapters merged) as a diffusers folder; returns its parameter count."""
 
-    def pipeline(self, trained: str | Path | None = None, device: str = "cpu",
-                 dtype: torch.dtype = torch.float32):
+    def pipeline(self, trained: str | Path | None = None, device: str = "cpu", dtype: torch.dtype = torch.float32):
         """The backbone's diffusers pipeline, with an exported network folder swapped in when given."""
 
     def generate(self, pipe, frame0: np.ndarray, gen_cfg, generator: torch.Generator) -> np.ndarray:

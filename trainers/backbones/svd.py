@@ -5,6 +5,7 @@ as trainers/loop.py's Trainer (tests/test_backbones.py checks one step against i
 
 SVD's VAE has no temporal compression: latent frame k is video frame k.
 """
+
 from __future__ import annotations
 
 import copy
@@ -34,8 +35,9 @@ class SVDBackbone:
         """cfg: the trainer's whole config (model, cond, edm and loss keys)."""
         self.cfg = cfg
         self.parts = parts if parts is not None else load_svd(cfg.model, unet_path=unet_path)
-        self.conditioner = SVDConditioner(self.parts.vae, self.parts.image_encoder, self.parts.feature_extractor,
-                                          **OmegaConf.to_container(cfg.cond))
+        self.conditioner = SVDConditioner(
+            self.parts.vae, self.parts.image_encoder, self.parts.feature_extractor, **OmegaConf.to_container(cfg.cond)
+        )
         sigmas = edm.scheduler_sigmas(self.parts.scheduler) if cfg.edm.sigma_dist == "uniform_index" else None
         self.diff_loss = DiffusionLoss(edm.SigmaSampler(cfg.edm.sigma_dist, cfg.edm.p_mean, cfg.edm.p_std, sigmas))
 
@@ -76,11 +78,18 @@ class SVDBackbone:
     def decode(self, z0_hat: torch.Tensor, loss_cfg, frames: list[int] | None = None) -> torch.Tensor:
         """Only the `frames` asked for are decoded (SVD's decoder takes any subset of latent frames)."""
         z = z0_hat if frames is None else z0_hat[:, frames]
-        return decode_with_grad(self.parts.vae, z, self.parts.latent_scale, int(loss_cfg.decode_chunk),
-                                chunk_checkpoint(loss_cfg), bool(loss_cfg.decode_channels_last))
+        return decode_with_grad(
+            self.parts.vae,
+            z,
+            self.parts.latent_scale,
+            int(loss_cfg.decode_chunk),
+            chunk_checkpoint(loss_cfg),
+            bool(loss_cfg.decode_channels_last),
+        )
 
     def export(self, model: torch.nn.Module, folder: Path) -> int:
         from trainers.adapters import merged_unet
+
         net = merged_unet(copy.deepcopy(model).float())
         folder = Path(folder)
         tmp = folder.parent / f"{TEMP_PREFIX}{folder.name}"
@@ -99,27 +108,38 @@ class SVDBackbone:
         )
 
         from trainers.models import resolve_svd_source
+
         model_cfg = self.cfg.model
         if model_cfg.svd == "full-random":
-            raise ValueError("model.svd=full-random has random weights: it is for performance measurements, "
-                             "not for generating benchmark videos")
+            raise ValueError(
+                "model.svd=full-random has random weights: it is for performance measurements, "
+                "not for generating benchmark videos"
+            )
         kw = {} if dtype == torch.float32 else {"torch_dtype": dtype}
         if trained is not None:
             kw["unet"] = UNetSpatioTemporalConditionModel.from_pretrained(trained, **kw)
-        pipe = StableVideoDiffusionPipeline.from_pretrained(resolve_svd_source(model_cfg),
-                                                            revision=model_cfg.get("revision"),
-                                                            variant=model_cfg.get("variant"), **kw)
+        pipe = StableVideoDiffusionPipeline.from_pretrained(
+            resolve_svd_source(model_cfg), revision=model_cfg.get("revision"), variant=model_cfg.get("variant"), **kw
+        )
         pipe.set_progress_bar_config(disable=True)
         return pipe.to(device)
 
     def generate(self, pipe, frame0: np.ndarray, gen_cfg, generator: torch.Generator) -> np.ndarray:
         from PIL import Image
-        video = pipe(Image.fromarray(frame0), height=int(gen_cfg.height), width=int(gen_cfg.width),
-                     num_frames=int(gen_cfg.num_frames), num_inference_steps=int(gen_cfg.num_inference_steps),
-                     fps=int(gen_cfg.fps), motion_bucket_id=int(gen_cfg.motion_bucket_id),
-                     noise_aug_strength=float(gen_cfg.noise_aug_strength),
-                     min_guidance_scale=float(gen_cfg.min_guidance_scale),
-                     max_guidance_scale=float(gen_cfg.max_guidance_scale),
-                     decode_chunk_size=int(gen_cfg.decode_chunk_size), generator=generator,
-                     output_type="np").frames[0]
+
+        video = pipe(
+            Image.fromarray(frame0),
+            height=int(gen_cfg.height),
+            width=int(gen_cfg.width),
+            num_frames=int(gen_cfg.num_frames),
+            num_inference_steps=int(gen_cfg.num_inference_steps),
+            fps=int(gen_cfg.fps),
+            motion_bucket_id=int(gen_cfg.motion_bucket_id),
+            noise_aug_strength=float(gen_cfg.noise_aug_strength),
+            min_guidance_scale=float(gen_cfg.min_guidance_scale),
+            max_guidance_scale=float(gen_cfg.max_guidance_scale),
+            decode_chunk_size=int(gen_cfg.decode_chunk_size),
+            generator=generator,
+            output_type="np",
+        ).frames[0]
         return (np.clip(np.asarray(video), 0, 1) * 255).round().astype(np.uint8)

@@ -12,6 +12,7 @@ At inference (`FrameConditioning`) the stock StableVideoDiffusionPipeline builds
 conditioning and a forward pre-hook swaps in the box latents of the given frames, so training and
 inference compose the conditioning with the same function.
 """
+
 from __future__ import annotations
 
 import torch
@@ -20,8 +21,9 @@ from trainers.ctrlv.common import CtrlVTrainer, conditioning_frames
 from trainers.models import load_svd
 
 
-def compose_conditioning(frame0_latents: torch.Tensor, box_latents: torch.Tensor, frames: list[int],
-                         num_frames: int) -> torch.Tensor:
+def compose_conditioning(
+    frame0_latents: torch.Tensor, box_latents: torch.Tensor, frames: list[int], num_frames: int
+) -> torch.Tensor:
     """frame0_latents [B,4,h,w], box_latents [B,len(frames),4,h,w] -> per-frame conditioning [B,T,4,h,w]."""
     cond = frame0_latents.unsqueeze(1).repeat(1, num_frames, 1, 1, 1)
     cond[:, frames] = box_latents.to(cond)
@@ -47,7 +49,7 @@ class FrameConditioning:
 
     def _swap(self, module, args, kwargs):
         sample = args[0] if args else kwargs["sample"]
-        c = int(self.unet.config.out_channels)                 # [noisy latents | conditioning latents]
+        c = int(self.unet.config.out_channels)  # [noisy latents | conditioning latents]
         B = self.box_latents.shape[0]
         if sample.shape[0] not in (B, 2 * B):
             raise ValueError(f"box latents for {B} videos, the U-Net is called with a batch of {sample.shape[0]}")
@@ -82,10 +84,10 @@ class BBoxGeneratorTrainer(CtrlVTrainer):
 
     def compute_loss(self, batch, generator):
         acc, vae = self.acc, self.parts.vae
-        frames = batch["frames"].to(acc.device)                       # real clip, [B,T,3,H,W] in [-1,1]
+        frames = batch["frames"].to(acc.device)  # real clip, [B,T,3,H,W] in [-1,1]
         B, T = frames.shape[:2]
         given = conditioning_frames(self.cfg.ctrlv, T)
-        renders = self.render_batch(batch, given).to(acc.device)      # box frames, the generation target
+        renders = self.render_batch(batch, given).to(acc.device)  # box frames, the generation target
         with torch.no_grad():
             lat = vae.encode(renders.flatten(0, 1).to(self.weight_dtype)).latent_dist
             shape = (B, T, *lat.mean.shape[1:])

@@ -12,6 +12,7 @@ diffusers' UNetSpatioTemporalConditionModel has no residual inputs, so `Controll
 forward hooks for the duration of a `with` block: the stock StableVideoDiffusionPipeline (inference)
 and the shared DiffusionLoss (training) then run unchanged on the backbone.
 """
+
 from __future__ import annotations
 
 from functools import partial
@@ -30,9 +31,18 @@ from trainers.loop import freeze
 from trainers.models import load_svd
 
 # U-Net config keys the ControlNet shares (its encoder is built exactly like the U-Net's).
-_SHARED_KEYS = ("in_channels", "down_block_types", "block_out_channels", "addition_time_embed_dim",
-                "projection_class_embeddings_input_dim", "layers_per_block", "cross_attention_dim",
-                "transformer_layers_per_block", "num_attention_heads", "num_frames")
+_SHARED_KEYS = (
+    "in_channels",
+    "down_block_types",
+    "block_out_channels",
+    "addition_time_embed_dim",
+    "projection_class_embeddings_input_dim",
+    "layers_per_block",
+    "cross_attention_dim",
+    "transformer_layers_per_block",
+    "num_attention_heads",
+    "num_frames",
+)
 
 
 def _per_block(value, n):
@@ -45,12 +55,21 @@ class SpatioTemporalControlNet(ModelMixin, ConfigMixin):
     _supports_gradient_checkpointing = True
 
     @register_to_config
-    def __init__(self, in_channels: int = 8, conditioning_channels: int = 4,
-                 conditioning_embedding_channels: tuple = (64,),
-                 down_block_types: tuple = ("CrossAttnDownBlockSpatioTemporal",) * 3 + ("DownBlockSpatioTemporal",),
-                 block_out_channels: tuple = (320, 640, 1280, 1280), addition_time_embed_dim: int = 256,
-                 projection_class_embeddings_input_dim: int = 768, layers_per_block=2, cross_attention_dim=1024,
-                 transformer_layers_per_block=1, num_attention_heads=(5, 10, 20, 20), num_frames: int = 25):
+    def __init__(
+        self,
+        in_channels: int = 8,
+        conditioning_channels: int = 4,
+        conditioning_embedding_channels: tuple = (64,),
+        down_block_types: tuple = ("CrossAttnDownBlockSpatioTemporal",) * 3 + ("DownBlockSpatioTemporal",),
+        block_out_channels: tuple = (320, 640, 1280, 1280),
+        addition_time_embed_dim: int = 256,
+        projection_class_embeddings_input_dim: int = 768,
+        layers_per_block=2,
+        cross_attention_dim=1024,
+        transformer_layers_per_block=1,
+        num_attention_heads=(5, 10, 20, 20),
+        num_frames: int = 25,
+    ):
         super().__init__()
         n = len(down_block_types)
         heads, cross = _per_block(num_attention_heads, n), _per_block(cross_attention_dim, n)
@@ -67,42 +86,64 @@ class SpatioTemporalControlNet(ModelMixin, ConfigMixin):
         out_ch = b0
         for i, block_type in enumerate(down_block_types):
             in_ch, out_ch = out_ch, block_out_channels[i]
-            self.down_blocks.append(get_down_block(
-                block_type, num_layers=layers[i], transformer_layers_per_block=tlayers[i], in_channels=in_ch,
-                out_channels=out_ch, temb_channels=temb, add_downsample=i < n - 1, resnet_eps=1e-5,
-                cross_attention_dim=cross[i], num_attention_heads=heads[i], resnet_act_fn="silu"))
-        self.mid_block = UNetMidBlockSpatioTemporal(block_out_channels[-1], temb_channels=temb,
-                                                    transformer_layers_per_block=tlayers[-1],
-                                                    cross_attention_dim=cross[-1], num_attention_heads=heads[-1])
+            self.down_blocks.append(
+                get_down_block(
+                    block_type,
+                    num_layers=layers[i],
+                    transformer_layers_per_block=tlayers[i],
+                    in_channels=in_ch,
+                    out_channels=out_ch,
+                    temb_channels=temb,
+                    add_downsample=i < n - 1,
+                    resnet_eps=1e-5,
+                    cross_attention_dim=cross[i],
+                    num_attention_heads=heads[i],
+                    resnet_act_fn="silu",
+                )
+            )
+        self.mid_block = UNetMidBlockSpatioTemporal(
+            block_out_channels[-1],
+            temb_channels=temb,
+            transformer_layers_per_block=tlayers[-1],
+            cross_attention_dim=cross[-1],
+            num_attention_heads=heads[-1],
+        )
         # --- the control branch: box-frame latents in, zero-initialised residuals out
         self.controlnet_cond_embedding = ControlNetConditioningEmbedding(
-            conditioning_embedding_channels=b0, conditioning_channels=conditioning_channels,
-            block_out_channels=tuple(conditioning_embedding_channels))
+            conditioning_embedding_channels=b0,
+            conditioning_channels=conditioning_channels,
+            block_out_channels=tuple(conditioning_embedding_channels),
+        )
         res_channels = [b0]
         for i in range(n):
             res_channels += [block_out_channels[i]] * (layers[i] + (1 if i < n - 1 else 0))
         self.controlnet_down_blocks = nn.ModuleList(zero_module(nn.Conv2d(c, c, kernel_size=1)) for c in res_channels)
-        self.controlnet_mid_block = zero_module(nn.Conv2d(block_out_channels[-1], block_out_channels[-1], kernel_size=1))
+        self.controlnet_mid_block = zero_module(
+            nn.Conv2d(block_out_channels[-1], block_out_channels[-1], kernel_size=1)
+        )
 
     @classmethod
     def from_unet(cls, unet, conditioning_embedding_channels=(64,)) -> SpatioTemporalControlNet:
         """A ControlNet whose encoder is a copy of `unet`'s (weights included)."""
         cfg = unet.config
-        net = cls(conditioning_channels=int(cfg.out_channels),
-                  conditioning_embedding_channels=tuple(int(c) for c in conditioning_embedding_channels),
-                  **{k: cfg[k] for k in _SHARED_KEYS})
+        net = cls(
+            conditioning_channels=int(cfg.out_channels),
+            conditioning_embedding_channels=tuple(int(c) for c in conditioning_embedding_channels),
+            **{k: cfg[k] for k in _SHARED_KEYS},
+        )
         result = net.load_state_dict(unet.state_dict(), strict=False)
         not_copied = [k for k in result.missing_keys if not k.startswith("controlnet_")]
         if not_copied:
             raise RuntimeError(f"ControlNet keys missing in the U-Net (diffusers layout changed?): {not_copied[:5]}")
-        return net                  # float32 (the copied weights are cast on load); the caller picks the dtype
+        return net  # float32 (the copied weights are cast on load); the caller picks the dtype
 
     @property
     def num_residuals(self) -> int:
         return len(self.controlnet_down_blocks)
 
-    def forward(self, sample, timestep, encoder_hidden_states, added_time_ids, controlnet_cond,
-                conditioning_scale: float = 1.0):
+    def forward(
+        self, sample, timestep, encoder_hidden_states, added_time_ids, controlnet_cond, conditioning_scale: float = 1.0
+    ):
         """sample [B,T,C,h,w] (noisy latents + frame-0 latents, as the U-Net gets them); controlnet_cond
         [B,T,4,h,w] box-frame latents -> (tuple of [B*T,c,h',w'] skip residuals, mid residual)."""
         B, T = sample.shape[:2]
@@ -136,8 +177,10 @@ def split_for_up_blocks(residuals, unet) -> list[list[torch.Tensor]]:
         out.append(rest[-n:])
         rest = rest[:-n]
     if rest or sum(len(o) for o in out) != len(residuals):
-        raise ValueError(f"the ControlNet gives {len(residuals)} skip residuals, the U-Net's up blocks take "
-                         f"{sum(len(b.resnets) for b in unet.up_blocks)}: was it built from another U-Net config?")
+        raise ValueError(
+            f"the ControlNet gives {len(residuals)} skip residuals, the U-Net's up blocks take "
+            f"{sum(len(b.resnets) for b in unet.up_blocks)}: was it built from another U-Net config?"
+        )
     return out
 
 
@@ -148,8 +191,9 @@ class ControlledUNet:
     guidance: unconditional half first, as StableVideoDiffusionPipeline does), the unconditional half
     gets zero box latents (`uncond="zeros"`, Ctrl-V's pipeline) or the same ones (`"same"`)."""
 
-    def __init__(self, unet, controlnet, box_latents: torch.Tensor, conditioning_scale: float = 1.0,
-                 uncond: str = "zeros"):
+    def __init__(
+        self, unet, controlnet, box_latents: torch.Tensor, conditioning_scale: float = 1.0, uncond: str = "zeros"
+    ):
         if uncond not in ("zeros", "same"):
             raise ValueError(f"ctrlv.inference.uncond_control={uncond!r}: valid are 'zeros', 'same'")
         self.unet, self.controlnet, self.box_latents = unet, controlnet, box_latents
@@ -183,9 +227,13 @@ class ControlledUNet:
         sample = given["sample"]
         dtype = next(self.controlnet.parameters()).dtype
         down, mid = self.controlnet(
-            sample.to(dtype), given["timestep"], given["encoder_hidden_states"].to(dtype),
-            given["added_time_ids"].to(dtype), self._batched(sample.shape[0]).to(sample.device, dtype),
-            conditioning_scale=self.scale)
+            sample.to(dtype),
+            given["timestep"],
+            given["encoder_hidden_states"].to(dtype),
+            given["added_time_ids"].to(dtype),
+            self._batched(sample.shape[0]).to(sample.device, dtype),
+            conditioning_scale=self.scale,
+        )
         self._skips, self._mid = split_for_up_blocks(down, self.unet), mid
         return None
 
@@ -194,8 +242,10 @@ class ControlledUNet:
 
     def _add_skips(self, i, module, args, kwargs):
         if "res_hidden_states_tuple" not in kwargs:
-            raise RuntimeError("the U-Net no longer passes res_hidden_states_tuple by keyword (diffusers changed): "
-                               "ControlledUNet cannot add the ControlNet residuals")
+            raise RuntimeError(
+                "the U-Net no longer passes res_hidden_states_tuple by keyword (diffusers changed): "
+                "ControlledUNet cannot add the ControlNet residuals"
+            )
         res = kwargs["res_hidden_states_tuple"]
         kwargs["res_hidden_states_tuple"] = tuple(r + a.to(r.dtype) for r, a in zip(res, self._skips[i]))
         return args, kwargs
@@ -225,7 +275,7 @@ class Box2VideoTrainer(CtrlVTrainer):
 
     def compute_loss(self, batch, generator):
         acc, vae = self.acc, self.parts.vae
-        frames = batch["frames"].to(acc.device)                       # [B,T,3,H,W] in [-1,1]
+        frames = batch["frames"].to(acc.device)  # [B,T,3,H,W] in [-1,1]
         B, T = frames.shape[:2]
         with torch.no_grad():
             lat = vae.encode(frames.flatten(0, 1).to(self.weight_dtype)).latent_dist

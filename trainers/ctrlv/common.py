@@ -1,4 +1,5 @@
 """What both Ctrl-V stages share: variants, config checks, and rendering a batch's boxes."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -26,10 +27,12 @@ def conditioning_frames(ctrlv_cfg, num_frames: int) -> list[int]:
     """Frame indices whose ground-truth boxes the BBox generator is given: 1-to-0 -> [0];
     1-to-1 -> [0, T-1]; 3-to-1 -> [0, 1, 2, T-1]."""
     first, last = variant_spec(ctrlv_cfg)
-    need = first + int(last) + 1                  # the given frames plus at least one to generate
+    need = first + int(last) + 1  # the given frames plus at least one to generate
     if num_frames < need:
-        raise ValueError(f"ctrlv.variant={ctrlv_cfg.variant} gives the boxes of {first + int(last)} frames and needs "
-                         f"clips of at least {need} frames (data.clip_len / num_frames is {num_frames})")
+        raise ValueError(
+            f"ctrlv.variant={ctrlv_cfg.variant} gives the boxes of {first + int(last)} frames and needs "
+            f"clips of at least {need} frames (data.clip_len / num_frames is {num_frames})"
+        )
     return list(range(first)) + ([num_frames - 1] if last else [])
 
 
@@ -37,18 +40,19 @@ def check_stage_config(cfg, stage: str) -> None:
     if cfg.ctrlv.stage != stage:
         raise ValueError(f"ctrlv.stage={cfg.ctrlv.stage!r} but this trainer is the {stage!r} stage")
     if cfg.schedule.feat_from_epoch is not None:
-        raise ValueError(f"schedule={cfg.schedule.name}: the Ctrl-V stages train with the diffusion loss only "
-                         "(schedule=diffusion)")
+        raise ValueError(
+            f"schedule={cfg.schedule.name}: the Ctrl-V stages train with the diffusion loss only (schedule=diffusion)"
+        )
     variant_spec(cfg.ctrlv)
     if stage == "bbox" and cfg.data.get("clip_len") is not None:
-        conditioning_frames(cfg.ctrlv, int(cfg.data.clip_len))     # fail before any model is loaded
+        conditioning_frames(cfg.ctrlv, int(cfg.data.clip_len))  # fail before any model is loaded
 
 
 class CtrlVTrainer(Trainer):
     """The shared Trainer (loop, checkpoints, resume, export) with box rendering for the Ctrl-V stages."""
 
     stage = ""
-    validates = False      # its videos need the box conditioning (trainers/ctrlv/pipeline.py), not the SVD pipeline
+    validates = False  # its videos need the box conditioning (trainers/ctrlv/pipeline.py), not the SVD pipeline
 
     def __init__(self, cfg):
         check_stage_config(cfg, self.stage)

@@ -11,6 +11,7 @@ instead: one box video per guidance pair of `best_of_guidance` (each from the cl
 the one whose box mask (pixels brighter than Ctrl-V's threshold) has the highest IoU with the mask of
 the GROUND-TRUTH box frames of every frame: it uses test boxes the variant is not given.
 """
+
 from __future__ import annotations
 
 import json
@@ -37,10 +38,11 @@ from trainers.models import count_params
 class CtrlVInputs:
     """What one test clip gives Ctrl-V: its first frame and per-frame boxes; only the frames of the
     variant (first 1 or 3, plus the last for *-to-1) are ever read."""
-    first_frame: np.ndarray            # uint8 [H,W,3]
-    boxes: list                        # per frame float [n,4] xyxy pixels of the first frame's size
-    labels: list                       # per frame int [n] COCO class ids
-    track_ids: list                    # per frame int [n] (-1 unknown)
+
+    first_frame: np.ndarray  # uint8 [H,W,3]
+    boxes: list  # per frame float [n,4] xyxy pixels of the first frame's size
+    labels: list  # per frame int [n] COCO class ids
+    track_ids: list  # per frame int [n] (-1 unknown)
 
     @classmethod
     def from_clip(cls, clip) -> CtrlVInputs:
@@ -54,18 +56,21 @@ class CtrlVInputs:
         path = root / "boxes" / f"{name}.json"
         try:
             per_frame = json.loads(path.read_text())["frames"]
-            return cls(frame, [np.asarray(f["boxes"], np.float32).reshape(-1, 4) for f in per_frame],
-                       [np.asarray(f["labels"], np.int64) for f in per_frame],
-                       [np.asarray(f["track_ids"], np.int64) for f in per_frame])
+            return cls(
+                frame,
+                [np.asarray(f["boxes"], np.float32).reshape(-1, 4) for f in per_frame],
+                [np.asarray(f["labels"], np.int64) for f in per_frame],
+                [np.asarray(f["track_ids"], np.int64) for f in per_frame],
+            )
         except (KeyError, TypeError, ValueError) as e:
             raise ValueError(f"{path}: expected {{'frames': [{{'boxes', 'labels', 'track_ids'}}, ...]}}: {e}") from e
 
 
 @dataclass
 class CtrlVOutput:
-    video: np.ndarray                  # uint8 [T,H,W,3], the generated clip
-    box_frames: np.ndarray             # uint8 [T,H,W,3], stage 1's generated box-frame video
-    tracks: list[dict]                 # per frame {"boxes", "labels", "track_ids"}: what Box2Video followed
+    video: np.ndarray  # uint8 [T,H,W,3], the generated clip
+    box_frames: np.ndarray  # uint8 [T,H,W,3], stage 1's generated box-frame video
+    tracks: list[dict]  # per frame {"boxes", "labels", "track_ids"}: what Box2Video followed
 
 
 def _video_unet(model_cfg, backbone):
@@ -73,6 +78,7 @@ def _video_unet(model_cfg, backbone):
     from diffusers import UNetSpatioTemporalConditionModel
 
     from trainers.models import resolve_svd_source
+
     try:
         if backbone:
             return UNetSpatioTemporalConditionModel.from_pretrained(str(backbone))
@@ -80,14 +86,19 @@ def _video_unet(model_cfg, backbone):
             torch.manual_seed(int(model_cfg.get("tiny_seed", 0)) + 1)
             return UNetSpatioTemporalConditionModel(num_frames=int(model_cfg.get("num_frames", 25)))
         return UNetSpatioTemporalConditionModel.from_pretrained(
-            resolve_svd_source(model_cfg), subfolder="unet", revision=model_cfg.get("revision"),
-            variant=model_cfg.get("variant"))
+            resolve_svd_source(model_cfg),
+            subfolder="unet",
+            revision=model_cfg.get("revision"),
+            variant=model_cfg.get("variant"),
+        )
     except (OSError, ValueError) as e:
-        raise RuntimeError(f"could not load the Box2Video backbone U-Net "
-                           f"({'ctrlv.backbone=' + str(backbone) if backbone else 'model.svd=' + str(model_cfg.svd)}): {e}") from e
+        raise RuntimeError(
+            f"could not load the Box2Video backbone U-Net "
+            f"({'ctrlv.backbone=' + str(backbone) if backbone else 'model.svd=' + str(model_cfg.svd)}): {e}"
+        ) from e
 
 
-BOX_PIXEL_MIN_SUM = 50     # Ctrl-V zeroes generated box-frame pixels whose R+G+B is below 50
+BOX_PIXEL_MIN_SUM = 50  # Ctrl-V zeroes generated box-frame pixels whose R+G+B is below 50
 
 
 def box_mask_iou(truth: np.ndarray, generated: np.ndarray) -> float:
@@ -111,9 +122,15 @@ class CtrlVPipeline:
 
     # ------------------------------------------------------------------ loading
     @classmethod
-    def load(cls, cfg, bbox_unet: str | Path | None, controlnet: str | Path | None,
-             backbone: str | Path | None = None, device: str = "cpu",
-             dtype: torch.dtype = torch.float32) -> CtrlVPipeline:
+    def load(
+        cls,
+        cfg,
+        bbox_unet: str | Path | None,
+        controlnet: str | Path | None,
+        backbone: str | Path | None = None,
+        device: str = "cpu",
+        dtype: torch.dtype = torch.float32,
+    ) -> CtrlVPipeline:
         """cfg: a config composed with +ctrlv=base (model.*, ctrlv.*). bbox_unet: the BBox generator's
         exported U-Net folder; controlnet: the Box2Video ControlNet folder; backbone: the video U-Net
         folder. None means model.svd's U-Net (bbox_unet, backbone) or a fresh zero-initialised ControlNet
@@ -121,6 +138,7 @@ class CtrlVPipeline:
         from diffusers import StableVideoDiffusionPipeline
 
         from trainers.models import load_svd
+
         if cfg.model.svd == "full-random" and bbox_unet:
             raise ValueError("model=full-random builds random weights (timing only): give bbox_unet=None")
         parts = load_svd(cfg.model, unet_path=str(bbox_unet) if bbox_unet else None)
@@ -134,12 +152,16 @@ class CtrlVPipeline:
                 raise RuntimeError(f"could not load the Box2Video ControlNet from {controlnet}: {e}") from e
         shared = dict(vae=parts.vae, image_encoder=parts.image_encoder, feature_extractor=parts.feature_extractor)
         sched = parts.scheduler
-        bbox_pipe = StableVideoDiffusionPipeline(unet=parts.unet, scheduler=sched.__class__.from_config(sched.config), **shared)
-        video_pipe = StableVideoDiffusionPipeline(unet=video_unet, scheduler=sched.__class__.from_config(sched.config), **shared)
+        bbox_pipe = StableVideoDiffusionPipeline(
+            unet=parts.unet, scheduler=sched.__class__.from_config(sched.config), **shared
+        )
+        video_pipe = StableVideoDiffusionPipeline(
+            unet=video_unet, scheduler=sched.__class__.from_config(sched.config), **shared
+        )
         for p in (bbox_pipe, video_pipe):
             p.set_progress_bar_config(disable=True)
             p.to(device)
-            if dtype != torch.float32:      # (a float32 .to(dtype) only makes diffusers warn)
+            if dtype != torch.float32:  # (a float32 .to(dtype) only makes diffusers warn)
                 p.to(dtype=dtype)
         net.requires_grad_(False).eval().to(device)
         if dtype != torch.float32:
@@ -151,6 +173,7 @@ class CtrlVPipeline:
         """From the two stages' run folders (their exports unet/ and controlnet/); the backbone is the one
         Box2Video was trained on (its run's config.yaml, ctrlv.backbone)."""
         from omegaconf import OmegaConf
+
         run_cfg = Path(box2video_run) / "config.yaml"
         if not run_cfg.exists():
             raise FileNotFoundError(f"{run_cfg} not found: is {box2video_run} a finished Box2Video run?")
@@ -166,9 +189,13 @@ class CtrlVPipeline:
         pipeline, plus the ControlNet: the BBox generator pipeline and the Box2Video pipeline each hold an
         SVD VAE and image encoder (Ctrl-V loads two SVD pipelines; this reproduces the paper's 5189M at full
         size). `num_params_unique` counts the shared frozen VAE / image encoder once."""
-        n = dict(bbox_unet=count_params(self.bbox_pipe.unet), video_unet=count_params(self.video_pipe.unet),
-                 controlnet=count_params(self.controlnet), vae=count_params(self.video_pipe.vae),
-                 image_encoder=count_params(self.video_pipe.image_encoder))
+        n = dict(
+            bbox_unet=count_params(self.bbox_pipe.unet),
+            video_unet=count_params(self.video_pipe.unet),
+            controlnet=count_params(self.controlnet),
+            vae=count_params(self.video_pipe.vae),
+            image_encoder=count_params(self.video_pipe.image_encoder),
+        )
         shared = n["vae"] + n["image_encoder"]
         n["num_params"] = n["bbox_unet"] + n["video_unet"] + n["controlnet"] + 2 * shared
         n["num_params_unique"] = n["num_params"] - shared
@@ -180,13 +207,21 @@ class CtrlVPipeline:
 
     def _svd_call(self, pipe, image, gen_cfg, stage_cfg, seed):
         g = torch.Generator(device="cpu").manual_seed(int(seed))
-        return pipe(image, height=int(gen_cfg.height), width=int(gen_cfg.width), num_frames=int(gen_cfg.num_frames),
-                    num_inference_steps=int(stage_cfg.num_inference_steps), fps=int(gen_cfg.fps),
-                    motion_bucket_id=int(gen_cfg.motion_bucket_id),
-                    noise_aug_strength=float(gen_cfg.noise_aug_strength),
-                    min_guidance_scale=float(stage_cfg.min_guidance_scale),
-                    max_guidance_scale=float(stage_cfg.max_guidance_scale),
-                    decode_chunk_size=int(gen_cfg.decode_chunk_size), generator=g, output_type="np").frames[0]
+        return pipe(
+            image,
+            height=int(gen_cfg.height),
+            width=int(gen_cfg.width),
+            num_frames=int(gen_cfg.num_frames),
+            num_inference_steps=int(stage_cfg.num_inference_steps),
+            fps=int(gen_cfg.fps),
+            motion_bucket_id=int(gen_cfg.motion_bucket_id),
+            noise_aug_strength=float(gen_cfg.noise_aug_strength),
+            min_guidance_scale=float(stage_cfg.min_guidance_scale),
+            max_guidance_scale=float(stage_cfg.max_guidance_scale),
+            decode_chunk_size=int(gen_cfg.decode_chunk_size),
+            generator=g,
+            output_type="np",
+        ).frames[0]
 
     def _best_of_gt(self, image, gen_cfg, bbox_cfg, seed, truth: np.ndarray) -> np.ndarray:
         """Ctrl-V's ground-truth-selected box video (module docstring): the candidate of the highest
@@ -207,19 +242,26 @@ class CtrlVPipeline:
     def __call__(self, inputs: CtrlVInputs, gen_cfg, seed: int) -> CtrlVOutput:
         T, H, W = int(gen_cfg.num_frames), int(gen_cfg.height), int(gen_cfg.width)
         if inputs.first_frame.shape[:2] != (H, W):
-            raise ValueError(f"first frame is {inputs.first_frame.shape[:2]}, generation is {H}x{W}: the boxes "
-                             "must be in the pixels of the generated frames (resize the clip first)")
+            raise ValueError(
+                f"first frame is {inputs.first_frame.shape[:2]}, generation is {H}x{W}: the boxes "
+                "must be in the pixels of the generated frames (resize the clip first)"
+            )
         if len(inputs.boxes) < T:
             raise ValueError(f"boxes for {len(inputs.boxes)} frames, {T} frames are generated")
         given = self.given_frames(T)
         # only the given frames' boxes exist for Ctrl-V; the others are emptied before anything reads them
         keep = set(given)
-        boxes = [np.asarray(inputs.boxes[j], np.float32).reshape(-1, 4) if j in keep else np.zeros((0, 4), np.float32)
-                 for j in range(T)]
-        labels = [np.asarray(inputs.labels[j], np.int64).reshape(-1) if j in keep else np.zeros(0, np.int64)
-                  for j in range(T)]
-        tracks = [np.asarray(inputs.track_ids[j], np.int64).reshape(-1) if j in keep else np.zeros(0, np.int64)
-                  for j in range(T)]
+        boxes = [
+            np.asarray(inputs.boxes[j], np.float32).reshape(-1, 4) if j in keep else np.zeros((0, 4), np.float32)
+            for j in range(T)
+        ]
+        labels = [
+            np.asarray(inputs.labels[j], np.int64).reshape(-1) if j in keep else np.zeros(0, np.int64) for j in range(T)
+        ]
+        tracks = [
+            np.asarray(inputs.track_ids[j], np.int64).reshape(-1) if j in keep else np.zeros(0, np.int64)
+            for j in range(T)
+        ]
         slots = identity_slots(tracks, given)
         renders = self.renderer.render(boxes, labels, slots, (H, W))
         vae = self.video_pipe.vae
@@ -230,8 +272,9 @@ class CtrlVPipeline:
         bbox_cfg = self.ctrlv.inference.bbox
         with FrameConditioning(self.bbox_pipe.unet, given, box_latents):
             if bbox_cfg.get("best_of_gt", False):
-                truth = self.renderer.render(inputs.boxes[:T], inputs.labels[:T],
-                                             identity_slots(inputs.track_ids[:T], given), (H, W))
+                truth = self.renderer.render(
+                    inputs.boxes[:T], inputs.labels[:T], identity_slots(inputs.track_ids[:T], given), (H, W)
+                )
                 box_frames = self._best_of_gt(image, gen_cfg, bbox_cfg, seed, truth)
             else:
                 box_frames = _uint8(self._svd_call(self.bbox_pipe, image, gen_cfg, bbox_cfg, seed))
@@ -242,23 +285,38 @@ class CtrlVPipeline:
         if self.ctrlv.inference.keep_given_boxes:
             for j in given:
                 read[j] = {"boxes": boxes[j], "slots": slots[j], "labels": labels[j]}
-        out_tracks = [{"boxes": r["boxes"], "labels": r["labels"],
-                       "track_ids": np.array([track_of_slot.get(int(s), -1) for s in r["slots"]], np.int64)}
-                      for r in read]
+        out_tracks = [
+            {
+                "boxes": r["boxes"],
+                "labels": r["labels"],
+                "track_ids": np.array([track_of_slot.get(int(s), -1) for s in r["slots"]], np.int64),
+            }
+            for r in read
+        ]
 
         # stage 2: Box2Video on the box frames
-        control = (self.renderer.render([r["boxes"] for r in read], [r["labels"] for r in read],
-                                        [r["slots"] for r in read], (H, W))
-                   if self.ctrlv.inference.rerender else box_frames)
+        control = (
+            self.renderer.render(
+                [r["boxes"] for r in read], [r["labels"] for r in read], [r["slots"] for r in read], (H, W)
+            )
+            if self.ctrlv.inference.rerender
+            else box_frames
+        )
         control_latents = encode_box_latents(vae, to_model_range(control)[None])
-        with ControlledUNet(self.video_pipe.unet, self.controlnet, control_latents,
-                            self.ctrlv.controlnet.conditioning_scale, self.ctrlv.inference.uncond_control):
+        with ControlledUNet(
+            self.video_pipe.unet,
+            self.controlnet,
+            control_latents,
+            self.ctrlv.controlnet.conditioning_scale,
+            self.ctrlv.inference.uncond_control,
+        ):
             video = _uint8(self._svd_call(self.video_pipe, image, gen_cfg, self.ctrlv.inference.box2video, seed))
         return CtrlVOutput(video=video, box_frames=box_frames, tracks=out_tracks)
 
 
-def generate_ctrlv_videos(pipe: CtrlVPipeline, inputs: Sequence[CtrlVInputs], names: Sequence[str], gen_cfg,
-                          out_dir: str | Path) -> dict:
+def generate_ctrlv_videos(
+    pipe: CtrlVPipeline, inputs: Sequence[CtrlVInputs], names: Sequence[str], gen_cfg, out_dir: str | Path
+) -> dict:
     """Like benchmark.generate.generate_videos, for Ctrl-V: writes out_dir/frames/<name>/ (+ mp4/<name>.mp4,
     and with ctrlv.inference.save_box_frames box_frames/<name>/ and boxes/<name>.json). A clip whose
     frames folder exists is skipped. Returns the timing of both stages together (resumed clips excluded)
@@ -266,7 +324,7 @@ def generate_ctrlv_videos(pipe: CtrlVPipeline, inputs: Sequence[CtrlVInputs], na
     from data.video_io import write_frames, write_video
 
     out_dir = Path(out_dir)
-    times: list[float] = []   # per generated video
+    times: list[float] = []  # per generated video
     cuda = pipe.device.type == "cuda"
     for k, (clip_in, name) in enumerate(tqdm(list(zip(inputs, names)), desc="generate ctrl-v", unit="video")):
         folder = out_dir / "frames" / name
@@ -281,10 +339,13 @@ def generate_ctrlv_videos(pipe: CtrlVPipeline, inputs: Sequence[CtrlVInputs], na
         times.append(time.perf_counter() - t0)
         if pipe.ctrlv.inference.save_box_frames:
             write_frames(out_dir / "box_frames" / name, out.box_frames)
-            atomic_write_json(out_dir / "boxes" / f"{name}.json", {"frames": [
-                {k2: np.asarray(v).tolist() for k2, v in t.items()} for t in out.tracks]})
+            atomic_write_json(
+                out_dir / "boxes" / f"{name}.json",
+                {"frames": [{k2: np.asarray(v).tolist() for k2, v in t.items()} for t in out.tracks]},
+            )
         if gen_cfg.get("save_mp4", True):
             write_video(out_dir / "mp4" / f"{name}.mp4", out.video, fps=float(gen_cfg.fps))
-        write_frames(folder, out.video)        # last: a clip counts as done only once its frames exist
+        write_frames(folder, out.video)  # last: a clip counts as done only once its frames exist
     from trainers.timing import generation_timing  # the same timing rule as the SVD rows (Table I)
+
     return dict(generation_timing(times, len(names)), **pipe.num_params())

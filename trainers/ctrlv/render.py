@@ -12,6 +12,7 @@ Read-back: every pixel is matched to the nearest identity fill colour within a t
 connected region of each colour is that track's box (plus the outline width); the median grey of the
 outline ring gives the class. Boxes thinner than 2 * outline_px + 1 px have no identity pixels.
 """
+
 from __future__ import annotations
 
 import colorsys
@@ -25,9 +26,9 @@ import torch
 
 @dataclass(frozen=True)
 class Renderer:
-    fill: np.ndarray          # [N,3] float, identity colours as drawn (fill_alpha x palette)
+    fill: np.ndarray  # [N,3] float, identity colours as drawn (fill_alpha x palette)
     outline_px: int
-    class_grey: dict          # COCO class id -> grey level of its outline
+    class_grey: dict  # COCO class id -> grey level of its outline
     other_grey: int
     colour_tolerance: float
     min_pixels: int
@@ -39,19 +40,30 @@ class Renderer:
         r, rb = ctrlv_cfg.render, ctrlv_cfg.readback
         n, step = int(r.palette_size), int(r.hue_step)
         if n < 1 or math.gcd(n, step) != 1:
-            raise ValueError(f"ctrlv.render.hue_step={step} must be coprime with ctrlv.render.palette_size={n} "
-                             "(otherwise identity colours repeat within the palette)")
+            raise ValueError(
+                f"ctrlv.render.hue_step={step} must be coprime with ctrlv.render.palette_size={n} "
+                "(otherwise identity colours repeat within the palette)"
+            )
         if not 0 < float(r.fill_alpha) <= 1:
             raise ValueError(f"ctrlv.render.fill_alpha={r.fill_alpha} must be in (0, 1]")
-        palette = np.array([colorsys.hsv_to_rgb(((k * step) % n) / n, float(r.saturation), float(r.value))
-                            for k in range(n)]) * 255.0
+        palette = (
+            np.array([colorsys.hsv_to_rgb(((k * step) % n) / n, float(r.saturation), float(r.value)) for k in range(n)])
+            * 255.0
+        )
         greys = {}
         for item in r.class_grey:
             label, grey = (int(v) for v in item)
             greys[label] = grey
-        return cls(fill=np.round(float(r.fill_alpha) * palette), outline_px=int(r.outline_px), class_grey=greys,
-                   other_grey=int(r.other_grey), colour_tolerance=float(rb.colour_tolerance),
-                   min_pixels=int(rb.min_pixels), max_grey_chroma=float(rb.max_grey_chroma), min_grey=float(rb.min_grey))
+        return cls(
+            fill=np.round(float(r.fill_alpha) * palette),
+            outline_px=int(r.outline_px),
+            class_grey=greys,
+            other_grey=int(r.other_grey),
+            colour_tolerance=float(rb.colour_tolerance),
+            min_pixels=int(rb.min_pixels),
+            max_grey_chroma=float(rb.max_grey_chroma),
+            min_grey=float(rb.min_grey),
+        )
 
     @property
     def palette_size(self) -> int:
@@ -65,17 +77,17 @@ class Renderer:
         boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
         area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
         o = self.outline_px
-        for i in np.argsort(-area, kind="stable"):          # largest first: small boxes stay visible on top
+        for i in np.argsort(-area, kind="stable"):  # largest first: small boxes stay visible on top
             x1, y1, x2, y2 = pixel_box(boxes[i], H, W)
             if x2 <= x1 or y2 <= y1:
                 continue
             canvas[y1:y2, x1:x2] = self.fill[int(slots[i]) % self.palette_size]
             if o > 0:
                 g = self.class_grey.get(int(labels[i]), self.other_grey)
-                canvas[y1:min(y1 + o, y2), x1:x2] = g
-                canvas[max(y2 - o, y1):y2, x1:x2] = g
-                canvas[y1:y2, x1:min(x1 + o, x2)] = g
-                canvas[y1:y2, max(x2 - o, x1):x2] = g
+                canvas[y1 : min(y1 + o, y2), x1:x2] = g
+                canvas[max(y2 - o, y1) : y2, x1:x2] = g
+                canvas[y1:y2, x1 : min(x1 + o, x2)] = g
+                canvas[y1:y2, max(x2 - o, x1) : x2] = g
         return canvas
 
     def render(self, boxes: Sequence, labels: Sequence, slots: Sequence, hw) -> np.ndarray:
@@ -110,8 +122,11 @@ class Renderer:
             boxes.append(box)
             slots.append(int(k))
             labels.append(self._read_label(img, box, (xs.min(), ys.min(), xs.max() + 1, ys.max() + 1)))
-        return {"boxes": np.asarray(boxes, np.float32).reshape(-1, 4), "slots": np.asarray(slots, np.int64),
-                "labels": np.asarray(labels, np.int64)}
+        return {
+            "boxes": np.asarray(boxes, np.float32).reshape(-1, 4),
+            "slots": np.asarray(slots, np.int64),
+            "labels": np.asarray(labels, np.int64),
+        }
 
     def read(self, frames: np.ndarray) -> list[dict]:
         return [self.read_frame(f) for f in frames]
@@ -123,7 +138,7 @@ class Renderer:
         x1, y1, x2, y2 = box
         ring = np.zeros(img.shape[:2], bool)
         ring[y1:y2, x1:x2] = True
-        ring[inner[1]:inner[3], inner[0]:inner[2]] = False
+        ring[inner[1] : inner[3], inner[0] : inner[2]] = False
         px = img[ring]
         grey = px[(px.max(1) - px.min(1) < self.max_grey_chroma) & (px.mean(1) > self.min_grey)]
         if len(grey) == 0:
@@ -180,5 +195,5 @@ def encode_box_latents(vae, frames: torch.Tensor, chunk: int = 16) -> torch.Tens
     """
     B, T = frames.shape[:2]
     flat = frames.flatten(0, 1).to(device=vae.device, dtype=vae.dtype)
-    out = torch.cat([vae.encode(flat[s:s + chunk]).latent_dist.mode() for s in range(0, len(flat), chunk)])
+    out = torch.cat([vae.encode(flat[s : s + chunk]).latent_dist.mode() for s in range(0, len(flat), chunk)])
     return out.view(B, T, *out.shape[1:])

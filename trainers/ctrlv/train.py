@@ -6,6 +6,7 @@ other argument is a Hydra override as for trainers.train, e.g.
     python -m trainers.ctrlv.train stage=bbox variant=3-to-1 data=kitti train.max_steps=10
     python -m trainers.ctrlv.train stage=box2video ctrlv.backbone=runs/train/<svd-finetuned>/unet
 """
+
 from __future__ import annotations
 
 import sys
@@ -29,6 +30,7 @@ def load_ctrlv_config(overrides: list[str] | None = None):
 def trainer_for(cfg):
     from trainers.ctrlv.bbox_generator import BBoxGeneratorTrainer
     from trainers.ctrlv.box2video import Box2VideoTrainer
+
     stages = {"bbox": BBoxGeneratorTrainer, "box2video": Box2VideoTrainer}
     if cfg.ctrlv.stage not in stages:
         raise InputError(f"ctrlv.stage={cfg.ctrlv.stage!r}: valid are {sorted(stages)}")

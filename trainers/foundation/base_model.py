@@ -9,6 +9,7 @@ needs to condition on; the first frame's latent (concatenated to every frame's i
 content. The result is a complete diffusers StableVideoDiffusionPipeline folder that `model.svd`
 accepts like the real SVD release.
 """
+
 from __future__ import annotations
 
 import json
@@ -22,8 +23,14 @@ import torch
 from data.atomic import publish_dir_once
 
 
-def build_unet(num_frames: int = 8, block_out_channels=(64, 128, 128), layers_per_block: int = 1,
-               cross_attention_dim: int = 32, num_attention_heads=(2, 4, 4), seed: int = 0):
+def build_unet(
+    num_frames: int = 8,
+    block_out_channels=(64, 128, 128),
+    layers_per_block: int = 1,
+    cross_attention_dim: int = 32,
+    num_attention_heads=(2, 4, 4),
+    seed: int = 0,
+):
     """A small UNetSpatioTemporalConditionModel: cross-attention blocks at every level but the first
     (as SVD's full config), 8 input channels (noisy latent + first-frame latent), 4 out."""
     from diffusers import UNetSpatioTemporalConditionModel
@@ -31,13 +38,18 @@ def build_unet(num_frames: int = 8, block_out_channels=(64, 128, 128), layers_pe
     n = len(block_out_channels)
     torch.manual_seed(seed)
     return UNetSpatioTemporalConditionModel(
-        in_channels=8, out_channels=4,
+        in_channels=8,
+        out_channels=4,
         down_block_types=("DownBlockSpatioTemporal",) + ("CrossAttnDownBlockSpatioTemporal",) * (n - 1),
         up_block_types=("CrossAttnUpBlockSpatioTemporal",) * (n - 1) + ("UpBlockSpatioTemporal",),
-        block_out_channels=tuple(block_out_channels), addition_time_embed_dim=32,
-        projection_class_embeddings_input_dim=3 * 32, layers_per_block=int(layers_per_block),
-        cross_attention_dim=int(cross_attention_dim), num_attention_heads=tuple(num_attention_heads),
-        num_frames=int(num_frames))
+        block_out_channels=tuple(block_out_channels),
+        addition_time_embed_dim=32,
+        projection_class_embeddings_input_dim=3 * 32,
+        layers_per_block=int(layers_per_block),
+        cross_attention_dim=int(cross_attention_dim),
+        num_attention_heads=tuple(num_attention_heads),
+        num_frames=int(num_frames),
+    )
 
 
 def assemble_svd(folder: str | Path, vae_folder: str | Path, unet, seed: int = 0) -> Path:
@@ -54,14 +66,23 @@ def assemble_svd(folder: str | Path, vae_folder: str | Path, unet, seed: int = 0
     def save(tmp):
         parts = build_tiny_svd(seed)
         parts["vae"] = AutoencoderKLTemporalDecoder.from_pretrained(str(vae_folder))
-        parts["unet"] = (UNetSpatioTemporalConditionModel.from_pretrained(str(unet))
-                         if isinstance(unet, (str, Path)) else unet)
+        parts["unet"] = (
+            UNetSpatioTemporalConditionModel.from_pretrained(str(unet)) if isinstance(unet, (str, Path)) else unet
+        )
         StableVideoDiffusionPipeline(**parts).save_pretrained(tmp)
+
     return publish_dir_once(Path(folder), save)
 
 
-def pretrain_base_model(out: str | Path, vae_folder: str | Path, work_dir: str | Path, *,
-                        overrides: Sequence[str] = (), unet_arch: dict | None = None, seed: int = 0) -> Path:
+def pretrain_base_model(
+    out: str | Path,
+    vae_folder: str | Path,
+    work_dir: str | Path,
+    *,
+    overrides: Sequence[str] = (),
+    unet_arch: dict | None = None,
+    seed: int = 0,
+) -> Path:
     """Pretrain the mini base model and write the finished SVD folder at `out`.
 
     `overrides` are trainer config overrides (python -m trainers.train syntax), e.g.
@@ -74,18 +95,31 @@ def pretrain_base_model(out: str | Path, vae_folder: str | Path, work_dir: str |
 
     work_dir = Path(work_dir)
     cfg0 = load_config(list(overrides))
-    init = assemble_svd(work_dir / "init-svd", vae_folder,
-                        build_unet(num_frames=int(cfg0.data.clip_len), seed=seed, **(unet_arch or {})), seed)
-    cfg = load_config([*overrides, f"model.svd={init}", "schedule=diffusion", "adapter=unet",
-                       f"train.out_dir={work_dir / 'run'}", "train.resume=auto"])
+    init = assemble_svd(
+        work_dir / "init-svd",
+        vae_folder,
+        build_unet(num_frames=int(cfg0.data.clip_len), seed=seed, **(unet_arch or {})),
+        seed,
+    )
+    cfg = load_config(
+        [
+            *overrides,
+            f"model.svd={init}",
+            "schedule=diffusion",
+            "adapter=unet",
+            f"train.out_dir={work_dir / 'run'}",
+            "train.resume=auto",
+        ]
+    )
     validate(cfg)
     start = time.time()
     run_dir = train(cfg)
     seconds = time.time() - start
     final = assemble_svd(out, vae_folder, run_dir / "unet", seed)
     summary = json.loads((run_dir / "summary.json").read_text()) if (run_dir / "summary.json").exists() else {}
-    (final / "pretrain.json").write_text(json.dumps({"seconds_this_call": seconds, "trainer_summary": summary,
-                                                     "overrides": list(overrides)}, indent=1))
+    (final / "pretrain.json").write_text(
+        json.dumps({"seconds_this_call": seconds, "trainer_summary": summary, "overrides": list(overrides)}, indent=1)
+    )
     return final
 
 

@@ -7,6 +7,7 @@ with x in [-1, 1]; the decoder sees whole clips (`num_frames` = clip length), so
 layers train too. After training, `scaling_factor` is set to 1 / std of the latents of the training
 frames (the convention of SD/SVD: unit-variance latents for the diffusion model).
 """
+
 from __future__ import annotations
 
 import json
@@ -26,9 +27,12 @@ def build_vae(block_out_channels=(32, 64, 64), layers_per_block: int = 1, latent
     from diffusers import AutoencoderKLTemporalDecoder
 
     torch.manual_seed(seed)
-    return AutoencoderKLTemporalDecoder(block_out_channels=tuple(block_out_channels),
-                                        down_block_types=("DownEncoderBlock2D",) * len(block_out_channels),
-                                        layers_per_block=int(layers_per_block), latent_channels=int(latent_channels))
+    return AutoencoderKLTemporalDecoder(
+        block_out_channels=tuple(block_out_channels),
+        down_block_types=("DownEncoderBlock2D",) * len(block_out_channels),
+        layers_per_block=int(layers_per_block),
+        latent_channels=int(latent_channels),
+    )
 
 
 def to_pixels(frames: np.ndarray) -> torch.Tensor:
@@ -57,9 +61,21 @@ def vae_psnr(vae, clips: Sequence[Clip]) -> float:
     return float(np.mean([psnr(reconstruct(vae, c.frames), to_pixels(c.frames)) for c in clips]))
 
 
-def train_vae(out: str | Path, clips: Sequence[Clip], *, steps: int = 1500, batch_clips: int = 2,
-              frames_per_clip: int = 4, lr: float = 1e-3, beta_kl: float = 1e-6, seed: int = 0,
-              arch: dict | None = None, val_clips: Sequence[Clip] = (), log_every: int = 100, log=print) -> Path:
+def train_vae(
+    out: str | Path,
+    clips: Sequence[Clip],
+    *,
+    steps: int = 1500,
+    batch_clips: int = 2,
+    frames_per_clip: int = 4,
+    lr: float = 1e-3,
+    beta_kl: float = 1e-6,
+    seed: int = 0,
+    arch: dict | None = None,
+    val_clips: Sequence[Clip] = (),
+    log_every: int = 100,
+    log=print,
+) -> Path:
     """Train a `build_vae(**arch)` for `steps` AdamW steps on windows of `frames_per_clip` consecutive
     frames of `batch_clips` random clips; save it (diffusers folder) at `out` with `train_log.json`."""
     from data.atomic import publish_dir_once
@@ -75,7 +91,7 @@ def train_vae(out: str | Path, clips: Sequence[Clip], *, steps: int = 1500, batc
         for c in rng.choice(len(clips), size=batch_clips, replace=len(clips) < batch_clips):
             T = clips[c].num_frames
             j = int(rng.integers(0, T - frames_per_clip + 1))
-            windows.append(clips[c].frames[j:j + frames_per_clip])
+            windows.append(clips[c].frames[j : j + frames_per_clip])
         x = to_pixels(np.concatenate(windows))
         posterior = vae.encode(x).latent_dist
         z = posterior.sample(generator=gen)
@@ -96,10 +112,14 @@ def train_vae(out: str | Path, clips: Sequence[Clip], *, steps: int = 1500, batc
     with torch.no_grad():
         z = torch.cat([vae.encode(to_pixels(c.frames)).latent_dist.mode() for c in clips[:16]])
     vae.register_to_config(scaling_factor=float(1.0 / z.std()))
-    summary = {"history": history, "scaling_factor": vae.config.scaling_factor,
-               "psnr_val": vae_psnr(vae, val_clips) if len(val_clips) else None}
+    summary = {
+        "history": history,
+        "scaling_factor": vae.config.scaling_factor,
+        "psnr_val": vae_psnr(vae, val_clips) if len(val_clips) else None,
+    }
 
     def save(tmp):
         vae.save_pretrained(tmp)
         (Path(tmp) / "train_log.json").write_text(json.dumps(summary, indent=1))
+
     return publish_dir_once(Path(out), save)
