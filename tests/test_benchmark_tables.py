@@ -297,7 +297,9 @@ def test_smoke_table_end_to_end_with_the_real_runner(tmp_path, tiny_cache):
             metrics = json.loads((store / h / "metrics.json").read_text())
             assert metrics["n_videos"] == 2, metrics.get("n_videos")
         assert len(list((store / stages["stages"]["generate"] / "frames").iterdir())) == 2
-    assert set(run.outputs) == {"md", "tex", "json", "loss_curves", "per_frame", "frames"}, set(run.outputs)
+    assert set(run.outputs) == {"md", "tex", "json", "html", "html_assets", "loss_curves", "per_frame", "frames"}, set(
+        run.outputs
+    )
     for path in run.outputs.values():
         assert Path(path).stat().st_size > 200, path
 
