@@ -165,7 +165,7 @@ def _run_cli(out_dir, *overrides):
     cmd = [sys.executable, "-m", "trainers.train", *COMMON, f"train.out_dir={out_dir}", *overrides]
     res = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600, check=False)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
-    return res.stdout
+    return res.stdout + res.stderr  # the run folder on stdout, progress (logging) on stderr
 
 
 def _weights(run_dir):

@@ -8,9 +8,11 @@ are inherited unchanged.
 
 from __future__ import annotations
 
+import logging
+
 import torch
 
-from data.cli import InputError
+from data.cli import ConfigKeyError, InputError
 from data.device import resolve_device, torch_dtype
 from trainers.adapters import apply_adapter
 from trainers.backbones import load_backbone
@@ -28,7 +30,8 @@ from trainers.loop import (
 from trainers.losses import DinoFeatures, SemanticAlignmentLoss
 from trainers.models import load_dino
 from trainers.objective import BackboneObjective
-from trainers.optim import build_optimizer
+from trainers.optim import build_lr_scheduler, build_optimizer
+from trainers.tracking import Tracker, tracker_choice
 
 
 class BackboneTrainer(Trainer):
@@ -46,12 +49,19 @@ class BackboneTrainer(Trainer):
         self.switch_unet = None
         if t.init_from and not (t.resume == "auto" and newest_checkpoint(self.run_dir)):
             self._refuse_adapter_switch()
+        if t.get("ema") is not None and bool(t.ema.get("enabled", False)):
+            raise ConfigKeyError(
+                f"train.ema.enabled=true: {type(self).__name__} ({cfg.model.get('backbone')}) does not keep an "
+                "EMA yet; it is SVD-only (trainers/loop.py Trainer)"
+            )
+        trackers = tracker_choice(t)
         AcceleratorState._reset_state()
         on_cpu = resolve_device(t.device) == "cpu"
         self.acc = Accelerator(
             mixed_precision=t.mixed_precision,
             gradient_accumulation_steps=t.grad_accum,
             cpu=on_cpu,
+            log_with=trackers,
             project_dir=str(self.run_dir),
         )
         set_seed(t.seed)
@@ -98,9 +108,6 @@ class BackboneTrainer(Trainer):
         params = [p for p in model.parameters() if p.requires_grad]
         self.n_trainable = sum(p.numel() for p in params)
         optimizer = build_optimizer(params, t)
-        from diffusers.optimization import get_scheduler
-
-        lr_scheduler = get_scheduler("constant", optimizer=optimizer)
         if len(self.dataset) == 0:
             raise InputError(f"data={cfg.data.name}: the training split is empty (check data.root and the split)")
         self.sampler = EpochSampler(len(self.dataset), t.seed)
@@ -117,9 +124,18 @@ class BackboneTrainer(Trainer):
                 f"train.batch_size={t.batch_size} is larger than the training split ({len(self.dataset)} clips)"
             )
         # `self.unet` is the trained network whatever the backbone (the inherited loop reads that name)
-        self.unet, self.optimizer, self.loader, self.lr_scheduler = self.acc.prepare(
-            model, optimizer, loader, lr_scheduler
-        )
+        self.unet, self.optimizer, self.loader = self.acc.prepare(model, optimizer, loader)
+        # the same schedule, tracker and validation switches as the SVD Trainer (trainers/loop.py)
+        lr_scheduler = build_lr_scheduler(optimizer, t, len(self.loader) // t.grad_accum, self.acc.num_processes)
+        self.lr_scheduler = self.acc.prepare(lr_scheduler)
+        self.ema = None
+        self.tracker = Tracker(self.acc, cfg, self.run_dir)
+        self.validator = None
+        if int(t.get("validation_every", 0) or 0) > 0:
+            self.say(
+                f"train.validation_every={t.validation_every}: {type(self).__name__} has no validation videos; skipped",
+                logging.WARNING,
+            )
         self.export_name = self.backbone.export_name
         self.state = dict(global_step=0, micro_step=0, epoch=1, batch_in_epoch=0)
         self.loss_scale: dict = {}
