@@ -27,7 +27,8 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 
 def git_state(root: str | Path = REPO_ROOT) -> tuple[str | None, bool | None]:
     """(HEAD commit, tree dirty) of the checkout the code runs from; (None, None) outside a git checkout.
-    Dirty = tracked files differ from HEAD (untracked files, e.g. a results folder, do not count)."""
+    Dirty = tracked files differ from HEAD. Neither untracked files nor results/ count: the tables a run
+    writes there (committed ones included) are its output, not the code that made it."""
 
     def git(*args):
         return subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True, timeout=60, check=False)
@@ -36,7 +37,7 @@ def git_state(root: str | Path = REPO_ROOT) -> tuple[str | None, bool | None]:
         head = git("rev-parse", "HEAD")
         if head.returncode != 0:
             return None, None
-        status = git("status", "--porcelain", "--untracked-files=no")
+        status = git("status", "--porcelain", "--untracked-files=no", "--", ".", ":(exclude)results")
     except (OSError, subprocess.TimeoutExpired):
         return None, None
     return head.stdout.strip(), (bool(status.stdout.strip()) if status.returncode == 0 else None)

@@ -103,3 +103,27 @@ def test_unknown_provenance_mode_is_a_user_error(tmp_path):
             results=tmp_path / "res",
             echo=lambda s: None,
         )
+
+
+def test_results_folder_does_not_make_the_tree_dirty(tmp_path):
+    """A run writes its tables under results/ (committed ones too): that is output, not code. A
+    changed code file is dirty."""
+    import subprocess
+
+    from benchmark.provenance import git_state
+
+    def git(*args):
+        subprocess.run(["git", "-C", str(tmp_path), *args], check=True, capture_output=True)
+
+    (tmp_path / "results").mkdir()
+    (tmp_path / "results" / "table_I.md").write_text("old\n")
+    (tmp_path / "code.py").write_text("x = 1\n")
+    git("init", "-q")
+    git("add", ".")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init")
+    commit, dirty = git_state(tmp_path)
+    assert commit and dirty is False
+    (tmp_path / "results" / "table_I.md").write_text("new\n")
+    assert git_state(tmp_path) == (commit, False)
+    (tmp_path / "code.py").write_text("x = 2\n")
+    assert git_state(tmp_path) == (commit, True)
