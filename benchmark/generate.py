@@ -39,7 +39,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 from tqdm.auto import tqdm
 
 from data.atomic import data_entries
@@ -107,23 +106,9 @@ def load_pipeline(
 def generate_video(pipe, frame0: np.ndarray, gen_cfg, seed: int) -> np.ndarray:
     """One video from its first frame (uint8 [H,W,3]) with the `benchmark.generate` settings and the
     given seed (a CPU generator, so a seed gives the same noise on every device): uint8 [T,H,W,3]."""
-    g = torch.Generator(device="cpu").manual_seed(int(seed))
-    video = pipe(
-        Image.fromarray(frame0),
-        height=int(gen_cfg.height),
-        width=int(gen_cfg.width),
-        num_frames=int(gen_cfg.num_frames),
-        num_inference_steps=int(gen_cfg.num_inference_steps),
-        fps=int(gen_cfg.fps),
-        motion_bucket_id=int(gen_cfg.motion_bucket_id),
-        noise_aug_strength=float(gen_cfg.noise_aug_strength),
-        min_guidance_scale=float(gen_cfg.min_guidance_scale),
-        max_guidance_scale=float(gen_cfg.max_guidance_scale),
-        decode_chunk_size=int(gen_cfg.decode_chunk_size),
-        generator=g,
-        output_type="np",
-    ).frames[0]
-    return (np.clip(np.asarray(video), 0, 1) * 255).round().astype(np.uint8)
+    from trainers.backbones.svd import svd_video  # lazily: it loads the trainer's modules
+
+    return svd_video(pipe, frame0, gen_cfg, torch.Generator(device="cpu").manual_seed(int(seed)))
 
 
 def generate_videos(

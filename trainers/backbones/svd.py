@@ -125,21 +125,27 @@ class SVDBackbone:
         return pipe.to(device)
 
     def generate(self, pipe, frame0: np.ndarray, gen_cfg, generator: torch.Generator) -> np.ndarray:
-        from PIL import Image
+        return svd_video(pipe, frame0, gen_cfg, generator)
 
-        video = pipe(
-            Image.fromarray(frame0),
-            height=int(gen_cfg.height),
-            width=int(gen_cfg.width),
-            num_frames=int(gen_cfg.num_frames),
-            num_inference_steps=int(gen_cfg.num_inference_steps),
-            fps=int(gen_cfg.fps),
-            motion_bucket_id=int(gen_cfg.motion_bucket_id),
-            noise_aug_strength=float(gen_cfg.noise_aug_strength),
-            min_guidance_scale=float(gen_cfg.min_guidance_scale),
-            max_guidance_scale=float(gen_cfg.max_guidance_scale),
-            decode_chunk_size=int(gen_cfg.decode_chunk_size),
-            generator=generator,
-            output_type="np",
-        ).frames[0]
-        return (np.clip(np.asarray(video), 0, 1) * 255).round().astype(np.uint8)
+
+def svd_video(pipe, frame0: np.ndarray, gen_cfg, generator: torch.Generator) -> np.ndarray:
+    """One video (uint8 [T,H,W,3]) of the SVD pipeline from its first frame (uint8 [H,W,3]) with the
+    `benchmark.generate` settings; the one place the pipeline is called for benchmark videos."""
+    from PIL import Image
+
+    video = pipe(
+        Image.fromarray(frame0),
+        height=int(gen_cfg.height),
+        width=int(gen_cfg.width),
+        num_frames=int(gen_cfg.num_frames),
+        num_inference_steps=int(gen_cfg.num_inference_steps),
+        fps=int(gen_cfg.fps),
+        motion_bucket_id=int(gen_cfg.motion_bucket_id),
+        noise_aug_strength=float(gen_cfg.noise_aug_strength),
+        min_guidance_scale=float(gen_cfg.min_guidance_scale),
+        max_guidance_scale=float(gen_cfg.max_guidance_scale),
+        decode_chunk_size=int(gen_cfg.decode_chunk_size),
+        generator=generator,
+        output_type="np",
+    ).frames[0]
+    return (np.clip(np.asarray(video), 0, 1) * 255).round().astype(np.uint8)
