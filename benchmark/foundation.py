@@ -237,8 +237,8 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     profile = next((a.split("=", 1)[1] for a in argv if a.startswith("profile=")), "mini")
     overrides = [a for a in argv if "=" in a and not a.startswith("profile=")]
-    cfg = HydraResolver(profile, overrides).base
-    parts = plan(cfg)
+    resolver = HydraResolver(profile, overrides)
+    parts = resolver.foundation  # the resolver substitutes foundation:<part> values and keeps the parts
     print("\n".join(describe(parts)) or f"profile {profile} names no foundation parts")
     if "--dry-run" not in argv:
         ensure(parts)

@@ -141,6 +141,11 @@ def run_table(
             return run
 
     run.outputs = render(graph, store, out_dir, fake=fake, figures=figures)
+    if foundation and not fake and figures:
+        # a profile with trained models (profile=mini): do the metrics separate real, generated and noise?
+        from benchmark.sanity import write_table_report
+
+        run.outputs.update(write_table_report(graph, store, foundation, out_dir, echo))
     for k, p in run.outputs.items():
         echo(f"wrote {k}: {p}")
     failed = run.launch.failed if run.launch is not None else []

@@ -52,38 +52,27 @@ def detector_sanity(clips: Sequence[Clip], detectors: Mapping[str, dict], cfg, s
     return out
 
 
-def frechet_sanity(clips: Sequence[Clip], generated: Mapping[str, Sequence[np.ndarray]], cfg, seed: int = 0) -> dict:
+def frechet_sanity(
+    clips: Sequence[Clip | np.ndarray], generated: Mapping[str, Sequence[np.ndarray]], cfg, seed: int = 0
+) -> dict:
     """{metric: {"real_vs_real", "real_vs_noise", "generated": {name: value}, "verdict", "n_per_side"}}.
 
-    `generated[name][i]` is the generation for clip i (all clips; only the B half is used)."""
-    from metrics.evaluate import evaluate
-
+    `generated[name][i]` is the generation for clip i (all clips; only the B half is used). Every
+    video is scored once (`features_of`), then `frechet_from_features` compares the halves."""
     if len(clips) < 4:
         raise ValueError(f"sanity: {len(clips)} test clips; the two halves need at least 2 videos each")
-    real = [np.asarray(c.frames) for c in clips]
-    a, b = real[0::2], real[1::2]
-    n = min(len(a), len(b))
-    a, b = a[:n], b[:n]
-    c = _with(cfg, metrics=["fvd", "fid"])
-    scores = {
-        "real_vs_real": evaluate(a, b, c, progress=False),
-        "real_vs_noise": evaluate(a, noise_videos(b, seed), c, progress=False),
-    }
-    gen_scores = {
-        name: evaluate(a, [np.asarray(v) for v in list(videos)[1::2][:n]], c, progress=False)
-        for name, videos in generated.items()
-    }
+    real = [np.asarray(getattr(c, "frames", c)) for c in clips]  # data.Clip or uint8 [T,H,W,3]
+    gen_b = {name: [np.asarray(v) for v in list(videos)[1::2]] for name, videos in generated.items()}
+    real_f, noise_f, *gen_f = features_of([real, noise_videos(real[1::2], seed), *gen_b.values()], cfg)
+    return frechet_from_features(real_f, {name: _at_b(f, len(real)) for name, f in zip(gen_b, gen_f)}, noise_f)
+
+
+def _at_b(features_b: Mapping, n_all: int) -> dict:
+    """Features of the B half (odd clips) placed at their clip indices of all n_all clips (zeros at A)."""
     out = {}
-    for m in ("fvd", "fid"):
-        rr, rn = scores["real_vs_real"][m]["value"], scores["real_vs_noise"][m]["value"]
-        gen = {name: s[m]["value"] for name, s in gen_scores.items()}
-        out[m] = {
-            "real_vs_real": rr,
-            "real_vs_noise": rn,
-            "generated": gen,
-            "n_per_side": n,
-            "verdict": verdict(rr, gen, rn),
-        }
+    for m, f in features_b.items():
+        out[m] = np.zeros((n_all, *f.shape[1:]))
+        out[m][1::2] = f
     return out
 
 
@@ -100,14 +89,23 @@ def verdict(real_vs_real: float, generated: Mapping[str, float], real_vs_noise: 
 
 
 def render_markdown(report: dict) -> str:
-    lines = [f"# Sanity report ({report.get('profile', '?')})", "", report.get("note", ""), ""]
+    title = f"# Sanity report ({report.get('profile', '?')})"
+    lines = [title + (f": {report['section']}" if report.get("section") else ""), "", report.get("note", ""), ""]
     if report.get("foundation"):
         lines += ["## Foundation", "", "| part | measure | value |", "|---|---|---|"]
-        lines += [f"| {k} | {m} | {v} |" for k, d in report["foundation"].items() for m, v in d.items()]
+        lines += [f"| {k} | {m} | {_fmt(v)} |" for k, d in report["foundation"].items() for m, v in d.items()]
         lines.append("")
+    lines += _body(report, "##")
+    for name, section in (report.get("testsets") or {}).items():
+        lines += [f"## Test set {name}", ""] + _body(section, "###")
+    return "\n".join(lines) + "\n"
+
+
+def _body(report: dict, h: str) -> list[str]:
+    lines = []
     if report.get("detectors"):
         lines += [
-            "## Detectors on the real test frames (exact boxes as reference)",
+            f"{h} Detectors on the real test frames (exact boxes as reference)",
             "",
             "| detector | mAP real (%) | mAP noise (%) |",
             "|---|---|---|",
@@ -116,7 +114,7 @@ def render_markdown(report: dict) -> str:
         lines.append("")
     for m, d in (report.get("frechet") or {}).items():
         lines += [
-            f"## {m.upper()} ({d['n_per_side']} videos per side)",
+            f"{h} {m.upper()} ({d['n_per_side']} videos per side)",
             "",
             "| comparison | value |",
             "|---|---|",
@@ -124,19 +122,244 @@ def render_markdown(report: dict) -> str:
         ]
         lines += [f"| real A vs {name} B | {_fmt(v)} |" for name, v in d["generated"].items()]
         lines += [f"| real A vs noise B | {_fmt(d['real_vs_noise'])} |", "", f"Verdict: {d['verdict']}", ""]
-    return "\n".join(lines) + "\n"
+    if report.get("checks"):
+        lines += [f"- {line}" for line in report["checks"]] + [""]
+    return lines
 
 
 def _fmt(v) -> str:
-    return "n/a" if v is None else f"{v:.4g}"
+    if v is None:
+        return "n/a"
+    return f"{v:.4g}" if isinstance(v, (int, float)) else str(v)
 
 
-def write_report(report: dict, out_dir: str | Path) -> dict[str, Path]:
+def write_report(report: dict, out_dir: str | Path, section: str = "world") -> dict[str, Path]:
+    """Put `report` as `section` ("world", "table III", ...) into <out_dir>/sanity.json and .md, keeping
+    the other sections (every mini table adds its own; a rerun replaces its section)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(out_dir / "sanity.json", json.loads(json.dumps(report, default=str)))
-    (out_dir / "sanity.md").write_text(render_markdown(report))
-    return {"json": out_dir / "sanity.json", "md": out_dir / "sanity.md"}
+    path = out_dir / "sanity.json"
+    try:
+        old = json.loads(path.read_text()) if path.exists() else {}
+        # a report written before sections existed is the world-level one
+        sections = old.get("sections", {"world": old} if "frechet" in old else {})
+    except (json.JSONDecodeError, AttributeError):
+        sections = {}  # an unreadable report is replaced, not trusted
+    sections[section] = json.loads(json.dumps({**report, "section": section}, default=str))
+    ordered = dict(sorted(sections.items(), key=lambda kv: (kv[0] != "world", kv[0])))
+    atomic_write_json(path, {"profile": report.get("profile"), "sections": ordered})
+    (out_dir / "sanity.md").write_text("\n".join(render_markdown(r) for r in ordered.values()))
+    return {"sanity_json": path, "sanity_md": out_dir / "sanity.md"}
+
+
+def foundation_summary(parts: Mapping) -> dict:
+    """Per built foundation part: its build time and what it reports about itself (the VAE's
+    reconstruction PSNR on validation clips, the base model's last training loss)."""
+    out = {}
+    for name, part in parts.items():
+        d: dict = {"hash": part.hash}
+        record = part.path.parent / f"{part.path.stem}.json"
+        if record.exists():
+            d["build seconds"] = round(float(json.loads(record.read_text())["seconds"]))
+        if name == "vae" and (part.path / "train_log.json").exists():
+            d["PSNR val (dB)"] = json.loads((part.path / "train_log.json").read_text()).get("psnr_val")
+        if name == "base_model" and (part.path / "pretrain.json").exists():
+            summary = json.loads((part.path / "pretrain.json").read_text()).get("trainer_summary") or {}
+            d["steps"] = summary.get("global_step")
+        out[name] = d
+    return out
+
+
+def untrained_model(parts: Mapping, echo=print) -> Path:
+    """The base model's U-Net before pretraining (its architecture and seed), in an SVD folder with the
+    trained VAE: the "untrained network" whose generations the report scores beside the tables'."""
+    from trainers.foundation.base_model import assemble_svd, build_unet
+
+    base = parts["base_model"]
+    s = base.settings["part"]
+    folder = base.path.parent / f"untrained-{base.hash}"
+    if not folder.is_dir():
+        echo(f"sanity: assembling the untrained network {folder}")
+        unet = build_unet(num_frames=int(base.settings["frames"]["clip_len"]), seed=int(s["seed"]), **s["arch"])
+        assemble_svd(folder, parts["vae"].path, unet, int(s["seed"]))
+    return folder
+
+
+def _untrained_generations(cfg: dict, model: Path, testset_dir: Path, into: Path, echo) -> Path:
+    """The untrained network's videos of the test clips (the generate stage's settings), cached in `into`."""
+    import shutil
+
+    from benchmark.trainer_runner import TrainerRunner
+
+    if (into / "DONE").exists():
+        return into / "frames"
+    shutil.rmtree(into, ignore_errors=True)  # an interrupted attempt is not trusted
+    echo(f"sanity: generating the untrained network's test videos -> {into}")
+    c = json.loads(json.dumps(cfg, default=str))
+    c["model"]["svd"] = str(model)
+    res = TrainerRunner().run_generate(None, c, None, into, test_clips=testset_dir)
+    (into / "DONE").write_text("")
+    return Path(res["frames"])
+
+
+def _frechet(x: np.ndarray, y: np.ndarray, metric: str) -> float:
+    """FVD from per-video I3D features [n, d]; FID from per-frame Inception features [n, T, d]."""
+    import warnings
+
+    from metrics.frechet import FrechetBiasWarning, frechet_distance
+
+    if metric == "fid":
+        x, y = x.reshape(-1, x.shape[-1]), y.reshape(-1, y.shape[-1])
+    with warnings.catch_warnings():  # every comparison has the same n: the bias is the same for all
+        warnings.simplefilter("ignore", FrechetBiasWarning)
+        return frechet_distance(x, y).value
+
+
+def frechet_from_features(real: Mapping, generated: Mapping[str, Mapping], noise_b: Mapping) -> dict:
+    """frechet_sanity's report from features already computed: `real[m]` and `generated[name][m]` hold
+    the features of every test clip in order (m = "fvd": [N, d], "fid": [N, T, d]); `noise_b[m]` those
+    of noise videos for the B half (odd clips)."""
+    out = {}
+    for m in real:
+        n_all = len(real[m])
+        a, b = np.arange(0, n_all, 2), np.arange(1, n_all, 2)
+        n = min(len(a), len(b))
+        a, b = a[:n], b[:n]
+        rr = _frechet(real[m][a], real[m][b], m)
+        rn = _frechet(real[m][a], np.asarray(noise_b[m])[:n], m)
+        gen = {name: _frechet(real[m][a], np.asarray(g[m])[b], m) for name, g in generated.items()}
+        out[m] = {
+            "real_vs_real": rr,
+            "real_vs_noise": rn,
+            "generated": gen,
+            "n_per_side": n,
+            "verdict": verdict(rr, gen, rn),
+        }
+    return out
+
+
+def features_of(video_lists: Sequence[Sequence[np.ndarray]], cfg) -> list[dict]:
+    """I3D (FVD, [n, d]) and Inception (FID, [n, T, d]) features of every video of every list, scored
+    once: `extract_features` scores (real, generated) pairs, so the concatenated videos are split into
+    two halves that it takes as the two sides (a copy of the last video pads an odd count)."""
+    from metrics.evaluate import extract_features
+    from metrics.per_video import PerVideo
+
+    videos = [np.asarray(v) for vs in video_lists for v in vs]
+    total = len(videos)
+    if total % 2:
+        videos.append(videos[-1])
+    half = len(videos) // 2
+    c = _with(cfg, metrics=["fvd", "fid"])
+    pv = PerVideo.from_parts([extract_features(videos[:half], videos[half:], c, progress=False)])
+    every = {m: np.concatenate([getattr(pv, m)["real"], getattr(pv, m)["gen"]])[:total] for m in ("fvd", "fid")}
+    out, start = [], 0
+    for vs in video_lists:
+        out.append({m: f[start : start + len(vs)] for m, f in every.items()})
+        start += len(vs)
+    return out
+
+
+def table_report(graph, store, parts: Mapping, echo=print) -> dict:
+    """The sanity report of one table run on a profile with a foundation: per test set, FVD / FID of
+    real half A vs real half B, vs every row's generations and the untrained network's, and vs noise;
+    each detector's mAP on the real test frames and on noise; the foundation's own numbers.
+
+    The rows' features are those their evaluate stages saved (per_video.npz, the same I3D and
+    Inception features their table cells come from); only the untrained network's videos and the
+    noise videos are scored here."""
+    from data.registry import build_dataset
+    from data.video_io import read_video
+    from metrics.per_video import PER_VIDEO_FILE, PerVideo
+
+    plans = [p for p in graph.first_rows() if p.evaluate and all(store.result(h) for h in p.evaluate.values())]
+    by_testset: dict[str, list] = {}
+    for p in plans:
+        by_testset.setdefault(p.testset, []).append(p)
+    report = {
+        "profile": graph.profile,
+        "table": graph.table.name,
+        "note": (
+            f"Table {graph.table.name}: every row's generated test videos, the untrained network's "
+            "(the base model before pretraining) and uniform noise, against the real test clips."
+        ),
+        "foundation": foundation_summary(parts),
+        "testsets": {},
+    }
+    for ts_hash, rows in by_testset.items():
+        ts = store.result(ts_hash)
+        cfg = graph.stages[rows[0].generate].run_cfg
+        dataset = _dataset_name(cfg["data"])
+        names = list(ts["clips"])
+        metrics_cfg = OmegaConf.create(cfg["metrics"])
+        real, generated = None, {}
+        for p in rows:
+            pv = PerVideo.load(store.dir(next(iter(p.evaluate.values()))) / PER_VIDEO_FILE)
+            if pv.names != names or not (pv.fvd and pv.fid):
+                echo(
+                    f"sanity: row {p.label}: its evaluation has no per-video FVD / FID features of the test clips; left out"
+                )
+                continue
+            real = real or {m: getattr(pv, m)["real"] for m in ("fvd", "fid")}
+            generated[p.label] = {m: getattr(pv, m)["gen"] for m in ("fvd", "fid")}
+        if real is None:
+            echo(f"sanity: {dataset}: no row has per-video features; no FVD / FID comparison")
+            continue
+        b_names = names[1::2]
+        noise = noise_videos([read_video(Path(ts["frames"]) / n) for n in b_names])
+        untrained = []
+        if "base_model" in parts:
+            frames = _untrained_generations(
+                cfg,
+                untrained_model(parts, echo),
+                store.dir(ts_hash),
+                store.root / ".sanity" / f"untrained-{parts['base_model'].hash}-{ts_hash}",
+                echo,
+            )
+            untrained = [read_video(frames / n) for n in b_names]
+        echo(f"sanity: FVD / FID of the untrained network's and noise videos ({dataset}, {len(b_names)} clips)")
+        noise_f, untrained_f = features_of([noise, untrained], metrics_cfg)
+        if untrained:
+            generated["untrained network"] = _at_b(untrained_f, len(names))
+        section = {"dataset": dataset, "frechet": frechet_from_features(real, generated, noise_f)}
+        clips = [c for _, c in zip(names, build_dataset(OmegaConf.create(cfg["data"]), "test"))]
+        dets = {k: dict(v) for k, v in (cfg["benchmark"]["eval"].get("detectors") or {}).items()}
+        echo(f"sanity: detectors on the real and noise test frames ({dataset})")
+        section["detectors"] = detector_sanity(clips, dets, metrics_cfg) if dets else {}
+        section["checks"] = finetune_checks(section["frechet"])
+        report["testsets"][dataset] = section
+    return report
+
+
+def _dataset_name(data: Mapping) -> str:
+    """`mini_nuscenes` for the synthetic nuScenes world, else the data config's name."""
+    world = data.get("world")
+    return f"mini_{world}" if data.get("name") == "synthetic" and world and world != "default" else str(data["name"])
+
+
+def finetune_checks(frechet: Mapping) -> list[str]:
+    """The issue's expectation "SVD fine-tuned is at least as close to the target world as SVD", per
+    metric, where the table has both rows (Table I's svd / svd_finetuned names)."""
+    out = []
+    for m, d in frechet.items():
+        gen = d["generated"]
+        base = next((k for k in gen if k.endswith("_svd") or k == "svd"), None)
+        tuned = next((k for k in gen if k.endswith("svd_finetuned")), None)
+        if base and tuned:
+            ok = gen[tuned] <= gen[base]
+            out.append(
+                f"{m.upper()}: {tuned} {gen[tuned]:.4g} {'<=' if ok else '>'} {base} {gen[base]:.4g}: "
+                f"fine-tuning {'moved the model towards' if ok else 'did NOT move the model towards'} the target world"
+            )
+    return out
+
+
+def write_table_report(graph, store, parts: Mapping, out_dir: str | Path, echo=print) -> dict[str, Path]:
+    report = table_report(graph, store, parts, echo)
+    if not report["testsets"]:
+        echo(f"sanity: table {graph.table.name} has no generated videos yet; no report")
+        return {}
+    return write_report(report, out_dir, section=f"table {graph.table.name}")
 
 
 def world_report(

@@ -14,7 +14,9 @@ Missing cells: "n/a" (not computed or metric absent; never dropped, never filled
 
 from __future__ import annotations
 
+import dataclasses
 import math
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -67,6 +69,22 @@ def _displayed(col: Column, v: float | None) -> float | None:
         return v
 
 
+def enough_digits(col: Column, values: Sequence[float | None], most: int = 4) -> Column:
+    """`col` with up to `most` more decimals, as many as it takes for our distinct values to print
+    distinct: at the paper's {:.2f}, FVDs of 0.0474 and 0.0460 (the mini profile's random I3D) would
+    both print 0.05 and look equal in every row. Formats other than {:.Nf} are kept."""
+    m = re.fullmatch(r"\{:\.(\d+)f\}", col.format)
+    distinct = sorted({float(v) for v in values if _ok(v)})
+    if not m or len(distinct) < 2:
+        return col
+    d = int(m.group(1))
+    for extra in range(most + 1):
+        fmt = f"{{:.{d + extra}f}}"
+        if len({fmt.format(v) for v in distinct}) == len(distinct):
+            break
+    return col if extra == 0 else dataclasses.replace(col, format=fmt)
+
+
 def _marks(spec: TableSpec, col: Column, values: Sequence[float | None]) -> list[str | None]:
     values = [_displayed(col, v) for v in values]
     out: list[str | None] = [None] * len(values)
@@ -100,7 +118,8 @@ def make_table(
     rows = spec.rows
     ours = {c.id: [(cells.get(r.name) or {}).get(c.id) for r in rows] for c in spec.columns}
     paper = {c.id: [r.paper[c.id].value if c.id in r.paper else None for r in rows] for c in spec.columns}
-    ours_marks = {c.id: _marks(spec, c, ours[c.id]) for c in spec.columns}
+    shown = {c.id: enough_digits(c, ours[c.id]) for c in spec.columns}  # our cells' format per column
+    ours_marks = {c.id: _marks(spec, shown[c.id], ours[c.id]) for c in spec.columns}
     paper_marks = {c.id: _marks(spec, c, paper[c.id]) for c in spec.columns}
 
     json_rows = []
@@ -112,7 +131,7 @@ def make_table(
             st = dict((stats.get(r.name) or {}).get(c.id) or {})
             if seeds:
                 st["seeds"] = {"seeds": seeds["seeds"], "values": seeds["values"][c.id], "std": seeds["std"][c.id]}
-            parts = _text_parts(c, v, st, show) if _ok(v) else None
+            parts = _text_parts(shown[c.id], v, st, show) if _ok(v) else None
             row_cells[c.id] = {
                 "ours": v if _ok(v) else None,
                 "ours_text": _join_md(parts) if parts else NA,

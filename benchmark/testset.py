@@ -74,3 +74,14 @@ def write_testset(cfg: dict, out_dir: Path) -> dict:
         "num_available": len(clips),
         "num_requested": wanted,
     }
+
+
+def read_clip(testset_dir: str | Path, name: str):
+    """One test clip back from a testset folder: its lossless frames, boxes, labels and track ids (what
+    metrics.evaluate needs when the clips' own boxes are the detection reference, det.reference=dataset)."""
+    from data.clip import Clip, read_box_record
+    from data.video_io import read_video
+
+    testset_dir = Path(testset_dir)
+    boxes, labels, track_ids, meta = read_box_record(testset_dir / "boxes" / f"{name}.json")
+    return Clip(read_video(testset_dir / "frames" / name), boxes, labels, track_ids, meta)

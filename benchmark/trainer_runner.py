@@ -16,7 +16,7 @@ from omegaconf import OmegaConf
 
 from benchmark.shards import Shard, shard_names
 from benchmark.stages import select
-from benchmark.testset import write_testset
+from benchmark.testset import read_clip, write_testset
 from data.atomic import atomic_write_bytes, data_entries
 from data.device import resolve_device, torch_dtype
 from data.video_io import read_frame
@@ -228,6 +228,8 @@ class TrainerRunner:
                 f"{videos_dir}: no generated video for {missing[:5]}{' ...' if len(missing) > 5 else ''}"
             )
         real, fake = [Path(real_dir) / n for n in names], [Path(videos_dir) / n for n in names]
+        if "det" in select(cfg, "metrics.metrics", []) and select(cfg, "metrics.det.reference") == "dataset":
+            real = [read_clip(Path(real_dir).parent, n) for n in names]  # the clips' own boxes are the reference
         try:
             if shard is None:
                 return evaluate(

@@ -49,3 +49,24 @@ class Clip:
     @property
     def hw(self) -> tuple[int, int]:
         return int(self.frames.shape[1]), int(self.frames.shape[2])
+
+
+def read_box_record(path) -> tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray], dict]:
+    """(boxes, labels, track_ids, meta) per frame from a `{"frames": [{"boxes", "labels", "track_ids"},
+    ...], "meta": {...}}` file, the layout of the benchmark's testset stage (boxes/<clip>.json)."""
+    import json
+    from pathlib import Path
+
+    from data.cli import InputError
+
+    try:
+        record = json.loads(Path(path).read_text())
+        frames = record["frames"]
+        return (
+            [np.asarray(f["boxes"], np.float32).reshape(-1, 4) for f in frames],
+            [np.asarray(f["labels"], np.int64) for f in frames],
+            [np.asarray(f["track_ids"], np.int64) for f in frames],
+            record.get("meta") or {},
+        )
+    except (OSError, KeyError, TypeError, ValueError) as e:  # JSONDecodeError is a ValueError
+        raise InputError(f"{path}: expected {{'frames': [{{'boxes', 'labels', 'track_ids'}}, ...]}}: {e}") from e

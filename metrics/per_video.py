@@ -130,8 +130,10 @@ class DetectionResampler:
         self.n_ref = np.asarray([len(r) for r in frames_r])
         self.coco = coco_evaluate(frames_r, frames_p) if protocol.ap == "coco" else None
         if self.coco is not None:
-            self._records = self.coco.evalImgs
-            self._dims = (len(self.coco._paramsEval.catIds), len(self.coco._paramsEval.areaRng), len(frames_r))
+            self._records = np.empty(len(self.coco.evalImgs), dtype=object)  # numpy gathers a resample's
+            self._records[:] = self.coco.evalImgs  # records in C instead of a Python loop per record
+            k_n, a_n, i_n = len(self.coco._paramsEval.catIds), len(self.coco._paramsEval.areaRng), len(frames_r)
+            self._block = (np.arange(k_n)[:, None] * a_n * i_n + np.arange(a_n)[None, :] * i_n).reshape(-1, 1)
 
     def _frames(self, idx, frame: int | None) -> np.ndarray:
         if frame is None:
@@ -145,13 +147,12 @@ class DetectionResampler:
         p = self.protocol
         frames = self._frames(np.asarray(idx, int), frame)
         if self.coco is not None:
-            ev, (k_n, a_n, i_n) = self.coco, self._dims
+            ev = self.coco
             if self.n_ref[frames].sum() == 0:
                 ap = None
             else:
-                ev.evalImgs = [
-                    self._records[k * a_n * i_n + a * i_n + f] for k in range(k_n) for a in range(a_n) for f in frames
-                ]
+                # the order of COCOeval.evalImgs: category, then area range, then image
+                ev.evalImgs = self._records[(self._block + frames[None, :]).ravel()].tolist()
                 ev.params.imgIds = ev._paramsEval.imgIds = list(range(len(frames)))
                 ap = coco_summary(ev)["map"]
         else:

@@ -13,7 +13,13 @@ os.environ.setdefault("TQDM_DISABLE", "1")
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-torch.set_num_threads(min(2, os.cpu_count() or 1))
+# Under pytest-xdist (`make test` runs `-n auto`) the cores are shared out among the workers, and
+# the processes a test starts inherit that share: oversubscribed torch threads run small ops
+# several times slower.
+THREADS = max(1, min(2, (os.cpu_count() or 1) // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))))
+os.environ.setdefault("OMP_NUM_THREADS", str(THREADS))
+os.environ.setdefault("MKL_NUM_THREADS", str(THREADS))
+torch.set_num_threads(THREADS)
 
 ROOT = Path(__file__).resolve().parents[1]
 # Processes the tests start (`accelerate launch` workers, shard workers, `python -m benchmark.run
@@ -35,3 +41,26 @@ def tiny_cache(tmp_path_factory) -> Path:
     cache = tmp_path_factory.mktemp("lsa-cache")
     os.environ["LSA_BENCH_CACHE"] = str(cache)
     return cache
+
+
+# The longest modules (minutes each on the 2-core dev CPU, `pytest --durations`) go first, so that
+# under `-n auto --dist loadscope` the workers end together instead of one finishing a long module
+# alone at the end. Only the order changes; every test still runs.
+LONGEST_FIRST = (
+    "test_benchmark_perf.py",
+    "test_mini_table.py",
+    "test_kill_every_stage.py",
+    "test_trainer_ddp.py",
+    "test_trainer_tracking.py",
+    "test_benchmark_stages.py",
+    "test_trainer_loop.py",
+    "test_shards.py",
+    "test_mini_detector.py",
+    "test_backbone_ltx.py",
+    "test_benchmark_tables.py",
+)
+
+
+def pytest_collection_modifyitems(config, items):
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: file order otherwise

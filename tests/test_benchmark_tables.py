@@ -54,11 +54,15 @@ def test_a_column_whose_values_all_tie_is_not_marked(spec):
     assert rank_marks([0.0, 0.0, 0.0], "up") == [None, None, None]
     assert rank_marks([5.0, None, 5.0], "down") == [None, None, None]
     assert rank_marks([7.0, None], "up") == [None, None]  # a single value ranks nothing
-    ours = {"a": {"fvd": 1.0, "map": 0.0}, "b": {"fvd": 2.0, "map": 0.0}, "c": {"fvd": 3.0, "map": 0.001}}
+    ours = {"a": {"fvd": 1.0, "map": 0.0}, "b": {"fvd": 2.0, "map": 0.0}, "c": {"fvd": 3.0, "map": 0.0}}
     t = make_table(spec, ours, caption="c")
-    assert all(cells(t["json"], r)["map"]["ours_mark"] is None for r in "abc")  # all print 0.00
+    assert all(cells(t["json"], r)["map"]["ours_mark"] is None for r in "abc")  # all 0.00
     assert "**0.00**" not in t["md"] and r"\textbf{0.00}" not in t["tex"]
     assert cells(t["json"], "a")["fvd"]["ours_mark"] == "best"
+    # distinct values never print alike: 0.001 gets the decimal that shows it (tables.enough_digits)
+    ours["c"]["map"] = 0.001
+    t = make_table(spec, ours, caption="c")
+    assert cells(t["json"], "c")["map"]["ours_text"] == "0.001" and cells(t["json"], "c")["map"]["ours_mark"] == "best"
 
 
 def test_markdown_latex_json_marks_and_missing_cells(spec):
@@ -83,9 +87,14 @@ def test_markdown_latex_json_marks_and_missing_cells(spec):
 
 
 def test_marks_use_the_printed_values(spec):
-    ours = {"a": {"fvd": 1.004, "map": 1}, "b": {"fvd": 1.001, "map": 2}, "c": {"fvd": 9.0, "map": 3}}
+    # beyond the 4 extra decimals enough_digits may add, both print 1.000000 and tie
+    ours = {"a": {"fvd": 1.0000004, "map": 1}, "b": {"fvd": 1.0000001, "map": 2}, "c": {"fvd": 9.0, "map": 3}}
     doc = make_table(spec, ours, caption="c")["json"]
-    assert cells(doc, "a")["fvd"]["ours_mark"] == cells(doc, "b")["fvd"]["ours_mark"] == "best"  # both "1.00"
+    assert cells(doc, "a")["fvd"]["ours_mark"] == cells(doc, "b")["fvd"]["ours_mark"] == "best"
+    assert cells(doc, "a")["fvd"]["ours_text"] == "1.000000"
+    ours["a"]["fvd"] = 1.004  # within reach: printed 1.004 and 1.001, ranked as printed
+    doc = make_table(spec, ours, caption="c")["json"]
+    assert cells(doc, "b")["fvd"]["ours_mark"] == "best" and cells(doc, "a")["fvd"]["ours_mark"] == "second"
 
 
 def test_rank_within_groups_and_paper_texts_of_table_I():
@@ -317,3 +326,15 @@ def test_committed_smoke_tables_have_moving_detection_columns(table):
             continue
         values = [r["cells"][col["id"]]["ours"] for r in doc["rows"]]
         assert any(v for v in values), f"table_{table}.json: column {col['id']} is 0 or missing in every row: {values}"
+
+
+def test_cells_get_the_decimals_that_tell_distinct_values_apart():
+    from ablations.registry import Column
+    from benchmark.tables import enough_digits
+
+    col = Column(id="fvd", name="FVD", key="fvd.value", direction="down", format="{:.2f}")
+    assert enough_digits(col, [0.0474, 0.0460, None]).format == "{:.3f}"  # 0.05 twice at {:.2f}
+    assert enough_digits(col, [13.87, 13.66]) is col  # already distinct
+    assert enough_digits(col, [0.07, 0.07]) is col  # equal values stay equal
+    assert enough_digits(col, [1.0, 1.0 + 1e-9]).format == "{:.6f}"  # at most 4 more decimals
+    assert enough_digits(Column("t", "T", "hours", "down", format="{:.3g}"), [0.0474, 0.0460]).format == "{:.3g}"

@@ -74,3 +74,12 @@ def test_dry_run_lists_the_foundation_before_the_stages(capsys):
     out = capsys.readouterr().out
     assert out.index("foundation base_model") < out.index("train")
     assert "pending" in out
+
+
+def test_foundation_command_lists_the_parts(capsys, tmp_path):
+    from benchmark.foundation import main
+
+    assert main(["profile=mini", "--dry-run", f"benchmark.foundation.dir={tmp_path}"]) == 0
+    out = capsys.readouterr().out
+    assert all(f"foundation {name}" in out for name in ("vae", "base_model", "yolo", "dn_detr")), out
+    assert not list(tmp_path.iterdir())  # a dry run builds nothing

@@ -11,6 +11,7 @@ from metrics.frechet import (
     FrechetBiasWarning,
     frechet_distance,
     frechet_distance_from_stats,
+    frechet_distance_in_sample_space,
     gaussian_stats,
     trace_sqrt_product,
 )
@@ -106,6 +107,23 @@ def test_rank_deficient_warns_and_matches_exact_low_rank_value():
     nuclear = np.linalg.svd(B.T @ A, compute_uv=False).sum()
     exact = ((a.mean(0) - b.mean(0)) ** 2).sum() + (A * A).sum() + (B * B).sum() - 2 * nuclear
     assert r.value == pytest.approx(exact, rel=1e-9)
+
+
+@pytest.mark.parametrize("n1,n2", [(40, 40), (30, 55), (2, 9)])
+def test_sample_space_form_equals_the_d_space_form(n1, n2):
+    """The N_1 x N_2 route that frechet_distance takes when N < d equals the pivoted-Cholesky route
+    over the d x d covariances, also with repeated rows (a bootstrap resample) and unequal N."""
+    rng = np.random.default_rng(4)
+    d = 128
+    a, b = _correlated(rng, n1, d), _correlated(rng, n2, d, shift=0.2, scale=0.7)
+    a[-1] = a[0]  # a video drawn twice
+    with pytest.warns(FrechetBiasWarning):
+        fast = frechet_distance(a, b)
+        slow = frechet_distance_from_stats(*gaussian_stats(a), *gaussian_stats(b))
+        direct = frechet_distance_in_sample_space(a, b)
+    assert fast.value == pytest.approx(slow.value, rel=1e-9)
+    assert direct == fast
+    assert (fast.n_real, fast.n_gen, fast.dim) == (n1, n2, d)
 
 
 def test_no_warning_when_enough_samples(feats):

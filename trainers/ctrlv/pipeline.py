@@ -14,7 +14,6 @@ the GROUND-TRUTH box frames of every frame: it uses test boxes the variant is no
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -27,6 +26,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from data.atomic import atomic_write_json
+from data.clip import read_box_record
 from trainers.ctrlv.bbox_generator import FrameConditioning
 from trainers.ctrlv.box2video import ControlledUNet, SpatioTemporalControlNet
 from trainers.ctrlv.common import conditioning_frames
@@ -53,17 +53,8 @@ class CtrlVInputs:
         """The benchmark's testset stage layout: first_frames/<name>.png and boxes/<name>.json."""
         root = Path(testset_dir)
         frame = np.asarray(Image.open(root / "first_frames" / f"{name}.png").convert("RGB"))
-        path = root / "boxes" / f"{name}.json"
-        try:
-            per_frame = json.loads(path.read_text())["frames"]
-            return cls(
-                frame,
-                [np.asarray(f["boxes"], np.float32).reshape(-1, 4) for f in per_frame],
-                [np.asarray(f["labels"], np.int64) for f in per_frame],
-                [np.asarray(f["track_ids"], np.int64) for f in per_frame],
-            )
-        except (KeyError, TypeError, ValueError) as e:
-            raise ValueError(f"{path}: expected {{'frames': [{{'boxes', 'labels', 'track_ids'}}, ...]}}: {e}") from e
+        boxes, labels, track_ids, _ = read_box_record(root / "boxes" / f"{name}.json")
+        return cls(frame, boxes, labels, track_ids)
 
 
 @dataclass

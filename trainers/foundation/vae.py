@@ -83,7 +83,13 @@ def train_vae(
     vae = build_vae(**(arch or {}), seed=seed).train()
     rng = np.random.default_rng(seed)
     opt = torch.optim.AdamW(vae.parameters(), lr=lr, weight_decay=0.0)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.05)
+    # one-cycle schedule, warm-up over 5 % of the steps (at least 2.5: OneCycleLR divides by the
+    # warm-up length and by the rest); a run too short for that (< 5 steps) keeps lr constant
+    pct_start = max(0.05, 2.5 / steps)
+    if pct_start <= 0.5:
+        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=pct_start)
+    else:
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
     gen = torch.Generator().manual_seed(seed)
     history, running, start = [], [], time.time()
     for step in range(1, steps + 1):
