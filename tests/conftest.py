@@ -47,6 +47,7 @@ def tiny_cache(tmp_path_factory) -> Path:
 # under `-n auto --dist loadscope` the workers end together instead of one finishing a long module
 # alone at the end. Only the order changes; every test still runs.
 LONGEST_FIRST = (
+    "test_slurm_cluster.py",  # ~5 minutes of waiting for SLURM jobs, which run beside the other workers
     "test_benchmark_perf.py",
     "test_mini_table.py",
     "test_kill_every_stage.py",

@@ -32,7 +32,16 @@ def perf_dir(tiny_cache, tmp_path_factory, monkeypatch_module):
     one process each)."""
     out = tmp_path_factory.mktemp("perf")
     monkeypatch_module.setenv("LSA_PERF_GEN_STEPS", "1")
-    common = ["--out-dir", str(out / "perf"), "--merge", "data.clip_len=4", f"train.out_dir={out / 'run'}"]
+    # --warmup 0: one timed step per row (this checks the harness, not the timings)
+    common = [
+        "--out-dir",
+        str(out / "perf"),
+        "--merge",
+        "--warmup",
+        "0",
+        "data.clip_len=4",
+        f"train.out_dir={out / 'run'}",
+    ]
     assert main(["--only", "steps", "--steps", "1", "--sweep", "--sweep-steps", "1", "--profile-decoder", *common]) == 0
     assert (
         main(

@@ -304,7 +304,7 @@ def test_training_requeued_by_the_timeout_signal_ends_with_the_uninterrupted_wei
     checkpoint. Both must end with bit-identical U-Net weights and the same loss log."""
     from safetensors.torch import load_file
 
-    steps = 60
+    steps = 30
     resolver = HydraResolver(
         "smoke",
         [f"data.train.num_clips={steps}", "data.clip_len=4", "train.checkpoint_every=4", "benchmark.num_test_clips=1"],
@@ -322,12 +322,14 @@ def test_training_requeued_by_the_timeout_signal_ends_with_the_uninterrupted_wei
     at_signal = len(log.read_text().splitlines())
     assert at_signal < steps, "training finished before the signal; make it longer"
 
-    deadline = time.time() + 240
+    # a guard against a hang, not a speed check: under a loaded CI machine (the other test workers
+    # share its cores with both jobs) the two runs have taken over 4 minutes
+    deadline = time.time() + 900
     while not all(Store(s).is_done(epoch1.hash) for s in stores.values()):
         states = query_jobs(jobs.values())
         dead = [n for n, j in jobs.items() if not states[j].live and not Store(stores[n]).is_done(epoch1.hash)]
         assert not dead, f"job(s) {dead} ended without a result: {states}"
-        assert time.time() < deadline, "training did not finish within 240 s"
+        assert time.time() < deadline, "training did not finish within 900 s"
         time.sleep(0.5)
 
     folder = stores["interrupted"] / epoch1.hash

@@ -337,6 +337,7 @@ def run(
     label: str | None = None,
     sweep_only: list[str] | None = None,
     profile_decoder: bool = False,
+    warmup: int = 1,
 ) -> dict:
     """`label` names the rows of this call's steps (`<adapter> (<label>)`), so a second setting of the
     same adapter, e.g. with extra switches, sits beside the first in one result file."""
@@ -359,6 +360,7 @@ def run(
                 sweep_steps=sweep_steps,
                 sweep_only=sweep_only,
                 profile_decoder=profile_decoder and first,
+                warmup=warmup,
             )
             batch = r["setting"]["batch"]
             for kind in ("diffusion", "lsa"):
@@ -508,6 +510,9 @@ def main(argv=None) -> int:
         prog="python -m benchmark.perf", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     ap.add_argument("--steps", type=int, default=5)
+    ap.add_argument(
+        "--warmup", type=int, default=1, help="untimed steps before each timing (the first compiles and allocates)"
+    )
     ap.add_argument("--adapters", default="unet,lora")
     ap.add_argument("--sweep", action="store_true", help="re-time the LSA step with each switch flipped")
     ap.add_argument("--sweep-steps", type=int, default=3, help="timed steps per flipped switch")
@@ -548,6 +553,7 @@ def main(argv=None) -> int:
         args.label,
         split_list(args.sweep_only) if args.sweep_only else None,
         args.profile_decoder,
+        warmup=args.warmup,
     )
     if args.merge and stem.with_suffix(".json").is_file():
         old = json.loads(stem.with_suffix(".json").read_text())

@@ -141,8 +141,9 @@ def bench(
     sweep_steps: int = 3,
     sweep_only: list[str] | None = None,
     profile_decoder: bool = False,
+    warmup: int = 1,
 ) -> dict:
-    """Both steps timed on one trainer; `sweep`: then each switch flipped in turn; `profile_decoder`:
+    """Both steps timed on one trainer, each after `warmup` untimed steps; `sweep`: then each switch flipped in turn; `profile_decoder`:
     then a torch.profiler table of the decoder's backward pass (before the sweep: it is cheap, and a
     time limit that ends the sweep leaves it)."""
     from trainers.loop import Trainer
@@ -162,7 +163,7 @@ def bench(
     result = {}
     for name, feat_from in (("diffusion", None), ("lsa", 1)):
         cfg.schedule.feat_from_epoch = feat_from
-        result[name] = _measure(trainer, batch, steps)
+        result[name] = _measure(trainer, batch, steps, warmup)
     if profile_decoder:
         from benchmark.perf.decoder_profile import profile_decoder_backward
 
@@ -172,7 +173,7 @@ def bench(
             result["decoder_profile"] = {"error": "interrupted (time limit)"}
             sweep = False
     if sweep:
-        result["sweep"] = sweep_switches(trainer, batch, sweep_steps, sweep_only)
+        result["sweep"] = sweep_switches(trainer, batch, sweep_steps, sweep_only, warmup)
     result["build_s"] = build_s
     result["resident_before_gib"] = resident  # GPU memory still held from earlier work (should be ~0)
     device = trainer.acc.device
@@ -470,7 +471,7 @@ def _value_str(v) -> str:
     return str(v)
 
 
-def sweep_switches(trainer, batch, steps: int, only: list[str] | None = None) -> list[dict]:
+def sweep_switches(trainer, batch, steps: int, only: list[str] | None = None, warmup: int = 1) -> list[dict]:
     """The LSA step with each switch flipped in turn (then restored). A setting that runs out of
     GPU memory is recorded as such, not fatal. `only`: the switch names to flip (default: all)."""
     trainer.cfg.schedule.feat_from_epoch = 1
@@ -484,7 +485,7 @@ def sweep_switches(trainer, batch, steps: int, only: list[str] | None = None) ->
                 reference = lsa_gradients(trainer, batch, offload=True)
             t0 = time.perf_counter()
             apply()
-            row.update(_measure(trainer, batch, steps))
+            row.update(_measure(trainer, batch, steps, warmup))
             row["first_step_s"] = time.perf_counter() - t0 - sum(row["times_s"])  # incl. compilation
             if name in APPROXIMATIONS:
                 row["approximation"] = True
