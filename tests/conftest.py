@@ -1,6 +1,7 @@
 """Test-wide settings: offline hubs, small thread counts, tiny models cached once per session."""
 
 import os
+import shutil
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -60,6 +61,13 @@ LONGEST_FIRST = (
     "test_backbone_ltx.py",
     "test_benchmark_tables.py",
 )
+
+
+def pytest_xdist_auto_num_workers(config):
+    """`-n auto`: one worker per core, and one more where SLURM's client is installed: the worker of
+    tests/test_slurm_cluster.py mostly sleeps while its jobs run on the same cores."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return cores + 1 if shutil.which("squeue") else cores
 
 
 def pytest_collection_modifyitems(config, items):
