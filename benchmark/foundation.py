@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from benchmark import provenance
 from benchmark.stages import stage_hash
 
 PREFIX = "foundation:"
@@ -222,7 +223,15 @@ def ensure(parts: dict[str, Part], echo=print) -> dict[str, float]:
         record = part.path.parent / f"{part.path.stem}.json"
         record.write_text(
             json.dumps(
-                {"part": part.name, "hash": part.hash, "seconds": seconds[part.name], "settings": part.settings},
+                {
+                    "part": part.name,
+                    "hash": part.hash,
+                    "seconds": seconds[part.name],
+                    "settings": part.settings,
+                    # the code, libraries and torch thread count that made it: the same settings give
+                    # bit-identical weights only at the same thread count (docs/mini.md, "Reproducibility")
+                    "provenance": provenance.current(),
+                },
                 indent=1,
             )
         )

@@ -68,6 +68,16 @@ def device_name() -> str:
     return cpu
 
 
+def torch_threads() -> int | None:
+    """The intra-op threads of torch in this process: CPU results (trained weights included) are
+    bit-identical across runs only at the same thread count, which changes the order of float sums."""
+    try:
+        import torch
+    except ImportError:
+        return None
+    return torch.get_num_threads()
+
+
 def command_line() -> str:
     return shlex.join(getattr(sys, "orig_argv", None) or [sys.executable, *sys.argv])
 
@@ -80,6 +90,7 @@ def current() -> dict:
         "dirty": dirty,
         "versions": dict(library_versions()),
         "device": device_name(),
+        "torch_threads": torch_threads(),
         "command": command_line(),
         "python": platform.python_version(),
     }
