@@ -26,7 +26,7 @@ demo: install
 test: install
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
-	$(PY) -m pytest -q -n auto --dist loadscope
+	$(PY) -m pytest -q -n auto --dist loadscope --no-loadscope-reorder
 
 clean:
 	rm -rf runs .pytest_cache

@@ -45,8 +45,9 @@ def tiny_cache(tmp_path_factory) -> Path:
 
 
 # The longest modules (minutes each on the 2-core dev CPU, `pytest --durations`) go first, so that
-# under `-n auto --dist loadscope` the workers end together instead of one finishing a long module
-# alone at the end. Only the order changes; every test still runs.
+# under `-n auto --dist loadscope --no-loadscope-reorder` (the Makefile; without that flag xdist
+# orders modules by their number of tests instead) the workers end together instead of one finishing
+# a long module alone at the end. Only the order changes; every test still runs.
 LONGEST_FIRST = (
     "test_slurm_cluster.py",  # ~5 minutes of waiting for SLURM jobs, which run beside the other workers
     "test_benchmark_perf.py",
