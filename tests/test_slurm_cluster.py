@@ -257,12 +257,12 @@ def test_smoke_table_III_on_slurm_with_the_real_runner(cluster, tiny_cache, tmp_
         "slurm",
         store=tmp_path / "runs",
         results=tmp_path / "res",
-        rows=ROWS,
+        rows=["hybrid"],  # every stage kind, both training epochs, one row's jobs (the CI's cores are shared)
         cluster=cluster,
         echo=quiet,
     )
     doc = json.loads(run.outputs["json"].read_text())
-    assert not doc["fake"] and len(doc["rows"]) == 2
+    assert not doc["fake"] and len(doc["rows"]) == 1
     assert all(c["ours"] is not None for r in doc["rows"] for c in r["cells"].values())
     assert all((tmp_path / "runs" / h / "DONE").is_file() for h in run.graph.stages)
     assert sorted(run.launch.submitted) == sorted(run.graph.stages)
