@@ -43,6 +43,11 @@ class Part:
     def done(self) -> bool:
         return self.path.is_dir() or self.path.is_file()
 
+    @property
+    def record(self) -> Path:
+        """<part>-<hash>.json beside the part: its settings, build time and provenance."""
+        return self.path.parent / f"{self.path.stem}.json"
+
 
 def references(obj: Any) -> set[str]:
     """Every part named by a `foundation:<part>` value anywhere in `obj`."""
@@ -220,8 +225,7 @@ def ensure(parts: dict[str, Part], echo=print) -> dict[str, float]:
         start = time.time()
         BUILDERS[part.name](part, parts, echo)
         seconds[part.name] = time.time() - start
-        record = part.path.parent / f"{part.path.stem}.json"
-        record.write_text(
+        part.record.write_text(
             json.dumps(
                 {
                     "part": part.name,

@@ -158,9 +158,8 @@ def foundation_summary(parts: Mapping) -> dict:
     out = {}
     for name, part in parts.items():
         d: dict = {"hash": part.hash}
-        record = part.path.parent / f"{part.path.stem}.json"
-        if record.exists():
-            d["build seconds"] = round(float(json.loads(record.read_text())["seconds"]))
+        if part.record.exists():
+            d["build seconds"] = round(float(json.loads(part.record.read_text())["seconds"]))
         if name == "vae" and (part.path / "train_log.json").exists():
             d["PSNR val (dB)"] = json.loads((part.path / "train_log.json").read_text()).get("psnr_val")
         if name == "base_model" and (part.path / "pretrain.json").exists():

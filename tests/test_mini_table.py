@@ -48,7 +48,7 @@ def test_mini_table_builds_the_foundation_and_writes_the_sanity_report(tmp_path)
     import torch
 
     for p in resolver.foundation.values():  # each part records what made it, thread count included
-        record = json.loads((p.path.parent / f"{p.path.stem}.json").read_text())
+        record = json.loads(p.record.read_text())
         assert record["provenance"]["torch_threads"] == torch.get_num_threads() and record["provenance"]["versions"]
     assert run.outputs["sanity_md"].exists()
     report = json.loads(run.outputs["sanity_json"].read_text())
