@@ -202,6 +202,8 @@ def _build_dn_detr(part: Part, parts, log):
         seed=s["seed"],
         short_edge_length=s["short_edge_length"],
         config=s["arch"],
+        train_backbone_bn=s.get("train_backbone_bn", False),  # absent: the frozen norms of earlier builds
+        threads=s.get("threads"),
         log=log,
     )
 

@@ -83,6 +83,37 @@ def test_dn_detr_trains_and_the_detector_loads_it(tmp_path):
     assert len(dets) == 2 and all(d.boxes.shape[1] == 4 for d in dets)
 
 
+def test_backbone_batch_norms_train_and_freeze_into_the_saved_checkpoint(tmp_path):
+    """While training, the backbone normalises with batch statistics and learns its affine; on
+    exit the frozen layers hold BatchNorm's eval-mode maths exactly, and a reload reproduces it."""
+    import torch
+    from transformers import DabDetrForObjectDetection
+
+    from metrics.detectors.train_dn_detr import TrainableBatchNorms, mini_config
+
+    torch.manual_seed(0)
+    model = DabDetrForObjectDetection(mini_config(hidden_size=32, layers=1, num_queries=4))
+    x = torch.randn(2, 3, 64, 96)
+    with TrainableBatchNorms(model) as norms:
+        assert norms.swapped and all(isinstance(bn, torch.nn.BatchNorm2d) for *_, bn in norms.swapped)
+        model.train()
+        for _ in range(3):  # move the running statistics and the affine away from their init
+            model(pixel_values=x * 3 + 1).logits.sum().backward()
+            with torch.no_grad():
+                for *_, bn in norms.swapped:
+                    bn.weight.add_(0.1 * torch.randn_like(bn.weight))
+                    bn.bias.add_(0.1 * torch.randn_like(bn.bias))
+        model.eval()
+        expected = model(pixel_values=x).pred_boxes
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
+    frozen = [m for m in model.modules() if type(m).__name__ == "DabDetrFrozenBatchNorm2d"]
+    assert frozen and not all(torch.all(m.running_var == 1) for m in frozen)
+    torch.testing.assert_close(model(pixel_values=x).pred_boxes, expected)
+    model.save_pretrained(tmp_path / "m")
+    reloaded = DabDetrForObjectDetection.from_pretrained(tmp_path / "m").eval()
+    torch.testing.assert_close(reloaded(pixel_values=x).pred_boxes, expected)
+
+
 def test_base_model_pretrains_into_an_svd_folder(tmp_path):
     from omegaconf import OmegaConf
 

@@ -366,6 +366,22 @@ def test_yolo_backend_loads_by_path_and_detects(tiny_yolo, road_frames):
         assert (d.boxes[:, [0, 2]] <= 96 + 1e-3).all() and (d.boxes[:, [1, 3]] <= 64 + 1e-3).all()
 
 
+def test_yolo_leaves_the_process_torch_thread_count_as_it_was(tiny_yolo, road_frames):
+    """ultralytics' select_device sets torch's thread count process-wide (NUM_THREADS); a later
+    stage in the same process must not run at another count than the one it started with."""
+    import torch
+    from ultralytics.utils import NUM_THREADS
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(NUM_THREADS + 1)  # any count but ultralytics' own
+    try:
+        det = build_detector({"name": "yolo11", "weights": str(tiny_yolo), "imgsz": 128, "device": "cpu"})
+        det.detect(road_frames[:1])
+        assert torch.get_num_threads() == NUM_THREADS + 1
+    finally:
+        torch.set_num_threads(before)
+
+
 def _same_boxes(a, b, atol=1e-2):
     """Equal as sets: near-tied scores may swap two boxes' order between batch sizes."""
     assert a.shape == b.shape

@@ -13,6 +13,7 @@ no head for; this trains the plain DAB-DETR objective on the same network (docs/
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from collections.abc import Sequence
@@ -34,8 +35,9 @@ def mini_config(
     out_stage: str = "stage3",
 ):
     """A small DN-DETR-shaped DabDetrConfig: ResNet bottleneck backbone read at `out_stage`
-    (stage3 = stride 16, so a 128 px short edge gives an 8 x 12 feature map), `layers` encoder and
-    decoder layers, one shared pattern (DN-DETR's content query), the 80 COCO labels."""
+    (stage3 = stride 16: a 128 px short edge gives an 8 x 12 feature map; stage2 = stride 8, 16 x 24,
+    which the mini profile uses: its vehicles are 7-30 px), `layers` encoder and decoder layers, one
+    shared pattern (DN-DETR's content query), the 80 COCO labels."""
     from transformers import DabDetrConfig, ResNetConfig
 
     from data.coco import COCO_NAMES
@@ -95,6 +97,39 @@ def _flip(frames: np.ndarray, targets: list[dict], flip: np.ndarray):
     return frames, targets
 
 
+class TrainableBatchNorms:
+    """DabDetr's backbone BatchNorms as trainable `nn.BatchNorm2d` while training, frozen back on exit.
+
+    transformers builds every DETR backbone with `DabDetrFrozenBatchNorm2d` (fixed statistics and
+    affine), which is right for DETR's ImageNet-pretrained ResNet. From scratch it leaves the ResNet
+    with no normalisation at all: in the mini world that trained unstably and often collapsed to
+    image-independent boxes. So the frozen layers are swapped for `nn.BatchNorm2d` (batch statistics,
+    learned affine) for training, and on exit each one's weight, bias and running statistics are
+    written into the frozen layer's buffers (the same eps, 1e-5): the saved folder is a plain
+    DabDetr checkpoint whose backbone computes exactly BatchNorm's eval mode."""
+
+    def __init__(self, model: torch.nn.Module):
+        self.model, self.swapped = model, []
+
+    def __enter__(self):
+        for parent in list(self.model.modules()):
+            for name, child in list(parent.named_children()):
+                if type(child).__name__ == "DabDetrFrozenBatchNorm2d":
+                    bn = torch.nn.BatchNorm2d(child.weight.numel(), eps=1e-5)
+                    setattr(parent, name, bn)
+                    self.swapped.append((parent, name, child, bn))
+        return self
+
+    def __exit__(self, *exc):
+        with torch.no_grad():
+            for parent, name, frozen, bn in self.swapped:
+                for key in ("weight", "bias", "running_mean", "running_var"):
+                    getattr(frozen, key).copy_(getattr(bn, key))
+                setattr(parent, name, frozen)
+        self.swapped = []
+        return False
+
+
 def train_dn_detr(
     out: str | Path,
     train_clips: Sequence[Clip],
@@ -108,11 +143,17 @@ def train_dn_detr(
     short_edge_length: int = 128,
     max_size: int = 1333,
     config: dict | None = None,
+    train_backbone_bn: bool = True,
+    threads: int | None = None,
     log_every: int = 100,
     log=print,
 ) -> Path:
     """Train from scratch for `steps` AdamW steps (cosine decay) on every frame of `train_clips`;
-    save the model folder at `out` with `train_log.json` (loss every `log_every` steps, seconds)."""
+    save the model folder at `out` with `train_log.json` (loss every `log_every` steps, seconds).
+    `train_backbone_bn`: train the backbone's BatchNorms (`TrainableBatchNorms`); False keeps
+    transformers' frozen ones (no normalisation from scratch). `threads`: torch's thread count while
+    training (restored after), None = as it is; the thread count changes the order of float sums,
+    so pinning it makes the weights the same on any machine."""
     from transformers import DabDetrForObjectDetection
 
     frames = np.concatenate([c.frames for c in train_clips])
@@ -120,7 +161,23 @@ def train_dn_detr(
     pre = Preprocess(short_edge_length, max_size, "bilinear", (123.675, 116.28, 103.53), (58.395, 57.12, 57.375))
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
-    model = DabDetrForObjectDetection(mini_config(**(config or {}))).train()
+    model = DabDetrForObjectDetection(mini_config(**(config or {})))
+    norms = TrainableBatchNorms(model) if train_backbone_bn else contextlib.nullcontext()
+    threads_before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(threads or threads_before)
+        with norms:
+            model.train()
+            history = _fit(
+                model, frames, targets, pre, rng, steps, batch_size, lr, weight_decay, grad_clip, log_every, log
+            )
+    finally:
+        torch.set_num_threads(threads_before)
+    model.eval()
+    return save_pretrained_atomic(model, Path(out), extra_files={"train_log.json": json.dumps(history, indent=1)})
+
+
+def _fit(model, frames, targets, pre, rng, steps, batch_size, lr, weight_decay, grad_clip, log_every, log) -> list:
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.05)
     history, start, running = [], time.time(), []
@@ -138,5 +195,4 @@ def train_dn_detr(
             history.append({"step": step, "loss": float(np.mean(running)), "seconds": time.time() - start})
             log(f"dn_detr step {step}/{steps} loss {history[-1]['loss']:.4f} ({history[-1]['seconds']:.0f} s)")
             running = []
-    model.eval()
-    return save_pretrained_atomic(model, Path(out), extra_files={"train_log.json": json.dumps(history, indent=1)})
+    return history

@@ -17,10 +17,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-import metrics.detectors.yolo  # noqa: F401  (offline environment before ultralytics is imported)
 from data.atomic import atomic_path
 from data.clip import Clip
 from data.coco import COCO_NAMES
+from metrics.detectors.yolo import keeps_torch_threads  # (also: the offline environment before ultralytics)
 
 
 def write_yolo_dataset(splits: dict[str, Sequence[Clip]], folder: str | Path) -> Path:
@@ -77,29 +77,30 @@ def train_yolo(
     out, work_dir = Path(out), Path(work_dir)
     data_yaml = write_yolo_dataset({"train": train_clips, "val": val_clips}, work_dir / "dataset")
     model = YOLO(arch, task="detect")
-    model.train(
-        data=str(data_yaml),
-        epochs=int(epochs),
-        imgsz=int(imgsz),
-        batch=int(batch),
-        seed=int(seed),
-        optimizer=optimizer,
-        lr0=float(lr0),
-        warmup_epochs=float(warmup_epochs),
-        workers=int(workers),
-        mosaic=float(mosaic),
-        close_mosaic=int(close_mosaic),
-        device="cpu",
-        project=str(work_dir),
-        name="train",
-        exist_ok=True,
-        plots=False,
-        amp=False,
-        deterministic=True,
-        verbose=False,
-        pretrained=False,
-        **({"val": True} | (extra or {})),
-    )
+    with keeps_torch_threads():  # ultralytics sets the process thread count to its own
+        model.train(
+            data=str(data_yaml),
+            epochs=int(epochs),
+            imgsz=int(imgsz),
+            batch=int(batch),
+            seed=int(seed),
+            optimizer=optimizer,
+            lr0=float(lr0),
+            warmup_epochs=float(warmup_epochs),
+            workers=int(workers),
+            mosaic=float(mosaic),
+            close_mosaic=int(close_mosaic),
+            device="cpu",
+            project=str(work_dir),
+            name="train",
+            exist_ok=True,
+            plots=False,
+            amp=False,
+            deterministic=True,
+            verbose=False,
+            pretrained=False,
+            **({"val": True} | (extra or {})),
+        )
     weights = Path(model.trainer.last)
     if not weights.is_file():
         raise RuntimeError(f"ultralytics wrote no weights under {work_dir}")

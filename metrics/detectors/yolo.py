@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 
 
@@ -45,6 +46,22 @@ from data.cli import InputError, MissingFile  # noqa: E402
 from data.device import resolve_device  # noqa: E402
 from metrics.detectors import register_detector  # noqa: E402
 from metrics.detectors.base import COCO_NUM_CLASSES, Detections, check_frames  # noqa: E402
+
+
+@contextmanager
+def keeps_torch_threads():
+    """Restore torch's thread count after an ultralytics call.
+
+    ultralytics' `select_device` (run by every trainer and by the first `predict` of a model) calls
+    `torch.set_num_threads(NUM_THREADS)`, cpu_count - 1 capped at 8, for the whole process. Every
+    torch op after it in the same process (a later stage's fine-tuning or generation) would then run
+    at another thread count, which changes the order of float sums and so the trained weights: a
+    result would depend on whether a YOLO evaluation ran before it in the process."""
+    before = torch.get_num_threads()
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 class YOLODetector:
@@ -104,17 +121,18 @@ class YOLODetector:
         for start in range(0, len(frames), self.batch_size):
             # ultralytics reads numpy images as BGR (OpenCV order): flip the channels
             bgr = [np.ascontiguousarray(f[..., ::-1]) for f in frames[start : start + self.batch_size]]
-            results = self.model.predict(
-                bgr,
-                imgsz=self.imgsz,
-                conf=self.min_conf,
-                iou=self.nms_iou,
-                max_det=self.max_det,
-                classes=self.model_classes,
-                device=self.device,
-                half=self.half,
-                verbose=False,
-            )
+            with keeps_torch_threads():
+                results = self.model.predict(
+                    bgr,
+                    imgsz=self.imgsz,
+                    conf=self.min_conf,
+                    iou=self.nms_iou,
+                    max_det=self.max_det,
+                    classes=self.model_classes,
+                    device=self.device,
+                    half=self.half,
+                    verbose=False,
+                )
             out.extend(self._to_detections(r) for r in results)
         return out
 
