@@ -4,6 +4,8 @@ package every other one may import."""
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import torch
 
 # precision names of the configs: train.mixed_precision (no | bf16 | fp16, accelerate's names) and
@@ -26,3 +28,21 @@ def torch_dtype(name: str, key: str = "dtype") -> torch.dtype:
     if name not in DTYPES:
         raise ValueError(f"{key}={name!r}: valid are {', '.join(DTYPES)}")
     return DTYPES[name]
+
+
+@contextmanager
+def keeps_torch_threads(threads: int | None = None):
+    """Run the block at `threads` torch threads (None: as it is), and restore the count after.
+
+    The count changes the order of float sums, so trained weights depend on it. Two users: a
+    foundation part pinned to its own count, and every ultralytics call, whose `select_device` (run
+    by its trainer and by the first `predict` of a model) calls `torch.set_num_threads(NUM_THREADS)`,
+    cpu_count - 1 capped at 8, for the whole process: without the restore, a later stage's result
+    would depend on whether a YOLO evaluation ran before it in the process."""
+    before = torch.get_num_threads()
+    try:
+        if threads:
+            torch.set_num_threads(threads)
+        yield
+    finally:
+        torch.set_num_threads(before)

@@ -24,6 +24,7 @@ import torch
 
 from data.atomic import save_pretrained_atomic
 from data.clip import Clip
+from data.device import keeps_torch_threads
 from metrics.detectors.dn_detr import Preprocess
 
 
@@ -163,16 +164,9 @@ def train_dn_detr(
     rng = np.random.default_rng(seed)
     model = DabDetrForObjectDetection(mini_config(**(config or {})))
     norms = TrainableBatchNorms(model) if train_backbone_bn else contextlib.nullcontext()
-    threads_before = torch.get_num_threads()
-    try:
-        torch.set_num_threads(threads or threads_before)
-        with norms:
-            model.train()
-            history = _fit(
-                model, frames, targets, pre, rng, steps, batch_size, lr, weight_decay, grad_clip, log_every, log
-            )
-    finally:
-        torch.set_num_threads(threads_before)
+    with keeps_torch_threads(threads), norms:
+        model.train()
+        history = _fit(model, frames, targets, pre, rng, steps, batch_size, lr, weight_decay, grad_clip, log_every, log)
     model.eval()
     return save_pretrained_atomic(model, Path(out), extra_files={"train_log.json": json.dumps(history, indent=1)})
 

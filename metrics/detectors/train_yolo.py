@@ -17,10 +17,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+import metrics.detectors.yolo  # noqa: F401  (offline environment before ultralytics is imported)
 from data.atomic import atomic_path
 from data.clip import Clip
 from data.coco import COCO_NAMES
-from metrics.detectors.yolo import keeps_torch_threads  # (also: the offline environment before ultralytics)
+from data.device import keeps_torch_threads
 
 
 def write_yolo_dataset(splits: dict[str, Sequence[Clip]], folder: str | Path) -> Path:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import tempfile
-from contextlib import contextmanager
 from pathlib import Path
 
 
@@ -43,25 +42,9 @@ import torch  # noqa: E402
 
 from data.atomic import atomic_path  # noqa: E402
 from data.cli import InputError, MissingFile  # noqa: E402
-from data.device import resolve_device  # noqa: E402
+from data.device import keeps_torch_threads, resolve_device  # noqa: E402
 from metrics.detectors import register_detector  # noqa: E402
 from metrics.detectors.base import COCO_NUM_CLASSES, Detections, check_frames  # noqa: E402
-
-
-@contextmanager
-def keeps_torch_threads():
-    """Restore torch's thread count after an ultralytics call.
-
-    ultralytics' `select_device` (run by every trainer and by the first `predict` of a model) calls
-    `torch.set_num_threads(NUM_THREADS)`, cpu_count - 1 capped at 8, for the whole process. Every
-    torch op after it in the same process (a later stage's fine-tuning or generation) would then run
-    at another thread count, which changes the order of float sums and so the trained weights: a
-    result would depend on whether a YOLO evaluation ran before it in the process."""
-    before = torch.get_num_threads()
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 class YOLODetector:
