@@ -23,7 +23,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from ablations.registry import TableSpec, load_table
-from benchmark import provenance
+from benchmark import lock, provenance
 from benchmark.cluster import format_arrays, launch_table
 from benchmark.config import ConfigError, missing_paths
 from benchmark.local import check_finished, execute_stage
@@ -97,7 +97,10 @@ def run_table(
 
     foundation = getattr(resolver, "foundation", {})
     mode = provenance.check_mode(select(resolver.base, "benchmark.provenance", "record"))
+    lock_warning = lock.warning()  # installed packages other than the lock's: numbers may differ
     if dry_run:
+        if lock_warning:
+            show(f"warning: {lock_warning}")
         for line in describe(foundation):
             show(line)
         show(graph.format(store.is_done, store.root, notes=provenance.flag_stages(graph, store)))
@@ -114,6 +117,8 @@ def run_table(
 
     run = TableRun(graph)
     check_finished(graph, store, echo)  # a damaged finished stage is set aside and recomputed
+    if lock_warning:
+        echo(f"warning: {lock_warning}")
     provenance.apply(graph, store, mode, echo)  # made by other code: flagged (strict: recomputed)
     pending = graph.pending(store.is_done)
     echo(
