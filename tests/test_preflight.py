@@ -11,11 +11,11 @@ import types
 import pytest
 import torch
 from PIL import Image
+from test_dinov2_hub import official_state_dict
 
 from benchmark import preflight
-from data.coco import COCO_NAMES
 from benchmark.preflight import PreflightFailed, Problem, refuse, run_preflight
-from test_dinov2_hub import official_state_dict
+from data.coco import COCO_NAMES
 
 PAPER_DINO = {"model_type": "dinov2", "hidden_size": 768, "num_hidden_layers": 12, "patch_size": 14}
 TINY_DINO = {"model_type": "dinov2", "hidden_size": 128, "num_hidden_layers": 2, "patch_size": 14}
@@ -24,10 +24,11 @@ TINY_DINO = {"model_type": "dinov2", "hidden_size": 128, "num_hidden_layers": 2,
 @pytest.fixture(scope="module")
 def files(tmp_path_factory):
     """Stand-ins in the official formats (tiny networks of the real classes) and wrong ones."""
+    from test_metrics_dn_detr import make_reference, save_detrex_checkpoint
+
     from metrics.detectors.yolo import make_tiny_yolo
     from metrics.fid import make_random_inception_weights
     from metrics.fvd import make_tiny_i3d
-    from test_metrics_dn_detr import make_reference, save_detrex_checkpoint
 
     d = tmp_path_factory.mktemp("stand-ins")
     f = types.SimpleNamespace(dir=d)
@@ -53,7 +54,9 @@ def files(tmp_path_factory):
 def cfg_for(weights: dict, *, dino=None, svd=None, data=None, expect_dino=PAPER_DINO, variant=None, only=None) -> dict:
     """A resolved config whose check_paths name the metric weights, model.svd / model.dino and, with
     `data`, data.root (`only`: just these keys, to keep a test from reloading every network)."""
-    local = ["metrics.fvd.weights", "metrics.fid.weights"] + [f"benchmark.eval.detectors.{d}.weights" for d in ("yolo", "dn_detr")]
+    local = ["metrics.fvd.weights", "metrics.fid.weights"] + [
+        f"benchmark.eval.detectors.{d}.weights" for d in ("yolo", "dn_detr")
+    ]
     return {
         "benchmark": {
             "check_paths": {
@@ -69,7 +72,10 @@ def cfg_for(weights: dict, *, dino=None, svd=None, data=None, expect_dino=PAPER_
                 }
             },
         },
-        "metrics": {"fvd": {"weights": str(weights["i3d"]), "format": "auto"}, "fid": {"weights": str(weights["inception"])}},
+        "metrics": {
+            "fvd": {"weights": str(weights["i3d"]), "format": "auto"},
+            "fid": {"weights": str(weights["inception"])},
+        },
         "model": {"svd": svd or "tiny", "dino": str(dino) if dino else "tiny", "variant": variant, "revision": None},
         "data": data or {"name": "synthetic", "root": None},
     }
@@ -93,7 +99,13 @@ def kitti_layout(root, scenes=("0000", "0019")):
         (root / "training" / "label_02" / f"{s}.txt").write_text(label)
         (root / "training" / "image_02" / s).mkdir(parents=True, exist_ok=True)
         Image.new("RGB", (8, 4)).save(root / "training" / "image_02" / s / "000000.png")
-    return {"name": "kitti", "root": str(root), "split_dir": "training", "train": {"scenes": ["0000"]}, "test": {"scenes": [19]}}
+    return {
+        "name": "kitti",
+        "root": str(root),
+        "split_dir": "training",
+        "train": {"scenes": ["0000"]},
+        "test": {"scenes": [19]},
+    }
 
 
 def nuscenes_layout(root, version="v1.0-trainval", n_files=30):
@@ -158,17 +170,19 @@ def test_datasets_refused_by_name(files, tmp_path):
     weights = {"i3d": files.i3d, "inception": files.inception, "dn_detr": files.dn_detr, "yolo": files.yolo}
     nus = nuscenes_layout(tmp_path / "nuscenes")
     (tmp_path / "nuscenes" / "v1.0-trainval" / "scene.json").unlink()
-    line = one_line_for(lines_of(cfg_for(weights, data=nus, only=['data.root'])), "data.root (data=nuscenes)")
+    line = one_line_for(lines_of(cfg_for(weights, data=nus, only=["data.root"])), "data.root (data=nuscenes)")
     assert "scene.json" in line and "no such file" in line
     nus = nuscenes_layout(tmp_path / "nus2")
     for f in (tmp_path / "nus2" / "samples" / "CAM_FRONT").glob("*.jpg"):
         f.unlink()
-    line = one_line_for(lines_of(cfg_for(weights, data=nus, only=['data.root'])), "data.root (data=nuscenes)")
+    line = one_line_for(lines_of(cfg_for(weights, data=nus, only=["data.root"])), "data.root (data=nuscenes)")
     assert "CAM_FRONT files" in line and "absent" in line
     nus["version"] = "v1.0-mini"
-    assert "no folder" in one_line_for(lines_of(cfg_for(weights, data=nus, only=['data.root'])), "data.root (data=nuscenes)")
+    assert "no folder" in one_line_for(
+        lines_of(cfg_for(weights, data=nus, only=["data.root"])), "data.root (data=nuscenes)"
+    )
     kitti = kitti_layout(tmp_path / "kitti", scenes=("0000",))  # the test sequence 0019 is absent
-    lines = lines_of(cfg_for(weights, data=kitti, only=['data.root']))
+    lines = lines_of(cfg_for(weights, data=kitti, only=["data.root"]))
     assert sum("missing ['0019']" in ln or "none for ['0019']" in ln for ln in lines) == 2
 
 
@@ -200,7 +214,9 @@ def test_svd_folder_checked_by_configs_variant_and_headers(files, tmp_path, tiny
     assert "other shapes" in line
 
     (other / "model_index.json").unlink()
-    assert "model_index.json" in one_line_for(lines_of(cfg_for(weights, svd=str(other), only=["model.svd"])), "model.svd")
+    assert "model_index.json" in one_line_for(
+        lines_of(cfg_for(weights, svd=str(other), only=["model.svd"])), "model.svd"
+    )
 
 
 # ------------------------------------------------------------------------------------- hub ids
@@ -251,7 +267,9 @@ def test_hub_ids(monkeypatch, files, tmp_path, tiny_cache):
     # reachable, public, complete: fine
     assert hub_lines(monkeypatch, files, FakeHub(files=SVD_FILES)) == []
     # gated without access: named with what the user must do
-    line = one_line_for(hub_lines(monkeypatch, files, FakeHub(files=SVD_FILES, gated="auto", access=False)), "model.svd")
+    line = one_line_for(
+        hub_lines(monkeypatch, files, FakeHub(files=SVD_FILES, gated="auto", access=False)), "model.svd"
+    )
     assert "accept the licence at https://huggingface.co/" + SVD_XT in line and "HF_TOKEN" in line
     # a file of the variant is absent in the repo
     line = one_line_for(hub_lines(monkeypatch, files, FakeHub(files=SVD_FILES[:-3] + SVD_FILES[-2:])), "model.svd")
