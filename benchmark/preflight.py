@@ -33,16 +33,15 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import struct
 import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from benchmark.config import _looks_like_hub_id as looks_like_hub_id
 from data.cli import MissingFile
 
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 DETECTOR_KEYS = "benchmark.eval.detectors."
 _ABSENT = object()
 NUSCENES_TABLES = (
@@ -229,10 +228,6 @@ def _where_to_get(key: str) -> str:
 def _first_line(e: BaseException) -> str:
     text = str(e).strip().splitlines()
     return (text[0] if text else type(e).__name__)[:300]
-
-
-def looks_like_hub_id(value: str) -> bool:
-    return bool(_HUB_ID.match(value)) and not value.startswith((".", "/", "~"))
 
 
 # --------------------------------------------------------------------------------------- hub ids
