@@ -31,6 +31,7 @@ MissingFile: exit 2) when there is any.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import struct
@@ -213,7 +214,9 @@ def _checker(key: str, cfg, detector: str | None) -> Callable | None:
         return check_inception
     if detector:
         det = str(select(cfg, f"{DETECTOR_KEYS}{detector}.name", detector))
-        return check_yolo if det.startswith("yolo") else check_dn_detr if det == "dn_detr" else None
+        if det == "dn_detr":
+            return functools.partial(check_dn_detr, detector=detector)
+        return check_yolo if det.startswith("yolo") else None
     if key == "data.root":
         return {"nuscenes": check_nuscenes, "kitti": check_kitti}.get(str(select(cfg, "data.name")))
     return None
@@ -601,7 +604,7 @@ def check_yolo(name: str, path: Path, cfg, expect=None) -> list[Problem]:
     return []
 
 
-def check_dn_detr(name: str, path: Path, cfg, expect=None) -> list[Problem]:
+def check_dn_detr(name: str, path: Path, cfg, expect=None, detector: str = "dn_detr") -> list[Problem]:
     if path.is_dir():
         config = path / "config.json"
         if not config.is_file():
@@ -619,9 +622,10 @@ def check_dn_detr(name: str, path: Path, cfg, expect=None) -> list[Problem]:
         return []
     from metrics.detectors.convert_dn_detr import convert_state_dict, load_detrex_state_dict
 
-    trust = bool(select(cfg, "metrics.det.detector.trust_pickle", False))
+    node = select(cfg, f"{DETECTOR_KEYS}{detector}", {}) or {}
+    trust = bool(node.get("trust_pickle") or select(cfg, "metrics.det.detector.trust_pickle", False))
     try:
-        convert_state_dict(load_detrex_state_dict(path, trust_pickle=trust))
+        convert_state_dict(load_detrex_state_dict(path, trust_pickle=trust), num_heads=int(node.get("num_heads", 8)))
     except Exception as e:
         return [
             Problem(

@@ -216,7 +216,7 @@ def fetch_snapshot(name: str, spec: dict, folder: Path, lock: dict) -> Path:
         ) from e
     except (RepositoryNotFoundError, RevisionNotFoundError) as e:
         raise FetchFailed(f"{name}: {repo}: {type(e).__name__} (revision {spec.get('revision') or recorded})") from e
-    except (OSError, ValueError) as e:
+    except Exception as e:  # no route, DNS, proxy, timeout (httpx errors are not OSErrors)
         raise FetchFailed(
             f"{name}: the hub could not be reached for {repo} ({type(e).__name__}: {str(e)[:200]}); on a machine "
             f"with access: `hf download {repo} --local-dir {folder / name}`"

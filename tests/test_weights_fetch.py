@@ -145,13 +145,15 @@ def test_unreachable_source_is_one_line(tmp_path):
 
 
 class FakeHub:
-    def __init__(self, gated=False):
-        self.calls, self.gated = [], gated
+    def __init__(self, gated=False, error=None):
+        self.calls, self.gated, self.error = [], gated, error
 
     def resolve(self, repo, revision):
         return "c0ffee" + "0" * 34
 
     def snapshot(self, repo, revision, local_dir, allow_patterns):
+        if self.error:
+            raise self.error
         if self.gated:
             from huggingface_hub.errors import GatedRepoError
 
@@ -182,6 +184,13 @@ def test_hub_snapshots_pinned_and_recorded(tmp_path, monkeypatch, capsys):
     assert weights_fetch.main(["fetch", "--to", str(tmp_path / "w2"), "--sources", str(src_file)]) == 2
     err = capsys.readouterr().err
     assert "accept its licence at https://huggingface.co/org/svd" in err and "HF_TOKEN" in err
+    monkeypatch.setattr(weights_fetch, "HUB", FakeHub(error=ConnectionError("no route to host")))
+    assert weights_fetch.main(["fetch", "--to", str(tmp_path / "w3"), "--sources", str(src_file)]) == 2
+    err = capsys.readouterr().err
+    assert (
+        "could not be reached for org/svd" in err
+        and f"hf download org/svd --local-dir {tmp_path / 'w3' / 'svd'}" in err
+    )
 
 
 def test_the_shipped_sources_name_every_weight_the_paper_profile_reads():
