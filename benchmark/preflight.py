@@ -397,6 +397,9 @@ def weight_shapes(folder: Path, stem: str, variant: str | None) -> tuple[dict[st
     raise FileNotFoundError(f"none of {_weight_names(stem, variant)}")
 
 
+_SKIPPED_BUFFERS = (".position_ids", ".num_batches_tracked")
+
+
 def _canonical(key: str) -> str:
     """transformers 4 and 5 name DINOv2 / CLIP attention projections differently."""
     for old, new in (
@@ -413,6 +416,8 @@ def compare_shapes(found: dict, expected: dict) -> str | None:
     """None when the key sets and shapes agree (names compared in canonical form), else a summary."""
     found = {_canonical(k): tuple(v) for k, v in found.items()}
     expected = {_canonical(k): tuple(v) for k, v in expected.items()}
+    # buffers older files saved and the loaders skip (CLIP's position_ids became non-persistent)
+    found = {k: v for k, v in found.items() if k in expected or not k.endswith(_SKIPPED_BUFFERS)}
     missing = sorted(set(expected) - set(found))
     extra = sorted(set(found) - set(expected))
     shapes = [f"{k} {found[k]} vs {expected[k]}" for k in sorted(set(found) & set(expected)) if found[k] != expected[k]]

@@ -320,3 +320,18 @@ def test_dry_run_and_check_exit_2_with_wrong_stand_ins(files, tmp_path, monkeypa
     assert lsa_bench(["check", "table=III", "profile=paper", "rows=svd_finetuned", *over]) == 2
     out, err = capsys.readouterr()
     assert "ok  data.root (data=nuscenes)" in out and "preflight: metrics.fvd.weights" in out
+
+
+def test_header_comparison_knows_legacy_names_and_skipped_buffers():
+    from benchmark.preflight import compare_shapes
+
+    expected = {"encoder.layer.0.attention.q_proj.weight": (4, 4), "x.weight": (2,)}
+    found = {  # transformers 4 names (the hub's dinov2-base files) and a buffer old CLIP files carry
+        "encoder.layer.0.attention.attention.query.weight": (4, 4),
+        "x.weight": (2,),
+        "vision_model.embeddings.position_ids": (1, 257),
+    }
+    assert compare_shapes(found, expected) is None
+    assert "other shapes" in compare_shapes({**found, "x.weight": (3,)}, expected)
+    assert "missing keys" in compare_shapes({"x.weight": (2,)}, expected)
+    assert "unexpected keys" in compare_shapes({**found, "y.bias": (1,)}, expected)
