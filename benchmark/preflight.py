@@ -102,6 +102,8 @@ class Report:
 
 
 def select(cfg, dotted: str, default=None):
+    """A dotted key of a plain-dict config (a dict walk: benchmark.stages.select builds an OmegaConf
+    node per call, too slow for the many look-ups here)."""
     node = cfg
     for part in dotted.split("."):
         if not isinstance(node, dict) or part not in node:
@@ -127,7 +129,7 @@ def run_preflight(cfgs: Iterable[tuple]) -> Report:
                 value = select(cfg, key, _ABSENT)
                 if value is _ABSENT and key.startswith("model."):
                     continue  # a key of another backbone (model.svd of an LTX row)
-                if value is not _ABSENT and value in allow:
+                if value is not _ABSENT and isinstance(value, (str, type(None))) and value in allow:
                     continue
                 name = f"{key} (data={select(cfg, 'data.name', '')})" if key.startswith("data.") else key
                 ident = (name, "<absent>" if value is _ABSENT else str(value), _context(key, cfg, detector))
