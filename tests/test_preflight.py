@@ -37,7 +37,9 @@ def files(tmp_path_factory):
     ckpt["model"].names = dict(enumerate(COCO_NAMES))
     torch.save(ckpt, f.yolo)
     f.i3d = make_tiny_i3d(d / "good" / "i3d_torchscript.pt")
-    f.inception = make_random_inception_weights(d / "good" / "weights-inception-2015-12-05-6726825d.pth")
+    f.inception = make_random_inception_weights(
+        d / "good" / "weights-inception-2015-12-05-6726825d.pth", calib_images=1
+    )
     f.dn_detr = save_detrex_checkpoint(make_reference(), d / "good" / "dn_detr_r50_50ep.pth")
     f.dino = d / "good" / "dinov2_vitb14_pretrain.pth"
     torch.save(official_state_dict(), f.dino)
