@@ -16,7 +16,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PIP_TOOLS="pip==26.3 pip-tools==7.7.0"   # the locker itself is pinned too
-SEEDED="torch|torchvision|diffusers|transformers|accelerate|peft|torchmetrics|ultralytics"
+SEEDED="torch|torchvision|diffusers|transformers|accelerate|peft|torchmetrics|ultralytics|numpy|pillow|scipy"
 [ "$#" -gt 0 ] || set -- python3
 
 flags=(--quiet --strip-extras --allow-unsafe --no-emit-index-url --no-emit-find-links --no-emit-trusted-host --newline lf)
