@@ -89,7 +89,8 @@ def run_table(
     check_values(graph)  # types and ranges of every row's config, before anything runs
 
     problems = missing_paths((p.row.name, p.cfg, spec.detectors_for(p.row)) for p in graph.rows if p.cfg is not None)
-    problems += graph.unknown_content  # an input hashed by location would store its stages under a wrong hash
+    if not problems:  # an input whose content is unknown would store its stages under a provisional hash
+        problems = list(graph.unknown_content)
     sharded = [s for s in graph.order() if stage_shards(s) > 1]  # checks benchmark.shards of every stage
     if runner is not None and not dry_run:
         for s in sharded:
