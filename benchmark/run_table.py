@@ -105,6 +105,10 @@ def run_table(
         show(graph.format(store.is_done, store.root, notes=provenance.flag_stages(graph, store)))
         if launcher != "local":
             show(format_arrays(graph, store))
+        from benchmark.cost import cost_lines
+
+        for line in cost_lines(graph, store.is_done, cluster):  # GPU-hours, checkpoints, time limits
+            show(line)
         for line in problems:
             show(f"missing: {line}")
         return TableRun(graph)
