@@ -169,24 +169,18 @@ def test_hub_revision_other_commit_changes_the_hash_and_unknown_content_stops_a_
     g = graph(monkeypatch, world["kitti"], world["weights"], ["model.dino=facebook/dinov2-large"])
     assert any(line.startswith("model.dino=facebook/dinov2-large: content unknown") for line in g.unknown_content)
 
-    # online, but the hub does not answer (the path check lets a hub id pass then): the run refuses
-    from fakes import FakeRunner
+    # ... and a real run refuses to start: the preflight's report gets one line per such input
+    from benchmark.preflight import PreflightFailed, Report, refuse
+    from benchmark.run_table import content_problems
 
-    from benchmark.run_table import run_table
-
-    resolve = identity.resolve_hub_commit
-    monkeypatch.setattr(
-        identity, "resolve_hub_commit", lambda repo, rev: None if "large" in repo else resolve(repo, rev)
-    )
-    monkeypatch.delenv("HF_HUB_OFFLINE")
-    monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
-    monkeypatch.setenv("LSA_KITTI_ROOT", str(world["kitti"]))
-    monkeypatch.setenv("LSA_BENCH_WEIGHTS", str(world["weights"]))
-    runner = FakeRunner()
-    resolver = HydraResolver("paper", ["model.dino=facebook/dinov2-large"])
-    with pytest.raises(FileNotFoundError, match="model.dino=facebook/dinov2-large: content unknown"):
-        run_table(load_table("I").select(ROWS), resolver, runner, store=world["tmp"] / "runs")
-    assert runner.history == [] and not (world["tmp"] / "runs").exists()
+    report = Report()
+    content_problems(g, report)
+    assert [ln.split("  [rows")[0] for ln in report.lines()] == [
+        "model.dino = facebook/dinov2-large: expected content the stage hash can name (docs/benchmark.md, "
+        "'Inputs by content'); found " + g.unknown_content[0].split("content unknown (", 1)[1][:-1]
+    ]
+    with pytest.raises(PreflightFailed, match="model.dino = facebook/dinov2-large"):
+        refuse("I", report)
 
 
 # ------------------------------------------------------------------------------------ the pieces
