@@ -14,6 +14,7 @@ import sys
 COMMANDS = {
     "run": ("benchmark.run", "regenerate paper tables: stages, store, tables (lsa-bench run table=III)"),
     "status": ("benchmark.status", "done / running / failed / pending per stage of a table"),
+    "rehash": ("benchmark.rehash", "carry a store over to content-based stage hashes (old -> new; --apply)"),
     "train": ("trainers.train", "train one model (LSA, its ablations, plain fine-tuning)"),
     "generate": ("benchmark.generate", "generate videos from first frames with a trained run or U-Net"),
     "evaluate": ("metrics.evaluate", "score a folder of generated videos against real ones (FVD, FID, mAP, mIoU)"),

@@ -90,6 +90,8 @@ def run_table(
     check_values(graph)  # types and ranges of every row's config, before anything runs
 
     inputs = run_preflight((p.row.name, p.cfg, spec.detectors_for(p.row)) for p in graph.rows if p.cfg is not None)
+    if not inputs.problems:  # an input whose content is unknown would store its stages under a provisional hash
+        content_problems(graph, inputs)
     sharded = [s for s in graph.order() if stage_shards(s) > 1]  # checks benchmark.shards of every stage
     if runner is not None and not dry_run:
         for s in sharded:
@@ -107,6 +109,10 @@ def run_table(
         show(graph.format(store.is_done, store.root, notes=provenance.flag_stages(graph, store)))
         if launcher != "local":
             show(format_arrays(graph, store))
+        from benchmark.cost import cost_lines
+
+        for line in cost_lines(graph, store.is_done, cluster):  # GPU-hours, checkpoints, time limits
+            show(line)
         refuse(spec.name, inputs, show)  # every wrong input on stdout, then exit 2
         return TableRun(graph)
     refuse(spec.name, inputs)  # benchmark/preflight.py: nothing starts while an input is wrong
@@ -161,6 +167,20 @@ def run_table(
             )
         )
     return run
+
+
+def content_problems(graph: StageGraph, inputs) -> None:
+    """Add to the preflight's report every input whose content benchmark/identity.py could not tell
+    (its stages would be stored under a hash that names a location, not the content)."""
+    from benchmark.preflight import Problem
+
+    rows = sorted({p.label for p in graph.rows})
+    for line in graph.unknown_content:
+        item, _, why = line.partition(": content unknown (")
+        key, _, value = item.partition("=")
+        found = why[:-1] if why.endswith(")") else why
+        problem = Problem(key, value, "content the stage hash can name (docs/benchmark.md, 'Inputs by content')", found)
+        inputs.problems.setdefault(problem, []).extend(rows)
 
 
 def check_writable(folder: Path, option: str) -> None:

@@ -7,7 +7,9 @@ Stage kinds, in dependency order:
   evaluate  the metrics of one generated set with one detector (Table V: two detectors, one generation)
   render    the table (always re-rendered; its output lives in results/, not in the store)
 
-A stage's identity is the sha256 of the canonical JSON of exactly the config that influences it.
+A stage's identity is the sha256 of the canonical JSON of exactly the config that influences it,
+with its inputs named by content, not location (benchmark/identity.py: a weights path or hub id ->
+its sha256 or commit, a dataset root -> its split's sample list).
 A train epoch that uses the diffusion loss only leaves the feature-loss keys (variant, alpha,
 lambda, ...) out of its hash, so every staged row and "SVD fine-tuned" share one epoch-1 stage.
 The key lists live in config (configs/benchmark/_stage_hash.yaml), not here.
@@ -241,6 +243,8 @@ class StageGraph:
     rows: list[RowPlan]
     render: Stage
     profile: str
+    add_order: list[str] = field(default_factory=list)  # the stage of every add, in order (benchmark/rehash.py)
+    unknown_content: list[str] = field(default_factory=list)  # inputs whose content is unknown (identity.py)
 
     def order(self) -> list[Stage]:
         return list(self.stages.values())
@@ -348,12 +352,13 @@ def _ctrlv_stages(spec, row, resolver, cfg, bench, policy, testset, train_chain,
     user_keys = {split_override(o)[0] for o in resolver.user_overrides}
     profile_over = [str(o) for o in (bench.get("ctrlv_overrides") or []) if split_override(str(o))[0] not in user_keys]
     cv = resolver.resolve(base_over + ["+ctrlv=base", f"ctrlv.variant={variant}"] + profile_over)
+    hcv = add.identify(cv)  # what is hashed: inputs by content (benchmark/identity.py)
     epochs = int(select(cv, "train.epochs"))
 
     bbox_cfg = with_value(cv, "ctrlv.stage", "bbox")
     bbox = add(
         "ctrlv_bbox",
-        {"epochs": epochs, "cfg": drop_keys(cv, not_train + list(policy.get("ignore_ctrlv_bbox") or []))},
+        {"epochs": epochs, "cfg": drop_keys(hcv, not_train + list(policy.get("ignore_ctrlv_bbox") or []))},
         bbox_cfg,
         [],
         {"variant": variant, "epochs": epochs},
@@ -365,7 +370,7 @@ def _ctrlv_stages(spec, row, resolver, cfg, bench, policy, testset, train_chain,
         {
             "epochs": epochs,
             "backbone": chain[-1] if chain else None,
-            "cfg": drop_keys(cv, not_train + list(policy.get("ignore_ctrlv_box2video") or [])),
+            "cfg": drop_keys(hcv, not_train + list(policy.get("ignore_ctrlv_box2video") or [])),
         },
         b2v_cfg,
         chain[-1:],
@@ -378,7 +383,7 @@ def _ctrlv_stages(spec, row, resolver, cfg, bench, policy, testset, train_chain,
         "testset": testset,
         "model": model,
         "ctrlv": {
-            k: select(cv, f"ctrlv.{k}")
+            k: select(hcv, f"ctrlv.{k}")
             for k in ("variant", "variants", "inference", "readback", "render", "controlnet")
         },
         "generate": bench["generate"],
@@ -454,20 +459,36 @@ class SeededResolver:
         return seeded(self.inner.resolve(overrides), self.seed)
 
 
-def expand(spec: TableSpec, resolver: Resolver) -> StageGraph:
+def expand(spec: TableSpec, resolver: Resolver, content=None) -> StageGraph:
     """The stage graph of a table: rows -> resolved configs -> shared, hashed stages; with
-    benchmark.seeds, every row once per seed (each seed its own stages, shared as usual within it)."""
+    benchmark.seeds, every row once per seed (each seed its own stages, shared as usual within it).
+    `content` (benchmark.identity.ContentIdentity) names the inputs by content in the hashed configs;
+    `ContentIdentity(legacy=True)` gives the location-based hashes of older stores."""
+    from benchmark.identity import ContentIdentity
+
     stages: dict[str, Stage] = {}
     plans: list[RowPlan] = []
     seeds = table_seeds(resolver.base)
+    content = content if content is not None else ContentIdentity()
+    order: list[str] = []
 
     def add(kind, config, run_cfg, deps, params, row_name) -> str:
         h = stage_hash(kind, config)
+        order.append(h)
         if h not in stages:
             stages[h] = Stage(kind, h, canonical(config), run_cfg, tuple(deps), params, [])
         if row_name not in stages[h].rows:
             stages[h].rows.append(row_name)
         return h
+
+    def identify(cfg: dict) -> dict:
+        """The copy of a resolved config that is hashed: inputs by content (foundation parts, named
+        by their own content hash already, stay as they are)."""
+        policy = select(cfg, "benchmark.stage_hash.content_identity", None)
+        keep = [str(p.path) for p in (getattr(resolver, "foundation", None) or {}).values()]
+        return content.apply(cfg, policy, keep)
+
+    add.identify = identify
 
     base = resolver.base
     for row, seed in ((r, sd) for r in spec.rows for sd in seeds):
@@ -491,7 +512,7 @@ def expand(spec: TableSpec, resolver: Resolver) -> StageGraph:
         {"outputs": f"results/{profile}/table_{spec.name}.md/.tex/.json"},
         [],
     )
-    return StageGraph(spec, stages, plans, render, profile)
+    return StageGraph(spec, stages, plans, render, profile, order, content.problem_lines())
 
 
 def _expand_row(spec: TableSpec, plan: RowPlan, resolver: Resolver, add) -> None:
@@ -502,9 +523,11 @@ def _expand_row(spec: TableSpec, plan: RowPlan, resolver: Resolver, add) -> None
     bench = _bench(cfg, row)
     policy = bench.get("stage_hash") or {}
     always = list(policy.get("ignore_always") or [])
+    identify = add.identify
+    hcfg = identify(cfg)  # what is hashed: inputs by content (benchmark/identity.py)
 
     # the real test clips
-    ts_cfg = drop_keys(cfg, always + list(policy.get("ignore_testset") or []))
+    ts_cfg = drop_keys(hcfg, always + list(policy.get("ignore_testset") or []))
     n_clips = int(bench["num_test_clips"])
     plan.testset = add(
         "testset",
@@ -521,6 +544,7 @@ def _expand_row(spec: TableSpec, plan: RowPlan, resolver: Resolver, add) -> None
         chain, parent = [], None
         objectives = epoch_objectives(tcfg, row, baseline)
         tcfg = with_lr_horizon(tcfg, len(objectives))
+        htcfg = identify(tcfg)
         for epoch, objective in enumerate(objectives, start=1):
             ignore = always + list(policy.get("ignore_train") or [])
             if objective == "diffusion":
@@ -533,9 +557,10 @@ def _expand_row(spec: TableSpec, plan: RowPlan, resolver: Resolver, add) -> None
                 "adapter": select(ecfg, "adapter.name", None),
                 "variant": select(tcfg, "loss.variant", None) if objective == "lsa" else None,
             }
+            hashed = drop_keys(epoch_adapter(htcfg, objective), ignore)
             parent = add(
                 "train",
-                {"init_from": parent, "epoch": epoch, "objective": objective, "cfg": drop_keys(ecfg, ignore)},
+                {"init_from": parent, "epoch": epoch, "objective": objective, "cfg": hashed},
                 run_cfg,
                 [parent] if parent else [],
                 params,
@@ -544,7 +569,7 @@ def _expand_row(spec: TableSpec, plan: RowPlan, resolver: Resolver, add) -> None
             chain.append(parent)
         return chain
 
-    model = drop_keys(cfg, always + list(policy.get("ignore_diffusion_only") or [])).get("model")
+    model = drop_keys(hcfg, always + list(policy.get("ignore_diffusion_only") or [])).get("model")
     if row.baseline == "ctrlv":
         plan.train, plan.generate = _ctrlv_stages(
             spec, row, resolver, cfg, bench, policy, plan.testset, train_chain, add, model, plan.label
@@ -575,7 +600,7 @@ def _expand_row(spec: TableSpec, plan: RowPlan, resolver: Resolver, add) -> None
         run_cfg = copy.deepcopy(cfg)
         node = run_cfg["metrics"].setdefault("det", {}).setdefault("detector", {})
         node.update(copy.deepcopy(detectors[det]))
-        metrics = drop_keys(run_cfg, list(policy.get("ignore_evaluate") or []))["metrics"]
+        metrics = drop_keys(identify(run_cfg), list(policy.get("ignore_evaluate") or []))["metrics"]
         ev = {"generate": plan.generate, "testset": plan.testset, "detector": det, "metrics": metrics}
         plan.evaluate[det] = add("evaluate", ev, run_cfg, [plan.generate, plan.testset], {"detector": det}, plan.label)
 

@@ -35,6 +35,8 @@ JOB_KEYS = {
     "account",
     "qos",
     "constraint",
+    "gpu_constraint",
+    "gpu_mem_gb",
     "exclude",
     "time_min",
     "cpus_per_task",
@@ -46,6 +48,14 @@ JOB_KEYS = {
 }
 ACCELERATE_KEYS = {"main_process_port", "extra_args"}
 PREFIX = "slurm."
+GPU_REQUESTS = (
+    "gres",
+    "gpus",
+    "gpu-bind",
+    "gpu-freq",
+    "mem-per-gpu",
+    "cpus-per-gpu",
+)  # sbatch options a CPU-only kind drops
 
 
 class ClusterConfigError(UserError, ValueError):
@@ -107,12 +117,18 @@ def executor_parameters(
     """submitit AutoExecutor.update_parameters(...) for one array of one stage kind.
 
     One task per job on one node: the GPUs of that task are asked for per node (--gpus-per-node),
-    which is what `accelerate launch` with one process per GPU needs.
+    which is what `accelerate launch` with one process per GPU needs. A kind with GPUs also gets
+    `gpu_constraint` (the site's node features of cards with `gpu_mem_gb` or more, ANDed with
+    `constraint`); a CPU-only kind (gpus_per_task 0) asks for no GPU: no --gpus, no gpu_constraint,
+    and no GPU request (gres, gpus*) it would inherit from job.additional.
     """
     additional = {"chdir": str(chdir)}
     if kill_on_invalid_dep:
         additional["kill-on-invalid-dep"] = "yes"
     additional.update(settings.get("additional") or {})
+    gpus = int(settings.get("gpus_per_task") or 0)
+    if not gpus:
+        additional = {k: v for k, v in additional.items() if not k.replace("_", "-").startswith(GPU_REQUESTS)}
     # The job's python must import the project wherever it starts; its torch uses the CPUs it was given.
     setup = [
         f"export PYTHONPATH={_sh_quote(str(pythonpath))}${{PYTHONPATH:+:$PYTHONPATH}}",
@@ -130,12 +146,14 @@ def executor_parameters(
         "slurm_array_parallelism": int(array_parallelism),
         "slurm_additional_parameters": additional,
     }
-    gpus = int(settings.get("gpus_per_task") or 0)
     if gpus:
         params["gpus_per_node"] = gpus
     for key in ("partition", "account", "qos", "constraint", "exclude"):
         if settings.get(key) is not None:
             params[f"slurm_{key}"] = settings[key]
+    if gpus and settings.get("gpu_constraint"):
+        gc = str(settings["gpu_constraint"])
+        params["slurm_constraint"] = f"({settings['constraint']})&({gc})" if settings.get("constraint") else gc
     return params
 
 
