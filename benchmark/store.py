@@ -23,6 +23,7 @@ from typing import Any
 import yaml
 
 from benchmark import provenance
+from benchmark.manifest import digest as manifest_digest
 from benchmark.manifest import verify as verify_manifest
 from benchmark.manifest import write_manifest
 from data.atomic import atomic_dir, atomic_write_json, atomic_write_text, sweep_temps  # noqa: F401  (re-exported)
@@ -35,6 +36,7 @@ STAGE = "stage.json"
 FAILED = "FAILED"  # the last attempt ended with an exception: its summary (JSON)
 SHARDS = "shards"  # runs/<hash>/shards/<i>-of-<n>/ (benchmark/shards.py)
 DAMAGED = ".damaged"  # runs/.damaged/<hash>-<time>/: finished stages found damaged, set aside
+STALE = ".stale"  # runs/.stale/<hash>-<time>/: made by other code (provenance=strict) or from a redone input
 
 
 # ------------------------------------------------------------------------------ atomic writes
@@ -126,6 +128,9 @@ class Store:
         if info.get("attempts"):
             info["attempts"][-1]["finished"] = _now()
         info["provenance"] = provenance.current()  # the code that made it (benchmark/provenance.py)
+        # the manifest digest of each input stage: a stage made from an input that was recomputed
+        # since is not reused (benchmark.local.check_finished)
+        info["inputs"] = {dep: manifest_digest(self.dir(dep)) for dep in stage.deps}
         atomic_write_json(d / STAGE, info)
         write_manifest(d)  # every file's size and hash, each fsynced (benchmark/manifest.py)
         atomic_write_text(d / DONE, _now() + "\n")
@@ -159,10 +164,22 @@ class Store:
         except json.JSONDecodeError:
             return {"error": f"(unreadable {p})"}
 
-    def verify(self, stage_hash: str, hashes: bool = True) -> list[str] | None:
+    def verify(self, stage_hash: str, hashes: bool = True, reuse: bool = False) -> list[str] | None:
         """What differs in a finished stage's folder from its manifest ([] = intact; None = the stage
-        finished before manifests existed). benchmark/manifest.py."""
-        return verify_manifest(self.dir(stage_hash), hashes=hashes)
+        finished before manifests existed). `reuse`: hash only the files touched since they were last
+        found intact (the runner's check); else every file in full. benchmark/manifest.py."""
+        return verify_manifest(self.dir(stage_hash), hashes=hashes, reuse=reuse)
+
+    def digest(self, stage_hash: str) -> str | None:
+        """The digest of a finished stage's manifest (None without one)."""
+        return manifest_digest(self.dir(stage_hash))
+
+    def made_from_other_inputs(self, stage_hash: str) -> list[str]:
+        """The input stages that changed (were recomputed) since this stage was made from them: their
+        manifest digest differs from the one recorded at its commit. [] for a stage recorded before."""
+        recorded = self.stage_info(stage_hash).get("inputs") or {}
+        now = {d: self.digest(d) if self.is_done(d) else None for d in recorded}
+        return [d for d, dg in recorded.items() if None not in (dg, now[d]) and now[d] != dg]
 
     def set_aside(self, stage_hash: str, into: str = DAMAGED) -> Path:
         """Move a stage folder to `<into>/<hash>-<time>/` (`.damaged`, or `.stale` for

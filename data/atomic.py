@@ -12,7 +12,8 @@ folder when the stage starts again.
 
 File modes. mkstemp / mkdtemp create 0600 / 0700 entries; our writers set the modes a plain open()
 or mkdir() would give (0666 / 0777 minus the umask), so a store shared by a group works with
-`umask 002`.
+`umask 002`; a folder published by `publish_dir` (atomic_dir, save_pretrained_atomic, the trainer's
+checkpoints) gets the same for every file in it (`plain_modes`): safetensors writes 0600.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import json
 import os
 import shutil
 import socket
+import stat
 import tempfile
 import time
 from collections.abc import Iterator, Mapping
@@ -249,10 +251,24 @@ def save_pretrained_atomic(model, path: str | Path, extra_files: Mapping[str, st
     return Path(path)
 
 
+def plain_modes(folder: str | Path) -> None:
+    """Give every file under `folder` a plain file's mode (0666 minus the umask): some writers create
+    theirs 0600 whatever the umask (safetensors' weights files), which a group sharing the store
+    could not read. Called on a finished temp folder before it is published."""
+    want = file_mode()
+    for root, _, files in os.walk(folder):
+        for name in files:
+            p = os.path.join(root, name)
+            st = os.lstat(p)
+            if stat.S_ISREG(st.st_mode) and (st.st_mode & 0o777) != want:
+                os.chmod(p, want)
+
+
 def publish_dir(tmp: str | Path, target: str | Path) -> Path:
     """Move the finished folder `tmp` onto `target`, replacing a folder already there (os.replace
     cannot replace a non-empty folder: the old one is moved aside first, then dropped)."""
     tmp, target = Path(tmp), Path(target)
+    plain_modes(tmp)
     if target.exists():
         old = target.parent / f"{_temp_prefix(target.name)}old-{time.monotonic_ns()}"
         os.replace(target, old)
