@@ -43,8 +43,8 @@ def check_finished(graph: StageGraph, store: Store, echo=None) -> list[str]:
       content hash of every file touched since it was last found intact (its size, mtime, ctime or
       inode changed): a same-size change to weights is caught without rehashing untouched
       checkpoints on every rerun; `benchmark.status --verify` hashes every file in full;
-    - against its inputs: a stage made from an input stage that is set aside now, or was recomputed
-      since (its manifest digest differs from the one recorded at commit), is stale.
+    - against its inputs: a stage made from an input stage that is set aside now, is not finished
+      (so it runs again), or was recomputed since (its manifest digest differs from the one recorded at commit), is stale.
     A damaged or stale stage is moved to `<store>/.damaged/` (stale: `.stale/`) and so recomputed,
     and so is everything downstream of it; the message names the damaged files or the input. A stage
     finished before manifests existed is trusted, with a warning: recomputing every old stage (days of
@@ -83,7 +83,8 @@ def _not_reusable(s: Stage, graph: StageGraph, store: Store, aside: list[str], e
     if damage:
         shown = "; ".join(damage[:5]) + (f"; ... {len(damage) - 5} more" if len(damage) > 5 else "")
         return f"is damaged since it finished: {shown}"
-    redone = [d for d in s.deps if d in aside] or store.made_from_other_inputs(s.hash)
+    # an input set aside now, or not finished (deleted, or resumed without its DONE) is made again
+    redone = [d for d in s.deps if d in aside or not store.is_done(d)] or store.made_from_other_inputs(s.hash)
     if redone:
         names = ", ".join(f"{graph.stages[d].kind if d in graph.stages else 'stage'} {d}" for d in redone)
         return f"was made from input stage(s) {names}, which are recomputed or changed since: it is stale"
