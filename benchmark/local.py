@@ -16,6 +16,7 @@ from benchmark.shards import Shard, check_can_shard, merge_shards, run_shards, s
 from benchmark.stage_runner import StageRunner
 from benchmark.stages import Stage, StageGraph
 from benchmark.store import DAMAGED, STALE, Store, atomic_write_json
+from data.atomic import DiskFull, disk_full
 
 log = logging.getLogger(__name__)
 
@@ -117,15 +118,23 @@ def _execute_locked(
                 stage, graph, store, runner, out, [store.shard_result(stage.hash, i, n) for i in range(n)]
             )
     except BaseException as e:
-        try:
-            store.fail(stage.hash, e)  # benchmark.status shows it as failed, with this summary
-        except OSError:  # (a full disk must not hide the stage's own error)
-            pass
+        full = isinstance(e, Exception) and disk_full(e, out)
+        error = (
+            DiskFull(
+                f"stage {stage.kind} {stage.hash}: no space left on device writing under {out} (errno 28; "
+                f"{type(e).__name__}: {str(e)[:200]}); free space and rerun: the stage resumes"
+            )
+            if full
+            else e
+        )
+        store.fail(stage.hash, error)  # benchmark.status shows it as failed, with this summary
         what = "was interrupted" if isinstance(e, KeyboardInterrupt) else "failed"
         echo(
             f"stage {stage.kind} {stage.hash} {what} (rows: {', '.join(stage.rows)}); its folder {out} is kept "
             f"and the next run retries it"
         )
+        if full:
+            raise error from e
         raise
     store.commit(stage, res)
 

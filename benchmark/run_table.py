@@ -97,6 +97,7 @@ def run_table(
 
     foundation = getattr(resolver, "foundation", {})
     mode = provenance.check_mode(select(resolver.base, "benchmark.provenance", "record"))
+    check_store(store.root, write=not dry_run)  # before anything is created (the results folder too)
     if dry_run:
         for line in describe(foundation):
             show(line)
@@ -171,6 +172,23 @@ def check_writable(folder: Path, option: str) -> None:
         raise UserError(
             f"{option}={Path(folder).parent}: the output folder {folder} is not writable "
             f"({e.strerror or e}); nothing was started"
+        ) from e
+
+
+def check_store(root: Path, write: bool = True) -> None:
+    """The store can hold stages: `root` is a folder or can be made one, and (`write`) a file can be
+    created in it; else a user error naming it (a file, a read-only disk, no permission)."""
+    root = Path(root)
+    if root.exists() and not root.is_dir():
+        raise UserError(f"store={root}: a file, not a folder; give a folder for the stages; nothing was started")
+    if not write:
+        return
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        make_temp_file(root / ".write-check").unlink()
+    except OSError as e:
+        raise UserError(
+            f"store={root}: the stage store cannot be written ({e.strerror or e}); nothing was started"
         ) from e
 
 

@@ -96,7 +96,8 @@ class Store:
         A reused folder is first swept of the temp entries its killed writers left (data/atomic.py)."""
         resumed = self.dir(stage.hash).exists()
         if resumed:
-            sweep_temps(self.dir(stage.hash), recursive=True)
+            # (ownerless too: the trainer's checkpoint temp; this process holds the stage's lock)
+            sweep_temps(self.dir(stage.hash), recursive=True, ownerless=True)
             (self.dir(stage.hash) / FAILED).unlink(missing_ok=True)
         return self._record(stage, attempt={"started": _now(), "resumed": resumed})
 
@@ -138,21 +139,27 @@ class Store:
         return d
 
     def fail(self, stage_hash: str, error: BaseException) -> None:
-        """Record that the stage's attempt ended with `error` (FAILED, cleared by the next attempt)."""
+        """Record that the stage's attempt ended with `error` (FAILED, cleared by the next attempt), as
+        far as the disk allows: never raises an OSError of its own."""
         interrupted = isinstance(error, KeyboardInterrupt)
         summary = "interrupted (Ctrl-C)" if interrupted else f"{type(error).__name__}: {error}"
         if len(summary) > 500:
             summary = summary[:500] + " ..."
-        atomic_write_json(
-            self.dir(stage_hash) / FAILED,
-            {
-                "time": _now(),
-                "error": summary,
-                "interrupted": interrupted,
-                "host": socket.gethostname(),
-                "pid": os.getpid(),
-            },
-        )
+        record = {
+            "time": _now(),
+            "error": summary,
+            "interrupted": interrupted,
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+        }
+        path = self.dir(stage_hash) / FAILED
+        try:
+            atomic_write_json(path, record)
+        except OSError:  # a full disk: the temp file beside it may not fit; try in place, then give up
+            try:  # (a torn FAILED reads back as "(unreadable ...)": still a failure, never DONE)
+                path.write_text(json.dumps(record) + "\n")
+            except OSError:
+                pass  # the stage's own error must not be hidden by this one
 
     def failure(self, stage_hash: str) -> dict | None:
         """The FAILED record of the stage's last attempt, or None (not failed, or a later attempt runs)."""

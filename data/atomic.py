@@ -30,7 +30,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from data.cli import InputError
+from data.cli import InputError, UserError
 
 TEMP_PREFIX = ".lsa-tmp-"
 # A temp entry of a process on another host cannot be checked for life; it counts as stale when it
@@ -97,10 +97,14 @@ def is_stale(path: str | Path, now: float | None = None) -> bool:
     return age > STALE_OTHER_HOST_S
 
 
-def sweep_temps(folder: str | Path, name: str | None = None, recursive: bool = False) -> list[Path]:
+def sweep_temps(
+    folder: str | Path, name: str | None = None, recursive: bool = False, ownerless: bool = False
+) -> list[Path]:
     """Remove the stale temp entries in `folder` (only those for target `name` when given; in every
     subfolder too with `recursive`). Entries of live writers are left alone, so concurrent writers
-    (two runs, shards) are safe. Returns what was removed."""
+    (two runs, shards) are safe. `ownerless`: also entries whose name carries no owner (the trainer's
+    checkpoint folder `.lsa-tmp-step-...`, one name for all its processes): only for a caller that
+    knows no writer is alive there (the store, holding the stage's lock). Returns what was removed."""
     folder = Path(folder)
     if not folder.is_dir():
         return []
@@ -108,7 +112,9 @@ def sweep_temps(folder: str | Path, name: str | None = None, recursive: bool = F
     for root, subdirs, files in os.walk(folder) if recursive else [(str(folder), *_split(folder))]:
         for entry in list(subdirs) + list(files):
             p = Path(root) / entry
-            if not is_temp(p) or (name is not None and f"~{name}." not in entry) or not is_stale(p):
+            if not is_temp(p) or (name is not None and f"~{name}." not in entry):
+                continue
+            if not is_stale(p) and not (ownerless and _owner(entry) is None):
                 continue
             if p.is_dir() and not p.is_symlink():
                 shutil.rmtree(p, ignore_errors=True)
@@ -126,6 +132,45 @@ def _split(folder: Path) -> tuple[list[str], list[str]]:
         for e in it:
             (subdirs if e.is_dir(follow_symlinks=False) else files).append(e.name)
     return subdirs, files
+
+
+# ------------------------------------------------------------------------------ a full disk
+class DiskFull(UserError):
+    """No space left on the device a stage writes to (errno 28): a storage error, one line."""
+
+
+# what torch's zip writer (torch.save, accelerate's checkpoints) says when a write fails, errno lost
+_TORCH_WRITE_FAILED = ("unexpected pos", "PytorchStreamWriter failed", "file write failed")
+
+
+def disk_full(error: BaseException, folder: str | Path) -> bool:
+    """Whether `error` comes from a full disk under `folder`: an OSError with errno 28 (ENOSPC) in its
+    chain of causes, or a failed write by torch's serialiser (whose message has lost the errno) while
+    a 1 MiB probe write into `folder` fails with ENOSPC."""
+    import errno
+
+    seen, e = set(), error
+    torch_write = False
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, OSError) and e.errno == errno.ENOSPC:
+            return True
+        torch_write |= isinstance(e, RuntimeError) and any(m in str(e) for m in _TORCH_WRITE_FAILED)
+        e = e.__cause__ or e.__context__
+    if not torch_write:
+        return False
+    try:
+        probe = make_temp_file(Path(folder) / ".space-check")
+        try:
+            with open(probe, "wb") as f:
+                f.write(b"\0" * (1 << 20))
+                f.flush()
+                os.fsync(f.fileno())
+        finally:
+            probe.unlink(missing_ok=True)
+    except OSError as probe_error:
+        return probe_error.errno == errno.ENOSPC
+    return False
 
 
 # ------------------------------------------------------------------------------ file modes

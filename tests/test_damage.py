@@ -247,3 +247,131 @@ def test_generate_command_input_named_dots_png_is_one_line(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "...png" in err and "Traceback" not in err
     assert not out.exists() or not any(out.rglob(".lsa-tmp-*"))
+
+
+# ------------------------------------------------------------------------ render (cases 8, 9)
+def test_render_sweeps_a_killed_renders_temp_and_markdown_escapes(tmp_path):
+    """Case 8: a render killed mid-write left `results/<profile>/.lsa-tmp-<pid>@<host>~...png`, never
+    swept. Case 9: the markdown table printed a description holding `<script>` raw."""
+    import socket
+    import subprocess
+
+    from fakes import FakeRunner
+
+    from benchmark.config import HydraResolver
+    from benchmark.run_table import run_table
+
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    out = tmp_path / "results" / "smoke-fake"
+    out.mkdir(parents=True)
+    left = out / f".lsa-tmp-{gone.pid}@{socket.gethostname()}~table_III_loss.png.abc123.png"
+    left.write_bytes(b"half a figure")
+    resolver = HydraResolver("smoke", ["benchmark.description='<script>alert(1)</script> a|b'"])
+    run_table(
+        "III",
+        resolver,
+        FakeRunner(),
+        store=tmp_path / "runs",
+        results=tmp_path / "results",
+        rows=["global"],
+        figures=False,
+        echo=lambda m: None,
+    )
+    assert not left.exists()
+    md = (out / "table_III.md").read_text()
+    assert "<script>" not in md and "&lt;script&gt;alert(1)&lt;/script&gt; a\\|b" in md
+
+
+# ------------------------------------------------------------------------ storage errors (cases 4, 5)
+from fakes import FakeRunner  # noqa: E402
+
+
+class FullDiskRunner(FakeRunner):
+    """Its first train stage fails as accelerate's checkpoint does on a full disk: torch's zip writer
+    raises a RuntimeError without the errno, its checkpoint temp folder left behind."""
+
+    def run_train(self, stage, cfg, init_from, out_dir):
+        left = Path(out_dir) / "checkpoints" / ".lsa-tmp-step-00000002"
+        left.mkdir(parents=True)
+        (left / "model.safetensors").write_bytes(b"half")
+        raise RuntimeError("[enforce fail at inline_container.cc:603] . unexpected pos 4096 vs 0")
+
+
+def test_full_disk_is_named_failed_is_written_and_its_temps_are_swept(tmp_path, monkeypatch, capsys):
+    """Case 5: a full disk ended in a traceback about torch's "unexpected pos", FAILED unwritten (the
+    stage looked "still running, or killed") and the checkpoint temp folder was never swept."""
+    import errno
+
+    from benchmark.run import main
+    from benchmark.status import main as status
+    from data import atomic
+
+    real = atomic.make_temp_file
+
+    def full(path, suffix=""):  # the probe write of disk_full fails as on a full disk
+        if Path(path).name == ".space-check":
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(path, suffix)
+
+    monkeypatch.setattr(atomic, "make_temp_file", full)
+    args = ["table=V", f"store={tmp_path / 'runs'}", f"results={tmp_path / 'results'}"]
+    assert main([*args, f"runner={__name__}:FullDiskRunner"]) == 2
+    err = capsys.readouterr().err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("error: stage train ") and "no space left on device" in last, err
+    assert "Traceback" not in err
+    assert status(args) == 0
+    out = capsys.readouterr().out
+    line = next(ln for ln in out.splitlines() if " train " in ln and ln.split()[0] in ("failed", "pending"))
+    assert line.split()[0] == "failed" and "no space left on device" in line, out
+    temps = list((tmp_path / "runs").glob("*/checkpoints/.lsa-tmp-step-*"))
+    assert len(temps) == 1
+
+    assert main([*args, "runner=fakes:FakeRunner"]) == 0  # space freed: the rerun recovers
+    assert not temps[0].exists()
+
+
+def test_disk_full_reads_the_errno_through_the_chain(tmp_path):
+    from data.atomic import disk_full
+
+    try:
+        try:
+            raise OSError(28, "No space left on device")
+        except OSError as inner:
+            raise RuntimeError("saving failed") from inner
+    except RuntimeError as e:
+        assert disk_full(e, tmp_path)
+    assert not disk_full(RuntimeError("unexpected pos 4096 vs 0"), tmp_path)  # the probe write fits here
+    assert not disk_full(ValueError("no"), tmp_path)
+
+
+@pytest.mark.parametrize("dry_run", [False, True])
+def test_store_that_is_a_file_is_one_line_and_creates_nothing(tmp_path, capsys, dry_run):
+    """Case 4: store= a file gave a traceback and exit 1 after creating the results folder; --dry-run
+    exited 0."""
+    from benchmark.run import main
+
+    (tmp_path / "runs").write_text("not a folder")
+    args = ["table=V", f"store={tmp_path / 'runs'}", f"results={tmp_path / 'results'}", "runner=fakes:FakeRunner"]
+    assert main(args + (["--dry-run"] if dry_run else [])) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("error: store=") and "a file, not a folder" in err[-1] and "Traceback" not in "".join(err)
+    assert not (tmp_path / "results").exists()
+
+
+def test_store_on_a_read_only_disk_is_one_line(tmp_path, monkeypatch, capsys):
+    import errno
+
+    from benchmark import run_table
+    from benchmark.run import main
+
+    def read_only(path, suffix=""):
+        raise OSError(errno.EROFS, "Read-only file system")
+
+    monkeypatch.setattr(run_table, "make_temp_file", read_only)
+    args = ["table=V", f"store={tmp_path / 'runs'}", f"results={tmp_path / 'results'}", "runner=fakes:FakeRunner"]
+    assert main(args) == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last.startswith("error: store=") and "Read-only file system" in last
+    assert not (tmp_path / "results").exists()
