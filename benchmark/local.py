@@ -117,6 +117,7 @@ def _execute_locked(
             res = merge_shards(
                 stage, graph, store, runner, out, [store.shard_result(stage.hash, i, n) for i in range(n)]
             )
+        store.commit(stage, res)  # inside: a full disk or an output that does not pass fails it too
     except BaseException as e:
         full = isinstance(e, Exception) and disk_full(e, out)
         error = (
@@ -136,7 +137,6 @@ def _execute_locked(
         if full:
             raise error from e
         raise
-    store.commit(stage, res)
 
 
 def call_runner(
