@@ -131,13 +131,21 @@ def write_manifest(folder: str | Path) -> Path:
     return out
 
 
+# records about the attempt, not outputs: left out of the digest (provenance may be rewritten)
+NOT_DIGESTED = {"stage.json"}
+
+
 def digest(folder: str | Path) -> str | None:
-    """sha256 of a finished stage's MANIFEST.json (None without one): what a stage made from it records,
-    so a recomputed input is noticed (benchmark/store.py, benchmark/local.py)."""
+    """sha256 of what a finished stage's manifest says about its outputs (every entry but stage.json,
+    the record of its attempts and provenance); None without a readable manifest. A stage made from
+    it records this (benchmark/store.py), so an input recomputed with other outputs is noticed
+    (benchmark/local.py); one recomputed to the same bytes is not, rightly."""
     try:
-        return "sha256:" + hashlib.sha256((Path(folder) / MANIFEST).read_bytes()).hexdigest()
-    except FileNotFoundError:
+        files = json.loads((Path(folder) / MANIFEST).read_text())["files"]
+    except (OSError, ValueError, KeyError, TypeError):
         return None
+    kept = {k: v for k, v in files.items() if k not in NOT_DIGESTED}
+    return "sha256:" + hashlib.sha256(json.dumps(kept, sort_keys=True).encode()).hexdigest()
 
 
 def _load_verified(folder: Path) -> dict:

@@ -149,8 +149,8 @@ def test_commit_refuses_to_seal_a_damaged_output(tmp_path):
     and the error names the file."""
     from PIL import Image
 
-    from benchmark.manifest import DamagedOutput
     from benchmark.store import Store
+    from data.cli import InputError
 
     class St:
         kind, hash, deps, params, rows = "generate", "abc123", (), {}, ["r"]
@@ -163,7 +163,7 @@ def test_commit_refuses_to_seal_a_damaged_output(tmp_path):
     bad = out / "frames" / "clip_0000" / "000001.png"
     Image.new("RGB", (8, 8)).save(bad)
     bad.write_bytes(bad.read_bytes()[:40])
-    with pytest.raises(DamagedOutput, match=r"clip_0000/000001\.png: damaged"):
+    with pytest.raises(InputError, match=r"clip_0000/000001\.png: damaged"):
         store.commit(St(), {"frames": out / "frames"})
     assert not (out / "MANIFEST.json").exists() and not store.is_done("abc123")
 
