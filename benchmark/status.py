@@ -112,25 +112,39 @@ def mark_damaged(statuses: list[StageStatus], store: Store, graph: StageGraph | 
 
 
 def verify_store(store: Store) -> tuple[list[str], bool]:
-    """--verify without a table: every finished stage folder of the store. (lines, any damaged)."""
-    done = sorted(p.parent for p in store.root.glob("*/DONE"))
-    lines, damaged = [], 0
-    for d in done:
-        damage = store.verify(d.name)
-        kind = store.stage_info(d.name).get("kind", "?")
-        if damage:
-            damaged += 1
-            lines.append(f"  damaged  {kind:<9} {d.name}  {_damage_text(damage)}")
-        elif damage is None:
-            lines.append(f"  unknown  {kind:<9} {d.name}  {_damage_text(None)}")
+    """--verify without a table: every finished stage folder of the store, every file hashed in full;
+    a stage made (its stage.json's deps, transitively) from a damaged one is damaged too.
+    (lines, any damaged)."""
+    done = sorted(p.parent.name for p in store.root.glob("*/DONE"))
+    found = {h: store.verify(h) for h in done}
+    info = {h: store.stage_info(h) for h in done}
+    bad = {h for h, damage in found.items() if damage}
+    made_from: dict[str, list[str]] = {}
+    grew = True
+    while grew:  # downstream of a damaged stage, however deep
+        grew = False
+        for h in done:
+            inputs = [d for d in info[h].get("deps") or [] if d in bad]
+            if inputs and h not in bad:
+                bad.add(h)
+                made_from[h], grew = inputs, True
+    lines = []
+    for h in done:
+        kind = info[h].get("kind", "?")
+        if found[h]:
+            lines.append(f"  damaged  {kind:<9} {h}  {_damage_text(found[h])}")
+        elif h in made_from:
+            lines.append(
+                f"  damaged  {kind:<9} {h}  made from damaged stage {', '.join(made_from[h])}: recomputed with it"
+            )
+        elif found[h] is None:
+            lines.append(f"  unknown  {kind:<9} {h}  {_damage_text(None)}")
         else:
-            lines.append(f"  ok       {kind:<9} {d.name}")
-    head = f"store {store.root}/: {len(done)} finished stage(s) checked, {damaged} damaged" + (
-        " (the next benchmark.run of a table using them recomputes them, with every stage made from them)"
-        if damaged
-        else ""
+            lines.append(f"  ok       {kind:<9} {h}")
+    head = f"store {store.root}/: {len(done)} finished stage(s) checked, {len(bad)} damaged" + (
+        " (the next benchmark.run of a table using them recomputes them)" if bad else ""
     )
-    return [head] + lines, bool(damaged)
+    return [head] + lines, bool(bad)
 
 
 def _add_shard_progress(st: StageStatus, stage, store: Store) -> None:

@@ -142,6 +142,9 @@ def test_status_verify_marks_stages_made_from_a_damaged_one(finished, tmp_path, 
         if s.kind in ("generate", "evaluate"):
             assert lines[s.hash].split()[0] == "damaged" and "made from damaged stage" in lines[s.hash], out
     assert f"made from damaged stage {train.hash}" in lines[_stage(graph, "generate").hash]
+    assert main(["--verify", f"store={root / 'runs'}"]) == 1  # the whole store: the same three
+    out = capsys.readouterr().out
+    assert "3 damaged" in out and f"made from damaged stage {train.hash}" in out, out
 
 
 def test_commit_refuses_to_seal_a_damaged_output(tmp_path):

@@ -201,7 +201,9 @@ def test_status_verify_reports_damaged_stages(smoke, tmp_path, capsys):
     gen_hash, rel = _damage_a_frame(store, run)
     assert main(["--verify", f"store={store}"]) == 1
     out = capsys.readouterr().out
-    assert "1 damaged" in out and f"damaged  generate  {gen_hash}  missing {rel}" in out
+    assert "2 damaged" in out and f"damaged  generate  {gen_hash}  missing {rel}" in out
+    ev = next(s.hash for s in run.graph.order() if s.kind == "evaluate")  # made from it: damaged with it
+    assert f"damaged  evaluate  {ev}  made from damaged stage {gen_hash}" in out
     assert main(["table=III", "rows=global", "--verify", f"store={store}"]) == 1
     out = capsys.readouterr().out
     assert f"damaged  generate  {gen_hash}" in out and f"missing {rel}" in out
