@@ -97,7 +97,7 @@ def run_table(
 
     foundation = getattr(resolver, "foundation", {})
     mode = provenance.check_mode(select(resolver.base, "benchmark.provenance", "record"))
-    check_store(store.root, write=not dry_run)  # before anything is created (the results folder too)
+    check_store(store.root, write=False)  # a file where the store should be: also --dry-run
     if dry_run:
         for line in describe(foundation):
             show(line)
@@ -113,6 +113,7 @@ def run_table(
             f"was started:\n  " + "\n  ".join(problems)
         )
 
+    check_store(store.root)  # writable (made if need be), before the results folder is made
     run = TableRun(graph)
     check_finished(graph, store, echo)  # a damaged finished stage is set aside and recomputed
     provenance.apply(graph, store, mode, echo)  # made by other code: flagged (strict: recomputed)
