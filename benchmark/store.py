@@ -121,7 +121,9 @@ class Store:
         return d
 
     def commit(self, stage, result: dict | None) -> Path:
-        """Write result.json, then DONE (last). Paths in `result` are stored relative to the folder."""
+        """Write result.json, stage.json (with the digest of each input stage), the manifest (every
+        output checked first: one that does not pass raises benchmark.manifest.DamagedOutput and the
+        stage is not sealed), then DONE (last). Paths in `result` are stored relative to the folder."""
         d = self.dir(stage.hash)
         result = _relative_paths(dict(result or {}), d)
         atomic_write_json(d / RESULT, result)
