@@ -22,8 +22,8 @@ ctime cannot be set back from user space (restoring mtime with `touch -d` / os.u
 What the cache cannot catch: changes that bypass the file system's metadata (bit rot on the disk,
 a write to the raw block device, a remote writer on a network file system whose client caches
 attributes, a clock set back to forge ctime). `benchmark.status --verify` hashes every file in full
-whatever the cache says, for those. Cost: sha256 runs at about 1.8 GB/s per core on the dev CPU
-(docs/benchmark.md, "Checking weights by hash"), so a touched 17 GiB checkpoint costs ~10 s of
+whatever the cache says, for those. Cost: sha256 runs at 0.3-1.8 GB/s per core on the dev CPU, by load
+(docs/benchmark.md, "Checking weights by hash"), so a touched 17 GiB checkpoint costs 10-60 s of
 hashing plus reading it from disk.
 
 Durability: while hashing, each file is fsynced, so once the (itself fsynced) manifest and then
