@@ -254,27 +254,15 @@ def test_generate_command_input_named_dots_png_is_one_line(tmp_path, capsys):
 
 
 # ------------------------------------------------------------------------ render (cases 8, 9)
-def test_render_sweeps_a_killed_renders_temp_and_markdown_escapes(tmp_path):
-    """Case 8: a render killed mid-write left `results/<profile>/.lsa-tmp-<pid>@<host>~...png`, never
-    swept. Case 9: the markdown table printed a description holding `<script>` raw."""
-    import socket
-    import subprocess
-
+def _render_fake(tmp_path, overrides=()):
     from fakes import FakeRunner
 
     from benchmark.config import HydraResolver
     from benchmark.run_table import run_table
 
-    gone = subprocess.Popen(["true"])
-    gone.wait()
-    out = tmp_path / "results" / "smoke-fake"
-    out.mkdir(parents=True)
-    left = out / f".lsa-tmp-{gone.pid}@{socket.gethostname()}~table_III_loss.png.abc123.png"
-    left.write_bytes(b"half a figure")
-    resolver = HydraResolver("smoke", ["benchmark.description='<script>alert(1)</script> a|b'"])
     run_table(
         "III",
-        resolver,
+        HydraResolver("smoke", list(overrides)),
         FakeRunner(),
         store=tmp_path / "runs",
         results=tmp_path / "results",
@@ -282,7 +270,28 @@ def test_render_sweeps_a_killed_renders_temp_and_markdown_escapes(tmp_path):
         figures=False,
         echo=lambda m: None,
     )
+    return tmp_path / "results" / "smoke-fake"
+
+
+def test_render_sweeps_a_killed_renders_temp(tmp_path):
+    """Case 8: a render killed mid-write left `results/<profile>/.lsa-tmp-<pid>@<host>~...png`, never
+    swept."""
+    import socket
+    import subprocess
+
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    out = tmp_path / "results" / "smoke-fake"
+    out.mkdir(parents=True)
+    left = out / f".lsa-tmp-{gone.pid}@{socket.gethostname()}~table_III_loss.png.abc123.png"
+    left.write_bytes(b"half a figure")
+    _render_fake(tmp_path)
     assert not left.exists()
+
+
+def test_markdown_table_escapes_what_it_prints(tmp_path):
+    """Case 9: the markdown table printed a description holding `<script>` raw (.html, .tex escape it)."""
+    out = _render_fake(tmp_path, ["benchmark.description='<script>alert(1)</script> a|b'"])
     md = (out / "table_III.md").read_text()
     assert "<script>" not in md and "&lt;script&gt;alert(1)&lt;/script&gt; a\\|b" in md
 
