@@ -23,17 +23,18 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from ablations.registry import TableSpec, load_table
-from benchmark import provenance
+from benchmark import lock, provenance
 from benchmark.cluster import format_arrays, launch_table
-from benchmark.config import ConfigError, missing_paths
+from benchmark.config import ConfigError
 from benchmark.local import check_finished, execute_stage
+from benchmark.preflight import refuse, run_preflight
 from benchmark.render import render
 from benchmark.shards import check_can_shard, stage_shards
 from benchmark.stage_runner import StageRunner
 from benchmark.stages import DictResolver, StageGraph, expand, select
 from benchmark.store import Store
 from data.atomic import make_temp_file
-from data.cli import MissingFile, UserError
+from data.cli import UserError
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +89,7 @@ def run_table(
     graph = expand(spec, resolver)
     check_values(graph)  # types and ranges of every row's config, before anything runs
 
-    problems = missing_paths((p.row.name, p.cfg, spec.detectors_for(p.row)) for p in graph.rows if p.cfg is not None)
+    inputs = run_preflight((p.row.name, p.cfg, spec.detectors_for(p.row)) for p in graph.rows if p.cfg is not None)
     sharded = [s for s in graph.order() if stage_shards(s) > 1]  # checks benchmark.shards of every stage
     if runner is not None and not dry_run:
         for s in sharded:
@@ -98,24 +99,24 @@ def run_table(
     foundation = getattr(resolver, "foundation", {})
     mode = provenance.check_mode(select(resolver.base, "benchmark.provenance", "record"))
     check_store(store.root, write=False)  # a file where the store should be: also --dry-run
+    lock_warning = lock.warning()  # installed packages other than the lock's: numbers may differ
     if dry_run:
+        if lock_warning:
+            show(f"warning: {lock_warning}")
         for line in describe(foundation):
             show(line)
         show(graph.format(store.is_done, store.root, notes=provenance.flag_stages(graph, store)))
         if launcher != "local":
             show(format_arrays(graph, store))
-        for line in problems:
-            show(f"missing: {line}")
+        refuse(spec.name, inputs, show)  # every wrong input on stdout, then exit 2
         return TableRun(graph)
-    if problems:
-        raise MissingFile(
-            f"table {spec.name}: {len(problems)} path(s) the run needs are missing; nothing "
-            f"was started:\n  " + "\n  ".join(problems)
-        )
+    refuse(spec.name, inputs)  # benchmark/preflight.py: nothing starts while an input is wrong
 
     check_store(store.root)  # writable (made if need be), before the results folder is made
     run = TableRun(graph)
     check_finished(graph, store, echo)  # a damaged finished stage is set aside and recomputed
+    if lock_warning:
+        echo(f"warning: {lock_warning}")
     provenance.apply(graph, store, mode, echo)  # made by other code: flagged (strict: recomputed)
     pending = graph.pending(store.is_done)
     echo(
