@@ -15,7 +15,8 @@ from pathlib import Path
 from benchmark.shards import Shard, check_can_shard, merge_shards, run_shards, stage_shards
 from benchmark.stage_runner import StageRunner
 from benchmark.stages import Stage, StageGraph
-from benchmark.store import Store, atomic_write_json
+from benchmark.store import DAMAGED, STALE, Store, atomic_write_json
+from data.atomic import DiskFull, disk_full
 
 log = logging.getLogger(__name__)
 
@@ -38,40 +39,57 @@ def execute_stage(
 
 
 def check_finished(graph: StageGraph, store: Store, echo=None) -> list[str]:
-    """Check each finished stage of the graph against its manifest before it is reused: names and
-    sizes (one stat per file, so every rerun of a paper table stays fast; truncated, deleted, added
-    and replaced-by-another-size files are what goes wrong in practice); `benchmark.status --verify`
-    also compares the content hashes (benchmark/manifest.py). A damaged one (a file missing, added or changed) is moved to
-    `<store>/.damaged/` and so recomputed; the message names the damaged files. A stage finished
-    before manifests existed is trusted, with a warning: recomputing every old stage (days of
+    """Check each finished stage of the graph before it is reused, in dependency order:
+    - against its manifest (benchmark/manifest.py): names and sizes (one stat per file), and the
+      content hash of every file touched since it was last found intact (its size, mtime, ctime or
+      inode changed): a same-size change to weights is caught without rehashing untouched
+      checkpoints on every rerun; `benchmark.status --verify` hashes every file in full;
+    - against its inputs: a stage made from an input stage that is set aside now, is not finished
+      (so it runs again), or was recomputed since (its manifest digest differs from the one recorded at commit), is stale.
+    A damaged or stale stage is moved to `<store>/.damaged/` (stale: `.stale/`) and so recomputed,
+    and so is everything downstream of it; the message names the damaged files or the input. A stage
+    finished before manifests existed is trusted, with a warning: recomputing every old stage (days of
     training on the paper profile) for a check that was never possible would cost more than it saves.
     Returns the hashes set aside."""
     echo = echo or log.warning
-    damaged_hashes = []
+    aside: list[str] = []
     for s in graph.order():
         if not store.is_done(s.hash):
             continue
-        damage = store.verify(s.hash, hashes=False)
-        if damage is None:
-            echo(
-                f"warning: stage {s.kind} {s.hash} finished before stages had manifests: its files cannot be "
-                f"checked and are trusted (delete {store.dir(s.hash)} to recompute it)"
-            )
-            continue
-        if not damage:
+        why = _not_reusable(s, graph, store, aside, echo)
+        if why is None:
             continue
         with store.lock(s.hash, echo):
-            damage = store.verify(s.hash, hashes=False) if store.is_done(s.hash) else []  # another run may have acted
-            if not damage:
+            why = _not_reusable(s, graph, store, aside) if store.is_done(s.hash) else None  # another run may have acted
+            if why is None:
                 continue
-            moved = store.set_aside(s.hash)
-        shown = "; ".join(damage[:5]) + (f"; ... {len(damage) - 5} more" if len(damage) > 5 else "")
+            damaged = why.startswith("is damaged")
+            moved = store.set_aside(s.hash, into=DAMAGED if damaged else STALE)
         echo(
-            f"stage {s.kind} {s.hash} (rows: {', '.join(s.rows)}) is damaged since it finished: {shown}. "
+            f"stage {s.kind} {s.hash} (rows: {', '.join(s.rows)}) {why}. "
             f"Its folder was moved to {moved} and the stage is recomputed"
         )
-        damaged_hashes.append(s.hash)
-    return damaged_hashes
+        aside.append(s.hash)
+    return aside
+
+
+def _not_reusable(s: Stage, graph: StageGraph, store: Store, aside: list[str], echo=None) -> str | None:
+    """Why a finished stage cannot be reused (None: it can)."""
+    damage = store.verify(s.hash, reuse=True)
+    if damage is None and echo is not None:
+        echo(
+            f"warning: stage {s.kind} {s.hash} finished before stages had manifests: its files cannot be "
+            f"checked and are trusted (delete {store.dir(s.hash)} to recompute it)"
+        )
+    if damage:
+        shown = "; ".join(damage[:5]) + (f"; ... {len(damage) - 5} more" if len(damage) > 5 else "")
+        return f"is damaged since it finished: {shown}"
+    # an input set aside now, or not finished (deleted, or resumed without its DONE) is made again
+    redone = [d for d in s.deps if d in aside or not store.is_done(d)] or store.made_from_other_inputs(s.hash)
+    if redone:
+        names = ", ".join(f"{graph.stages[d].kind if d in graph.stages else 'stage'} {d}" for d in redone)
+        return f"was made from input stage(s) {names}, which are recomputed or changed since: it is stale"
+    return None
 
 
 def check_inputs_done(stage: Stage, store: Store) -> None:
@@ -99,18 +117,26 @@ def _execute_locked(
             res = merge_shards(
                 stage, graph, store, runner, out, [store.shard_result(stage.hash, i, n) for i in range(n)]
             )
+        store.commit(stage, res)  # inside: a full disk or an output that does not pass fails it too
     except BaseException as e:
-        try:
-            store.fail(stage.hash, e)  # benchmark.status shows it as failed, with this summary
-        except OSError:  # (a full disk must not hide the stage's own error)
-            pass
+        full = isinstance(e, Exception) and disk_full(e, out)
+        error = (
+            DiskFull(
+                f"stage {stage.kind} {stage.hash}: no space left on device writing under {out} (errno 28; "
+                f"{type(e).__name__}: {str(e)[:200]}); free space and rerun: the stage resumes"
+            )
+            if full
+            else e
+        )
+        store.fail(stage.hash, error)  # benchmark.status shows it as failed, with this summary
         what = "was interrupted" if isinstance(e, KeyboardInterrupt) else "failed"
         echo(
             f"stage {stage.kind} {stage.hash} {what} (rows: {', '.join(stage.rows)}); its folder {out} is kept "
             f"and the next run retries it"
         )
+        if full:
+            raise error from e
         raise
-    store.commit(stage, res)
 
 
 def call_runner(

@@ -15,6 +15,7 @@ from benchmark.figures import table_figures
 from benchmark.report import write_report
 from benchmark.stages import StageGraph, select
 from benchmark.store import Store
+from data.atomic import sweep_temps
 
 # Where metrics.evaluate puts the per-frame-index detection scores: {"mAP": [...], "mIoU": [...]} in percent
 PER_FRAME_KEY = "det.per_frame"
@@ -111,6 +112,7 @@ def render(
     from benchmark.tables import caption_text, protocol_text, render_table, uncertainty_text
 
     spec = graph.table
+    sweep_temps(out_dir, recursive=True)  # what a render killed mid-write left (live writers' stay)
     cells, extra, sizes = collect(graph, store)
     stats, uncertainty = cell_statistics(graph, store, extra)
     description = str(select(graph.render.run_cfg, "benchmark.description", graph.profile))

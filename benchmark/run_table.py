@@ -100,6 +100,7 @@ def run_table(
 
     foundation = getattr(resolver, "foundation", {})
     mode = provenance.check_mode(select(resolver.base, "benchmark.provenance", "record"))
+    check_store(store.root, write=False)  # a file where the store should be: also --dry-run
     lock_warning = lock.warning()  # installed packages other than the lock's: numbers may differ
     if dry_run:
         if lock_warning:
@@ -117,6 +118,7 @@ def run_table(
         return TableRun(graph)
     refuse(spec.name, inputs)  # benchmark/preflight.py: nothing starts while an input is wrong
 
+    check_store(store.root)  # writable (made if need be), before the results folder is made
     run = TableRun(graph)
     check_finished(graph, store, echo)  # a damaged finished stage is set aside and recomputed
     if lock_warning:
@@ -192,6 +194,23 @@ def check_writable(folder: Path, option: str) -> None:
         raise UserError(
             f"{option}={Path(folder).parent}: the output folder {folder} is not writable "
             f"({e.strerror or e}); nothing was started"
+        ) from e
+
+
+def check_store(root: Path, write: bool = True) -> None:
+    """The store can hold stages: `root` is a folder or can be made one, and (`write`) a file can be
+    created in it; else a user error naming it (a file, a read-only disk, no permission)."""
+    root = Path(root)
+    if root.exists() and not root.is_dir():
+        raise UserError(f"store={root}: a file, not a folder; give a folder for the stages; nothing was started")
+    if not write:
+        return
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        make_temp_file(root / ".write-check").unlink()
+    except OSError as e:
+        raise UserError(
+            f"store={root}: the stage store cannot be written ({e.strerror or e}); nothing was started"
         ) from e
 
 

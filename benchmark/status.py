@@ -11,7 +11,9 @@ A failed stage is submitted again by the next `benchmark.run`; it is never count
   --logs    print the last lines of each failed stage's log
   --verify  check every finished stage (of the table, or without table= of the whole store) against
             its manifest (benchmark/manifest.py): a file missing, added or changed since the stage
-            finished marks it damaged (the next benchmark.run recomputes it). Exit 1 if any is damaged.
+            finished marks it damaged (every file hashed in full), and with table= so does every
+            stage made from a damaged one: the next benchmark.run recomputes them all. Exit 1 if
+            any is damaged.
 """
 
 from __future__ import annotations
@@ -86,39 +88,63 @@ def _damage_text(damage: list[str] | None) -> str:
     return "; ".join(damage[:3]) + (f"; ... {len(damage) - 3} more" if len(damage) > 3 else "")
 
 
-def mark_damaged(statuses: list[StageStatus], store: Store) -> bool:
-    """--verify: each done stage checked against its manifest; a damaged one becomes `damaged` with
-    the files named. True if any is damaged."""
+def mark_damaged(statuses: list[StageStatus], store: Store, graph: StageGraph | None = None) -> bool:
+    """--verify: each done stage checked against its manifest, every file hashed in full; a damaged
+    one becomes `damaged` with the files named, and so does (with `graph`) every done stage made
+    from a damaged one: the next benchmark.run recomputes them together. True if any is damaged."""
     found = False
-    for st in statuses:
+    bad: set[str] = set()
+    for st in statuses:  # in dependency order (stage_statuses follows graph.order())
         if st.status != "done":
             continue
         damage = store.verify(st.hash)
+        inputs = [d for d in graph.stages[st.hash].deps if d in bad] if graph is not None else []
         if damage:
             st.status, st.detail, found = "damaged", _damage_text(damage), True
+            bad.add(st.hash)
+        elif inputs:
+            st.status, found = "damaged", True
+            st.detail = f"made from damaged stage {', '.join(inputs)}: recomputed with it"
+            bad.add(st.hash)
         else:  # keeps what stage_statuses said (e.g. made by other code)
             st.detail = "; ".join(x for x in (_damage_text(None) if damage is None else "verified", st.detail) if x)
     return found
 
 
 def verify_store(store: Store) -> tuple[list[str], bool]:
-    """--verify without a table: every finished stage folder of the store. (lines, any damaged)."""
-    done = sorted(p.parent for p in store.root.glob("*/DONE"))
-    lines, damaged = [], 0
-    for d in done:
-        damage = store.verify(d.name)
-        kind = store.stage_info(d.name).get("kind", "?")
-        if damage:
-            damaged += 1
-            lines.append(f"  damaged  {kind:<9} {d.name}  {_damage_text(damage)}")
-        elif damage is None:
-            lines.append(f"  unknown  {kind:<9} {d.name}  {_damage_text(None)}")
+    """--verify without a table: every finished stage folder of the store, every file hashed in full;
+    a stage made (its stage.json's deps, transitively) from a damaged one is damaged too.
+    (lines, any damaged)."""
+    done = sorted(p.parent.name for p in store.root.glob("*/DONE"))
+    found = {h: store.verify(h) for h in done}
+    info = {h: store.stage_info(h) for h in done}
+    bad = {h for h, damage in found.items() if damage}
+    made_from: dict[str, list[str]] = {}
+    grew = True
+    while grew:  # downstream of a damaged stage, however deep
+        grew = False
+        for h in done:
+            inputs = [d for d in info[h].get("deps") or [] if d in bad]
+            if inputs and h not in bad:
+                bad.add(h)
+                made_from[h], grew = inputs, True
+    lines = []
+    for h in done:
+        kind = info[h].get("kind", "?")
+        if found[h]:
+            lines.append(f"  damaged  {kind:<9} {h}  {_damage_text(found[h])}")
+        elif h in made_from:
+            lines.append(
+                f"  damaged  {kind:<9} {h}  made from damaged stage {', '.join(made_from[h])}: recomputed with it"
+            )
+        elif found[h] is None:
+            lines.append(f"  unknown  {kind:<9} {h}  {_damage_text(None)}")
         else:
-            lines.append(f"  ok       {kind:<9} {d.name}")
-    head = f"store {store.root}/: {len(done)} finished stage(s) checked, {damaged} damaged" + (
-        " (the next benchmark.run of a table using them recomputes them)" if damaged else ""
+            lines.append(f"  ok       {kind:<9} {h}")
+    head = f"store {store.root}/: {len(done)} finished stage(s) checked, {len(bad)} damaged" + (
+        " (the next benchmark.run of a table using them recomputes them)" if bad else ""
     )
-    return [head] + lines, bool(damaged)
+    return [head] + lines, bool(bad)
 
 
 def _add_shard_progress(st: StageStatus, stage, store: Store) -> None:
@@ -215,7 +241,7 @@ def main(argv: list[str] | None = None) -> int:
         graph = expand(load_table(name).select(rows), resolver)
         statuses = stage_statuses(graph, store)
         if verify:
-            any_damaged |= mark_damaged(statuses, store)
+            any_damaged |= mark_damaged(statuses, store, graph)
         print(format_statuses(graph, statuses, store, logs="--logs" in flags))
         out = Path(opts["results"]) / graph.profile / f"table_{graph.table.name}.md"
         print(f"  table: {out}" + ("" if out.exists() else " (not written yet)"))

@@ -23,6 +23,7 @@ from typing import Any
 import yaml
 
 from benchmark import provenance
+from benchmark.manifest import digest as manifest_digest
 from benchmark.manifest import verify as verify_manifest
 from benchmark.manifest import write_manifest
 from data.atomic import atomic_dir, atomic_write_json, atomic_write_text, sweep_temps  # noqa: F401  (re-exported)
@@ -35,6 +36,7 @@ STAGE = "stage.json"
 FAILED = "FAILED"  # the last attempt ended with an exception: its summary (JSON)
 SHARDS = "shards"  # runs/<hash>/shards/<i>-of-<n>/ (benchmark/shards.py)
 DAMAGED = ".damaged"  # runs/.damaged/<hash>-<time>/: finished stages found damaged, set aside
+STALE = ".stale"  # runs/.stale/<hash>-<time>/: made by other code (provenance=strict) or from a redone input
 
 
 # ------------------------------------------------------------------------------ atomic writes
@@ -94,7 +96,8 @@ class Store:
         A reused folder is first swept of the temp entries its killed writers left (data/atomic.py)."""
         resumed = self.dir(stage.hash).exists()
         if resumed:
-            sweep_temps(self.dir(stage.hash), recursive=True)
+            # (ownerless too: the trainer's checkpoint temp; this process holds the stage's lock)
+            sweep_temps(self.dir(stage.hash), recursive=True, ownerless=True)
             (self.dir(stage.hash) / FAILED).unlink(missing_ok=True)
         return self._record(stage, attempt={"started": _now(), "resumed": resumed})
 
@@ -118,7 +121,9 @@ class Store:
         return d
 
     def commit(self, stage, result: dict | None) -> Path:
-        """Write result.json, then DONE (last). Paths in `result` are stored relative to the folder."""
+        """Write result.json, stage.json (with the digest of each input stage), the manifest (every
+        output checked first: one that does not pass raises benchmark.manifest.DamagedOutput and the
+        stage is not sealed), then DONE (last). Paths in `result` are stored relative to the folder."""
         d = self.dir(stage.hash)
         result = _relative_paths(dict(result or {}), d)
         atomic_write_json(d / RESULT, result)
@@ -126,6 +131,9 @@ class Store:
         if info.get("attempts"):
             info["attempts"][-1]["finished"] = _now()
         info["provenance"] = provenance.current()  # the code that made it (benchmark/provenance.py)
+        # the manifest digest of each input stage: a stage made from an input that was recomputed
+        # since is not reused (benchmark.local.check_finished)
+        info["inputs"] = {dep: manifest_digest(self.dir(dep)) for dep in stage.deps}
         atomic_write_json(d / STAGE, info)
         write_manifest(d)  # every file's size and hash, each fsynced (benchmark/manifest.py)
         atomic_write_text(d / DONE, _now() + "\n")
@@ -133,21 +141,27 @@ class Store:
         return d
 
     def fail(self, stage_hash: str, error: BaseException) -> None:
-        """Record that the stage's attempt ended with `error` (FAILED, cleared by the next attempt)."""
+        """Record that the stage's attempt ended with `error` (FAILED, cleared by the next attempt), as
+        far as the disk allows: never raises an OSError of its own."""
         interrupted = isinstance(error, KeyboardInterrupt)
         summary = "interrupted (Ctrl-C)" if interrupted else f"{type(error).__name__}: {error}"
         if len(summary) > 500:
             summary = summary[:500] + " ..."
-        atomic_write_json(
-            self.dir(stage_hash) / FAILED,
-            {
-                "time": _now(),
-                "error": summary,
-                "interrupted": interrupted,
-                "host": socket.gethostname(),
-                "pid": os.getpid(),
-            },
-        )
+        record = {
+            "time": _now(),
+            "error": summary,
+            "interrupted": interrupted,
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+        }
+        path = self.dir(stage_hash) / FAILED
+        try:
+            atomic_write_json(path, record)
+        except OSError:  # a full disk: the temp file beside it may not fit; try in place, then give up
+            try:  # (a torn FAILED reads back as "(unreadable ...)": still a failure, never DONE)
+                path.write_text(json.dumps(record) + "\n")
+            except OSError:
+                pass  # the stage's own error must not be hidden by this one
 
     def failure(self, stage_hash: str) -> dict | None:
         """The FAILED record of the stage's last attempt, or None (not failed, or a later attempt runs)."""
@@ -159,10 +173,22 @@ class Store:
         except json.JSONDecodeError:
             return {"error": f"(unreadable {p})"}
 
-    def verify(self, stage_hash: str, hashes: bool = True) -> list[str] | None:
+    def verify(self, stage_hash: str, hashes: bool = True, reuse: bool = False) -> list[str] | None:
         """What differs in a finished stage's folder from its manifest ([] = intact; None = the stage
-        finished before manifests existed). benchmark/manifest.py."""
-        return verify_manifest(self.dir(stage_hash), hashes=hashes)
+        finished before manifests existed). `reuse`: hash only the files touched since they were last
+        found intact (the runner's check); else every file in full. benchmark/manifest.py."""
+        return verify_manifest(self.dir(stage_hash), hashes=hashes, reuse=reuse)
+
+    def digest(self, stage_hash: str) -> str | None:
+        """The digest of a finished stage's manifest (None without one)."""
+        return manifest_digest(self.dir(stage_hash))
+
+    def made_from_other_inputs(self, stage_hash: str) -> list[str]:
+        """The input stages that changed (were recomputed) since this stage was made from them: their
+        manifest digest differs from the one recorded at its commit. [] for a stage recorded before."""
+        recorded = self.stage_info(stage_hash).get("inputs") or {}
+        now = {d: self.digest(d) if self.is_done(d) else None for d in recorded}
+        return [d for d, dg in recorded.items() if None not in (dg, now[d]) and now[d] != dg]
 
     def set_aside(self, stage_hash: str, into: str = DAMAGED) -> Path:
         """Move a stage folder to `<into>/<hash>-<time>/` (`.damaged`, or `.stale` for

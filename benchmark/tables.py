@@ -15,6 +15,7 @@ Missing cells: "n/a" (not computed or metric absent; never dropped, never filled
 from __future__ import annotations
 
 import dataclasses
+import html
 import math
 import re
 from collections.abc import Mapping, Sequence
@@ -356,7 +357,7 @@ def _markdown(spec: TableSpec, doc: dict) -> str:
     for c in spec.columns:
         heads += [f"{_header(c)} (ours)", f"{_header(c)} (paper)"][:per]
     lines = [
-        f"**{doc['caption']}**",
+        f"**{_md_escape(doc['caption'])}**",
         "",
         "| " + " | ".join(_md_escape(h) for h in heads) + " |",
         "|" + "|".join([":--"] * len(spec.label_columns) + ["--:"] * (per * len(spec.columns))) + "|",
@@ -373,7 +374,10 @@ def _markdown(spec: TableSpec, doc: dict) -> str:
 
 
 def _md_escape(s: str) -> str:
-    return str(s).replace("|", "\\|")
+    """Text from specs and configs (labels, a profile's description, paths) as markdown shows it
+    literally: HTML's special characters as entities (a description holding `<script>` stays text;
+    the .html and .tex escape theirs too) and `|`, which would end a table cell."""
+    return html.escape(str(s), quote=False).replace("|", "\\|")
 
 
 # ------------------------------------------------------------------------------------ LaTeX

@@ -12,7 +12,8 @@ folder when the stage starts again.
 
 File modes. mkstemp / mkdtemp create 0600 / 0700 entries; our writers set the modes a plain open()
 or mkdir() would give (0666 / 0777 minus the umask), so a store shared by a group works with
-`umask 002`.
+`umask 002`; a folder published by `publish_dir` (atomic_dir, save_pretrained_atomic, the trainer's
+checkpoints) gets the same for every file in it (`plain_modes`): safetensors writes 0600.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import json
 import os
 import shutil
 import socket
+import stat
 import tempfile
 import time
 from collections.abc import Iterator, Mapping
@@ -28,7 +30,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from data.cli import InputError
+from data.cli import InputError, UserError
 
 TEMP_PREFIX = ".lsa-tmp-"
 # A temp entry of a process on another host cannot be checked for life; it counts as stale when it
@@ -95,10 +97,14 @@ def is_stale(path: str | Path, now: float | None = None) -> bool:
     return age > STALE_OTHER_HOST_S
 
 
-def sweep_temps(folder: str | Path, name: str | None = None, recursive: bool = False) -> list[Path]:
+def sweep_temps(
+    folder: str | Path, name: str | None = None, recursive: bool = False, ownerless: bool = False
+) -> list[Path]:
     """Remove the stale temp entries in `folder` (only those for target `name` when given; in every
     subfolder too with `recursive`). Entries of live writers are left alone, so concurrent writers
-    (two runs, shards) are safe. Returns what was removed."""
+    (two runs, shards) are safe. `ownerless`: also entries whose name carries no owner (the trainer's
+    checkpoint folder `.lsa-tmp-step-...`, one name for all its processes): only for a caller that
+    knows no writer is alive there (the store, holding the stage's lock). Returns what was removed."""
     folder = Path(folder)
     if not folder.is_dir():
         return []
@@ -106,7 +112,9 @@ def sweep_temps(folder: str | Path, name: str | None = None, recursive: bool = F
     for root, subdirs, files in os.walk(folder) if recursive else [(str(folder), *_split(folder))]:
         for entry in list(subdirs) + list(files):
             p = Path(root) / entry
-            if not is_temp(p) or (name is not None and f"~{name}." not in entry) or not is_stale(p):
+            if not is_temp(p) or (name is not None and f"~{name}." not in entry):
+                continue
+            if not is_stale(p) and not (ownerless and _owner(entry) is None):
                 continue
             if p.is_dir() and not p.is_symlink():
                 shutil.rmtree(p, ignore_errors=True)
@@ -124,6 +132,45 @@ def _split(folder: Path) -> tuple[list[str], list[str]]:
         for e in it:
             (subdirs if e.is_dir(follow_symlinks=False) else files).append(e.name)
     return subdirs, files
+
+
+# ------------------------------------------------------------------------------ a full disk
+class DiskFull(UserError):
+    """No space left on the device a stage writes to (errno 28): a storage error, one line."""
+
+
+# what torch's zip writer (torch.save, accelerate's checkpoints) says when a write fails, errno lost
+_TORCH_WRITE_FAILED = ("unexpected pos", "PytorchStreamWriter failed", "file write failed")
+
+
+def disk_full(error: BaseException, folder: str | Path) -> bool:
+    """Whether `error` comes from a full disk under `folder`: an OSError with errno 28 (ENOSPC) in its
+    chain of causes, or a failed write by torch's serialiser (whose message has lost the errno) while
+    a 1 MiB probe write into `folder` fails with ENOSPC."""
+    import errno
+
+    seen, e = set(), error
+    torch_write = False
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, OSError) and e.errno == errno.ENOSPC:
+            return True
+        torch_write |= isinstance(e, RuntimeError) and any(m in str(e) for m in _TORCH_WRITE_FAILED)
+        e = e.__cause__ or e.__context__
+    if not torch_write:
+        return False
+    try:
+        probe = make_temp_file(Path(folder) / ".space-check")
+        try:
+            with open(probe, "wb") as f:
+                f.write(b"\0" * (1 << 20))
+                f.flush()
+                os.fsync(f.fileno())
+        finally:
+            probe.unlink(missing_ok=True)
+    except OSError as probe_error:
+        return probe_error.errno == errno.ENOSPC
+    return False
 
 
 # ------------------------------------------------------------------------------ file modes
@@ -249,10 +296,24 @@ def save_pretrained_atomic(model, path: str | Path, extra_files: Mapping[str, st
     return Path(path)
 
 
+def plain_modes(folder: str | Path) -> None:
+    """Give every file under `folder` a plain file's mode (0666 minus the umask): some writers create
+    theirs 0600 whatever the umask (safetensors' weights files), which a group sharing the store
+    could not read. Called on a finished temp folder before it is published."""
+    want = file_mode()
+    for root, _, files in os.walk(folder):
+        for name in files:
+            p = os.path.join(root, name)
+            st = os.lstat(p)
+            if stat.S_ISREG(st.st_mode) and (st.st_mode & 0o777) != want:
+                os.chmod(p, want)
+
+
 def publish_dir(tmp: str | Path, target: str | Path) -> Path:
     """Move the finished folder `tmp` onto `target`, replacing a folder already there (os.replace
     cannot replace a non-empty folder: the old one is moved aside first, then dropped)."""
     tmp, target = Path(tmp), Path(target)
+    plain_modes(tmp)
     if target.exists():
         old = target.parent / f"{_temp_prefix(target.name)}old-{time.monotonic_ns()}"
         os.replace(target, old)

@@ -160,3 +160,20 @@ def write_frames(folder: str | Path, frames: np.ndarray) -> Path:
         for j, frame in enumerate(np.asarray(frames, dtype=np.uint8)):
             Image.fromarray(frame).save(tmp / f"{j:06d}.png")
     return folder
+
+
+def video_problem(path: str | Path, num_frames: int | None = None) -> str | None:
+    """Why a written video (an mp4, or a folder of frames) cannot be kept, or None when it decodes
+    whole with `num_frames` frames (any count when None). What a resumed writer checks before it
+    keeps an output of an earlier attempt (benchmark/generate.py): a truncated, emptied or deleted
+    frame, a cut mp4 are redone instead of trusted."""
+    path = Path(path)
+    if not path.exists():
+        return f"{path}: missing"
+    try:
+        n = read_video(path).shape[0]
+    except (InputError, MissingFile) as e:
+        return str(e)
+    if num_frames is not None and n != int(num_frames):
+        return f"{path}: {n} frames, expected {int(num_frames)}"
+    return None
