@@ -23,12 +23,13 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from ablations.registry import TableSpec, load_table
-from benchmark import provenance
+from benchmark import provenance, rehearsal
 from benchmark.cluster import format_arrays, launch_table
 from benchmark.config import ConfigError, missing_paths
 from benchmark.local import check_finished, execute_stage
 from benchmark.render import render
 from benchmark.shards import check_can_shard, stage_shards
+from benchmark.stage_meter import StageMeter
 from benchmark.stage_runner import StageRunner
 from benchmark.stages import DictResolver, StageGraph, expand, select
 from benchmark.store import Store
@@ -47,6 +48,7 @@ class TableRun:
     outputs: dict[str, Path] = field(default_factory=dict)  # md / tex / json / figures
     results_dir: Path | None = None
     launch: object | None = None  # slurm.launch.LaunchResult (launcher slurm / debug)
+    stage_perf: list[dict] = field(default_factory=list)  # launcher local: wall time, peak memory per stage run
 
 
 class StagesFailed(RuntimeError):
@@ -88,6 +90,15 @@ def run_table(
     graph = expand(spec, resolver)
     check_values(graph)  # types and ranges of every row's config, before anything runs
 
+    if rehearsal.enabled(resolver.base):  # profile=rehearsal: its stand-in networks, written once
+        try:
+            if dry_run:
+                for line in rehearsal.describe(resolver.base):
+                    show(line)
+            else:
+                rehearsal.ensure(resolver.base, echo)
+        except ValueError as e:
+            raise ConfigError(str(e)) from e
     problems = missing_paths((p.row.name, p.cfg, spec.detectors_for(p.row)) for p in graph.rows if p.cfg is not None)
     sharded = [s for s in graph.order() if stage_shards(s) > 1]  # checks benchmark.shards of every stage
     if runner is not None and not dry_run:
@@ -128,9 +139,12 @@ def run_table(
         ensure(foundation, echo)  # the parts the stages load, built once (resumable)
     if launcher == "local":
         bar = tqdm(pending, desc=f"table {spec.name}", unit="stage", file=sys.stderr)
+        meter = StageMeter(echo)
+        run.stage_perf = meter.records
         for stage in bar:
             bar.set_postfix_str(f"{stage.kind} {stage.hash}")
-            execute_stage(stage, graph, store, runner, echo)
+            with meter.stage(stage):
+                execute_stage(stage, graph, store, runner, echo)
             run.executed.append(stage.hash)
         bar.close()
     elif pending:
