@@ -69,18 +69,21 @@ def run_table(
     figures: bool = True,
     cluster: dict | None = None,
     wait: bool = True,
+    meter: StageMeter | None = None,
 ) -> TableRun:
     """Run one table. `cfg` is a resolver (benchmark.config.HydraResolver) or a resolved base dict.
 
     launcher slurm / debug: `cluster` is the cluster config (slurm.config.load_cluster; default:
     configs/slurm/default.yaml); `wait=False` submits and returns, and a render job draws the table
-    once every job ended.
+    once every job ended. `meter` (benchmark/stage_meter.py) collects the wall time and peak memory
+    of each stage run here (launcher local), also when a stage fails.
 
     `echo` takes every line (tests collect them); by default progress and status are logged and the
     --dry-run graph, the command's own output, is printed.
     """
     show = echo or print
     echo = echo or log.info
+    meter = meter or StageMeter(echo)  # launcher local: each stage's wall time and peak memory
     spec = table if isinstance(table, TableSpec) else load_table(table)
     spec = spec.select(rows)
     if launcher not in LAUNCHERS:
@@ -139,7 +142,6 @@ def run_table(
         ensure(foundation, echo)  # the parts the stages load, built once (resumable)
     if launcher == "local":
         bar = tqdm(pending, desc=f"table {spec.name}", unit="stage", file=sys.stderr)
-        meter = StageMeter(echo)
         run.stage_perf = meter.records
         for stage in bar:
             bar.set_postfix_str(f"{stage.kind} {stage.hash}")
