@@ -311,11 +311,30 @@ def write_dn_detr(path: Path, s: dict) -> Path:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(s["seed"])
         model = DabDetrForObjectDetection(dab_detr_config(arch)).eval()
+        confident_boxes(model, arch.num_queries)
         state = detrex_state_dict(model, arch)
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as tmp:
         torch.save({"model": state}, tmp)
     return path
+
+
+CONFIDENT_QUERIES = 5  # references per frame of the stand-in DN-DETR (KITTI Tracking: 4.3 vehicles per frame)
+
+
+def confident_boxes(model, num_queries: int, car: int = 2) -> None:
+    """Make a fresh DabDetr report something the mAP / mIoU code can score: every query says "car"
+    with score sigmoid(1) = 0.73 (above the protocol's 0.6 reference cut), the first
+    CONFIDENT_QUERIES with boxes of 30-50 % of the frame's sides, the others 2 % boxes (below the
+    protocol's size rule). A fresh model's box head outputs zero, so its boxes are its anchors: the
+    same boxes on every frame, real or generated (mAP and mIoU 100: the numbers check the machinery)."""
+    with torch.no_grad():
+        anchors = torch.rand(num_queries, 4) * torch.tensor([0.4, 0.4, 0.2, 0.2]) + torch.tensor([0.3, 0.3, 0.3, 0.3])
+        anchors[CONFIDENT_QUERIES:, 2:] = 0.02
+        model.model.query_refpoint_embeddings.weight.copy_(torch.logit(anchors))
+        model.class_embed.weight.zero_()
+        model.class_embed.bias.fill_(-6.0)
+        model.class_embed.bias[car] = 1.0
 
 
 WRITERS = {

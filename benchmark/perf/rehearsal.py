@@ -26,7 +26,8 @@ from benchmark.perf.harness import device_slug
 from benchmark.perf.step import device_name, versions
 from benchmark.stage_meter import StageMeter
 from data.atomic import atomic_write_json, atomic_write_text
-from data.cli import UsageError, command
+from data.cli import UserError as UsageError
+from data.cli import command
 
 log = logging.getLogger(__name__)
 
