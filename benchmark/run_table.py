@@ -118,6 +118,8 @@ def run_table(
         if launcher != "local":
             show(format_arrays(graph, store))
         for line in problems:
+            if rehearsal.enabled(resolver.base) and f"{rehearsal.settings(resolver.base)['dir']}/" in line:
+                continue  # a stand-in listed above as pending: written when the run starts
             show(f"missing: {line}")
         return TableRun(graph)
     if problems:

@@ -15,20 +15,20 @@ import torch
 from benchmark import rehearsal
 from benchmark.config import ConfigError, HydraResolver
 
-# The sizes and counts of the CPU test: tiny networks of the real classes at 4 x 64 x 96, 1 optimizer
-# step per epoch (5 clips at grad_accum 5), 2 sampler steps, DN-DETR at a 128 px short side;
+# The sizes and counts of the CPU test: tiny networks of the real classes at 4 x 32 x 48, 1 optimizer
+# step per epoch (5 clips at grad_accum 5), 2 sampler steps, DN-DETR at a 64 px short side;
 # torch.compile off (minutes of inductor compilation on a CPU)
 TINY = [
     "benchmark.stand_ins.networks=tiny",
-    "data.height=64",
-    "data.width=96",
+    "data.height=32",
+    "data.width=48",
     "data.clip_len=4",
     "data.train.num_clips=5",
     "train.compile=[]",
     "benchmark.generate.num_inference_steps=2",
     "benchmark.generate.decode_chunk_size=4",
-    "+benchmark.eval.detectors.dn_detr.short_edge_length=128",
-    "metrics.det.protocols.lsa.min_box_px=[8,8]",  # the paper's 76 px rule, scaled to 64 x 96 frames
+    "+benchmark.eval.detectors.dn_detr.short_edge_length=64",
+    "metrics.det.protocols.lsa.min_box_px=[8,8]",  # the paper's 76 px rule, scaled to 32 x 48 frames
     "benchmark.bootstrap.n_resamples=10",
     "benchmark.bootstrap.per_frame_resamples=0",
 ]
@@ -68,6 +68,28 @@ def test_rehearsal_flag_needs_the_paper_profile():
     assert HydraResolver("rehearsal").profile == "rehearsal"
     with pytest.raises(ConfigError, match="rehearses the paper profile"):
         HydraResolver("smoke", ["benchmark.rehearsal=true"])
+
+
+def test_dry_run_lists_the_stand_ins(tmp_path, monkeypatch):
+    """--dry-run writes nothing: it lists each stand-in as pending, and their paths are not reported
+    missing (the run writes them before its path checks)."""
+    from benchmark.run_table import run_table
+
+    monkeypatch.setenv("LSA_REHEARSAL_DIR", str(tmp_path / "rehearsal"))
+    lines = []
+    run_table(
+        "III",
+        HydraResolver("rehearsal"),
+        None,
+        rows=["svd_finetuned", "hybrid"],
+        store=tmp_path / "runs",
+        dry_run=True,
+        echo=lines.append,
+    )
+    text = "\n".join(lines)
+    assert text.count("rehearsal stand-in") == len(rehearsal.FILES) and text.count(" pending ") >= len(rehearsal.FILES)
+    assert "missing:" not in text
+    assert not (tmp_path / "rehearsal").exists()
 
 
 def test_detrex_checkpoint_converts_back_exactly():
