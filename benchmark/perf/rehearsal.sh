@@ -33,8 +33,9 @@ if [ "${1:-}" = "wheels" ]; then
         --platform manylinux_2_28_x86_64 --platform manylinux_2_24_x86_64 --platform manylinux_2_17_x86_64 \
         --platform manylinux2014_x86_64 -d "$DEST" \
         diffusers==0.42.1 hydra-core==1.3.8 omegaconf==2.3.1 \
-        ${REHEARSAL_WHEELS:-torch-fidelity cd-fvd torchmetrics lightning-utilities pycocotools imageio submitit cloudpickle}
-    $PY -m pip wheel --no-deps -w "$DEST" antlr4-python3-runtime==4.9.3
+        ${REHEARSAL_WHEELS:-torch-fidelity==0.4.0 torchmetrics==1.9.0 lightning-utilities==0.15.3 pycocotools==2.0.11 imageio==2.38.2 submitit==1.5.4 cloudpickle==3.1.3}
+    # published as source archives only: build their pure-Python wheels (omegaconf's parser runtime; cd-fvd's I3D)
+    $PY -m pip wheel --no-deps -w "$DEST" antlr4-python3-runtime==4.9.3 ${REHEARSAL_SDISTS:-cd-fvd==0.1.1}
     ls -l "$DEST"
     du -sh "$DEST"   # with the repository (~22 MB) it must stay under a device call's 64 MiB
     exit 0
