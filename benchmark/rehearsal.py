@@ -73,6 +73,7 @@ def settings(cfg) -> dict:
         dir=Path(str(s["dir"])).expanduser(),
         num_frames=int(select(cfg, "data.clip_len", 25)),
         fvd_frames=int(select(cfg, "metrics.fvd.num_frames", None) or select(cfg, "data.clip_len", 25)),
+        metrics_cache=select(cfg, "metrics.cache_dir", None),
     )
 
 
@@ -208,7 +209,7 @@ def write_i3d(path: Path, s: dict) -> Path:
     from metrics.fvd import _quiet_jit, make_tiny_i3d
 
     if s["networks"] == "tiny":
-        return make_tiny_i3d(path, seed=s["seed"])
+        return _smoke_copy("i3d", path, s) or make_tiny_i3d(path, seed=s["seed"])
     from cdfvd.third_party.i3d.pytorch_i3d import InceptionI3d
 
     with torch.random.fork_rng(devices=[]):
@@ -227,12 +228,14 @@ def write_inception(path: Path, s: dict) -> Path:
     """torch-fidelity's InceptionV3 is the same network at every size: its full state dict."""
     from metrics.fid import make_random_inception_weights
 
-    return make_random_inception_weights(path, seed=s["seed"])
+    return _smoke_copy("inception", path, s) or make_random_inception_weights(path, seed=s["seed"])
 
 
 def write_yolo(path: Path, s: dict) -> Path:
     from metrics.detectors.yolo import make_tiny_yolo
 
+    if s["networks"] == "tiny" and (done := _smoke_copy("yolo", path, s)):
+        return done
     return make_tiny_yolo(
         path, seed=s["seed"], model_yaml="yolo11x.yaml" if s["networks"] == "full" else "yolo11n.yaml"
     )
@@ -335,6 +338,23 @@ def confident_boxes(model, num_queries: int, car: int = 2) -> None:
         model.class_embed.weight.zero_()
         model.class_embed.bias.fill_(-6.0)
         model.class_embed.bias[car] = 1.0
+
+
+def _smoke_copy(kind: str, path: Path, s: dict) -> Path | None:
+    """Tiny networks at seed 0: the smoke profile's files are the same ones (metrics.weights, made once
+    in metrics.cache_dir): copied under the official name instead of made again. None otherwise."""
+    if s["networks"] != "tiny" or s["seed"] != 0 or not s.get("metrics_cache"):
+        return None
+    import shutil
+
+    from data.atomic import atomic_path
+    from metrics.weights import ensure_smoke_weights
+
+    src = ensure_smoke_weights(s["metrics_cache"])[kind]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        shutil.copyfile(src, tmp)
+    return path
 
 
 WRITERS = {

@@ -29,7 +29,7 @@ from data.atomic import atomic_write_json, atomic_write_text
 from data.cli import UserError as UsageError
 from data.cli import command
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("benchmark.perf.rehearsal")  # not __name__: run as __main__ by python -m
 
 OPTIONS = {"table": "III", "rows": "svd_finetuned,hybrid", "store": "runs-rehearsal", "results": "results"}
 

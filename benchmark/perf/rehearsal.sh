@@ -92,7 +92,7 @@ rehearse() {   # rehearse LOG ROWS
     timeout --signal=INT --kill-after=20 "$left" $PY -m benchmark.perf.rehearsal rows="$2" $ARGS >"$OUT_DIR/$1" 2>&1
     local rc=$?
     echo "=== rows=$2: exit $rc after $((SECONDS - T0)) s"
-    grep -E "INFO benchmark\.(run_table|rehearsal)|checkpoint step|resumed from|error|Error" "$OUT_DIR/$1" | tail -n 40
+    grep -E "INFO (benchmark\.(run_table|rehearsal|perf\.rehearsal)|trainers)|checkpoint step|resumed from|error|Error" "$OUT_DIR/$1" | tail -n 40
     return $rc
 }
 
