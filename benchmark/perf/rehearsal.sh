@@ -101,7 +101,7 @@ if [ "$FREE" -ge "${NEED_GB:-85}" ]; then
 else
     echo "rehearsal: ${FREE} GB free < ${NEED_GB:-85} GB: svd_finetuned first, then hybrid"
     rehearse log-rehearsal-1.txt svd_finetuned
-    stem=$(ls "$OUT_DIR"/*-rehearsal.json 2>/dev/null | head -1)
+    set +f; stem=$(ls "$OUT_DIR"/*-rehearsal.json 2>/dev/null | head -1); set -f
     [ -n "$stem" ] && cp "$stem" "${stem%.json}-pass1.json" && cp "${stem%.json}.md" "${stem%.json}-pass1.md"
     # svd_finetuned's epoch-2 train stage: nothing reads its checkpoints any more (the hybrid row
     # starts from the shared epoch-1 stage); this throwaway store's manifest of it no longer holds
