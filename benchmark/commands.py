@@ -17,6 +17,15 @@ COMMANDS = {
     "train": ("trainers.train", "train one model (LSA, its ablations, plain fine-tuning)"),
     "generate": ("benchmark.generate", "generate videos from first frames with a trained run or U-Net"),
     "evaluate": ("metrics.evaluate", "score a folder of generated videos against real ones (FVD, FID, mAP, mIoU)"),
+    "compare": ("benchmark.compare", "do two table JSONs hold the same numbers (e.g. yours and the committed one)"),
+    "check": (
+        "benchmark.check",
+        "the preflight alone: every input of a table opened and checked (lsa-bench check table=I profile=paper)",
+    ),
+    "weights": (
+        "benchmark.weights_fetch",
+        "lsa-bench weights fetch [--to DIR]: download the paper profile's weights, verified",
+    ),
 }
 
 

@@ -1,4 +1,4 @@
-"""Composing the benchmark's configs with Hydra's compose API, and checking paths before any work.
+"""Composing the benchmark's configs with Hydra's compose API (inputs are checked by benchmark/preflight.py).
 
 A row's config = `configs/train.yaml` + the profile `configs/benchmark/<profile>.yaml` (which also
 selects `configs/metrics/<...>.yaml`) + the command line's overrides + the row's overrides.
@@ -7,13 +7,12 @@ selects `configs/metrics/<...>.yaml`) + the command line's overrides + the row's
 from __future__ import annotations
 
 import importlib
-import os
 import re
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
-from benchmark.stages import select, split_override
+from benchmark.stages import split_override
 from data.cli import MissingFile
 
 # One class for every user-facing configuration problem (unknown profile, bad override, composition
@@ -114,6 +113,10 @@ class HydraResolver:
         return resolved
 
 
+# ------------------------------------------------------------------------------------ hub ids
+# (the checks of weight and dataset paths before any work: benchmark/preflight.py)
+
+
 REHEARSAL_FLAG = "benchmark.rehearsal"
 
 
@@ -138,87 +141,5 @@ def rehearsal_profile(profile: str, overrides: Sequence[str]) -> tuple[str, list
     return ("rehearsal" if on else profile), rest
 
 
-# ------------------------------------------------------------------------------------ path checks
-DETECTOR_KEYS = "benchmark.eval.detectors."
-
-
-_ABSENT = object()  # select()'s default: the key is not in the config
-
-
-def missing_paths(cfgs: Iterable[tuple]) -> list[str]:
-    """Every path named by `benchmark.check_paths` in the given (row name, config[, detectors]) items
-    that is not there, as one readable line each. With `detectors` (the names the row's evaluations
-    use), the weights of the other `benchmark.eval.detectors` are not asked for: a DN-DETR-only table
-    needs no YOLO file. check_paths has three lists:
-      local         keys whose value must exist on disk (weights files, dataset folders)
-      hub_or_local  keys that may also be Hugging Face hub ids ("org/name"): fine when cached, or when
-                    the Hub is reachable (they download on first use); missing when HF_HUB_OFFLINE=1
-                    and not cached
-      allow         values that need no file (e.g. tiny, null)
-    """
-    problems: dict[tuple[str, str, str, str], list[str]] = {}
-    for row, cfg, *used in cfgs:
-        used = set(used[0]) if used else None
-        spec = select(cfg, "benchmark.check_paths", {}) or {}
-        if not isinstance(spec, dict):
-            raise ConfigError("benchmark.check_paths must be a mapping with lists local, hub_or_local, allow")
-        allow = set(spec.get("allow") or [])
-        dataset = str(select(cfg, "data.name", ""))
-        for kind in ("local", "hub_or_local"):
-            for key in spec.get(kind) or []:
-                detector = key[len(DETECTOR_KEYS) :].split(".")[0] if key.startswith(DETECTOR_KEYS) else None
-                if used is not None and detector is not None and detector not in used:
-                    continue
-                ds = dataset if key.startswith("data.") else ""
-                value = select(cfg, key, _ABSENT)
-                if value is _ABSENT:
-                    if key.startswith("model."):  # a key of another backbone (model.svd of an LTX row)
-                        continue
-                    problems.setdefault((kind, key, "<absent>", ds), []).append(row)
-                    continue
-                if value in allow or (value is not None and _present(str(value), hub=(kind == "hub_or_local"))):
-                    continue
-                problems.setdefault((kind, key, "<null>" if value is None else str(value), ds), []).append(row)
-    lines = []
-    for (kind, key, value, ds), rows in problems.items():
-        name = f"{key} (data={ds})" if ds else key
-        if value == "<absent>":
-            why = "is not a key of the composed config (fix benchmark.check_paths or the config)"
-        elif value == "<null>" and key == "data.root":
-            why = (
-                f"is not set: benchmark.data_roots.{ds}=/path/to/{ds} (or the environment variable the "
-                f"profile names), or data.root=/path when every row uses this dataset"
-            )
-        elif value == "<null>":
-            why = f"is not set (null): give it on the command line, {key}=/path"
-        elif kind == "hub_or_local" and _looks_like_hub_id(value):
-            why = (
-                f"= {value}: not a local path, and as a hub id not in the local Hugging Face cache "
-                f"(HF_HUB_OFFLINE is set): `huggingface-cli download {value}`, or set {key} to a local folder"
-            )
-        elif key.startswith("data."):
-            why = f"= {value}: dataset folder not found (docs/data.md says how to get it)"
-        else:
-            why = f"= {value}: file not found (docs/metrics.md and docs/benchmark.md say where to get it)"
-        lines.append(f"{name} {why}  [rows: {', '.join(sorted(set(rows)))}]")
-    return lines
-
-
 def _looks_like_hub_id(value: str) -> bool:
     return bool(_HUB_ID.match(value)) and not value.startswith((".", "/", "~"))
-
-
-def _present(value: str, hub: bool) -> bool:
-    if Path(value).expanduser().exists():
-        return True
-    if hub and _looks_like_hub_id(value):
-        if not os.environ.get("HF_HUB_OFFLINE") and not os.environ.get("TRANSFORMERS_OFFLINE"):
-            return True  # reachable Hub: from_pretrained downloads it on first use
-        try:
-            from huggingface_hub import snapshot_download
-
-            snapshot_download(value, local_files_only=True)
-            return True
-        except Exception:  # LocalEntryNotFoundError and friends: not cached
-            return False
-    return False

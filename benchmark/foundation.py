@@ -14,7 +14,6 @@ builds (or lists) the mini profile's parts on their own.
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 from collections.abc import Callable
@@ -24,6 +23,7 @@ from typing import Any
 
 from benchmark import provenance
 from benchmark.stages import stage_hash
+from data.atomic import atomic_write_json
 
 PREFIX = "foundation:"
 FOUNDATION_VERSION = 1  # bump when a builder changes what it writes for the same settings
@@ -227,19 +227,20 @@ def ensure(parts: dict[str, Part], echo=print) -> dict[str, float]:
         start = time.time()
         BUILDERS[part.name](part, parts, echo)
         seconds[part.name] = time.time() - start
-        part.record.write_text(
-            json.dumps(
-                {
-                    "part": part.name,
-                    "hash": part.hash,
-                    "seconds": seconds[part.name],
-                    "settings": part.settings,
-                    # the code, libraries and torch thread count that made it: the same settings give
-                    # bit-identical weights only at the same thread count (docs/mini.md, "Reproducibility")
-                    "provenance": provenance.current(),
-                },
-                indent=1,
-            )
+        atomic_write_json(
+            part.record,
+            {
+                "part": part.name,
+                "hash": part.hash,
+                "seconds": seconds[part.name],
+                "settings": part.settings,
+                # the code, lock, libraries and torch thread count that made it: the same settings give
+                # bit-identical weights only at the same thread count (docs/mini.md, "Reproducibility")
+                "provenance": provenance.current(),
+                # what it made, so two builds under the same hash can be compared file by file
+                "sha256": provenance.files_sha256(part.path),
+            },
+            indent=1,
         )
         echo(f"foundation: {part.name} built in {seconds[part.name]:.0f} s")
     return seconds

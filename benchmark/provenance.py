@@ -1,9 +1,10 @@
-"""Which code and libraries made a stage: the git commit (and whether the tree was dirty), the versions
-of the libraries that shape the numbers, the device and the command. Recorded in each stage's
+"""Which code and libraries made a stage: the git commit (and whether the tree was dirty), the lock file
+it ran under (its sha256, and whether the installed packages were exactly the lock's: benchmark/lock.py),
+the version of every installed package, the device, torch's thread count and the command. Recorded in each stage's
 stage.json when it finishes (benchmark/store.py), carried into the table JSON and a caption footnote,
 and compared with the running code before a finished stage is reused (benchmark/run_table.py):
-`benchmark.provenance=record` (default) flags a stage made by another commit or other library
-versions; `strict` recomputes it and the stages built on it.
+`benchmark.provenance=record` (default) flags a stage made by another commit, under another lock or
+with other package versions; `strict` recomputes it and the stages built on it.
 
 A stage's hash says what was computed (its config), not with which code: a stage made before a bug
 fix keeps its hash. That is what this record is for.
@@ -11,16 +12,28 @@ fix keeps its hash. That is what this record is for.
 
 from __future__ import annotations
 
-import functools
+import hashlib
 import platform
 import shlex
 import subprocess
 import sys
 from collections.abc import Iterable, Mapping
-from importlib import metadata
 from pathlib import Path
 
-LIBRARIES = ("torch", "diffusers", "transformers", "ultralytics", "torchmetrics", "accelerate", "peft")
+from benchmark import lock
+
+# The libraries a table's caption names (every installed package is recorded, and compared)
+LIBRARIES = (
+    "torch",
+    "diffusers",
+    "transformers",
+    "ultralytics",
+    "torchmetrics",
+    "accelerate",
+    "peft",
+    "numpy",
+    "pillow",
+)
 MODES = ("record", "strict")
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -43,16 +56,9 @@ def git_state(root: str | Path = REPO_ROOT) -> tuple[str | None, bool | None]:
     return head.stdout.strip(), (bool(status.stdout.strip()) if status.returncode == 0 else None)
 
 
-@functools.lru_cache(maxsize=1)
-def library_versions() -> dict[str, str | None]:
-    """Installed versions of LIBRARIES (None = not installed); read from package metadata, nothing imported."""
-    out = {}
-    for lib in LIBRARIES:
-        try:
-            out[lib] = metadata.version(lib)
-        except metadata.PackageNotFoundError:
-            out[lib] = None
-    return out
+def library_versions() -> dict[str, str]:
+    """{normalised name: version} of every installed package (package metadata, nothing imported)."""
+    return dict(lock.installed())
 
 
 def device_name() -> str:
@@ -78,6 +84,17 @@ def torch_threads() -> int | None:
     return torch.get_num_threads()
 
 
+def cpu_capability() -> str | None:
+    """The vector instruction set torch's CPU kernels dispatch to (`AVX512`, `AVX2`, `DEFAULT`, ...):
+    CPUs of two capabilities run other kernels, whose float sums may differ in the last bits."""
+    try:
+        import torch
+
+        return torch.backends.cpu.get_cpu_capability()
+    except (ImportError, AttributeError):
+        return None
+
+
 def command_line() -> str:
     return shlex.join(getattr(sys, "orig_argv", None) or [sys.executable, *sys.argv])
 
@@ -88,26 +105,42 @@ def current() -> dict:
     return {
         "commit": commit,
         "dirty": dirty,
-        "versions": dict(library_versions()),
+        "lock": {k: v for k, v in lock.state().items() if k != "differs"},
+        "versions": library_versions(),
         "device": device_name(),
         "torch_threads": torch_threads(),
+        "cpu_capability": cpu_capability(),
         "command": command_line(),
         "python": platform.python_version(),
     }
 
 
+SHOWN_VERSIONS = 5  # package differences named one by one; the rest counted
+
+
 def mismatches(recorded: Mapping | None, now: Mapping) -> list[str]:
-    """Why a finished stage was made by other code: another commit, other library versions, or no
-    record at all (a stage from before provenance was recorded). [] = the same code."""
+    """Why a finished stage was made by other code: another commit, another lock file, other package
+    versions, or no record at all (a stage from before provenance was recorded). [] = the same code.
+    A record from before locks were recorded compares its few library versions only, and says so."""
     if not recorded:
         return ["no provenance record (made before stages recorded one)"]
     out = []
     if recorded.get("commit") != now.get("commit"):
         out.append(f"commit {_short(recorded.get('commit'))} (now {_short(now.get('commit'))})")
+    old_lock, new_lock = recorded.get("lock"), now.get("lock") or {}
+    if old_lock is None:
+        out.append("lock unknown (recorded before stages recorded their lock)")
+    elif old_lock.get("sha256") != new_lock.get("sha256"):
+        out.append(
+            f"lock {old_lock.get('file')} {_short(old_lock.get('sha256'))} "
+            f"(now {new_lock.get('file')} {_short(new_lock.get('sha256'))})"
+        )
     old, new = recorded.get("versions") or {}, now.get("versions") or {}
-    for lib in LIBRARIES:
-        if old.get(lib) != new.get(lib):
-            out.append(f"{lib} {old.get(lib)} (now {new.get(lib)})")
+    names = sorted(set(old) | set(new)) if old_lock is not None else [lib for lib in LIBRARIES if lib in old]
+    changed = [f"{n} {old.get(n)} (now {new.get(n)})" for n in names if old.get(n) != new.get(n)]
+    out += changed[:SHOWN_VERSIONS]
+    if len(changed) > SHOWN_VERSIONS:
+        out.append(f"{len(changed) - SHOWN_VERSIONS} more package versions differ")
     return out
 
 
@@ -115,35 +148,69 @@ def _short(commit: str | None) -> str:
     return commit[:10] if commit else "unknown"
 
 
+def files_sha256(path: str | Path) -> dict[str, str]:
+    """{relative posix path: sha256} of every file under `path` (or of the file itself, keyed by its
+    name): the content of a set of weights, so two builds with the same settings can be compared."""
+    path = Path(path)
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    out = {}
+    for f in files:
+        h = hashlib.sha256()
+        with open(f, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                h.update(block)
+        out[f.name if f == path else f.relative_to(path).as_posix()] = h.hexdigest()
+    return out
+
+
 def summarize(records: Iterable[Mapping | None]) -> dict:
-    """The distinct commits, library versions and devices of a table's stages (table JSON)."""
+    """The distinct commits, locks, library versions and devices of a table's stages (table JSON)."""
     records = list(records)
     commits: dict[str, bool] = {}
     versions: dict[str, set] = {lib: set() for lib in LIBRARIES}
+    locks: dict[tuple, bool] = {}  # (lock file, sha256) -> every stage under it matched it
     devices: set[str] = set()
+    threads: set[str] = set()  # "<torch threads> x <CPU capability>": what CPU float sums depend on
     for r in records:
         if not r:
             continue
         key = r.get("commit") or "unknown"
         commits[key] = commits.get(key, False) or bool(r.get("dirty"))
+        recorded = r.get("versions") or {}
         for lib in LIBRARIES:
-            versions[lib].add(str((r.get("versions") or {}).get(lib)))
+            if lib in recorded:
+                versions[lib].add(str(recorded[lib]))
+        rec_lock = r.get("lock") or {}
+        key = (rec_lock.get("file"), rec_lock.get("sha256"))
+        locks[key] = locks.get(key, True) and bool(rec_lock.get("matches"))
         devices.add(str(r.get("device")))
+        threads.add(f"{r.get('torch_threads')} x {r.get('cpu_capability')}")
     return {
         "commits": [{"commit": c, "dirty": d} for c, d in sorted(commits.items())],
+        "locks": [{"file": f, "sha256": h, "matches": m} for (f, h), m in sorted(locks.items(), key=str)],
         "versions": {lib: sorted(v) for lib, v in versions.items() if v},
         "devices": sorted(devices),
+        "threads": sorted(threads),
         "stages_without_record": sum(1 for r in records if not r),
     }
 
 
 def footnote(summary: Mapping) -> str:
-    """One caption sentence: 'Code: commit 1a2b3c4d5e (dirty); torch 2.4.1, ...; device: cpu: x86_64.'"""
+    """One caption sentence: 'Code: commit 1a2b3c4d5e (dirty); lock requirements/py3.11.txt 0a1b2c3d4e;
+    torch 2.4.1, ...; device: cpu: x86_64.' ("(not matched)": the installed packages differed from it)."""
     if not summary.get("commits"):
         return ""
     commits = ", ".join(_short(c["commit"]) + (" (dirty)" if c["dirty"] else "") for c in summary["commits"])
     libs = ", ".join(f"{lib} {'/'.join(v)}" for lib, v in summary["versions"].items())
-    s = f"Code: commit {commits}; {libs}; device: {', '.join(summary['devices'])}"
+    locks = ", ".join(
+        "unknown"
+        if not lk.get("file")
+        else f"{lk['file']} {_short(lk.get('sha256'))}" + ("" if lk.get("matches") else " (not matched)")
+        for lk in summary.get("locks") or []
+    )
+    s = f"Code: commit {commits}; lock {locks or 'unknown'}; {libs}; device: {', '.join(summary['devices'])}"
+    if summary.get("threads"):
+        s += f" (torch threads x CPU kernels: {', '.join(summary['threads'])})"
     if summary.get("stages_without_record"):
         s += f"; {summary['stages_without_record']} stage(s) without a provenance record"
     return s + "."

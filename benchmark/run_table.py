@@ -23,10 +23,11 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from ablations.registry import TableSpec, load_table
-from benchmark import provenance, rehearsal
+from benchmark import lock, provenance, rehearsal
 from benchmark.cluster import format_arrays, launch_table
-from benchmark.config import ConfigError, missing_paths
+from benchmark.config import ConfigError
 from benchmark.local import check_finished, execute_stage
+from benchmark.preflight import refuse, run_preflight
 from benchmark.render import render
 from benchmark.shards import check_can_shard, stage_shards
 from benchmark.stage_meter import StageMeter
@@ -34,7 +35,7 @@ from benchmark.stage_runner import StageRunner
 from benchmark.stages import DictResolver, StageGraph, expand, select
 from benchmark.store import Store
 from data.atomic import make_temp_file
-from data.cli import MissingFile, UserError
+from data.cli import UserError
 
 log = logging.getLogger(__name__)
 
@@ -99,10 +100,12 @@ def run_table(
                 for line in rehearsal.describe(resolver.base):
                     show(line)
             else:
-                rehearsal.ensure(resolver.base, echo)
+                rehearsal.ensure(resolver.base, echo)  # before the preflight, which opens them
         except ValueError as e:
             raise ConfigError(str(e)) from e
-    problems = missing_paths((p.row.name, p.cfg, spec.detectors_for(p.row)) for p in graph.rows if p.cfg is not None)
+    inputs = run_preflight((p.row.name, p.cfg, spec.detectors_for(p.row)) for p in graph.rows if p.cfg is not None)
+    if dry_run and rehearsal.enabled(resolver.base):
+        rehearsal.drop_pending(resolver.base, inputs)  # listed above as pending: written when the run starts
     sharded = [s for s in graph.order() if stage_shards(s) > 1]  # checks benchmark.shards of every stage
     if runner is not None and not dry_run:
         for s in sharded:
@@ -111,25 +114,23 @@ def run_table(
 
     foundation = getattr(resolver, "foundation", {})
     mode = provenance.check_mode(select(resolver.base, "benchmark.provenance", "record"))
+    lock_warning = lock.warning()  # installed packages other than the lock's: numbers may differ
     if dry_run:
+        if lock_warning:
+            show(f"warning: {lock_warning}")
         for line in describe(foundation):
             show(line)
         show(graph.format(store.is_done, store.root, notes=provenance.flag_stages(graph, store)))
         if launcher != "local":
             show(format_arrays(graph, store))
-        for line in problems:
-            if rehearsal.enabled(resolver.base) and f"{rehearsal.settings(resolver.base)['dir']}/" in line:
-                continue  # a stand-in listed above as pending: written when the run starts
-            show(f"missing: {line}")
+        refuse(spec.name, inputs, show)  # every wrong input on stdout, then exit 2
         return TableRun(graph)
-    if problems:
-        raise MissingFile(
-            f"table {spec.name}: {len(problems)} path(s) the run needs are missing; nothing "
-            f"was started:\n  " + "\n  ".join(problems)
-        )
+    refuse(spec.name, inputs)  # benchmark/preflight.py: nothing starts while an input is wrong
 
     run = TableRun(graph)
     check_finished(graph, store, echo)  # a damaged finished stage is set aside and recomputed
+    if lock_warning:
+        echo(f"warning: {lock_warning}")
     provenance.apply(graph, store, mode, echo)  # made by other code: flagged (strict: recomputed)
     pending = graph.pending(store.is_done)
     echo(

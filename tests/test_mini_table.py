@@ -47,9 +47,15 @@ def test_mini_table_builds_the_foundation_and_writes_the_sanity_report(tmp_path)
     assert all(p.done for p in resolver.foundation.values())
     import torch
 
+    from benchmark.provenance import files_sha256
+
     for p in resolver.foundation.values():  # each part records what made it, thread count included
         record = json.loads(p.record.read_text())
         assert record["provenance"]["torch_threads"] == torch.get_num_threads() and record["provenance"]["versions"]
+        assert record["provenance"]["lock"]["sha256"] and record["provenance"]["versions"]["numpy"]
+        # and what it made: the sha256 of every weights file, to compare two builds of one hash
+        assert record["sha256"] and record["sha256"] == files_sha256(p.path), p.name
+        assert any(name.endswith((".safetensors", ".pt")) for name in record["sha256"]), record["sha256"]
     assert run.outputs["sanity_md"].exists()
     report = json.loads(run.outputs["sanity_json"].read_text())
     section = report["sections"]["table III"]

@@ -31,6 +31,7 @@ TINY = [
     "metrics.det.protocols.lsa.min_box_px=[8,8]",  # the paper's 76 px rule, scaled to 32 x 48 frames
     "benchmark.bootstrap.n_resamples=10",
     "benchmark.bootstrap.per_frame_resamples=0",
+    "benchmark.check_paths.expect={}",  # the preflight's ViT-B/14 check of model.dino: the tiny DINOv2 is not one
 ]
 
 
@@ -88,7 +89,7 @@ def test_dry_run_lists_the_stand_ins(tmp_path, monkeypatch):
     )
     text = "\n".join(lines)
     assert text.count("rehearsal stand-in") == len(rehearsal.FILES) and text.count(" pending ") >= len(rehearsal.FILES)
-    assert "missing:" not in text
+    assert "preflight:" not in text
     assert not (tmp_path / "rehearsal").exists()
 
 

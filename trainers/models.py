@@ -241,12 +241,17 @@ def load_dino(model_cfg):
     if model_cfg.dino == "full-random":
         return build_full_random_dino(model_cfg.get("tiny_seed", 0), model_cfg.get("build_device", "cpu"))
     source = resolve_dino_source(model_cfg)
+    from trainers.dinov2_hub import is_hub_checkpoint, load_hub_dinov2
+
+    if is_hub_checkpoint(source):  # the official torch.hub file, e.g. dinov2_vitb14_pretrain.pth
+        return load_hub_dinov2(source)
     try:
         return AutoModel.from_pretrained(source, revision=model_cfg.get("revision"))
     except (OSError, ValueError) as e:
         raise RuntimeError(
             f"could not load DINOv2 from model.dino={source!r}: {e}\n"
-            "Give a local folder (e.g. a snapshot of facebook/dinov2-base) or a hub id."
+            "Give a local folder (e.g. a snapshot of facebook/dinov2-base), the official torch.hub file "
+            "dinov2_vitb14_pretrain.pth, or a hub id."
         ) from e
 
 
