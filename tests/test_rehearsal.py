@@ -31,7 +31,7 @@ TINY = [
     "metrics.det.protocols.lsa.min_box_px=[8,8]",  # the paper's 76 px rule, scaled to 32 x 48 frames
     "benchmark.bootstrap.n_resamples=10",
     "benchmark.bootstrap.per_frame_resamples=0",
-    "benchmark.check_paths.expect={}",  # the preflight's ViT-B/14 check of model.dino: the tiny DINOv2 is not one
+    "benchmark.check_paths.expect=null",  # the preflight's ViT-B/14 check of model.dino: the tiny DINOv2 is not one
 ]
 
 
