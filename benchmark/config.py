@@ -55,6 +55,7 @@ class HydraResolver:
                 f"trainer's config tree (configs/{config_name}.yaml)"
             )
         profiles = list_profiles(root)
+        profile, overrides = rehearsal_profile(profile, overrides)
         if profile not in profiles:
             raise ConfigError(
                 f"unknown profile {profile!r}; valid profiles: {', '.join(profiles)} (configs/benchmark/*.yaml)"
@@ -114,6 +115,30 @@ class HydraResolver:
 
 # ------------------------------------------------------------------------------------ hub ids
 # (the checks of weight and dataset paths before any work: benchmark/preflight.py)
+
+
+REHEARSAL_FLAG = "benchmark.rehearsal"
+
+
+def rehearsal_profile(profile: str, overrides: Sequence[str]) -> tuple[str, list[str]]:
+    """`profile=paper benchmark.rehearsal=true` is `profile=rehearsal` (configs/benchmark/rehearsal.yaml,
+    which inherits paper): (profile, the overrides without the flag)."""
+    rest, on = [], None
+    for ov in overrides:
+        if "=" in ov and ov.split("=", 1)[0].lstrip("+") == REHEARSAL_FLAG:
+            on = ov.split("=", 1)[1].strip().lower() in ("true", "1", "yes")
+        else:
+            rest.append(ov)
+    if on is None:
+        return profile, list(overrides)
+    if on and profile not in ("paper", "rehearsal"):
+        raise ConfigError(
+            f"benchmark.rehearsal=true rehearses the paper profile; profile={profile} has its own sizes "
+            "(use profile=paper or profile=rehearsal, or a profile whose defaults start from paper)"
+        )
+    if not on and profile == "rehearsal":
+        raise ConfigError("profile=rehearsal with benchmark.rehearsal=false: use profile=paper")
+    return ("rehearsal" if on else profile), rest
 
 
 def _looks_like_hub_id(value: str) -> bool:

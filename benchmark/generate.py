@@ -93,7 +93,9 @@ def load_pipeline(
             "model=full-random has random weights: it is for performance measurements, not for generating videos"
         )
     source = resolve_svd_source(model_cfg)
-    kw = {} if dtype == torch.float32 else {"torch_dtype": dtype}
+    # every part in `dtype`: from fp16 variant files (the paper profile's model.variant=fp16), transformers
+    # would otherwise keep the image encoder in fp16 beside fp32 diffusers parts on the CPU
+    kw = {"torch_dtype": dtype}
     if unet_dir is not None:
         kw["unet"] = UNetSpatioTemporalConditionModel.from_pretrained(unet_dir, **kw)
     try:

@@ -23,13 +23,14 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from ablations.registry import TableSpec, load_table
-from benchmark import lock, provenance
+from benchmark import lock, provenance, rehearsal
 from benchmark.cluster import format_arrays, launch_table
 from benchmark.config import ConfigError
 from benchmark.local import check_finished, execute_stage
 from benchmark.preflight import refuse, run_preflight
 from benchmark.render import render
 from benchmark.shards import check_can_shard, stage_shards
+from benchmark.stage_meter import StageMeter
 from benchmark.stage_runner import StageRunner
 from benchmark.stages import DictResolver, StageGraph, expand, select
 from benchmark.store import Store
@@ -48,6 +49,7 @@ class TableRun:
     outputs: dict[str, Path] = field(default_factory=dict)  # md / tex / json / figures
     results_dir: Path | None = None
     launch: object | None = None  # slurm.launch.LaunchResult (launcher slurm / debug)
+    stage_perf: list[dict] = field(default_factory=list)  # launcher local: wall time, peak memory per stage run
 
 
 class StagesFailed(RuntimeError):
@@ -68,29 +70,44 @@ def run_table(
     figures: bool = True,
     cluster: dict | None = None,
     wait: bool = True,
+    meter: StageMeter | None = None,
 ) -> TableRun:
     """Run one table. `cfg` is a resolver (benchmark.config.HydraResolver) or a resolved base dict.
 
     launcher slurm / debug: `cluster` is the cluster config (slurm.config.load_cluster; default:
     configs/slurm/default.yaml); `wait=False` submits and returns, and a render job draws the table
-    once every job ended.
+    once every job ended. `meter` (benchmark/stage_meter.py) collects the wall time and peak memory
+    of each stage run here (launcher local), also when a stage fails.
 
     `echo` takes every line (tests collect them); by default progress and status are logged and the
     --dry-run graph, the command's own output, is printed.
     """
     show = echo or print
     echo = echo or log.info
+    meter = meter or StageMeter(echo)  # launcher local: each stage's wall time and peak memory
     spec = table if isinstance(table, TableSpec) else load_table(table)
     spec = spec.select(rows)
     if launcher not in LAUNCHERS:
         raise ValueError(f"launcher={launcher!r} is unknown; valid: {', '.join(LAUNCHERS)}")
     resolver = cfg if hasattr(cfg, "resolve") else DictResolver(cfg)
     store = store if isinstance(store, Store) else Store(store)
+    if rehearsal.enabled(resolver.base):  # profile=rehearsal: its stand-in networks, written once
+        try:
+            if dry_run:
+                for line in rehearsal.describe(resolver.base):
+                    show(line)
+            else:  # before the stage graph (hashed by the inputs' content) and the preflight (which opens them)
+                rehearsal.ensure(resolver.base, echo)
+        except ValueError as e:
+            raise ConfigError(str(e)) from e
     graph = expand(spec, resolver)
     check_values(graph)  # types and ranges of every row's config, before anything runs
 
     inputs = run_preflight((p.row.name, p.cfg, spec.detectors_for(p.row)) for p in graph.rows if p.cfg is not None)
-    if not inputs.problems:  # an input whose content is unknown would store its stages under a provisional hash
+    stand_ins_pending = dry_run and rehearsal.enabled(resolver.base)
+    if stand_ins_pending:
+        rehearsal.drop_pending(resolver.base, inputs)  # listed above as pending: written when the run starts
+    elif not inputs.problems:  # an input whose content is unknown would store its stages under a provisional hash
         content_problems(graph, inputs)
     sharded = [s for s in graph.order() if stage_shards(s) > 1]  # checks benchmark.shards of every stage
     if runner is not None and not dry_run:
@@ -137,9 +154,11 @@ def run_table(
         ensure(foundation, echo)  # the parts the stages load, built once (resumable)
     if launcher == "local":
         bar = tqdm(pending, desc=f"table {spec.name}", unit="stage", file=sys.stderr)
+        run.stage_perf = meter.records
         for stage in bar:
             bar.set_postfix_str(f"{stage.kind} {stage.hash}")
-            execute_stage(stage, graph, store, runner, echo)
+            with meter.stage(stage):
+                execute_stage(stage, graph, store, runner, echo)
             run.executed.append(stage.hash)
         bar.close()
     elif pending:

@@ -408,7 +408,7 @@ def test_cli_errors_and_dry_run(capsys, tmp_path, monkeypatch):
     assert main(["table=III", "rows=nope"]) == 2
     assert "valid rows:" in capsys.readouterr().err
     assert main(["table=III", "profile=laptop"]) == 2
-    assert "valid profiles: mini, paper, smoke" in capsys.readouterr().err
+    assert "valid profiles: mini, paper, rehearsal, smoke" in capsys.readouterr().err
     assert main(["table=V", "--dry-run", f"store={tmp_path}"]) == 0
     assert "10 pending" in capsys.readouterr().out
     assert main(["table=III", "launcher=slurm", "--dry-run", f"store={tmp_path}"]) == 0

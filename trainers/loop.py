@@ -90,6 +90,7 @@ class Trainer:
         self.cfg = cfg
         t = cfg.train
         self.run_dir = Path(t.out_dir)
+        self.checkpoint_io: dict = {"saved": [], "loaded": []}  # seconds and bytes of each save / load (summary.json)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.switch_unet = self.adapter_switch_unet()
         trackers = tracker_choice(t)
@@ -254,6 +255,7 @@ class Trainer:
         folder = self.run_dir / "checkpoints"
         final = folder / f"step-{self.state['global_step']:08d}"
         tmp = folder / f"{TEMP_PREFIX}{final.name}"  # one name: every process writes into it
+        t0 = time.perf_counter()
         acc.wait_for_everyone()
         if acc.is_main_process:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -263,6 +265,10 @@ class Trainer:
         if acc.is_main_process:
             (tmp / STATE_FILE).write_text(json.dumps(self.state, indent=1))
             publish_dir(tmp, final)
+            size = sum(f.stat().st_size for f in final.rglob("*") if f.is_file())
+            seconds = time.perf_counter() - t0
+            self.checkpoint_io["saved"].append(dict(step=self.state["global_step"], seconds=seconds, bytes=size))
+            self.say(f"checkpoint {final.name}: {size / 2**30:.2f} GiB in {seconds:.1f} s")
             for old in checkpoints(self.run_dir)[: -max(1, int(self.cfg.train.keep_checkpoints))]:
                 remove_dir(old)
         acc.wait_for_everyone()
@@ -273,10 +279,12 @@ class Trainer:
                 f"{folder}: this checkpoint holds no EMA weights (its run had train.ema.enabled="
                 "false); resume it with train.ema.enabled=false"
             )
+        t0 = time.perf_counter()
         self.acc.load_state(str(folder))
         if self.ema is not None:  # accelerate loads custom states onto the CPU
             self.ema.to(self.acc.device)
         self.state = json.loads((Path(folder) / STATE_FILE).read_text())
+        self.checkpoint_io["loaded"].append(dict(folder=str(folder), seconds=time.perf_counter() - t0))
         self.say(f"resumed from {folder} (step {self.state['global_step']}, epoch {self.state['epoch']})")
 
     def maybe_resume(self):
@@ -456,6 +464,7 @@ class Trainer:
                 self.state,
                 trainable_params=self.n_trainable,
                 checkpoint=str(newest_checkpoint(self.run_dir)),
+                checkpoint_io=self.checkpoint_io,
                 **({"loss_scale": self.loss_scale} if self.loss_scale else {}),
                 **{f"{self.export_name}_params": n_params, self.export_name: str(out)},
                 **ema,

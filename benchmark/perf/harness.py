@@ -138,20 +138,9 @@ def make_full_size_metric_weights(folder: str | Path) -> dict[str, str]:
     out["yolo"] = make_tiny_yolo(folder / "yolo11x_random.pt", model_yaml="yolo11x.yaml")
     from transformers import DabDetrForObjectDetection
 
-    arch = Architecture(
-        hidden_size=256,
-        backbone_channels=2048,
-        embedding_size=64,
-        depths=[3, 4, 6, 3],
-        hidden_sizes=[256, 512, 1024, 2048],
-        encoder_layers=6,
-        decoder_layers=6,
-        encoder_ffn_dim=2048,
-        decoder_ffn_dim=2048,
-        num_queries=300,
-        num_classes=80,
-        encoder_post_norm=False,
-    )
+    from benchmark.rehearsal import DN_DETR_R50
+
+    arch = Architecture(**DN_DETR_R50)
     out["dn_detr"] = save_pretrained_atomic(
         DabDetrForObjectDetection(dab_detr_config(arch)).eval(), folder / "dn_detr_r50_random"
     )
