@@ -54,7 +54,7 @@ def test_step_cost_column_is_measured_in_one_process(tiny_cache):
     costs = row_step_costs({"ft": None, "repa": loss}, steps=1, warmup=0, overrides=["data.clip_len=4"])
     assert costs["ft"] == {"ratio": 1.0, "by_definition": True}
     r = costs["repa"]
-    assert r["variant"] == "repa" and r["ratio"] == pytest.approx(r["step_s"] / r["diffusion_s"])
-    assert r["diffusion_s"] > 0 and r["step_s"] > 0
+    assert r["variant"] == "repa" and r["pairs_s"] == [[r["diffusion_s"], r["step_s"]]]  # one pair
+    assert r["ratio"] == pytest.approx(r["step_s"] / r["diffusion_s"]) and r["diffusion_s"] > 0
     assert costs["_setting"]["frames"] == [4, 3, 64, 96] and costs["_setting"]["model"] == "tiny"
     assert "fine-tuned = 1 by definition" in caption_note(costs)
