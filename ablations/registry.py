@@ -23,7 +23,7 @@ BASELINES = ("none", "svd", "svd_finetuned", "ctrlv")
 CTRLV_VARIANTS = ("1-to-0", "1-to-1", "3-to-1")
 CTRLV_BACKBONES = ("svd", "svd_finetuned", "lsa")
 DIRECTIONS = ("up", "down")
-SOURCES = ("evaluate", "generate")
+SOURCES = ("evaluate", "generate", "perf")  # perf: timed at render (benchmark/perf/table_cost.py)
 
 _TABLE_KEYS = {
     "table",

@@ -21,9 +21,12 @@ from data.atomic import sweep_temps
 PER_FRAME_KEY = "det.per_frame"
 
 
-def collect(graph: StageGraph, store: Store) -> tuple[dict, dict, list[tuple[str, int, int]]]:
+def collect(
+    graph: StageGraph, store: Store, step_costs: dict | None = None
+) -> tuple[dict, dict, list[tuple[str, int, int]]]:
     """(cells[row][column id] in the paper's units, extra[row] (stage hashes, per-frame curves),
-    test-set sizes [(dataset, videos, frames)])."""
+    test-set sizes [(dataset, videos, frames)]). `step_costs`: the `source: perf` columns' values per
+    row (benchmark/perf/table_cost.py), measured by `render`."""
     spec = graph.table
     cells, extra, sizes = {}, {}, {}
     runs: dict[str, list[tuple[int | None, dict]]] = {}  # row -> [(seed, its cells)]
@@ -37,6 +40,9 @@ def collect(graph: StageGraph, store: Store) -> tuple[dict, dict, list[tuple[str
         for c in spec.columns:
             if c.source == "generate":
                 row_cells[c.id] = efficiency(c, gen)
+            elif c.source == "perf":
+                v = ((step_costs or {}).get(plan.row.name) or {}).get(c.key)
+                row_cells[c.id] = float(v) * c.scale if isinstance(v, (int, float)) else None
             else:
                 res = evals.get(spec.detector_of(plan.row, c))
                 v = select((res or {}).get("metrics", {}), c.key, None)
@@ -50,6 +56,8 @@ def collect(graph: StageGraph, store: Store) -> tuple[dict, dict, list[tuple[str
             "stages": {**_stages_of(plan), "seeds": {}},
             "per_frame": {k: v for k, v in per_frame.items() if v},
         }
+        if step_costs and plan.row.name in step_costs:
+            extra[plan.row.name]["step_cost"] = step_costs[plan.row.name]
         if plan.seed is None:
             del extra[plan.row.name]["stages"]["seeds"]
     for name, per_seed in runs.items():
@@ -88,6 +96,13 @@ def protocol_notes(graph: StageGraph, store: Store) -> list[str]:
     return [f"FID preprocessing: {', '.join(sorted(fid))} (metrics.fid.protocol)"] if fid else []
 
 
+def _step_cost_note(costs: dict) -> list[str]:
+    from benchmark.perf.table_cost import caption_note
+
+    note = caption_note(costs) if costs else None
+    return [note] if note else []
+
+
 def efficiency(c, gen: dict | None) -> float | None:
     """Table I's measured columns, from the generate stage: hours for `per_videos` videos; params in M."""
     if not gen:
@@ -113,7 +128,13 @@ def render(
 
     spec = graph.table
     sweep_temps(out_dir, recursive=True)  # what a render killed mid-write left (live writers' stay)
-    cells, extra, sizes = collect(graph, store)
+    costs = {}
+    if any(c.source == "perf" for c in spec.columns) and not fake:
+        # the step-cost column: timed now, in this process, on the tiny model (benchmark/perf/table_cost.py)
+        from benchmark.perf.table_cost import graph_step_costs
+
+        costs = graph_step_costs(graph)
+    cells, extra, sizes = collect(graph, store, costs)
     stats, uncertainty = cell_statistics(graph, store, extra)
     description = str(select(graph.render.run_cfg, "benchmark.description", graph.profile))
     protocol = protocol_text(
@@ -130,6 +151,7 @@ def render(
         notes=[
             protocol,
             *protocol_notes(graph, store),
+            *_step_cost_note(costs),
             uncertainty_text(spec, uncertainty),
             provenance.footnote(made_by),
         ],

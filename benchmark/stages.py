@@ -30,6 +30,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from ablations.registry import Row, TableSpec
 from data.cli import ConfigKeyError, InputError
+from trainers.alignment import is_alignment
 
 # Bump when the meaning of a stage changes (what a stage computes from the same config): every hash
 # changes with it, so no old output is reused for the new meaning.
@@ -549,6 +550,10 @@ def _expand_row(spec: TableSpec, plan: RowPlan, resolver: Resolver, add) -> None
             ignore = always + list(policy.get("ignore_train") or [])
             if objective == "diffusion":
                 ignore += list(policy.get("ignore_diffusion_only") or [])
+            elif is_alignment(select(tcfg, "loss.variant", None)):  # repa | trd (trainers/alignment.py)
+                ignore += list(policy.get("ignore_alignment") or [])
+            else:  # LSA's own feature loss
+                ignore += list(policy.get("ignore_lsa_feature") or [])
             ecfg = epoch_adapter(tcfg, objective)
             run_cfg = with_value(ecfg, "train.epochs", epoch)  # the trainer's "last epoch to train"
             params = {

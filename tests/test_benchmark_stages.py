@@ -37,9 +37,9 @@ def by_kind(graph, kind):
 
 # ------------------------------------------------------------------------------------ specs
 def test_every_table_loads_and_unknown_names_list_valid_ones():
-    assert list_tables() == ["I", "II", "III", "IV", "V", "VI"]  # VI: ours, not in the paper
-    with pytest.raises(KeyError, match="valid tables: I, II, III, IV, V, VI"):
-        load_table("VII")
+    assert list_tables() == ["I", "II", "III", "IV", "V", "VI", "VII"]  # VI, VII: ours, not in the paper
+    with pytest.raises(KeyError, match="valid tables: I, II, III, IV, V, VI, VII"):
+        load_table("VIII")
     with pytest.raises(KeyError, match="valid rows: svd_finetuned, global, box, hybrid"):
         load_table("III").row("hybird")
     assert load_table(3).name == load_table("table_III").name == "III"
@@ -403,8 +403,8 @@ def test_paper_profile_names_every_missing_path_before_any_work(tmp_path, monkey
 def test_cli_errors_and_dry_run(capsys, tmp_path, monkeypatch):
     from benchmark.run import main
 
-    assert main(["table=VII"]) == 2
-    assert "valid tables: I, II, III, IV, V, VI" in capsys.readouterr().err
+    assert main(["table=VIII"]) == 2
+    assert "valid tables: I, II, III, IV, V, VI, VII" in capsys.readouterr().err
     assert main(["table=III", "rows=nope"]) == 2
     assert "valid rows:" in capsys.readouterr().err
     assert main(["table=III", "profile=laptop"]) == 2

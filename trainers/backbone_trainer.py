@@ -15,6 +15,7 @@ import torch
 from data.cli import ConfigKeyError, InputError
 from data.device import resolve_device, torch_dtype
 from trainers.adapters import apply_adapter
+from trainers.alignment import build_feature_loss
 from trainers.backbones import load_backbone
 from trainers.decoder_speed import block_checkpoint, set_decoder_block_checkpointing
 from trainers.loop import (
@@ -27,7 +28,7 @@ from trainers.loop import (
     sdpa_context,
     set_attention,
 )
-from trainers.losses import DinoFeatures, SemanticAlignmentLoss
+from trainers.losses import DinoFeatures
 from trainers.models import load_dino
 from trainers.objective import BackboneObjective
 from trainers.optim import build_lr_scheduler, build_optimizer
@@ -87,13 +88,8 @@ class BackboneTrainer(Trainer):
             self.dino = freeze(dino, self.acc.device, self.weight_dtype)
             set_attention(self.dino, cfg.loss.dino_attention)
             set_decoder_block_checkpointing(self.backbone.parts.vae, block_checkpoint(cfg.loss))
-            feat_loss = SemanticAlignmentLoss(
-                DinoFeatures(self.dino, _size(cfg.loss.dino_size), cfg.loss.dino_mean, cfg.loss.dino_std),
-                cfg.loss.variant,
-                cfg.loss.alpha,
-                cache_real=bool(cfg.loss.real_feature_cache),
-                reduction=cfg.loss.get("feat_reduction", "mean"),
-                mask=cfg.loss.get("feat_mask", "diff"),
+            feat_loss = build_feature_loss(
+                cfg, DinoFeatures(self.dino, _size(cfg.loss.dino_size), cfg.loss.dino_mean, cfg.loss.dino_std)
             )
         # the LSA objective of trainers/objective.py, its noise draw and decode through the backbone
         self.objective = BackboneObjective(self.backbone, feat_loss, cfg.loss, cfg.schedule)

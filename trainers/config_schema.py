@@ -155,7 +155,14 @@ _nonneg = lambda x: _is_num(x) and x >= 0  # noqa: E731
 
 RULES: list[Rule] = [
     # ---- loss (Eq. 4 and the LSA feature loss)
-    choice("loss.variant", "global", "box", "hybrid"),
+    choice("loss.variant", "global", "box", "hybrid", "repa", "trd"),
+    Rule(
+        "loss.align.block", lambda x: isinstance(x, str) and bool(x), "a module name of the U-Net, e.g. down_blocks.1"
+    ),
+    num("loss.align.projector_dim", ge=1, integer=True),
+    num("loss.align.coeff", ge=0),
+    num("loss.align.margin", ge=0),
+    choice("loss.align.mask", "global", "box", "hybrid"),
     num("loss.alpha", gt=0),
     num("loss.diff_weight", ge=0),
     num("loss.lambda_feat", ge=0),

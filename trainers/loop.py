@@ -18,6 +18,7 @@ from data.cli import InputError, MissingFile
 from data.device import resolve_device, torch_dtype
 from trainers import edm
 from trainers.adapters import apply_adapter, merged_unet
+from trainers.alignment import build_feature_loss
 from trainers.conditioning import SVDConditioner
 from trainers.decoder_speed import (
     block_checkpoint,
@@ -136,13 +137,9 @@ class Trainer:
                 set_channels_last(parts.vae.decoder)
             set_decoder_attention(parts.vae, cfg.loss.get("decode_attention", "sdpa"))
             set_decoder_block_checkpointing(parts.vae, block_checkpoint(cfg.loss))
-            feat_loss = SemanticAlignmentLoss(
-                DinoFeatures(self.dino, _size(cfg.loss.dino_size), cfg.loss.dino_mean, cfg.loss.dino_std),
-                cfg.loss.variant,
-                cfg.loss.alpha,
-                cache_real=bool(cfg.loss.real_feature_cache),
-                reduction=cfg.loss.get("feat_reduction", "mean"),
-                mask=cfg.loss.get("feat_mask", "diff"),
+            # LSA's L_feat (global | box | hybrid) or a representation alignment (repa | trd)
+            feat_loss = build_feature_loss(
+                cfg, DinoFeatures(self.dino, _size(cfg.loss.dino_size), cfg.loss.dino_mean, cfg.loss.dino_std)
             )
         self.conditioner = SVDConditioner(
             parts.vae, parts.image_encoder, parts.feature_extractor, **OmegaConf.to_container(cfg.cond)
@@ -264,6 +261,7 @@ class Trainer:
         acc.wait_for_everyone()
         if acc.is_main_process:
             (tmp / STATE_FILE).write_text(json.dumps(self.state, indent=1))
+            self.objective.save_extra(tmp)  # the REPA / TRD projector (trainers/alignment.py)
             publish_dir(tmp, final)
             size = sum(f.stat().st_size for f in final.rglob("*") if f.is_file())
             seconds = time.perf_counter() - t0
@@ -281,6 +279,7 @@ class Trainer:
             )
         t0 = time.perf_counter()
         self.acc.load_state(str(folder))
+        self.objective.load_extra(folder)  # the REPA / TRD projector, when the checkpoint has one
         if self.ema is not None:  # accelerate loads custom states onto the CPU
             self.ema.to(self.acc.device)
         self.state = json.loads((Path(folder) / STATE_FILE).read_text())
@@ -427,6 +426,7 @@ class Trainer:
                         terms["grad_norm"] = self.clip_gradients()
                         terms["lr"] = self.lr_scheduler.get_last_lr()[0]  # the rate this step uses
                     self.optimizer.step()
+                    self.objective.step_extra(acc, self.optimizer)  # the REPA / TRD projector
                     self.lr_scheduler.step()
                     self.optimizer.zero_grad(set_to_none=True)
                 self.state["micro_step"] += 1

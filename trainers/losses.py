@@ -172,3 +172,47 @@ class SemanticAlignmentLoss:
         if self.reduction == "frame_sum":
             return sq.sum((-2, -1)).mean()
         return sq.mean()
+
+
+# --------------------------------------------------------------------- representation alignment
+# REPA (Yu et al., ICLR 2025) and VideoREPA's Token Relation Distillation (Zhang et al., NeurIPS 2025):
+# the denoiser's own hidden state, projected by a small trained MLP, is aligned with a frozen vision
+# foundation model's patch features of the CLEAN frames; nothing is decoded. The projector, the hook
+# that takes the hidden state and the projector's optimizer are in trainers/alignment.py.
+
+
+def repa_loss(h: torch.Tensor, f: torch.Tensor, m: torch.Tensor | None = None) -> torch.Tensor:
+    """L_REPA = mean over frames n and patches p of  -m_p cos(h_np, f_np)  (REPA's loss.py: `proj_loss`,
+    the negative cosine similarity per patch, mean over patches and samples).
+
+    h: projected denoiser tokens [N, P, d]; f: foundation-model patch features of the clean frames
+    [N, P, d] (no gradient needed); m: optional per-patch weight [N, P] (LSA's Eq. 4 mask: alpha in
+    boxes, 1 elsewhere for `hybrid`); None = 1 everywhere, the published loss."""
+    cos = (F.normalize(h.float(), dim=-1) * F.normalize(f.float(), dim=-1)).sum(-1)  # [N, P]
+    return -(cos if m is None else cos * m.to(cos)).mean()
+
+
+def trd_loss(
+    h: torch.Tensor, f: torch.Tensor, margin: float, m: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """VideoREPA's Token Relation Distillation on one clip layout: (L_TRD, spatial part, temporal part).
+
+    h, f: [B, T, P, d] projected denoiser tokens and foundation-model features of the clean frames.
+    Both are L2-normalised per token; S[b, (t,i), (t',j)] = <x_ti, x_t'j> is the token-to-token
+    similarity over ALL tokens of the clip (spatial pairs t = t', temporal pairs t != t'), and
+        L_TRD = mean over b, (t,i), (t',j) of  m_ti relu(|S_d - S_f| - margin)
+    (VideoREPA lora_trainer.py, loss `token_relation_distillation`: the same full Gram matrix, margin
+    0.1 by default). m: optional weight of the row token (t,i) [B, T, P] (LSA's mask on the patch terms);
+    None = the published loss. The spatial and temporal parts are the same mean restricted to the
+    pairs of one frame and of two different frames (reported, not added: L_TRD already holds both)."""
+    B, T, P, _ = h.shape
+    hn = F.normalize(h.float(), dim=-1).reshape(B, T * P, -1)
+    fn = F.normalize(f.float(), dim=-1).reshape(B, T * P, -1)
+    gap = torch.relu((hn @ hn.transpose(1, 2) - fn @ fn.transpose(1, 2)).abs() - margin)  # [B, TP, TP]
+    if m is not None:
+        gap = gap * m.to(gap).reshape(B, T * P, 1)
+    same = torch.arange(T, device=gap.device).repeat_interleave(P)
+    same = same[:, None] == same[None, :]  # [TP, TP]: both tokens in one frame
+    spatial = gap[:, same].mean()
+    temporal = gap[:, ~same].mean() if T > 1 else gap.new_zeros(())
+    return gap.mean(), spatial, temporal

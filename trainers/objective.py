@@ -3,14 +3,19 @@
 One call denoises (L_diff, Eq. 2), decodes the predicted clean latent z0_hat to frames x_hat, takes
 DINOv2 features of x_hat and of the real frames, weighs their difference with the patch mask M and
 reduces it to L_feat (Eq. 3-5). The training loop calls the objective and knows nothing of LSA.
+With `loss.variant=repa|trd` the feature loss is a representation alignment instead
+(trainers/alignment.py): the denoiser's hidden state at one block, taken by a hook during the same
+diffusion forward, projected and aligned with DINOv2 features of the clean frames; nothing is decoded.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import torch
 
+from trainers.alignment import RepresentationAlignmentLoss, is_alignment
 from trainers.decoder_speed import chunk_checkpoint, decode_with_grad
 from trainers.losses import DiffusionLoss, SemanticAlignmentLoss
 
@@ -60,10 +65,30 @@ class LSAObjective:
         self.loss_cfg, self.schedule_cfg = loss_cfg, schedule_cfg
 
     def weights(self, epoch: int) -> tuple[float, float]:
-        """(w, lambda) in `epoch`."""
-        return objective_weights(
-            epoch, self.schedule_cfg.feat_from_epoch, self.loss_cfg.diff_weight, self.loss_cfg.lambda_feat
-        )
+        """(w, lambda) in `epoch`; lambda is loss.align.coeff for the alignment losses (repa | trd)."""
+        c = self.loss_cfg
+        lam = c.align.coeff if is_alignment(c.get("variant")) else c.lambda_feat
+        return objective_weights(epoch, self.schedule_cfg.feat_from_epoch, c.diff_weight, lam)
+
+    @property
+    def aligns(self) -> bool:
+        """The feature loss is a representation alignment (REPA / TRD) on a hooked hidden state."""
+        return isinstance(self.L_feat, RepresentationAlignmentLoss)
+
+    def step_extra(self, acc, optimizer) -> None:
+        """After the denoiser's optimizer step: the alignment projector's own step (no-op otherwise)."""
+        if self.aligns:
+            self.L_feat.step(acc, optimizer)
+
+    def save_extra(self, folder) -> None:
+        """Into a checkpoint folder: the alignment projector and its optimizer state, when there is one."""
+        if self.aligns:
+            self.L_feat.save(folder)
+
+    def load_extra(self, folder) -> None:
+        """From a checkpoint folder: the alignment projector (a fresh one when the folder has none)."""
+        if self.aligns:
+            self.L_feat.load(folder)
 
     def decode(self, z0_hat: torch.Tensor) -> torch.Tensor:
         """x_hat [B,T,3,H,W] from z0_hat [B,T,4,h,w], differentiable (the frozen temporal decoder)."""
@@ -87,9 +112,14 @@ class LSAObjective:
         boxes: per video, per frame [n,4] xyxy pixels of `frames`; clips: the dataset index of each
         video (keys of the real-feature cache); generator: all randomness of the step."""
         w, lambda_feat = self.weights(epoch)
-        L_diff, z0_hat, sigma = self.denoise(net, z0, cond, generator)
+        align = lambda_feat > 0 and self.aligns
+        with self.L_feat.capture(net) if align else contextlib.nullcontext() as hidden:
+            L_diff, z0_hat, sigma = self.denoise(net, z0, cond, generator)
         terms = {"loss_diff": L_diff}
-        if lambda_feat > 0:
+        if align:  # REPA / TRD: the hooked hidden state against DINOv2 features of the real frames
+            keys = [(int(i), tuple(range(frames.shape[1]))) for i in clips]
+            terms.update(self.L_feat(hidden.value, frames, boxes, keys))
+        elif lambda_feat > 0:
             idx = select_frames(frames.shape[1], self.loss_cfg.decode_frames)
             x_hat = self.decoded(z0_hat, idx)
             boxes = [[b[j] for j in idx] for b in boxes]

@@ -91,6 +91,7 @@ def time_steps(trainer, batch, steps: int, warmup: int = 1) -> tuple[list[float]
         loss, _ = trainer.compute_loss(batch, g)
         acc.backward(loss)
         trainer.optimizer.step()
+        trainer.objective.step_extra(acc, trainer.optimizer)  # the REPA / TRD projector, as the loop does
         trainer.optimizer.zero_grad(set_to_none=True)
         if device.type == "cuda":
             torch.cuda.synchronize()
