@@ -52,7 +52,11 @@ LONGEST_FIRST = (
     "test_slurm_cluster.py",  # ~5 minutes of waiting for SLURM jobs, which run beside the other workers
     "test_benchmark_perf.py",
     "test_mini_table.py",
+    "test_rehearsal.py",
+    "test_damage.py",
     "test_kill_every_stage.py",
+    "test_trainer_alignment.py",
+    "test_preflight.py",
     "test_trainer_ddp.py",
     "test_trainer_tracking.py",
     "test_benchmark_stages.py",
