@@ -46,6 +46,7 @@ class BackboneTrainer(Trainer):
         self.cfg = cfg
         t = cfg.train
         self.run_dir = Path(t.out_dir)
+        self.checkpoint_io: dict = {"saved": [], "loaded": []}  # seconds and bytes of each save / load (summary.json)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.switch_unet = None
         if t.init_from and not (t.resume == "auto" and newest_checkpoint(self.run_dir)):
