@@ -42,17 +42,17 @@ from pathlib import Path
 from typing import Any
 
 from data.atomic import atomic_write_json
+from data.cache import bench_cache_root, sha256_file
 
 COMMIT = re.compile(r"^[0-9a-f]{40}$")
 SNAPSHOT = re.compile(r"(?:^|/)models--(?P<repo>[^/]+)/snapshots/(?P<rev>[0-9a-f]{40})(?:/|$)")
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 LOCAL_DIR_META = Path(".cache") / "huggingface" / "download"  # `hf download --local-dir` records
 CACHE_FILE = "sha256-cache.json"
-BLOCK = 1 << 22
 
 
 def default_cache_file() -> Path:
-    return Path(os.environ.get("LSA_BENCH_CACHE", ".cache/lsa-bench")) / CACHE_FILE
+    return bench_cache_root() / CACHE_FILE
 
 
 # ------------------------------------------------------------------------------------ sha256
@@ -80,14 +80,11 @@ class Sha256Cache:
         hit = entries.get(real)
         if hit and hit[0] == st.st_size and hit[1] == st.st_mtime_ns:
             return hit[2]
-        h = hashlib.sha256()
-        with open(real, "rb") as f:
-            for block in iter(lambda: f.read(BLOCK), b""):
-                h.update(block)
+        digest_hex = sha256_file(real)
         self.hashed += 1
-        entries[real] = [st.st_size, st.st_mtime_ns, h.hexdigest()]
+        entries[real] = [st.st_size, st.st_mtime_ns, digest_hex]
         self._dirty = True
-        return h.hexdigest()
+        return digest_hex
 
     def save(self) -> None:
         if not self._dirty:

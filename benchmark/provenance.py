@@ -12,7 +12,6 @@ fix keeps its hash. That is what this record is for.
 
 from __future__ import annotations
 
-import hashlib
 import platform
 import shlex
 import subprocess
@@ -21,6 +20,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 from benchmark import lock
+from data.cache import sha256_file
 
 # The libraries a table's caption names (every installed package is recorded, and compared)
 LIBRARIES = (
@@ -153,14 +153,7 @@ def files_sha256(path: str | Path) -> dict[str, str]:
     name): the content of a set of weights, so two builds with the same settings can be compared."""
     path = Path(path)
     files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
-    out = {}
-    for f in files:
-        h = hashlib.sha256()
-        with open(f, "rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                h.update(block)
-        out[f.name if f == path else f.relative_to(path).as_posix()] = h.hexdigest()
-    return out
+    return {(f.name if f == path else f.relative_to(path).as_posix()): sha256_file(f) for f in files}
 
 
 def summarize(records: Iterable[Mapping | None]) -> dict:

@@ -15,7 +15,6 @@ access or an unreachable source (each one line naming the file, the URL, what wa
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import logging
 import os
@@ -25,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from data.atomic import atomic_path
+from data.cache import sha256_file
 from data.cli import InputError, UserError, command
 
 log = logging.getLogger(__name__)
@@ -63,14 +63,6 @@ def load_sources(path: str | Path) -> dict:
         raise UserError(f"--sources {path}: no such file")
     spec = yaml.safe_load(path.read_text()) or {}
     return {"files": spec.get("files") or {}, "snapshots": spec.get("snapshots") or {}}
-
-
-def sha256_of(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(CHUNK), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 # ------------------------------------------------------------------------------------- the lock
@@ -142,7 +134,7 @@ def fetch_file(src: FileSource, folder: Path, lock: dict) -> Path:
     recorded = (lock["files"].get(src.name) or {}).get("sha256")
     expected = src.sha256 or recorded
     if dest.is_file():
-        digest = sha256_of(dest)
+        digest = sha256_file(dest)
         if expected is None or digest == expected:
             _record(lock, src, digest, "config" if src.sha256 else "first use")
             _check_prefix(src, dest, digest)
@@ -153,7 +145,7 @@ def fetch_file(src: FileSource, folder: Path, lock: dict) -> Path:
         )
         dest.unlink()
     download(src.url, dest)
-    digest = sha256_of(dest)
+    digest = sha256_file(dest)
     if expected is not None and digest != expected:
         bad = dest.with_name(dest.name + ".bad")
         dest.replace(bad)

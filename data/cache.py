@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
@@ -26,6 +27,15 @@ from data.atomic import atomic_path, atomic_write_json
 DEFAULT_CACHE_DIR = ".cache/lsa_data"
 
 CACHE_FORMAT = 1  # bump when the on-disk layout changes
+
+
+def bench_cache_root() -> Path:
+    """The suite's own cache (tiny networks, detector folders, the sha256 cache of inputs):
+    $LSA_BENCH_CACHE, else $XDG_CACHE_HOME/lsa-bench, else ~/.cache/lsa-bench."""
+    base = os.environ.get("LSA_BENCH_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "lsa-bench"
+    )
+    return Path(base)
 
 
 def sha256_file(path: str | Path) -> str:

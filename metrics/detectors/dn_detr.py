@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import importlib.resources
 import logging
-import os
 import threading
 from collections.abc import Mapping
 from contextlib import contextmanager
@@ -30,7 +29,7 @@ import torch
 from PIL import Image
 
 from data.atomic import save_pretrained_atomic
-from data.cache import sha256_file
+from data.cache import bench_cache_root, sha256_file
 from data.cli import InputError, MissingFile
 from data.device import resolve_device
 from metrics.detectors import register_detector
@@ -152,13 +151,6 @@ def to_frame_pixels(xyxy_norm: np.ndarray, resized_hw: tuple[int, int], frame_hw
 # ------------------------------------------------------------------------------------- weights
 
 
-def cache_root() -> Path:
-    base = os.environ.get("LSA_BENCH_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "lsa-bench"
-    )
-    return Path(base)
-
-
 TINY = "tiny"
 TINY_FOLDER = "tiny_dn_detr_v2"  # bump the version when make_tiny_dn_detr changes what it writes
 
@@ -175,7 +167,7 @@ def resolve_weights(weights, cache_dir=None, trust_pickle: bool = False, num_hea
             "det.detector.weights is not set: give a converted DN-DETR folder or detrex's "
             "dn_detr_r50_50ep.pth (docs/dn_detr.md)"
         )
-    root = (Path(cache_dir).expanduser() if cache_dir else cache_root()) / "dn_detr"
+    root = (Path(cache_dir).expanduser() if cache_dir else bench_cache_root()) / "dn_detr"
     if str(weights) == TINY:
         target = root / TINY_FOLDER
         if not (target / "config.json").is_file():

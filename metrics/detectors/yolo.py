@@ -12,16 +12,11 @@ import os
 import tempfile
 from pathlib import Path
 
-
-def _cache_root() -> Path:
-    base = os.environ.get("LSA_BENCH_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "lsa-bench"
-    )
-    return Path(base)
+from data.cache import bench_cache_root  # no ultralytics import behind it
 
 
 def _writable_config_dir() -> str:
-    for candidate in (_cache_root() / "ultralytics", Path(tempfile.gettempdir()) / "lsa-bench-ultralytics"):
+    for candidate in (bench_cache_root() / "ultralytics", Path(tempfile.gettempdir()) / "lsa-bench-ultralytics"):
         try:
             candidate.mkdir(parents=True, exist_ok=True)
             if os.access(candidate, os.W_OK):
