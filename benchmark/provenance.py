@@ -56,11 +56,6 @@ def git_state(root: str | Path = REPO_ROOT) -> tuple[str | None, bool | None]:
     return head.stdout.strip(), (bool(status.stdout.strip()) if status.returncode == 0 else None)
 
 
-def library_versions() -> dict[str, str]:
-    """{normalised name: version} of every installed package (package metadata, nothing imported)."""
-    return dict(lock.installed())
-
-
 def device_name() -> str:
     """The accelerator this process sees (the first CUDA device), else the CPU."""
     cpu = f"cpu: {platform.processor() or platform.machine()}"
@@ -106,7 +101,7 @@ def current() -> dict:
         "commit": commit,
         "dirty": dirty,
         "lock": {k: v for k, v in lock.state().items() if k != "differs"},
-        "versions": library_versions(),
+        "versions": dict(lock.installed()),  # every installed package (metadata only, nothing imported)
         "device": device_name(),
         "torch_threads": torch_threads(),
         "cpu_capability": cpu_capability(),
@@ -174,8 +169,8 @@ def summarize(records: Iterable[Mapping | None]) -> dict:
             if lib in recorded:
                 versions[lib].add(str(recorded[lib]))
         rec_lock = r.get("lock") or {}
-        key = (rec_lock.get("file"), rec_lock.get("sha256"))
-        locks[key] = locks.get(key, True) and bool(rec_lock.get("matches"))
+        lock_key = (rec_lock.get("file"), rec_lock.get("sha256"))
+        locks[lock_key] = locks.get(lock_key, True) and bool(rec_lock.get("matches"))
         devices.add(str(r.get("device")))
         threads.add(f"{r.get('torch_threads')} x {r.get('cpu_capability')}")
     return {
