@@ -204,12 +204,19 @@ def content_problems(graph: StageGraph, inputs) -> None:
         inputs.problems.setdefault(problem, []).extend(rows)
 
 
-def check_writable(folder: Path, option: str) -> None:
-    """`folder` exists (made if need be) and a file can be created in it; else a user error naming it."""
+def write_error(folder: Path) -> OSError | None:
+    """Why no file can be created in `folder` (made if need be); None when one can."""
     try:
         Path(folder).mkdir(parents=True, exist_ok=True)
         make_temp_file(Path(folder) / ".write-check").unlink()
     except OSError as e:
+        return e
+    return None
+
+
+def check_writable(folder: Path, option: str) -> None:
+    """`folder` exists (made if need be) and a file can be created in it; else a user error naming it."""
+    if e := write_error(folder):
         raise UserError(
             f"{option}={Path(folder).parent}: the output folder {folder} is not writable "
             f"({e.strerror or e}); nothing was started"
@@ -222,12 +229,7 @@ def check_store(root: Path, write: bool = True) -> None:
     root = Path(root)
     if root.exists() and not root.is_dir():
         raise UserError(f"store={root}: a file, not a folder; give a folder for the stages; nothing was started")
-    if not write:
-        return
-    try:
-        root.mkdir(parents=True, exist_ok=True)
-        make_temp_file(root / ".write-check").unlink()
-    except OSError as e:
+    if write and (e := write_error(root)):
         raise UserError(
             f"store={root}: the stage store cannot be written ({e.strerror or e}); nothing was started"
         ) from e
