@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import logging
 import re
 import sys
 import time
@@ -44,10 +43,8 @@ from tqdm.auto import tqdm
 
 from data.atomic import data_entries
 from data.cli import InputError, MissingFile, UserError, command
-from data.video_io import FRAME_SUFFIXES, read_frame, write_frames, write_video
+from data.video_io import FRAME_SUFFIXES, kept_video, read_frame, write_frames, write_video
 from trainers.timing import generation_timing
-
-log = logging.getLogger(__name__)
 
 RECORD = "generation.json"
 RECORD_VERSION = 1
@@ -136,7 +133,7 @@ def generate_videos(
     mp4s = out_dir / "videos" if gen_cfg.get("save_mp4", True) else None
     for k, (frame0, name) in enumerate(tqdm(list(zip(first_frames, names)), desc="generate", unit="video")):
         folder = out_dir / "frames" / name
-        if folder.is_dir() and kept_clip(folder, expected, mp4s and mp4s / f"{name}.mp4"):
+        if folder.is_dir() and kept_video(folder, mp4s and mp4s / f"{name}.mp4", expected):
             continue
         if device.type == "cuda":
             torch.cuda.synchronize()
@@ -152,36 +149,6 @@ def generate_videos(
             write_video(out_dir / "videos" / f"{name}.mp4", frames, fps=float(gen_cfg.fps))
         write_frames(folder, frames)  # last: a clip counts as done only once its frames exist
     return generation_timing(times, len(names))
-
-
-def kept_clip(frames: Path, num_frames: int | None, mp4: Path | None = None) -> bool:
-    """Whether a clip an earlier attempt wrote can be kept: its frames decode, `num_frames` of them
-    (any count when None), and its mp4 (when given) decodes with as many frames. A damaged clip (a
-    truncated or deleted frame, a cut mp4) is logged and generated again, never sealed into the
-    stage's manifest (benchmark/manifest.py)."""
-    from data.video_io import video_problem
-
-    problem = video_problem(frames, num_frames)
-    if problem is None and mp4 is not None:
-        n = num_frames if num_frames is not None else len(data_entries(frames, dirs=False))
-        problem = video_problem(mp4, n)
-    if problem is not None:
-        log.warning("kept output of an earlier attempt is damaged, generating it again: %s", problem)
-    return problem is None
-
-
-def kept_output(mp4: Path, frames: Path | None, num_frames: int | None) -> bool:
-    """`benchmark.generate`'s rule for a video an earlier run recorded: kept only when its mp4 (and
-    with --frames its frame folder) decodes whole with the recorded frame count; else made again."""
-    from data.video_io import video_problem
-
-    for path in (mp4, frames):
-        problem = None if path is None else video_problem(path, num_frames)
-        if problem is not None:
-            if path.exists():
-                log.warning("a video of an earlier run is damaged, generating it again: %s", problem)
-            return False
-    return True
 
 
 # ------------------------------------------------------------------------------------ the command
@@ -465,7 +432,7 @@ def run(
             prev
             and prev.get("seed") == s
             and prev.get("input") == src
-            and kept_output(mp4, folder if frames else None, prev.get("num_frames"))
+            and kept_video(folder if frames else None, mp4, prev.get("num_frames"))
         ):
             continue
         if pipe is None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -9,6 +10,8 @@ from PIL import Image
 
 from data.atomic import atomic_dir, atomic_path, data_entries
 from data.cli import InputError, MissingFile
+
+log = logging.getLogger(__name__)
 
 FRAME_SUFFIXES = (".png", ".jpg", ".jpeg")
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm")
@@ -177,3 +180,21 @@ def video_problem(path: str | Path, num_frames: int | None = None) -> str | None
     if num_frames is not None and n != int(num_frames):
         return f"{path}: {n} frames, expected {int(num_frames)}"
     return None
+
+
+def kept_video(frames: str | Path | None, mp4: str | Path | None = None, num_frames: int | None = None) -> bool:
+    """Whether a video an earlier attempt wrote can be kept by a resumed writer (benchmark/generate.py,
+    the Ctrl-V pipeline): its frame folder and its mp4, each when given, decode whole with `num_frames`
+    frames (None: the folder any count, the mp4 as many as the folder). A damaged or missing one is
+    logged and made again, never sealed into a stage's manifest (benchmark/manifest.py)."""
+    for path, is_mp4 in ((frames, False), (mp4, True)):
+        if path is None:
+            continue
+        n = num_frames
+        if is_mp4 and n is None and frames is not None:  # the folder decoded above
+            n = len(data_entries(frames, dirs=False))
+        problem = video_problem(path, n)
+        if problem is not None:
+            log.warning("an output of an earlier attempt is damaged or missing, generating it again: %s", problem)
+            return False
+    return True

@@ -14,7 +14,6 @@ the GROUND-TRUTH box frames of every frame: it uses test boxes the variant is no
 
 from __future__ import annotations
 
-import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -33,8 +32,6 @@ from trainers.ctrlv.box2video import ControlledUNet, SpatioTemporalControlNet
 from trainers.ctrlv.common import conditioning_frames
 from trainers.ctrlv.render import Renderer, encode_box_latents, identity_slots, to_model_range
 from trainers.models import count_params
-
-log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -315,18 +312,15 @@ def generate_ctrlv_videos(
     and with ctrlv.inference.save_box_frames box_frames/<name>/ and boxes/<name>.json). A clip whose
     frames folder exists is skipped. Returns the timing of both stages together (resumed clips excluded)
     and the pipeline's parameter counts."""
-    from data.video_io import video_problem, write_frames, write_video
+    from data.video_io import kept_video, write_frames, write_video
 
     out_dir = Path(out_dir)
     times: list[float] = []  # per generated video
     cuda = pipe.device.type == "cuda"
     for k, (clip_in, name) in enumerate(tqdm(list(zip(inputs, names)), desc="generate ctrl-v", unit="video")):
         folder = out_dir / "frames" / name
-        if folder.is_dir():
-            problem = video_problem(folder)  # kept from an earlier attempt only when every frame decodes
-            if problem is None:
-                continue
-            log.warning("kept output of an earlier attempt is damaged, generating it again: %s", problem)
+        if folder.is_dir() and kept_video(folder):  # kept from an earlier attempt only when every frame decodes
+            continue
         if cuda:
             torch.cuda.synchronize()
         t0 = time.perf_counter()
